@@ -1,0 +1,196 @@
+//! Addresses as written in the config: listener URLs and cluster members.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Transport of a socket address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Stream socket over TCP.
+    Tcp,
+    /// Datagram socket over UDP.
+    Udp,
+}
+
+impl Transport {
+    /// The URL scheme for this transport.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
+/// Where a listener binds: `tcp://host:port`, `udp://host:port` or `unix:///path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenUrl {
+    /// An IP socket; every shard binds its own `SO_REUSEPORT` socket on it.
+    Inet(Transport, SocketAddr),
+    /// A unix stream socket; one shard owns it (AF_UNIX has no `SO_REUSEPORT`).
+    Unix(PathBuf),
+}
+
+impl ListenUrl {
+    /// Parses a listener URL. The scheme is required, so nobody guesses the transport.
+    pub fn parse(s: &str) -> Result<ListenUrl, String> {
+        if let Some(path) = s.strip_prefix("unix://") {
+            if !path.starts_with('/') {
+                return Err(format!("{s:?}: a unix socket path must be absolute (unix:///path)"));
+            }
+            return Ok(ListenUrl::Unix(PathBuf::from(path)));
+        }
+        let (transport, rest) = split_scheme(s)?
+            .ok_or_else(|| format!("{s:?}: needs a scheme: tcp://, udp:// or unix://"))?;
+        let addr = parse_socket_addr(rest).map_err(|e| format!("{s:?}: {e}"))?;
+        Ok(ListenUrl::Inet(transport, addr))
+    }
+}
+
+impl fmt::Display for ListenUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenUrl::Inet(t, a) => write!(f, "{}://{a}", t.scheme()),
+            ListenUrl::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+/// A cluster member: `[proto://]host:port[=instance]`.
+///
+/// `host` is kept as written, because the carbon_ch ring hashes the host string, not the
+/// resolved address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Transport used to send to this member (tcp when no scheme is written).
+    pub transport: Transport,
+    /// Host as written in the config (an IP literal or a name).
+    pub host: String,
+    /// Port; not part of the carbon_ch hash.
+    pub port: u16,
+    /// Optional instance, part of the carbon_ch hash.
+    pub instance: Option<String>,
+}
+
+impl Member {
+    /// Parses `[proto://]host:port[=instance]`.
+    pub fn parse(s: &str) -> Result<Member, String> {
+        let (transport, rest) = match split_scheme(s)? {
+            Some((t, rest)) => (t, rest),
+            None => (Transport::Tcp, s),
+        };
+        let (hostport, instance) = match rest.split_once('=') {
+            Some((hp, inst)) => {
+                if inst.is_empty() {
+                    return Err(format!("{s:?}: empty instance after '='"));
+                }
+                (hp, Some(inst.to_string()))
+            }
+            None => (rest, None),
+        };
+        let (host, port) = split_host_port(hostport).map_err(|e| format!("{s:?}: {e}"))?;
+        Ok(Member {
+            transport,
+            host: host.to_string(),
+            port,
+            instance,
+        })
+    }
+
+    /// `host:port[=instance]`, the form `cadent hash` prints.
+    pub fn display_hash(&self) -> String {
+        match &self.instance {
+            Some(i) => format!("{}:{}={i}", self.host, self.port),
+            None => format!("{}:{}", self.host, self.port),
+        }
+    }
+
+    /// `proto://host:port`: the identity of the socket a writer connects to.
+    pub fn address_key(&self) -> String {
+        format!("{}://{}:{}", self.transport.scheme(), self.host, self.port)
+    }
+}
+
+fn split_scheme(s: &str) -> Result<Option<(Transport, &str)>, String> {
+    match s.split_once("://") {
+        None => Ok(None),
+        Some(("tcp", rest)) => Ok(Some((Transport::Tcp, rest))),
+        Some(("udp", rest)) => Ok(Some((Transport::Udp, rest))),
+        Some((other, _)) => Err(format!(
+            "{s:?}: unknown scheme {other:?} (expected tcp:// or udp://)"
+        )),
+    }
+}
+
+/// Splits `host:port`, `[v6]:port`. The host may be a name.
+fn split_host_port(s: &str) -> Result<(&str, u16), String> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest
+            .split_once("]:")
+            .ok_or_else(|| "expected [ipv6]:port".to_string())?;
+        (h, p)
+    } else {
+        s.rsplit_once(':')
+            .ok_or_else(|| "expected host:port".to_string())?
+    };
+    if host.is_empty() {
+        return Err("empty host".into());
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("bad port {port:?} (expected 1-65535)"))?;
+    if port == 0 {
+        return Err("port 0 is not a destination".into());
+    }
+    Ok((host, port))
+}
+
+/// Parses a bind address; names are resolved once, at config load.
+pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    use std::net::ToSocketAddrs;
+    let mut it = s
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {s:?}: {e}"))?;
+    it.next().ok_or_else(|| format!("{s:?} resolves to nothing"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members() {
+        let m = Member::parse("tcp://127.0.0.1:2101=a").unwrap();
+        assert_eq!(
+            (m.transport, m.host.as_str(), m.port, m.instance.as_deref()),
+            (Transport::Tcp, "127.0.0.1", 2101, Some("a"))
+        );
+        let m = Member::parse("10.0.0.1:2003").unwrap();
+        assert_eq!((m.transport, m.instance), (Transport::Tcp, None));
+        let m = Member::parse("udp://[::1]:2003=x").unwrap();
+        assert_eq!((m.transport, m.host.as_str()), (Transport::Udp, "::1"));
+        assert_eq!(m.display_hash(), "::1:2003=x");
+        for bad in ["127.0.0.1", "http://a:1", "a:0", "a:99999", ":1", "a:1="] {
+            assert!(Member::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn listen_urls() {
+        assert_eq!(
+            ListenUrl::parse("udp://127.0.0.1:8125").unwrap().to_string(),
+            "udp://127.0.0.1:8125"
+        );
+        assert!(matches!(
+            ListenUrl::parse("unix:///tmp/x.sock").unwrap(),
+            ListenUrl::Unix(_)
+        ));
+        for bad in ["127.0.0.1:2003", "unix://rel", "tcp://nohost", "ftp://1.2.3.4:1"] {
+            assert!(ListenUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

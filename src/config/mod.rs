@@ -1,0 +1,705 @@
+//! The configuration: TOML in, a validated typed [`Config`] out, or every error at once.
+//!
+//! Each bound is a key with its unit in the name; `configs/cadent.toml` documents them all
+//! and `tuning.md` says how to size them.
+
+mod endpoint;
+mod reader;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use toml::Table;
+
+pub use endpoint::{parse_socket_addr, ListenUrl, Member, Transport};
+use reader::TableReader;
+
+/// The configuration `cadent serve` runs when no `--config` is given.
+pub const DEFAULT_CONFIG: &str = include_str!("../../configs/default.toml");
+
+/// One configuration mistake, named by its key path (`cluster[0].members[1]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Key path, e.g. `route[2].match.regex`.
+    pub path: String,
+    /// What is wrong and, where it helps, what would be right.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every error found in one configuration, in file order.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// `[server]`: process-wide settings.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Number of shards (executors pinned one per core); resolved from 0 = all available cores.
+    pub shards: usize,
+    /// Admin HTTP address (control thread).
+    pub admin_listen: SocketAddr,
+    /// On SIGTERM/SIGINT, how long writers may spend flushing queued data.
+    pub shutdown_timeout_ms: u64,
+    /// How often each shard publishes its counters for `/stats`.
+    pub stats_interval_ms: u64,
+}
+
+/// Wire format of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `name value timestamp` lines.
+    Graphite,
+    /// `name:value|type[|@rate][|#tags]` lines.
+    Statsd,
+}
+
+impl Format {
+    /// The word used in configs and stats.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Graphite => "graphite",
+            Format::Statsd => "statsd",
+        }
+    }
+}
+
+/// `[[listen]]`: one ingest endpoint.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Name used in stats.
+    pub name: String,
+    /// Where to bind.
+    pub url: ListenUrl,
+    /// Line format.
+    pub format: Format,
+    /// Longest accepted line; longer lines are dropped and counted.
+    pub line_bytes_max: usize,
+    /// Per-connection (or per-datagram) receive buffer.
+    pub read_buffer_bytes: usize,
+    /// Open TCP/unix connections per shard on this listener; more are refused and counted.
+    pub connections_max: usize,
+    /// `SO_RCVBUF` asked of the kernel (0 leaves the kernel default).
+    pub socket_receive_buffer_bytes: usize,
+}
+
+/// Ring or fan-out kind of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterKind {
+    /// carbon-c-relay's md5 ring.
+    CarbonCh,
+    /// Every member gets every metric.
+    Forward,
+    /// A rotating file per shard (no members).
+    File,
+}
+
+impl ClusterKind {
+    /// The word used in configs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterKind::CarbonCh => "carbon_ch",
+            ClusterKind::Forward => "forward",
+            ClusterKind::File => "file",
+        }
+    }
+}
+
+/// Settings of a `kind = "file"` cluster.
+#[derive(Debug, Clone)]
+pub struct FileSink {
+    /// Base path; each shard writes `<stem>-<shard>.<ext>` beside it.
+    pub path: PathBuf,
+    /// Rotate a shard's file when it reaches this size.
+    pub rotate_bytes: u64,
+    /// Rotated files kept per shard (`.1` .. `.N`).
+    pub keep_files: usize,
+}
+
+/// `[[cluster]]`: a named set of destinations and how names map onto them.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Name used by routes and stats.
+    pub name: String,
+    /// How names are spread over members.
+    pub kind: ClusterKind,
+    /// Members that get each name (`*_ch` kinds).
+    pub replication: usize,
+    /// Members, in config order.
+    pub members: Vec<Member>,
+    /// File settings (file kind only).
+    pub file: Option<FileSink>,
+}
+
+/// What a route matches on the metric name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Match {
+    /// Name starts with the string.
+    Prefix(String),
+    /// Name contains the string.
+    Substring(String),
+    /// Unanchored regex search on the name.
+    Regex(String),
+    /// Every name.
+    All,
+}
+
+/// What a matching route does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Drop the metric (counted per rule).
+    Drop,
+    /// Send to these clusters (indexes into [`Config::clusters`]).
+    SendTo(Vec<usize>),
+}
+
+/// `[[route]]`: one rule; rules are tried in order.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Name used in stats (`route[i]` unless given).
+    pub name: String,
+    /// What it matches.
+    pub matcher: Match,
+    /// What it does.
+    pub action: Action,
+    /// Keep trying later rules after this one matched.
+    pub continue_matching: bool,
+}
+
+/// `[output]`: how writers batch, queue and reconnect (per shard and destination).
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// A batch is sealed and queued for writing once it holds this many bytes.
+    pub flush_bytes: usize,
+    /// Partly filled batches are sealed at least this often.
+    pub flush_interval_ms: u64,
+    /// Queued bytes per destination per shard; past it the oldest batch is dropped and counted.
+    pub queue_bytes_max: usize,
+    /// How long a TCP reader waits for a full queue of a live destination before reading on.
+    pub stall_ms_max: u64,
+    /// TCP connect timeout.
+    pub connect_timeout_ms: u64,
+    /// First reconnect delay; doubles per failure.
+    pub reconnect_backoff_min_ms: u64,
+    /// Largest reconnect delay.
+    pub reconnect_backoff_max_ms: u64,
+    /// Largest UDP datagram a writer sends (lines are packed up to it).
+    pub udp_datagram_bytes_max: usize,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[server]`.
+    pub server: Server,
+    /// `[[listen]]`, in order.
+    pub listeners: Vec<Listener>,
+    /// `[[cluster]]`, in order.
+    pub clusters: Vec<Cluster>,
+    /// `[[route]]`, in order.
+    pub routes: Vec<Route>,
+    /// `[output]`.
+    pub output: Output,
+}
+
+impl Config {
+    /// Parses and validates a configuration text.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let table: Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigErrors(vec![ConfigError::new("(syntax)", e.to_string().trim_end())])
+        })?;
+        let mut errs = Vec::new();
+        let cfg = read_config(&table, &mut errs);
+        if errs.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errs))
+        }
+    }
+
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| anyhow::anyhow!("{}: invalid config:\n{e}", path.display()))
+    }
+
+    /// Index of the cluster named `name`.
+    pub fn cluster_index(&self, name: &str) -> Option<usize> {
+        self.clusters.iter().position(|c| c.name == name)
+    }
+}
+
+fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
+    let mut top = TableReader::new(root, "");
+    let server_t = top.table("server", errs);
+    let output_t = top.table("output", errs);
+    let listen_ts = top.tables("listen", errs);
+    let cluster_ts = top.tables("cluster", errs);
+    let route_ts = top.tables("route", errs);
+    top.finish(errs);
+
+    let empty = Table::new();
+    let server = read_server(server_t.unwrap_or(&empty), errs);
+    let output = read_output(output_t.unwrap_or(&empty), errs);
+    let listeners: Vec<Listener> = listen_ts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| read_listener(t, i, errs))
+        .collect();
+    check_unique(listeners.iter().map(|l| l.name.as_str()), "listen", errs);
+    check_listen_addresses(&listeners, errs);
+    let clusters: Vec<Cluster> = cluster_ts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| read_cluster(t, i, errs))
+        .collect();
+    check_unique(clusters.iter().map(|c| c.name.as_str()), "cluster", errs);
+    let routes: Vec<Route> = route_ts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| read_route(t, i, &clusters, errs))
+        .collect();
+    if listeners.is_empty() && errs.is_empty() {
+        errs.push(ConfigError::new("listen", "no [[listen]]: cadent would receive nothing"));
+    }
+    Config {
+        server,
+        listeners,
+        clusters,
+        routes,
+        output,
+    }
+}
+
+fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
+    let mut r = TableReader::new(t, "server");
+    let shards = r.uint("shards", 0, 0, 1024, errs) as usize;
+    let admin = r.str_or("admin_listen", "127.0.0.1:8080", errs);
+    let admin_listen = match parse_socket_addr(&admin) {
+        Ok(a) => a,
+        Err(e) => {
+            errs.push(ConfigError::new(r.key_path("admin_listen"), e));
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        }
+    };
+    let shutdown_timeout_ms = r.uint("shutdown_timeout_ms", 5_000, 0, 600_000, errs);
+    let stats_interval_ms = r.uint("stats_interval_ms", 500, 10, 60_000, errs);
+    r.finish(errs);
+    Server {
+        shards,
+        admin_listen,
+        shutdown_timeout_ms,
+        stats_interval_ms,
+    }
+}
+
+fn read_output(t: &Table, errs: &mut Vec<ConfigError>) -> Output {
+    let mut r = TableReader::new(t, "output");
+    let out = Output {
+        flush_bytes: r.uint("flush_bytes", 64 * 1024, 512, 16 << 20, errs) as usize,
+        flush_interval_ms: r.uint("flush_interval_ms", 100, 1, 60_000, errs),
+        queue_bytes_max: r.uint("queue_bytes_max", 32 << 20, 64 * 1024, 64 << 30, errs) as usize,
+        stall_ms_max: r.uint("stall_ms_max", 2_000, 0, 60_000, errs),
+        connect_timeout_ms: r.uint("connect_timeout_ms", 1_000, 1, 60_000, errs),
+        reconnect_backoff_min_ms: r.uint("reconnect_backoff_min_ms", 100, 1, 60_000, errs),
+        reconnect_backoff_max_ms: r.uint("reconnect_backoff_max_ms", 5_000, 1, 600_000, errs),
+        udp_datagram_bytes_max: r.uint("udp_datagram_bytes_max", 1_400, 64, 65_507, errs) as usize,
+    };
+    if out.reconnect_backoff_min_ms > out.reconnect_backoff_max_ms {
+        errs.push(ConfigError::new(
+            "output.reconnect_backoff_min_ms",
+            "is larger than output.reconnect_backoff_max_ms",
+        ));
+    }
+    if out.flush_bytes > out.queue_bytes_max {
+        errs.push(ConfigError::new(
+            "output.flush_bytes",
+            "is larger than output.queue_bytes_max: no batch would ever fit the queue",
+        ));
+    }
+    r.finish(errs);
+    out
+}
+
+fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
+    let mut r = TableReader::new(t, format!("listen[{i}]"));
+    let name = r.req_str("name", errs);
+    if name.is_empty() && t.contains_key("name") {
+        errs.push(ConfigError::new(r.key_path("name"), "must not be empty"));
+    }
+    let url_s = r.req_str("url", errs);
+    let url = if url_s.is_empty() {
+        ListenUrl::Inet(Transport::Tcp, SocketAddr::from(([127, 0, 0, 1], 0)))
+    } else {
+        ListenUrl::parse(&url_s).unwrap_or_else(|e| {
+            errs.push(ConfigError::new(r.key_path("url"), e));
+            ListenUrl::Inet(Transport::Tcp, SocketAddr::from(([127, 0, 0, 1], 0)))
+        })
+    };
+    let format_s = r.req_str("format", errs);
+    let format = match format_s.as_str() {
+        "graphite" => Format::Graphite,
+        "statsd" => Format::Statsd,
+        "" => Format::Graphite,
+        other => {
+            errs.push(ConfigError::new(
+                r.key_path("format"),
+                format!("unknown format {other:?} (expected graphite or statsd)"),
+            ));
+            Format::Graphite
+        }
+    };
+    let line_bytes_max = r.uint("line_bytes_max", 16 * 1024, 64, 1 << 20, errs) as usize;
+    let read_buffer_bytes = r.uint("read_buffer_bytes", 64 * 1024, 4 * 1024, 16 << 20, errs) as usize;
+    let connections_max = r.uint("connections_max", 1024, 1, 1 << 20, errs) as usize;
+    let socket_receive_buffer_bytes =
+        r.uint("socket_receive_buffer_bytes", 4 << 20, 0, 1 << 30, errs) as usize;
+    if line_bytes_max >= read_buffer_bytes {
+        errs.push(ConfigError::new(
+            r.key_path("line_bytes_max"),
+            format!("must be smaller than read_buffer_bytes ({read_buffer_bytes})"),
+        ));
+    }
+    r.finish(errs);
+    Listener {
+        name,
+        url,
+        format,
+        line_bytes_max,
+        read_buffer_bytes,
+        connections_max,
+        socket_receive_buffer_bytes,
+    }
+}
+
+fn read_cluster(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Cluster {
+    let mut r = TableReader::new(t, format!("cluster[{i}]"));
+    let name = r.req_str("name", errs);
+    if name.is_empty() && t.contains_key("name") {
+        errs.push(ConfigError::new(r.key_path("name"), "must not be empty"));
+    }
+    let kind_s = r.req_str("kind", errs);
+    let kind = match kind_s.as_str() {
+        "carbon_ch" => Some(ClusterKind::CarbonCh),
+        "forward" => Some(ClusterKind::Forward),
+        "file" => Some(ClusterKind::File),
+        "" => None,
+        other => {
+            errs.push(ConfigError::new(
+                r.key_path("kind"),
+                format!("unknown kind {other:?} (expected carbon_ch, forward or file)"),
+            ));
+            None
+        }
+    };
+    let replication_present = t.contains_key("replication");
+    let replication = r.uint("replication", 1, 1, 64, errs) as usize;
+    let member_strs = r.strings("members", errs);
+    let path = r.opt_str("path", errs);
+    let rotate_bytes = r.uint("file_rotate_bytes", 256 << 20, 4096, 1 << 40, errs);
+    let keep_files = r.uint("file_keep_files", 4, 0, 1000, errs) as usize;
+    let mut members = Vec::with_capacity(member_strs.len());
+    for (j, m) in member_strs.iter().enumerate() {
+        match Member::parse(m) {
+            Ok(m) => members.push(m),
+            Err(e) => errs.push(ConfigError::new(format!("{}[{j}]", r.key_path("members")), e)),
+        }
+    }
+    let mut file = None;
+    match kind {
+        Some(ClusterKind::File) => {
+            if !member_strs.is_empty() {
+                errs.push(ConfigError::new(
+                    r.key_path("members"),
+                    "a file cluster has no members (it writes to `path`)",
+                ));
+            }
+            match path {
+                Some(p) if !p.is_empty() => {
+                    file = Some(FileSink {
+                        path: PathBuf::from(p),
+                        rotate_bytes,
+                        keep_files,
+                    })
+                }
+                _ => errs.push(ConfigError::new(r.key_path("path"), "is required for kind = \"file\"")),
+            }
+        }
+        Some(k) => {
+            if path.is_some() {
+                errs.push(ConfigError::new(r.key_path("path"), "only a file cluster has a path"));
+            }
+            if member_strs.is_empty() {
+                errs.push(ConfigError::new(r.key_path("members"), "needs at least one member"));
+            }
+            if k == ClusterKind::Forward && replication_present && replication != 1 {
+                errs.push(ConfigError::new(
+                    r.key_path("replication"),
+                    "a forward cluster sends to every member; replication does not apply",
+                ));
+            }
+            if k == ClusterKind::CarbonCh && member_strs.len() == members.len() {
+                if replication > members.len() {
+                    errs.push(ConfigError::new(
+                        r.key_path("replication"),
+                        format!("{replication} is more than the {} members", members.len()),
+                    ));
+                }
+                check_ring_identity(&members, &r.key_path("members"), errs);
+            }
+        }
+        None => {}
+    }
+    r.finish(errs);
+    Cluster {
+        name,
+        kind: kind.unwrap_or(ClusterKind::Forward),
+        replication,
+        members,
+        file,
+    }
+}
+
+/// carbon_ch hashes only host and instance: two members that agree on both would share
+/// every ring position, and one of them would never receive anything.
+fn check_ring_identity(members: &[Member], path: &str, errs: &mut Vec<ConfigError>) {
+    for (j, m) in members.iter().enumerate() {
+        if let Some(k) = members[..j]
+            .iter()
+            .position(|o| o.host == m.host && o.instance == m.instance)
+        {
+            errs.push(ConfigError::new(
+                format!("{path}[{j}]"),
+                format!(
+                    "same host and instance as {path}[{k}]; carbon_ch does not hash the port, \
+                     so give each member on one host its own instance (host:port=a)"
+                ),
+            ));
+        }
+    }
+}
+
+fn read_route(t: &Table, i: usize, clusters: &[Cluster], errs: &mut Vec<ConfigError>) -> Route {
+    let mut r = TableReader::new(t, format!("route[{i}]"));
+    let name = r.opt_str("name", errs).unwrap_or_else(|| format!("route[{i}]"));
+    let matcher = match r.table("match", errs) {
+        Some(mt) => read_match(mt, &r.key_path("match"), errs),
+        None => {
+            if !t.contains_key("match") {
+                errs.push(ConfigError::new(
+                    r.key_path("match"),
+                    "is required (prefix, substring, regex or all = true)",
+                ));
+            }
+            Match::All
+        }
+    };
+    let action_s = r.opt_str("action", errs);
+    let send_to = r.strings("send_to", errs);
+    let continue_matching = r.boolean("continue", false, errs);
+    let mut targets = Vec::with_capacity(send_to.len());
+    for (j, c) in send_to.iter().enumerate() {
+        match clusters.iter().position(|cl| &cl.name == c) {
+            Some(idx) if targets.contains(&idx) => errs.push(ConfigError::new(
+                format!("{}[{j}]", r.key_path("send_to")),
+                format!("cluster {c:?} is listed twice"),
+            )),
+            Some(idx) => targets.push(idx),
+            None => errs.push(ConfigError::new(
+                format!("{}[{j}]", r.key_path("send_to")),
+                format!("no [[cluster]] is named {c:?}"),
+            )),
+        }
+    }
+    let action = match action_s.as_deref() {
+        Some("drop") => {
+            if !send_to.is_empty() {
+                errs.push(ConfigError::new(
+                    r.key_path("send_to"),
+                    "a route with action = \"drop\" sends nowhere; remove one of them",
+                ));
+            }
+            if continue_matching {
+                errs.push(ConfigError::new(
+                    r.key_path("continue"),
+                    "a dropped metric cannot continue to later routes",
+                ));
+            }
+            Action::Drop
+        }
+        Some("send") | None => {
+            if send_to.is_empty() && t.get("send_to").is_none() {
+                errs.push(ConfigError::new(
+                    r.key_path("send_to"),
+                    "is required unless action = \"drop\"",
+                ));
+            } else if send_to.is_empty() {
+                errs.push(ConfigError::new(r.key_path("send_to"), "must name at least one cluster"));
+            }
+            Action::SendTo(targets)
+        }
+        Some(other) => {
+            errs.push(ConfigError::new(
+                r.key_path("action"),
+                format!("unknown action {other:?} (expected drop or send)"),
+            ));
+            Action::Drop
+        }
+    };
+    r.finish(errs);
+    Route {
+        name,
+        matcher,
+        action,
+        continue_matching,
+    }
+}
+
+fn read_match(t: &Table, path: &str, errs: &mut Vec<ConfigError>) -> Match {
+    let mut r = TableReader::new(t, path);
+    let prefix = r.opt_str("prefix", errs);
+    let substring = r.opt_str("substring", errs);
+    let regex = r.opt_str("regex", errs);
+    let all = r.opt_bool("all", errs);
+    r.finish(errs);
+    let given = [prefix.is_some(), substring.is_some(), regex.is_some(), all.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if given != 1 {
+        errs.push(ConfigError::new(
+            path,
+            "needs exactly one of prefix, substring, regex, all = true",
+        ));
+        return Match::All;
+    }
+    if let Some(p) = prefix {
+        if p.is_empty() {
+            errs.push(ConfigError::new(format!("{path}.prefix"), "must not be empty (use all = true)"));
+        }
+        return Match::Prefix(p);
+    }
+    if let Some(s) = substring {
+        if s.is_empty() {
+            errs.push(ConfigError::new(format!("{path}.substring"), "must not be empty (use all = true)"));
+        }
+        return Match::Substring(s);
+    }
+    if let Some(re) = regex {
+        if let Err(e) = regex::bytes::Regex::new(&re) {
+            errs.push(ConfigError::new(format!("{path}.regex"), format!("invalid regex: {e}")));
+        }
+        return Match::Regex(re);
+    }
+    if all == Some(false) {
+        errs.push(ConfigError::new(format!("{path}.all"), "must be true when given"));
+    }
+    Match::All
+}
+
+fn check_unique<'a>(names: impl Iterator<Item = &'a str>, table: &str, errs: &mut Vec<ConfigError>) {
+    let mut seen = HashSet::new();
+    for (i, n) in names.enumerate() {
+        if !n.is_empty() && !seen.insert(n) {
+            errs.push(ConfigError::new(
+                format!("{table}[{i}].name"),
+                format!("{n:?} is used by an earlier [[{table}]]"),
+            ));
+        }
+    }
+}
+
+fn check_listen_addresses(listeners: &[Listener], errs: &mut Vec<ConfigError>) {
+    for (i, l) in listeners.iter().enumerate() {
+        if let ListenUrl::Inet(_, a) = &l.url {
+            if a.port() == 0 {
+                continue;
+            }
+        }
+        if let Some(k) = listeners[..i].iter().position(|o| o.url == l.url) {
+            errs.push(ConfigError::new(
+                format!("listen[{i}].url"),
+                format!("{} is already used by listen[{k}]", l.url),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        let c = Config::parse(DEFAULT_CONFIG).unwrap();
+        assert!(c.listeners.len() >= 3);
+        let documented = include_str!("../../configs/cadent.toml");
+        Config::parse(documented).unwrap();
+    }
+
+    #[test]
+    fn every_error_at_once() {
+        let text = r#"
+            bogus = 1
+            [server]
+            shards = "two"
+            colour = "red"
+            [[listen]]
+            name = "a"
+            url = "tcp://127.0.0.1:2003"
+            format = "json"
+            [[cluster]]
+            name = "c"
+            kind = "carbon_ch"
+            replication = 3
+            members = ["127.0.0.1:1", "127.0.0.1:2"]
+            [[route]]
+            match = { prefix = "x", regex = "(" }
+            send_to = ["nope"]
+        "#;
+        let errs = Config::parse(text).unwrap_err().0;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "bogus",
+            "server.shards",
+            "server.colour",
+            "listen[0].format",
+            "cluster[0].replication",
+            "cluster[0].members[1]",
+            "route[0].match",
+            "route[0].send_to[0]",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {errs:#?}");
+        }
+    }
+}

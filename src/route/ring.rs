@@ -1,0 +1,415 @@
+//! The `carbon_ch` consistent-hash ring, placing metrics exactly where
+//! carbon-c-relay 3.7.3 places them.
+//!
+//! The ring is carbon's (Python) `ConsistentHashRing` as c-relay reads it:
+//!
+//! - A position is the first two bytes of an MD5 digest, big-endian: 0..=65535.
+//! - Each member owns 100 positions, one for each replica `i`, hashed from
+//!   Python's `str((host, instance))` plus `":i"`, i.e. `('10.0.0.1', None):7` or
+//!   `('127.0.0.1', 'a'):7`. The port is not part of the key, so members on one
+//!   host need distinct instances to get distinct positions.
+//! - A key goes to the first entry at or after its position, wrapping to the start.
+//!
+//! Python breaks position ties by bumping the later node's position by one, which
+//! makes placement depend on the order of the destination list. c-relay does not
+//! bump: it sorts tied entries by (host, instance with no instance last, then
+//! config order) and gives every entry of a tie to the first of them. We follow
+//! c-relay; the two differ for the few keys that land on a tie.
+
+use md5::{Digest, Md5};
+use std::fmt::Write as _;
+
+/// Positions each member owns on the ring; carbon hard-wires 100, and every
+/// carbon_ch implementation must agree on it to agree on placement.
+const REPLICAS_PER_MEMBER: usize = 100;
+
+/// c-relay formats the node key with `snprintf` into a 256-byte buffer, so a key
+/// longer than 255 bytes is hashed truncated. We truncate the same way to stay
+/// compatible for absurdly long host or instance strings.
+const NODE_KEY_BYTES_MAX: usize = 255;
+
+/// One destination of a `carbon_ch` cluster, as written in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingMember<'a> {
+    /// Host exactly as written (not resolved); it is hashed as-is. For IPv6 this
+    /// is the bare address without brackets (`::1`), as c-relay hashes it.
+    pub host: &'a str,
+    /// Port; carried for identification only, never hashed.
+    pub port: u16,
+    /// Optional instance name (`host:port=instance`); hashed when present.
+    pub instance: Option<&'a str>,
+}
+
+/// One point on the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    pos: u16,
+    /// Index into the member slice given to [`CarbonRing::new`]. `u32` keeps an
+    /// entry at 8 bytes, so the binary search touches fewer cache lines.
+    member: u32,
+}
+
+/// A built `carbon_ch` ring: immutable after [`CarbonRing::new`], so shards can
+/// each own a copy or share one without locking.
+///
+/// Invariant: `entries` is sorted by position, and all entries that share a
+/// position carry the same member (the one c-relay sorts first). That is what
+/// lets the lookup start at any entry of a tie and still agree with c-relay.
+#[derive(Debug, Clone)]
+pub struct CarbonRing {
+    entries: Vec<Entry>,
+    members: usize,
+}
+
+impl CarbonRing {
+    /// Builds the ring for `members`, in config order. Order matters only for
+    /// members that share host and instance (and so every position): the first
+    /// listed takes all of them, as in c-relay, and the others receive nothing.
+    /// Config validation should reject such duplicates.
+    ///
+    /// An empty `members` gives an empty ring that routes nothing.
+    pub fn new(members: &[RingMember<'_>]) -> CarbonRing {
+        assert!(
+            u32::try_from(members.len()).is_ok(),
+            "carbon_ch ring: too many members"
+        );
+        let mut entries = Vec::with_capacity(members.len() * REPLICAS_PER_MEMBER);
+        let mut node_key = String::with_capacity(NODE_KEY_BYTES_MAX + 1);
+        for (index, member) in members.iter().enumerate() {
+            for replica in 0..REPLICAS_PER_MEMBER {
+                write_node_key(&mut node_key, member, replica);
+                let bytes = node_key.as_bytes();
+                let bytes = &bytes[..bytes.len().min(NODE_KEY_BYTES_MAX)];
+                entries.push(Entry {
+                    pos: Self::position(bytes),
+                    member: index as u32,
+                });
+            }
+        }
+
+        // c-relay's tie order. The member index comes last because c-relay's
+        // sort (glibc merge sort) is stable over config order for entries its
+        // comparator calls equal: same host and instance, different port.
+        entries.sort_unstable_by(|l, r| {
+            let (ml, mr) = (&members[l.member as usize], &members[r.member as usize]);
+            l.pos
+                .cmp(&r.pos)
+                .then_with(|| ml.host.as_bytes().cmp(mr.host.as_bytes()))
+                .then_with(|| match (ml.instance, mr.instance) {
+                    (Some(il), Some(ir)) => il.as_bytes().cmp(ir.as_bytes()),
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (None, None) => std::cmp::Ordering::Equal,
+                })
+                .then_with(|| l.member.cmp(&r.member))
+        });
+
+        // A tie belongs wholly to its first entry: c-relay rewrites the rest so
+        // that its binary search may stop anywhere inside a tie.
+        for i in 1..entries.len() {
+            if entries[i].pos == entries[i - 1].pos {
+                entries[i].member = entries[i - 1].member;
+            }
+        }
+
+        CarbonRing {
+            entries,
+            members: members.len(),
+        }
+    }
+
+    /// The ring position of `key`: the first two bytes of its MD5 digest,
+    /// big-endian. Used for metric names and member node keys alike.
+    pub fn position(key: &[u8]) -> u16 {
+        let digest = Md5::digest(key);
+        u16::from_be_bytes([digest[0], digest[1]])
+    }
+
+    /// Clears `out` and pushes the member indexes (into the `members` slice given
+    /// to [`CarbonRing::new`]) of up to `replication` distinct members, in
+    /// replica order. Allocation-free once `out` has capacity.
+    ///
+    /// `key` is hashed whole. The caller passes the metric name already cut at
+    /// the first `;`: c-relay routes a tagged name `a.b;x=1` by `a.b` alone
+    /// (its `-t` test mode is the exception and hashes the whole line).
+    ///
+    /// Fewer than `replication` indexes come back when the ring has fewer
+    /// distinct members. c-relay refuses `replication` above the member count
+    /// at config load, and loops forever where duplicate members leave fewer
+    /// reachable than that; here the walk is bounded by the ring size.
+    pub fn route_into(&self, key: &[u8], replication: usize, out: &mut Vec<usize>) {
+        out.clear();
+        let wanted = replication.min(self.members);
+        if wanted == 0 || self.entries.is_empty() {
+            return;
+        }
+        let pos = Self::position(key);
+        let len = self.entries.len();
+        // First entry at or after `pos`; past the end wraps to the start. This
+        // is Python's bisect_left on (pos, ()), which c-relay copies.
+        let mut at = self.entries.partition_point(|e| e.pos < pos);
+        for _ in 0..len {
+            if at == len {
+                at = 0;
+            }
+            let member = self.entries[at].member as usize;
+            // Distinct by member: c-relay compares server identity, and it
+            // keys servers by host:port, which config validation keeps unique.
+            if !out.contains(&member) {
+                out.push(member);
+                if out.len() == wanted {
+                    return;
+                }
+            }
+            at += 1;
+        }
+    }
+
+    /// Number of entries on the ring: 100 per member.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True for a ring built from no members; it routes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Writes Python's `str((host, instance)) + ":" + str(replica)` into `buf`.
+fn write_node_key(buf: &mut String, member: &RingMember<'_>, replica: usize) {
+    buf.clear();
+    // Writing into a String cannot fail.
+    let _ = match member.instance {
+        Some(instance) => write!(buf, "('{}', '{}'):{}", member.host, instance, replica),
+        None => write!(buf, "('{}', None):{}", member.host, replica),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member<'a>(spec: &'a str) -> RingMember<'a> {
+        // "host:port" or "host:port=instance"; IPv4 and names only, enough here.
+        let (addr, instance) = match spec.split_once('=') {
+            Some((addr, instance)) => (addr, Some(instance)),
+            None => (spec, None),
+        };
+        let (host, port) = addr.rsplit_once(':').expect("host:port");
+        RingMember {
+            host,
+            port: port.parse().expect("port"),
+            instance,
+        }
+    }
+
+    /// Routes `name` and returns the chosen members written as their specs.
+    fn check(specs: &[&str], replication: usize, name: &str, expected: &[&str]) {
+        let members: Vec<RingMember<'_>> = specs.iter().map(|s| member(s)).collect();
+        let ring = CarbonRing::new(&members);
+        let mut out = Vec::new();
+        ring.route_into(name.as_bytes(), replication, &mut out);
+        let got: Vec<&str> = out.iter().map(|&i| specs[i]).collect();
+        assert_eq!(
+            got, expected,
+            "route of {name:?} with replication {replication}"
+        );
+    }
+
+    const TEN_0_0_1_TO_3: [&str; 3] = ["10.0.0.1:2003", "10.0.0.2:2003", "10.0.0.3:2003"];
+
+    #[test]
+    fn position_of_metric_names() {
+        assert_eq!(CarbonRing::position(b"a.b.c.d"), 54437);
+        assert_eq!(CarbonRing::position(b""), 54301);
+        assert_eq!(CarbonRing::position(b"foo.bar"), 1273);
+    }
+
+    #[test]
+    fn node_keys_are_python_tuple_strings() {
+        let mut buf = String::new();
+        write_node_key(&mut buf, &member("127.0.0.1:2006=a"), 0);
+        assert_eq!(buf, "('127.0.0.1', 'a'):0");
+        assert_eq!(CarbonRing::position(buf.as_bytes()), 24043);
+        write_node_key(&mut buf, &member("10.0.0.1:2003"), 0);
+        assert_eq!(buf, "('10.0.0.1', None):0");
+        assert_eq!(CarbonRing::position(buf.as_bytes()), 46982);
+        write_node_key(&mut buf, &member("10.0.0.1:2003"), 99);
+        assert_eq!(buf, "('10.0.0.1', None):99");
+    }
+
+    #[test]
+    fn instances_on_one_host() {
+        let specs = ["127.0.0.1:2006=a", "127.0.0.1:2007=b", "127.0.0.1:2008=c"];
+        check(&specs, 1, "a.b.c.d", &["127.0.0.1:2006=a"]);
+        check(&specs, 1, "collectd.bar.memory.free", &["127.0.0.1:2007=b"]);
+        check(&specs, 1, "foo.bar", &["127.0.0.1:2008=c"]);
+    }
+
+    #[test]
+    fn replication_walks_to_distinct_members() {
+        check(
+            &TEN_0_0_1_TO_3,
+            2,
+            "a.b.c.d",
+            &["10.0.0.3:2003", "10.0.0.2:2003"],
+        );
+        // Answers c-relay 3.7.3 gave for the same ring (`carbon-c-relay -t`).
+        check(
+            &TEN_0_0_1_TO_3,
+            2,
+            "m12052",
+            &["10.0.0.2:2003", "10.0.0.1:2003"],
+        );
+        check(
+            &TEN_0_0_1_TO_3,
+            2,
+            "foo..bar.",
+            &["10.0.0.3:2003", "10.0.0.2:2003"],
+        );
+        check(
+            &TEN_0_0_1_TO_3,
+            3,
+            "a.b.c.d",
+            &["10.0.0.3:2003", "10.0.0.2:2003", "10.0.0.1:2003"],
+        );
+    }
+
+    #[test]
+    fn tie_goes_to_first_in_c_relay_order_not_python_bump() {
+        // ('10.0.0.1', None):60 and ('10.0.0.3', None):65 both sit at 7798.
+        // m12052 sits at 7799: c-relay sends it on to 10.0.0.2, while Python's
+        // bump moves one tied node to 7799 and catches it.
+        let mut buf = String::new();
+        write_node_key(&mut buf, &member("10.0.0.1:2003"), 60);
+        assert_eq!(CarbonRing::position(buf.as_bytes()), 7798);
+        write_node_key(&mut buf, &member("10.0.0.3:2003"), 65);
+        assert_eq!(CarbonRing::position(buf.as_bytes()), 7798);
+        assert_eq!(CarbonRing::position(b"m12052"), 7799);
+        check(&TEN_0_0_1_TO_3, 1, "m12052", &["10.0.0.2:2003"]);
+
+        // At 7798 itself the tie goes to the smaller host, whatever the order.
+        let ring = CarbonRing::new(&TEN_0_0_1_TO_3.map(member));
+        let tied: Vec<Entry> = ring
+            .entries
+            .iter()
+            .copied()
+            .filter(|e| e.pos == 7798)
+            .collect();
+        assert_eq!(
+            tied,
+            [Entry {
+                pos: 7798,
+                member: 0
+            }; 2]
+        );
+        let reversed = ["10.0.0.3:2003", "10.0.0.2:2003", "10.0.0.1:2003"];
+        let ring = CarbonRing::new(&reversed.map(member));
+        let tied: Vec<Entry> = ring
+            .entries
+            .iter()
+            .copied()
+            .filter(|e| e.pos == 7798)
+            .collect();
+        assert_eq!(
+            tied,
+            [Entry {
+                pos: 7798,
+                member: 2
+            }; 2]
+        );
+    }
+
+    #[test]
+    fn tie_prefers_instance_then_smaller_instance() {
+        // ('10.0.0.5', None) and ('10.0.0.5', '10') share 19939; the member with
+        // an instance wins although listed second.
+        let ring = CarbonRing::new(&["10.0.0.5:2003", "10.0.0.5:2004=10"].map(member));
+        assert!(ring
+            .entries
+            .iter()
+            .filter(|e| e.pos == 19939)
+            .all(|e| e.member == 1));
+        // ('127.0.0.1', 'a') and ('127.0.0.1', 'e') share 16828; 'a' wins.
+        let ring = CarbonRing::new(&["127.0.0.1:2105=e", "127.0.0.1:2101=a"].map(member));
+        assert!(ring
+            .entries
+            .iter()
+            .filter(|e| e.pos == 16828)
+            .all(|e| e.member == 1));
+    }
+
+    #[test]
+    fn duplicate_host_and_instance_goes_to_first_listed() {
+        let specs = ["127.0.0.1:2102=a", "127.0.0.1:2101=a", "127.0.0.1:2103=b"];
+        let ring = CarbonRing::new(&specs.map(member));
+        assert!(ring.entries.iter().all(|e| e.member != 1));
+        // Only two members are reachable; the walk stops instead of spinning.
+        let mut out = Vec::new();
+        ring.route_into(b"a", 3, &mut out);
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn ring_shape_and_edges() {
+        let ring = CarbonRing::new(&TEN_0_0_1_TO_3.map(member));
+        assert_eq!(ring.len(), 300);
+        assert!(!ring.is_empty());
+        assert!(ring.entries.windows(2).all(|w| w[0].pos <= w[1].pos));
+
+        let mut out = vec![7];
+        ring.route_into(b"a.b.c.d", 0, &mut out);
+        assert!(out.is_empty());
+        ring.route_into(b"a.b.c.d", 10, &mut out);
+        assert_eq!(out.len(), 3);
+
+        let empty = CarbonRing::new(&[]);
+        assert!(empty.is_empty());
+        assert_eq!(empty.len(), 0);
+        empty.route_into(b"a.b.c.d", 2, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn keys_past_the_last_entry_wrap_to_the_first() {
+        let ring = CarbonRing::new(&TEN_0_0_1_TO_3.map(member));
+        let last = ring.entries.last().unwrap();
+        let first = ring.entries[0].member as usize;
+        // Find a name positioned after the last entry.
+        let name = (0..)
+            .map(|i| format!("wrap.{i}"))
+            .find(|n| CarbonRing::position(n.as_bytes()) > last.pos)
+            .unwrap();
+        let mut out = Vec::new();
+        ring.route_into(name.as_bytes(), 1, &mut out);
+        assert_eq!(out, [first]);
+    }
+
+    #[test]
+    fn every_key_maps_to_a_member_and_replicas_are_distinct() {
+        let specs = [
+            "10.0.0.1:2003",
+            "10.0.0.2:2003=x",
+            "127.0.0.1:2101=a",
+            "127.0.0.1:2102=b",
+        ];
+        let ring = CarbonRing::new(&specs.map(member));
+        let mut out = Vec::with_capacity(4);
+        for i in 0..2000 {
+            let name = format!("prop.{i}.value");
+            for replication in 1..=4 {
+                ring.route_into(name.as_bytes(), replication, &mut out);
+                assert_eq!(out.len(), replication);
+                let mut seen = out.clone();
+                seen.sort_unstable();
+                seen.dedup();
+                assert_eq!(seen.len(), replication);
+                // Replicas extend the shorter answer.
+                let mut primary = Vec::new();
+                ring.route_into(name.as_bytes(), 1, &mut primary);
+                assert_eq!(out[0], primary[0]);
+            }
+        }
+    }
+}

@@ -1,0 +1,718 @@
+//! `cadent blast`: a seeded load generator for graphite and statsd relays.
+//!
+//! The generator must cost far less CPU than the relay it measures, since both share the
+//! same cores in `bench/`. So every line is generated once, before the clock starts, into a
+//! pool of whole lines (`LinePool`); the send loop only slices that pool and hands large
+//! chunks (up to 256 KiB on TCP, `--datagram-bytes` on UDP) to the kernel. Rate control is a
+//! token bucket refilled on 5 ms ticks.
+//!
+//! Output contract (stable, parsed by `bench/relay.py`): one line on stdout at the end,
+//!
+//! ```text
+//! blast: sent_lines=N sent_bytes=M elapsed_s=X rate=Y errors=E
+//! ```
+//!
+//! `sent_lines`/`sent_bytes` count whole lines the kernel accepted, `elapsed_s` runs from
+//! the first send to the last, `rate` is `sent_lines / elapsed_s` rounded down, `errors`
+//! counts send errors and stalls. Progress goes to stderr (one `\r`-updated line).
+
+use std::fmt;
+use std::io::{self, Write as _};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Bytes handed to one TCP `write` when neither the rate nor the count limits it.
+const TCP_CHUNK_BYTES: usize = 256 * 1024;
+/// The pool holds at least this many lines, so chunks stay large with few names.
+const POOL_LINES_MIN: u64 = 4096;
+/// Names beyond this would make the pool (about 45 bytes per name) unreasonably large.
+const NAMES_MAX: u64 = 20_000_000;
+/// Token-bucket refill tick.
+const TICK: Duration = Duration::from_millis(5);
+/// The bucket holds at most this much of the rate, so a stall is not followed by a flood.
+const BUCKET_DEPTH_S: f64 = 0.1;
+/// Blocking sends wake up this often to look at the deadline.
+const SEND_TIMEOUT: Duration = Duration::from_millis(500);
+/// Progress line period.
+const PROGRESS_PERIOD: Duration = Duration::from_millis(500);
+/// Consecutive UDP send errors after which a sender gives up.
+const UDP_ERRORS_MAX: u64 = 100;
+
+/// Transport of an endpoint URL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// `tcp://`
+    Tcp,
+    /// `udp://`
+    Udp,
+}
+
+/// `tcp://IP:PORT` or `udp://IP:PORT`, as taken by `--to` and `cadent echo --listen`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The transport named by the scheme.
+    pub transport: Transport,
+    /// The socket address (an IP literal, no name resolution).
+    pub addr: SocketAddr,
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (transport, rest) = if let Some(rest) = s.strip_prefix("tcp://") {
+            (Transport::Tcp, rest)
+        } else if let Some(rest) = s.strip_prefix("udp://") {
+            (Transport::Udp, rest)
+        } else {
+            return Err(format!("{s:?}: expected tcp://IP:PORT or udp://IP:PORT"));
+        };
+        let addr = rest
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("{s:?}: {e} (expected IP:PORT)"))?;
+        Ok(Endpoint { transport, addr })
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = match self.transport {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        };
+        write!(f, "{scheme}://{}", self.addr)
+    }
+}
+
+/// Line format of the generated traffic.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `name value timestamp\n`
+    Graphite,
+    /// `name:value|c\n`, `|ms` and `|g` mixed (6:3:1), each name with one fixed type.
+    Statsd,
+}
+
+/// Arguments of `cadent blast`.
+#[derive(clap::Args, Debug)]
+pub struct BlastArgs {
+    /// Target: tcp://IP:PORT or udp://IP:PORT.
+    #[arg(long)]
+    pub to: Endpoint,
+    /// Line format.
+    #[arg(long, value_enum, default_value_t = Format::Graphite)]
+    pub format: Format,
+    /// Total lines per second over all connections; 0 sends as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Total lines to send, split exactly over the connections; 0 means no count bound
+    /// (then --duration-s is required).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub count: u64,
+    /// Distinct metric names.
+    #[arg(long, default_value_t = 10_000)]
+    pub names: u64,
+    /// Parallel connections (UDP: sockets), one thread each.
+    #[arg(long, default_value_t = 1)]
+    pub connections: u32,
+    /// Stop after this many seconds even if --count is not reached.
+    #[arg(long)]
+    pub duration_s: Option<f64>,
+    /// Seed of names order and values.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Graphite timestamp written in every line (default: now, taken once at start).
+    #[arg(long)]
+    pub timestamp: Option<u64>,
+    /// UDP only: whole lines are packed into datagrams of at most this many bytes.
+    #[arg(long, default_value_t = 1400)]
+    pub datagram_bytes: usize,
+    /// Give up when a connection accepts no byte for this long.
+    #[arg(long, default_value_t = 30.0)]
+    pub stall_timeout_s: f64,
+    /// Show the progress line on stderr even when stderr is not a terminal.
+    #[arg(long)]
+    pub progress: bool,
+}
+
+/// Whole lines, generated once: `bytes` holds them back to back, line `i` ends (exclusive)
+/// at `ends[i]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LinePool {
+    /// The lines, back to back, each ending with `\n`.
+    pub bytes: Vec<u8>,
+    /// End offset (exclusive) of each line in `bytes`.
+    pub ends: Vec<usize>,
+}
+
+impl LinePool {
+    /// Generates `max(names, 4096)` rounded up to whole cycles of `names`: every name once
+    /// per cycle, in a seeded order, with seeded values. Same inputs, same bytes.
+    pub fn generate(format: Format, names: u64, seed: u64, timestamp: u64) -> LinePool {
+        assert!(names >= 1 && names <= NAMES_MAX);
+        let cycles = POOL_LINES_MIN.div_ceil(names);
+        let lines = names * cycles;
+        let mut rng = SplitMix64(seed);
+        // Seeded order of names (Fisher-Yates), so consecutive lines hash all over a ring.
+        let mut order: Vec<u32> = (0..names as u32).collect();
+        for i in (1..order.len()).rev() {
+            let j = (rng.next() % (i as u64 + 1)) as usize;
+            order.swap(i, j);
+        }
+        let mut bytes = Vec::with_capacity(lines as usize * 48);
+        let mut ends = Vec::with_capacity(lines as usize);
+        for line in 0..lines {
+            let n = u64::from(order[(line % names) as usize]);
+            write_line(&mut bytes, format, n, rng.next(), timestamp);
+            ends.push(bytes.len());
+        }
+        LinePool { bytes, ends }
+    }
+
+    /// Number of lines in the pool.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether the pool has no line (never, for a generated pool).
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn start(&self, line: usize) -> usize {
+        if line == 0 {
+            0
+        } else {
+            self.ends[line - 1]
+        }
+    }
+
+    /// The bytes of lines `first..first + n`.
+    pub fn slice(&self, first: usize, n: usize) -> &[u8] {
+        debug_assert!(n >= 1 && first + n <= self.len());
+        &self.bytes[self.start(first)..self.ends[first + n - 1]]
+    }
+
+    /// How many lines from `first` (at most `limit`, not past the pool end) fit in
+    /// `max_bytes`; at least one, so a line longer than `max_bytes` still goes out alone.
+    pub fn fit(&self, first: usize, limit: u64, max_bytes: usize) -> usize {
+        debug_assert!(first < self.len() && limit >= 1);
+        let base = self.start(first);
+        let tail = &self.ends[first..];
+        let tail = &tail[..tail.len().min(usize::try_from(limit).unwrap_or(usize::MAX))];
+        tail.partition_point(|&end| end - base <= max_bytes).max(1)
+    }
+}
+
+/// The name of metric `n`: `blast.grpGG.mNNNNNNN.<kind>`, about 27 bytes.
+fn write_name(out: &mut Vec<u8>, n: u64, kind: &str) {
+    write!(out, "blast.grp{:02}.m{:07}.{kind}", n % 100, n).expect("write to Vec");
+}
+
+fn write_line(out: &mut Vec<u8>, format: Format, n: u64, random: u64, timestamp: u64) {
+    match format {
+        Format::Graphite => {
+            const KINDS: [&str; 5] = ["count", "mean", "max", "p99", "rate"];
+            write_name(out, n, KINDS[(n % 5) as usize]);
+            if random % 4 == 0 {
+                write!(out, " {}.{:02}", (random >> 8) % 1000, (random >> 20) % 100)
+            } else {
+                write!(out, " {}", (random >> 8) % 10_000)
+            }
+            .expect("write to Vec");
+            writeln!(out, " {timestamp}").expect("write to Vec");
+        }
+        Format::Statsd => match n % 10 {
+            0..=5 => {
+                write_name(out, n, "count");
+                writeln!(out, ":{}|c", 1 + (random >> 8) % 10)
+            }
+            6..=8 => {
+                write_name(out, n, "time");
+                writeln!(out, ":{}.{}|ms", (random >> 8) % 1000, (random >> 20) % 10)
+            }
+            _ => {
+                write_name(out, n, "gauge");
+                writeln!(out, ":{}|g", (random >> 8) % 10_000)
+            }
+        }
+        .expect("write to Vec"),
+    }
+}
+
+/// splitmix64: small, seeded, good enough for names order and values.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// Splits `count` lines over `connections`: the first `count % connections` get one more.
+pub fn split_count(count: u64, connections: u32) -> Vec<u64> {
+    assert!(connections >= 1);
+    let c = u64::from(connections);
+    (0..c)
+        .map(|i| count / c + u64::from(i < count % c))
+        .collect()
+}
+
+/// What one sender may do: its share of lines (`u64::MAX` when unbounded), its rate
+/// (lines/s, 0 = unlimited) and the shared bounds.
+struct Plan {
+    lines: u64,
+    rate: f64,
+    first_line: usize,
+    deadline: Option<Instant>,
+    stall_timeout: Duration,
+    datagram_bytes: usize,
+}
+
+/// Per-sender counters, read by the progress loop.
+#[derive(Default)]
+struct Counters {
+    lines: AtomicU64,
+    bytes: AtomicU64,
+    errors: AtomicU64,
+    done: AtomicU64,
+}
+
+/// Token bucket refilled from the clock; `take` answers how many lines may go now.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64) -> Bucket {
+        Bucket {
+            rate,
+            tokens: 0.0,
+            last: Instant::now(),
+        }
+    }
+
+    /// Lines allowed now (`u64::MAX` without a rate); sleeps a tick when none is.
+    fn allowance(&mut self) -> u64 {
+        if self.rate <= 0.0 {
+            return u64::MAX;
+        }
+        let now = Instant::now();
+        let depth = (self.rate * BUCKET_DEPTH_S).max(1.0);
+        self.tokens =
+            (self.tokens + self.rate * now.duration_since(self.last).as_secs_f64()).min(depth);
+        self.last = now;
+        if self.tokens < 1.0 {
+            let wait = ((1.0 - self.tokens) / self.rate).clamp(TICK.as_secs_f64(), 0.1);
+            std::thread::sleep(Duration::from_secs_f64(wait));
+            return 0;
+        }
+        self.tokens as u64
+    }
+
+    fn spend(&mut self, lines: usize) {
+        if self.rate > 0.0 {
+            self.tokens -= lines as f64;
+        }
+    }
+}
+
+/// Runs the load generator.
+pub fn run(args: BlastArgs) -> io::Result<()> {
+    let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
+    if args.connections == 0 {
+        return Err(invalid("blast: --connections must be at least 1".into()));
+    }
+    if args.names == 0 || args.names > NAMES_MAX {
+        return Err(invalid(format!(
+            "blast: --names must be in 1..={NAMES_MAX}"
+        )));
+    }
+    if args.count == 0 && args.duration_s.is_none() {
+        return Err(invalid("blast: --count 0 needs --duration-s".into()));
+    }
+    if args.datagram_bytes == 0 || args.datagram_bytes > 65_507 {
+        return Err(invalid(
+            "blast: --datagram-bytes must be in 1..=65507".into(),
+        ));
+    }
+    let timestamp = args.timestamp.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
+    let pool = Arc::new(LinePool::generate(
+        args.format,
+        args.names,
+        args.seed,
+        timestamp,
+    ));
+
+    // Connect everything before the clock starts; any failure ends the run here.
+    let mut sockets = Vec::with_capacity(args.connections as usize);
+    for _ in 0..args.connections {
+        sockets.push(
+            connect(args.to).map_err(|e| {
+                io::Error::new(e.kind(), format!("blast: connect {}: {e}", args.to))
+            })?,
+        );
+    }
+
+    let shares = if args.count == 0 {
+        vec![u64::MAX; args.connections as usize]
+    } else {
+        split_count(args.count, args.connections)
+    };
+    let start = Instant::now();
+    let deadline = args
+        .duration_s
+        .map(|s| start + Duration::from_secs_f64(s.max(0.0)));
+    let counters: Arc<Vec<Counters>> =
+        Arc::new((0..args.connections).map(|_| Counters::default()).collect());
+    let mut handles = Vec::with_capacity(sockets.len());
+    for (i, (socket, lines)) in sockets.into_iter().zip(shares).enumerate() {
+        let plan = Plan {
+            lines,
+            rate: args.rate as f64 / f64::from(args.connections),
+            first_line: i * pool.len() / args.connections as usize,
+            deadline,
+            stall_timeout: Duration::from_secs_f64(args.stall_timeout_s.max(0.001)),
+            datagram_bytes: args.datagram_bytes,
+        };
+        let pool = Arc::clone(&pool);
+        let counters = Arc::clone(&counters);
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("blast-{i}"))
+                .spawn(move || {
+                    let c = &counters[i];
+                    match socket {
+                        Socket::Tcp(s) => send_tcp(s, &pool, &plan, c),
+                        Socket::Udp(s) => send_udp(s, &pool, &plan, c),
+                    }
+                    c.done.store(1, Ordering::Release);
+                })?,
+        );
+    }
+
+    let show_progress = args.progress || stderr_is_tty();
+    let totals = |counters: &[Counters]| {
+        counters.iter().fold((0u64, 0u64, 0u64, 0u64), |acc, c| {
+            (
+                acc.0 + c.lines.load(Ordering::Relaxed),
+                acc.1 + c.bytes.load(Ordering::Relaxed),
+                acc.2 + c.errors.load(Ordering::Relaxed),
+                acc.3 + c.done.load(Ordering::Acquire),
+            )
+        })
+    };
+    // Bounded: every sender ends by count, deadline or stall timeout.
+    let mut next_progress = start + PROGRESS_PERIOD;
+    loop {
+        let (lines, _, errors, done) = totals(&counters);
+        if done == u64::from(args.connections) {
+            break;
+        }
+        let now = Instant::now();
+        if show_progress && now >= next_progress {
+            let secs = now.duration_since(start).as_secs_f64();
+            eprint!(
+                "\rblast: {lines} lines, {:.0} lines/s, errors={errors}   ",
+                lines as f64 / secs
+            );
+            next_progress += PROGRESS_PERIOD;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for h in handles {
+        h.join()
+            .map_err(|_| io::Error::other("blast: sender panicked"))?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let (lines, bytes, errors, _) = totals(&counters);
+    if show_progress {
+        eprintln!();
+    }
+    println!(
+        "blast: sent_lines={lines} sent_bytes={bytes} elapsed_s={elapsed:.3} rate={} errors={errors}",
+        (lines as f64 / elapsed.max(1e-9)) as u64
+    );
+    io::stdout().flush()?;
+    if errors > 0 {
+        return Err(io::Error::other(format!("blast: {errors} send errors")));
+    }
+    Ok(())
+}
+
+enum Socket {
+    Tcp(TcpStream),
+    Udp(UdpSocket),
+}
+
+fn connect(to: Endpoint) -> io::Result<Socket> {
+    match to.transport {
+        Transport::Tcp => {
+            let s = TcpStream::connect_timeout(&to.addr, Duration::from_secs(5))?;
+            s.set_write_timeout(Some(SEND_TIMEOUT))?;
+            Ok(Socket::Tcp(s))
+        }
+        Transport::Udp => {
+            let local: SocketAddr = if to.addr.is_ipv4() {
+                "0.0.0.0:0".parse().expect("literal")
+            } else {
+                "[::]:0".parse().expect("literal")
+            };
+            let s = UdpSocket::bind(local)?;
+            s.connect(to.addr)?;
+            s.set_write_timeout(Some(SEND_TIMEOUT))?;
+            Ok(Socket::Udp(s))
+        }
+    }
+}
+
+fn stderr_is_tty() -> bool {
+    // SAFETY: isatty only inspects the descriptor; fd 2 is open or the call returns 0.
+    unsafe { libc::isatty(2) == 1 }
+}
+
+fn past(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+fn send_tcp(mut stream: TcpStream, pool: &LinePool, plan: &Plan, c: &Counters) {
+    let mut bucket = Bucket::new(plan.rate);
+    let mut line = plan.first_line;
+    let mut left = plan.lines;
+    // Bounded: each pass sends at least one line or sleeps a tick; ends by count/deadline.
+    while left > 0 && !past(plan.deadline) {
+        let allowed = bucket.allowance().min(left);
+        if allowed == 0 {
+            continue;
+        }
+        let n = pool.fit(line, allowed, TCP_CHUNK_BYTES);
+        let chunk = pool.slice(line, n);
+        let (written, err) = write_chunk(&mut stream, chunk, plan);
+        let lines = if written == chunk.len() {
+            n
+        } else {
+            memchr::memchr_iter(b'\n', &chunk[..written]).count()
+        };
+        if lines > 0 {
+            // Bytes of a line cut by an error are not counted: only whole lines were sent.
+            let whole_bytes = pool.slice(line, lines).len();
+            c.lines.fetch_add(lines as u64, Ordering::Relaxed);
+            c.bytes.fetch_add(whole_bytes as u64, Ordering::Relaxed);
+        }
+        bucket.spend(lines);
+        left -= lines as u64;
+        line = (line + lines) % pool.len();
+        if let Some(e) = err {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+            eprintln!("blast: send: {e}");
+            return;
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+/// Writes all of `buf` unless an error, a stall or the deadline stops it; returns the bytes
+/// written and the error if one stopped it (the deadline is not an error).
+fn write_chunk(stream: &mut TcpStream, buf: &[u8], plan: &Plan) -> (usize, Option<io::Error>) {
+    let mut written = 0;
+    let mut progress_at = Instant::now();
+    // Bounded: each pass writes bytes, or waits SEND_TIMEOUT toward the stall/deadline.
+    while written < buf.len() {
+        match io::Write::write(stream, &buf[written..]) {
+            Ok(0) => return (written, Some(io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                written += n;
+                progress_at = Instant::now();
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if past(plan.deadline) {
+                    return (written, None);
+                }
+                if progress_at.elapsed() >= plan.stall_timeout {
+                    let stall = io::Error::new(io::ErrorKind::TimedOut, "peer stalled");
+                    return (written, Some(stall));
+                }
+            }
+            Err(e) => return (written, Some(e)),
+        }
+    }
+    (written, None)
+}
+
+fn send_udp(socket: UdpSocket, pool: &LinePool, plan: &Plan, c: &Counters) {
+    let mut bucket = Bucket::new(plan.rate);
+    let mut line = plan.first_line;
+    let mut left = plan.lines;
+    let mut errors_in_row = 0;
+    // Bounded: each pass sends a datagram, sleeps a tick, or counts an error (capped).
+    while left > 0 && !past(plan.deadline) {
+        let allowed = bucket.allowance().min(left);
+        if allowed == 0 {
+            continue;
+        }
+        let n = pool.fit(line, allowed, plan.datagram_bytes);
+        let datagram = pool.slice(line, n);
+        match socket.send(datagram) {
+            Ok(_) => {
+                errors_in_row = 0;
+                c.lines.fetch_add(n as u64, Ordering::Relaxed);
+                c.bytes.fetch_add(datagram.len() as u64, Ordering::Relaxed);
+                bucket.spend(n);
+                left -= n as u64;
+                line = (line + n) % pool.len();
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // ECONNREFUSED reports an earlier datagram that found no listener.
+                c.errors.fetch_add(1, Ordering::Relaxed);
+                errors_in_row += 1;
+                if errors_in_row >= UDP_ERRORS_MAX {
+                    eprintln!("blast: send: {e} ({errors_in_row} in a row, giving up)");
+                    return;
+                }
+                std::thread::sleep(TICK);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_parses_tcp_and_udp() {
+        let e: Endpoint = "tcp://127.0.0.1:2003".parse().unwrap();
+        assert_eq!(e.transport, Transport::Tcp);
+        assert_eq!(e.addr, "127.0.0.1:2003".parse().unwrap());
+        assert_eq!(e.to_string(), "tcp://127.0.0.1:2003");
+        let e: Endpoint = " udp://[::1]:8125".parse().unwrap();
+        assert_eq!(e.transport, Transport::Udp);
+        assert_eq!(e.to_string(), "udp://[::1]:8125");
+    }
+
+    #[test]
+    fn endpoint_rejects_bad_input() {
+        for bad in [
+            "127.0.0.1:2003",
+            "http://127.0.0.1:1",
+            "tcp://localhost:2003",
+            "tcp://127.0.0.1",
+            "udp://127.0.0.1:99999",
+            "",
+        ] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn split_count_is_exact() {
+        assert_eq!(split_count(10, 3), vec![4, 3, 3]);
+        assert_eq!(split_count(2, 4), vec![1, 1, 0, 0]);
+        assert_eq!(split_count(0, 2), vec![0, 0]);
+        for (count, conns) in [(2_000_000, 4), (1_999_999, 7), (1, 1), (u64::MAX, 3)] {
+            let parts = split_count(count, conns);
+            assert_eq!(parts.len(), conns as usize);
+            assert_eq!(
+                parts.iter().map(|&p| u128::from(p)).sum::<u128>(),
+                count as u128
+            );
+            assert!(parts.iter().max().unwrap() - parts.iter().min().unwrap() <= 1);
+        }
+    }
+
+    #[test]
+    fn pool_is_deterministic() {
+        for format in [Format::Graphite, Format::Statsd] {
+            let a = LinePool::generate(format, 1000, 7, 1_700_000_000);
+            let b = LinePool::generate(format, 1000, 7, 1_700_000_000);
+            assert_eq!(a, b);
+            let c = LinePool::generate(format, 1000, 8, 1_700_000_000);
+            assert_ne!(a.bytes, c.bytes);
+        }
+    }
+
+    #[test]
+    fn pool_holds_every_name_once_per_cycle() {
+        let pool = LinePool::generate(Format::Graphite, 1000, 1, 1_700_000_000);
+        assert_eq!(pool.len(), 5000); // 4096 rounded up to whole cycles of 1000
+        let text = std::str::from_utf8(&pool.bytes).unwrap();
+        let names: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
+        let mut cycle: Vec<&str> = names[..1000].to_vec();
+        cycle.sort_unstable();
+        cycle.dedup();
+        assert_eq!(cycle.len(), 1000);
+        assert_eq!(names[..1000], names[1000..2000]);
+
+        let big = LinePool::generate(Format::Statsd, 10_000, 1, 0);
+        assert_eq!(big.len(), 10_000);
+    }
+
+    #[test]
+    fn graphite_lines_are_well_formed() {
+        let pool = LinePool::generate(Format::Graphite, 5000, 3, 1_700_000_000);
+        let text = std::str::from_utf8(&pool.bytes).unwrap();
+        let mut total = 0;
+        for (i, line) in text.lines().enumerate() {
+            let f: Vec<&str> = line.split(' ').collect();
+            assert_eq!(f.len(), 3, "{line:?}");
+            assert!(f[0].starts_with("blast.grp"), "{line:?}");
+            assert!(f[1].parse::<f64>().is_ok(), "{line:?}");
+            assert_eq!(f[2], "1700000000");
+            assert_eq!(pool.ends[i] - pool.start(i), line.len() + 1);
+            total += line.len() + 1;
+        }
+        let mean = total / pool.len();
+        assert!((40..=50).contains(&mean), "mean line {mean} bytes");
+    }
+
+    #[test]
+    fn statsd_lines_mix_types_with_one_type_per_name() {
+        let pool = LinePool::generate(Format::Statsd, 1000, 3, 0);
+        let text = std::str::from_utf8(&pool.bytes).unwrap();
+        let mut types = std::collections::HashMap::new();
+        for line in text.lines() {
+            let (name, rest) = line.split_once(':').unwrap();
+            let (value, ty) = rest.split_once('|').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line:?}");
+            assert!(["c", "ms", "g"].contains(&ty), "{line:?}");
+            assert_eq!(*types.entry(name).or_insert(ty), ty, "{name}");
+        }
+        let count = |t: &str| types.values().filter(|&&v| v == t).count();
+        assert_eq!((count("c"), count("ms"), count("g")), (600, 300, 100));
+    }
+
+    #[test]
+    fn fit_packs_whole_lines_and_stops_at_pool_end() {
+        let pool = LinePool::generate(Format::Graphite, 4096, 1, 1_700_000_000);
+        let n = pool.fit(0, u64::MAX, 1400);
+        assert!(pool.slice(0, n).len() <= 1400);
+        assert!(pool.slice(0, n + 1).len() > 1400);
+        assert_eq!(pool.fit(0, 3, 1400), 3);
+        assert_eq!(pool.fit(0, u64::MAX, 1), 1);
+        let last = pool.len() - 1;
+        assert_eq!(pool.fit(last, u64::MAX, 1 << 20), 1);
+        assert!(pool.slice(last, 1).ends_with(b"\n"));
+        assert_eq!(pool.fit(0, u64::MAX, usize::MAX), pool.len());
+    }
+}

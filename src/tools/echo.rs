@@ -1,0 +1,505 @@
+//! `cadent echo`: a counting sink for line protocols, on TCP and UDP.
+//!
+//! Per address it counts lines, bytes, accepted connections and datagrams. Counting is a
+//! SIMD newline count over large reads (256 KiB on TCP), so the sink stays cheap next to
+//! the relay under test. A line is counted when its `\n` arrives, so a line split across
+//! reads counts once; bytes after the last `\n` of a TCP connection at EOF, or of a UDP
+//! datagram, count as one more line.
+//!
+//! Output contract (stable, parsed by `bench/relay.py`):
+//! - every `--interval-ms`, one status line on stderr (unless `--quiet`);
+//! - `--stats-file PATH` is rewritten (tmp + rename) every interval and at exit with
+//!   `{"addresses":{"tcp://IP:PORT":{"lines":N,"bytes":M,"connections":C,"datagrams":D},…},
+//!   "total_lines":N,"total_bytes":M,"elapsed_s":X}`;
+//! - at exit (SIGTERM, SIGINT or `--duration-s`), on stdout, one line per address then the
+//!   total: `echo: addr=URL lines=N bytes=M connections=C datagrams=D` and
+//!   `echo: total_lines=N total_bytes=M elapsed_s=X`; exit status 0.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read as _, Write as _};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::blast::{Endpoint, Transport};
+
+/// Bytes asked of one TCP `read`.
+const TCP_READ_BYTES: usize = 256 * 1024;
+/// Largest UDP payload.
+const UDP_READ_BYTES: usize = 65_536;
+/// Receive buffer asked for UDP sockets (the kernel caps it at `net.core.rmem_max`).
+const UDP_RCVBUF_BYTES: usize = 16 << 20;
+/// How often the main loop looks at the stop flag.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Arguments of `cadent echo`.
+#[derive(clap::Args, Debug)]
+pub struct EchoArgs {
+    /// Addresses to listen on, tcp://IP:PORT or udp://IP:PORT; comma-separated and/or
+    /// repeated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub listen: Vec<Endpoint>,
+    /// Period of the stderr status line and of the stats file.
+    #[arg(long, default_value_t = 1000)]
+    pub interval_ms: u64,
+    /// Echo each received line to stdout, prefixed by the address and a space.
+    #[arg(long)]
+    pub print: bool,
+    /// Rewrite this JSON snapshot every interval and at exit.
+    #[arg(long)]
+    pub stats_file: Option<PathBuf>,
+    /// Exit after this many seconds.
+    #[arg(long)]
+    pub duration_s: Option<f64>,
+    /// No periodic status line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Counts of one address, shared by its accept and connection threads.
+#[derive(Default, Debug)]
+struct Counts {
+    lines: AtomicU64,
+    bytes: AtomicU64,
+    connections: AtomicU64,
+    datagrams: AtomicU64,
+}
+
+/// A copy of `Counts` at one instant.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, serde::Serialize)]
+struct Snapshot {
+    lines: u64,
+    bytes: u64,
+    connections: u64,
+    datagrams: u64,
+}
+
+impl Counts {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            lines: self.lines.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            connections: self.connections.load(Ordering::Relaxed),
+            datagrams: self.datagrams.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Set by SIGTERM/SIGINT; the main loop polls it.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+fn install_signal_handlers() -> io::Result<()> {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe); `sa` is fully
+        // initialised (zeroed, then handler, empty mask, SA_RESTART so blocked reads in
+        // other threads resume instead of failing with EINTR).
+        let rc = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Lines in `buf`, given whether the bytes before it ended a line: one per `\n`.
+/// Returns the count and whether `buf` ends inside a line.
+fn count_lines(buf: &[u8]) -> (u64, bool) {
+    let lines = memchr::memchr_iter(b'\n', buf).count() as u64;
+    (lines, buf.last().is_some_and(|&b| b != b'\n'))
+}
+
+/// Lines in one datagram: each `\n` ends one, and a tail without `\n` is one more.
+fn datagram_lines(datagram: &[u8]) -> u64 {
+    let (lines, open) = count_lines(datagram);
+    lines + u64::from(open)
+}
+
+/// Splits `buf` into whole lines after `carry` (the open line of earlier reads); calls
+/// `emit` with each line without its `\n` and leaves the new open line in `carry`.
+fn split_lines(carry: &mut Vec<u8>, buf: &[u8], mut emit: impl FnMut(&[u8])) {
+    let mut rest = buf;
+    while let Some(i) = memchr::memchr(b'\n', rest) {
+        if carry.is_empty() {
+            emit(&rest[..i]);
+        } else {
+            carry.extend_from_slice(&rest[..i]);
+            emit(carry);
+            carry.clear();
+        }
+        rest = &rest[i + 1..];
+    }
+    carry.extend_from_slice(rest);
+}
+
+/// Runs the counting sink.
+pub fn run(args: EchoArgs) -> io::Result<()> {
+    if args.interval_ms == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "echo: --interval-ms must be at least 1",
+        ));
+    }
+    install_signal_handlers()?;
+    let mut addresses = Vec::with_capacity(args.listen.len());
+    for &endpoint in &args.listen {
+        let counts = Arc::new(Counts::default());
+        let name = endpoint.to_string();
+        let bound = bind(endpoint)
+            .map_err(|e| io::Error::new(e.kind(), format!("echo: listen {name}: {e}")))?;
+        let (c, label, print) = (Arc::clone(&counts), name.clone(), args.print);
+        std::thread::Builder::new()
+            .name(format!("echo-{name}"))
+            .spawn(move || match bound {
+                Bound::Tcp(l) => accept_loop(l, c, label, print),
+                Bound::Udp(s) => udp_loop(s, &c, &label, print),
+            })?;
+        addresses.push((name, counts));
+    }
+
+    let start = Instant::now();
+    let deadline = args
+        .duration_s
+        .map(|s| start + Duration::from_secs_f64(s.max(0.0)));
+    let interval = Duration::from_millis(args.interval_ms);
+    let mut next_report = start + interval;
+    let mut last: Vec<Snapshot> = vec![Snapshot::default(); addresses.len()];
+    let mut last_at = start;
+    // Bounded by the signal flag or --duration-s.
+    while !STOP.load(Ordering::Relaxed) && !deadline.is_some_and(|d| Instant::now() >= d) {
+        std::thread::sleep(POLL);
+        let now = Instant::now();
+        if now < next_report {
+            continue;
+        }
+        next_report += interval;
+        let snaps: Vec<Snapshot> = addresses.iter().map(|(_, c)| c.snapshot()).collect();
+        if !args.quiet {
+            let secs = now.duration_since(last_at).as_secs_f64().max(1e-9);
+            let mut line = String::from("echo:");
+            for ((name, _), (s, l)) in addresses.iter().zip(snaps.iter().zip(&last)) {
+                line += &format!(
+                    " {name} lines={} ({:.0}/s) conns={} |",
+                    s.lines,
+                    (s.lines - l.lines) as f64 / secs,
+                    s.connections
+                );
+            }
+            let total: u64 = snaps.iter().map(|s| s.lines).sum();
+            let total_last: u64 = last.iter().map(|s| s.lines).sum();
+            line += &format!(
+                " total lines={total} ({:.0}/s)",
+                (total - total_last) as f64 / secs
+            );
+            eprintln!("{line}");
+        }
+        if let Some(path) = &args.stats_file {
+            let elapsed = now.duration_since(start).as_secs_f64();
+            if let Err(e) = write_stats(path, &addresses, &snaps, elapsed) {
+                eprintln!("echo: stats file {}: {e}", path.display());
+            }
+        }
+        last = snaps;
+        last_at = now;
+    }
+
+    let elapsed = start.elapsed().as_secs_f64();
+    let snaps: Vec<Snapshot> = addresses.iter().map(|(_, c)| c.snapshot()).collect();
+    if let Some(path) = &args.stats_file {
+        write_stats(path, &addresses, &snaps, elapsed)?;
+    }
+    let mut out = io::stdout().lock();
+    for ((name, _), s) in addresses.iter().zip(&snaps) {
+        writeln!(
+            out,
+            "echo: addr={name} lines={} bytes={} connections={} datagrams={}",
+            s.lines, s.bytes, s.connections, s.datagrams
+        )?;
+    }
+    writeln!(
+        out,
+        "echo: total_lines={} total_bytes={} elapsed_s={elapsed:.3}",
+        snaps.iter().map(|s| s.lines).sum::<u64>(),
+        snaps.iter().map(|s| s.bytes).sum::<u64>()
+    )?;
+    out.flush()
+}
+
+enum Bound {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+fn bind(endpoint: Endpoint) -> io::Result<Bound> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = Domain::for_address(endpoint.addr);
+    match endpoint.transport {
+        Transport::Tcp => {
+            let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+            s.set_reuse_address(true)?;
+            s.bind(&endpoint.addr.into())?;
+            s.listen(1024)?;
+            Ok(Bound::Tcp(s.into()))
+        }
+        Transport::Udp => {
+            let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+            // Best effort: a smaller buffer only means earlier kernel drops.
+            let _ = s.set_recv_buffer_size(UDP_RCVBUF_BYTES);
+            s.bind(&endpoint.addr.into())?;
+            Ok(Bound::Udp(s.into()))
+        }
+    }
+}
+
+/// Accepts for the life of the process; one thread per connection.
+fn accept_loop(listener: TcpListener, counts: Arc<Counts>, name: String, print: bool) {
+    let name: Arc<str> = name.into();
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                counts.connections.fetch_add(1, Ordering::Relaxed);
+                let (c, n) = (Arc::clone(&counts), Arc::clone(&name));
+                let spawned = std::thread::Builder::new()
+                    .name("echo-conn".into())
+                    .spawn(move || read_connection(stream, &c, &n, print));
+                if let Err(e) = spawned {
+                    eprintln!("echo: {name}: cannot start a connection thread: {e}");
+                }
+            }
+            Err(e) => {
+                eprintln!("echo: {name}: accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Reads one connection to EOF or error.
+fn read_connection(mut stream: TcpStream, counts: &Counts, name: &str, print: bool) {
+    let mut buf = vec![0u8; TCP_READ_BYTES];
+    let mut open = false;
+    let mut carry = Vec::new();
+    // Bounded by the peer: ends at EOF or on error.
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let (lines, ends_open) = count_lines(&buf[..n]);
+        open = ends_open;
+        counts.lines.fetch_add(lines, Ordering::Relaxed);
+        counts.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        if print {
+            print_lines(name, &mut carry, &buf[..n]);
+        }
+    }
+    if open {
+        counts.lines.fetch_add(1, Ordering::Relaxed);
+    }
+    if print && !carry.is_empty() {
+        carry.push(b'\n');
+        print_lines(name, &mut Vec::new(), &carry);
+    }
+}
+
+fn print_lines(name: &str, carry: &mut Vec<u8>, buf: &[u8]) {
+    let mut out = io::stdout().lock();
+    split_lines(carry, buf, |line| {
+        let _ = out.write_all(name.as_bytes());
+        let _ = out.write_all(b" ");
+        let _ = out.write_all(line);
+        let _ = out.write_all(b"\n");
+    });
+}
+
+/// Receives for the life of the process.
+fn udp_loop(socket: UdpSocket, counts: &Counts, name: &str, print: bool) {
+    let mut buf = vec![0u8; UDP_READ_BYTES];
+    loop {
+        match socket.recv(&mut buf) {
+            Ok(n) => {
+                let datagram = &buf[..n];
+                counts.datagrams.fetch_add(1, Ordering::Relaxed);
+                counts
+                    .lines
+                    .fetch_add(datagram_lines(datagram), Ordering::Relaxed);
+                counts.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                if print && n > 0 {
+                    let mut carry = Vec::new();
+                    print_lines(name, &mut carry, datagram);
+                    if !carry.is_empty() {
+                        carry.push(b'\n');
+                        print_lines(name, &mut Vec::new(), &carry);
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                eprintln!("echo: {name}: recv: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct StatsFile<'a> {
+    addresses: BTreeMap<&'a str, Snapshot>,
+    total_lines: u64,
+    total_bytes: u64,
+    elapsed_s: f64,
+}
+
+fn stats_json(names: &[(String, Arc<Counts>)], snaps: &[Snapshot], elapsed_s: f64) -> String {
+    let file = StatsFile {
+        addresses: names
+            .iter()
+            .zip(snaps)
+            .map(|((n, _), s)| (n.as_str(), *s))
+            .collect(),
+        total_lines: snaps.iter().map(|s| s.lines).sum(),
+        total_bytes: snaps.iter().map(|s| s.bytes).sum(),
+        elapsed_s: (elapsed_s * 1000.0).round() / 1000.0,
+    };
+    serde_json::to_string(&file).expect("stats serialise")
+}
+
+/// Writes the snapshot to `PATH.tmp`, then renames it over `PATH`, so readers never see a
+/// half-written file.
+fn write_stats(
+    path: &Path,
+    names: &[(String, Arc<Counts>)],
+    snaps: &[Snapshot],
+    elapsed_s: f64,
+) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut json = stats_json(names, snaps, elapsed_s);
+    json.push('\n');
+    std::fs::write(&tmp, json)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `chunks` as successive reads of one connection; returns the line count.
+    fn check_stream(chunks: &[&[u8]], expected: u64) {
+        let mut lines = 0;
+        let mut open = false;
+        for chunk in chunks {
+            let (n, o) = count_lines(chunk);
+            lines += n;
+            open = o;
+        }
+        lines += u64::from(open);
+        assert_eq!(lines, expected, "{chunks:?}");
+    }
+
+    #[test]
+    fn lines_split_across_reads_count_once() {
+        check_stream(&[b"a 1 2\nb 1 2\n"], 2);
+        check_stream(&[b"a 1 ", b"2\nb 1", b" 2\n"], 2);
+        check_stream(&[b"a 1 2", b"\n", b"b"], 2);
+        check_stream(&[b"\n\n"], 2);
+        check_stream(&[], 0);
+    }
+
+    #[test]
+    fn datagram_tail_is_a_line() {
+        assert_eq!(datagram_lines(b"a:1|c\nb:2|c\n"), 2);
+        assert_eq!(datagram_lines(b"a:1|c\nb:2|c"), 2);
+        assert_eq!(datagram_lines(b""), 0);
+    }
+
+    #[test]
+    fn split_lines_joins_reads() {
+        let mut carry = Vec::new();
+        let mut got: Vec<String> = Vec::new();
+        for chunk in [&b"ab"[..], b"c\nd", b"e\n\nf"] {
+            split_lines(&mut carry, chunk, |l| {
+                got.push(String::from_utf8(l.to_vec()).unwrap())
+            });
+        }
+        assert_eq!(got, ["abc", "de", ""]);
+        assert_eq!(carry, b"f");
+    }
+
+    #[test]
+    fn listen_list_parses() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            echo: EchoArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "echo",
+            "--listen",
+            "tcp://127.0.0.1:2101,udp://127.0.0.1:2102",
+            "--listen",
+            "tcp://127.0.0.1:2103",
+        ])
+        .unwrap();
+        let got: Vec<String> = cli.echo.listen.iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            got,
+            [
+                "tcp://127.0.0.1:2101",
+                "udp://127.0.0.1:2102",
+                "tcp://127.0.0.1:2103"
+            ]
+        );
+        assert!(Cli::try_parse_from(["echo", "--listen", "127.0.0.1:1"]).is_err());
+        assert!(Cli::try_parse_from(["echo"]).is_err());
+    }
+
+    #[test]
+    fn stats_json_shape() {
+        let names = vec![
+            (
+                "tcp://127.0.0.1:2101".to_string(),
+                Arc::new(Counts::default()),
+            ),
+            (
+                "udp://127.0.0.1:2102".to_string(),
+                Arc::new(Counts::default()),
+            ),
+        ];
+        let snaps = [
+            Snapshot {
+                lines: 3,
+                bytes: 30,
+                connections: 1,
+                datagrams: 0,
+            },
+            Snapshot {
+                lines: 4,
+                bytes: 40,
+                connections: 0,
+                datagrams: 2,
+            },
+        ];
+        let v: serde_json::Value = serde_json::from_str(&stats_json(&names, &snaps, 1.5)).unwrap();
+        assert_eq!(v["total_lines"], 7);
+        assert_eq!(v["total_bytes"], 70);
+        assert_eq!(v["addresses"]["tcp://127.0.0.1:2101"]["lines"], 3);
+        assert_eq!(v["addresses"]["tcp://127.0.0.1:2101"]["connections"], 1);
+        assert_eq!(v["addresses"]["udp://127.0.0.1:2102"]["datagrams"], 2);
+    }
+}

@@ -1,0 +1,1 @@
+//! carbon_ch against carbon-c-relay -t (being written).
