@@ -2,7 +2,12 @@
 //!
 //! See `ARCHITECTURE.md` for the map of the rooms below.
 
+pub mod api;
 pub mod config;
+pub mod ingest;
+pub mod output;
 pub mod protocol;
 pub mod route;
+pub mod shard;
+pub mod telemetry;
 pub mod tools;

@@ -1,1 +1,218 @@
-fn main() {}
+//! The `cadent` binary: glue between the command line and the library.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use cadent::api::{self, AdminState};
+use cadent::config::{Config, ListenUrl, DEFAULT_CONFIG};
+use cadent::route::{DestinationTable, Router};
+use cadent::shard::{self, ControlMsg};
+use cadent::telemetry::{Labels, Registry};
+use cadent::tools;
+
+#[derive(Parser)]
+#[command(name = "cadent", version, about = "Thread-per-core metrics data plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the data plane (the embedded default config when --config is not given).
+    Serve {
+        /// TOML config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config: every error at once, each naming its key; non-zero exit if any.
+    Check {
+        /// TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print where names go: `NAME<TAB>host:port[=instance][,...]` in replica order.
+    Hash {
+        /// TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Cluster to ask (default: the first).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Names; read from stdin, one per line, when none are given.
+        names: Vec<String>,
+    },
+    /// Counting sink: prints per-address counts and rates.
+    Echo(tools::echo::EchoArgs),
+    /// Load generator.
+    Blast(tools::blast::BlastArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Check { config } => check(config),
+        Command::Hash {
+            config,
+            cluster,
+            names,
+        } => hash(config, cluster, names),
+        Command::Echo(args) => tools::echo::run(args).map_err(Into::into),
+        Command::Blast(args) => tools::blast::run(args).map_err(Into::into),
+    };
+    if let Err(e) = result {
+        eprintln!("cadent: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CADENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn check(path: PathBuf) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    match Config::parse(&text) {
+        Ok(cfg) => {
+            println!(
+                "{}: ok ({} listeners, {} clusters, {} routes)",
+                path.display(),
+                cfg.listeners.len(),
+                cfg.clusters.len(),
+                cfg.routes.len()
+            );
+            Ok(())
+        }
+        Err(errs) => {
+            for e in &errs.0 {
+                eprintln!("{}: {e}", path.display());
+            }
+            anyhow::bail!("{}: {} error(s)", path.display(), errs.0.len())
+        }
+    }
+}
+
+fn hash(path: PathBuf, cluster: Option<String>, names: Vec<String>) -> anyhow::Result<()> {
+    let cfg = Config::load(&path)?;
+    let ci = match &cluster {
+        Some(n) => cfg.cluster_index(n).with_context(|| format!("no cluster named {n:?}"))?,
+        None if cfg.clusters.is_empty() => anyhow::bail!("the config has no [[cluster]]"),
+        None => 0,
+    };
+    let table = DestinationTable::from_config(&cfg);
+    let mut router = Router::new(&cfg, &table);
+    let members = &cfg.clusters[ci].members;
+    let dest_of_member = &table.cluster_members[ci];
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut dests = Vec::new();
+    let mut line = String::new();
+    let mut one = |name: &str, out: &mut dyn Write| -> std::io::Result<()> {
+        let key = cadent::protocol::graphite::hash_key(name.as_bytes());
+        router.cluster_destinations(ci, key, &mut dests);
+        write!(out, "{name}\t")?;
+        for (i, d) in dests.iter().enumerate() {
+            let label = match dest_of_member.iter().position(|m| m == d) {
+                Some(j) if j < members.len() => members[j].display_hash(),
+                _ => table.destinations[d.index()].name.clone(),
+            };
+            write!(out, "{}{label}", if i > 0 { "," } else { "" })?;
+        }
+        writeln!(out)
+    };
+    if names.is_empty() {
+        let stdin = std::io::stdin();
+        let mut input = stdin.lock();
+        loop {
+            line.clear();
+            if input.read_line(&mut line)? == 0 {
+                break;
+            }
+            let name = line.trim_end_matches(['\n', '\r']);
+            if !name.is_empty() {
+                one(name, &mut out)?;
+            }
+        }
+    } else {
+        for n in &names {
+            one(n, &mut out)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
+    init_logging();
+    let cfg = match &path {
+        Some(p) => Config::load(p)?,
+        None => Config::parse(DEFAULT_CONFIG).map_err(|e| anyhow::anyhow!("embedded config: {e}"))?,
+    };
+    let cfg = Arc::new(cfg);
+    let table = Arc::new(DestinationTable::from_config(&cfg));
+    let addrs = shard::probe_listeners(&cfg)?;
+    let shards = shard::shard_count(&cfg);
+    let labels = Labels {
+        listeners: cfg.listeners.iter().map(|l| l.name.clone()).collect(),
+        rules: cfg.routes.iter().map(|r| r.name.clone()).collect(),
+        destinations: table.destinations.iter().map(|d| d.name.clone()).collect(),
+    };
+    let registry = Registry::new(labels, shards);
+    let bound: Vec<String> = cfg
+        .listeners
+        .iter()
+        .zip(&addrs)
+        .map(|(l, a)| match (&l.url, a) {
+            (ListenUrl::Inet(t, _), Some(a)) => format!("{}://{a}", t.scheme()),
+            (u, _) => u.to_string(),
+        })
+        .collect();
+    let handles = shard::spawn(cfg.clone(), table.clone(), addrs, registry.clone())?;
+    tracing::info!(
+        shards,
+        config = %path.as_ref().map_or("(embedded default)".into(), |p| p.display().to_string()),
+        listeners = ?bound,
+        admin = %cfg.server.admin_listen,
+        "cadent serving"
+    );
+    let state = Arc::new(AdminState {
+        config: cfg.clone(),
+        table: table.clone(),
+        router: Mutex::new(Router::new(&cfg, &table)),
+        registry,
+        shards,
+        bound,
+        started: Instant::now(),
+    });
+    let outcome = api::serve_until_signal(state, cfg.server.admin_listen);
+    let started = Instant::now();
+    for h in &handles {
+        h.send(ControlMsg::Shutdown);
+    }
+    let mut failed = false;
+    for h in handles {
+        if let Err(e) = h.join() {
+            tracing::error!("{e}");
+            failed = true;
+        }
+    }
+    for l in &cfg.listeners {
+        if let ListenUrl::Unix(p) = &l.url {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    let signal = outcome?;
+    tracing::info!(signal, elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
+    if failed {
+        anyhow::bail!("a shard failed");
+    }
+    Ok(())
+}

@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::config::{ListenUrl, Transport};
+
 /// Bytes handed to one TCP `write` when neither the rate nor the count limits it.
 const TCP_CHUNK_BYTES: usize = 256 * 1024;
 /// The pool holds at least this many lines, so chunks stay large with few names.
@@ -41,21 +43,13 @@ const PROGRESS_PERIOD: Duration = Duration::from_millis(500);
 /// Consecutive UDP send errors after which a sender gives up.
 const UDP_ERRORS_MAX: u64 = 100;
 
-/// Transport of an endpoint URL.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    /// `tcp://`
-    Tcp,
-    /// `udp://`
-    Udp,
-}
-
-/// `tcp://IP:PORT` or `udp://IP:PORT`, as taken by `--to` and `cadent echo --listen`.
+/// `tcp://HOST:PORT` or `udp://HOST:PORT`, as taken by `--to` and `cadent echo --listen`;
+/// parsed like a config listener URL (`unix://` is refused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     /// The transport named by the scheme.
     pub transport: Transport,
-    /// The socket address (an IP literal, no name resolution).
+    /// The socket address (names are resolved once, when parsed).
     pub addr: SocketAddr,
 }
 
@@ -63,28 +57,16 @@ impl FromStr for Endpoint {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let (transport, rest) = if let Some(rest) = s.strip_prefix("tcp://") {
-            (Transport::Tcp, rest)
-        } else if let Some(rest) = s.strip_prefix("udp://") {
-            (Transport::Udp, rest)
-        } else {
-            return Err(format!("{s:?}: expected tcp://IP:PORT or udp://IP:PORT"));
-        };
-        let addr = rest
-            .parse::<SocketAddr>()
-            .map_err(|e| format!("{s:?}: {e} (expected IP:PORT)"))?;
-        Ok(Endpoint { transport, addr })
+        match ListenUrl::parse(s.trim())? {
+            ListenUrl::Inet(transport, addr) => Ok(Endpoint { transport, addr }),
+            ListenUrl::Unix(_) => Err(format!("{s:?}: expected tcp:// or udp://")),
+        }
     }
 }
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = match self.transport {
-            Transport::Tcp => "tcp",
-            Transport::Udp => "udp",
-        };
-        write!(f, "{scheme}://{}", self.addr)
+        write!(f, "{}://{}", self.transport.scheme(), self.addr)
     }
 }
 
@@ -286,7 +268,8 @@ struct Counters {
     done: AtomicU64,
 }
 
-/// Token bucket refilled from the clock; `take` answers how many lines may go now.
+/// Token bucket refilled from the clock. It lets lines go one tick's worth at a time, so
+/// a limited rate still makes full datagrams and few, larger writes.
 struct Bucket {
     rate: f64,
     tokens: f64,
@@ -302,22 +285,24 @@ impl Bucket {
         }
     }
 
-    /// Lines allowed now (`u64::MAX` without a rate); sleeps a tick when none is.
-    fn allowance(&mut self) -> u64 {
+    /// Lines allowed now, at most `left` (`left` without a rate). When fewer than a tick's
+    /// worth (or `left`) have accumulated, sleeps until they should have and returns 0.
+    fn allowance(&mut self, left: u64) -> u64 {
         if self.rate <= 0.0 {
-            return u64::MAX;
+            return left;
         }
         let now = Instant::now();
-        let depth = (self.rate * BUCKET_DEPTH_S).max(1.0);
+        let batch = (self.rate * TICK.as_secs_f64()).max(1.0).min(left as f64);
+        let depth = (self.rate * BUCKET_DEPTH_S).max(batch);
         self.tokens =
             (self.tokens + self.rate * now.duration_since(self.last).as_secs_f64()).min(depth);
         self.last = now;
-        if self.tokens < 1.0 {
-            let wait = ((1.0 - self.tokens) / self.rate).clamp(TICK.as_secs_f64(), 0.1);
+        if self.tokens < batch {
+            let wait = ((batch - self.tokens) / self.rate).clamp(0.000_1, 0.1);
             std::thread::sleep(Duration::from_secs_f64(wait));
             return 0;
         }
-        self.tokens as u64
+        (self.tokens as u64).min(left)
     }
 
     fn spend(&mut self, lines: usize) {
@@ -495,7 +480,7 @@ fn send_tcp(mut stream: TcpStream, pool: &LinePool, plan: &Plan, c: &Counters) {
     let mut left = plan.lines;
     // Bounded: each pass sends at least one line or sleeps a tick; ends by count/deadline.
     while left > 0 && !past(plan.deadline) {
-        let allowed = bucket.allowance().min(left);
+        let allowed = bucket.allowance(left);
         if allowed == 0 {
             continue;
         }
@@ -566,7 +551,7 @@ fn send_udp(socket: UdpSocket, pool: &LinePool, plan: &Plan, c: &Counters) {
     let mut errors_in_row = 0;
     // Bounded: each pass sends a datagram, sleeps a tick, or counts an error (capped).
     while left > 0 && !past(plan.deadline) {
-        let allowed = bucket.allowance().min(left);
+        let allowed = bucket.allowance(left);
         if allowed == 0 {
             continue;
         }
@@ -616,7 +601,7 @@ mod tests {
         for bad in [
             "127.0.0.1:2003",
             "http://127.0.0.1:1",
-            "tcp://localhost:2003",
+            "unix:///tmp/x",
             "tcp://127.0.0.1",
             "udp://127.0.0.1:99999",
             "",

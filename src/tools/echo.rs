@@ -23,7 +23,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::blast::{Endpoint, Transport};
+use super::blast::Endpoint;
+use crate::config::Transport;
 
 /// Bytes asked of one TCP `read`.
 const TCP_READ_BYTES: usize = 256 * 1024;

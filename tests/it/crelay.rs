@@ -1,1 +1,728 @@
-//! carbon_ch against carbon-c-relay -t (being written).
+//! carbon_ch placement against carbon-c-relay 3.7.3, the peer we must agree with.
+//!
+//! Two comparisons over the same names and clusters:
+//! - the library ring (`CarbonRing`) in-process, so the hash is pinned even
+//!   without the CLI;
+//! - the `cadent hash` command end to end, config parsing included.
+//!
+//! The reference answers come from `carbon-c-relay -t -f CONF`, which reads
+//! names on stdin and prints, per name:
+//!
+//! ```text
+//! match
+//!     * -> NAME
+//!     carbon_ch(c)
+//!         hash_pos(54437)          (only with -d)
+//!         127.0.0.1:2101           (host:port, no instance; IPv6 as [::1]:2101)
+//!         127.0.0.1:2103
+//!     stop
+//! ```
+//!
+//! It prints the chosen servers as host:port only; c-relay keys servers by
+//! host:port (a second instance on one host:port is a config error), so that
+//! is enough to name the member. With `-d` it also prints the ring after the
+//! cluster, as `POS@host:port[=instance]` cells; we read it to find position
+//! ties and aim names at them.
+//!
+//! Test mode differs from the running relay in two ways that matter here: it
+//! does not cleanse names (so the generated names use only bytes cleansing
+//! keeps), and it hashes the whole line up to the first space, tags included,
+//! whereas the relay hashes only the part before `;` (checked on loopback:
+//! 500 of 500 tagged names landed where their untagged name did). So c-relay
+//! is given the names cut at `;`, the way the relay hashes them, and cadent the
+//! full names.
+
+use cadent::route::ring::{CarbonRing, RingMember};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One cluster to compare, as `host:port[=instance]` specs in config order.
+struct Scenario {
+    label: &'static str,
+    members: &'static [&'static str],
+    replications: &'static [usize],
+}
+
+/// Scenarios both comparisons run.
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        label: "instances",
+        members: &[
+            "127.0.0.1:2101=a",
+            "127.0.0.1:2102=b",
+            "127.0.0.1:2103=c",
+            "127.0.0.1:2104=d",
+        ],
+        replications: &[1, 2, 3],
+    },
+    // Numeric-looking instances whose positions collide: ("3", "10") at 47884
+    // and ("4", "12") at 56210. carbon_ch orders ties by strcmp, so "10" and
+    // "12" win although a numeric order (as jump_fnv1a_ch uses) would not.
+    Scenario {
+        label: "numeric-instances",
+        members: &[
+            "127.0.0.1:2101=3",
+            "127.0.0.1:2102=10",
+            "127.0.0.1:2103=4",
+            "127.0.0.1:2104=12",
+        ],
+        replications: &[1, 2, 3],
+    },
+    Scenario {
+        label: "no-instances",
+        members: &[
+            "10.0.0.1:2003",
+            "10.0.0.2:2003",
+            "10.0.0.3:2003",
+            "10.0.0.4:2003",
+        ],
+        replications: &[1, 2, 3],
+    },
+    Scenario {
+        label: "mixed",
+        members: &[
+            "10.0.0.1:2003",
+            "10.0.0.2:2003=x",
+            "127.0.0.1:2101=a",
+            "127.0.0.1:2102=b",
+            "10.0.0.5:2004",
+        ],
+        replications: &[1, 2, 3],
+    },
+    // Members listed against c-relay's tie order, each pair sharing a position:
+    // e/a at 16828 (a wins: smaller instance), 10.0.0.5 without and with
+    // instance "10" at 19939 (the instance wins), 10.0.0.3/10.0.0.1 at 7798
+    // (smaller host wins), s/l/d at 9147 (d wins).
+    Scenario {
+        label: "ties",
+        members: &[
+            "127.0.0.1:2105=e",
+            "127.0.0.1:2101=a",
+            "10.0.0.5:2003",
+            "10.0.0.5:2004=10",
+            "10.0.0.3:2003",
+            "10.0.0.1:2003",
+            "127.0.0.1:2112=s",
+            "127.0.0.1:2108=l",
+            "127.0.0.1:2104=d",
+        ],
+        replications: &[1, 2, 3],
+    },
+];
+
+/// Scenarios only the library comparison runs: their config is outside what
+/// the cadent CLI test should depend on.
+const LIBRARY_ONLY_SCENARIOS: &[Scenario] = &[
+    // Host names are hashed as written, never resolved.
+    Scenario {
+        label: "host-names",
+        members: &["localhost:2101=a", "127.0.0.1:2102=a", "localhost:2103"],
+        replications: &[1, 2, 3],
+    },
+    // IPv6 hosts are hashed without brackets: ('::1', 'a'):0.
+    Scenario {
+        label: "ipv6",
+        members: &[
+            "[::1]:2101=a",
+            "[::1]:2102=b",
+            "[fe80::1]:2003",
+            "10.0.0.1:2003",
+        ],
+        replications: &[1, 2, 3],
+    },
+    // Same host and instance on two ports: every position ties, the first
+    // listed takes them all and the second never receives anything. With
+    // replication 3 c-relay would spin forever (two reachable servers).
+    Scenario {
+        label: "duplicate-host-instance",
+        members: &["127.0.0.1:2102=a", "127.0.0.1:2101=a", "127.0.0.1:2103=b"],
+        replications: &[1, 2],
+    },
+];
+
+/// Base names generated per run, before the ones aimed at ties.
+const NAMES_COUNT: usize = 12_000;
+
+/// Tied positions per scenario that get a name aimed exactly at them; each
+/// costs about 65536 hashes to find, so the duplicate-member ring (every
+/// position tied) is sampled rather than covered.
+const TIES_AIMED_MAX: usize = 8;
+
+/// How long one peer run may take before the test gives up on it.
+const PEER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A cluster member parsed from its spec.
+struct Member {
+    /// The spec itself: how answers are written and compared.
+    spec: &'static str,
+    /// `host:port` as c-relay prints a chosen server (IPv6 bracketed).
+    addr: &'static str,
+    /// Host as hashed (IPv6 without brackets).
+    host: &'static str,
+    port: u16,
+    instance: Option<&'static str>,
+}
+
+fn member(spec: &'static str) -> Member {
+    let (addr, instance) = match spec.split_once('=') {
+        Some((addr, instance)) => (addr, Some(instance)),
+        None => (spec, None),
+    };
+    let (host, port) = addr.rsplit_once(':').expect("member spec is host:port");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Member {
+        spec,
+        addr,
+        host,
+        port: port.parse().expect("member port"),
+        instance,
+    }
+}
+
+fn members(scenario: &Scenario) -> Vec<Member> {
+    scenario.members.iter().map(|s| member(s)).collect()
+}
+
+/// c-relay's `-t` answers for one name: the name as it echoed it, and the
+/// chosen members' specs in replica order.
+type Routes = Vec<(String, Vec<String>)>;
+
+/// Deterministic metric names of varied shapes; about 1 in 20 carries tags.
+/// Only bytes c-relay's cleansing keeps, no empty segments and no spaces, so
+/// test mode (uncleansed) and the relay hash the same bytes.
+fn names() -> Vec<String> {
+    const WORDS: &[&str] = &[
+        "servers",
+        "web",
+        "db",
+        "cpu",
+        "memory",
+        "free",
+        "used",
+        "load",
+        "disk",
+        "sda1",
+        "requests",
+        "latency",
+        "p99",
+        "count",
+        "rate",
+        "stats",
+        "timers",
+        "gauges",
+        "collectd",
+        "interface",
+        "eth0",
+        "if_octets",
+        "rx",
+        "tx",
+        "api",
+        "checkout",
+        "carbon",
+        "agents",
+        "prod",
+        "eu-west-1",
+        "us_east",
+        "app:blue",
+        "queue#2",
+    ];
+    const SEGMENT_BYTES: &[u8] =
+        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-";
+
+    let mut rng = SplitMix64(0x6361_6465_6e74_2121);
+    let mut seen = HashSet::new();
+    // Fixed vectors from the reference notes first.
+    let mut out: Vec<String> = ["a.b.c.d", "collectd.bar.memory.free", "foo.bar", "m12052"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    seen.extend(out.iter().cloned());
+    while out.len() < NAMES_COUNT {
+        let mut name = String::new();
+        match rng.below(7) {
+            0 => {
+                let _ = write!(
+                    name,
+                    "servers.{}{}.{}.{}",
+                    WORDS[rng.below(WORDS.len())],
+                    rng.below(500),
+                    WORDS[rng.below(WORDS.len())],
+                    WORDS[rng.below(WORDS.len())]
+                );
+            }
+            1 => {
+                let _ = write!(
+                    name,
+                    "collectd.host-{}.cpu-{}.percent-{}",
+                    rng.below(2000),
+                    rng.below(64),
+                    WORDS[rng.below(WORDS.len())]
+                );
+            }
+            2 => {
+                for i in 0..1 + rng.below(5) {
+                    if i > 0 {
+                        name.push('.');
+                    }
+                    let _ = write!(name, "{}", rng.below(100_000));
+                }
+            }
+            3 => {
+                for i in 0..1 + rng.below(10) {
+                    if i > 0 {
+                        name.push('.');
+                    }
+                    for _ in 0..1 + rng.below(12) {
+                        name.push(SEGMENT_BYTES[rng.below(SEGMENT_BYTES.len())] as char);
+                    }
+                }
+            }
+            4 => {
+                let _ = write!(
+                    name,
+                    "stats.timers.{}.{}.endpoint_{}.p{}",
+                    WORDS[rng.below(WORDS.len())],
+                    WORDS[rng.below(WORDS.len())],
+                    rng.below(300),
+                    50 + rng.below(50)
+                );
+            }
+            5 => {
+                let _ = write!(name, "m{}", rng.below(100_000));
+            }
+            _ => {
+                for i in 0..2 + rng.below(6) {
+                    if i > 0 {
+                        name.push('.');
+                    }
+                    name.push_str(WORDS[rng.below(WORDS.len())]);
+                }
+            }
+        }
+        if rng.below(20) == 0 {
+            let _ = write!(name, ";dc=dc{}", rng.below(5));
+            if rng.below(2) == 0 {
+                let _ = write!(name, ";env={}", WORDS[rng.below(WORDS.len())]);
+            }
+        }
+        if seen.insert(name.clone()) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// Names aimed exactly at tied ring positions, at most `TIES_AIMED_MAX` per
+/// scenario. On an exact hit c-relay's lookup may stop anywhere inside a tie,
+/// so these pin how a whole tie is owned, not only its first entry. One pass
+/// serves every scenario: each try hashes one candidate name.
+fn names_on_ties(tied: &[u16]) -> Vec<String> {
+    let mut wanted: BTreeMap<u16, Option<String>> = tied.iter().map(|&p| (p, None)).collect();
+    let mut missing = wanted.len();
+    let mut name = String::new();
+    // About 65536 * ln(missing) tries; the bound leaves a wide margin.
+    for k in 0..8_000_000u32 {
+        if missing == 0 {
+            break;
+        }
+        name.clear();
+        let _ = write!(name, "tie.k{k}");
+        if let Some(slot @ None) = wanted.get_mut(&CarbonRing::position(name.as_bytes())) {
+            *slot = Some(name.clone());
+            missing -= 1;
+        }
+    }
+    assert_eq!(missing, 0, "no name found for some tied positions");
+    wanted.into_values().flatten().collect()
+}
+
+/// Ring positions c-relay holds more than once for `scenario`, at most
+/// `TIES_AIMED_MAX` of them, spread over the ring.
+fn tied_positions(scenario: &Scenario, tag: &str) -> Vec<u16> {
+    let dir = workdir(&format!("{tag}-ring-{}", scenario.label));
+    let conf = dir.join("relay.conf");
+    fs::write(&conf, crelay_conf(scenario, 1)).expect("write c-relay conf");
+    let mut count: BTreeMap<u16, usize> = BTreeMap::new();
+    for pos in crelay_ring_positions(&conf, &dir) {
+        *count.entry(pos).or_default() += 1;
+    }
+    let tied: Vec<u16> = count
+        .into_iter()
+        .filter(|&(_, n)| n > 1)
+        .map(|(p, _)| p)
+        .collect();
+    let step = tied.len().div_ceil(TIES_AIMED_MAX).max(1);
+    let _ = fs::remove_dir_all(&dir);
+    tied.into_iter().step_by(step).collect()
+}
+
+/// The generated names plus names aimed at the ties of every scenario in
+/// `scenarios`, so that every scenario is checked on every name.
+fn names_for(scenarios: &[&Scenario], tag: &str) -> Vec<String> {
+    let mut tied = Vec::new();
+    for scenario in scenarios {
+        let positions = tied_positions(scenario, tag);
+        eprintln!(
+            "{}: aiming names at tied positions {positions:?}",
+            scenario.label
+        );
+        if scenario.label == "ties" {
+            // The deliberate collisions; chance ones may add more.
+            for pos in [7798, 9147, 16828, 19939] {
+                assert!(positions.contains(&pos), "ties scenario lacks tie {pos}");
+            }
+        }
+        tied.extend(positions);
+    }
+    tied.sort_unstable();
+    tied.dedup();
+    let mut all = names();
+    all.extend(names_on_ties(&tied));
+    all
+}
+
+/// The part of a name c-relay's relay hashes: up to the first `;`.
+fn hash_key(name: &str) -> &str {
+    name.split_once(';').map_or(name, |(key, _)| key)
+}
+
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// A scratch directory unique to this process and `tag`, left behind on
+/// failure so the configs and outputs can be inspected.
+fn workdir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cadent-crelay-{}-{tag}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+fn crelay_bin() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/bin", "/usr/sbin", "/usr/local/bin"].map(PathBuf::from))
+        .map(|dir| dir.join("carbon-c-relay"))
+        .find(|bin| bin.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "carbon-c-relay not found in PATH: this test compares against it; \
+                 run scripts/install-peers.sh"
+            )
+        })
+}
+
+/// Runs `cmd` with `stdin_file` on stdin, stdout and stderr to files (so no
+/// pipe can fill and stall it), bounded by `PEER_TIMEOUT`. Returns stdout.
+fn run(mut cmd: Command, stdin_file: &Path, dir: &Path, tag: &str) -> String {
+    let out_path = dir.join(format!("{tag}.stdout"));
+    let err_path = dir.join(format!("{tag}.stderr"));
+    cmd.stdin(Stdio::from(
+        fs::File::open(stdin_file).expect("open stdin file"),
+    ))
+    .stdout(Stdio::from(
+        fs::File::create(&out_path).expect("stdout file"),
+    ))
+    .stderr(Stdio::from(
+        fs::File::create(&err_path).expect("stderr file"),
+    ));
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let deadline = Instant::now() + PEER_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} ran past {PEER_TIMEOUT:?}; see {}", dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stdout = fs::read_to_string(&out_path).expect("read stdout");
+    if !status.success() {
+        let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+        panic!("{cmd:?} failed with {status}\nstderr:\n{stderr}");
+    }
+    stdout
+}
+
+fn crelay_conf(scenario: &Scenario, replication: usize) -> String {
+    format!(
+        "cluster c carbon_ch replication {replication}\n    {}\n    ;\nmatch * send to c stop;\n",
+        scenario.members.join("\n    ")
+    )
+}
+
+/// Positions of c-relay's ring for `conf`, read from its `-d` print.
+fn crelay_ring_positions(conf: &Path, dir: &Path) -> Vec<u16> {
+    let stdin = dir.join("ring.in");
+    fs::write(&stdin, "a.b.c.d\n").expect("write ring stdin");
+    let mut cmd = Command::new(crelay_bin());
+    cmd.args(["-t", "-d", "-f"]).arg(conf);
+    let stdout = run(cmd, &stdin, dir, "ring");
+    let positions: Vec<u16> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("# hash ring for c follows"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .flat_map(str::split_whitespace)
+        .map(|cell| {
+            let (pos, _) = cell.split_once('@').expect("ring cell is POS@server");
+            pos.parse().expect("ring position")
+        })
+        .collect();
+    assert!(
+        !positions.is_empty(),
+        "no ring in c-relay -d output:\n{stdout}"
+    );
+    positions
+}
+
+/// c-relay's answers for `names` (already cut at `;`) under `conf`.
+fn crelay_routes(conf: &Path, names: &[&str], members: &[Member], dir: &Path) -> Routes {
+    let stdin = dir.join("crelay.in");
+    fs::write(&stdin, lines(names)).expect("write c-relay stdin");
+    let mut cmd = Command::new(crelay_bin());
+    cmd.arg("-t").arg("-f").arg(conf);
+    let stdout = run(cmd, &stdin, dir, "crelay");
+    let routes = parse_crelay_routes(&stdout, members);
+    assert_eq!(
+        routes.len(),
+        names.len(),
+        "c-relay answered {} of {} names; see {}",
+        routes.len(),
+        names.len(),
+        dir.display()
+    );
+    routes
+}
+
+/// Reads the per-name blocks of c-relay's `-t` output. The config echo before
+/// them never has a line that is exactly `match`, so that line starts a block.
+fn parse_crelay_routes(stdout: &str, members: &[Member]) -> Routes {
+    let by_addr: BTreeMap<&str, &str> = members.iter().map(|m| (m.addr, m.spec)).collect();
+    let mut routes = Routes::new();
+    let mut in_block = false;
+    let mut in_cluster = false;
+    for line in stdout.lines() {
+        let trimmed = line.trim();
+        if line == "match" {
+            in_block = true;
+            in_cluster = false;
+        } else if !in_block {
+            continue;
+        } else if let Some(name) = line.trim_start().strip_prefix("* -> ") {
+            routes.push((name.to_string(), Vec::new()));
+        } else if trimmed == "carbon_ch(c)" {
+            in_cluster = true;
+        } else if trimmed == "stop" {
+            in_block = false;
+            in_cluster = false;
+        } else if in_cluster && !trimmed.starts_with("hash_pos(") {
+            let spec = by_addr
+                .get(trimmed)
+                .unwrap_or_else(|| panic!("c-relay chose unknown server {trimmed:?}"));
+            let (_, chosen) = routes.last_mut().expect("server line inside a block");
+            chosen.push(spec.to_string());
+        }
+    }
+    routes
+}
+
+fn lines(names: &[&str]) -> String {
+    let mut out = String::with_capacity(names.iter().map(|n| n.len() + 1).sum());
+    for name in names {
+        out.push_str(name);
+        out.push('\n');
+    }
+    out
+}
+
+/// Compares answers name by name; returns how many differ, printing the first 20.
+fn compare(label: &str, names: &[String], expected: &Routes, got: &[Vec<String>]) -> usize {
+    assert_eq!(expected.len(), got.len(), "{label}: answer counts differ");
+    let mut differ = 0;
+    for ((name, (_, want)), have) in names.iter().zip(expected).zip(got) {
+        if want != have {
+            if differ < 20 {
+                eprintln!(
+                    "{label}: {name:?} (pos {}): c-relay {want:?}, cadent {have:?}",
+                    CarbonRing::position(hash_key(name).as_bytes())
+                );
+            }
+            differ += 1;
+        }
+    }
+    differ
+}
+
+/// Everything one scenario needs from c-relay: a scratch directory with its
+/// configs and, per replication, the answers for `names`.
+struct Reference {
+    dir: PathBuf,
+    answers: Vec<(usize, Routes)>,
+}
+
+fn reference(scenario: &Scenario, names: &[String], tag: &str) -> Reference {
+    let dir = workdir(&format!("{tag}-{}", scenario.label));
+    let members = members(scenario);
+    let keys: Vec<&str> = names.iter().map(|n| hash_key(n)).collect();
+    let mut answers = Vec::new();
+    for &replication in scenario.replications {
+        let conf = dir.join(format!("relay-r{replication}.conf"));
+        fs::write(&conf, crelay_conf(scenario, replication)).expect("write c-relay conf");
+        let routes = crelay_routes(&conf, &keys, &members, &dir);
+        for ((echoed, _), key) in routes.iter().zip(&keys) {
+            assert_eq!(echoed, key, "c-relay answers out of order");
+        }
+        answers.push((replication, routes));
+    }
+    Reference { dir, answers }
+}
+
+#[test]
+fn carbon_ch_library_matches_crelay() {
+    let scenarios: Vec<&Scenario> = SCENARIOS.iter().chain(LIBRARY_ONLY_SCENARIOS).collect();
+    let names = names_for(&scenarios, "lib");
+    let mut compared = 0;
+    let mut differ = 0;
+    let mut out = Vec::with_capacity(4);
+    for scenario in scenarios {
+        let reference = reference(scenario, &names, "lib");
+        let members = members(scenario);
+        let ring_members: Vec<RingMember<'_>> = members
+            .iter()
+            .map(|m| RingMember {
+                host: m.host,
+                port: m.port,
+                instance: m.instance,
+            })
+            .collect();
+        let ring = CarbonRing::new(&ring_members);
+        for (replication, expected) in &reference.answers {
+            let got: Vec<Vec<String>> = names
+                .iter()
+                .map(|name| {
+                    ring.route_into(hash_key(name).as_bytes(), *replication, &mut out);
+                    out.iter().map(|&i| members[i].spec.to_string()).collect()
+                })
+                .collect();
+            let label = format!("{} r{replication}", scenario.label);
+            differ += compare(&label, &names, expected, &got);
+            compared += names.len();
+        }
+        let _ = fs::remove_dir_all(&reference.dir);
+    }
+    assert_eq!(
+        differ, 0,
+        "{differ} of {compared} routes differ from c-relay"
+    );
+    eprintln!(
+        "library: {} names, {compared} routes compared, 0 differ",
+        names.len()
+    );
+}
+
+#[test]
+fn cadent_hash_cli_matches_crelay() {
+    let scenarios: Vec<&Scenario> = SCENARIOS.iter().collect();
+    let names = names_for(&scenarios, "cli");
+    let full: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut compared = 0;
+    let mut differ = 0;
+    for scenario in scenarios {
+        let reference = reference(scenario, &names, "cli");
+        let dir = &reference.dir;
+        let stdin = dir.join("cadent.in");
+        fs::write(&stdin, lines(&full)).expect("write cadent stdin");
+        for (replication, expected) in &reference.answers {
+            let config = dir.join(format!("cadent-r{replication}.toml"));
+            fs::write(&config, cadent_config(scenario, *replication)).expect("write cadent config");
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_cadent"));
+            cmd.args(["hash", "--config"])
+                .arg(&config)
+                .args(["--cluster", "c"]);
+            let stdout = run(cmd, &stdin, dir, &format!("cadent-r{replication}"));
+            let got = parse_cadent_hash(&stdout, &names);
+            let label = format!("cli {} r{replication}", scenario.label);
+            differ += compare(&label, &names, expected, &got);
+            compared += names.len();
+        }
+        let _ = fs::remove_dir_all(dir);
+    }
+    assert_eq!(
+        differ, 0,
+        "{differ} of {compared} routes differ from c-relay"
+    );
+    eprintln!(
+        "cli: {} names, {compared} routes compared, 0 differ",
+        names.len()
+    );
+}
+
+fn cadent_config(scenario: &Scenario, replication: usize) -> String {
+    let members: Vec<String> = scenario
+        .members
+        .iter()
+        .map(|m| format!("\"tcp://{m}\""))
+        .collect();
+    format!(
+        r#"[[listen]]
+name = "in"
+url = "tcp://127.0.0.1:2003"
+format = "graphite"
+
+[[cluster]]
+name = "c"
+kind = "carbon_ch"
+replication = {replication}
+members = [{}]
+
+[[route]]
+match = {{ all = true }}
+send_to = ["c"]
+"#,
+        members.join(", ")
+    )
+}
+
+/// Reads `NAME<TAB>member[,member...]` lines, one per input name, in order.
+fn parse_cadent_hash(stdout: &str, names: &[String]) -> Vec<Vec<String>> {
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        names.len(),
+        "cadent hash answered {} lines for {} names",
+        lines.len(),
+        names.len()
+    );
+    lines
+        .iter()
+        .zip(names)
+        .map(|(line, name)| {
+            let (echoed, chosen) = line
+                .split_once('\t')
+                .unwrap_or_else(|| panic!("cadent hash line without a tab: {line:?}"));
+            assert_eq!(echoed, name, "cadent hash answers out of order");
+            chosen.split(',').map(str::to_string).collect()
+        })
+        .collect()
+}

@@ -1,0 +1,181 @@
+//! Ingest: sockets to byte buffers. Every shard binds its own `SO_REUSEPORT` socket per
+//! TCP/UDP listener; the kernel spreads connections and datagram flows over shards.
+//! Readers hand buffers to the shard's [`Core`](crate::shard::pipeline::Core).
+
+pub mod bind;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncReadExt};
+use glommio::net::{TcpListener, UdpSocket, UnixListener};
+
+use crate::config::{Format, Listener};
+use crate::shard::pipeline::Core;
+
+/// What a reader task needs to know about its listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadOptions {
+    /// Listener index (counters).
+    pub listener: usize,
+    /// Line format.
+    pub format: Format,
+    /// Longest line.
+    pub line_bytes_max: usize,
+    /// Receive buffer size.
+    pub read_buffer_bytes: usize,
+    /// Connections per shard.
+    pub connections_max: usize,
+    /// Longest wait for a congested destination before reading on.
+    pub stall_max: Duration,
+}
+
+impl ReadOptions {
+    /// Options of listener `index` of the config.
+    pub fn new(index: usize, l: &Listener, stall_max: Duration) -> ReadOptions {
+        ReadOptions {
+            listener: index,
+            format: l.format,
+            line_bytes_max: l.line_bytes_max,
+            read_buffer_bytes: l.read_buffer_bytes,
+            connections_max: l.connections_max,
+            stall_max,
+        }
+    }
+}
+
+/// Either kind of stream listener.
+pub enum StreamListener {
+    /// TCP (one per shard, `SO_REUSEPORT`).
+    Tcp(TcpListener),
+    /// Unix (one shard).
+    Unix(UnixListener),
+}
+
+/// Accepts connections until the task is dropped; each connection gets its own task.
+pub async fn accept_loop(core: Rc<RefCell<Core>>, listener: StreamListener, opts: ReadOptions) {
+    loop {
+        let accepted = match &listener {
+            StreamListener::Tcp(l) => l.accept().await.map(Conn::Tcp),
+            StreamListener::Unix(l) => l.accept().await.map(Conn::Unix),
+        };
+        let conn = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                core.borrow_mut().counters.listeners[opts.listener].read_errors += 1;
+                tracing::debug!(error = %e, "accept failed");
+                // EMFILE and friends: back off instead of spinning.
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        {
+            let mut c = core.borrow_mut();
+            let lc = &mut c.counters.listeners[opts.listener];
+            if lc.connections_open as usize >= opts.connections_max {
+                lc.connections_refused += 1;
+                continue; // dropping `conn` closes it
+            }
+            lc.connections_accepted += 1;
+            lc.connections_open += 1;
+        }
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            match conn {
+                Conn::Tcp(s) => read_stream(&core, s, opts).await,
+                Conn::Unix(s) => read_stream(&core, s, opts).await,
+            }
+            core.borrow_mut().counters.listeners[opts.listener].connections_open -= 1;
+        })
+        .detach();
+    }
+}
+
+enum Conn {
+    Tcp(glommio::net::TcpStream),
+    Unix(glommio::net::UnixStream),
+}
+
+/// Reads one connection to its end. A connection that errors only ends itself.
+async fn read_stream<S: AsyncRead + Unpin>(core: &Rc<RefCell<Core>>, mut s: S, opts: ReadOptions) {
+    let mut buf = vec![0u8; opts.read_buffer_bytes];
+    let mut filled = 0;
+    let mut skipping = false;
+    loop {
+        wait_while_congested(core, &opts).await;
+        let n = match s.read(&mut buf[filled..]).await {
+            Ok(n) => n,
+            Err(e) => {
+                // A reset mid-line: the partial line is not trusted, so it is not sent.
+                core.borrow_mut().counters.listeners[opts.listener].read_errors += 1;
+                tracing::debug!(error = %e, "read failed");
+                return;
+            }
+        };
+        let eof = n == 0;
+        filled += n;
+        let mut c = core.borrow_mut();
+        c.counters.listeners[opts.listener].received_bytes += n as u64;
+        let used = c.process(
+            opts.listener,
+            opts.format,
+            &buf[..filled],
+            opts.line_bytes_max,
+            &mut skipping,
+            eof,
+        );
+        let draining = c.draining;
+        drop(c);
+        buf.copy_within(used..filled, 0);
+        filled -= used;
+        if eof || draining {
+            return;
+        }
+    }
+}
+
+/// Backpressure: while a live destination's queue is full, wait (bounded) for its writer
+/// instead of reading more and making the queue drop. Dead destinations never stall.
+async fn wait_while_congested(core: &Rc<RefCell<Core>>, opts: &ReadOptions) {
+    if opts.stall_max.is_zero() || !core.borrow().outputs.congested() {
+        return;
+    }
+    core.borrow_mut().counters.listeners[opts.listener].stalls += 1;
+    let start = Instant::now();
+    while start.elapsed() < opts.stall_max && core.borrow().outputs.congested() {
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Receives datagrams until the task is dropped; each datagram is whole lines.
+pub async fn udp_loop(core: Rc<RefCell<Core>>, sock: UdpSocket, opts: ReadOptions) {
+    let mut buf = vec![0u8; opts.read_buffer_bytes.max(65_536)];
+    loop {
+        let n = match sock.recv_from(&mut buf).await {
+            Ok((n, _)) => n,
+            Err(e) => {
+                core.borrow_mut().counters.listeners[opts.listener].read_errors += 1;
+                tracing::debug!(error = %e, "recv failed");
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+        };
+        let mut c = core.borrow_mut();
+        let lc = &mut c.counters.listeners[opts.listener];
+        lc.datagrams += 1;
+        lc.received_bytes += n as u64;
+        let mut skipping = false;
+        c.process(
+            opts.listener,
+            opts.format,
+            &buf[..n],
+            opts.line_bytes_max,
+            &mut skipping,
+            true,
+        );
+        if c.draining {
+            return;
+        }
+    }
+}

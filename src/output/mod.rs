@@ -1,0 +1,152 @@
+//! Delivery: per shard and destination, an open batch that lines are appended to, a
+//! bounded queue of sealed batches, and a writer task that drains it.
+
+pub mod file;
+pub mod queue;
+pub mod writer;
+
+use std::rc::Rc;
+
+use crate::config::{Output, Transport};
+use crate::route::{DestId, DestinationKind, DestinationTable};
+pub use queue::{Batch, DestQueue};
+
+/// One destination as a shard sees it: the batch being filled and the queue behind it.
+#[derive(Debug)]
+struct Slot {
+    open: Vec<u8>,
+    open_lines: u32,
+    /// Seal at this many bytes (`flush_bytes`, or the datagram size for UDP).
+    seal_bytes: usize,
+    queue: Rc<DestQueue>,
+}
+
+/// The shard's side of every destination: append lines, seal batches, hand them to writers.
+#[derive(Debug)]
+pub struct Outputs {
+    slots: Vec<Slot>,
+    /// Headroom a reader needs before it reads again: one read's worth of lines.
+    headroom_bytes: usize,
+}
+
+impl Outputs {
+    /// Queues for every destination of the table, bounded by `cfg.queue_bytes_max` each.
+    pub fn new(table: &DestinationTable, cfg: &Output, headroom_bytes: usize) -> Outputs {
+        let slots = table
+            .destinations
+            .iter()
+            .map(|d| {
+                let seal_bytes = match &d.kind {
+                    DestinationKind::Net(m) if m.transport == Transport::Udp => {
+                        cfg.udp_datagram_bytes_max
+                    }
+                    _ => cfg.flush_bytes,
+                };
+                Slot {
+                    open: Vec::with_capacity(seal_bytes),
+                    open_lines: 0,
+                    seal_bytes,
+                    queue: Rc::new(DestQueue::new(cfg.queue_bytes_max)),
+                }
+            })
+            .collect();
+        Outputs {
+            slots,
+            headroom_bytes,
+        }
+    }
+
+    /// The queue of a destination (for its writer).
+    pub fn queue(&self, d: DestId) -> Rc<DestQueue> {
+        self.slots[d.index()].queue.clone()
+    }
+
+    /// Appends one line, given as pieces joined without separators, plus `\n`.
+    #[inline]
+    pub fn append(&mut self, d: DestId, pieces: &[&[u8]]) {
+        let slot = &mut self.slots[d.index()];
+        let len: usize = pieces.iter().map(|p| p.len()).sum::<usize>() + 1;
+        if slot.open_lines > 0 && slot.open.len() + len > slot.seal_bytes {
+            seal(slot);
+        }
+        for p in pieces {
+            slot.open.extend_from_slice(p);
+        }
+        slot.open.push(b'\n');
+        slot.open_lines += 1;
+        if slot.open.len() >= slot.seal_bytes {
+            seal(slot);
+        }
+    }
+
+    /// Seals every partly filled batch (the `flush_interval_ms` tick and shutdown).
+    pub fn seal_all(&mut self) {
+        for slot in &mut self.slots {
+            if slot.open_lines > 0 {
+                seal(slot);
+            }
+        }
+    }
+
+    /// True when a live destination's queue is too full to take another read's worth.
+    pub fn congested(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.queue.congested(self.headroom_bytes + s.open.len()))
+    }
+
+    /// Every queue, in destination order.
+    pub fn queues(&self) -> impl Iterator<Item = &Rc<DestQueue>> {
+        self.slots.iter().map(|s| &s.queue)
+    }
+}
+
+fn seal(slot: &mut Slot) {
+    let fresh = slot.queue.buffer(slot.seal_bytes);
+    let data = std::mem::replace(&mut slot.open, fresh);
+    let lines = std::mem::take(&mut slot.open_lines);
+    slot.queue.push(Batch { data, lines });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn batches_seal_at_size_and_on_demand() {
+        let cfg = Config::parse(
+            r#"
+            [output]
+            flush_bytes = 512
+            [[listen]]
+            name = "g"
+            url = "tcp://127.0.0.1:0"
+            format = "graphite"
+            [[cluster]]
+            name = "c"
+            kind = "forward"
+            members = ["127.0.0.1:1", "udp://127.0.0.1:2"]
+            [[route]]
+            match = { all = true }
+            send_to = ["c"]
+        "#,
+        )
+        .unwrap();
+        let table = DestinationTable::from_config(&cfg);
+        let mut out = Outputs::new(&table, &cfg.output, 0);
+        let line = [b"a.b.c".as_slice(), b" ", b"1", b" ", b"1700000000"];
+        for _ in 0..40 {
+            out.append(DestId(0), &line);
+        }
+        // 40 lines of 19 bytes = 760 > 512: one batch sealed at the line that would overflow.
+        let q = out.queue(DestId(0));
+        let b = q.pop().unwrap();
+        assert!(b.data.len() <= 512 && b.data.ends_with(b"\n"));
+        assert_eq!(b.data.len(), b.lines as usize * 19);
+        assert!(q.pop().is_none());
+        out.seal_all();
+        let rest = q.pop().unwrap();
+        assert_eq!(b.lines + rest.lines, 40);
+    }
+}

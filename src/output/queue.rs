@@ -1,0 +1,217 @@
+//! The per-destination queue of sealed batches, shared by the shard's producers and the
+//! destination's writer task (same thread: `RefCell`, no lock).
+//!
+//! This is where the disk spool slots in: `push` decides what happens to a batch the
+//! memory queue cannot hold (today: the oldest batch is dropped and counted; with a spool:
+//! it goes to disk), and the writer asks `pop` for the next batch without knowing where it
+//! came from. Batches are whole lines, so a spool record is a batch.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::task::{Poll, Waker};
+
+use crate::telemetry::DestinationCounters;
+
+/// Sealed lines for one destination: whole `\n`-terminated lines.
+#[derive(Debug)]
+pub struct Batch {
+    /// The bytes to write.
+    pub data: Vec<u8>,
+    /// Number of lines in `data`.
+    pub lines: u32,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    batches: VecDeque<Batch>,
+    bytes: usize,
+    waker: Option<Waker>,
+    counters: DestinationCounters,
+    /// Emptied buffers, reused for the next open batch.
+    pool: Vec<Vec<u8>>,
+}
+
+/// A byte-bounded FIFO of batches with one waiting writer.
+#[derive(Debug)]
+pub struct DestQueue {
+    state: RefCell<State>,
+    bytes_max: usize,
+    closed: Cell<bool>,
+    live: Cell<bool>,
+}
+
+/// Buffers kept for reuse per destination; enough to keep a writer and a producer busy.
+const POOL_BUFFERS_MAX: usize = 8;
+
+impl DestQueue {
+    /// A queue holding at most `bytes_max` bytes.
+    pub fn new(bytes_max: usize) -> DestQueue {
+        DestQueue {
+            state: RefCell::new(State::default()),
+            bytes_max,
+            closed: Cell::new(false),
+            live: Cell::new(false),
+        }
+    }
+
+    /// Queues a batch, dropping (and counting) the oldest batches while over the bound.
+    pub fn push(&self, batch: Batch) {
+        debug_assert!(batch.lines > 0 && batch.data.ends_with(b"\n"));
+        let mut s = self.state.borrow_mut();
+        s.counters.queued_lines += u64::from(batch.lines);
+        s.bytes += batch.data.len();
+        s.batches.push_back(batch);
+        while s.bytes > self.bytes_max && s.batches.len() > 1 {
+            let old = s.batches.pop_front().expect("len > 1");
+            s.bytes -= old.data.len();
+            s.counters.dropped_lines_queue_full += u64::from(old.lines);
+            if s.pool.len() < POOL_BUFFERS_MAX {
+                let mut v = old.data;
+                v.clear();
+                s.pool.push(v);
+            }
+        }
+        s.counters.queue_bytes = s.bytes as u64;
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// The next batch to write, if any.
+    pub fn pop(&self) -> Option<Batch> {
+        let mut s = self.state.borrow_mut();
+        let b = s.batches.pop_front()?;
+        s.bytes -= b.data.len();
+        s.counters.queue_bytes = s.bytes as u64;
+        Some(b)
+    }
+
+    /// Puts back a batch the writer could not finish, at the front, so order is kept.
+    pub fn unpop(&self, batch: Batch) {
+        let mut s = self.state.borrow_mut();
+        s.bytes += batch.data.len();
+        s.counters.queue_bytes = s.bytes as u64;
+        s.batches.push_front(batch);
+    }
+
+    /// Waits until a batch is queued; returns false once closed and empty.
+    pub async fn ready(&self) -> bool {
+        poll_fn(|cx| {
+            let mut s = self.state.borrow_mut();
+            if !s.batches.is_empty() {
+                Poll::Ready(true)
+            } else if self.closed.get() {
+                Poll::Ready(false)
+            } else {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// No more batches will come; the writer drains what is queued and stops.
+    pub fn close(&self) {
+        self.closed.set(true);
+        if let Some(w) = self.state.borrow_mut().waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    /// Drops everything still queued, counting it as lost at shutdown.
+    pub fn discard_at_shutdown(&self) {
+        let mut s = self.state.borrow_mut();
+        let lines: u64 = s.batches.iter().map(|b| u64::from(b.lines)).sum();
+        s.counters.dropped_lines_shutdown += lines;
+        s.batches.clear();
+        s.bytes = 0;
+        s.counters.queue_bytes = 0;
+    }
+
+    /// Marks the destination connected (a reader may wait for it) or not (it may not).
+    pub fn set_live(&self, live: bool) {
+        self.live.set(live);
+        self.state.borrow_mut().counters.connected = u64::from(live);
+    }
+
+    /// True when the destination is live and its queue cannot take another `headroom`
+    /// bytes: readers should wait for the writer rather than make the queue drop.
+    pub fn congested(&self, headroom: usize) -> bool {
+        self.live.get() && self.state.borrow().bytes + headroom > self.bytes_max
+    }
+
+    /// Bytes queued now.
+    pub fn bytes(&self) -> usize {
+        self.state.borrow().bytes
+    }
+
+    /// A cleared buffer with at least `capacity` bytes, reused when possible.
+    pub fn buffer(&self, capacity: usize) -> Vec<u8> {
+        self.state
+            .borrow_mut()
+            .pool
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(capacity))
+    }
+
+    /// Returns a written buffer for reuse.
+    pub fn recycle(&self, mut data: Vec<u8>) {
+        let mut s = self.state.borrow_mut();
+        if s.pool.len() < POOL_BUFFERS_MAX {
+            data.clear();
+            s.pool.push(data);
+        }
+    }
+
+    /// Updates the destination's counters.
+    pub fn count(&self, f: impl FnOnce(&mut DestinationCounters)) {
+        f(&mut self.state.borrow_mut().counters);
+    }
+
+    /// A copy of the destination's counters.
+    pub fn counters(&self) -> DestinationCounters {
+        self.state.borrow().counters.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(n: usize) -> Batch {
+        Batch {
+            data: vec![b'\n'; n],
+            lines: n as u32,
+        }
+    }
+
+    #[test]
+    fn bounded_drops_oldest_and_counts() {
+        let q = DestQueue::new(100);
+        q.push(batch(60));
+        q.push(batch(30));
+        q.push(batch(20));
+        // 110 > 100: the oldest (60) went.
+        assert_eq!(q.bytes(), 50);
+        let c = q.counters();
+        assert_eq!((c.queued_lines, c.dropped_lines_queue_full), (110, 60));
+        assert_eq!(q.pop().unwrap().lines, 30);
+        let b = q.pop().unwrap();
+        q.unpop(b);
+        assert_eq!(q.pop().unwrap().lines, 20);
+        assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn a_single_batch_larger_than_the_bound_is_kept() {
+        let q = DestQueue::new(10);
+        q.push(batch(20));
+        assert_eq!(q.bytes(), 20);
+    }
+}

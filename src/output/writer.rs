@@ -1,0 +1,234 @@
+//! Network writers: one task per destination per shard, draining its queue over TCP
+//! (reconnecting with backoff) or UDP (one datagram per batch).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::AsyncWriteExt;
+use glommio::net::{TcpStream, UdpSocket};
+
+use super::{Batch, DestQueue};
+use crate::config::{Member, Output};
+
+/// Reconnect and timeout settings of writers.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterOptions {
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// First reconnect delay.
+    pub backoff_min: Duration,
+    /// Largest reconnect delay.
+    pub backoff_max: Duration,
+}
+
+impl From<&Output> for WriterOptions {
+    fn from(o: &Output) -> Self {
+        WriterOptions {
+            connect_timeout: Duration::from_millis(o.connect_timeout_ms),
+            backoff_min: Duration::from_millis(o.reconnect_backoff_min_ms),
+            backoff_max: Duration::from_millis(o.reconnect_backoff_max_ms),
+        }
+    }
+}
+
+/// Resolves a member's address. IP literals need no lookup; names are looked up on a
+/// blocking helper thread at every connect, so a moved host is followed.
+async fn resolve(member: &Member) -> io::Result<SocketAddr> {
+    if let Ok(ip) = member.host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, member.port));
+    }
+    let hostport = format!("{}:{}", member.host, member.port);
+    glommio::executor()
+        .spawn_blocking(move || {
+            use std::net::ToSocketAddrs;
+            hostport
+                .to_socket_addrs()?
+                .next()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))
+        })
+        .await
+}
+
+/// Logs at most once per `every` (per writer), so a dead sink cannot flood the log.
+struct RateLimitedLog {
+    last: Option<Instant>,
+    every: Duration,
+}
+
+impl RateLimitedLog {
+    fn ready(&mut self) -> bool {
+        let now = Instant::now();
+        match self.last {
+            Some(t) if now.duration_since(t) < self.every => false,
+            _ => {
+                self.last = Some(now);
+                true
+            }
+        }
+    }
+}
+
+/// Drains `queue` to a TCP member until the queue is closed and empty.
+pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: WriterOptions) {
+    let mut conn: Option<TcpStream> = None;
+    let mut backoff = opts.backoff_min;
+    let mut log = RateLimitedLog {
+        last: None,
+        every: Duration::from_secs(10),
+    };
+    while queue.ready().await {
+        let stream = match conn.as_mut() {
+            Some(s) => s,
+            None => match connect(&member, opts.connect_timeout).await {
+                Ok(s) => {
+                    queue.set_live(true);
+                    queue.count(|c| c.connects += 1);
+                    backoff = opts.backoff_min;
+                    tracing::info!(destination = %name, "connected");
+                    conn.insert(s)
+                }
+                Err(e) => {
+                    queue.count(|c| c.connect_failures += 1);
+                    if log.ready() {
+                        tracing::warn!(destination = %name, error = %e, "connect failed; retrying with backoff");
+                    }
+                    if queue.is_closed() {
+                        // Shutting down and the sink is gone: nothing more will be delivered.
+                        queue.discard_at_shutdown();
+                        return;
+                    }
+                    glommio::timer::sleep(backoff).await;
+                    backoff = (backoff * 2).min(opts.backoff_max);
+                    continue;
+                }
+            },
+        };
+        let Some(batch) = queue.pop() else { continue };
+        match write_batch(stream, &batch.data).await {
+            Ok(()) => {
+                let bytes = batch.data.len() as u64;
+                queue.count(|c| {
+                    c.sent_lines += u64::from(batch.lines);
+                    c.sent_bytes += bytes;
+                    c.writes += 1;
+                });
+                queue.recycle(batch.data);
+            }
+            Err((written, e)) => {
+                queue.count(|c| c.write_errors += 1);
+                queue.set_live(false);
+                conn = None;
+                if log.ready() {
+                    tracing::warn!(destination = %name, error = %e, "write failed; reconnecting");
+                }
+                queue.unpop(resume_after(batch, written, &queue));
+            }
+        }
+    }
+    if let Some(mut s) = conn {
+        let _ = s.close().await;
+    }
+    queue.set_live(false);
+}
+
+async fn connect(member: &Member, timeout: Duration) -> io::Result<TcpStream> {
+    let addr = resolve(member).await?;
+    let s = TcpStream::connect_timeout(addr, timeout).await.map_err(io::Error::from)?;
+    Ok(s)
+}
+
+/// Writes all of `data`; on failure says how many bytes the kernel took.
+async fn write_batch(s: &mut TcpStream, data: &[u8]) -> Result<(), (usize, io::Error)> {
+    let mut off = 0;
+    while off < data.len() {
+        match s.write(&data[off..]).await {
+            Ok(0) => return Err((off, io::Error::from(io::ErrorKind::WriteZero))),
+            Ok(n) => off += n,
+            Err(e) => return Err((off, e)),
+        }
+    }
+    Ok(())
+}
+
+/// The part of a batch still to send after `written` bytes went out on a connection that
+/// then failed: lines wholly written count as sent, the line cut in half is sent again
+/// whole (the peer dropped its half when the connection died).
+fn resume_after(batch: Batch, written: usize, queue: &DestQueue) -> Batch {
+    let cut = match memchr::memrchr(b'\n', &batch.data[..written.min(batch.data.len())]) {
+        Some(i) => i + 1,
+        None => return batch,
+    };
+    let sent_lines = memchr::memchr_iter(b'\n', &batch.data[..cut]).count() as u32;
+    queue.count(|c| {
+        c.sent_lines += u64::from(sent_lines);
+        c.sent_bytes += cut as u64;
+    });
+    let mut data = batch.data;
+    data.drain(..cut);
+    Batch {
+        data,
+        lines: batch.lines - sent_lines,
+    }
+}
+
+/// Drains `queue` to a UDP member, one datagram per batch (batches are sealed at
+/// `udp_datagram_bytes_max`).
+pub async fn run_udp(queue: Rc<DestQueue>, member: Member, name: String) {
+    let mut log = RateLimitedLog {
+        last: None,
+        every: Duration::from_secs(10),
+    };
+    let mut sock: Option<(UdpSocket, SocketAddr)> = None;
+    while queue.ready().await {
+        if sock.is_none() {
+            let bound = async {
+                let addr = resolve(&member).await?;
+                let local: SocketAddr = if addr.is_ipv6() {
+                    "[::]:0".parse().expect("literal")
+                } else {
+                    "0.0.0.0:0".parse().expect("literal")
+                };
+                let s = UdpSocket::bind(local).map_err(io::Error::from)?;
+                Ok::<_, io::Error>((s, addr))
+            }
+            .await;
+            match bound {
+                Ok(s) => {
+                    queue.set_live(true);
+                    sock = Some(s);
+                }
+                Err(e) => {
+                    if log.ready() {
+                        tracing::warn!(destination = %name, error = %e, "udp socket failed");
+                    }
+                    if queue.is_closed() {
+                        queue.discard_at_shutdown();
+                        return;
+                    }
+                    glommio::timer::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(batch) = queue.pop() else { continue };
+        let (s, addr) = sock.as_ref().expect("bound above");
+        match s.send_to(&batch.data, *addr).await {
+            Ok(_) => queue.count(|c| {
+                c.sent_lines += u64::from(batch.lines);
+                c.sent_bytes += batch.data.len() as u64;
+                c.writes += 1;
+            }),
+            // UDP has no retry: an ICMP refusal means the datagram is gone. Count it.
+            Err(e) => {
+                queue.count(|c| c.write_errors += 1);
+                if log.ready() {
+                    tracing::warn!(destination = %name, error = %e, "udp send failed");
+                }
+            }
+        }
+        queue.recycle(batch.data);
+    }
+    queue.set_live(false);
+}

@@ -1,0 +1,266 @@
+//! Shards: one glommio executor per core, pinned, each owning its sockets, its copy of the
+//! router, its writers and its counters. The control thread talks to a shard only through
+//! its inbox (polled on the shard's tick) and reads its counters from published copies.
+
+pub mod pipeline;
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use crossbeam_queue::ArrayQueue;
+use futures_lite::future;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::{Config, ListenUrl, Transport};
+use crate::ingest::{self, bind, ReadOptions, StreamListener};
+use crate::output::{self, writer::WriterOptions, Outputs};
+use crate::route::{DestinationKind, DestinationTable, Router};
+use crate::telemetry::{Registry, ShardCounters};
+use pipeline::Core;
+
+/// A message from the control thread to a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlMsg {
+    /// Stop accepting, flush, exit.
+    Shutdown,
+}
+
+/// Messages a shard inbox holds before the control thread must retry.
+const INBOX_MESSAGES_MAX: usize = 64;
+
+/// How the control thread reaches a running shard.
+pub struct ShardHandle {
+    /// Shard number.
+    pub id: usize,
+    inbox: Arc<ArrayQueue<ControlMsg>>,
+    join: glommio::ExecutorJoinHandle<()>,
+}
+
+impl ShardHandle {
+    /// Sends a message; the shard sees it on its next tick.
+    pub fn send(&self, msg: ControlMsg) -> bool {
+        self.inbox.push(msg).is_ok()
+    }
+
+    /// Waits for the shard's thread to end.
+    pub fn join(self) -> Result<(), String> {
+        self.join.join().map_err(|e| format!("shard {}: {e}", self.id))
+    }
+}
+
+/// The CPUs shards are pinned to: those this process may run on.
+pub fn available_cpus() -> Vec<usize> {
+    match core_affinity::get_core_ids() {
+        Some(ids) if !ids.is_empty() => ids.into_iter().map(|c| c.id).collect(),
+        _ => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
+
+/// Resolves `shards = 0` to the number of available CPUs.
+pub fn shard_count(cfg: &Config) -> usize {
+    match cfg.server.shards {
+        0 => available_cpus().len().max(1),
+        n => n,
+    }
+}
+
+/// Listener addresses after probing: port 0 replaced by the port every shard will bind.
+pub fn probe_listeners(cfg: &Config) -> anyhow::Result<Vec<Option<SocketAddr>>> {
+    cfg.listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| match &l.url {
+            ListenUrl::Inet(t, addr) => bind::probe(*addr, *t == Transport::Tcp)
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("listen[{i}] {}: cannot bind: {e}", l.url)),
+            ListenUrl::Unix(_) => Ok(None),
+        })
+        .collect()
+}
+
+/// Starts every shard and waits until each has bound its sockets (or one failed).
+pub fn spawn(
+    cfg: Arc<Config>,
+    table: Arc<DestinationTable>,
+    addrs: Vec<Option<SocketAddr>>,
+    registry: Arc<Registry>,
+) -> anyhow::Result<Vec<ShardHandle>> {
+    let shards = shard_count(&cfg);
+    let cpus = available_cpus();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let mut handles = Vec::with_capacity(shards);
+    for id in 0..shards {
+        let inbox = Arc::new(ArrayQueue::new(INBOX_MESSAGES_MAX));
+        let (cfg, table, addrs, registry, inbox2, ready) = (
+            cfg.clone(),
+            table.clone(),
+            addrs.clone(),
+            registry.clone(),
+            inbox.clone(),
+            ready_tx.clone(),
+        );
+        let cpu = cpus[id % cpus.len()];
+        let join = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("shard-{id}"))
+            .spawn(move || async move {
+                run(id, cfg, table, addrs, registry, inbox2, ready).await;
+            })
+            .map_err(|e| anyhow::anyhow!("cannot start shard {id} on cpu {cpu}: {e}"))?;
+        handles.push(ShardHandle { id, inbox, join });
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some("a shard exited before it was ready".into()),
+        }
+    }
+    if let Some(e) = failure {
+        for h in &handles {
+            h.send(ControlMsg::Shutdown);
+        }
+        for h in handles {
+            let _ = h.join();
+        }
+        anyhow::bail!(e);
+    }
+    Ok(handles)
+}
+
+async fn run(
+    id: usize,
+    cfg: Arc<Config>,
+    table: Arc<DestinationTable>,
+    addrs: Vec<Option<SocketAddr>>,
+    registry: Arc<Registry>,
+    inbox: Arc<ArrayQueue<ControlMsg>>,
+    ready: mpsc::Sender<Result<(), String>>,
+) {
+    let router = Router::new(&cfg, &table);
+    let headroom = cfg.listeners.iter().map(|l| l.read_buffer_bytes).max().unwrap_or(0);
+    let outputs = Outputs::new(&table, &cfg.output, headroom);
+    let counters = ShardCounters::new(cfg.listeners.len(), router.rule_count(), table.destinations.len());
+    let core = Rc::new(RefCell::new(Core::new(router, outputs, counters)));
+    let stall_max = Duration::from_millis(cfg.output.stall_ms_max);
+
+    // Writers first, so nothing queued waits for a writer.
+    let opts = WriterOptions::from(&cfg.output);
+    let mut writers = Vec::with_capacity(table.destinations.len());
+    for (d, dest) in table.destinations.iter().enumerate() {
+        let q = core.borrow().outputs.queue(crate::route::DestId(d as u16));
+        let name = dest.name.clone();
+        let task = match &dest.kind {
+            DestinationKind::Net(m) if m.transport == Transport::Tcp => {
+                glommio::spawn_local(output::writer::run_tcp(q, m.clone(), name, opts))
+            }
+            DestinationKind::Net(m) => glommio::spawn_local(output::writer::run_udp(q, m.clone(), name)),
+            DestinationKind::File(f) => glommio::spawn_local(output::file::run(q, f.clone(), id)),
+        };
+        writers.push(task);
+    }
+
+    let mut listeners = Vec::with_capacity(cfg.listeners.len());
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let ro = ReadOptions::new(i, l, stall_max);
+        let bound = match (&l.url, addrs[i]) {
+            (ListenUrl::Inet(Transport::Tcp, _), Some(a)) => bind::tcp(a, l.socket_receive_buffer_bytes)
+                .map(|s| Some(glommio::spawn_local(ingest::accept_loop(core.clone(), StreamListener::Tcp(s), ro)))),
+            (ListenUrl::Inet(Transport::Udp, _), Some(a)) => bind::udp(a, l.socket_receive_buffer_bytes)
+                .map(|s| Some(glommio::spawn_local(ingest::udp_loop(core.clone(), s, ro)))),
+            // AF_UNIX has no SO_REUSEPORT: shard 0 owns unix listeners.
+            (ListenUrl::Unix(path), _) if id == 0 => bind_unix(path)
+                .map(|s| Some(glommio::spawn_local(ingest::accept_loop(core.clone(), StreamListener::Unix(s), ro)))),
+            _ => Ok(None),
+        };
+        match bound {
+            Ok(task) => listeners.extend(task),
+            Err(e) => {
+                let _ = ready.send(Err(format!("shard {id}: listen[{i}] {}: {e}", l.url)));
+                return;
+            }
+        }
+    }
+    let _ = ready.send(Ok(()));
+    drop(ready);
+
+    // The tick: seal partly filled batches, publish counters, read the inbox.
+    let flush_every = Duration::from_millis(cfg.output.flush_interval_ms);
+    let stats_every = Duration::from_millis(cfg.server.stats_interval_ms);
+    let tick = flush_every.min(stats_every).min(Duration::from_millis(100));
+    let mut since_flush = Duration::ZERO;
+    let mut since_stats = Duration::ZERO;
+    loop {
+        glommio::timer::sleep(tick).await;
+        since_flush += tick;
+        since_stats += tick;
+        if since_flush >= flush_every {
+            core.borrow_mut().outputs.seal_all();
+            since_flush = Duration::ZERO;
+        }
+        if since_stats >= stats_every {
+            publish(id, &core, &registry, false);
+            since_stats = Duration::ZERO;
+        }
+        if inbox.pop() == Some(ControlMsg::Shutdown) {
+            break;
+        }
+    }
+
+    // Shutdown: stop accepting, let readers finish the buffer in hand, flush, drain.
+    drop(listeners);
+    core.borrow_mut().draining = true;
+    glommio::timer::sleep(Duration::from_millis(20)).await;
+    {
+        let mut c = core.borrow_mut();
+        c.outputs.seal_all();
+        for q in c.outputs.queues() {
+            q.close();
+        }
+    }
+    let deadline = Duration::from_millis(cfg.server.shutdown_timeout_ms);
+    let drained = future::or(
+        async {
+            for w in writers {
+                w.await;
+            }
+            true
+        },
+        async {
+            glommio::timer::sleep(deadline).await;
+            false
+        },
+    )
+    .await;
+    if !drained {
+        for q in core.borrow().outputs.queues() {
+            q.discard_at_shutdown();
+        }
+        tracing::warn!(shard = id, "shutdown deadline passed with data still queued (counted as dropped_lines_shutdown)");
+    }
+    publish(id, &core, &registry, true);
+}
+
+fn bind_unix(path: &std::path::Path) -> std::io::Result<glommio::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    // A socket file left by a previous run would make bind fail; remove only sockets.
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path)?;
+        }
+    }
+    glommio::net::UnixListener::bind(path).map_err(std::io::Error::from)
+}
+
+fn publish(id: usize, core: &Rc<RefCell<Core>>, registry: &Registry, force: bool) {
+    let mut c = core.borrow_mut();
+    let Core { outputs, counters, .. } = &mut *c;
+    for (slot, q) in counters.destinations.iter_mut().zip(outputs.queues()) {
+        *slot = q.counters();
+    }
+    registry.publish(id, counters, force);
+}

@@ -1,0 +1,171 @@
+//! The synchronous heart of a shard: a receive buffer in, lines framed, parsed, routed and
+//! appended to destination batches. It never suspends and allocates nothing per metric.
+
+use crate::config::Format;
+use crate::output::Outputs;
+use crate::protocol::lines::{self, Piece};
+use crate::protocol::{graphite, statsd, Reject};
+use crate::route::{DestId, Router, Verdict};
+use crate::telemetry::{ListenerCounters, ShardCounters};
+
+/// Everything a shard's tasks share. Borrowed only between awaits.
+#[derive(Debug)]
+pub struct Core {
+    /// This shard's copy of the rules and rings.
+    pub router: Router,
+    /// This shard's batches and queues.
+    pub outputs: Outputs,
+    /// This shard's counters.
+    pub counters: ShardCounters,
+    /// Set at shutdown: readers stop after the buffer in hand.
+    pub draining: bool,
+    dests: Vec<DestId>,
+}
+
+impl Core {
+    /// A core over a router and outputs, with zeroed counters.
+    pub fn new(router: Router, outputs: Outputs, counters: ShardCounters) -> Core {
+        Core {
+            router,
+            outputs,
+            counters,
+            draining: false,
+            dests: Vec::with_capacity(16),
+        }
+    }
+
+    /// Processes the complete lines of `buf` (and, at `eof`, a final unterminated line);
+    /// returns the number of bytes consumed. `skipping` carries an over-long line across
+    /// calls.
+    pub fn process(
+        &mut self,
+        listener: usize,
+        format: Format,
+        buf: &[u8],
+        line_bytes_max: usize,
+        skipping: &mut bool,
+        eof: bool,
+    ) -> usize {
+        let Core {
+            router,
+            outputs,
+            counters,
+            dests,
+            ..
+        } = self;
+        let ShardCounters {
+            listeners,
+            rules_matched,
+            dropped_by_rule,
+            unrouted,
+            ..
+        } = counters;
+        let lc = &mut listeners[listener];
+        let mut on_piece = |p: Piece<'_>| match p {
+            Piece::TooLong => {
+                lc.received_lines += 1;
+                lc.rejected_lines[Reject::LineTooLong as usize] += 1;
+            }
+            Piece::Line(line) => {
+                lc.received_lines += 1;
+                let parsed = match format {
+                    Format::Graphite => graphite::parse(line).map(|l| {
+                        let v = router.route(l.name, l.key(), rules_matched, dests);
+                        (v, [l.name, b" ".as_slice(), l.value, b" ".as_slice(), l.timestamp])
+                    }),
+                    Format::Statsd => statsd::parse(line).map(|name| {
+                        let v = router.route(name, name, rules_matched, dests);
+                        (v, [line, &[], &[], &[], &[]])
+                    }),
+                };
+                deliver(lc, outputs, dests, dropped_by_rule, unrouted, parsed);
+            }
+        };
+        let consumed = lines::split(buf, line_bytes_max, skipping, &mut on_piece);
+        if eof {
+            let rest = &buf[consumed..];
+            let rest = rest.strip_suffix(b"\r").unwrap_or(rest);
+            if !*skipping && !rest.is_empty() {
+                on_piece(Piece::Line(rest));
+            }
+            *skipping = false;
+            return buf.len();
+        }
+        consumed
+    }
+}
+
+#[inline]
+fn deliver(
+    lc: &mut ListenerCounters,
+    outputs: &mut Outputs,
+    dests: &[DestId],
+    dropped_by_rule: &mut u64,
+    unrouted: &mut u64,
+    parsed: Result<(Verdict, [&[u8]; 5]), Reject>,
+) {
+    match parsed {
+        Err(r) => lc.rejected_lines[r as usize] += 1,
+        Ok((verdict, pieces)) => {
+            lc.parsed_lines += 1;
+            match verdict {
+                Verdict::Routed => {
+                    for &d in dests {
+                        outputs.append(d, &pieces);
+                    }
+                }
+                Verdict::Dropped => *dropped_by_rule += 1,
+                Verdict::Unrouted => *unrouted += 1,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::route::DestinationTable;
+
+    #[test]
+    fn lines_through_the_core() {
+        let cfg = Config::parse(
+            r#"
+            [[listen]]
+            name = "g"
+            url = "tcp://127.0.0.1:0"
+            format = "graphite"
+            [[cluster]]
+            name = "c"
+            kind = "forward"
+            members = ["127.0.0.1:1"]
+            [[route]]
+            match = { prefix = "drop." }
+            action = "drop"
+            [[route]]
+            match = { prefix = "ok." }
+            send_to = ["c"]
+        "#,
+        )
+        .unwrap();
+        let table = DestinationTable::from_config(&cfg);
+        let router = Router::new(&cfg, &table);
+        let outputs = Outputs::new(&table, &cfg.output, 0);
+        let counters = ShardCounters::new(1, router.rule_count(), 1);
+        let mut core = Core::new(router, outputs, counters);
+        let mut skipping = false;
+        let input = b"ok.a  1\t17\r\ndrop.b 1 17\nother 1 17\nbad\nok.c 2 18";
+        let n = core.process(0, Format::Graphite, input, 1000, &mut skipping, false);
+        assert_eq!(n, input.len() - b"ok.c 2 18".len());
+        core.process(0, Format::Graphite, &input[n..], 1000, &mut skipping, true);
+        core.outputs.seal_all();
+        let b = core.outputs.queue(DestId(0)).pop().unwrap();
+        assert_eq!(b.data, b"ok.a 1 17\nok.c 2 18\n");
+        let c = &core.counters;
+        assert_eq!(c.listeners[0].received_lines, 5);
+        assert_eq!(c.listeners[0].parsed_lines, 4);
+        assert_eq!(c.listeners[0].rejected_lines[Reject::MissingFields as usize], 1);
+        assert_eq!((c.dropped_by_rule, c.unrouted), (1, 1));
+        assert_eq!(c.rules_matched, vec![1, 2]);
+    }
+}

@@ -1,0 +1,370 @@
+//! Counters. Each shard owns plain `u64` counters and publishes a copy every
+//! `stats_interval_ms`; the control thread sums the copies for `/stats` and `/metrics`.
+//! The shard never waits on the control thread: it skips a publish if the slot is busy.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use crate::protocol::Reject;
+
+/// Counters of one listener on one shard.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ListenerCounters {
+    /// Lines seen (good and bad).
+    pub received_lines: u64,
+    /// Bytes read.
+    pub received_bytes: u64,
+    /// Lines that parsed.
+    pub parsed_lines: u64,
+    /// Rejected lines, by [`Reject`] reason.
+    pub rejected_lines: [u64; Reject::COUNT],
+    /// UDP datagrams received.
+    pub datagrams: u64,
+    /// Connections accepted.
+    pub connections_accepted: u64,
+    /// Connections refused at `connections_max`.
+    pub connections_refused: u64,
+    /// Connections open now (gauge).
+    pub connections_open: u64,
+    /// Read or accept errors.
+    pub read_errors: u64,
+    /// Times a reader waited for a full destination queue.
+    pub stalls: u64,
+}
+
+/// Counters of one destination on one shard.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DestinationCounters {
+    /// Lines put into this destination's batches.
+    pub queued_lines: u64,
+    /// Lines written to the socket or file.
+    pub sent_lines: u64,
+    /// Bytes written.
+    pub sent_bytes: u64,
+    /// Writes (syscalls or datagrams) that carried them.
+    pub writes: u64,
+    /// Lines dropped because the queue was over `queue_bytes_max` (oldest first).
+    pub dropped_lines_queue_full: u64,
+    /// Lines still queued when the shutdown deadline passed.
+    pub dropped_lines_shutdown: u64,
+    /// Failed writes (the batch is retried after reconnecting).
+    pub write_errors: u64,
+    /// Successful connects.
+    pub connects: u64,
+    /// Failed connects.
+    pub connect_failures: u64,
+    /// Bytes queued now (gauge).
+    pub queue_bytes: u64,
+    /// 1 while connected (gauge).
+    pub connected: u64,
+}
+
+/// Everything one shard counts.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShardCounters {
+    /// By listener index (config order).
+    pub listeners: Vec<ListenerCounters>,
+    /// Metrics matched, by rule index.
+    pub rules_matched: Vec<u64>,
+    /// By destination index.
+    pub destinations: Vec<DestinationCounters>,
+    /// Metrics a drop rule matched.
+    pub dropped_by_rule: u64,
+    /// Metrics no rule matched.
+    pub unrouted: u64,
+}
+
+impl ShardCounters {
+    /// Zeroed counters shaped for the config.
+    pub fn new(listeners: usize, rules: usize, destinations: usize) -> ShardCounters {
+        ShardCounters {
+            listeners: vec![ListenerCounters::default(); listeners],
+            rules_matched: vec![0; rules],
+            destinations: vec![DestinationCounters::default(); destinations],
+            dropped_by_rule: 0,
+            unrouted: 0,
+        }
+    }
+
+    fn add(&mut self, o: &ShardCounters) {
+        for (a, b) in self.listeners.iter_mut().zip(&o.listeners) {
+            a.received_lines += b.received_lines;
+            a.received_bytes += b.received_bytes;
+            a.parsed_lines += b.parsed_lines;
+            for (x, y) in a.rejected_lines.iter_mut().zip(&b.rejected_lines) {
+                *x += y;
+            }
+            a.datagrams += b.datagrams;
+            a.connections_accepted += b.connections_accepted;
+            a.connections_refused += b.connections_refused;
+            a.connections_open += b.connections_open;
+            a.read_errors += b.read_errors;
+            a.stalls += b.stalls;
+        }
+        for (a, b) in self.rules_matched.iter_mut().zip(&o.rules_matched) {
+            *a += b;
+        }
+        for (a, b) in self.destinations.iter_mut().zip(&o.destinations) {
+            a.queued_lines += b.queued_lines;
+            a.sent_lines += b.sent_lines;
+            a.sent_bytes += b.sent_bytes;
+            a.writes += b.writes;
+            a.dropped_lines_queue_full += b.dropped_lines_queue_full;
+            a.dropped_lines_shutdown += b.dropped_lines_shutdown;
+            a.write_errors += b.write_errors;
+            a.connects += b.connects;
+            a.connect_failures += b.connect_failures;
+            a.queue_bytes += b.queue_bytes;
+            a.connected += b.connected;
+        }
+        self.dropped_by_rule += o.dropped_by_rule;
+        self.unrouted += o.unrouted;
+    }
+}
+
+/// Names of the things counted, so snapshots can be rendered without the config.
+#[derive(Debug, Clone, Default)]
+pub struct Labels {
+    /// Listener names.
+    pub listeners: Vec<String>,
+    /// Route names.
+    pub rules: Vec<String>,
+    /// Destination names.
+    pub destinations: Vec<String>,
+}
+
+/// The published copies of every shard's counters.
+#[derive(Debug)]
+pub struct Registry {
+    labels: Labels,
+    shards: Vec<Mutex<ShardCounters>>,
+}
+
+impl Registry {
+    /// A registry for `shards` shards.
+    pub fn new(labels: Labels, shards: usize) -> Arc<Registry> {
+        let zero = ShardCounters::new(
+            labels.listeners.len(),
+            labels.rules.len(),
+            labels.destinations.len(),
+        );
+        Arc::new(Registry {
+            labels,
+            shards: (0..shards).map(|_| Mutex::new(zero.clone())).collect(),
+        })
+    }
+
+    /// Publishes a shard's counters. Never blocks: if the control thread is reading this
+    /// slot, the shard publishes next time. `force` waits (used once, at shutdown).
+    pub fn publish(&self, shard: usize, counters: &ShardCounters, force: bool) {
+        let slot = &self.shards[shard];
+        let guard = if force {
+            Some(slot.lock().unwrap_or_else(|e| e.into_inner()))
+        } else {
+            slot.try_lock().ok()
+        };
+        if let Some(mut g) = guard {
+            g.clone_from(counters);
+        }
+    }
+
+    /// Copies of every shard's counters, in shard order.
+    pub fn per_shard(&self) -> Vec<ShardCounters> {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+
+    /// The names of the things counted.
+    pub fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
+    /// Sum over shards.
+    pub fn total(shards: &[ShardCounters]) -> ShardCounters {
+        let mut iter = shards.iter();
+        let mut t = iter.next().cloned().unwrap_or_default();
+        for s in iter {
+            t.add(s);
+        }
+        t
+    }
+
+    /// `/stats` JSON: totals by listener, rule and destination, plus each shard's.
+    pub fn stats_json(&self) -> serde_json::Value {
+        use serde_json::{json, Map, Value};
+        let shards = self.per_shard();
+        let total = Registry::total(&shards);
+        let listeners = |c: &ShardCounters| -> Value {
+            let mut m = Map::new();
+            for (name, l) in self.labels.listeners.iter().zip(&c.listeners) {
+                let mut rejected = Map::new();
+                for r in Reject::ALL {
+                    rejected.insert(r.as_str().into(), json!(l.rejected_lines[r as usize]));
+                }
+                m.insert(
+                    name.clone(),
+                    json!({
+                        "received_lines": l.received_lines,
+                        "received_bytes": l.received_bytes,
+                        "parsed_lines": l.parsed_lines,
+                        "rejected_lines": l.rejected_lines.iter().sum::<u64>(),
+                        "rejected_by_reason": rejected,
+                        "datagrams": l.datagrams,
+                        "connections_accepted": l.connections_accepted,
+                        "connections_refused": l.connections_refused,
+                        "connections_open": l.connections_open,
+                        "read_errors": l.read_errors,
+                        "stalls": l.stalls,
+                    }),
+                );
+            }
+            Value::Object(m)
+        };
+        let rules = |c: &ShardCounters| -> Value {
+            let mut m = Map::new();
+            for (name, n) in self.labels.rules.iter().zip(&c.rules_matched) {
+                m.insert(name.clone(), json!({ "matched": n }));
+            }
+            Value::Object(m)
+        };
+        let dests = |c: &ShardCounters| -> Value {
+            let mut m = Map::new();
+            for (name, d) in self.labels.destinations.iter().zip(&c.destinations) {
+                m.insert(name.clone(), serde_json::to_value(d).unwrap_or(Value::Null));
+            }
+            Value::Object(m)
+        };
+        let summary = |c: &ShardCounters| -> Value {
+            json!({
+                "listeners": listeners(c),
+                "routes": rules(c),
+                "destinations": dests(c),
+                "dropped_by_rule": c.dropped_by_rule,
+                "unrouted": c.unrouted,
+            })
+        };
+        let mut v = summary(&total);
+        v["shards"] = Value::Array(shards.iter().map(summary).collect());
+        v
+    }
+
+    /// `/metrics`: Prometheus text exposition format, totals plus a `shard` label.
+    pub fn prometheus(&self) -> String {
+        let shards = self.per_shard();
+        let mut out = String::with_capacity(16 * 1024);
+        let mut family = |name: &str, help: &str, kind: &str, rows: &mut dyn FnMut(&mut String)| {
+            let _ = writeln!(out, "# HELP cadent_{name} {help}");
+            let _ = writeln!(out, "# TYPE cadent_{name} {kind}");
+            rows(&mut out);
+        };
+        macro_rules! listener_family {
+            ($field:ident, $kind:expr, $help:expr) => {
+                family(stringify!($field), $help, $kind, &mut |o| {
+                    for (s, c) in shards.iter().enumerate() {
+                        for (name, l) in self.labels.listeners.iter().zip(&c.listeners) {
+                            let _ = writeln!(
+                                o,
+                                "cadent_{}{{listener=\"{}\",shard=\"{s}\"}} {}",
+                                stringify!($field),
+                                escape(name),
+                                l.$field
+                            );
+                        }
+                    }
+                });
+            };
+        }
+        macro_rules! dest_family {
+            ($field:ident, $kind:expr, $help:expr) => {
+                family(
+                    concat!("destination_", stringify!($field)),
+                    $help,
+                    $kind,
+                    &mut |o| {
+                        for (s, c) in shards.iter().enumerate() {
+                            for (name, d) in self.labels.destinations.iter().zip(&c.destinations) {
+                                let _ = writeln!(
+                                    o,
+                                    "cadent_destination_{}{{destination=\"{}\",shard=\"{s}\"}} {}",
+                                    stringify!($field),
+                                    escape(name),
+                                    d.$field
+                                );
+                            }
+                        }
+                    },
+                );
+            };
+        }
+        listener_family!(received_lines, "counter", "Lines received (good and bad).");
+        listener_family!(received_bytes, "counter", "Bytes received.");
+        listener_family!(parsed_lines, "counter", "Lines that parsed.");
+        listener_family!(datagrams, "counter", "UDP datagrams received.");
+        listener_family!(connections_accepted, "counter", "Connections accepted.");
+        listener_family!(connections_refused, "counter", "Connections refused at connections_max.");
+        listener_family!(connections_open, "gauge", "Connections open.");
+        listener_family!(read_errors, "counter", "Read and accept errors.");
+        listener_family!(stalls, "counter", "Reads delayed by a full destination queue.");
+        family(
+            "rejected_lines",
+            "Lines dropped at ingest, by reason.",
+            "counter",
+            &mut |o| {
+                for (s, c) in shards.iter().enumerate() {
+                    for (name, l) in self.labels.listeners.iter().zip(&c.listeners) {
+                        for r in Reject::ALL {
+                            let _ = writeln!(
+                                o,
+                                "cadent_rejected_lines{{listener=\"{}\",reason=\"{}\",shard=\"{s}\"}} {}",
+                                escape(name),
+                                r.as_str(),
+                                l.rejected_lines[r as usize]
+                            );
+                        }
+                    }
+                }
+            },
+        );
+        family("route_matched", "Metrics matched by a route.", "counter", &mut |o| {
+            for (s, c) in shards.iter().enumerate() {
+                for (name, n) in self.labels.rules.iter().zip(&c.rules_matched) {
+                    let _ = writeln!(
+                        o,
+                        "cadent_route_matched{{route=\"{}\",shard=\"{s}\"}} {n}",
+                        escape(name)
+                    );
+                }
+            }
+        });
+        family("dropped_by_rule", "Metrics dropped by a drop route.", "counter", &mut |o| {
+            for (s, c) in shards.iter().enumerate() {
+                let _ = writeln!(o, "cadent_dropped_by_rule{{shard=\"{s}\"}} {}", c.dropped_by_rule);
+            }
+        });
+        family("unrouted", "Metrics no route matched (dropped).", "counter", &mut |o| {
+            for (s, c) in shards.iter().enumerate() {
+                let _ = writeln!(o, "cadent_unrouted{{shard=\"{s}\"}} {}", c.unrouted);
+            }
+        });
+        dest_family!(queued_lines, "counter", "Lines queued for a destination.");
+        dest_family!(sent_lines, "counter", "Lines written to a destination.");
+        dest_family!(sent_bytes, "counter", "Bytes written to a destination.");
+        dest_family!(writes, "counter", "Write calls or datagrams to a destination.");
+        dest_family!(dropped_lines_queue_full, "counter", "Lines dropped: queue over queue_bytes_max.");
+        dest_family!(dropped_lines_shutdown, "counter", "Lines dropped: still queued at the shutdown deadline.");
+        dest_family!(write_errors, "counter", "Failed writes.");
+        dest_family!(connects, "counter", "Successful connects.");
+        dest_family!(connect_failures, "counter", "Failed connects.");
+        dest_family!(queue_bytes, "gauge", "Bytes queued for a destination.");
+        dest_family!(connected, "gauge", "1 while the destination is connected.");
+        out
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
