@@ -150,7 +150,7 @@ const NAMES_COUNT: usize = 12_000;
 /// Tied positions per scenario that get a name aimed exactly at them; each
 /// costs about 65536 hashes to find, so the duplicate-member ring (every
 /// position tied) is sampled rather than covered.
-const TIES_AIMED_MAX: usize = 8;
+const TIES_AIMED_MAX: usize = 12;
 
 /// How long one peer run may take before the test gives up on it.
 const PEER_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1,3 +1,7 @@
 //! The one integration-test binary: real sockets on 127.0.0.1, real peers.
 
+mod bad_config;
+mod bad_input;
 mod crelay;
+mod e2e;
+mod support;

@@ -1,0 +1,291 @@
+//! Shared pieces of the integration tests: free ports, a cadent process, collecting sinks.
+//! Everything is on 127.0.0.1 and every wait is bounded.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// A port that was free a moment ago (bound with port 0, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "cadent-it-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The cadent binary under test.
+pub fn cadent_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cadent")
+}
+
+/// A running `cadent serve`, stopped (SIGTERM) when dropped.
+pub struct Cadent {
+    child: Option<Child>,
+    /// Admin address.
+    pub admin: String,
+    /// Directory holding the config (and the working directory).
+    pub dir: PathBuf,
+}
+
+impl Cadent {
+    /// Starts cadent on a config whose text contains `ADMIN` where the admin address goes.
+    pub fn start(tag: &str, config: &str) -> Cadent {
+        let dir = temp_dir(tag);
+        let admin = format!("127.0.0.1:{}", free_port());
+        let text = config.replace("ADMIN", &admin);
+        let path = dir.join("cadent.toml");
+        std::fs::write(&path, text).unwrap();
+        let log = std::fs::File::create(dir.join("cadent.log")).unwrap();
+        let child = Command::new(cadent_bin())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start cadent");
+        let mut c = Cadent {
+            child: Some(child),
+            admin,
+            dir,
+        };
+        c.wait_ready();
+        c
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("cadent exited at start ({status}):\n{}", self.log());
+            }
+            if http_get(&self.admin, "/ops/status").is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("cadent did not become ready:\n{}", self.log());
+    }
+
+    /// cadent's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("cadent.log")).unwrap_or_default()
+    }
+
+    /// `/stats` as JSON, read after the next counter publication.
+    pub fn stats(&self) -> serde_json::Value {
+        let body = http_get(&self.admin, "/stats").expect("GET /stats");
+        serde_json::from_str(&body).expect("stats JSON")
+    }
+
+    /// Sends SIGTERM and returns the exit code (bounded wait).
+    pub fn stop(mut self) -> i32 {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("cadent did not stop within 30 s after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Cadent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// GET over a fresh connection; the body, or None when nothing answers.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    Some(body.to_string())
+}
+
+/// A TCP sink that keeps every line it receives, by line.
+pub struct Sink {
+    /// `127.0.0.1:port`.
+    pub addr: String,
+    lines: Arc<Mutex<HashMap<String, u32>>>,
+    total: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sink {
+    /// Listens on a free port; one reader thread per connection.
+    pub fn start() -> Sink {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let lines = Arc::new(Mutex::new(HashMap::new()));
+        let total = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (lines2, total2, stop2) = (lines.clone(), total.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut readers = Vec::new();
+            while !stop2.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                        let (lines, total, stop) = (lines2.clone(), total2.clone(), stop2.clone());
+                        readers.push(std::thread::spawn(move || read_lines(s, &lines, &total, &stop)));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            for r in readers {
+                let _ = r.join();
+            }
+        });
+        Sink {
+            addr,
+            lines,
+            total,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Lines received so far.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Every distinct line with how often it arrived.
+    pub fn lines(&self) -> HashMap<String, u32> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+fn read_lines(mut s: TcpStream, lines: &Mutex<HashMap<String, u32>>, total: &AtomicU64, stop: &AtomicBool) {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                pending.extend_from_slice(&buf[..n]);
+                let Some(last) = pending.iter().rposition(|&b| b == b'\n') else { continue };
+                let mut map = lines.lock().unwrap();
+                let mut count = 0;
+                for l in pending[..last].split(|&b| b == b'\n') {
+                    *map.entry(String::from_utf8_lossy(l).into_owned()).or_insert(0) += 1;
+                    count += 1;
+                }
+                drop(map);
+                total.fetch_add(count, Ordering::Relaxed);
+                pending.drain(..=last);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits (bounded) until `f` is true; returns whether it became true.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// Sends `data` over one TCP connection and closes it cleanly.
+pub fn send_tcp(addr: &str, data: &[u8]) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(data).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    // Wait for the server's close so every byte was read before we report done.
+    let mut b = [0u8; 16];
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.read(&mut b);
+}
+
+/// Sends each datagram from one socket.
+pub fn send_udp(addr: &str, datagrams: &[Vec<u8>]) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for d in datagrams {
+        s.send_to(d, addr).unwrap();
+    }
+}
+
+/// Runs `cadent hash` on `names`; returns name -> destinations.
+pub fn cadent_hash(config: &std::path::Path, cluster: &str, names: &[String]) -> HashMap<String, String> {
+    let mut child = Command::new(cadent_bin())
+        .args(["hash", "--config"])
+        .arg(config)
+        .args(["--cluster", cluster])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = names.join("\n") + "\n";
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success(), "cadent hash failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (n, d) = l.split_once('\t').expect("NAME<TAB>DESTS");
+            (n.to_string(), d.to_string())
+        })
+        .collect()
+}
