@@ -72,6 +72,8 @@ pub struct Server {
     pub shutdown_timeout_ms: u64,
     /// How often each shard publishes its counters for `/stats`.
     pub stats_interval_ms: u64,
+    /// io_uring buffer memory registered per shard (locked memory; see tuning.md).
+    pub io_memory_bytes: usize,
 }
 
 /// Wire format of a listener.
@@ -314,12 +316,14 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
     };
     let shutdown_timeout_ms = r.uint("shutdown_timeout_ms", 5_000, 0, 600_000, errs);
     let stats_interval_ms = r.uint("stats_interval_ms", 500, 10, 60_000, errs);
+    let io_memory_bytes = r.uint("io_memory_bytes", 2 << 20, 64 << 10, 1 << 30, errs) as usize;
     r.finish(errs);
     Server {
         shards,
         admin_listen,
         shutdown_timeout_ms,
         stats_interval_ms,
+        io_memory_bytes,
     }
 }
 

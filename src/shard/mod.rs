@@ -103,8 +103,10 @@ pub fn spawn(
             ready_tx.clone(),
         );
         let cpu = cpus[id % cpus.len()];
+        let io_memory = cfg.server.io_memory_bytes;
         let join = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{id}"))
+            .io_memory(io_memory)
             .spawn(move || async move {
                 run(id, cfg, table, addrs, registry, inbox2, ready).await;
             })

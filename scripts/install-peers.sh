@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the real peers the tests and benchmarks talk to. Idempotent; needs root for apt.
+#   carbon-c-relay 3.7.3 (Debian): carbon_ch reference (`-t` test mode) and bench peer.
+set -euo pipefail
+
+need_apt=()
+command -v carbon-c-relay >/dev/null 2>&1 || need_apt+=(carbon-c-relay)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "install-peers: apt-get install ${need_apt[*]}" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+echo "install-peers: carbon-c-relay $(carbon-c-relay -v 2>&1 | head -1 | tr -s ' ' | cut -c1-60)" >&2
