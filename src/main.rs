@@ -75,11 +75,15 @@ fn main() {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CADENT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn check(path: PathBuf) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     match Config::parse(&text) {
         Ok(cfg) => {
             println!(
@@ -103,7 +107,9 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
 fn hash(path: PathBuf, cluster: Option<String>, names: Vec<String>) -> anyhow::Result<()> {
     let cfg = Config::load(&path)?;
     let ci = match &cluster {
-        Some(n) => cfg.cluster_index(n).with_context(|| format!("no cluster named {n:?}"))?,
+        Some(n) => cfg
+            .cluster_index(n)
+            .with_context(|| format!("no cluster named {n:?}"))?,
         None if cfg.clusters.is_empty() => anyhow::bail!("the config has no [[cluster]]"),
         None => 0,
     };
@@ -154,7 +160,9 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     init_logging();
     let cfg = match &path {
         Some(p) => Config::load(p)?,
-        None => Config::parse(DEFAULT_CONFIG).map_err(|e| anyhow::anyhow!("embedded config: {e}"))?,
+        None => {
+            Config::parse(DEFAULT_CONFIG).map_err(|e| anyhow::anyhow!("embedded config: {e}"))?
+        }
     };
     let cfg = Arc::new(cfg);
     let table = Arc::new(DestinationTable::from_config(&cfg));
@@ -210,7 +218,11 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         }
     }
     let signal = outcome?;
-    tracing::info!(signal, elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
+    tracing::info!(
+        signal,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "stopped"
+    );
     if failed {
         anyhow::bail!("a shard failed");
     }

@@ -61,7 +61,10 @@ async fn stats(State(s): State<Arc<AdminState>>) -> Json<serde_json::Value> {
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.registry.prometheus(),
     )
         .into_response()
@@ -86,11 +89,11 @@ fn hash_all(s: &AdminState, key: &str) -> serde_json::Value {
     let mut clusters = serde_json::Map::new();
     for (i, c) in s.config.clusters.iter().enumerate() {
         router.cluster_destinations(i, hashed, &mut out);
-        let names: Vec<String> = out
-            .iter()
-            .map(|d| destination_label(s, i, *d))
-            .collect();
-        clusters.insert(c.name.clone(), json!({ "kind": c.kind.as_str(), "destinations": names }));
+        let names: Vec<String> = out.iter().map(|d| destination_label(s, i, *d)).collect();
+        clusters.insert(
+            c.name.clone(),
+            json!({ "kind": c.kind.as_str(), "destinations": names }),
+        );
     }
     serde_json::Value::Object(clusters)
 }
@@ -107,8 +110,13 @@ fn destination_label(s: &AdminState, cluster: usize, d: crate::route::DestId) ->
 }
 
 /// Runs the admin server until SIGTERM or SIGINT; returns which signal arrived.
-pub fn serve_until_signal(state: Arc<AdminState>, addr: SocketAddr) -> anyhow::Result<&'static str> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+pub fn serve_until_signal(
+    state: Arc<AdminState>,
+    addr: SocketAddr,
+) -> anyhow::Result<&'static str> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;

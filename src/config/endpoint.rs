@@ -37,7 +37,9 @@ impl ListenUrl {
     pub fn parse(s: &str) -> Result<ListenUrl, String> {
         if let Some(path) = s.strip_prefix("unix://") {
             if !path.starts_with('/') {
-                return Err(format!("{s:?}: a unix socket path must be absolute (unix:///path)"));
+                return Err(format!(
+                    "{s:?}: a unix socket path must be absolute (unix:///path)"
+                ));
             }
             return Ok(ListenUrl::Unix(PathBuf::from(path)));
         }
@@ -155,7 +157,8 @@ pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
     let mut it = s
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {s:?}: {e}"))?;
-    it.next().ok_or_else(|| format!("{s:?} resolves to nothing"))
+    it.next()
+        .ok_or_else(|| format!("{s:?} resolves to nothing"))
 }
 
 #[cfg(test)]
@@ -182,14 +185,21 @@ mod tests {
     #[test]
     fn listen_urls() {
         assert_eq!(
-            ListenUrl::parse("udp://127.0.0.1:8125").unwrap().to_string(),
+            ListenUrl::parse("udp://127.0.0.1:8125")
+                .unwrap()
+                .to_string(),
             "udp://127.0.0.1:8125"
         );
         assert!(matches!(
             ListenUrl::parse("unix:///tmp/x.sock").unwrap(),
             ListenUrl::Unix(_)
         ));
-        for bad in ["127.0.0.1:2003", "unix://rel", "tcp://nohost", "ftp://1.2.3.4:1"] {
+        for bad in [
+            "127.0.0.1:2003",
+            "unix://rel",
+            "tcp://nohost",
+            "ftp://1.2.3.4:1",
+        ] {
             assert!(ListenUrl::parse(bad).is_err(), "{bad}");
         }
     }

@@ -74,6 +74,8 @@ pub struct Server {
     pub stats_interval_ms: u64,
     /// io_uring buffer memory registered per shard (locked memory; see tuning.md).
     pub io_memory_bytes: usize,
+    /// Ring positions remembered per shard (0 = none); about 100 bytes per key.
+    pub hash_cache_keys_max: usize,
 }
 
 /// Wire format of a listener.
@@ -252,7 +254,8 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        Config::parse(&text).map_err(|e| anyhow::anyhow!("{}: invalid config:\n{e}", path.display()))
+        Config::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{}: invalid config:\n{e}", path.display()))
     }
 
     /// Index of the cluster named `name`.
@@ -292,7 +295,10 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
         .map(|(i, t)| read_route(t, i, &clusters, errs))
         .collect();
     if listeners.is_empty() && errs.is_empty() {
-        errs.push(ConfigError::new("listen", "no [[listen]]: cadent would receive nothing"));
+        errs.push(ConfigError::new(
+            "listen",
+            "no [[listen]]: cadent would receive nothing",
+        ));
     }
     Config {
         server,
@@ -317,6 +323,7 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
     let shutdown_timeout_ms = r.uint("shutdown_timeout_ms", 5_000, 0, 600_000, errs);
     let stats_interval_ms = r.uint("stats_interval_ms", 500, 10, 60_000, errs);
     let io_memory_bytes = r.uint("io_memory_bytes", 2 << 20, 64 << 10, 1 << 30, errs) as usize;
+    let hash_cache_keys_max = r.uint("hash_cache_keys_max", 500_000, 0, 1 << 30, errs) as usize;
     r.finish(errs);
     Server {
         shards,
@@ -324,6 +331,7 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
         shutdown_timeout_ms,
         stats_interval_ms,
         io_memory_bytes,
+        hash_cache_keys_max,
     }
 }
 
@@ -384,7 +392,8 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
         }
     };
     let line_bytes_max = r.uint("line_bytes_max", 16 * 1024, 64, 1 << 20, errs) as usize;
-    let read_buffer_bytes = r.uint("read_buffer_bytes", 64 * 1024, 4 * 1024, 16 << 20, errs) as usize;
+    let read_buffer_bytes =
+        r.uint("read_buffer_bytes", 64 * 1024, 4 * 1024, 16 << 20, errs) as usize;
     let connections_max = r.uint("connections_max", 1024, 1, 1 << 20, errs) as usize;
     let socket_receive_buffer_bytes =
         r.uint("socket_receive_buffer_bytes", 4 << 20, 0, 1 << 30, errs) as usize;
@@ -436,7 +445,10 @@ fn read_cluster(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Cluster {
     for (j, m) in member_strs.iter().enumerate() {
         match Member::parse(m) {
             Ok(m) => members.push(m),
-            Err(e) => errs.push(ConfigError::new(format!("{}[{j}]", r.key_path("members")), e)),
+            Err(e) => errs.push(ConfigError::new(
+                format!("{}[{j}]", r.key_path("members")),
+                e,
+            )),
         }
     }
     let mut file = None;
@@ -456,15 +468,37 @@ fn read_cluster(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Cluster {
                         keep_files,
                     })
                 }
-                _ => errs.push(ConfigError::new(r.key_path("path"), "is required for kind = \"file\"")),
+                _ => errs.push(ConfigError::new(
+                    r.key_path("path"),
+                    "is required for kind = \"file\"",
+                )),
             }
         }
         Some(k) => {
             if path.is_some() {
-                errs.push(ConfigError::new(r.key_path("path"), "only a file cluster has a path"));
+                errs.push(ConfigError::new(
+                    r.key_path("path"),
+                    "only a file cluster has a path",
+                ));
             }
             if member_strs.is_empty() {
-                errs.push(ConfigError::new(r.key_path("members"), "needs at least one member"));
+                errs.push(ConfigError::new(
+                    r.key_path("members"),
+                    "needs at least one member",
+                ));
+            }
+            if k == ClusterKind::Forward {
+                for (j, m) in members.iter().enumerate() {
+                    if let Some(p) = members[..j]
+                        .iter()
+                        .position(|o| o.address_key() == m.address_key())
+                    {
+                        errs.push(ConfigError::new(
+                            format!("{}[{j}]", r.key_path("members")),
+                            format!("same address as members[{p}]; a member is listed once"),
+                        ));
+                    }
+                }
             }
             if k == ClusterKind::Forward && replication_present && replication != 1 {
                 errs.push(ConfigError::new(
@@ -500,6 +534,16 @@ fn check_ring_identity(members: &[Member], path: &str, errs: &mut Vec<ConfigErro
     for (j, m) in members.iter().enumerate() {
         if let Some(k) = members[..j]
             .iter()
+            .position(|o| o.host == m.host && o.port == m.port && o.transport == m.transport)
+        {
+            errs.push(ConfigError::new(
+                format!("{path}[{j}]"),
+                format!("same address as {path}[{k}]; a member is listed once"),
+            ));
+            continue;
+        }
+        if let Some(k) = members[..j]
+            .iter()
             .position(|o| o.host == m.host && o.instance == m.instance)
         {
             errs.push(ConfigError::new(
@@ -515,7 +559,9 @@ fn check_ring_identity(members: &[Member], path: &str, errs: &mut Vec<ConfigErro
 
 fn read_route(t: &Table, i: usize, clusters: &[Cluster], errs: &mut Vec<ConfigError>) -> Route {
     let mut r = TableReader::new(t, format!("route[{i}]"));
-    let name = r.opt_str("name", errs).unwrap_or_else(|| format!("route[{i}]"));
+    let name = r
+        .opt_str("name", errs)
+        .unwrap_or_else(|| format!("route[{i}]"));
     let matcher = match r.table("match", errs) {
         Some(mt) => read_match(mt, &r.key_path("match"), errs),
         None => {
@@ -568,7 +614,10 @@ fn read_route(t: &Table, i: usize, clusters: &[Cluster], errs: &mut Vec<ConfigEr
                     "is required unless action = \"drop\"",
                 ));
             } else if send_to.is_empty() {
-                errs.push(ConfigError::new(r.key_path("send_to"), "must name at least one cluster"));
+                errs.push(ConfigError::new(
+                    r.key_path("send_to"),
+                    "must name at least one cluster",
+                ));
             }
             Action::SendTo(targets)
         }
@@ -596,10 +645,15 @@ fn read_match(t: &Table, path: &str, errs: &mut Vec<ConfigError>) -> Match {
     let regex = r.opt_str("regex", errs);
     let all = r.opt_bool("all", errs);
     r.finish(errs);
-    let given = [prefix.is_some(), substring.is_some(), regex.is_some(), all.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
+    let given = [
+        prefix.is_some(),
+        substring.is_some(),
+        regex.is_some(),
+        all.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
     if given != 1 {
         errs.push(ConfigError::new(
             path,
@@ -609,29 +663,45 @@ fn read_match(t: &Table, path: &str, errs: &mut Vec<ConfigError>) -> Match {
     }
     if let Some(p) = prefix {
         if p.is_empty() {
-            errs.push(ConfigError::new(format!("{path}.prefix"), "must not be empty (use all = true)"));
+            errs.push(ConfigError::new(
+                format!("{path}.prefix"),
+                "must not be empty (use all = true)",
+            ));
         }
         return Match::Prefix(p);
     }
     if let Some(s) = substring {
         if s.is_empty() {
-            errs.push(ConfigError::new(format!("{path}.substring"), "must not be empty (use all = true)"));
+            errs.push(ConfigError::new(
+                format!("{path}.substring"),
+                "must not be empty (use all = true)",
+            ));
         }
         return Match::Substring(s);
     }
     if let Some(re) = regex {
         if let Err(e) = regex::bytes::Regex::new(&re) {
-            errs.push(ConfigError::new(format!("{path}.regex"), format!("invalid regex: {e}")));
+            errs.push(ConfigError::new(
+                format!("{path}.regex"),
+                format!("invalid regex: {e}"),
+            ));
         }
         return Match::Regex(re);
     }
     if all == Some(false) {
-        errs.push(ConfigError::new(format!("{path}.all"), "must be true when given"));
+        errs.push(ConfigError::new(
+            format!("{path}.all"),
+            "must be true when given",
+        ));
     }
     Match::All
 }
 
-fn check_unique<'a>(names: impl Iterator<Item = &'a str>, table: &str, errs: &mut Vec<ConfigError>) {
+fn check_unique<'a>(
+    names: impl Iterator<Item = &'a str>,
+    table: &str,
+    errs: &mut Vec<ConfigError>,
+) {
     let mut seen = HashSet::new();
     for (i, n) in names.enumerate() {
         if !n.is_empty() && !seen.insert(n) {

@@ -79,7 +79,8 @@ impl<'a> TableReader<'a> {
         default: &str,
         errs: &mut Vec<ConfigError>,
     ) -> String {
-        self.opt_str(key, errs).unwrap_or_else(|| default.to_string())
+        self.opt_str(key, errs)
+            .unwrap_or_else(|| default.to_string())
     }
 
     /// A non-negative integer within `[min, max]`, with a default.
@@ -91,10 +92,15 @@ impl<'a> TableReader<'a> {
         max: u64,
         errs: &mut Vec<ConfigError>,
     ) -> u64 {
-        debug_assert!(min <= default && default <= max, "default of {key} out of range");
+        debug_assert!(
+            min <= default && default <= max,
+            "default of {key} out of range"
+        );
         match self.get(key) {
             None => default,
-            Some(Value::Integer(i)) if (*i as i128) >= min as i128 && (*i as i128) <= max as i128 => {
+            Some(Value::Integer(i))
+                if (*i as i128) >= min as i128 && (*i as i128) <= max as i128 =>
+            {
                 *i as u64
             }
             Some(Value::Integer(i)) => {
@@ -129,7 +135,11 @@ impl<'a> TableReader<'a> {
     }
 
     /// An optional boolean.
-    pub(super) fn opt_bool(&mut self, key: &'static str, errs: &mut Vec<ConfigError>) -> Option<bool> {
+    pub(super) fn opt_bool(
+        &mut self,
+        key: &'static str,
+        errs: &mut Vec<ConfigError>,
+    ) -> Option<bool> {
         match self.get(key)? {
             Value::Boolean(b) => Some(*b),
             v => {
@@ -140,7 +150,11 @@ impl<'a> TableReader<'a> {
     }
 
     /// An array of strings (missing = empty).
-    pub(super) fn strings(&mut self, key: &'static str, errs: &mut Vec<ConfigError>) -> Vec<String> {
+    pub(super) fn strings(
+        &mut self,
+        key: &'static str,
+        errs: &mut Vec<ConfigError>,
+    ) -> Vec<String> {
         match self.get(key) {
             None => Vec::new(),
             Some(Value::Array(items)) => {
@@ -164,7 +178,11 @@ impl<'a> TableReader<'a> {
     }
 
     /// An optional sub-table (inline or not).
-    pub(super) fn table(&mut self, key: &'static str, errs: &mut Vec<ConfigError>) -> Option<&'a Table> {
+    pub(super) fn table(
+        &mut self,
+        key: &'static str,
+        errs: &mut Vec<ConfigError>,
+    ) -> Option<&'a Table> {
         match self.get(key)? {
             Value::Table(t) => Some(t),
             v => {
@@ -175,7 +193,11 @@ impl<'a> TableReader<'a> {
     }
 
     /// An array of tables (`[[name]]`), missing = empty.
-    pub(super) fn tables(&mut self, key: &'static str, errs: &mut Vec<ConfigError>) -> Vec<&'a Table> {
+    pub(super) fn tables(
+        &mut self,
+        key: &'static str,
+        errs: &mut Vec<ConfigError>,
+    ) -> Vec<&'a Table> {
         match self.get(key) {
             None => Vec::new(),
             Some(Value::Array(items)) => {

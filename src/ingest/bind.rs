@@ -6,7 +6,12 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-fn socket(addr: SocketAddr, ty: Type, proto: Protocol, recv_buffer_bytes: usize) -> io::Result<Socket> {
+fn socket(
+    addr: SocketAddr,
+    ty: Type,
+    proto: Protocol,
+    recv_buffer_bytes: usize,
+) -> io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;

@@ -14,7 +14,10 @@ use crate::config::FileSink;
 /// The path shard `shard` writes for a file sink.
 pub fn shard_path(sink: &FileSink, shard: usize) -> PathBuf {
     let p = &sink.path;
-    let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = p
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let name = match p.extension() {
         Some(ext) => format!("{stem}-{shard}.{}", ext.to_string_lossy()),
         None => format!("{stem}-{shard}"),
@@ -133,6 +136,9 @@ mod tests {
             keep_files: 1,
         };
         assert_eq!(shard_path(&sink, 3), PathBuf::from("./data/cadent-3.log"));
-        assert_eq!(rotated(Path::new("a/b-0.log"), 2), PathBuf::from("a/b-0.log.2"));
+        assert_eq!(
+            rotated(Path::new("a/b-0.log"), 2),
+            PathBuf::from("a/b-0.log.2")
+        );
     }
 }

@@ -69,7 +69,7 @@ impl Outputs {
         if slot.open_lines > 0 && slot.open.len() + len > slot.seal_bytes {
             seal(slot);
         }
-        for p in pieces {
+        for p in pieces.iter().filter(|p| !p.is_empty()) {
             slot.open.extend_from_slice(p);
         }
         slot.open.push(b'\n');

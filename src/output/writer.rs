@@ -135,7 +135,9 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
 
 async fn connect(member: &Member, timeout: Duration) -> io::Result<TcpStream> {
     let addr = resolve(member).await?;
-    let s = TcpStream::connect_timeout(addr, timeout).await.map_err(io::Error::from)?;
+    let s = TcpStream::connect_timeout(addr, timeout)
+        .await
+        .map_err(io::Error::from)?;
     Ok(s)
 }
 

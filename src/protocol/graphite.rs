@@ -31,28 +31,117 @@ pub fn hash_key(name: &[u8]) -> &[u8] {
 /// Parses one line (no `\n`; a trailing `\r` is already gone). Fields are separated by
 /// runs of spaces or tabs; leading and trailing blanks are ignored.
 pub fn parse(line: &[u8]) -> Result<Line<'_>, Reject> {
-    let mut fields = line
-        .split(|&b| b == b' ' || b == b'\t')
-        .filter(|f| !f.is_empty());
-    let name = fields.next().ok_or(Reject::MissingFields)?;
-    let value = fields.next().ok_or(Reject::MissingFields)?;
-    let timestamp = fields.next().ok_or(Reject::MissingFields)?;
-    if fields.next().is_some() {
+    match parse_normal(line) {
+        Some(l) => Ok(l),
+        None => parse_general(line),
+    }
+}
+
+/// The common shape, `name value timestamp` with single spaces, read from the right: the
+/// two short fields by byte loops, the name by one vectorised check (which also proves it
+/// holds no blank). Anything else, good or bad, is left to [`parse_general`], so reject
+/// reasons come from one place.
+#[inline]
+fn parse_normal(line: &[u8]) -> Option<Line<'_>> {
+    let sp2 = line.iter().rposition(|&b| b == b' ')?;
+    let sp1 = line[..sp2].iter().rposition(|&b| b == b' ')?;
+    let (name, value, timestamp) = (&line[..sp1], &line[sp1 + 1..sp2], &line[sp2 + 1..]);
+    let ok = !name.is_empty()
+        && name[0] != b';'
+        && ascii_name(name)
+        && is_plain_number(value)
+        && is_plain_number(timestamp)
+        && timestamp[0] != b'-';
+    ok.then_some(Line {
+        name,
+        value,
+        timestamp,
+    })
+}
+
+/// Every byte printable ASCII and not a blank. Branch-free so it vectorises.
+#[inline]
+fn ascii_name(name: &[u8]) -> bool {
+    name.iter()
+        .fold(true, |ok, &b| ok & (b.wrapping_sub(0x21) < 0x5e))
+}
+
+/// `[+-]?digits[.digits]` or `[+-]?digits.`/`.digits`, at most 300 characters (so it
+/// cannot overflow to infinity): finite by construction.
+#[inline]
+fn is_plain_number(s: &[u8]) -> bool {
+    let digits = match s.first() {
+        Some(b'-') | Some(b'+') => &s[1..],
+        _ => s,
+    };
+    if digits.is_empty() || digits.len() > 300 {
+        return false;
+    }
+    let mut dots = 0u32;
+    let mut others = 0u32;
+    for &b in digits {
+        dots += u32::from(b == b'.');
+        others += u32::from(!b.is_ascii_digit() && b != b'.');
+    }
+    others == 0 && dots <= 1 && digits.len() > dots as usize
+}
+
+fn parse_general(line: &[u8]) -> Result<Line<'_>, Reject> {
+    let mut at = 0;
+    let name = next_field(line, &mut at).ok_or(Reject::MissingFields)?;
+    let value = next_field(line, &mut at).ok_or(Reject::MissingFields)?;
+    let timestamp = next_field(line, &mut at).ok_or(Reject::MissingFields)?;
+    if next_field(line, &mut at).is_some() {
         return Err(Reject::TooManyFields);
     }
     if !valid_name(name) || name[0] == b';' {
         return Err(Reject::BadName);
     }
-    parse_f64(value).ok_or(Reject::BadValue)?;
-    match parse_f64(timestamp) {
-        Some(t) if t >= 0.0 || timestamp == b"-1" => {}
-        _ => return Err(Reject::BadTimestamp),
+    if !is_number(value) {
+        return Err(Reject::BadValue);
+    }
+    // Timestamps are seconds since the epoch, so not negative; carbon reads -1 as "now".
+    if !is_number(timestamp) || (timestamp[0] == b'-' && timestamp != b"-1") {
+        return Err(Reject::BadTimestamp);
     }
     Ok(Line {
         name,
         value,
         timestamp,
     })
+}
+
+/// The line in normal form (`name value timestamp`, single spaces) is the input itself
+/// when it had no extra blanks; then it can be copied out in one piece.
+pub fn is_normal(line: &[u8], l: &Line<'_>) -> bool {
+    line.len() == l.name.len() + l.value.len() + l.timestamp.len() + 2
+        && line[l.name.len()] == b' '
+        && line[line.len() - l.timestamp.len() - 1] == b' '
+}
+
+#[inline]
+fn is_blank(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+#[inline]
+fn next_field<'a>(line: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+    let mut i = *at;
+    while i < line.len() && is_blank(line[i]) {
+        i += 1;
+    }
+    let start = i;
+    while i < line.len() && !is_blank(line[i]) {
+        i += 1;
+    }
+    *at = i;
+    (i > start).then(|| &line[start..i])
+}
+
+/// A finite number as Python's float() (and so carbon) reads it: plain decimals by a
+/// scan, anything else (exponents, `inf`, long digit strings) by the float parser.
+fn is_number(s: &[u8]) -> bool {
+    is_plain_number(s) || parse_f64(s).is_some()
 }
 
 #[cfg(test)]
@@ -73,7 +162,10 @@ mod tests {
     #[test]
     fn lines() {
         check("a.b.c 1 1700000000", Ok(("a.b.c", "1", "1700000000")));
-        check("a.b 1.5e3 1700000000.25", Ok(("a.b", "1.5e3", "1700000000.25")));
+        check(
+            "a.b 1.5e3 1700000000.25",
+            Ok(("a.b", "1.5e3", "1700000000.25")),
+        );
         check("  a.b\t-2   17 ", Ok(("a.b", "-2", "17")));
         check("a.b;dc=x;role=db 1 17", Ok(("a.b;dc=x;role=db", "1", "17")));
         check("a.b 1 -1", Ok(("a.b", "1", "-1")));
@@ -86,6 +178,39 @@ mod tests {
         check("a\u{1}b 1 2", Err(Reject::BadName));
         check(";x=1 1 2", Err(Reject::BadName));
         assert_eq!(parse(b"\xff\xfe 1 2"), Err(Reject::BadName));
+        check("a.b 1e3 1.7e9", Ok(("a.b", "1e3", "1.7e9")));
+        check("a.b .5 5.", Ok(("a.b", ".5", "5.")));
+        check("a.b +1 17", Ok(("a.b", "+1", "17")));
+        check("a.b inf 17", Err(Reject::BadValue));
+        check("a.b 1e999 17", Err(Reject::BadValue));
+        check("a.b . 17", Err(Reject::BadValue));
+        check("a.b - 17", Err(Reject::BadValue));
+        check("a.b 1.2.3 17", Err(Reject::BadValue));
         assert_eq!(hash_key(b"a.b;x=1"), b"a.b");
+        let line = b"a.b 1 17";
+        assert!(is_normal(line, &parse(line).unwrap()));
+        let line = b"a.b  1 17";
+        assert!(!is_normal(line, &parse(line).unwrap()));
+    }
+
+    /// The fast path must never accept a line differently from the general parser.
+    #[test]
+    fn fast_path_agrees_with_general_parser() {
+        let alphabet = b"ab.;=1209-+e \t\x01\xc3";
+        let mut state = 0x2545f4914f6cdd1du64;
+        for _ in 0..200_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let len = (state % 14) as usize;
+            let mut x = state;
+            let line: Vec<u8> = (0..len)
+                .map(|_| {
+                    x = x.rotate_left(5) ^ 0x9e37;
+                    alphabet[(x % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            assert_eq!(parse(&line), parse_general(&line), "{line:?}");
+        }
     }
 }

@@ -71,7 +71,11 @@ mod tests {
 
     #[test]
     fn framing() {
-        check(&[b"a 1 2\r\nb 1 2\n\n"], 100, &[Some("a 1 2"), Some("b 1 2")]);
+        check(
+            &[b"a 1 2\r\nb 1 2\n\n"],
+            100,
+            &[Some("a 1 2"), Some("b 1 2")],
+        );
         check(&[b"a 1", b" 2\nb"], 100, &[Some("a 1 2")]);
         check(&[b"xxxxxxxxxxxx", b"xxxxx\nok\n"], 8, &[None, Some("ok")]);
         check(&[b"xxxxxxxxxxxx\nok\n"], 8, &[None, Some("ok")]);

@@ -50,7 +50,10 @@ impl DestinationTable {
             if let Some(i) = destinations.iter().position(|d| d.name == name) {
                 return DestId(i as u16);
             }
-            assert!(destinations.len() < u16::MAX as usize, "too many destinations");
+            assert!(
+                destinations.len() < u16::MAX as usize,
+                "too many destinations"
+            );
             destinations.push(Destination { name, kind });
             DestId((destinations.len() - 1) as u16)
         };
@@ -59,7 +62,10 @@ impl DestinationTable {
             .iter()
             .map(|c| match (c.kind, &c.file) {
                 (ClusterKind::File, Some(f)) => {
-                    vec![intern(format!("file:{}", f.path.display()), DestinationKind::File(f.clone()))]
+                    vec![intern(
+                        format!("file:{}", f.path.display()),
+                        DestinationKind::File(f.clone()),
+                    )]
                 }
                 _ => c
                     .members

@@ -5,6 +5,8 @@ pub mod destination;
 pub mod ring;
 pub mod rules;
 
+use std::collections::HashMap;
+
 use crate::config::{Action, ClusterKind, Config};
 pub use destination::{DestId, Destination, DestinationKind, DestinationTable};
 use ring::{CarbonRing, RingMember};
@@ -37,12 +39,18 @@ pub struct CompiledCluster {
 
 impl CompiledCluster {
     /// Appends the destinations of `key` (replica order) to `out`, skipping ones already
-    /// there. `scratch` is reused between calls.
+    /// there. `scratch` is reused between calls; `positions` caches ring positions.
     #[inline]
-    pub fn destinations_into(&self, key: &[u8], scratch: &mut Vec<usize>, out: &mut Vec<DestId>) {
+    fn destinations_into(
+        &self,
+        key: &[u8],
+        positions: &mut PositionCache,
+        scratch: &mut Vec<usize>,
+        out: &mut Vec<DestId>,
+    ) {
         match &self.route {
             ClusterRoute::CarbonCh { ring, replication } => {
-                ring.route_into(key, *replication, scratch);
+                ring.route_position_into(positions.get(key), *replication, scratch);
                 for &m in scratch.iter() {
                     push_unique(out, self.members[m]);
                 }
@@ -60,6 +68,40 @@ impl CompiledCluster {
 fn push_unique(out: &mut Vec<DestId>, d: DestId) {
     if !out.contains(&d) {
         out.push(d);
+    }
+}
+
+/// Remembers the md5 ring position of recent keys: metric names repeat every interval,
+/// and MD5 is most of what routing costs. Positions depend on the key alone, so one cache
+/// serves every carbon_ch cluster, and a hit gives exactly what MD5 would. Bounded by
+/// `server.hash_cache_keys_max`: when full it is emptied and refills.
+#[derive(Debug, Clone)]
+struct PositionCache {
+    map: HashMap<Box<[u8]>, u16, ahash::RandomState>,
+    keys_max: usize,
+}
+
+impl PositionCache {
+    fn new(keys_max: usize) -> PositionCache {
+        PositionCache {
+            map: HashMap::with_hasher(ahash::RandomState::new()),
+            keys_max,
+        }
+    }
+
+    #[inline]
+    fn get(&mut self, key: &[u8]) -> u16 {
+        if let Some(&p) = self.map.get(key) {
+            return p;
+        }
+        let p = CarbonRing::position(key);
+        if self.keys_max > 0 {
+            if self.map.len() >= self.keys_max {
+                self.map.clear();
+            }
+            self.map.insert(key.into(), p);
+        }
+        p
     }
 }
 
@@ -89,6 +131,7 @@ pub enum Verdict {
 pub struct Router {
     rules: Vec<Rule>,
     clusters: Vec<CompiledCluster>,
+    positions: PositionCache,
     scratch: Vec<usize>,
 }
 
@@ -140,6 +183,7 @@ impl Router {
         Router {
             rules,
             clusters,
+            positions: PositionCache::new(cfg.server.hash_cache_keys_max),
             scratch: Vec::with_capacity(8),
         }
     }
@@ -175,10 +219,21 @@ impl Router {
             rule_hits[i] += 1;
             matched = true;
             match &rule.send_to {
-                None => return if out.is_empty() { Verdict::Dropped } else { Verdict::Routed },
+                None => {
+                    return if out.is_empty() {
+                        Verdict::Dropped
+                    } else {
+                        Verdict::Routed
+                    }
+                }
                 Some(clusters) => {
                     for &c in clusters {
-                        self.clusters[c].destinations_into(key, &mut self.scratch, out);
+                        self.clusters[c].destinations_into(
+                            key,
+                            &mut self.positions,
+                            &mut self.scratch,
+                            out,
+                        );
                     }
                 }
             }
@@ -197,7 +252,7 @@ impl Router {
     /// `/hashcheck`).
     pub fn cluster_destinations(&mut self, cluster: usize, key: &[u8], out: &mut Vec<DestId>) {
         out.clear();
-        self.clusters[cluster].destinations_into(key, &mut self.scratch, out);
+        self.clusters[cluster].destinations_into(key, &mut self.positions, &mut self.scratch, out);
     }
 }
 
@@ -215,7 +270,10 @@ mod tests {
         let mut hits = vec![0; r.rule_count()];
         let mut out = Vec::new();
         let v = r.route(name.as_bytes(), name.as_bytes(), &mut hits, &mut out);
-        let names: Vec<&str> = out.iter().map(|d| t.destinations[d.index()].name.as_str()).collect();
+        let names: Vec<&str> = out
+            .iter()
+            .map(|d| t.destinations[d.index()].name.as_str())
+            .collect();
         assert_eq!((v, names.as_slice()), want, "{name}");
     }
 
@@ -256,14 +314,33 @@ mod tests {
             &mut r,
             &t,
             "a.fan.b",
-            (Verdict::Routed, &["tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "udp://127.0.0.1:1"]),
+            (
+                Verdict::Routed,
+                &[
+                    "tcp://127.0.0.1:1",
+                    "tcp://127.0.0.1:2",
+                    "udp://127.0.0.1:1",
+                ],
+            ),
         );
-        check(&mut r, &t, "cont.y", (Verdict::Routed, &["tcp://127.0.0.1:1"]));
+        check(
+            &mut r,
+            &t,
+            "cont.y",
+            (Verdict::Routed, &["tcp://127.0.0.1:1"]),
+        );
         check(
             &mut r,
             &t,
             "cont.x",
-            (Verdict::Routed, &["tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "udp://127.0.0.1:1"]),
+            (
+                Verdict::Routed,
+                &[
+                    "tcp://127.0.0.1:1",
+                    "tcp://127.0.0.1:2",
+                    "udp://127.0.0.1:1",
+                ],
+            ),
         );
     }
 }

@@ -59,6 +59,10 @@ struct Entry {
 pub struct CarbonRing {
     entries: Vec<Entry>,
     members: usize,
+    /// For each of the 65536 positions, the index of the first entry at or after it
+    /// (`entries.len()` = wrap): the lookup without a binary search. Empty when the ring
+    /// has more entries than a u16 indexes; lookups then search.
+    first_at: Vec<u16>,
 }
 
 impl CarbonRing {
@@ -112,9 +116,23 @@ impl CarbonRing {
             }
         }
 
+        let first_at = if entries.len() < u16::MAX as usize {
+            let mut table = Vec::with_capacity(1 << 16);
+            let mut at = 0usize;
+            for pos in 0..=u16::MAX {
+                while at < entries.len() && entries[at].pos < pos {
+                    at += 1;
+                }
+                table.push(at as u16);
+            }
+            table
+        } else {
+            Vec::new()
+        };
         CarbonRing {
             entries,
             members: members.len(),
+            first_at,
         }
     }
 
@@ -138,16 +156,25 @@ impl CarbonRing {
     /// at config load, and loops forever where duplicate members leave fewer
     /// reachable than that; here the walk is bounded by the ring size.
     pub fn route_into(&self, key: &[u8], replication: usize, out: &mut Vec<usize>) {
+        self.route_position_into(Self::position(key), replication, out);
+    }
+
+    /// [`route_into`](Self::route_into) for a key whose [`position`](Self::position) the
+    /// caller already knows (it caches positions, since MD5 is the costly part).
+    pub fn route_position_into(&self, pos: u16, replication: usize, out: &mut Vec<usize>) {
         out.clear();
         let wanted = replication.min(self.members);
         if wanted == 0 || self.entries.is_empty() {
             return;
         }
-        let pos = Self::position(key);
         let len = self.entries.len();
         // First entry at or after `pos`; past the end wraps to the start. This
         // is Python's bisect_left on (pos, ()), which c-relay copies.
-        let mut at = self.entries.partition_point(|e| e.pos < pos);
+        let mut at = match self.first_at.get(pos as usize) {
+            Some(&i) => i as usize,
+            None => self.entries.partition_point(|e| e.pos < pos),
+        };
+        debug_assert_eq!(at, self.entries.partition_point(|e| e.pos < pos));
         for _ in 0..len {
             if at == len {
                 at = 0;
@@ -349,6 +376,20 @@ mod tests {
         let mut out = Vec::new();
         ring.route_into(b"a", 3, &mut out);
         assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn long_node_keys_are_truncated_like_c_relay() {
+        // c-relay 3.7.3 with instance "i" x 250 prints all 100 replicas at
+        // 39928: the 255-byte cut drops the ":replica" suffix.
+        let instance = "i".repeat(250);
+        let long = RingMember {
+            host: "127.0.0.1",
+            port: 2101,
+            instance: Some(&instance),
+        };
+        let ring = CarbonRing::new(&[long]);
+        assert!(ring.entries.iter().all(|e| e.pos == 39928));
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub enum Matcher {
     /// Name starts with these bytes.
     Prefix(Vec<u8>),
     /// Name contains these bytes.
-    Substring(memmem::Finder<'static>),
+    Substring(Box<memmem::Finder<'static>>),
     /// Unanchored regex search.
     Regex(regex::bytes::Regex),
     /// Every name.
@@ -22,7 +22,9 @@ impl Matcher {
     pub fn compile(m: &Match) -> Matcher {
         match m {
             Match::Prefix(p) => Matcher::Prefix(p.as_bytes().to_vec()),
-            Match::Substring(s) => Matcher::Substring(memmem::Finder::new(s.as_bytes()).into_owned()),
+            Match::Substring(s) => {
+                Matcher::Substring(Box::new(memmem::Finder::new(s.as_bytes()).into_owned()))
+            }
             Match::Regex(r) => {
                 Matcher::Regex(regex::bytes::Regex::new(r).expect("regex validated at config load"))
             }
@@ -58,7 +60,11 @@ mod tests {
             (Match::All, "", true),
         ];
         for (m, name, want) in cases {
-            assert_eq!(Matcher::compile(&m).is_match(name.as_bytes()), want, "{m:?} {name}");
+            assert_eq!(
+                Matcher::compile(&m).is_match(name.as_bytes()),
+                want,
+                "{m:?} {name}"
+            );
         }
     }
 }

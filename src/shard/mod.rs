@@ -47,7 +47,9 @@ impl ShardHandle {
 
     /// Waits for the shard's thread to end.
     pub fn join(self) -> Result<(), String> {
-        self.join.join().map_err(|e| format!("shard {}: {e}", self.id))
+        self.join
+            .join()
+            .map_err(|e| format!("shard {}: {e}", self.id))
     }
 }
 
@@ -144,9 +146,18 @@ async fn run(
     ready: mpsc::Sender<Result<(), String>>,
 ) {
     let router = Router::new(&cfg, &table);
-    let headroom = cfg.listeners.iter().map(|l| l.read_buffer_bytes).max().unwrap_or(0);
+    let headroom = cfg
+        .listeners
+        .iter()
+        .map(|l| l.read_buffer_bytes)
+        .max()
+        .unwrap_or(0);
     let outputs = Outputs::new(&table, &cfg.output, headroom);
-    let counters = ShardCounters::new(cfg.listeners.len(), router.rule_count(), table.destinations.len());
+    let counters = ShardCounters::new(
+        cfg.listeners.len(),
+        router.rule_count(),
+        table.destinations.len(),
+    );
     let core = Rc::new(RefCell::new(Core::new(router, outputs, counters)));
     let stall_max = Duration::from_millis(cfg.output.stall_ms_max);
 
@@ -160,7 +171,9 @@ async fn run(
             DestinationKind::Net(m) if m.transport == Transport::Tcp => {
                 glommio::spawn_local(output::writer::run_tcp(q, m.clone(), name, opts))
             }
-            DestinationKind::Net(m) => glommio::spawn_local(output::writer::run_udp(q, m.clone(), name)),
+            DestinationKind::Net(m) => {
+                glommio::spawn_local(output::writer::run_udp(q, m.clone(), name))
+            }
             DestinationKind::File(f) => glommio::spawn_local(output::file::run(q, f.clone(), id)),
         };
         writers.push(task);
@@ -170,13 +183,27 @@ async fn run(
     for (i, l) in cfg.listeners.iter().enumerate() {
         let ro = ReadOptions::new(i, l, stall_max);
         let bound = match (&l.url, addrs[i]) {
-            (ListenUrl::Inet(Transport::Tcp, _), Some(a)) => bind::tcp(a, l.socket_receive_buffer_bytes)
-                .map(|s| Some(glommio::spawn_local(ingest::accept_loop(core.clone(), StreamListener::Tcp(s), ro)))),
-            (ListenUrl::Inet(Transport::Udp, _), Some(a)) => bind::udp(a, l.socket_receive_buffer_bytes)
-                .map(|s| Some(glommio::spawn_local(ingest::udp_loop(core.clone(), s, ro)))),
+            (ListenUrl::Inet(Transport::Tcp, _), Some(a)) => {
+                bind::tcp(a, l.socket_receive_buffer_bytes).map(|s| {
+                    Some(glommio::spawn_local(ingest::accept_loop(
+                        core.clone(),
+                        StreamListener::Tcp(s),
+                        ro,
+                    )))
+                })
+            }
+            (ListenUrl::Inet(Transport::Udp, _), Some(a)) => {
+                bind::udp(a, l.socket_receive_buffer_bytes)
+                    .map(|s| Some(glommio::spawn_local(ingest::udp_loop(core.clone(), s, ro))))
+            }
             // AF_UNIX has no SO_REUSEPORT: shard 0 owns unix listeners.
-            (ListenUrl::Unix(path), _) if id == 0 => bind_unix(path)
-                .map(|s| Some(glommio::spawn_local(ingest::accept_loop(core.clone(), StreamListener::Unix(s), ro)))),
+            (ListenUrl::Unix(path), _) if id == 0 => bind_unix(path).map(|s| {
+                Some(glommio::spawn_local(ingest::accept_loop(
+                    core.clone(),
+                    StreamListener::Unix(s),
+                    ro,
+                )))
+            }),
             _ => Ok(None),
         };
         match bound {
@@ -242,7 +269,10 @@ async fn run(
         for q in core.borrow().outputs.queues() {
             q.discard_at_shutdown();
         }
-        tracing::warn!(shard = id, "shutdown deadline passed with data still queued (counted as dropped_lines_shutdown)");
+        tracing::warn!(
+            shard = id,
+            "shutdown deadline passed with data still queued (counted as dropped_lines_shutdown)"
+        );
     }
     publish(id, &core, &registry, true);
 }
@@ -260,7 +290,9 @@ fn bind_unix(path: &std::path::Path) -> std::io::Result<glommio::net::UnixListen
 
 fn publish(id: usize, core: &Rc<RefCell<Core>>, registry: &Registry, force: bool) {
     let mut c = core.borrow_mut();
-    let Core { outputs, counters, .. } = &mut *c;
+    let Core {
+        outputs, counters, ..
+    } = &mut *c;
     for (slot, q) in counters.destinations.iter_mut().zip(outputs.queues()) {
         *slot = q.counters();
     }

@@ -71,7 +71,20 @@ impl Core {
                 let parsed = match format {
                     Format::Graphite => graphite::parse(line).map(|l| {
                         let v = router.route(l.name, l.key(), rules_matched, dests);
-                        (v, [l.name, b" ".as_slice(), l.value, b" ".as_slice(), l.timestamp])
+                        if graphite::is_normal(line, &l) {
+                            (v, [line, &[], &[], &[], &[]])
+                        } else {
+                            (
+                                v,
+                                [
+                                    l.name,
+                                    b" ".as_slice(),
+                                    l.value,
+                                    b" ".as_slice(),
+                                    l.timestamp,
+                                ],
+                            )
+                        }
                     }),
                     Format::Statsd => statsd::parse(line).map(|name| {
                         let v = router.route(name, name, rules_matched, dests);
@@ -164,7 +177,10 @@ mod tests {
         let c = &core.counters;
         assert_eq!(c.listeners[0].received_lines, 5);
         assert_eq!(c.listeners[0].parsed_lines, 4);
-        assert_eq!(c.listeners[0].rejected_lines[Reject::MissingFields as usize], 1);
+        assert_eq!(
+            c.listeners[0].rejected_lines[Reject::MissingFields as usize],
+            1
+        );
         assert_eq!((c.dropped_by_rule, c.unrouted), (1, 1));
         assert_eq!(c.rules_matched, vec![1, 2]);
     }

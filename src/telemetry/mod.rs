@@ -305,10 +305,18 @@ impl Registry {
         listener_family!(parsed_lines, "counter", "Lines that parsed.");
         listener_family!(datagrams, "counter", "UDP datagrams received.");
         listener_family!(connections_accepted, "counter", "Connections accepted.");
-        listener_family!(connections_refused, "counter", "Connections refused at connections_max.");
+        listener_family!(
+            connections_refused,
+            "counter",
+            "Connections refused at connections_max."
+        );
         listener_family!(connections_open, "gauge", "Connections open.");
         listener_family!(read_errors, "counter", "Read and accept errors.");
-        listener_family!(stalls, "counter", "Reads delayed by a full destination queue.");
+        listener_family!(
+            stalls,
+            "counter",
+            "Reads delayed by a full destination queue."
+        );
         family(
             "rejected_lines",
             "Lines dropped at ingest, by reason.",
@@ -329,33 +337,64 @@ impl Registry {
                 }
             },
         );
-        family("route_matched", "Metrics matched by a route.", "counter", &mut |o| {
-            for (s, c) in shards.iter().enumerate() {
-                for (name, n) in self.labels.rules.iter().zip(&c.rules_matched) {
+        family(
+            "route_matched",
+            "Metrics matched by a route.",
+            "counter",
+            &mut |o| {
+                for (s, c) in shards.iter().enumerate() {
+                    for (name, n) in self.labels.rules.iter().zip(&c.rules_matched) {
+                        let _ = writeln!(
+                            o,
+                            "cadent_route_matched{{route=\"{}\",shard=\"{s}\"}} {n}",
+                            escape(name)
+                        );
+                    }
+                }
+            },
+        );
+        family(
+            "dropped_by_rule",
+            "Metrics dropped by a drop route.",
+            "counter",
+            &mut |o| {
+                for (s, c) in shards.iter().enumerate() {
                     let _ = writeln!(
                         o,
-                        "cadent_route_matched{{route=\"{}\",shard=\"{s}\"}} {n}",
-                        escape(name)
+                        "cadent_dropped_by_rule{{shard=\"{s}\"}} {}",
+                        c.dropped_by_rule
                     );
                 }
-            }
-        });
-        family("dropped_by_rule", "Metrics dropped by a drop route.", "counter", &mut |o| {
-            for (s, c) in shards.iter().enumerate() {
-                let _ = writeln!(o, "cadent_dropped_by_rule{{shard=\"{s}\"}} {}", c.dropped_by_rule);
-            }
-        });
-        family("unrouted", "Metrics no route matched (dropped).", "counter", &mut |o| {
-            for (s, c) in shards.iter().enumerate() {
-                let _ = writeln!(o, "cadent_unrouted{{shard=\"{s}\"}} {}", c.unrouted);
-            }
-        });
+            },
+        );
+        family(
+            "unrouted",
+            "Metrics no route matched (dropped).",
+            "counter",
+            &mut |o| {
+                for (s, c) in shards.iter().enumerate() {
+                    let _ = writeln!(o, "cadent_unrouted{{shard=\"{s}\"}} {}", c.unrouted);
+                }
+            },
+        );
         dest_family!(queued_lines, "counter", "Lines queued for a destination.");
         dest_family!(sent_lines, "counter", "Lines written to a destination.");
         dest_family!(sent_bytes, "counter", "Bytes written to a destination.");
-        dest_family!(writes, "counter", "Write calls or datagrams to a destination.");
-        dest_family!(dropped_lines_queue_full, "counter", "Lines dropped: queue over queue_bytes_max.");
-        dest_family!(dropped_lines_shutdown, "counter", "Lines dropped: still queued at the shutdown deadline.");
+        dest_family!(
+            writes,
+            "counter",
+            "Write calls or datagrams to a destination."
+        );
+        dest_family!(
+            dropped_lines_queue_full,
+            "counter",
+            "Lines dropped: queue over queue_bytes_max."
+        );
+        dest_family!(
+            dropped_lines_shutdown,
+            "counter",
+            "Lines dropped: still queued at the shutdown deadline."
+        );
         dest_family!(write_errors, "counter", "Failed writes.");
         dest_family!(connects, "counter", "Successful connects.");
         dest_family!(connect_failures, "counter", "Failed connects.");
@@ -366,5 +405,7 @@ impl Registry {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

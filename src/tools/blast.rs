@@ -4,7 +4,7 @@
 //! same cores in `bench/`. So every line is generated once, before the clock starts, into a
 //! pool of whole lines (`LinePool`); the send loop only slices that pool and hands large
 //! chunks (up to 256 KiB on TCP, `--datagram-bytes` on UDP) to the kernel. Rate control is a
-//! token bucket refilled on 5 ms ticks.
+//! token bucket refilled on 10 ms ticks.
 //!
 //! Output contract (stable, parsed by `bench/relay.py`): one line on stdout at the end,
 //!
@@ -17,7 +17,7 @@
 //! counts send errors and stalls. Progress goes to stderr (one `\r`-updated line).
 
 use std::fmt;
-use std::io::{self, Write as _};
+use std::io::{self, IsTerminal as _, Write as _};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +33,7 @@ const POOL_LINES_MIN: u64 = 4096;
 /// Names beyond this would make the pool (about 45 bytes per name) unreasonably large.
 const NAMES_MAX: u64 = 20_000_000;
 /// Token-bucket refill tick.
-const TICK: Duration = Duration::from_millis(5);
+const TICK: Duration = Duration::from_millis(10);
 /// The bucket holds at most this much of the rate, so a stall is not followed by a flood.
 const BUCKET_DEPTH_S: f64 = 0.1;
 /// Blocking sends wake up this often to look at the deadline.
@@ -135,7 +135,7 @@ impl LinePool {
     /// Generates `max(names, 4096)` rounded up to whole cycles of `names`: every name once
     /// per cycle, in a seeded order, with seeded values. Same inputs, same bytes.
     pub fn generate(format: Format, names: u64, seed: u64, timestamp: u64) -> LinePool {
-        assert!(names >= 1 && names <= NAMES_MAX);
+        assert!((1..=NAMES_MAX).contains(&names));
         let cycles = POOL_LINES_MIN.div_ceil(names);
         let lines = names * cycles;
         let mut rng = SplitMix64(seed);
@@ -390,7 +390,7 @@ pub fn run(args: BlastArgs) -> io::Result<()> {
         );
     }
 
-    let show_progress = args.progress || stderr_is_tty();
+    let show_progress = args.progress || io::stderr().is_terminal();
     let totals = |counters: &[Counters]| {
         counters.iter().fold((0u64, 0u64, 0u64, 0u64), |acc, c| {
             (
@@ -463,11 +463,6 @@ fn connect(to: Endpoint) -> io::Result<Socket> {
             Ok(Socket::Udp(s))
         }
     }
-}
-
-fn stderr_is_tty() -> bool {
-    // SAFETY: isatty only inspects the descriptor; fd 2 is open or the call returns 0.
-    unsafe { libc::isatty(2) == 1 }
 }
 
 fn past(deadline: Option<Instant>) -> bool {

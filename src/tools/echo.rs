@@ -159,7 +159,8 @@ pub fn run(args: EchoArgs) -> io::Result<()> {
         let name = endpoint.to_string();
         let bound = bind(endpoint)
             .map_err(|e| io::Error::new(e.kind(), format!("echo: listen {name}: {e}")))?;
-        let (c, label, print) = (Arc::clone(&counts), name.clone(), args.print);
+        let (c, label) = (Arc::clone(&counts), name.clone());
+        let print = args.print;
         std::thread::Builder::new()
             .name(format!("echo-{name}"))
             .spawn(move || match bound {
@@ -178,7 +179,7 @@ pub fn run(args: EchoArgs) -> io::Result<()> {
     let mut last: Vec<Snapshot> = vec![Snapshot::default(); addresses.len()];
     let mut last_at = start;
     // Bounded by the signal flag or --duration-s.
-    while !STOP.load(Ordering::Relaxed) && !deadline.is_some_and(|d| Instant::now() >= d) {
+    while !STOP.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
         std::thread::sleep(POLL);
         let now = Instant::now();
         if now < next_report {
