@@ -132,6 +132,10 @@ async fn read_stream<S: AsyncRead + Unpin>(core: &Rc<RefCell<Core>>, mut s: S, o
         if eof || draining {
             return;
         }
+        // Under load the next recv succeeds without suspending, so without this the
+        // reader would run until the socket is empty while writers wait: queues would
+        // swell and batch buffers stop recycling. Let writers (and other readers) in.
+        futures_lite::future::yield_now().await;
     }
 }
 

@@ -42,7 +42,7 @@ pub struct DestQueue {
 }
 
 /// Buffers kept for reuse per destination; enough to keep a writer and a producer busy.
-const POOL_BUFFERS_MAX: usize = 8;
+const POOL_BUFFERS_MAX: usize = 32;
 
 impl DestQueue {
     /// A queue holding at most `bytes_max` bytes.
