@@ -101,7 +101,7 @@ pub async fn run(queue: Rc<DestQueue>, sink: FileSink, shard: usize) {
             Ok(_) | Err(_) => {
                 queue.count(|c| {
                     c.write_errors += 1;
-                    c.dropped_lines_queue_full += u64::from(lines);
+                    c.dropped_lines_write_failed += u64::from(lines);
                 });
                 tracing::warn!(path = %path.display(), "file write failed or was short; batch dropped");
                 file = None;

@@ -224,7 +224,10 @@ pub async fn run_udp(queue: Rc<DestQueue>, member: Member, name: String) {
             }),
             // UDP has no retry: an ICMP refusal means the datagram is gone. Count it.
             Err(e) => {
-                queue.count(|c| c.write_errors += 1);
+                queue.count(|c| {
+                    c.write_errors += 1;
+                    c.dropped_lines_write_failed += u64::from(batch.lines);
+                });
                 if log.ready() {
                     tracing::warn!(destination = %name, error = %e, "udp send failed");
                 }

@@ -49,6 +49,8 @@ pub struct DestinationCounters {
     pub dropped_lines_queue_full: u64,
     /// Lines still queued when the shutdown deadline passed.
     pub dropped_lines_shutdown: u64,
+    /// Lines in a UDP datagram or file write that failed (TCP batches are retried instead).
+    pub dropped_lines_write_failed: u64,
     /// Failed writes (the batch is retried after reconnecting).
     pub write_errors: u64,
     /// Successful connects.
@@ -113,6 +115,7 @@ impl ShardCounters {
             a.writes += b.writes;
             a.dropped_lines_queue_full += b.dropped_lines_queue_full;
             a.dropped_lines_shutdown += b.dropped_lines_shutdown;
+            a.dropped_lines_write_failed += b.dropped_lines_write_failed;
             a.write_errors += b.write_errors;
             a.connects += b.connects;
             a.connect_failures += b.connect_failures;
@@ -395,6 +398,7 @@ impl Registry {
             "counter",
             "Lines dropped: still queued at the shutdown deadline."
         );
+        dest_family!(dropped_lines_write_failed, "counter", "Lines dropped: a UDP or file write failed.");
         dest_family!(write_errors, "counter", "Failed writes.");
         dest_family!(connects, "counter", "Successful connects.");
         dest_family!(connect_failures, "counter", "Failed connects.");
