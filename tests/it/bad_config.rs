@@ -5,7 +5,8 @@ use std::process::Command;
 
 use crate::support::*;
 
-const BASE_LISTEN: &str = "[[listen]]\nname = \"g\"\nurl = \"tcp://127.0.0.1:2003\"\nformat = \"graphite\"\n";
+const BASE_LISTEN: &str =
+    "[[listen]]\nname = \"g\"\nurl = \"tcp://127.0.0.1:2003\"\nformat = \"graphite\"\n";
 const BASE_CLUSTER: &str =
     "[[cluster]]\nname = \"c\"\nkind = \"carbon_ch\"\nmembers = [\"127.0.0.1:2101=a\", \"127.0.0.1:2102=b\"]\n";
 
@@ -13,8 +14,15 @@ fn check(text: &str) -> (bool, String) {
     let dir = temp_dir("badcfg");
     let path = dir.join("c.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(cadent_bin()).args(["check", "--config"]).arg(&path).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(cadent_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -56,7 +64,9 @@ fn broken_configs_are_rejected_naming_the_key() {
     for (text, want) in &cases {
         let (ok, stderr) = check(text);
         if ok || !stderr.contains(want) {
-            failures.push(format!("want {want:?}, ok={ok}, stderr:\n{stderr}\nconfig:\n{text}"));
+            failures.push(format!(
+                "want {want:?}, ok={ok}, stderr:\n{stderr}\nconfig:\n{text}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n----\n"));
@@ -87,12 +97,24 @@ fn serve_refuses_a_bad_config_and_shipped_configs_pass() {
     let dir = temp_dir("badserve");
     let path = dir.join("c.toml");
     std::fs::write(&path, "[server]\nshards = \"x\"\n").unwrap();
-    let out = Command::new(cadent_bin()).args(["serve", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(cadent_bin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.shards"));
     let root = env!("CARGO_MANIFEST_DIR");
     for f in ["configs/cadent.toml", "configs/default.toml"] {
-        let out = Command::new(cadent_bin()).args(["check", "--config"]).arg(format!("{root}/{f}")).output().unwrap();
-        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(cadent_bin())
+            .args(["check", "--config"])
+            .arg(format!("{root}/{f}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

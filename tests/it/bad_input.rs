@@ -106,15 +106,19 @@ fn good_lines_survive_bad_input_and_bad_lines_are_counted() {
     // 5. Reset mid-line: complete lines arrive, the cut line does not.
     {
         let mut s = TcpStream::connect(&addr).unwrap();
-        s.write_all(b"reset.whole 1 1700000000\nreset.cut 1 17").unwrap();
+        s.write_all(b"reset.whole 1 1700000000\nreset.cut 1 17")
+            .unwrap();
         std::thread::sleep(Duration::from_millis(200));
-        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
         drop(s); // RST
     }
     good.insert("reset.whole 1 1700000000".into());
 
     assert!(
-        wait_until(Duration::from_secs(30), || sink.total() >= good.len() as u64),
+        wait_until(Duration::from_secs(30), || sink.total()
+            >= good.len() as u64),
         "sink has {} of {} good lines\n{}",
         sink.total(),
         good.len(),
@@ -126,7 +130,10 @@ fn good_lines_survive_bad_input_and_bad_lines_are_counted() {
         assert_eq!(got.get(g), Some(&1), "good line {g:?}");
     }
     let extra: Vec<_> = got.keys().filter(|l| !good.contains(*l)).collect();
-    assert!(extra.is_empty(), "lines that should have been rejected arrived: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "lines that should have been rejected arrived: {extra:?}"
+    );
 
     let stats = cadent.stats();
     let l = &stats["listeners"]["tcp"];
@@ -145,6 +152,8 @@ fn good_lines_survive_bad_input_and_bad_lines_are_counted() {
     // Still healthy: status answers and a fresh connection still flows.
     assert!(http_get(&cadent.admin, "/ops/status").is_some());
     send_tcp(&addr, b"still.alive 1 1700000000\n");
-    assert!(wait_until(Duration::from_secs(10), || sink.lines().contains_key("still.alive 1 1700000000")));
+    assert!(wait_until(Duration::from_secs(10), || sink
+        .lines()
+        .contains_key("still.alive 1 1700000000")));
     assert_eq!(cadent.stop(), 0);
 }

@@ -390,6 +390,8 @@ fn hash_key(name: &str) -> &str {
     name.split_once(';').map_or(name, |(key, _)| key)
 }
 
+/// A fixed, tiny PRNG (SplitMix64) so the names are the same on every run and
+/// machine without a crate for it.
 struct SplitMix64(u64);
 
 impl SplitMix64 {
@@ -415,6 +417,8 @@ fn workdir(tag: &str) -> PathBuf {
     dir
 }
 
+/// The installed carbon-c-relay. Missing is a failure, not a skip: without the
+/// peer this test would prove nothing.
 fn crelay_bin() -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)

@@ -59,7 +59,9 @@ send_to = ["sinks"]
 
     // Where every name must land, according to `cadent hash`.
     let mut names: Vec<String> = (0..NAMES).map(name).collect();
-    names.extend((0..UDP_DATAGRAMS * UDP_LINES_PER_DATAGRAM).map(|i| format!("e2eudp.m{}", i % 500)));
+    names.extend(
+        (0..UDP_DATAGRAMS * UDP_LINES_PER_DATAGRAM).map(|i| format!("e2eudp.m{}", i % 500)),
+    );
     names.sort();
     names.dedup();
     let owner = cadent_hash(&cadent.dir.join("cadent.toml"), "sinks", &names);
@@ -75,7 +77,9 @@ send_to = ["sinks"]
                 let per = TCP_LINES / TCP_CONNECTIONS;
                 let mut data = Vec::with_capacity(per * 48);
                 for seq in c * per..(c + 1) * per {
-                    data.extend_from_slice(format!("{} {seq} 1700000000\n", name(seq % NAMES)).as_bytes());
+                    data.extend_from_slice(
+                        format!("{} {seq} 1700000000\n", name(seq % NAMES)).as_bytes(),
+                    );
                 }
                 send_tcp(&addr, &data);
             })
@@ -102,9 +106,21 @@ send_to = ["sinks"]
 
     // Wait until the UDP lines cadent parsed plus the TCP lines are all at the sinks.
     let delivered = || sinks.iter().map(|s| s.total()).sum::<u64>();
-    let udp_parsed = || cadent.stats()["listeners"]["udp"]["parsed_lines"].as_u64().unwrap();
-    let complete = wait_until(Duration::from_secs(120), || delivered() >= TCP_LINES as u64 + udp_parsed());
-    assert!(complete, "sinks got {} lines, want {} (+udp)\n{}", delivered(), TCP_LINES, cadent.log());
+    let udp_parsed = || {
+        cadent.stats()["listeners"]["udp"]["parsed_lines"]
+            .as_u64()
+            .unwrap()
+    };
+    let complete = wait_until(Duration::from_secs(120), || {
+        delivered() >= TCP_LINES as u64 + udp_parsed()
+    });
+    assert!(
+        complete,
+        "sinks got {} lines, want {} (+udp)\n{}",
+        delivered(),
+        TCP_LINES,
+        cadent.log()
+    );
     std::thread::sleep(Duration::from_millis(300)); // anything extra would show up now
 
     let mut tcp_seen = vec![false; TCP_LINES];
@@ -142,11 +158,20 @@ send_to = ["sinks"]
         .as_object()
         .unwrap()
         .iter()
-        .map(|(k, v)| (k.rsplit(':').next().unwrap().to_string(), v["sent_lines"].as_u64().unwrap()))
+        .map(|(k, v)| {
+            (
+                k.rsplit(':').next().unwrap().to_string(),
+                v["sent_lines"].as_u64().unwrap(),
+            )
+        })
         .collect();
     for sink in &sinks {
         let port = sink.addr.rsplit(':').next().unwrap();
-        assert_eq!(per_dest[port], sink.total(), "sent_lines of {port} vs the sink");
+        assert_eq!(
+            per_dest[port],
+            sink.total(),
+            "sent_lines of {port} vs the sink"
+        );
         let d = &stats["destinations"][format!("tcp://{}", sink.addr)];
         assert_eq!(d["dropped_lines_queue_full"], 0);
         assert_eq!(d["queued_lines"], d["sent_lines"]);

@@ -3,5 +3,6 @@
 mod bad_config;
 mod bad_input;
 mod crelay;
+mod delivery;
 mod e2e;
 mod support;

@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 
 /// A port that was free a moment ago (bound with port 0, then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A fresh temporary directory for one test.
@@ -128,7 +132,11 @@ impl Drop for Cadent {
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let (head, body) = resp.split_once("\r\n\r\n")?;
@@ -164,9 +172,12 @@ impl Sink {
                 match l.accept() {
                     Ok((s, _)) => {
                         s.set_nonblocking(false).unwrap();
-                        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                        s.set_read_timeout(Some(Duration::from_millis(200)))
+                            .unwrap();
                         let (lines, total, stop) = (lines2.clone(), total2.clone(), stop2.clone());
-                        readers.push(std::thread::spawn(move || read_lines(s, &lines, &total, &stop)));
+                        readers.push(std::thread::spawn(move || {
+                            read_lines(s, &lines, &total, &stop)
+                        }));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -195,7 +206,12 @@ impl Sink {
     }
 }
 
-fn read_lines(mut s: TcpStream, lines: &Mutex<HashMap<String, u32>>, total: &AtomicU64, stop: &AtomicBool) {
+fn read_lines(
+    mut s: TcpStream,
+    lines: &Mutex<HashMap<String, u32>>,
+    total: &AtomicU64,
+    stop: &AtomicBool,
+) {
     let mut buf = vec![0u8; 1 << 16];
     let mut pending: Vec<u8> = Vec::new();
     loop {
@@ -203,18 +219,24 @@ fn read_lines(mut s: TcpStream, lines: &Mutex<HashMap<String, u32>>, total: &Ato
             Ok(0) => break,
             Ok(n) => {
                 pending.extend_from_slice(&buf[..n]);
-                let Some(last) = pending.iter().rposition(|&b| b == b'\n') else { continue };
+                let Some(last) = pending.iter().rposition(|&b| b == b'\n') else {
+                    continue;
+                };
                 let mut map = lines.lock().unwrap();
                 let mut count = 0;
                 for l in pending[..last].split(|&b| b == b'\n') {
-                    *map.entry(String::from_utf8_lossy(l).into_owned()).or_insert(0) += 1;
+                    *map.entry(String::from_utf8_lossy(l).into_owned())
+                        .or_insert(0) += 1;
                     count += 1;
                 }
                 drop(map);
                 total.fetch_add(count, Ordering::Relaxed);
                 pending.drain(..=last);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
@@ -265,7 +287,11 @@ pub fn send_udp(addr: &str, datagrams: &[Vec<u8>]) {
 }
 
 /// Runs `cadent hash` on `names`; returns name -> destinations.
-pub fn cadent_hash(config: &std::path::Path, cluster: &str, names: &[String]) -> HashMap<String, String> {
+pub fn cadent_hash(
+    config: &std::path::Path,
+    cluster: &str,
+    names: &[String],
+) -> HashMap<String, String> {
     let mut child = Command::new(cadent_bin())
         .args(["hash", "--config"])
         .arg(config)
@@ -288,4 +314,57 @@ pub fn cadent_hash(config: &std::path::Path, cluster: &str, names: &[String]) ->
             (n.to_string(), d.to_string())
         })
         .collect()
+}
+
+/// A UDP sink that keeps every line of every datagram.
+pub struct UdpSink {
+    /// `127.0.0.1:port`.
+    pub addr: String,
+    lines: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UdpSink {
+    /// Binds a free port.
+    pub fn start() -> UdpSink {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let addr = s.local_addr().unwrap().to_string();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (lines2, stop2) = (lines.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok(n) = s.recv(&mut buf) {
+                    let mut l = lines2.lock().unwrap();
+                    for line in buf[..n].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                        l.push(String::from_utf8_lossy(line).into_owned());
+                    }
+                }
+            }
+        });
+        UdpSink {
+            addr,
+            lines,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Lines received so far, in arrival order.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for UdpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
