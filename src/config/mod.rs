@@ -74,8 +74,9 @@ pub struct Server {
     pub stats_interval_ms: u64,
     /// io_uring buffer memory registered per shard (locked memory; see tuning.md).
     pub io_memory_bytes: usize,
-    /// Ring positions remembered per shard (0 = none); about 100 bytes per key.
-    pub hash_cache_keys_max: usize,
+    /// Routing decisions remembered per shard, by name (0 = none); about 100 bytes plus
+    /// the name each.
+    pub route_cache_names_max: usize,
 }
 
 /// Wire format of a listener.
@@ -323,7 +324,7 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
     let shutdown_timeout_ms = r.uint("shutdown_timeout_ms", 5_000, 0, 600_000, errs);
     let stats_interval_ms = r.uint("stats_interval_ms", 500, 10, 60_000, errs);
     let io_memory_bytes = r.uint("io_memory_bytes", 2 << 20, 64 << 10, 1 << 30, errs) as usize;
-    let hash_cache_keys_max = r.uint("hash_cache_keys_max", 500_000, 0, 1 << 30, errs) as usize;
+    let route_cache_names_max = r.uint("route_cache_names_max", 500_000, 0, 1 << 30, errs) as usize;
     r.finish(errs);
     Server {
         shards,
@@ -331,7 +332,7 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
         shutdown_timeout_ms,
         stats_interval_ms,
         io_memory_bytes,
-        hash_cache_keys_max,
+        route_cache_names_max,
     }
 }
 

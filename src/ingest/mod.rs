@@ -115,18 +115,19 @@ async fn read_stream<S: AsyncRead + Unpin>(core: &Rc<RefCell<Core>>, mut s: S, o
         };
         let eof = n == 0;
         filled += n;
-        let mut c = core.borrow_mut();
-        c.counters.listeners[opts.listener].received_bytes += n as u64;
-        let used = c.process(
-            opts.listener,
-            opts.format,
-            &buf[..filled],
-            opts.line_bytes_max,
-            &mut skipping,
-            eof,
-        );
-        let draining = c.draining;
-        drop(c);
+        let (used, draining) = {
+            let mut c = core.borrow_mut();
+            c.counters.listeners[opts.listener].received_bytes += n as u64;
+            let used = c.process(
+                opts.listener,
+                opts.format,
+                &buf[..filled],
+                opts.line_bytes_max,
+                &mut skipping,
+                eof,
+            );
+            (used, c.draining)
+        };
         buf.copy_within(used..filled, 0);
         filled -= used;
         if eof || draining {

@@ -39,18 +39,11 @@ pub struct CompiledCluster {
 
 impl CompiledCluster {
     /// Appends the destinations of `key` (replica order) to `out`, skipping ones already
-    /// there. `scratch` is reused between calls; `positions` caches ring positions.
-    #[inline]
-    fn destinations_into(
-        &self,
-        key: &[u8],
-        positions: &mut PositionCache,
-        scratch: &mut Vec<usize>,
-        out: &mut Vec<DestId>,
-    ) {
+    /// there. `scratch` is reused between calls.
+    fn destinations_into(&self, key: &[u8], scratch: &mut Vec<usize>, out: &mut Vec<DestId>) {
         match &self.route {
             ClusterRoute::CarbonCh { ring, replication } => {
-                ring.route_position_into(positions.get(key), *replication, scratch);
+                ring.route_into(key, *replication, scratch);
                 for &m in scratch.iter() {
                     push_unique(out, self.members[m]);
                 }
@@ -71,37 +64,57 @@ fn push_unique(out: &mut Vec<DestId>, d: DestId) {
     }
 }
 
-/// Remembers the md5 ring position of recent keys: metric names repeat every interval,
-/// and MD5 is most of what routing costs. Positions depend on the key alone, so one cache
-/// serves every carbon_ch cluster, and a hit gives exactly what MD5 would. Bounded by
-/// `server.hash_cache_keys_max`: when full it is emptied and refills.
-#[derive(Debug, Clone)]
-struct PositionCache {
-    map: HashMap<Box<[u8]>, u16, ahash::RandomState>,
-    keys_max: usize,
+/// The routing decision for one name: which rules matched, the verdict, the destinations.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Plan {
+    verdict: Verdict,
+    rules: Box<[u16]>,
+    dests: Box<[DestId]>,
 }
 
-impl PositionCache {
-    fn new(keys_max: usize) -> PositionCache {
-        PositionCache {
-            map: HashMap::with_hasher(ahash::RandomState::new()),
-            keys_max,
+/// Distinct plans kept before the cache starts over; real configs have a handful.
+const PLANS_MAX: usize = 1 << 16;
+
+/// Remembers the decision for recent names. Metric names repeat every interval, and a
+/// decision depends on the name alone (rules match it, rings hash its untagged part), so a
+/// hit is exactly what evaluating the rules and MD5 would give, for the price of one
+/// lookup. Decisions are interned: names share a handful of plans. Bounded by
+/// `server.route_cache_names_max`; when full it is emptied and refills.
+#[derive(Debug, Clone)]
+struct RouteCache {
+    by_name: HashMap<Box<[u8]>, u32, ahash::RandomState>,
+    plans: Vec<Plan>,
+    plan_ids: HashMap<Plan, u32, ahash::RandomState>,
+    names_max: usize,
+}
+
+impl RouteCache {
+    fn new(names_max: usize) -> RouteCache {
+        RouteCache {
+            by_name: HashMap::with_hasher(ahash::RandomState::new()),
+            plans: Vec::new(),
+            plan_ids: HashMap::with_hasher(ahash::RandomState::new()),
+            names_max,
         }
     }
 
-    #[inline]
-    fn get(&mut self, key: &[u8]) -> u16 {
-        if let Some(&p) = self.map.get(key) {
-            return p;
+    fn insert(&mut self, name: &[u8], plan: Plan) -> u32 {
+        if self.by_name.len() >= self.names_max || self.plans.len() >= PLANS_MAX {
+            self.by_name.clear();
+            self.plans.clear();
+            self.plan_ids.clear();
         }
-        let p = CarbonRing::position(key);
-        if self.keys_max > 0 {
-            if self.map.len() >= self.keys_max {
-                self.map.clear();
+        let id = match self.plan_ids.get(&plan) {
+            Some(&id) => id,
+            None => {
+                let id = self.plans.len() as u32;
+                self.plans.push(plan.clone());
+                self.plan_ids.insert(plan, id);
+                id
             }
-            self.map.insert(key.into(), p);
-        }
-        p
+        };
+        self.by_name.insert(name.into(), id);
+        id
     }
 }
 
@@ -115,7 +128,7 @@ struct Rule {
 }
 
 /// What the router decided for one metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verdict {
     /// Sent to the destinations written to `out` (possibly also dropped by a later rule's
     /// absence of matches; what counts is that `out` is non-empty).
@@ -131,8 +144,12 @@ pub enum Verdict {
 pub struct Router {
     rules: Vec<Rule>,
     clusters: Vec<CompiledCluster>,
-    positions: PositionCache,
+    cache: RouteCache,
+    /// The decision of the last uncached call, when the cache is off.
+    last: Plan,
     scratch: Vec<usize>,
+    scratch_rules: Vec<u16>,
+    scratch_dests: Vec<DestId>,
 }
 
 impl Router {
@@ -183,8 +200,15 @@ impl Router {
         Router {
             rules,
             clusters,
-            positions: PositionCache::new(cfg.server.hash_cache_keys_max),
+            cache: RouteCache::new(cfg.server.route_cache_names_max),
+            last: Plan {
+                verdict: Verdict::Unrouted,
+                rules: Box::new([]),
+                dests: Box::new([]),
+            },
             scratch: Vec::with_capacity(8),
+            scratch_rules: Vec::with_capacity(8),
+            scratch_dests: Vec::with_capacity(8),
         }
     }
 
@@ -198,26 +222,51 @@ impl Router {
         self.rules.len()
     }
 
-    /// Routes one metric: `name` is matched by the rules, `key` is hashed by the rings.
-    /// Clears `out` and fills it with distinct destinations; counts each matching rule in
-    /// `rule_hits`.
+    /// Routes one metric: `name` is matched by the rules, `key` (the untagged part of
+    /// `name`) is hashed by the rings. Counts each matching rule in `rule_hits` and returns
+    /// the verdict with the distinct destinations, in rule and replica order.
     #[inline]
     pub fn route(
         &mut self,
         name: &[u8],
         key: &[u8],
         rule_hits: &mut [u64],
-        out: &mut Vec<DestId>,
-    ) -> Verdict {
+    ) -> (Verdict, &[DestId]) {
         debug_assert_eq!(rule_hits.len(), self.rules.len());
-        out.clear();
-        let mut matched = false;
+        let plan = match self.cache.by_name.get(name) {
+            Some(&id) => &self.cache.plans[id as usize],
+            None => {
+                let verdict = self.evaluate(name, key);
+                let plan = Plan {
+                    verdict,
+                    rules: self.scratch_rules.as_slice().into(),
+                    dests: self.scratch_dests.as_slice().into(),
+                };
+                if self.cache.names_max > 0 {
+                    let id = self.cache.insert(name, plan);
+                    &self.cache.plans[id as usize]
+                } else {
+                    self.last = plan;
+                    &self.last
+                }
+            }
+        };
+        for &r in plan.rules.iter() {
+            rule_hits[r as usize] += 1;
+        }
+        (plan.verdict, &plan.dests)
+    }
+
+    /// Evaluates the rules and rings for one name, into the scratch vectors.
+    fn evaluate(&mut self, name: &[u8], key: &[u8]) -> Verdict {
+        self.scratch_rules.clear();
+        self.scratch_dests.clear();
+        let out = &mut self.scratch_dests;
         for (i, rule) in self.rules.iter().enumerate() {
             if !rule.matcher.is_match(name) {
                 continue;
             }
-            rule_hits[i] += 1;
-            matched = true;
+            self.scratch_rules.push(i as u16);
             match &rule.send_to {
                 None => {
                     return if out.is_empty() {
@@ -228,12 +277,7 @@ impl Router {
                 }
                 Some(clusters) => {
                     for &c in clusters {
-                        self.clusters[c].destinations_into(
-                            key,
-                            &mut self.positions,
-                            &mut self.scratch,
-                            out,
-                        );
+                        self.clusters[c].destinations_into(key, &mut self.scratch, out);
                     }
                 }
             }
@@ -241,10 +285,10 @@ impl Router {
                 break;
             }
         }
-        match (matched, out.is_empty()) {
-            (false, _) => Verdict::Unrouted,
-            (true, false) => Verdict::Routed,
-            (true, true) => Verdict::Unrouted,
+        if out.is_empty() {
+            Verdict::Unrouted
+        } else {
+            Verdict::Routed
         }
     }
 
@@ -252,7 +296,7 @@ impl Router {
     /// `/hashcheck`).
     pub fn cluster_destinations(&mut self, cluster: usize, key: &[u8], out: &mut Vec<DestId>) {
         out.clear();
-        self.clusters[cluster].destinations_into(key, &mut self.positions, &mut self.scratch, out);
+        self.clusters[cluster].destinations_into(key, &mut self.scratch, out);
     }
 }
 
@@ -267,20 +311,39 @@ mod tests {
     }
 
     fn check(r: &mut Router, t: &DestinationTable, name: &str, want: (Verdict, &[&str])) {
+        // Twice: the first call evaluates, the second comes from the cache.
         let mut hits = vec![0; r.rule_count()];
-        let mut out = Vec::new();
-        let v = r.route(name.as_bytes(), name.as_bytes(), &mut hits, &mut out);
-        let names: Vec<&str> = out
-            .iter()
-            .map(|d| t.destinations[d.index()].name.as_str())
-            .collect();
-        assert_eq!((v, names.as_slice()), want, "{name}");
+        let mut first = None;
+        for round in 0..2 {
+            let (v, out) = r.route(name.as_bytes(), name.as_bytes(), &mut hits);
+            let names: Vec<String> = out
+                .iter()
+                .map(|d| t.destinations[d.index()].name.clone())
+                .collect();
+            let want_names: Vec<String> = want.1.iter().map(|s| s.to_string()).collect();
+            assert_eq!((v, &names), (want.0, &want_names), "{name} round {round}");
+            match &first {
+                None => first = Some(hits.clone()),
+                Some(h) => {
+                    let doubled: Vec<u64> = h.iter().map(|x| x * 2).collect();
+                    assert_eq!(hits, doubled, "{name}: rule hits counted on cache hits too");
+                }
+            }
+        }
     }
 
     #[test]
     fn rules_in_order_with_continue_and_fanout() {
-        let (mut r, t) = router(
+        for cache in [0, 2, 1000] {
+            rules_with_cache(cache);
+        }
+    }
+
+    fn rules_with_cache(names_max: usize) {
+        let (mut r, t) = router(&format!(
             r#"
+            [server]
+            route_cache_names_max = {names_max}
             [[listen]]
             name = "g"
             url = "tcp://127.0.0.1:0"
@@ -294,20 +357,20 @@ mod tests {
             kind = "forward"
             members = ["127.0.0.1:2", "udp://127.0.0.1:1"]
             [[route]]
-            match = { prefix = "carbon." }
+            match = {{ prefix = "carbon." }}
             action = "drop"
             [[route]]
-            match = { substring = ".fan." }
+            match = {{ substring = ".fan." }}
             send_to = ["one", "two"]
             [[route]]
-            match = { regex = "^cont" }
+            match = {{ regex = "^cont" }}
             send_to = ["one"]
             continue = true
             [[route]]
-            match = { prefix = "cont.x" }
+            match = {{ prefix = "cont.x" }}
             send_to = ["two"]
-        "#,
-        );
+        "#
+        ));
         check(&mut r, &t, "carbon.x", (Verdict::Dropped, &[]));
         check(&mut r, &t, "nothing", (Verdict::Unrouted, &[]));
         check(

@@ -5,8 +5,8 @@ use crate::config::Format;
 use crate::output::Outputs;
 use crate::protocol::lines::{self, Piece};
 use crate::protocol::{graphite, statsd, Reject};
-use crate::route::{DestId, Router, Verdict};
-use crate::telemetry::{ListenerCounters, ShardCounters};
+use crate::route::{Router, Verdict};
+use crate::telemetry::ShardCounters;
 
 /// Everything a shard's tasks share. Borrowed only between awaits.
 #[derive(Debug)]
@@ -19,7 +19,6 @@ pub struct Core {
     pub counters: ShardCounters,
     /// Set at shutdown: readers stop after the buffer in hand.
     pub draining: bool,
-    dests: Vec<DestId>,
 }
 
 impl Core {
@@ -30,7 +29,6 @@ impl Core {
             outputs,
             counters,
             draining: false,
-            dests: Vec::with_capacity(16),
         }
     }
 
@@ -50,7 +48,6 @@ impl Core {
             router,
             outputs,
             counters,
-            dests,
             ..
         } = self;
         let ShardCounters {
@@ -70,28 +67,33 @@ impl Core {
                 lc.received_lines += 1;
                 let parsed = match format {
                     Format::Graphite => graphite::parse(line).map(|l| {
-                        let v = router.route(l.name, l.key(), rules_matched, dests);
-                        if graphite::is_normal(line, &l) {
-                            (v, [line, &[], &[], &[], &[]])
+                        // A line already in normal form goes out as one copy.
+                        let pieces: [&[u8]; 5] = if graphite::is_normal(line, &l) {
+                            [line, &[], &[], &[], &[]]
                         } else {
-                            (
-                                v,
-                                [
-                                    l.name,
-                                    b" ".as_slice(),
-                                    l.value,
-                                    b" ".as_slice(),
-                                    l.timestamp,
-                                ],
-                            )
-                        }
+                            [l.name, b" ", l.value, b" ", l.timestamp]
+                        };
+                        (l.name, l.key(), pieces)
                     }),
-                    Format::Statsd => statsd::parse(line).map(|name| {
-                        let v = router.route(name, name, rules_matched, dests);
-                        (v, [line, &[], &[], &[], &[]])
-                    }),
+                    Format::Statsd => {
+                        statsd::parse(line).map(|name| (name, name, [line, &[], &[], &[], &[]]))
+                    }
                 };
-                deliver(lc, outputs, dests, dropped_by_rule, unrouted, parsed);
+                match parsed {
+                    Err(r) => lc.rejected_lines[r as usize] += 1,
+                    Ok((name, key, pieces)) => {
+                        lc.parsed_lines += 1;
+                        match router.route(name, key, rules_matched) {
+                            (Verdict::Routed, dests) => {
+                                for &d in dests {
+                                    outputs.append(d, &pieces);
+                                }
+                            }
+                            (Verdict::Dropped, _) => *dropped_by_rule += 1,
+                            (Verdict::Unrouted, _) => *unrouted += 1,
+                        }
+                    }
+                }
             }
         };
         let consumed = lines::split(buf, line_bytes_max, skipping, &mut on_piece);
@@ -108,37 +110,11 @@ impl Core {
     }
 }
 
-#[inline]
-fn deliver(
-    lc: &mut ListenerCounters,
-    outputs: &mut Outputs,
-    dests: &[DestId],
-    dropped_by_rule: &mut u64,
-    unrouted: &mut u64,
-    parsed: Result<(Verdict, [&[u8]; 5]), Reject>,
-) {
-    match parsed {
-        Err(r) => lc.rejected_lines[r as usize] += 1,
-        Ok((verdict, pieces)) => {
-            lc.parsed_lines += 1;
-            match verdict {
-                Verdict::Routed => {
-                    for &d in dests {
-                        outputs.append(d, &pieces);
-                    }
-                }
-                Verdict::Dropped => *dropped_by_rule += 1,
-                Verdict::Unrouted => *unrouted += 1,
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::route::DestinationTable;
+    use crate::route::{DestId, DestinationTable};
 
     #[test]
     fn lines_through_the_core() {

@@ -398,7 +398,11 @@ impl Registry {
             "counter",
             "Lines dropped: still queued at the shutdown deadline."
         );
-        dest_family!(dropped_lines_write_failed, "counter", "Lines dropped: a UDP or file write failed.");
+        dest_family!(
+            dropped_lines_write_failed,
+            "counter",
+            "Lines dropped: a UDP or file write failed."
+        );
         dest_family!(write_errors, "counter", "Failed writes.");
         dest_family!(connects, "counter", "Successful connects.");
         dest_family!(connect_failures, "counter", "Failed connects.");
