@@ -99,7 +99,9 @@ enum Conn {
 
 /// Reads one connection to its end. A connection that errors only ends itself.
 async fn read_stream<S: AsyncRead + Unpin>(core: &Rc<RefCell<Core>>, mut s: S, opts: ReadOptions) {
-    let mut buf = vec![0u8; opts.read_buffer_bytes];
+    // A kept partial line is at most line_bytes_max + 1 bytes; the buffer always has room
+    // for more, so a read of 0 bytes means end of stream and nothing else.
+    let mut buf = vec![0u8; opts.read_buffer_bytes.max(opts.line_bytes_max + 2)];
     let mut filled = 0;
     let mut skipping = false;
     loop {

@@ -13,7 +13,8 @@ pub enum Piece<'a> {
 /// were consumed (the rest is a partial line to keep for the next read).
 ///
 /// `skipping` carries over reads: while true, bytes up to the next `\n` belong to an
-/// over-long line already reported. A partial line longer than `line_bytes_max` is reported
+/// over-long line already reported. The caller's buffer must hold `line_bytes_max + 2`
+/// bytes, so a kept partial line always leaves room to read more. A partial line longer than `line_bytes_max` is reported
 /// once as [`Piece::TooLong`], and the caller drops the bytes and keeps skipping.
 pub fn split<'a>(
     buf: &'a [u8],
@@ -36,8 +37,10 @@ pub fn split<'a>(
             f(Piece::Line(line));
         }
     }
+    // A partial line may hold one byte more than the bound: a `\r` that the `\n` still
+    // to come would strip.
     let rest = buf.len() - start;
-    if rest > line_bytes_max {
+    if rest > line_bytes_max + 1 {
         if !*skipping {
             f(Piece::TooLong);
             *skipping = true;
@@ -80,5 +83,8 @@ mod tests {
         check(&[b"xxxxxxxxxxxx", b"xxxxx\nok\n"], 8, &[None, Some("ok")]);
         check(&[b"xxxxxxxxxxxx\nok\n"], 8, &[None, Some("ok")]);
         check(&[b"1234567", b"8\n"], 8, &[Some("12345678")]);
+        check(&[b"12345678\r", b"\n"], 8, &[Some("12345678")]);
+        check(&[b"123456789", b"\n"], 8, &[None]);
+        check(&[b"123456789\r", b"\n"], 8, &[None]);
     }
 }

@@ -1,0 +1,10 @@
+//! statsd lines: never panics; an accepted line's name is a non-empty prefix before ':'.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(name) = cadent::protocol::statsd::parse(data) {
+        assert!(!name.is_empty());
+        assert_eq!(data.get(name.len()), Some(&b':'));
+    }
+});
