@@ -54,6 +54,48 @@ def vm_hwm_kib(pid):
     return 0
 
 
+def inbound_conns(port):
+    """Established TCP connections whose local port is `port` (server side), IPv4.
+    /proc/net/tcp is read in pages and can repeat a row when the table changes under
+    the read, so rows are deduplicated by address pair."""
+    conns = set()
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            if parts[3] == "01" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                conns.add((parts[1], parts[2]))
+    return len(conns)
+
+
+def inbound_owners(port):
+    """Which processes hold the client ends of established connections into `port`:
+    a list of "pid cmdline" (for the foreign-traffic warning; scans /proc, so slow)."""
+    peers, inodes = set(), {}
+    with open("/proc/net/tcp") as f:
+        next(f)
+        rows = [l.split() for l in f]
+    for r in rows:
+        if r[3] == "01" and int(r[1].rsplit(":", 1)[1], 16) == port:
+            peers.add(int(r[2].rsplit(":", 1)[1], 16))
+    for r in rows:
+        if r[3] == "01" and int(r[2].rsplit(":", 1)[1], 16) == port \
+                and int(r[1].rsplit(":", 1)[1], 16) in peers:
+            inodes[r[9]] = None
+    owners = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    with open(f"/proc/{pid}/cmdline", "rb") as c:
+                        cmd = c.read().replace(b"\0", b" ").decode(errors="replace")[:200]
+                    owners.add(f"{pid} {cmd}")
+        except OSError:
+            continue
+    return sorted(owners)
+
+
 def port_accepts(port):
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -163,6 +205,8 @@ def relay_argv(kind, args):
 
 def one_run(kind, run_no, args, out_dir, procs):
     tag = f"{run_no:02d}-{kind}"
+    # Other work on the host skews CPU numbers; kept with each run to judge it.
+    load_before = round(os.getloadavg()[0], 2)
     ports = [RELAY_PORT] + SINK_PORTS + ([ADMIN_PORT] if kind == "cadent" else [])
     if not wait_until(lambda: all(port_free(p) for p in ports), 10.0, 0.2):
         busy = [p for p in ports if not port_free(p)]
@@ -202,10 +246,27 @@ def one_run(kind, run_no, args, out_dir, procs):
         blast = subprocess.Popen(blast_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
         procs.procs.append(blast)
         blast.bench_name, blast.bench_log = "blast", open(os.devnull, "wb")
+        # Sampled while blast runs: more connections into the relay than blast opened
+        # means someone else is sending to the bench ports and the run is void.
+        conns_max, foreign = 0, []
+        expect_s = args.lines / args.rate if args.rate else 0
+        blast_deadline = time.monotonic() + 2 * expect_s + 120
         try:
-            # wait4 gives the generator's own CPU time; a hung blast is bounded by the
-            # timeout below plus blast's own stall timeout.
-            _, status, ru = os.wait4(blast.pid, 0)
+            # wait4 gives the generator's own CPU time; bounded by blast_deadline (blast has
+            # its own stall timeout too).
+            while True:
+                pid, status, ru = os.wait4(blast.pid, os.WNOHANG)
+                if pid:
+                    break
+                conns = inbound_conns(RELAY_PORT)
+                if conns > args.connections and not foreign:
+                    foreign = inbound_owners(RELAY_PORT)
+                conns_max = max(conns_max, conns)
+                if time.monotonic() > blast_deadline:
+                    blast.kill()
+                    _, status, ru = os.wait4(blast.pid, 0)
+                    break
+                time.sleep(0.05)
             blast.returncode = os.waitstatus_to_exitcode(status)
             b_out = blast.stdout.read().decode()
             b_err = blast.stderr.read().decode()
@@ -243,6 +304,7 @@ def one_run(kind, run_no, args, out_dir, procs):
     return {
         "relay": kind,
         "run": run_no,
+        "loadavg_1m_before": load_before,
         "sent": sent,
         "sent_bytes": sent_bytes,
         "delivered": delivered,
@@ -250,6 +312,9 @@ def one_run(kind, run_no, args, out_dir, procs):
         "loss": sent - delivered,
         "per_sink": per_sink,
         "blast_errors": blast_errors,
+        "relay_inbound_conns_max": conns_max,
+        "relay_inbound_owners": foreign,
+        "foreign_traffic": conns_max > args.connections or delivered > sent,
         "blast_elapsed_s": blast_s,
         "blast_rate": blast_rate,
         "wall_s": round(t_settled - t0, 3),
@@ -358,11 +423,17 @@ def main():
             for kind in order:
                 r = one_run(kind, i, args, out_dir, procs)
                 rows.append(r)
+                if r["foreign_traffic"]:
+                    log(f"bench: WARNING run {i} {kind}: up to {r['relay_inbound_conns_max']} "
+                        f"connections into :{RELAY_PORT} (blast opened {args.connections}), "
+                        f"delivered {r['delivered']} of {r['sent']} sent: something else "
+                        "used the bench ports during this run; treat it as void; clients: "
+                        f"{r['relay_inbound_owners']}")
                 log(f"bench: run {i} {kind:6}: sent={r['sent']} delivered={r['delivered']} "
                     f"loss={r['loss']} cpu={r['relay_cpu_s']}s ({r['relay_cpu_s_per_M']} s/M) "
                     f"rss={r['relay_peak_rss_MiB']}MiB wall={r['wall_s']}s "
                     f"blast={r['blast_rate']}/s blast_cpu/M={r['blast_cpu_s_per_M']} "
-                    f"sinks={r['per_sink']}")
+                    f"sinks={r['per_sink']} load={r['loadavg_1m_before']}")
     finally:
         procs.stop_all()
         with open(os.path.join(out_dir, "results.json"), "w") as f:
