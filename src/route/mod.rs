@@ -1,11 +1,15 @@
 //! Routing: rules on metric names and the hash rings of clusters. Pure: no I/O, and
 //! nothing allocates per metric once the caller's output vector has grown.
 
+pub mod cache;
 pub mod destination;
 pub mod ring;
 pub mod rules;
 
 use std::collections::HashMap;
+
+pub use cache::Fingerprint;
+use cache::FingerprintTable;
 
 use crate::config::{Action, ClusterKind, Config};
 pub use destination::{DestId, Destination, DestinationKind, DestinationTable};
@@ -78,28 +82,26 @@ const PLANS_MAX: usize = 1 << 16;
 /// Remembers the decision for recent names. Metric names repeat every interval, and a
 /// decision depends on the name alone (rules match it, rings hash its untagged part), so a
 /// hit is exactly what evaluating the rules and MD5 would give, for the price of one
-/// lookup. Decisions are interned: names share a handful of plans. Bounded by
-/// `server.route_cache_names_max`; when full it is emptied and refills.
+/// lookup (see [`cache`]). Decisions are interned: names share a handful of plans.
+/// Bounded by `server.route_cache_names_max`; when full it is emptied and refills.
 #[derive(Debug, Clone)]
 struct RouteCache {
-    by_name: HashMap<Box<[u8]>, u32, ahash::RandomState>,
+    by_name: FingerprintTable,
     plans: Vec<Plan>,
     plan_ids: HashMap<Plan, u32, ahash::RandomState>,
-    names_max: usize,
 }
 
 impl RouteCache {
     fn new(names_max: usize) -> RouteCache {
         RouteCache {
-            by_name: HashMap::with_hasher(ahash::RandomState::new()),
+            by_name: FingerprintTable::new(names_max),
             plans: Vec::new(),
             plan_ids: HashMap::with_hasher(ahash::RandomState::new()),
-            names_max,
         }
     }
 
-    fn insert(&mut self, name: &[u8], plan: Plan) -> u32 {
-        if self.by_name.len() >= self.names_max || self.plans.len() >= PLANS_MAX {
+    fn insert(&mut self, fp: Fingerprint, plan: Plan) -> u32 {
+        if self.plans.len() >= PLANS_MAX {
             self.by_name.clear();
             self.plans.clear();
             self.plan_ids.clear();
@@ -113,7 +115,11 @@ impl RouteCache {
                 id
             }
         };
-        self.by_name.insert(name.into(), id);
+        if !self.by_name.insert(fp, id) {
+            // Full: start over. Plans stay valid (they are few and still referenced).
+            self.by_name.clear();
+            self.by_name.insert(fp, id);
+        }
         id
     }
 }
@@ -145,6 +151,7 @@ pub struct Router {
     rules: Vec<Rule>,
     clusters: Vec<CompiledCluster>,
     cache: RouteCache,
+    cache_enabled: bool,
     /// The decision of the last uncached call, when the cache is off.
     last: Plan,
     scratch: Vec<usize>,
@@ -201,6 +208,7 @@ impl Router {
             rules,
             clusters,
             cache: RouteCache::new(cfg.server.route_cache_names_max),
+            cache_enabled: cfg.server.route_cache_names_max > 0,
             last: Plan {
                 verdict: Verdict::Unrouted,
                 rules: Box::new([]),
@@ -232,9 +240,36 @@ impl Router {
         key: &[u8],
         rule_hits: &mut [u64],
     ) -> (Verdict, &[DestId]) {
+        let fp = self.fingerprint(name);
+        self.route_fingerprinted(fp, name, key, rule_hits)
+    }
+
+    /// The route cache's fingerprint of a name, for [`prefetch`](Self::prefetch) and
+    /// [`route_fingerprinted`](Self::route_fingerprinted).
+    #[inline]
+    pub fn fingerprint(&self, name: &[u8]) -> Fingerprint {
+        self.cache.by_name.fingerprint(name)
+    }
+
+    /// Starts loading the cache slot of a name that will be routed soon. Routing a batch
+    /// of lines with their slots prefetched overlaps the memory latency of the lookups.
+    #[inline]
+    pub fn prefetch(&self, fp: Fingerprint) {
+        self.cache.by_name.prefetch(fp);
+    }
+
+    /// [`route`](Self::route) with the name's fingerprint already computed.
+    #[inline]
+    pub fn route_fingerprinted(
+        &mut self,
+        fp: Fingerprint,
+        name: &[u8],
+        key: &[u8],
+        rule_hits: &mut [u64],
+    ) -> (Verdict, &[DestId]) {
         debug_assert_eq!(rule_hits.len(), self.rules.len());
-        let plan = match self.cache.by_name.get(name) {
-            Some(&id) => &self.cache.plans[id as usize],
+        let plan = match self.cache.by_name.get(fp) {
+            Some(id) => &self.cache.plans[id as usize],
             None => {
                 let verdict = self.evaluate(name, key);
                 let plan = Plan {
@@ -242,8 +277,8 @@ impl Router {
                     rules: self.scratch_rules.as_slice().into(),
                     dests: self.scratch_dests.as_slice().into(),
                 };
-                if self.cache.names_max > 0 {
-                    let id = self.cache.insert(name, plan);
+                if self.cache_enabled {
+                    let id = self.cache.insert(fp, plan);
                     &self.cache.plans[id as usize]
                 } else {
                     self.last = plan;
