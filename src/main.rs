@@ -115,8 +115,6 @@ fn hash(path: PathBuf, cluster: Option<String>, names: Vec<String>) -> anyhow::R
     };
     let table = DestinationTable::from_config(&cfg);
     let mut router = Router::new(&cfg, &table);
-    let members = &cfg.clusters[ci].members;
-    let dest_of_member = &table.cluster_members[ci];
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut dests = Vec::new();
@@ -126,10 +124,7 @@ fn hash(path: PathBuf, cluster: Option<String>, names: Vec<String>) -> anyhow::R
         router.cluster_destinations(ci, key, &mut dests);
         write!(out, "{name}\t")?;
         for (i, d) in dests.iter().enumerate() {
-            let label = match dest_of_member.iter().position(|m| m == d) {
-                Some(j) if j < members.len() => members[j].display_hash(),
-                _ => table.destinations[d.index()].name.clone(),
-            };
+            let label = table.member_label(&cfg, ci, *d);
             write!(out, "{}{label}", if i > 0 { "," } else { "" })?;
         }
         writeln!(out)

@@ -89,24 +89,16 @@ fn hash_all(s: &AdminState, key: &str) -> serde_json::Value {
     let mut clusters = serde_json::Map::new();
     for (i, c) in s.config.clusters.iter().enumerate() {
         router.cluster_destinations(i, hashed, &mut out);
-        let names: Vec<String> = out.iter().map(|d| destination_label(s, i, *d)).collect();
+        let names: Vec<String> = out
+            .iter()
+            .map(|d| s.table.member_label(&s.config, i, *d))
+            .collect();
         clusters.insert(
             c.name.clone(),
             json!({ "kind": c.kind.as_str(), "destinations": names }),
         );
     }
     serde_json::Value::Object(clusters)
-}
-
-/// `host:port[=instance]` for a member, the destination name otherwise.
-fn destination_label(s: &AdminState, cluster: usize, d: crate::route::DestId) -> String {
-    let members = &s.table.cluster_members[cluster];
-    match members.iter().position(|m| *m == d) {
-        Some(j) if j < s.config.clusters[cluster].members.len() => {
-            s.config.clusters[cluster].members[j].display_hash()
-        }
-        _ => s.table.destinations[d.index()].name.clone(),
-    }
 }
 
 /// Runs the admin server until SIGTERM or SIGINT; returns which signal arrived.

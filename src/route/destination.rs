@@ -79,4 +79,14 @@ impl DestinationTable {
             cluster_members,
         }
     }
+
+    /// How `cadent hash` and `/hashcheck` name destination `d` of cluster `cluster`: the
+    /// member as written (`host:port[=instance]`), or the destination's name for a file.
+    pub fn member_label(&self, cfg: &Config, cluster: usize, d: DestId) -> String {
+        let members = &cfg.clusters[cluster].members;
+        match self.cluster_members[cluster].iter().position(|m| *m == d) {
+            Some(j) if j < members.len() => members[j].display_hash(),
+            _ => self.destinations[d.index()].name.clone(),
+        }
+    }
 }

@@ -5,12 +5,12 @@
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::protocol::Reject;
 
 /// Counters of one listener on one shard.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ListenerCounters {
     /// Lines seen (good and bad).
     pub received_lines: u64,
@@ -35,7 +35,7 @@ pub struct ListenerCounters {
 }
 
 /// Counters of one destination on one shard.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DestinationCounters {
     /// Lines put into this destination's batches.
     pub queued_lines: u64,
@@ -64,7 +64,7 @@ pub struct DestinationCounters {
 }
 
 /// Everything one shard counts.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ShardCounters {
     /// By listener index (config order).
     pub listeners: Vec<ListenerCounters>,
@@ -91,39 +91,53 @@ impl ShardCounters {
     }
 
     fn add(&mut self, o: &ShardCounters) {
+        macro_rules! sum {
+            ($a:expr, $b:expr, $($f:ident),*) => { $( $a.$f += $b.$f; )* };
+        }
         for (a, b) in self.listeners.iter_mut().zip(&o.listeners) {
-            a.received_lines += b.received_lines;
-            a.received_bytes += b.received_bytes;
-            a.parsed_lines += b.parsed_lines;
+            sum!(
+                a,
+                b,
+                received_lines,
+                received_bytes,
+                parsed_lines,
+                datagrams
+            );
+            sum!(
+                a,
+                b,
+                connections_accepted,
+                connections_refused,
+                connections_open
+            );
+            sum!(a, b, read_errors, stalls);
             for (x, y) in a.rejected_lines.iter_mut().zip(&b.rejected_lines) {
                 *x += y;
             }
-            a.datagrams += b.datagrams;
-            a.connections_accepted += b.connections_accepted;
-            a.connections_refused += b.connections_refused;
-            a.connections_open += b.connections_open;
-            a.read_errors += b.read_errors;
-            a.stalls += b.stalls;
         }
         for (a, b) in self.rules_matched.iter_mut().zip(&o.rules_matched) {
             *a += b;
         }
         for (a, b) in self.destinations.iter_mut().zip(&o.destinations) {
-            a.queued_lines += b.queued_lines;
-            a.sent_lines += b.sent_lines;
-            a.sent_bytes += b.sent_bytes;
-            a.writes += b.writes;
-            a.dropped_lines_queue_full += b.dropped_lines_queue_full;
-            a.dropped_lines_shutdown += b.dropped_lines_shutdown;
-            a.dropped_lines_write_failed += b.dropped_lines_write_failed;
-            a.write_errors += b.write_errors;
-            a.connects += b.connects;
-            a.connect_failures += b.connect_failures;
-            a.queue_bytes += b.queue_bytes;
-            a.connected += b.connected;
+            sum!(a, b, queued_lines, sent_lines, sent_bytes, writes);
+            sum!(
+                a,
+                b,
+                dropped_lines_queue_full,
+                dropped_lines_shutdown,
+                dropped_lines_write_failed
+            );
+            sum!(
+                a,
+                b,
+                write_errors,
+                connects,
+                connect_failures,
+                queue_bytes,
+                connected
+            );
         }
-        self.dropped_by_rule += o.dropped_by_rule;
-        self.unrouted += o.unrouted;
+        sum!(self, o, dropped_by_rule, unrouted);
     }
 }
 
@@ -416,4 +430,31 @@ fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map_numbers(v: serde_json::Value, f: &dyn Fn(u64) -> u64) -> serde_json::Value {
+        use serde_json::Value;
+        match v {
+            Value::Number(n) => Value::from(f(n.as_u64().unwrap())),
+            Value::Array(a) => Value::Array(a.into_iter().map(|x| map_numbers(x, f)).collect()),
+            Value::Object(o) => {
+                Value::Object(o.into_iter().map(|(k, x)| (k, map_numbers(x, f))).collect())
+            }
+            other => other,
+        }
+    }
+
+    /// Every counter field is summed over shards (a field missing from `add` would stay 1).
+    #[test]
+    fn totals_sum_every_field() {
+        let shape = serde_json::to_value(ShardCounters::new(2, 3, 2)).unwrap();
+        let ones: ShardCounters = serde_json::from_value(map_numbers(shape, &|_| 1)).unwrap();
+        let total = serde_json::to_value(Registry::total(&[ones.clone(), ones])).unwrap();
+        let all_two = map_numbers(total.clone(), &|_| 2);
+        assert_eq!(total, all_two);
+    }
 }

@@ -16,15 +16,14 @@
 //! the first send to the last, `rate` is `sent_lines / elapsed_s` rounded down, `errors`
 //! counts send errors and stalls. Progress goes to stderr (one `\r`-updated line).
 
-use std::fmt;
 use std::io::{self, IsTerminal as _, Write as _};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::{ListenUrl, Transport};
+use super::{Endpoint, SplitMix64};
+use crate::config::Transport;
 
 /// Bytes handed to one TCP `write` when neither the rate nor the count limits it.
 const TCP_CHUNK_BYTES: usize = 256 * 1024;
@@ -42,33 +41,6 @@ const SEND_TIMEOUT: Duration = Duration::from_millis(500);
 const PROGRESS_PERIOD: Duration = Duration::from_millis(500);
 /// Consecutive UDP send errors after which a sender gives up.
 const UDP_ERRORS_MAX: u64 = 100;
-
-/// `tcp://HOST:PORT` or `udp://HOST:PORT`, as taken by `--to` and `cadent echo --listen`;
-/// parsed like a config listener URL (`unix://` is refused).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Endpoint {
-    /// The transport named by the scheme.
-    pub transport: Transport,
-    /// The socket address (names are resolved once, when parsed).
-    pub addr: SocketAddr,
-}
-
-impl FromStr for Endpoint {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match ListenUrl::parse(s.trim())? {
-            ListenUrl::Inet(transport, addr) => Ok(Endpoint { transport, addr }),
-            ListenUrl::Unix(_) => Err(format!("{s:?}: expected tcp:// or udp://")),
-        }
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}", self.transport.scheme(), self.addr)
-    }
-}
 
 /// Line format of the generated traffic.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,14 +114,14 @@ impl LinePool {
         // Seeded order of names (Fisher-Yates), so consecutive lines hash all over a ring.
         let mut order: Vec<u32> = (0..names as u32).collect();
         for i in (1..order.len()).rev() {
-            let j = (rng.next() % (i as u64 + 1)) as usize;
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
             order.swap(i, j);
         }
         let mut bytes = Vec::with_capacity(lines as usize * 48);
         let mut ends = Vec::with_capacity(lines as usize);
         for line in 0..lines {
             let n = u64::from(order[(line % names) as usize]);
-            write_line(&mut bytes, format, n, rng.next(), timestamp);
+            write_line(&mut bytes, format, n, rng.next_u64(), timestamp);
             ends.push(bytes.len());
         }
         LinePool { bytes, ends }
@@ -223,19 +195,6 @@ fn write_line(out: &mut Vec<u8>, format: Format, n: u64, random: u64, timestamp:
             }
         }
         .expect("write to Vec"),
-    }
-}
-
-/// splitmix64: small, seeded, good enough for names order and values.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 }
 

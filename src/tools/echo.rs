@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::blast::Endpoint;
+use super::Endpoint;
 use crate::config::Transport;
 
 /// Bytes asked of one TCP `read`.

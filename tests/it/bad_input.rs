@@ -34,14 +34,6 @@ send_to = ["out"]
     )
 }
 
-/// A tiny deterministic generator, so the garbage is the same on every run.
-fn xorshift(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
 #[test]
 fn good_lines_survive_bad_input_and_bad_lines_are_counted() {
     let sink = Sink::start();
@@ -85,10 +77,10 @@ fn good_lines_survive_bad_input_and_bad_lines_are_counted() {
     send_tcp(&addr, data.as_bytes());
 
     // 3. Binary garbage (no blanks, so every piece is a reject), then a good line.
-    let mut state = 0x9e3779b97f4a7c15u64;
+    let mut rng = cadent::tools::SplitMix64(0x9e3779b97f4a7c15);
     let mut garbage: Vec<u8> = (0..65_536)
         .map(|_| loop {
-            let b = xorshift(&mut state) as u8;
+            let b = rng.next_u64() as u8;
             if b != b' ' && b != b'\t' {
                 break b;
             }

@@ -33,6 +33,7 @@
 //! full names.
 
 use cadent::route::ring::{CarbonRing, RingMember};
+use cadent::tools::SplitMix64;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::fs;
@@ -388,24 +389,6 @@ fn names_for(scenarios: &[&Scenario], tag: &str) -> Vec<String> {
 /// The part of a name c-relay's relay hashes: up to the first `;`.
 fn hash_key(name: &str) -> &str {
     name.split_once(';').map_or(name, |(key, _)| key)
-}
-
-/// A fixed, tiny PRNG (SplitMix64) so the names are the same on every run and
-/// machine without a crate for it.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 /// A scratch directory unique to this process and `tag`, left behind on
