@@ -213,6 +213,8 @@ pub struct Output {
     pub stall_ms_max: u64,
     /// TCP connect timeout.
     pub connect_timeout_ms: u64,
+    /// A TCP write that makes no progress this long fails; the writer reconnects.
+    pub write_timeout_ms: u64,
     /// First reconnect delay; doubles per failure.
     pub reconnect_backoff_min_ms: u64,
     /// Largest reconnect delay.
@@ -344,6 +346,7 @@ fn read_output(t: &Table, errs: &mut Vec<ConfigError>) -> Output {
         queue_bytes_max: r.uint("queue_bytes_max", 32 << 20, 64 * 1024, 64 << 30, errs) as usize,
         stall_ms_max: r.uint("stall_ms_max", 2_000, 0, 60_000, errs),
         connect_timeout_ms: r.uint("connect_timeout_ms", 1_000, 1, 60_000, errs),
+        write_timeout_ms: r.uint("write_timeout_ms", 10_000, 1, 600_000, errs),
         reconnect_backoff_min_ms: r.uint("reconnect_backoff_min_ms", 100, 1, 60_000, errs),
         reconnect_backoff_max_ms: r.uint("reconnect_backoff_max_ms", 5_000, 1, 600_000, errs),
         udp_datagram_bytes_max: r.uint("udp_datagram_bytes_max", 1_400, 64, 65_507, errs) as usize,

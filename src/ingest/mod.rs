@@ -143,14 +143,19 @@ async fn read_stream<S: AsyncRead + Unpin>(core: &Rc<RefCell<Core>>, mut s: S, o
 }
 
 /// Backpressure: while a live destination's queue is full, wait (bounded) for its writer
-/// instead of reading more and making the queue drop. Dead destinations never stall.
+/// instead of reading more and making the queue drop. Dead destinations never stall, and a
+/// queue that stays full past `stall_ms_max` stops stalling anyone until it drains.
 async fn wait_while_congested(core: &Rc<RefCell<Core>>, opts: &ReadOptions) {
     if opts.stall_max.is_zero() || !core.borrow().outputs.congested() {
         return;
     }
     core.borrow_mut().counters.listeners[opts.listener].stalls += 1;
     let start = Instant::now();
-    while start.elapsed() < opts.stall_max && core.borrow().outputs.congested() {
+    while core.borrow().outputs.congested() {
+        if start.elapsed() >= opts.stall_max {
+            core.borrow().outputs.spend_stalls();
+            return;
+        }
         glommio::timer::sleep(Duration::from_millis(2)).await;
     }
 }

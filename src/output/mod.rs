@@ -95,6 +95,16 @@ impl Outputs {
             .any(|s| s.queue.congested(self.headroom_bytes + s.open.len()))
     }
 
+    /// A reader waited `stall_ms_max` and the queues are still full: the congested ones
+    /// stop stalling readers until they drain (their overflow is dropped and counted).
+    pub fn spend_stalls(&self) {
+        for s in &self.slots {
+            if s.queue.congested(self.headroom_bytes + s.open.len()) {
+                s.queue.spend_stall();
+            }
+        }
+    }
+
     /// Every queue, in destination order.
     pub fn queues(&self) -> impl Iterator<Item = &Rc<DestQueue>> {
         self.slots.iter().map(|s| &s.queue)

@@ -39,6 +39,10 @@ pub struct DestQueue {
     bytes_max: usize,
     closed: Cell<bool>,
     live: Cell<bool>,
+    /// Readers waited the whole `stall_ms_max` for this queue and it is still full: it
+    /// stalls nobody again until it drains below half (a stuck sink must not throttle
+    /// every reader of the shard, read after read).
+    stall_spent: Cell<bool>,
 }
 
 /// Buffers kept for reuse per destination; enough to keep a writer and a producer busy.
@@ -52,6 +56,7 @@ impl DestQueue {
             bytes_max,
             closed: Cell::new(false),
             live: Cell::new(false),
+            stall_spent: Cell::new(false),
         }
     }
 
@@ -84,6 +89,9 @@ impl DestQueue {
         let b = s.batches.pop_front()?;
         s.bytes -= b.data.len();
         s.counters.queue_bytes = s.bytes as u64;
+        if s.bytes < self.bytes_max / 2 {
+            self.stall_spent.set(false);
+        }
         Some(b)
     }
 
@@ -140,10 +148,19 @@ impl DestQueue {
         self.state.borrow_mut().counters.connected = u64::from(live);
     }
 
-    /// True when the destination is live and its queue cannot take another `headroom`
-    /// bytes: readers should wait for the writer rather than make the queue drop.
+    /// True when the destination is live, its queue cannot take another `headroom` bytes,
+    /// and its stall budget is not spent: readers should wait for the writer rather than
+    /// make the queue drop.
     pub fn congested(&self, headroom: usize) -> bool {
-        self.live.get() && self.state.borrow().bytes + headroom > self.bytes_max
+        self.live.get()
+            && !self.stall_spent.get()
+            && self.state.borrow().bytes + headroom > self.bytes_max
+    }
+
+    /// Readers waited their longest for this queue in vain: stop stalling them for it
+    /// until it drains below half.
+    pub fn spend_stall(&self) {
+        self.stall_spent.set(true);
     }
 
     /// Bytes queued now.

@@ -17,6 +17,8 @@ use crate::config::{Member, Output};
 pub struct WriterOptions {
     /// TCP connect timeout.
     pub connect_timeout: Duration,
+    /// Longest a write may make no progress.
+    pub write_timeout: Duration,
     /// First reconnect delay.
     pub backoff_min: Duration,
     /// Largest reconnect delay.
@@ -27,6 +29,7 @@ impl From<&Output> for WriterOptions {
     fn from(o: &Output) -> Self {
         WriterOptions {
             connect_timeout: Duration::from_millis(o.connect_timeout_ms),
+            write_timeout: Duration::from_millis(o.write_timeout_ms),
             backoff_min: Duration::from_millis(o.reconnect_backoff_min_ms),
             backoff_max: Duration::from_millis(o.reconnect_backoff_max_ms),
         }
@@ -81,7 +84,7 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
     while queue.ready().await {
         let stream = match conn.as_mut() {
             Some(s) => s,
-            None => match connect(&member, opts.connect_timeout).await {
+            None => match connect(&member, opts.connect_timeout, opts.write_timeout).await {
                 Ok(s) => {
                     queue.set_live(true);
                     queue.count(|c| c.connects += 1);
@@ -133,10 +136,17 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
     queue.set_live(false);
 }
 
-async fn connect(member: &Member, timeout: Duration) -> io::Result<TcpStream> {
+async fn connect(
+    member: &Member,
+    timeout: Duration,
+    write_timeout: Duration,
+) -> io::Result<TcpStream> {
     let addr = resolve(member).await?;
     let s = TcpStream::connect_timeout(addr, timeout)
         .await
+        .map_err(io::Error::from)?;
+    // A sink that accepts but stops reading must fail the write, not hold it forever.
+    s.set_write_timeout(Some(write_timeout))
         .map_err(io::Error::from)?;
     Ok(s)
 }

@@ -205,3 +205,98 @@ send_to = ["ring"]
     );
     assert_eq!(cadent.stop(), 0);
 }
+
+#[test]
+fn a_stuck_sink_does_not_throttle_the_others() {
+    // A sink that accepts and never reads: writes to it block once the socket buffers fill.
+    let stuck = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    stuck.set_recv_buffer_size(4096).unwrap();
+    stuck
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    stuck.listen(16).unwrap();
+    let stuck_addr = stuck.local_addr().unwrap().as_socket().unwrap();
+    let stuck: std::net::TcpListener = stuck.into();
+    stuck.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((s, _)) = stuck.accept() {
+                held.push(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let healthy = Sink::start();
+    let port = free_port();
+    let config = format!(
+        r#"
+[server]
+shards = 1
+admin_listen = "ADMIN"
+stats_interval_ms = 50
+[output]
+queue_bytes_max = 1048576
+stall_ms_max = 300
+write_timeout_ms = 1000
+[[listen]]
+name = "in"
+url = "tcp://127.0.0.1:{port}"
+format = "graphite"
+[[cluster]]
+name = "stuck"
+kind = "forward"
+members = ["tcp://{stuck_addr}"]
+[[cluster]]
+name = "healthy"
+kind = "forward"
+members = ["tcp://{}"]
+[[route]]
+match = {{ prefix = "stuck." }}
+send_to = ["stuck"]
+[[route]]
+match = {{ all = true }}
+send_to = ["healthy"]
+"#,
+        healthy.addr
+    );
+    let cadent = Cadent::start("stuck", &config);
+    const LINES: usize = 400_000;
+    let mut data = String::with_capacity(LINES * 40);
+    for i in 0..LINES {
+        if i % 4 == 0 {
+            data.push_str(&format!("ok.m{} {i} 1700000000\n", i % 1000));
+        } else {
+            data.push_str(&format!("stuck.m{} {i} 1700000000\n", i % 1000));
+        }
+    }
+    send_tcp(&format!("127.0.0.1:{port}"), data.as_bytes());
+    assert!(
+        wait_until(Duration::from_secs(60), || healthy.total()
+            == (LINES / 4) as u64),
+        "healthy sink has {} of {}",
+        healthy.total(),
+        LINES / 4
+    );
+    let stats = cadent.stats();
+    let stalls = stats["listeners"]["in"]["stalls"].as_u64().unwrap();
+    // Without the stall budget every read after the stuck queue filled would wait
+    // stall_ms_max (hundreds of reads); with it, readers wait once per congestion episode.
+    assert!(
+        stalls <= 3,
+        "readers stalled {stalls} times for a stuck sink"
+    );
+    let d = &stats["destinations"][format!("tcp://{stuck_addr}")];
+    assert_eq!(d["queued_lines"].as_u64().unwrap(), (LINES / 4 * 3) as u64);
+    eprintln!("stuck destination: {d}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(cadent);
+    holder.join().unwrap();
+}
