@@ -186,6 +186,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         admin = %cfg.server.admin_listen,
         "cadent serving"
     );
+    let state_registry = registry.clone();
     let state = Arc::new(AdminState {
         config: cfg.clone(),
         table: table.clone(),
@@ -212,6 +213,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
             let _ = std::fs::remove_file(p);
         }
     }
+    log_totals(&state_registry);
     let signal = outcome?;
     tracing::info!(
         signal,
@@ -222,4 +224,36 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         anyhow::bail!("a shard failed");
     }
     Ok(())
+}
+
+/// The admin API is gone by the time shards have drained, so the final counts go to the
+/// log: what was received, what each destination got, and every loss.
+fn log_totals(registry: &Registry) {
+    let total = Registry::total(&registry.per_shard());
+    let labels = registry.labels();
+    for (name, l) in labels.listeners.iter().zip(&total.listeners) {
+        tracing::info!(
+            listener = %name,
+            received_lines = l.received_lines,
+            parsed_lines = l.parsed_lines,
+            rejected_lines = l.rejected_lines.iter().sum::<u64>(),
+            "final listener totals"
+        );
+    }
+    for (name, d) in labels.destinations.iter().zip(&total.destinations) {
+        tracing::info!(
+            destination = %name,
+            queued_lines = d.queued_lines,
+            sent_lines = d.sent_lines,
+            dropped_lines_queue_full = d.dropped_lines_queue_full,
+            dropped_lines_shutdown = d.dropped_lines_shutdown,
+            dropped_lines_write_failed = d.dropped_lines_write_failed,
+            "final destination totals"
+        );
+    }
+    tracing::info!(
+        dropped_by_rule = total.dropped_by_rule,
+        unrouted = total.unrouted,
+        "final routing totals"
+    );
 }

@@ -113,15 +113,22 @@ pub fn serve_until_signal(
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        // SIGHUP's default would kill the process without a flush (log rotation sends
+        // it). Config reload on SIGHUP comes later; until then it is acknowledged only.
+        let mut hup = signal(SignalKind::hangup())?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("server.admin_listen {addr}: cannot bind: {e}"))?;
         let app = routes(state);
-        let server = axum::serve(listener, app);
-        tokio::select! {
-            r = server => { r?; anyhow::bail!("admin server stopped") }
-            _ = term.recv() => Ok("SIGTERM"),
-            _ = int.recv() => Ok("SIGINT"),
+        let server = std::future::IntoFuture::into_future(axum::serve(listener, app));
+        tokio::pin!(server);
+        loop {
+            tokio::select! {
+                r = &mut server => { r?; anyhow::bail!("admin server stopped") }
+                _ = term.recv() => return Ok("SIGTERM"),
+                _ = int.recv() => return Ok("SIGINT"),
+                _ = hup.recv() => tracing::warn!("SIGHUP: config reload is not implemented yet; ignored"),
+            }
         }
     })
 }

@@ -100,11 +100,17 @@ impl Member {
         })
     }
 
-    /// `host:port[=instance]`, the form `cadent hash` prints.
+    /// `host:port[=instance]` (`[v6]:port[=instance]`), the form `cadent hash` prints and
+    /// the config accepts back.
     pub fn display_hash(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
         match &self.instance {
-            Some(i) => format!("{}:{}={i}", self.host, self.port),
-            None => format!("{}:{}", self.host, self.port),
+            Some(i) => format!("{host}:{}={i}", self.port),
+            None => format!("{host}:{}", self.port),
         }
     }
 
@@ -176,7 +182,8 @@ mod tests {
         assert_eq!((m.transport, m.instance), (Transport::Tcp, None));
         let m = Member::parse("udp://[::1]:2003=x").unwrap();
         assert_eq!((m.transport, m.host.as_str()), (Transport::Udp, "::1"));
-        assert_eq!(m.display_hash(), "::1:2003=x");
+        assert_eq!(m.display_hash(), "[::1]:2003=x");
+        assert_eq!(Member::parse(&m.display_hash()).unwrap().host, "::1");
         for bad in ["127.0.0.1", "http://a:1", "a:0", "a:99999", ":1", "a:1="] {
             assert!(Member::parse(bad).is_err(), "{bad}");
         }

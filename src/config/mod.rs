@@ -74,8 +74,8 @@ pub struct Server {
     pub stats_interval_ms: u64,
     /// io_uring buffer memory registered per shard (locked memory; see tuning.md).
     pub io_memory_bytes: usize,
-    /// Routing decisions remembered per shard, by name (0 = none); about 100 bytes plus
-    /// the name each.
+    /// Routing decisions remembered per shard, by name (0 = none); 24-byte slots, at most
+    /// half full.
     pub route_cache_names_max: usize,
 }
 
@@ -297,6 +297,23 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
         .enumerate()
         .map(|(i, t)| read_route(t, i, &clusters, errs))
         .collect();
+    // Readers wait while a queue cannot take another read's worth plus an open batch; a
+    // bound below twice that would make them wait on nearly every read.
+    let read_max = listeners
+        .iter()
+        .map(|l| l.read_buffer_bytes)
+        .max()
+        .unwrap_or(0);
+    let needed = 2 * (read_max + output.flush_bytes);
+    if output.queue_bytes_max < needed {
+        errs.push(ConfigError::new(
+            "output.queue_bytes_max",
+            format!(
+                "{} is below 2 x (largest read_buffer_bytes {read_max} + flush_bytes {}) = {needed}",
+                output.queue_bytes_max, output.flush_bytes
+            ),
+        ));
+    }
     if listeners.is_empty() && errs.is_empty() {
         errs.push(ConfigError::new(
             "listen",

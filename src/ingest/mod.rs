@@ -12,7 +12,7 @@ use futures_lite::{AsyncRead, AsyncReadExt};
 use glommio::net::{TcpListener, UdpSocket, UnixListener};
 
 use crate::config::{Format, Listener};
-use crate::shard::pipeline::Core;
+use crate::shard::pipeline::{Core, End};
 
 /// What a reader task needs to know about its listener.
 #[derive(Debug, Clone, Copy)]
@@ -126,7 +126,7 @@ async fn read_stream<S: AsyncRead + Unpin>(core: &Rc<RefCell<Core>>, mut s: S, o
                 &buf[..filled],
                 opts.line_bytes_max,
                 &mut skipping,
-                eof,
+                if eof { End::Stream } else { End::More },
             );
             (used, c.draining)
         };
@@ -163,6 +163,7 @@ async fn wait_while_congested(core: &Rc<RefCell<Core>>, opts: &ReadOptions) {
 /// Receives datagrams until the task is dropped; each datagram is whole lines.
 pub async fn udp_loop(core: Rc<RefCell<Core>>, sock: UdpSocket, opts: ReadOptions) {
     let mut buf = vec![0u8; opts.read_buffer_bytes.max(65_536)];
+    let mut datagrams_since_yield = 0;
     loop {
         let n = match sock.recv_from(&mut buf).await {
             Ok((n, _)) => n,
@@ -173,21 +174,34 @@ pub async fn udp_loop(core: Rc<RefCell<Core>>, sock: UdpSocket, opts: ReadOption
                 continue;
             }
         };
-        let mut c = core.borrow_mut();
-        let lc = &mut c.counters.listeners[opts.listener];
-        lc.datagrams += 1;
-        lc.received_bytes += n as u64;
-        let mut skipping = false;
-        c.process(
-            opts.listener,
-            opts.format,
-            &buf[..n],
-            opts.line_bytes_max,
-            &mut skipping,
-            true,
-        );
-        if c.draining {
+        let draining = {
+            let mut c = core.borrow_mut();
+            let lc = &mut c.counters.listeners[opts.listener];
+            lc.datagrams += 1;
+            lc.received_bytes += n as u64;
+            let mut skipping = false;
+            c.process(
+                opts.listener,
+                opts.format,
+                &buf[..n],
+                opts.line_bytes_max,
+                &mut skipping,
+                End::Datagram,
+            );
+            c.draining
+        };
+        if draining {
             return;
+        }
+        // recv_from returns at once while datagrams wait, so a flood would never let the
+        // shard's writers, tick or inbox run. Yield every few datagrams.
+        datagrams_since_yield += 1;
+        if datagrams_since_yield == UDP_DATAGRAMS_PER_YIELD {
+            datagrams_since_yield = 0;
+            futures_lite::future::yield_now().await;
         }
     }
 }
+
+/// Datagrams a UDP reader handles before it lets the shard's other tasks run.
+const UDP_DATAGRAMS_PER_YIELD: u32 = 32;

@@ -92,17 +92,10 @@ pub async fn run(queue: Rc<DestQueue>, sink: FileSink, shard: usize) {
         match f.write_at(batch.data, *pos).await {
             Ok(n) if n as u64 == len => {
                 *pos += len;
-                queue.count(|c| {
-                    c.sent_lines += u64::from(lines);
-                    c.sent_bytes += len;
-                    c.writes += 1;
-                });
+                queue.complete(lines, len as usize);
             }
             Ok(_) | Err(_) => {
-                queue.count(|c| {
-                    c.write_errors += 1;
-                    c.dropped_lines_write_failed += u64::from(lines);
-                });
+                queue.fail(lines);
                 tracing::warn!(path = %path.display(), "file write failed or was short; batch dropped");
                 file = None;
                 queue.set_live(false);

@@ -30,6 +30,9 @@ struct State {
     counters: DestinationCounters,
     /// Emptied buffers, reused for the next open batch.
     pool: Vec<Vec<u8>>,
+    /// Lines of the batch a writer has popped and not yet completed or put back: counted
+    /// as lost if the shutdown deadline cancels the writer mid-write.
+    in_flight_lines: u32,
 }
 
 /// A byte-bounded FIFO of batches with one waiting writer.
@@ -87,6 +90,7 @@ impl DestQueue {
     pub fn pop(&self) -> Option<Batch> {
         let mut s = self.state.borrow_mut();
         let b = s.batches.pop_front()?;
+        s.in_flight_lines = b.lines;
         s.bytes -= b.data.len();
         s.counters.queue_bytes = s.bytes as u64;
         if s.bytes < self.bytes_max / 2 {
@@ -98,9 +102,27 @@ impl DestQueue {
     /// Puts back a batch the writer could not finish, at the front, so order is kept.
     pub fn unpop(&self, batch: Batch) {
         let mut s = self.state.borrow_mut();
+        s.in_flight_lines = 0;
         s.bytes += batch.data.len();
         s.counters.queue_bytes = s.bytes as u64;
         s.batches.push_front(batch);
+    }
+
+    /// The writer delivered a popped batch: count it as sent.
+    pub fn complete(&self, lines: u32, bytes: usize) {
+        let mut s = self.state.borrow_mut();
+        s.in_flight_lines = 0;
+        s.counters.sent_lines += u64::from(lines);
+        s.counters.sent_bytes += bytes as u64;
+        s.counters.writes += 1;
+    }
+
+    /// The writer gave up on a popped batch (a failed UDP or file write): count it lost.
+    pub fn fail(&self, lines: u32) {
+        let mut s = self.state.borrow_mut();
+        s.in_flight_lines = 0;
+        s.counters.write_errors += 1;
+        s.counters.dropped_lines_write_failed += u64::from(lines);
     }
 
     /// Waits until a batch is queued; returns false once closed and empty.
@@ -132,10 +154,12 @@ impl DestQueue {
         self.closed.get()
     }
 
-    /// Drops everything still queued, counting it as lost at shutdown.
+    /// Drops everything still queued (and a batch cut off mid-write), counting it as lost
+    /// at shutdown.
     pub fn discard_at_shutdown(&self) {
         let mut s = self.state.borrow_mut();
-        let lines: u64 = s.batches.iter().map(|b| u64::from(b.lines)).sum();
+        let in_flight = u64::from(std::mem::take(&mut s.in_flight_lines));
+        let lines: u64 = in_flight + s.batches.iter().map(|b| u64::from(b.lines)).sum::<u64>();
         s.counters.dropped_lines_shutdown += lines;
         s.batches.clear();
         s.bytes = 0;

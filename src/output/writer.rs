@@ -88,7 +88,6 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
                 Ok(s) => {
                     queue.set_live(true);
                     queue.count(|c| c.connects += 1);
-                    backoff = opts.backoff_min;
                     tracing::info!(destination = %name, "connected");
                     conn.insert(s)
                 }
@@ -108,16 +107,25 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
                 }
             },
         };
+        // A write into a connection the peer has closed still succeeds (the kernel takes
+        // the bytes, then the peer answers RST): look before writing, so a sink that
+        // accepts and hangs up is not fed batches that vanish.
+        if peer_closed(stream) {
+            queue.set_live(false);
+            conn = None;
+            if log.ready() {
+                tracing::warn!(destination = %name, "peer closed the connection; reconnecting");
+            }
+            glommio::timer::sleep(backoff).await;
+            backoff = (backoff * 2).min(opts.backoff_max);
+            continue;
+        }
         let Some(batch) = queue.pop() else { continue };
         match write_batch(stream, &batch.data).await {
             Ok(()) => {
-                let bytes = batch.data.len() as u64;
-                queue.count(|c| {
-                    c.sent_lines += u64::from(batch.lines);
-                    c.sent_bytes += bytes;
-                    c.writes += 1;
-                });
+                queue.complete(batch.lines, batch.data.len());
                 queue.recycle(batch.data);
+                backoff = opts.backoff_min;
             }
             Err((written, e)) => {
                 queue.count(|c| c.write_errors += 1);
@@ -127,6 +135,8 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
                     tracing::warn!(destination = %name, error = %e, "write failed; reconnecting");
                 }
                 queue.unpop(resume_after(batch, written, &queue));
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(opts.backoff_max);
             }
         }
     }
@@ -149,6 +159,35 @@ async fn connect(
     s.set_write_timeout(Some(write_timeout))
         .map_err(io::Error::from)?;
     Ok(s)
+}
+
+/// True when the peer has closed its side (or the connection is broken): a non-blocking
+/// peek reads end-of-stream or an error. Sinks do not talk back, so data waiting to be
+/// read is not expected, but is no reason to reconnect.
+fn peer_closed(s: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: recv(2) on the stream's own open fd, into one byte of our stack, with
+    // MSG_PEEK (nothing is consumed) and MSG_DONTWAIT (never blocks the executor).
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        n if n > 0 => false,
+        _ => {
+            let e = io::Error::last_os_error();
+            !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            )
+        }
+    }
 }
 
 /// Writes all of `data`; on failure says how many bytes the kernel took.
@@ -227,17 +266,10 @@ pub async fn run_udp(queue: Rc<DestQueue>, member: Member, name: String) {
         let Some(batch) = queue.pop() else { continue };
         let (s, addr) = sock.as_ref().expect("bound above");
         match s.send_to(&batch.data, *addr).await {
-            Ok(_) => queue.count(|c| {
-                c.sent_lines += u64::from(batch.lines);
-                c.sent_bytes += batch.data.len() as u64;
-                c.writes += 1;
-            }),
+            Ok(_) => queue.complete(batch.lines, batch.data.len()),
             // UDP has no retry: an ICMP refusal means the datagram is gone. Count it.
             Err(e) => {
-                queue.count(|c| {
-                    c.write_errors += 1;
-                    c.dropped_lines_write_failed += u64::from(batch.lines);
-                });
+                queue.fail(batch.lines);
                 if log.ready() {
                     tracing::warn!(destination = %name, error = %e, "udp send failed");
                 }

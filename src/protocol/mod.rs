@@ -25,11 +25,13 @@ pub enum Reject {
     BadType,
     /// statsd sample rate is not in (0, 1].
     BadSampleRate,
+    /// A stream ended in the middle of a line (no `\n`): it may have been cut short.
+    Unterminated,
 }
 
 impl Reject {
     /// Number of reasons (size of per-reason counter arrays).
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
     /// Every reason, in counter order.
     pub const ALL: [Reject; Reject::COUNT] = [
         Reject::LineTooLong,
@@ -40,6 +42,7 @@ impl Reject {
         Reject::BadTimestamp,
         Reject::BadType,
         Reject::BadSampleRate,
+        Reject::Unterminated,
     ];
 
     /// The reason as it appears in stats.
@@ -53,11 +56,12 @@ impl Reject {
             Reject::BadTimestamp => "bad_timestamp",
             Reject::BadType => "bad_type",
             Reject::BadSampleRate => "bad_sample_rate",
+            Reject::Unterminated => "unterminated",
         }
     }
 }
 
-const _: () = assert!(Reject::BadSampleRate as usize + 1 == Reject::COUNT);
+const _: () = assert!(Reject::Unterminated as usize + 1 == Reject::COUNT);
 
 /// A metric name is printable ASCII without spaces, or UTF-8 above ASCII; control bytes,
 /// DEL and invalid UTF-8 are what binary garbage looks like.

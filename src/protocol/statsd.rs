@@ -10,28 +10,44 @@ pub fn parse(line: &[u8]) -> Result<&[u8], Reject> {
     if !valid_name(name) {
         return Err(Reject::BadName);
     }
-    // Etsy statsd accepts several `value|type...` samples per name, split on ':'; a tag
-    // section (`|#k:v`) may itself contain ':', so split samples only before it.
-    let body = &line[colon + 1..];
-    let (samples, tags) = match memchr::memmem::find(body, b"|#") {
-        Some(i) => (&body[..i], Some(&body[i + 2..])),
-        None => (body, None),
-    };
-    if let Some(tags) = tags {
-        if tags.iter().any(|&b| b < b' ' || b == 0x7f) {
-            return Err(Reject::BadName);
+    // Samples (`value|type`, Etsy allows several, separated by ':'), each followed by
+    // fields: `|@rate`, and DogStatsD's `|#tags`, `|c:container`, `|Ttimestamp`. Tags and
+    // container ids may contain ':', so they run to the next '|' only.
+    let mut rest = &line[colon + 1..];
+    loop {
+        let bar = memchr::memchr(b'|', rest).ok_or(Reject::MissingFields)?;
+        let value = &rest[..bar];
+        rest = &rest[bar + 1..];
+        let end = memchr::memchr2(b'|', b':', rest).unwrap_or(rest.len());
+        check_sample(value, &rest[..end])?;
+        rest = &rest[end..];
+        loop {
+            match rest.first() {
+                None => return Ok(name),
+                Some(b':') => {
+                    rest = &rest[1..];
+                    break;
+                }
+                _ => rest = &rest[1..], // '|'
+            }
+            let to_bar = memchr::memchr(b'|', rest).unwrap_or(rest.len());
+            let to_bar_or_colon = memchr::memchr2(b'|', b':', rest).unwrap_or(rest.len());
+            let (field_end, check): (usize, FieldCheck) = match (rest.first(), rest.get(1)) {
+                (Some(b'#'), _) | (Some(b'c'), Some(b':')) => (to_bar, check_text),
+                (Some(b'@'), _) => (to_bar_or_colon, check_rate),
+                (Some(b'T'), _) => (to_bar_or_colon, check_text),
+                _ => return Err(Reject::MissingFields),
+            };
+            check(&rest[..field_end])?;
+            rest = &rest[field_end..];
         }
     }
-    for sample in samples.split(|&b| b == b':') {
-        check_sample(sample)?;
-    }
-    Ok(name)
 }
 
-fn check_sample(sample: &[u8]) -> Result<(), Reject> {
-    let mut parts = sample.split(|&b| b == b'|');
-    let value = parts.next().unwrap_or_default();
-    let kind = parts.next().ok_or(Reject::MissingFields)?;
+/// Validates one field of a sample.
+type FieldCheck = fn(&[u8]) -> Result<(), Reject>;
+
+fn check_sample(value: &[u8], kind: &[u8]) -> Result<(), Reject> {
     match kind {
         b"c" | b"ms" | b"h" | b"g" | b"s" | b"d" => {}
         _ => return Err(Reject::BadType),
@@ -43,16 +59,21 @@ fn check_sample(sample: &[u8]) -> Result<(), Reject> {
     } else if value.is_empty() {
         return Err(Reject::BadValue);
     }
-    for extra in parts {
-        match extra.first() {
-            Some(b'@') => match parse_f64(&extra[1..]) {
-                Some(r) if r > 0.0 && r <= 1.0 => {}
-                _ => return Err(Reject::BadSampleRate),
-            },
-            // DogStatsD container id or timestamp fields: forwarded untouched.
-            Some(b'c') | Some(b'T') => {}
-            _ => return Err(Reject::MissingFields),
-        }
+    Ok(())
+}
+
+/// `@rate`: a sample rate in (0, 1].
+fn check_rate(field: &[u8]) -> Result<(), Reject> {
+    match parse_f64(&field[1..]) {
+        Some(r) if r > 0.0 && r <= 1.0 => Ok(()),
+        _ => Err(Reject::BadSampleRate),
+    }
+}
+
+/// Tags, container ids, timestamps: forwarded untouched, but no control bytes.
+fn check_text(field: &[u8]) -> Result<(), Reject> {
+    if field.iter().any(|&b| b < b' ' || b == 0x7f) {
+        return Err(Reject::BadName);
     }
     Ok(())
 }
@@ -78,6 +99,12 @@ mod tests {
         check("a.b:1|c|#env:prod,role:db", Ok("a.b"));
         check("a.b:1|c:2|ms", Ok("a.b"));
         check("a.b:1|h", Ok("a.b"));
+        check("a.b:1|c|c:abc123", Ok("a.b"));
+        check("a.b:1|c|#k:v,x|c:abc:1|T1700000000", Ok("a.b"));
+        check("a.b:1|c|@0.5:2|ms", Ok("a.b"));
+        check("a.b:1|c|x", Err(Reject::MissingFields));
+        check("a.b:1|c|", Err(Reject::MissingFields));
+        check("a.b:1|c:", Err(Reject::MissingFields));
         check("a.b", Err(Reject::MissingFields));
         check("a.b:1", Err(Reject::MissingFields));
         check("a.b:1|x", Err(Reject::BadType));

@@ -54,11 +54,11 @@ impl FingerprintTable {
         }
     }
 
-    /// The fingerprint of a name.
+    /// The fingerprint of a name and the length of the prefix of it that is hashed.
     #[inline]
-    pub fn fingerprint(&self, name: &[u8]) -> Fingerprint {
+    pub fn fingerprint(&self, name: &[u8], key_len: usize) -> Fingerprint {
         let lo = self.hash_lo.hash_one(name);
-        let hi = self.hash_hi.hash_one(name);
+        let hi = self.hash_hi.hash_one((name, key_len));
         Fingerprint {
             lo,
             hi: if lo == 0 && hi == 0 { 1 } else { hi },
@@ -174,22 +174,27 @@ mod tests {
         let mut t = FingerprintTable::new(10_000);
         let names: Vec<String> = (0..10_000).map(|i| format!("a.b.c{i}")).collect();
         for (i, n) in names.iter().enumerate() {
-            let fp = t.fingerprint(n.as_bytes());
+            let fp = t.fingerprint(n.as_bytes(), n.len());
             t.prefetch(fp);
             assert_eq!(t.get(fp), None);
             assert!(t.insert(fp, i as u32));
         }
         assert_eq!(t.len(), 10_000);
         for (i, n) in names.iter().enumerate() {
-            assert_eq!(t.get(t.fingerprint(n.as_bytes())), Some(i as u32), "{n}");
+            assert_eq!(
+                t.get(t.fingerprint(n.as_bytes(), n.len())),
+                Some(i as u32),
+                "{n}"
+            );
         }
         assert!(
-            !t.insert(t.fingerprint(b"one.more"), 1),
+            !t.insert(t.fingerprint(b"one.more", 8), 1),
             "full at names_max"
         );
         t.clear();
         assert!(t.is_empty());
-        assert_eq!(t.get(t.fingerprint(b"a.b.c1")), None);
+        assert_eq!(t.get(t.fingerprint(b"a.b.c1", 6)), None);
+        assert_ne!(t.fingerprint(b"a;b", 1), t.fingerprint(b"a;b", 3));
         assert!(FingerprintTable::new(0)
             .get(Fingerprint { lo: 1, hi: 1 })
             .is_none());

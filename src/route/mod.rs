@@ -69,7 +69,7 @@ fn push_unique(out: &mut Vec<DestId>, d: DestId) {
 }
 
 /// The routing decision for one name: which rules matched, the verdict, the destinations.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Plan {
     verdict: Verdict,
     rules: Box<[u16]>,
@@ -80,15 +80,18 @@ struct Plan {
 const PLANS_MAX: usize = 1 << 16;
 
 /// Remembers the decision for recent names. Metric names repeat every interval, and a
-/// decision depends on the name alone (rules match it, rings hash its untagged part), so a
+/// decision depends on the name alone (rules match it, rings hash a prefix of it), so a
 /// hit is exactly what evaluating the rules and MD5 would give, for the price of one
-/// lookup (see [`cache`]). Decisions are interned: names share a handful of plans.
+/// lookup (see [`cache`]). Decisions are interned: names share a handful of plans, found
+/// by a hash of their contents, so a miss allocates only for a plan never seen before.
 /// Bounded by `server.route_cache_names_max`; when full it is emptied and refills.
 #[derive(Debug, Clone)]
 struct RouteCache {
     by_name: FingerprintTable,
     plans: Vec<Plan>,
-    plan_ids: HashMap<Plan, u32, ahash::RandomState>,
+    /// Hash of a plan's contents -> the plans with that hash.
+    plan_ids: HashMap<u64, Vec<u32>, ahash::RandomState>,
+    hasher: ahash::RandomState,
 }
 
 impl RouteCache {
@@ -97,30 +100,41 @@ impl RouteCache {
             by_name: FingerprintTable::new(names_max),
             plans: Vec::new(),
             plan_ids: HashMap::with_hasher(ahash::RandomState::new()),
+            hasher: ahash::RandomState::new(),
         }
     }
 
-    fn insert(&mut self, fp: Fingerprint, plan: Plan) -> u32 {
+    fn insert(&mut self, fp: Fingerprint, verdict: Verdict, rules: &[u16], dests: &[DestId]) {
         if self.plans.len() >= PLANS_MAX {
             self.by_name.clear();
             self.plans.clear();
             self.plan_ids.clear();
         }
-        let id = match self.plan_ids.get(&plan) {
-            Some(&id) => id,
+        let h = self.hasher.hash_one((verdict, rules, dests));
+        let found = self.plan_ids.get(&h).and_then(|ids| {
+            ids.iter().copied().find(|&id| {
+                let p = &self.plans[id as usize];
+                p.verdict == verdict && *p.rules == *rules && *p.dests == *dests
+            })
+        });
+        let id = match found {
+            Some(id) => id,
             None => {
                 let id = self.plans.len() as u32;
-                self.plans.push(plan.clone());
-                self.plan_ids.insert(plan, id);
+                self.plans.push(Plan {
+                    verdict,
+                    rules: rules.into(),
+                    dests: dests.into(),
+                });
+                self.plan_ids.entry(h).or_default().push(id);
                 id
             }
         };
         if !self.by_name.insert(fp, id) {
-            // Full: start over. Plans stay valid (they are few and still referenced).
+            // Full: start over. Plans stay (they are few, and bounded by PLANS_MAX).
             self.by_name.clear();
             self.by_name.insert(fp, id);
         }
-        id
     }
 }
 
@@ -152,8 +166,6 @@ pub struct Router {
     clusters: Vec<CompiledCluster>,
     cache: RouteCache,
     cache_enabled: bool,
-    /// The decision of the last uncached call, when the cache is off.
-    last: Plan,
     scratch: Vec<usize>,
     scratch_rules: Vec<u16>,
     scratch_dests: Vec<DestId>,
@@ -209,11 +221,6 @@ impl Router {
             clusters,
             cache: RouteCache::new(cfg.server.route_cache_names_max),
             cache_enabled: cfg.server.route_cache_names_max > 0,
-            last: Plan {
-                verdict: Verdict::Unrouted,
-                rules: Box::new([]),
-                dests: Box::new([]),
-            },
             scratch: Vec::with_capacity(8),
             scratch_rules: Vec::with_capacity(8),
             scratch_dests: Vec::with_capacity(8),
@@ -240,15 +247,18 @@ impl Router {
         key: &[u8],
         rule_hits: &mut [u64],
     ) -> (Verdict, &[DestId]) {
-        let fp = self.fingerprint(name);
+        let fp = self.fingerprint(name, key);
         self.route_fingerprinted(fp, name, key, rule_hits)
     }
 
-    /// The route cache's fingerprint of a name, for [`prefetch`](Self::prefetch) and
-    /// [`route_fingerprinted`](Self::route_fingerprinted).
+    /// The route cache's fingerprint of a metric, for [`prefetch`](Self::prefetch) and
+    /// [`route_fingerprinted`](Self::route_fingerprinted). A decision depends on the name
+    /// (rules) and on the prefix of it the rings hash (`key`: the untagged part for
+    /// graphite, the whole name for statsd), so both go into the fingerprint.
     #[inline]
-    pub fn fingerprint(&self, name: &[u8]) -> Fingerprint {
-        self.cache.by_name.fingerprint(name)
+    pub fn fingerprint(&self, name: &[u8], key: &[u8]) -> Fingerprint {
+        debug_assert!(name.starts_with(key));
+        self.cache.by_name.fingerprint(name, key.len())
     }
 
     /// Starts loading the cache slot of a name that will be routed soon. Routing a batch
@@ -268,28 +278,22 @@ impl Router {
         rule_hits: &mut [u64],
     ) -> (Verdict, &[DestId]) {
         debug_assert_eq!(rule_hits.len(), self.rules.len());
-        let plan = match self.cache.by_name.get(fp) {
-            Some(id) => &self.cache.plans[id as usize],
-            None => {
-                let verdict = self.evaluate(name, key);
-                let plan = Plan {
-                    verdict,
-                    rules: self.scratch_rules.as_slice().into(),
-                    dests: self.scratch_dests.as_slice().into(),
-                };
-                if self.cache_enabled {
-                    let id = self.cache.insert(fp, plan);
-                    &self.cache.plans[id as usize]
-                } else {
-                    self.last = plan;
-                    &self.last
-                }
+        if let Some(id) = self.cache.by_name.get(fp) {
+            let plan = &self.cache.plans[id as usize];
+            for &r in plan.rules.iter() {
+                rule_hits[r as usize] += 1;
             }
-        };
-        for &r in plan.rules.iter() {
+            return (plan.verdict, &plan.dests);
+        }
+        let verdict = self.evaluate(name, key);
+        for &r in &self.scratch_rules {
             rule_hits[r as usize] += 1;
         }
-        (plan.verdict, &plan.dests)
+        if self.cache_enabled {
+            self.cache
+                .insert(fp, verdict, &self.scratch_rules, &self.scratch_dests);
+        }
+        (verdict, &self.scratch_dests)
     }
 
     /// Evaluates the rules and rings for one name, into the scratch vectors.

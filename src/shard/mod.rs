@@ -217,20 +217,24 @@ async fn run(
     let _ = ready.send(Ok(()));
     drop(ready);
 
-    // The tick: seal partly filled batches, publish counters, read the inbox.
+    // Partly filled batches are sealed every flush_interval_ms, on a timer of their own.
     let flush_every = Duration::from_millis(cfg.output.flush_interval_ms);
+    let flusher = {
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(flush_every).await;
+                core.borrow_mut().outputs.seal_all();
+            }
+        })
+    };
+    // The tick: publish counters and read the inbox.
+    let tick = Duration::from_millis(cfg.server.stats_interval_ms).min(Duration::from_millis(100));
     let stats_every = Duration::from_millis(cfg.server.stats_interval_ms);
-    let tick = flush_every.min(stats_every).min(Duration::from_millis(100));
-    let mut since_flush = Duration::ZERO;
     let mut since_stats = Duration::ZERO;
     loop {
         glommio::timer::sleep(tick).await;
-        since_flush += tick;
         since_stats += tick;
-        if since_flush >= flush_every {
-            core.borrow_mut().outputs.seal_all();
-            since_flush = Duration::ZERO;
-        }
         if since_stats >= stats_every {
             publish(id, &core, &registry, false);
             since_stats = Duration::ZERO;
@@ -242,6 +246,7 @@ async fn run(
 
     // Shutdown: stop accepting, let readers finish the buffer in hand, flush, drain.
     drop(listeners);
+    drop(flusher);
     core.borrow_mut().draining = true;
     glommio::timer::sleep(Duration::from_millis(20)).await;
     {
@@ -266,23 +271,43 @@ async fn run(
     )
     .await;
     if !drained {
-        for q in core.borrow().outputs.queues() {
-            q.discard_at_shutdown();
-        }
         tracing::warn!(
             shard = id,
             "shutdown deadline passed with data still queued (counted as dropped_lines_shutdown)"
         );
+    }
+    // Whatever is left (the deadline passed, or a reader appended after the queues
+    // closed and their writers finished) will not be delivered: count it. No await
+    // separates this from the executor's end, so nothing can be appended after it.
+    {
+        let mut c = core.borrow_mut();
+        c.outputs.seal_all();
+        for q in c.outputs.queues() {
+            q.discard_at_shutdown();
+        }
     }
     publish(id, &core, &registry, true);
 }
 
 fn bind_unix(path: &std::path::Path) -> std::io::Result<glommio::net::UnixListener> {
     use std::os::unix::fs::FileTypeExt;
-    // A socket file left by a previous run would make bind fail; remove only sockets.
+    // A socket file left by a previous run would make bind fail. Remove it only when
+    // nobody answers on it: a live one belongs to another process, and taking it over
+    // would silently split (then orphan) its traffic.
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
-            std::fs::remove_file(path)?;
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        "another process is listening on this socket",
+                    ))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path)?
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     glommio::net::UnixListener::bind(path).map_err(std::io::Error::from)

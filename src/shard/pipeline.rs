@@ -32,9 +32,9 @@ impl Core {
         }
     }
 
-    /// Processes the complete lines of `buf` (and, at `eof`, a final unterminated line);
-    /// returns the number of bytes consumed. `skipping` carries an over-long line across
-    /// calls.
+    /// Processes the complete lines of `buf` and, at the end of a datagram, its last
+    /// unterminated line; returns the number of bytes consumed. `skipping` carries an
+    /// over-long line across calls.
     pub fn process<'b>(
         &mut self,
         listener: usize,
@@ -42,7 +42,7 @@ impl Core {
         buf: &'b [u8],
         line_bytes_max: usize,
         skipping: &mut bool,
-        eof: bool,
+        end: End,
     ) -> usize {
         let Core {
             router,
@@ -65,6 +65,7 @@ impl Core {
                 lc.received_lines += 1;
                 lc.rejected_lines[Reject::LineTooLong as usize] += 1;
             }
+
             Piece::Line(line) => {
                 lc.received_lines += 1;
                 let parsed = match format {
@@ -85,7 +86,7 @@ impl Core {
                     Err(r) => lc.rejected_lines[r as usize] += 1,
                     Ok((name, key, pieces)) => {
                         lc.parsed_lines += 1;
-                        let fp = router.fingerprint(name);
+                        let fp = router.fingerprint(name, key);
                         router.prefetch(fp);
                         batch[batched] = Parsed {
                             fp,
@@ -110,14 +111,27 @@ impl Core {
             }
         };
         let mut consumed = lines::split(buf, line_bytes_max, skipping, &mut on_piece);
-        if eof {
+        let mut unterminated = false;
+        if end != End::More {
             let rest = &buf[consumed..];
             let rest = rest.strip_suffix(b"\r").unwrap_or(rest);
             if !*skipping && !rest.is_empty() {
-                on_piece(Piece::Line(rest));
+                match end {
+                    // A datagram is whole: its last line needs no newline (statsd senders
+                    // rarely send one).
+                    End::Datagram if rest.len() <= line_bytes_max => on_piece(Piece::Line(rest)),
+                    End::Datagram => on_piece(Piece::TooLong),
+                    // A stream that stops mid-line may have been cut short by a crashed
+                    // sender; such a line could parse to a wrong value, so it is refused.
+                    _ => unterminated = true,
+                }
             }
             *skipping = false;
             consumed = buf.len();
+        }
+        if unterminated {
+            lc.received_lines += 1;
+            lc.rejected_lines[Reject::Unterminated as usize] += 1;
         }
         route_batch(
             &batch[..batched],
@@ -129,6 +143,17 @@ impl Core {
         );
         consumed
     }
+}
+
+/// Where a buffer handed to [`Core::process`] stands in its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// More bytes may follow: keep a trailing partial line for the next call.
+    More,
+    /// The stream ended: a trailing partial line is refused as unterminated.
+    Stream,
+    /// The buffer is one whole datagram: its last line needs no newline.
+    Datagram,
 }
 
 /// Lines parsed before they are routed together: enough for the cache slots prefetched
@@ -210,14 +235,34 @@ mod tests {
         let mut core = Core::new(router, outputs, counters);
         let mut skipping = false;
         let input = b"ok.a  1\t17\r\ndrop.b 1 17\nother 1 17\nbad\nok.c 2 18";
-        let n = core.process(0, Format::Graphite, input, 1000, &mut skipping, false);
+        let n = core.process(0, Format::Graphite, input, 1000, &mut skipping, End::More);
         assert_eq!(n, input.len() - b"ok.c 2 18".len());
-        core.process(0, Format::Graphite, &input[n..], 1000, &mut skipping, true);
+        core.process(
+            0,
+            Format::Graphite,
+            &input[n..],
+            1000,
+            &mut skipping,
+            End::Datagram,
+        );
+        // At the end of a stream the same kind of unterminated line is refused.
+        core.process(
+            0,
+            Format::Graphite,
+            b"ok.d 3 19",
+            1000,
+            &mut skipping,
+            End::Stream,
+        );
         core.outputs.seal_all();
         let b = core.outputs.queue(DestId(0)).pop().unwrap();
         assert_eq!(b.data, b"ok.a 1 17\nok.c 2 18\n");
         let c = &core.counters;
-        assert_eq!(c.listeners[0].received_lines, 5);
+        assert_eq!(c.listeners[0].received_lines, 6);
+        assert_eq!(
+            c.listeners[0].rejected_lines[Reject::Unterminated as usize],
+            1
+        );
         assert_eq!(c.listeners[0].parsed_lines, 4);
         assert_eq!(
             c.listeners[0].rejected_lines[Reject::MissingFields as usize],

@@ -39,7 +39,7 @@ pub struct ListenerCounters {
 pub struct DestinationCounters {
     /// Lines put into this destination's batches.
     pub queued_lines: u64,
-    /// Lines written to the socket or file.
+    /// Lines the kernel (socket or file) accepted.
     pub sent_lines: u64,
     /// Bytes written.
     pub sent_bytes: u64,
@@ -49,9 +49,10 @@ pub struct DestinationCounters {
     pub dropped_lines_queue_full: u64,
     /// Lines still queued when the shutdown deadline passed.
     pub dropped_lines_shutdown: u64,
-    /// Lines in a UDP datagram or file write that failed (TCP batches are retried instead).
+    /// Lines in a UDP datagram or file write that failed (a TCP batch's unwritten part is
+    /// retried instead).
     pub dropped_lines_write_failed: u64,
-    /// Failed writes (the batch is retried after reconnecting).
+    /// Failed writes (TCP: the unwritten part is sent again after reconnecting).
     pub write_errors: u64,
     /// Successful connects.
     pub connects: u64,
