@@ -115,6 +115,8 @@ pub struct Listener {
     pub connections_max: usize,
     /// `SO_RCVBUF` asked of the kernel (0 leaves the kernel default).
     pub socket_receive_buffer_bytes: usize,
+    /// Graphite: rewrite names as carbon-c-relay does before routing them.
+    pub cleanse_names: bool,
 }
 
 /// Ring or fan-out kind of a cluster.
@@ -418,6 +420,14 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
     let connections_max = r.uint("connections_max", 1024, 1, 1 << 20, errs) as usize;
     let socket_receive_buffer_bytes =
         r.uint("socket_receive_buffer_bytes", 4 << 20, 0, 1 << 30, errs) as usize;
+    let cleanse_present = t.contains_key("cleanse_names");
+    let cleanse_names = r.boolean("cleanse_names", format == Format::Graphite, errs);
+    if cleanse_present && cleanse_names && format != Format::Graphite {
+        errs.push(ConfigError::new(
+            r.key_path("cleanse_names"),
+            "applies to graphite listeners only",
+        ));
+    }
     if line_bytes_max >= read_buffer_bytes {
         errs.push(ConfigError::new(
             r.key_path("line_bytes_max"),
@@ -433,6 +443,7 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
         read_buffer_bytes,
         connections_max,
         socket_receive_buffer_bytes,
+        cleanse_names,
     }
 }
 

@@ -11,16 +11,16 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncRead, AsyncReadExt};
 use glommio::net::{TcpListener, UdpSocket, UnixListener};
 
-use crate::config::{Format, Listener};
-use crate::shard::pipeline::{Core, End};
+use crate::config::Listener;
+use crate::shard::pipeline::{Core, End, Input};
 
 /// What a reader task needs to know about its listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadOptions {
+    /// What the pipeline needs about the listener.
+    pub input: Input,
     /// Listener index (counters).
     pub listener: usize,
-    /// Line format.
-    pub format: Format,
     /// Longest line.
     pub line_bytes_max: usize,
     /// Receive buffer size.
@@ -35,8 +35,13 @@ impl ReadOptions {
     /// Options of listener `index` of the config.
     pub fn new(index: usize, l: &Listener, stall_max: Duration) -> ReadOptions {
         ReadOptions {
+            input: Input {
+                listener: index,
+                format: l.format,
+                line_bytes_max: l.line_bytes_max,
+                cleanse_names: l.cleanse_names,
+            },
             listener: index,
-            format: l.format,
             line_bytes_max: l.line_bytes_max,
             read_buffer_bytes: l.read_buffer_bytes,
             connections_max: l.connections_max,
@@ -121,10 +126,8 @@ async fn read_stream<S: AsyncRead + Unpin>(core: &Rc<RefCell<Core>>, mut s: S, o
             let mut c = core.borrow_mut();
             c.counters.listeners[opts.listener].received_bytes += n as u64;
             let used = c.process(
-                opts.listener,
-                opts.format,
+                opts.input,
                 &buf[..filled],
-                opts.line_bytes_max,
                 &mut skipping,
                 if eof { End::Stream } else { End::More },
             );
@@ -180,14 +183,7 @@ pub async fn udp_loop(core: Rc<RefCell<Core>>, sock: UdpSocket, opts: ReadOption
             lc.datagrams += 1;
             lc.received_bytes += n as u64;
             let mut skipping = false;
-            c.process(
-                opts.listener,
-                opts.format,
-                &buf[..n],
-                opts.line_bytes_max,
-                &mut skipping,
-                End::Datagram,
-            );
+            c.process(opts.input, &buf[..n], &mut skipping, End::Datagram);
             c.draining
         };
         if draining {

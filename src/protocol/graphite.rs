@@ -144,6 +144,74 @@ fn is_number(s: &[u8]) -> bool {
     is_plain_number(s) || parse_f64(s).is_some()
 }
 
+/// Whether carbon-c-relay's cleansing would leave `name` as it is: every byte before the
+/// first `;` in `[A-Za-z0-9._:#-]`, no empty path element (`..`, a leading `.`, a `.`
+/// right after `;`), and no trailing `.` on an untagged name. The common case, checked
+/// branch-free so it costs one pass.
+#[inline]
+pub fn is_clean(name: &[u8]) -> bool {
+    // Two branch-free folds (they vectorise): allowed bytes in the path, and no '.' right
+    // after a '.' or a ';' anywhere.
+    let path_end = memchr::memchr(b';', name).unwrap_or(name.len());
+    let path = &name[..path_end];
+    let allowed = path.iter().fold(true, |ok, &b| ok & allowed_byte(b));
+    let no_empty_element = name
+        .iter()
+        .zip(name.iter().skip(1))
+        .fold(true, |ok, (&a, &b)| {
+            ok & !(((a == b'.') | (a == b';')) & (b == b'.'))
+        });
+    allowed
+        && no_empty_element
+        && name.first() != Some(&b'.')
+        && (path_end < name.len() || path.last() != Some(&b'.'))
+}
+
+/// `[A-Za-z0-9._:#-]`, as comparisons rather than a table so the check vectorises.
+#[inline]
+fn allowed_byte(b: u8) -> bool {
+    let lower = b | 0x20;
+    (lower.wrapping_sub(b'a') < 26)
+        | (b.wrapping_sub(b'0') < 10)
+        | (b == b'.')
+        | (b == b'_')
+        | (b == b':')
+        | (b == b'#')
+        | (b == b'-')
+}
+
+/// Rewrites `name` into `out` as carbon-c-relay 3.7.3 does before it matches or hashes
+/// anything (observed on the real relay; `tests/it/crelay.rs` compares the two):
+/// - in the path (before the first `;`), a byte outside `[A-Za-z0-9._:#-]` becomes `_`
+///   (byte by byte, so a two-byte UTF-8 character becomes `__`);
+/// - a `.` at the start, after another `.`, or right after a `;` is dropped, in the tags
+///   too, which are otherwise left alone;
+/// - a trailing `.` is dropped when the name has no tags.
+///
+/// The result may be empty (`...`); the caller rejects that.
+pub fn cleanse(name: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    let mut in_tags = false;
+    for &b in name {
+        match b {
+            b';' => {
+                in_tags = true;
+                out.push(b);
+            }
+            b'.' => {
+                if !matches!(out.last(), None | Some(b'.') | Some(b';')) {
+                    out.push(b);
+                }
+            }
+            _ if in_tags || allowed_byte(b) => out.push(b),
+            _ => out.push(b'_'),
+        }
+    }
+    if !in_tags && out.last() == Some(&b'.') {
+        out.pop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +279,53 @@ mod tests {
                 })
                 .collect();
             assert_eq!(parse(&line), parse_general(&line), "{line:?}");
+        }
+    }
+
+    fn cleansed(name: &str) -> String {
+        let mut out = Vec::new();
+        cleanse(name.as_bytes(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Each pair was produced by carbon-c-relay 3.7.3 relaying the left name (forward
+    /// cluster to a sink): `printf '%s 1 1700000000\n' NAME | nc 127.0.0.1 PORT`.
+    #[test]
+    fn cleansing_matches_carbon_c_relay() {
+        for (name, want) in [
+            ("a..b", "a.b"),
+            ("a.b.", "a.b"),
+            (".a.b", "a.b"),
+            ("a(b)", "a_b_"),
+            ("a*b?c", "a_b_c"),
+            ("a/b\\c", "a_b_c"),
+            ("a:b#c-d_e", "a:b#c-d_e"),
+            ("a;t=(x)..y", "a;t=(x).y"),
+            ("a..b;t=1", "a.b;t=1"),
+            ("caf\u{e9}.x", "caf__.x"),
+            ("a...b", "a.b"),
+            ("a=b,c", "a_b_c"),
+            ("..a..b..", "a.b"),
+            ("a[b]{c}", "a_b__c_"),
+            ("a;t=x.", "a;t=x."),
+            ("a;t=..x", "a;t=.x"),
+            ("a.;t=1", "a.;t=1"),
+            ("a;.t=1", "a;t=1"),
+            ("a;t=1;u=(2)", "a;t=1;u=(2)"),
+            (".;t=1", ";t=1"),
+            ("...", ""),
+            ("a.b;t=x;;u=y", "a.b;t=x;;u=y"),
+        ] {
+            assert_eq!(cleansed(name), want, "{name}");
+            assert_eq!(is_clean(name.as_bytes()), name == want, "is_clean({name})");
+        }
+    }
+
+    #[test]
+    fn allowed_bytes_are_exactly_the_set() {
+        for b in 0..=255u8 {
+            let want = b.is_ascii_alphanumeric() || b"._:#-".contains(&b);
+            assert_eq!(allowed_byte(b), want, "{b:#x}");
         }
     }
 }

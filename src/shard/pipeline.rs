@@ -19,6 +19,21 @@ pub struct Core {
     pub counters: ShardCounters,
     /// Set at shutdown: readers stop after the buffer in hand.
     pub draining: bool,
+    /// Where a name that needs cleansing is rewritten.
+    cleansed: Vec<u8>,
+}
+
+/// What the pipeline needs to know about the listener a buffer came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Input {
+    /// Listener index (counters).
+    pub listener: usize,
+    /// Line format.
+    pub format: Format,
+    /// Longest line.
+    pub line_bytes_max: usize,
+    /// Graphite: rewrite names as carbon-c-relay does.
+    pub cleanse_names: bool,
 }
 
 impl Core {
@@ -29,6 +44,7 @@ impl Core {
             outputs,
             counters,
             draining: false,
+            cleansed: Vec::with_capacity(256),
         }
     }
 
@@ -37,17 +53,22 @@ impl Core {
     /// over-long line across calls.
     pub fn process<'b>(
         &mut self,
-        listener: usize,
-        format: Format,
+        input: Input,
         buf: &'b [u8],
-        line_bytes_max: usize,
         skipping: &mut bool,
         end: End,
     ) -> usize {
+        let Input {
+            listener,
+            format,
+            line_bytes_max,
+            cleanse_names,
+        } = input;
         let Core {
             router,
             outputs,
             counters,
+            cleansed,
             ..
         } = self;
         let ShardCounters {
@@ -69,15 +90,53 @@ impl Core {
             Piece::Line(line) => {
                 lc.received_lines += 1;
                 let parsed = match format {
-                    Format::Graphite => graphite::parse(line).map(|l| {
-                        // A line already in normal form goes out as one copy.
-                        let pieces: [&[u8]; 5] = if graphite::is_normal(line, &l) {
-                            [line, &[], &[], &[], &[]]
-                        } else {
-                            [l.name, b" ", l.value, b" ", l.timestamp]
-                        };
-                        (l.name, l.key(), pieces)
-                    }),
+                    Format::Graphite => match graphite::parse(line) {
+                        Ok(l) if cleanse_names && !graphite::is_clean(l.name) => {
+                            // Rare: route it at once (after what is batched, to keep the
+                            // order) from the rewritten name.
+                            route_batch(
+                                &batch[..batched],
+                                router,
+                                outputs,
+                                rules_matched,
+                                dropped_by_rule,
+                                unrouted,
+                            );
+                            batched = 0;
+                            graphite::cleanse(l.name, cleansed);
+                            if cleansed.is_empty() {
+                                Err(Reject::BadName)
+                            } else {
+                                lc.parsed_lines += 1;
+                                let name = cleansed.as_slice();
+                                let one = Parsed {
+                                    fp: router.fingerprint(name, graphite::hash_key(name)),
+                                    name,
+                                    key: graphite::hash_key(name),
+                                    pieces: [name, b" ", l.value, b" ", l.timestamp],
+                                };
+                                route_batch(
+                                    &[one],
+                                    router,
+                                    outputs,
+                                    rules_matched,
+                                    dropped_by_rule,
+                                    unrouted,
+                                );
+                                return;
+                            }
+                        }
+                        Ok(l) => {
+                            // A line already in normal form goes out as one copy.
+                            let pieces: [&[u8]; 5] = if graphite::is_normal(line, &l) {
+                                [line, &[], &[], &[], &[]]
+                            } else {
+                                [l.name, b" ", l.value, b" ", l.timestamp]
+                            };
+                            Ok((l.name, l.key(), pieces))
+                        }
+                        Err(r) => Err(r),
+                    },
                     Format::Statsd => {
                         statsd::parse(line).map(|name| (name, name, [line, &[], &[], &[], &[]]))
                     }
@@ -234,41 +293,33 @@ mod tests {
         let counters = ShardCounters::new(1, router.rule_count(), 1);
         let mut core = Core::new(router, outputs, counters);
         let mut skipping = false;
-        let input = b"ok.a  1\t17\r\ndrop.b 1 17\nother 1 17\nbad\nok.c 2 18";
-        let n = core.process(0, Format::Graphite, input, 1000, &mut skipping, End::More);
+        let input = b"ok.a  1\t17\r\ndrop.b 1 17\nother 1 17\nbad\nok..(x). 5 17\nok.c 2 18";
+        let g = Input {
+            listener: 0,
+            format: Format::Graphite,
+            line_bytes_max: 1000,
+            cleanse_names: true,
+        };
+        let n = core.process(g, input, &mut skipping, End::More);
         assert_eq!(n, input.len() - b"ok.c 2 18".len());
-        core.process(
-            0,
-            Format::Graphite,
-            &input[n..],
-            1000,
-            &mut skipping,
-            End::Datagram,
-        );
+        core.process(g, &input[n..], &mut skipping, End::Datagram);
         // At the end of a stream the same kind of unterminated line is refused.
-        core.process(
-            0,
-            Format::Graphite,
-            b"ok.d 3 19",
-            1000,
-            &mut skipping,
-            End::Stream,
-        );
+        core.process(g, b"ok.d 3 19", &mut skipping, End::Stream);
         core.outputs.seal_all();
         let b = core.outputs.queue(DestId(0)).pop().unwrap();
-        assert_eq!(b.data, b"ok.a 1 17\nok.c 2 18\n");
+        assert_eq!(b.data, b"ok.a 1 17\nok._x_ 5 17\nok.c 2 18\n");
         let c = &core.counters;
-        assert_eq!(c.listeners[0].received_lines, 6);
+        assert_eq!(c.listeners[0].received_lines, 7);
         assert_eq!(
             c.listeners[0].rejected_lines[Reject::Unterminated as usize],
             1
         );
-        assert_eq!(c.listeners[0].parsed_lines, 4);
+        assert_eq!(c.listeners[0].parsed_lines, 5);
         assert_eq!(
             c.listeners[0].rejected_lines[Reject::MissingFields as usize],
             1
         );
         assert_eq!((c.dropped_by_rule, c.unrouted), (1, 1));
-        assert_eq!(c.rules_matched, vec![1, 2]);
+        assert_eq!(c.rules_matched, vec![1, 3]);
     }
 }

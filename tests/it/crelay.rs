@@ -713,3 +713,139 @@ fn parse_cadent_hash(stdout: &str, names: &[String]) -> Vec<Vec<String>> {
         })
         .collect()
 }
+
+/// Names that carbon-c-relay rewrites before it hashes them (doubled, leading and
+/// trailing dots, bytes outside `[A-Za-z0-9._:#-]`, UTF-8, tags), relayed live by both
+/// relays through the same carbon_ch ring: every line must reach the same member with
+/// the same text. `-t` mode cannot show this: it hashes names as typed.
+#[test]
+fn running_relays_cleanse_and_place_dirty_names_alike() {
+    use crate::support::{free_port, send_tcp, wait_until, Cadent, Sink};
+    const LINES: usize = 4000;
+    let pieces = [
+        "a", "b", "cpu", "7", "42", ".", "..", "...", "(", ")", "*", "?", "/", "=", ",", "!",
+        "\u{e9}", "_", ":", "#", "-", "[x]", "{y}", "+", "$", "%", "@",
+    ];
+    let tags = ["", ";t=1", ";t=..x", ";.t=(1)", ";a=b;c=d.", ";t=x."];
+    let mut rng = SplitMix64(0x636c_6561_6e73_6521);
+    let names: Vec<String> = (0..LINES)
+        .map(|i| {
+            let mut n = format!("m{}", i % 97);
+            for _ in 0..1 + rng.below(6) {
+                n.push_str(pieces[rng.below(pieces.len())]);
+            }
+            n.push_str(tags[rng.below(tags.len())]);
+            n
+        })
+        .collect();
+    let data: String = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{n} {i} 1700000000\n"))
+        .collect();
+    let instances = ["a", "b", "c", "d"];
+
+    // carbon-c-relay, live.
+    let crelay_sinks: Vec<Sink> = (0..4).map(|_| Sink::start()).collect();
+    let crelay_port = free_port();
+    let dir = workdir("dirty");
+    let conf = dir.join("relay.conf");
+    let members: String = crelay_sinks
+        .iter()
+        .zip(instances)
+        .map(|(s, i)| format!("        {}={i}\n", s.addr))
+        .collect();
+    std::fs::write(
+        &conf,
+        format!(
+            "listen\n    type linemode\n        127.0.0.1:{crelay_port} proto tcp\n    ;\n\
+             cluster ring\n    carbon_ch\n{members}    ;\nmatch * send to ring stop;\n"
+        ),
+    )
+    .unwrap();
+    let mut relay = Command::new(crelay_bin())
+        .args(["-f", conf.to_str().unwrap(), "-s", "-w", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start carbon-c-relay");
+    let crelay_addr = format!("127.0.0.1:{crelay_port}");
+    assert!(
+        wait_until(PEER_TIMEOUT, || std::net::TcpStream::connect(&crelay_addr)
+            .is_ok()),
+        "carbon-c-relay did not listen"
+    );
+    send_tcp(&crelay_addr, data.as_bytes());
+    let crelay_done = wait_until(PEER_TIMEOUT, || {
+        crelay_sinks.iter().map(|s| s.total()).sum::<u64>() >= LINES as u64
+    });
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    unsafe {
+        libc::kill(relay.id() as i32, libc::SIGTERM);
+    }
+    let _ = relay.wait();
+    assert!(crelay_done, "carbon-c-relay delivered too few lines");
+
+    // cadent, same ring (the port is not hashed), its own sinks.
+    let cadent_sinks: Vec<Sink> = (0..4).map(|_| Sink::start()).collect();
+    let in_port = free_port();
+    let cadent_members: Vec<String> = cadent_sinks
+        .iter()
+        .zip(instances)
+        .map(|(s, i)| format!("\"tcp://{}={i}\"", s.addr))
+        .collect();
+    let cadent = Cadent::start(
+        "dirty",
+        &format!(
+            "[server]\nadmin_listen = \"ADMIN\"\n[[listen]]\nname = \"in\"\n\
+             url = \"tcp://127.0.0.1:{in_port}\"\nformat = \"graphite\"\n\
+             [[cluster]]\nname = \"ring\"\nkind = \"carbon_ch\"\nmembers = [{}]\n\
+             [[route]]\nmatch = {{ all = true }}\nsend_to = [\"ring\"]\n",
+            cadent_members.join(", ")
+        ),
+    );
+    send_tcp(&format!("127.0.0.1:{in_port}"), data.as_bytes());
+    assert!(
+        wait_until(PEER_TIMEOUT, || {
+            cadent_sinks.iter().map(|s| s.total()).sum::<u64>() >= LINES as u64
+        }),
+        "cadent delivered too few lines:\n{}",
+        cadent.log()
+    );
+
+    // line -> sink index, for each relay.
+    let placed = |sinks: &[Sink]| -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for (k, s) in sinks.iter().enumerate() {
+            for (line, n) in s.lines() {
+                assert_eq!(n, 1, "{line:?} arrived {n} times");
+                m.insert(line, k);
+            }
+        }
+        m
+    };
+    let want = placed(&crelay_sinks);
+    let got = placed(&cadent_sinks);
+    let mut differ: Vec<String> = Vec::new();
+    for (line, k) in &want {
+        match got.get(line) {
+            Some(g) if g == k => {}
+            Some(g) => differ.push(format!("{line:?}: c-relay member {k}, cadent member {g}")),
+            None => differ.push(format!(
+                "{line:?}: c-relay sent it, cadent sent no such line"
+            )),
+        }
+    }
+    assert_eq!(want.len(), LINES);
+    assert!(
+        differ.is_empty(),
+        "{} of {LINES} lines differ; first ones:\n{}",
+        differ.len(),
+        differ
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
