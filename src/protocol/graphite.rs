@@ -49,6 +49,7 @@ fn parse_normal(line: &[u8]) -> Option<Line<'_>> {
     let ok = !name.is_empty()
         && name[0] != b';'
         && ascii_name(name)
+        && !only_dots(name)
         && is_plain_number(value)
         && is_plain_number(timestamp)
         && timestamp[0] != b'-';
@@ -57,6 +58,12 @@ fn parse_normal(line: &[u8]) -> Option<Line<'_>> {
         value,
         timestamp,
     })
+}
+
+/// `.`, `..`, ...: no path at all (carbon-c-relay would forward it as an empty name).
+#[inline]
+fn only_dots(name: &[u8]) -> bool {
+    name.iter().all(|&b| b == b'.')
 }
 
 /// Every byte printable ASCII and not a blank. Branch-free so it vectorises.
@@ -94,7 +101,7 @@ fn parse_general(line: &[u8]) -> Result<Line<'_>, Reject> {
     if next_field(line, &mut at).is_some() {
         return Err(Reject::TooManyFields);
     }
-    if !valid_name(name) || name[0] == b';' {
+    if !valid_name(name) || name[0] == b';' || only_dots(name) {
         return Err(Reject::BadName);
     }
     if !is_number(value) {
@@ -245,6 +252,7 @@ mod tests {
         check("a.b 1 -5", Err(Reject::BadTimestamp));
         check("a\u{1}b 1 2", Err(Reject::BadName));
         check(";x=1 1 2", Err(Reject::BadName));
+        check("... 1 2", Err(Reject::BadName));
         assert_eq!(parse(b"\xff\xfe 1 2"), Err(Reject::BadName));
         check("a.b 1e3 1.7e9", Ok(("a.b", "1e3", "1.7e9")));
         check("a.b .5 5.", Ok(("a.b", ".5", "5.")));

@@ -54,11 +54,12 @@ impl FingerprintTable {
         }
     }
 
-    /// The fingerprint of a name and the length of the prefix of it that is hashed.
+    /// The fingerprint of a name, the length of the prefix of it that is hashed, and
+    /// whether it is cleansed: everything a routing decision depends on.
     #[inline]
-    pub fn fingerprint(&self, name: &[u8], key_len: usize) -> Fingerprint {
+    pub fn fingerprint(&self, name: &[u8], key_len: usize, cleanse: bool) -> Fingerprint {
         let lo = self.hash_lo.hash_one(name);
-        let hi = self.hash_hi.hash_one((name, key_len));
+        let hi = self.hash_hi.hash_one((name, key_len, cleanse));
         Fingerprint {
             lo,
             hi: if lo == 0 && hi == 0 { 1 } else { hi },
@@ -174,7 +175,7 @@ mod tests {
         let mut t = FingerprintTable::new(10_000);
         let names: Vec<String> = (0..10_000).map(|i| format!("a.b.c{i}")).collect();
         for (i, n) in names.iter().enumerate() {
-            let fp = t.fingerprint(n.as_bytes(), n.len());
+            let fp = t.fingerprint(n.as_bytes(), n.len(), false);
             t.prefetch(fp);
             assert_eq!(t.get(fp), None);
             assert!(t.insert(fp, i as u32));
@@ -182,19 +183,23 @@ mod tests {
         assert_eq!(t.len(), 10_000);
         for (i, n) in names.iter().enumerate() {
             assert_eq!(
-                t.get(t.fingerprint(n.as_bytes(), n.len())),
+                t.get(t.fingerprint(n.as_bytes(), n.len(), false)),
                 Some(i as u32),
                 "{n}"
             );
         }
         assert!(
-            !t.insert(t.fingerprint(b"one.more", 8), 1),
+            !t.insert(t.fingerprint(b"one.more", 8, false), 1),
             "full at names_max"
         );
         t.clear();
         assert!(t.is_empty());
-        assert_eq!(t.get(t.fingerprint(b"a.b.c1", 6)), None);
-        assert_ne!(t.fingerprint(b"a;b", 1), t.fingerprint(b"a;b", 3));
+        assert_eq!(t.get(t.fingerprint(b"a.b.c1", 6, false)), None);
+        assert_ne!(
+            t.fingerprint(b"a;b", 1, false),
+            t.fingerprint(b"a;b", 3, false)
+        );
+        assert_ne!(t.fingerprint(b"a", 1, false), t.fingerprint(b"a", 1, true));
         assert!(FingerprintTable::new(0)
             .get(Fingerprint { lo: 1, hi: 1 })
             .is_none());

@@ -12,6 +12,7 @@ pub use cache::Fingerprint;
 use cache::FingerprintTable;
 
 use crate::config::{Action, ClusterKind, Config};
+use crate::protocol::graphite;
 pub use destination::{DestId, Destination, DestinationKind, DestinationTable};
 use ring::{CarbonRing, RingMember};
 use rules::Matcher;
@@ -72,8 +73,22 @@ fn push_unique(out: &mut Vec<DestId>, d: DestId) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Plan {
     verdict: Verdict,
+    /// The name was rewritten (carbon-c-relay cleansing) before rules and rings saw it.
+    cleansed: bool,
     rules: Box<[u16]>,
     dests: Box<[DestId]>,
+}
+
+/// What the router decided for one metric.
+#[derive(Debug, Clone, Copy)]
+pub struct Decision<'a> {
+    /// Routed, dropped or unrouted.
+    pub verdict: Verdict,
+    /// Distinct destinations, in rule and replica order.
+    pub dests: &'a [DestId],
+    /// The name needed carbon-c-relay cleansing: rules and rings saw the cleansed name,
+    /// and the line must go out with it.
+    pub cleansed: bool,
 }
 
 /// Distinct plans kept before the cache starts over; real configs have a handful.
@@ -104,17 +119,27 @@ impl RouteCache {
         }
     }
 
-    fn insert(&mut self, fp: Fingerprint, verdict: Verdict, rules: &[u16], dests: &[DestId]) {
+    fn insert(
+        &mut self,
+        fp: Fingerprint,
+        verdict: Verdict,
+        cleansed: bool,
+        rules: &[u16],
+        dests: &[DestId],
+    ) {
         if self.plans.len() >= PLANS_MAX {
             self.by_name.clear();
             self.plans.clear();
             self.plan_ids.clear();
         }
-        let h = self.hasher.hash_one((verdict, rules, dests));
+        let h = self.hasher.hash_one((verdict, cleansed, rules, dests));
         let found = self.plan_ids.get(&h).and_then(|ids| {
             ids.iter().copied().find(|&id| {
                 let p = &self.plans[id as usize];
-                p.verdict == verdict && *p.rules == *rules && *p.dests == *dests
+                p.verdict == verdict
+                    && p.cleansed == cleansed
+                    && *p.rules == *rules
+                    && *p.dests == *dests
             })
         });
         let id = match found {
@@ -123,6 +148,7 @@ impl RouteCache {
                 let id = self.plans.len() as u32;
                 self.plans.push(Plan {
                     verdict,
+                    cleansed,
                     rules: rules.into(),
                     dests: dests.into(),
                 });
@@ -169,6 +195,7 @@ pub struct Router {
     scratch: Vec<usize>,
     scratch_rules: Vec<u16>,
     scratch_dests: Vec<DestId>,
+    scratch_name: Vec<u8>,
 }
 
 impl Router {
@@ -224,6 +251,7 @@ impl Router {
             scratch: Vec::with_capacity(8),
             scratch_rules: Vec::with_capacity(8),
             scratch_dests: Vec::with_capacity(8),
+            scratch_name: Vec::with_capacity(256),
         }
     }
 
@@ -247,18 +275,19 @@ impl Router {
         key: &[u8],
         rule_hits: &mut [u64],
     ) -> (Verdict, &[DestId]) {
-        let fp = self.fingerprint(name, key);
-        self.route_fingerprinted(fp, name, key, rule_hits)
+        let fp = self.fingerprint(name, key, false);
+        let d = self.route_fingerprinted(fp, name, key, false, rule_hits);
+        (d.verdict, d.dests)
     }
 
     /// The route cache's fingerprint of a metric, for [`prefetch`](Self::prefetch) and
     /// [`route_fingerprinted`](Self::route_fingerprinted). A decision depends on the name
-    /// (rules) and on the prefix of it the rings hash (`key`: the untagged part for
-    /// graphite, the whole name for statsd), so both go into the fingerprint.
+    /// (rules), on the prefix of it the rings hash (`key`: the untagged part for graphite,
+    /// the whole name for statsd) and on whether it is cleansed, so all go into it.
     #[inline]
-    pub fn fingerprint(&self, name: &[u8], key: &[u8]) -> Fingerprint {
+    pub fn fingerprint(&self, name: &[u8], key: &[u8], cleanse: bool) -> Fingerprint {
         debug_assert!(name.starts_with(key));
-        self.cache.by_name.fingerprint(name, key.len())
+        self.cache.by_name.fingerprint(name, key.len(), cleanse)
     }
 
     /// Starts loading the cache slot of a name that will be routed soon. Routing a batch
@@ -268,32 +297,58 @@ impl Router {
         self.cache.by_name.prefetch(fp);
     }
 
-    /// [`route`](Self::route) with the name's fingerprint already computed.
+    /// [`route`](Self::route) with the fingerprint already computed, and with
+    /// carbon-c-relay's cleansing of graphite names when `cleanse` is set: a name that
+    /// needs it is routed as cleansed, and the decision says so. Whether a name needs it
+    /// is remembered with the decision, so a cache hit costs no check.
     #[inline]
     pub fn route_fingerprinted(
         &mut self,
         fp: Fingerprint,
         name: &[u8],
         key: &[u8],
+        cleanse: bool,
         rule_hits: &mut [u64],
-    ) -> (Verdict, &[DestId]) {
+    ) -> Decision<'_> {
         debug_assert_eq!(rule_hits.len(), self.rules.len());
         if let Some(id) = self.cache.by_name.get(fp) {
             let plan = &self.cache.plans[id as usize];
             for &r in plan.rules.iter() {
                 rule_hits[r as usize] += 1;
             }
-            return (plan.verdict, &plan.dests);
+            return Decision {
+                verdict: plan.verdict,
+                dests: &plan.dests,
+                cleansed: plan.cleansed,
+            };
         }
-        let verdict = self.evaluate(name, key);
+        let cleansed = cleanse && !graphite::is_clean(name);
+        let verdict = if cleansed {
+            let mut clean = std::mem::take(&mut self.scratch_name);
+            graphite::cleanse(name, &mut clean);
+            let verdict = self.evaluate(&clean, graphite::hash_key(&clean));
+            self.scratch_name = clean;
+            verdict
+        } else {
+            self.evaluate(name, key)
+        };
         for &r in &self.scratch_rules {
             rule_hits[r as usize] += 1;
         }
         if self.cache_enabled {
-            self.cache
-                .insert(fp, verdict, &self.scratch_rules, &self.scratch_dests);
+            self.cache.insert(
+                fp,
+                verdict,
+                cleansed,
+                &self.scratch_rules,
+                &self.scratch_dests,
+            );
         }
-        (verdict, &self.scratch_dests)
+        Decision {
+            verdict,
+            dests: &self.scratch_dests,
+            cleansed,
+        }
     }
 
     /// Evaluates the rules and rings for one name, into the scratch vectors.

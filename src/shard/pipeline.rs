@@ -19,7 +19,7 @@ pub struct Core {
     pub counters: ShardCounters,
     /// Set at shutdown: readers stop after the buffer in hand.
     pub draining: bool,
-    /// Where a name that needs cleansing is rewritten.
+    /// Where a name that needs cleansing is rewritten for output.
     cleansed: Vec<u8>,
 }
 
@@ -79,6 +79,15 @@ impl Core {
             ..
         } = counters;
         let lc = &mut listeners[listener];
+        let mut ctx = RouteCtx {
+            router,
+            outputs,
+            cleanse: cleanse_names,
+            rules_matched,
+            dropped_by_rule,
+            unrouted,
+            cleansed,
+        };
         let mut batch: [Parsed<'b>; ROUTE_BATCH_LINES] = [Parsed::EMPTY; ROUTE_BATCH_LINES];
         let mut batched = 0;
         let mut on_piece = |p: Piece<'b>| match p {
@@ -86,83 +95,40 @@ impl Core {
                 lc.received_lines += 1;
                 lc.rejected_lines[Reject::LineTooLong as usize] += 1;
             }
-
             Piece::Line(line) => {
                 lc.received_lines += 1;
                 let parsed = match format {
-                    Format::Graphite => match graphite::parse(line) {
-                        Ok(l) if cleanse_names && !graphite::is_clean(l.name) => {
-                            // Rare: route it at once (after what is batched, to keep the
-                            // order) from the rewritten name.
-                            route_batch(
-                                &batch[..batched],
-                                router,
-                                outputs,
-                                rules_matched,
-                                dropped_by_rule,
-                                unrouted,
-                            );
-                            batched = 0;
-                            graphite::cleanse(l.name, cleansed);
-                            if cleansed.is_empty() {
-                                Err(Reject::BadName)
-                            } else {
-                                lc.parsed_lines += 1;
-                                let name = cleansed.as_slice();
-                                let one = Parsed {
-                                    fp: router.fingerprint(name, graphite::hash_key(name)),
-                                    name,
-                                    key: graphite::hash_key(name),
-                                    pieces: [name, b" ", l.value, b" ", l.timestamp],
-                                };
-                                route_batch(
-                                    &[one],
-                                    router,
-                                    outputs,
-                                    rules_matched,
-                                    dropped_by_rule,
-                                    unrouted,
-                                );
-                                return;
-                            }
-                        }
-                        Ok(l) => {
-                            // A line already in normal form goes out as one copy.
-                            let pieces: [&[u8]; 5] = if graphite::is_normal(line, &l) {
-                                [line, &[], &[], &[], &[]]
-                            } else {
-                                [l.name, b" ", l.value, b" ", l.timestamp]
-                            };
-                            Ok((l.name, l.key(), pieces))
-                        }
-                        Err(r) => Err(r),
-                    },
-                    Format::Statsd => {
-                        statsd::parse(line).map(|name| (name, name, [line, &[], &[], &[], &[]]))
-                    }
+                    Format::Graphite => graphite::parse(line).map(|l| Parsed {
+                        fp: ctx.router.fingerprint(l.name, l.key(), cleanse_names),
+                        name: l.name,
+                        key: l.key(),
+                        value: l.value,
+                        timestamp: l.timestamp,
+                        // A line already in normal form goes out as one copy.
+                        whole: if graphite::is_normal(line, &l) {
+                            line
+                        } else {
+                            &[]
+                        },
+                    }),
+                    Format::Statsd => statsd::parse(line).map(|name| Parsed {
+                        fp: ctx.router.fingerprint(name, name, false),
+                        name,
+                        key: name,
+                        value: &[],
+                        timestamp: &[],
+                        whole: line,
+                    }),
                 };
                 match parsed {
                     Err(r) => lc.rejected_lines[r as usize] += 1,
-                    Ok((name, key, pieces)) => {
+                    Ok(p) => {
                         lc.parsed_lines += 1;
-                        let fp = router.fingerprint(name, key);
-                        router.prefetch(fp);
-                        batch[batched] = Parsed {
-                            fp,
-                            name,
-                            key,
-                            pieces,
-                        };
+                        ctx.router.prefetch(p.fp);
+                        batch[batched] = p;
                         batched += 1;
                         if batched == ROUTE_BATCH_LINES {
-                            route_batch(
-                                &batch,
-                                router,
-                                outputs,
-                                rules_matched,
-                                dropped_by_rule,
-                                unrouted,
-                            );
+                            route_batch(&batch, &mut ctx);
                             batched = 0;
                         }
                     }
@@ -192,14 +158,7 @@ impl Core {
             lc.received_lines += 1;
             lc.rejected_lines[Reject::Unterminated as usize] += 1;
         }
-        route_batch(
-            &batch[..batched],
-            router,
-            outputs,
-            rules_matched,
-            dropped_by_rule,
-            unrouted,
-        );
+        route_batch(&batch[..batched], &mut ctx);
         consumed
     }
 }
@@ -225,7 +184,11 @@ struct Parsed<'a> {
     fp: Fingerprint,
     name: &'a [u8],
     key: &'a [u8],
-    pieces: [&'a [u8]; 5],
+    value: &'a [u8],
+    timestamp: &'a [u8],
+    /// The line as it goes out when the name is kept (graphite in normal form, statsd);
+    /// empty when it must be rebuilt from the fields.
+    whole: &'a [u8],
 }
 
 impl Parsed<'_> {
@@ -233,29 +196,47 @@ impl Parsed<'_> {
         fp: Fingerprint::ZERO,
         name: &[],
         key: &[],
-        pieces: [&[]; 5],
+        value: &[],
+        timestamp: &[],
+        whole: &[],
     };
+}
+
+/// What routing a batch needs from the core, borrowed once per buffer.
+struct RouteCtx<'c> {
+    router: &'c mut Router,
+    outputs: &'c mut Outputs,
+    cleanse: bool,
+    rules_matched: &'c mut [u64],
+    dropped_by_rule: &'c mut u64,
+    unrouted: &'c mut u64,
+    cleansed: &'c mut Vec<u8>,
 }
 
 /// Routes a batch in order and appends each line to its destinations' batches.
 #[inline]
-fn route_batch(
-    batch: &[Parsed<'_>],
-    router: &mut Router,
-    outputs: &mut Outputs,
-    rules_matched: &mut [u64],
-    dropped_by_rule: &mut u64,
-    unrouted: &mut u64,
-) {
+fn route_batch(batch: &[Parsed<'_>], ctx: &mut RouteCtx<'_>) {
     for p in batch {
-        match router.route_fingerprinted(p.fp, p.name, p.key, rules_matched) {
-            (Verdict::Routed, dests) => {
-                for &d in dests {
-                    outputs.append(d, &p.pieces);
+        let d = ctx
+            .router
+            .route_fingerprinted(p.fp, p.name, p.key, ctx.cleanse, ctx.rules_matched);
+        match d.verdict {
+            Verdict::Routed => {
+                let pieces: [&[u8]; 5] = if d.cleansed {
+                    // Rare (the router remembers which names need it): rewrite for output.
+                    graphite::cleanse(p.name, ctx.cleansed);
+                    [ctx.cleansed, b" ", p.value, b" ", p.timestamp]
+                } else if !p.whole.is_empty() {
+                    [p.whole, &[], &[], &[], &[]]
+                } else {
+                    [p.name, b" ", p.value, b" ", p.timestamp]
+                };
+                for &dest in d.dests {
+                    ctx.outputs.append(dest, &pieces);
                 }
             }
-            (Verdict::Dropped, _) => *dropped_by_rule += 1,
-            (Verdict::Unrouted, _) => *unrouted += 1,
+            Verdict::Dropped => *ctx.dropped_by_rule += 1,
+            Verdict::Unrouted => *ctx.unrouted += 1,
         }
     }
 }
