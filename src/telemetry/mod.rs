@@ -279,43 +279,53 @@ impl Registry {
             let _ = writeln!(out, "# TYPE cadent_{name} {kind}");
             rows(&mut out);
         };
-        macro_rules! listener_family {
-            ($field:ident, $kind:expr, $help:expr) => {
-                family(stringify!($field), $help, $kind, &mut |o| {
-                    for (s, c) in shards.iter().enumerate() {
-                        for (name, l) in self.labels.listeners.iter().zip(&c.listeners) {
-                            let _ = writeln!(
-                                o,
-                                "cadent_{}{{listener=\"{}\",shard=\"{s}\"}} {}",
-                                stringify!($field),
-                                escape(name),
-                                l.$field
-                            );
-                        }
-                    }
-                });
-            };
-        }
-        macro_rules! dest_family {
-            ($field:ident, $kind:expr, $help:expr) => {
+        // One family per counter field: `$prefix$field{$label="name",shard="s"} value`,
+        // for the listeners or the destinations of every shard.
+        macro_rules! per_item_family {
+            ($prefix:literal, $label:literal, $names:ident, $items:ident, $field:ident, $kind:expr, $help:expr) => {
                 family(
-                    concat!("destination_", stringify!($field)),
+                    concat!($prefix, stringify!($field)),
                     $help,
                     $kind,
                     &mut |o| {
                         for (s, c) in shards.iter().enumerate() {
-                            for (name, d) in self.labels.destinations.iter().zip(&c.destinations) {
+                            for (name, item) in self.labels.$names.iter().zip(&c.$items) {
                                 let _ = writeln!(
                                     o,
-                                    "cadent_destination_{}{{destination=\"{}\",shard=\"{s}\"}} {}",
+                                    concat!(
+                                        "cadent_",
+                                        $prefix,
+                                        "{}{{",
+                                        $label,
+                                        "=\"{}\",shard=\"{}\"}} {}"
+                                    ),
                                     stringify!($field),
                                     escape(name),
-                                    d.$field
+                                    s,
+                                    item.$field
                                 );
                             }
                         }
                     },
                 );
+            };
+        }
+        macro_rules! listener_family {
+            ($field:ident, $kind:expr, $help:expr) => {
+                per_item_family!("", "listener", listeners, listeners, $field, $kind, $help)
+            };
+        }
+        macro_rules! dest_family {
+            ($field:ident, $kind:expr, $help:expr) => {
+                per_item_family!(
+                    "destination_",
+                    "destination",
+                    destinations,
+                    destinations,
+                    $field,
+                    $kind,
+                    $help
+                )
             };
         }
         listener_family!(received_lines, "counter", "Lines received (good and bad).");
