@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests and benchmarks talk to. Idempotent; needs root for apt.
 #   carbon-c-relay 3.7.3 (Debian): carbon_ch reference (`-t` test mode) and bench peer.
+#   whisper 1.1.10 (PyPI): the whisper format reference (tests/it/whisper_diff.rs).
 set -euo pipefail
 
 need_apt=()
@@ -12,6 +13,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     echo "install-peers: apt-get install ${need_apt[*]}" >&2
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! python3 -c 'import whisper, sys; sys.exit(whisper.__version__ != "1.1.10")' 2>/dev/null; then
+    echo "install-peers: pip install whisper==1.1.10" >&2
+    python3 -m pip install --quiet --disable-pip-version-check whisper==1.1.10
 fi
 
 echo "install-peers: carbon-c-relay $(carbon-c-relay -v 2>&1 | head -1 | tr -s ' ' | cut -c1-60)" >&2

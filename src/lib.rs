@@ -9,5 +9,6 @@ pub mod output;
 pub mod protocol;
 pub mod route;
 pub mod shard;
+pub mod store;
 pub mod telemetry;
 pub mod tools;

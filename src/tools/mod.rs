@@ -3,6 +3,7 @@
 
 pub mod blast;
 pub mod echo;
+pub mod pyfmt;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -6,3 +6,4 @@ mod crelay;
 mod delivery;
 mod e2e;
 mod support;
+mod whisper_diff;

@@ -1,0 +1,3 @@
+//! Stores: where metrics are kept. Today: the whisper format engine.
+
+pub mod whisper;

@@ -1,0 +1,9 @@
+//! Whisper, graphite's fixed-size round-robin file format, byte-identical to python
+//! whisper 1.1.x. The format logic (`format`) does its reads and writes through a small
+//! I/O interface (`io`), so the io_uring writer can drive it later; `rules` chooses the
+//! retention and aggregation of new files as carbon does, and `path` maps names to files.
+
+pub mod format;
+pub mod io;
+pub mod path;
+pub mod rules;

@@ -1,0 +1,157 @@
+//! Number formatting as python whisper's scripts print it, so `cadent whisper` output is
+//! byte-identical: Python's `repr(float)` (shortest round-trip, its own switch to
+//! exponent form) and C's `%.Ng` (used through Python's `%` operator).
+
+/// Python's `repr(x)` / `str(x)` for a float: `1.0`, `0.1`, `1e+16`, `1.5e-05`,
+/// `inf`, `nan`.
+pub fn py_repr(x: f64) -> String {
+    if x.is_nan() {
+        return "nan".into();
+    }
+    if x.is_infinite() {
+        return if x > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    if x == 0.0 {
+        return if x.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
+    }
+    // Rust's `{:e}` gives the shortest round-trip digits, as Python's repr does.
+    let sci = format!("{x:e}");
+    let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
+    let exp: i32 = exp.parse().expect("integer exponent");
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    if (-4..16).contains(&exp) {
+        fixed(sign, &digits, exp, true)
+    } else {
+        let rest = &digits[1..];
+        let m = if rest.is_empty() {
+            digits[..1].to_string()
+        } else {
+            format!("{}.{rest}", &digits[..1])
+        };
+        format!(
+            "{sign}{m}e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        )
+    }
+}
+
+/// Digits `d1d2...` with the decimal point after position `exp + 1`.
+fn fixed(sign: &str, digits: &str, exp: i32, force_fraction: bool) -> String {
+    let n = digits.len() as i32;
+    let s = if exp < 0 {
+        format!("0.{}{digits}", "0".repeat((-exp - 1) as usize))
+    } else if exp + 1 >= n {
+        let int = format!("{digits}{}", "0".repeat((exp + 1 - n) as usize));
+        if force_fraction {
+            format!("{int}.0")
+        } else {
+            int
+        }
+    } else {
+        let (i, f) = digits.split_at((exp + 1) as usize);
+        format!("{i}.{f}")
+    };
+    format!("{sign}{s}")
+}
+
+/// C's `%.{precision}g`: `precision` significant digits, exponent form when the exponent
+/// is below -4 or at least the precision, trailing zeros removed.
+pub fn c_g(x: f64, precision: usize) -> String {
+    if x.is_nan() {
+        return "nan".into();
+    }
+    if x.is_infinite() {
+        return if x > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    let p = precision.max(1);
+    // Exact decimal digits, rounded to p significant digits (Rust rounds like glibc).
+    let sci = format!("{:.*e}", p - 1, x);
+    let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
+    let exp: i32 = exp.parse().expect("integer exponent");
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", mantissa),
+    };
+    if x == 0.0 {
+        return format!("{sign}0");
+    }
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let digits = digits.trim_end_matches('0');
+    let digits = if digits.is_empty() { "0" } else { digits };
+    if exp < -4 || exp >= p as i32 {
+        let rest = &digits[1..];
+        let m = if rest.is_empty() {
+            digits[..1].to_string()
+        } else {
+            format!("{}.{rest}", &digits[..1])
+        };
+        format!(
+            "{sign}{m}e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        )
+    } else {
+        fixed(sign, digits, exp, false)
+    }
+}
+
+/// C's `%{width}.{precision}g`: right-aligned in `width` columns.
+pub fn c_g_width(x: f64, width: usize, precision: usize) -> String {
+    format!("{:>width$}", c_g(x, precision))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Expected strings printed by CPython 3.11 (`repr(x)`, `'%g' % x`, `'%10.35g' % x`).
+    #[test]
+    fn matches_python() {
+        for (x, want) in [
+            (1.0, "1.0"),
+            (0.1, "0.1"),
+            (100.0, "100.0"),
+            (1e16, "1e+16"),
+            (1.5e-5, "1.5e-05"),
+            (0.0001, "0.0001"),
+            (123456789012345.6, "123456789012345.6"),
+            (1234567890123456.0, "1234567890123456.0"),
+            (-2.5, "-2.5"),
+            (0.30000000000000004, "0.30000000000000004"),
+            (1e300, "1e+300"),
+            (5e-324, "5e-324"),
+        ] {
+            assert_eq!(py_repr(x), want, "repr {x}");
+        }
+        for (x, want) in [
+            (0.5, "0.5"),
+            (0.0, "0"),
+            (1.0, "1"),
+            (0.30000001192092896, "0.3"),
+            (1e-5, "1e-05"),
+            (123456789.0, "1.23457e+08"),
+            (100000.0, "100000"),
+        ] {
+            assert_eq!(c_g(x, 6), want, "%g {x}");
+        }
+        for (x, want) in [
+            (0.0, "         0"),
+            (1.0, "         1"),
+            (0.1, "0.1000000000000000055511151231257827"),
+            (12.5, "      12.5"),
+            (-3.0, "        -3"),
+            (1700000000.0, "1700000000"),
+        ] {
+            assert_eq!(c_g_width(x, 10, 35), want, "%10.35g {x}");
+        }
+    }
+}
