@@ -15,7 +15,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-if ! python3 -c 'import whisper, sys; sys.exit(whisper.__version__ != "1.1.10")' 2>/dev/null; then
+if ! python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("whisper") != "1.1.10")' 2>/dev/null; then
     echo "install-peers: pip install whisper==1.1.10" >&2
     python3 -m pip install --quiet --disable-pip-version-check whisper==1.1.10
 fi
