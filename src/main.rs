@@ -51,6 +51,11 @@ enum Command {
     Echo(tools::echo::EchoArgs),
     /// Load generator.
     Blast(tools::blast::BlastArgs),
+    /// Whisper files: create, info, update, fetch, dump (as whisper's scripts).
+    Whisper {
+        #[command(subcommand)]
+        command: tools::whisper::WhisperCommand,
+    },
 }
 
 fn main() {
@@ -65,6 +70,16 @@ fn main() {
         } => hash(config, cluster, names),
         Command::Echo(args) => tools::echo::run(args).map_err(Into::into),
         Command::Blast(args) => tools::blast::run(args).map_err(Into::into),
+        Command::Whisper { command } => {
+            // whisper's scripts print their own "[ERROR] ..." text and exit 1.
+            if let Err(msg) = tools::whisper::run(command) {
+                if !msg.is_empty() {
+                    eprintln!("{msg}");
+                }
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     };
     if let Err(e) = result {
         eprintln!("cadent: {e:#}");

@@ -4,6 +4,7 @@
 pub mod blast;
 pub mod echo;
 pub mod pyfmt;
+pub mod whisper;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -6,4 +6,5 @@ mod crelay;
 mod delivery;
 mod e2e;
 mod support;
+mod whisper_cli;
 mod whisper_diff;

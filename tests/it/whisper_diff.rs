@@ -73,7 +73,7 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Option<(bool, String)> {
 
 /// The interpreter that actually runs: `python3` may be a pyenv shim, and pip must
 /// install into the same interpreter the driver runs on.
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     if let Ok(p) = std::env::var("WHISPER_DIFF_PYTHON") {
         return PathBuf::from(p);
     }
@@ -104,7 +104,7 @@ fn whisper_version(py: &Path) -> Option<String> {
 
 /// Make sure python whisper 1.1.10 is importable by `py`, installing it if not. A
 /// failure here fails the test: the comparison is the point of it.
-fn ensure_whisper(py: &Path) {
+pub(crate) fn ensure_whisper(py: &Path) {
     if whisper_version(py).as_deref() == Some(WHISPER_VERSION) {
         return;
     }

@@ -347,7 +347,9 @@ fn split_number_unit(s: &str) -> Option<(u64, &str)> {
 }
 
 /// One `precision:duration` item, as carbon's `parseRetentionDef`.
-fn parse_retention(def: &str) -> Result<Retention, String> {
+/// One retention definition as carbon and whisper-create.py read it:
+/// `PRECISION:DURATION` with units s/m/h/d/w/y, or legacy `SECONDS:POINTS`.
+pub fn parse_retention(def: &str) -> Result<Retention, String> {
     let def = def.trim();
     let Some((precision, points)) = def.split_once(':') else {
         return Err(format!("{def:?} is not PRECISION:DURATION"));
