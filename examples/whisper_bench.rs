@@ -24,8 +24,11 @@ fn main() {
         eprintln!("usage: whisper_bench DIR FILES BATCH ROUNDS");
         std::process::exit(2);
     };
-    let (files, batch, rounds): (usize, i64, usize) =
-        (files.parse().unwrap(), batch.parse().unwrap(), rounds.parse().unwrap());
+    let (files, batch, rounds): (usize, i64, usize) = (
+        files.parse().unwrap(),
+        batch.parse().unwrap(),
+        rounds.parse().unwrap(),
+    );
     let archives = [(10u64, 2160u64), (60, 10080), (600, 262800)];
     let start: i64 = 1_700_000_000;
     let paths: Vec<_> = (0..files)
@@ -34,7 +37,14 @@ fn main() {
     for p in &paths {
         let _ = std::fs::remove_file(p);
         let mut io = FileIo::create_new(p).unwrap();
-        format::create(&mut io, &archives, 0.5, AggregationMethod::Sum, CreateMode::Sparse).unwrap();
+        format::create(
+            &mut io,
+            &archives,
+            0.5,
+            AggregationMethod::Sum,
+            CreateMode::Sparse,
+        )
+        .unwrap();
     }
     let mut ios: Vec<(CountingIo<FileIo>, format::Header)> = paths
         .iter()
@@ -61,7 +71,9 @@ fn main() {
     }
     let (cpu, wall) = (cpu_seconds() - cpu0, wall0.elapsed().as_secs_f64());
     let updates = (rounds * files) as f64;
-    let (reads, writes) = ios.iter().fold((0, 0), |(r, w), (io, _)| (r + io.reads, w + io.writes));
+    let (reads, writes) = ios
+        .iter()
+        .fold((0, 0), |(r, w), (io, _)| (r + io.reads, w + io.writes));
     println!(
         "{{\"impl\":\"cadent\",\"batch\":{batch},\"updates\":{updates},\"points\":{},\"cpu_s\":{cpu:.4},\"wall_s\":{wall:.4},\"reads_per_update\":{:.2},\"writes_per_update\":{:.2}}}",
         updates as i64 * batch,

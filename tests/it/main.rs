@@ -8,3 +8,4 @@ mod e2e;
 mod support;
 mod whisper_cli;
 mod whisper_diff;
+mod whisper_golden;

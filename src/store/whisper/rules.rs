@@ -40,6 +40,7 @@
 
 use std::fmt;
 
+use super::format;
 use regex::Regex;
 
 /// One whisper archive: `seconds_per_point` precision, `points` slots.
@@ -392,48 +393,13 @@ fn parse_retentions(value: &str) -> Result<Vec<Retention>, String> {
         .map(parse_retention)
         .collect::<Result<Vec<_>, _>>()?;
     archives.sort_by_key(|a| a.seconds_per_point);
-    validate_archives(&archives)?;
+    // whisper's validateArchiveList, as the format engine applies it to new files.
+    let mut pairs: Vec<(u64, u64)> = archives
+        .iter()
+        .map(|a| (u64::from(a.seconds_per_point), u64::from(a.points)))
+        .collect();
+    format::validate_archives(&mut pairs).map_err(|e| e.to_string())?;
     Ok(archives)
-}
-
-/// whisper 1.1.x `validateArchiveList` on a list sorted by precision.
-fn validate_archives(archives: &[Retention]) -> Result<(), String> {
-    for (i, pair) in archives.windows(2).enumerate() {
-        let (a, b) = (pair[0], pair[1]);
-        let (ap, bp) = (
-            u64::from(a.seconds_per_point),
-            u64::from(b.seconds_per_point),
-        );
-        if ap == bp {
-            return Err(format!(
-                "archives {i} and {} have the same precision {ap}s",
-                i + 1
-            ));
-        }
-        if bp % ap != 0 {
-            return Err(format!(
-                "precision {bp}s of archive {} is not a multiple of {ap}s (archive {i})",
-                i + 1
-            ));
-        }
-        if bp * u64::from(b.points) <= ap * u64::from(a.points) {
-            return Err(format!(
-                "archive {} ({bp}s x {}) does not cover more time than archive {i} ({ap}s x {})",
-                i + 1,
-                b.points,
-                a.points
-            ));
-        }
-        if u64::from(a.points) < bp / ap {
-            return Err(format!(
-                "archive {i} has {} points, fewer than the {} that make one point of archive {}",
-                a.points,
-                bp / ap,
-                i + 1
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Rewrites Python-only escapes the `regex` crate spells differently (`\Z`).
@@ -810,9 +776,9 @@ aggregationMethod = average
         check_retentions("1:99999999999", Err("32-bit"));
         // validateArchiveList
         check_retentions("1m:1d,60s:2d", Err("same precision"));
-        check_retentions("180s:7d,300s:30d", Err("not a multiple"));
-        check_retentions("10s:1d,1m:1h", Err("does not cover more time"));
-        check_retentions("10s:5,1m:1d", Err("fewer than the 6"));
+        check_retentions("180s:7d,300s:30d", Err("evenly divide"));
+        check_retentions("10s:1d,1m:1h", Err("cover larger time intervals"));
+        check_retentions("10s:5,1m:1d", Err("consolidate"));
     }
 
     #[test]
