@@ -1,8 +1,10 @@
 //! Pure parsers for the line protocols: bytes in, borrowed fields or a counted reject out.
 //! Nothing here does I/O or allocates.
 
+pub mod collectd;
 pub mod graphite;
 pub mod lines;
+pub mod pickle;
 pub mod statsd;
 
 /// Why a line was dropped at ingest. A closed set, so counters are an array.

@@ -5,6 +5,7 @@ mod bad_input;
 mod crelay;
 mod delivery;
 mod e2e;
+mod pickle;
 mod support;
 mod whisper_cli;
 mod whisper_diff;
