@@ -51,11 +51,22 @@ enum Command {
     Echo(tools::echo::EchoArgs),
     /// Load generator.
     Blast(tools::blast::BlastArgs),
+    /// collectd tools: `dump` prints what a host sends.
+    Collectd {
+        #[command(subcommand)]
+        command: CollectdCommand,
+    },
     /// Whisper files: create, info, update, fetch, dump (as whisper's scripts).
     Whisper {
         #[command(subcommand)]
         command: tools::whisper::WhisperCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum CollectdCommand {
+    /// Print each value list received on a collectd network socket, one per line.
+    Dump(tools::collectd_dump::DumpArgs),
 }
 
 fn main() {
@@ -70,6 +81,9 @@ fn main() {
         } => hash(config, cluster, names),
         Command::Echo(args) => tools::echo::run(args).map_err(Into::into),
         Command::Blast(args) => tools::blast::run(args).map_err(Into::into),
+        Command::Collectd {
+            command: CollectdCommand::Dump(args),
+        } => tools::collectd_dump::run(args).map_err(Into::into),
         Command::Whisper { command } => {
             // whisper's scripts print their own "[ERROR] ..." text and exit 1.
             if let Err(msg) = tools::whisper::run(command) {

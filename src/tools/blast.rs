@@ -1,4 +1,5 @@
-//! `cadent blast`: a seeded load generator for graphite and statsd relays.
+//! `cadent blast`: a seeded load generator for graphite, statsd, collectd and pickle
+//! receivers.
 //!
 //! The generator must cost far less CPU than the relay it measures, since both share the
 //! same cores in `bench/`. So every line is generated once, before the clock starts, into a
@@ -15,6 +16,12 @@
 //! `sent_lines`/`sent_bytes` count whole lines the kernel accepted, `elapsed_s` runs from
 //! the first send to the last, `rate` is `sent_lines / elapsed_s` rounded down, `errors`
 //! counts send errors and stalls. Progress goes to stderr (one `\r`-updated line).
+//!
+//! The binary formats count their own units as "lines": `collectd` counts value lists
+//! (packed by the collectd `Encoder`, optionally signed or encrypted, one datagram per
+//! packet), `pickle` counts points (carbon frames of at most 500 points). Their packets
+//! and frames are built while sending, from tables made before the clock starts: an
+//! encrypted packet needs a fresh IV, and an exact `--count` needs a short last packet.
 
 use std::io::{self, IsTerminal as _, Write as _};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -24,6 +31,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::{Endpoint, SplitMix64};
 use crate::config::Transport;
+use crate::protocol::collectd::{
+    CdTime, Credentials, Encoder, EncoderConfig, SecurityLevel, SendSecurity, Value, ValueList,
+    Values,
+};
+use crate::protocol::pickle::{self, Point};
 
 /// Bytes handed to one TCP `write` when neither the rate nor the count limits it.
 const TCP_CHUNK_BYTES: usize = 256 * 1024;
@@ -41,6 +53,12 @@ const SEND_TIMEOUT: Duration = Duration::from_millis(500);
 const PROGRESS_PERIOD: Duration = Duration::from_millis(500);
 /// Consecutive UDP send errors after which a sender gives up.
 const UDP_ERRORS_MAX: u64 = 100;
+/// Points per pickle frame, as carbon's senders batch them.
+const PICKLE_FRAME_POINTS_MAX: usize = 500;
+/// Units one binary-format sender pass builds before it looks at the clock again.
+const PASS_UNITS_MAX: u64 = 8192;
+/// The `interval` of generated collectd value lists; repeats of a name step their time by it.
+const COLLECTD_INTERVAL_S: u64 = 10;
 
 /// Line format of the generated traffic.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +67,11 @@ pub enum Format {
     Graphite,
     /// `name:value|c\n`, `|ms` and `|g` mixed (6:3:1), each name with one fixed type.
     Statsd,
+    /// collectd binary value lists over UDP, of real `types.db` types (cpu, load,
+    /// if_octets, memory, counter, absolute); a "line" is a value list.
+    Collectd,
+    /// carbon pickle frames over TCP, the graphite names and values; a "line" is a point.
+    Pickle,
 }
 
 /// Arguments of `cadent blast`.
@@ -91,6 +114,21 @@ pub struct BlastArgs {
     /// Show the progress line on stderr even when stderr is not a terminal.
     #[arg(long)]
     pub progress: bool,
+    /// collectd: distinct hosts the names are spread over.
+    #[arg(long, default_value_t = 10)]
+    pub hosts: u64,
+    /// collectd: distinct plugins (with instances) per host.
+    #[arg(long, default_value_t = 6)]
+    pub plugins: u64,
+    /// collectd: none, sign or encrypt (sign and encrypt need --user and --password).
+    #[arg(long, default_value = "none")]
+    pub security_level: SecurityLevel,
+    /// collectd: user name for signing or encryption.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// collectd: password for signing or encryption.
+    #[arg(long)]
+    pub password: Option<String>,
 }
 
 /// Whole lines, generated once: `bytes` holds them back to back, line `i` ends (exclusive)
@@ -169,7 +207,8 @@ fn write_name(out: &mut Vec<u8>, n: u64, kind: &str) {
 
 fn write_line(out: &mut Vec<u8>, format: Format, n: u64, random: u64, timestamp: u64) {
     match format {
-        Format::Graphite => {
+        // The binary formats are not lines; pickle takes its points from graphite lines.
+        Format::Graphite | Format::Pickle | Format::Collectd => {
             const KINDS: [&str; 5] = ["count", "mean", "max", "p99", "rate"];
             write_name(out, n, KINDS[(n % 5) as usize]);
             if random % 4 == 0 {
@@ -195,6 +234,209 @@ fn write_line(out: &mut Vec<u8>, format: Format, n: u64, random: u64, timestamp:
             }
         }
         .expect("write to Vec"),
+    }
+}
+
+/// One kind of collectd value list blast sends: a real `types.db` type, its data sources'
+/// wire codes, and the plugin that would report it.
+struct Kind {
+    plugin: &'static str,
+    plugin_instance: &'static str,
+    type_: &'static str,
+    type_instance: &'static str,
+    /// Value type codes: 0 counter, 1 gauge, 2 derive, 3 absolute.
+    codes: &'static [u8],
+}
+
+const KINDS: [Kind; 6] = [
+    Kind {
+        plugin: "cpu",
+        plugin_instance: "",
+        type_: "cpu",
+        type_instance: "user",
+        codes: &[2],
+    },
+    Kind {
+        plugin: "load",
+        plugin_instance: "",
+        type_: "load",
+        type_instance: "",
+        codes: &[1, 1, 1],
+    },
+    Kind {
+        plugin: "interface",
+        plugin_instance: "eth",
+        type_: "if_octets",
+        type_instance: "",
+        codes: &[2, 2],
+    },
+    Kind {
+        plugin: "memory",
+        plugin_instance: "",
+        type_: "memory",
+        type_instance: "used",
+        codes: &[1],
+    },
+    Kind {
+        plugin: "blast",
+        plugin_instance: "",
+        type_: "counter",
+        type_instance: "requests",
+        codes: &[0],
+    },
+    Kind {
+        plugin: "blast",
+        plugin_instance: "abs",
+        type_: "absolute",
+        type_instance: "events",
+        codes: &[3],
+    },
+];
+
+/// Seeded collectd traffic: value list `i` of the stream is name `i % names` at cycle
+/// `i / names`. Names run through type instances, then plugins, then hosts, so neighbours
+/// share host and plugin as a real daemon's packets do. A name's time steps by the
+/// interval each cycle and its derives and counters grow, so a receiver sees every repeat
+/// as a new reading. Same inputs, same value lists.
+#[derive(Debug, Clone)]
+pub struct CollectdTraffic {
+    hosts: Vec<String>,
+    plugins: u64,
+    /// Type instances per (host, plugin).
+    instances: u64,
+    names: u64,
+    seed: u64,
+    timestamp: u64,
+}
+
+/// Buffers one value list borrows from while it is pushed.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    plugin_instance: Vec<u8>,
+    type_instance: Vec<u8>,
+    values: Vec<Value>,
+}
+
+impl CollectdTraffic {
+    /// `names` value list identities over `hosts` hosts and `plugins` plugins per host.
+    pub fn new(names: u64, hosts: u64, plugins: u64, seed: u64, timestamp: u64) -> Self {
+        assert!(names >= 1 && hosts >= 1 && plugins >= 1);
+        let instances = names.div_ceil(hosts.saturating_mul(plugins)).max(1);
+        let used_hosts = names.div_ceil(instances.saturating_mul(plugins)).min(hosts);
+        CollectdTraffic {
+            hosts: (0..used_hosts).map(|h| format!("host{h:04}")).collect(),
+            plugins,
+            instances,
+            names,
+            seed,
+            timestamp,
+        }
+    }
+
+    /// Value list `i` of the stream, borrowing from `self` and `scratch`.
+    pub fn value_list<'a>(&'a self, i: u64, scratch: &'a mut Scratch) -> ValueList<'a> {
+        let n = i % self.names;
+        let cycle = i / self.names;
+        let t = n % self.instances;
+        let p = (n / self.instances) % self.plugins;
+        let h = (n / self.instances / self.plugins) as usize % self.hosts.len();
+        let kind = &KINDS[(p % KINDS.len() as u64) as usize];
+        instance(
+            &mut scratch.plugin_instance,
+            kind.plugin_instance,
+            p / KINDS.len() as u64,
+        );
+        instance(&mut scratch.type_instance, kind.type_instance, t);
+        // Per name: a start and a step for the growing kinds; per reading: fresh gauges.
+        let mut per_name = SplitMix64(self.seed ^ n.wrapping_mul(0xa076_1d64_78bd_642f));
+        let mut per_reading = SplitMix64(per_name.next_u64() ^ cycle);
+        scratch.values.clear();
+        for &code in kind.codes {
+            let start = per_name.next_u64() % 1_000_000_000;
+            let step = 1 + per_name.next_u64() % 100_000;
+            let random = per_reading.next_u64();
+            let grown = start + cycle.wrapping_mul(step);
+            scratch.values.push(match (code, kind.type_) {
+                (1, "load") => Value::Gauge((random % 50_000) as f64 / 100.0),
+                (1, _) => Value::Gauge((random % (1 << 40)) as f64),
+                (0, _) => Value::Counter(grown),
+                (2, _) => Value::Derive(grown as i64),
+                _ => Value::Absolute(random % 1000),
+            });
+        }
+        ValueList {
+            host: self.hosts[h].as_bytes(),
+            plugin: kind.plugin.as_bytes(),
+            plugin_instance: &scratch.plugin_instance,
+            type_: kind.type_.as_bytes(),
+            type_instance: &scratch.type_instance,
+            time: CdTime::from_secs(self.timestamp + cycle * COLLECTD_INTERVAL_S),
+            interval: CdTime::from_secs(COLLECTD_INTERVAL_S),
+            values: Values::from_slice(&scratch.values),
+        }
+    }
+}
+
+/// `base` for index 0, then `base` with the index appended.
+fn instance(out: &mut Vec<u8>, base: &str, idx: u64) {
+    out.clear();
+    out.extend_from_slice(base.as_bytes());
+    if idx > 0 {
+        write!(out, "{idx}").expect("write to Vec");
+    }
+}
+
+/// Graphite names and values as pickle points: the graphite pool, parsed once.
+#[derive(Debug)]
+pub struct PointPool {
+    lines: LinePool,
+    /// Per point: end of the name in its line, and the value.
+    points: Vec<(usize, f64)>,
+    timestamp: f64,
+}
+
+impl PointPool {
+    /// The points of `LinePool::generate(Format::Graphite, ..)`.
+    pub fn generate(names: u64, seed: u64, timestamp: u64) -> PointPool {
+        let lines = LinePool::generate(Format::Graphite, names, seed, timestamp);
+        let points = (0..lines.len())
+            .map(|i| {
+                let line = lines.slice(i, 1);
+                let space = memchr::memchr(b' ', line).expect("graphite line has a value");
+                let value = &line[space + 1..];
+                let value_end = memchr::memchr(b' ', value).expect("and a timestamp");
+                let value = std::str::from_utf8(&value[..value_end])
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .expect("generated value parses");
+                (space, value)
+            })
+            .collect();
+        PointPool {
+            lines,
+            points,
+            timestamp: timestamp as f64,
+        }
+    }
+
+    /// Number of points.
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    /// Whether the pool has no point (never, for a generated pool).
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    /// Point `i`.
+    pub fn point(&self, i: usize) -> Point<'_> {
+        let (name_end, value) = self.points[i];
+        Point {
+            name: &self.lines.slice(i, 1)[..name_end],
+            timestamp: self.timestamp,
+            value,
+        }
     }
 }
 
@@ -290,17 +532,43 @@ pub fn run(args: BlastArgs) -> io::Result<()> {
             "blast: --datagram-bytes must be in 1..=65507".into(),
         ));
     }
+    let wanted = match args.format {
+        Format::Collectd => Some(Transport::Udp),
+        Format::Pickle => Some(Transport::Tcp),
+        Format::Graphite | Format::Statsd => None,
+    };
+    if wanted.is_some_and(|t| t != args.to.transport) {
+        return Err(invalid(format!(
+            "blast: --format {:?} goes over {}://, not {}",
+            args.format,
+            wanted.map_or("", |t| t.scheme()),
+            args.to
+        )));
+    }
+    let security = send_security(&args).map_err(invalid)?;
+    if args.format == Format::Collectd && (args.hosts == 0 || args.plugins == 0) {
+        return Err(invalid(
+            "blast: --hosts and --plugins must be at least 1".into(),
+        ));
+    }
     let timestamp = args.timestamp.unwrap_or_else(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     });
-    let pool = Arc::new(LinePool::generate(
-        args.format,
-        args.names,
-        args.seed,
-        timestamp,
-    ));
+    let traffic = Arc::new(match args.format {
+        Format::Graphite | Format::Statsd => Traffic::Lines(LinePool::generate(
+            args.format,
+            args.names,
+            args.seed,
+            timestamp,
+        )),
+        Format::Collectd => Traffic::Collectd(
+            CollectdTraffic::new(args.names, args.hosts, args.plugins, args.seed, timestamp),
+            Box::new(security),
+        ),
+        Format::Pickle => Traffic::Pickle(PointPool::generate(args.names, args.seed, timestamp)),
+    });
 
     // Connect everything before the clock starts; any failure ends the run here.
     let mut sockets = Vec::with_capacity(args.connections as usize);
@@ -328,21 +596,26 @@ pub fn run(args: BlastArgs) -> io::Result<()> {
         let plan = Plan {
             lines,
             rate: args.rate as f64 / f64::from(args.connections),
-            first_line: i * pool.len() / args.connections as usize,
+            first_line: i * traffic.len() / args.connections as usize,
             deadline,
             stall_timeout: Duration::from_secs_f64(args.stall_timeout_s.max(0.001)),
             datagram_bytes: args.datagram_bytes,
         };
-        let pool = Arc::clone(&pool);
+        let traffic = Arc::clone(&traffic);
         let counters = Arc::clone(&counters);
         handles.push(
             std::thread::Builder::new()
                 .name(format!("blast-{i}"))
                 .spawn(move || {
                     let c = &counters[i];
-                    match socket {
-                        Socket::Tcp(s) => send_tcp(s, &pool, &plan, c),
-                        Socket::Udp(s) => send_udp(s, &pool, &plan, c),
+                    match (socket, &*traffic) {
+                        (Socket::Tcp(s), Traffic::Lines(pool)) => send_tcp(s, pool, &plan, c),
+                        (Socket::Udp(s), Traffic::Lines(pool)) => send_udp(s, pool, &plan, c),
+                        (Socket::Udp(s), Traffic::Collectd(t, security)) => {
+                            send_collectd(s, t, (**security).clone(), &plan, c)
+                        }
+                        (Socket::Tcp(s), Traffic::Pickle(pool)) => send_pickle(s, pool, &plan, c),
+                        _ => unreachable!("transport checked against the format"),
                     }
                     c.done.store(1, Ordering::Release);
                 })?,
@@ -401,6 +674,46 @@ pub fn run(args: BlastArgs) -> io::Result<()> {
 enum Socket {
     Tcp(TcpStream),
     Udp(UdpSocket),
+}
+
+/// What the senders send, made before the clock starts.
+enum Traffic {
+    Lines(LinePool),
+    Collectd(CollectdTraffic, Box<SendSecurity>),
+    Pickle(PointPool),
+}
+
+impl Traffic {
+    /// Units before the stream repeats (senders start spread over it).
+    fn len(&self) -> usize {
+        match self {
+            Traffic::Lines(pool) => pool.len(),
+            Traffic::Collectd(t, _) => usize::try_from(t.names).unwrap_or(usize::MAX),
+            Traffic::Pickle(pool) => pool.len(),
+        }
+    }
+}
+
+/// The collectd security asked for; an error message when the flags do not fit together.
+fn send_security(args: &BlastArgs) -> Result<SendSecurity, String> {
+    let creds = || match (&args.user, &args.password) {
+        (Some(u), Some(p)) => {
+            Credentials::new(u.as_bytes(), p.as_bytes()).map_err(|e| format!("blast: --user: {e}"))
+        }
+        _ => Err("blast: --security-level sign|encrypt needs --user and --password".into()),
+    };
+    let given = args.user.is_some() || args.password.is_some();
+    if (given || args.security_level != SecurityLevel::None) && args.format != Format::Collectd {
+        return Err("blast: --user, --password, --security-level are for --format collectd".into());
+    }
+    match args.security_level {
+        SecurityLevel::None if given => {
+            Err("blast: --user/--password need --security-level sign|encrypt".into())
+        }
+        SecurityLevel::None => Ok(SendSecurity::None),
+        SecurityLevel::Sign => Ok(SendSecurity::Sign(creds()?)),
+        SecurityLevel::Encrypt => Ok(SendSecurity::Encrypt(creds()?)),
+    }
 }
 
 fn connect(to: Endpoint) -> io::Result<Socket> {
@@ -535,6 +848,144 @@ fn send_udp(socket: UdpSocket, pool: &LinePool, plan: &Plan, c: &Counters) {
     }
 }
 
+/// Sends `bytes` as one datagram, retrying only an interrupted call.
+fn send_datagram(socket: &UdpSocket, bytes: &[u8]) -> io::Result<usize> {
+    // Bounded: EINTR needs a signal per pass.
+    loop {
+        match socket.send(bytes) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
+/// Value lists through the collectd encoder, one datagram per packet. Each pass pushes
+/// what the bucket allows (at most `PASS_UNITS_MAX`) and flushes, so counts are exact and
+/// a limited rate still sends promptly; without a rate, packets go out full.
+fn send_collectd(
+    socket: UdpSocket,
+    traffic: &CollectdTraffic,
+    security: SendSecurity,
+    plan: &Plan,
+    c: &Counters,
+) {
+    let mut encoder = Encoder::new(EncoderConfig {
+        max_packet_bytes: plan.datagram_bytes,
+        security,
+    });
+    let mut scratch = Scratch::default();
+    let mut bucket = Bucket::new(plan.rate);
+    let mut next = plan.first_line as u64;
+    let mut left = plan.lines;
+    let mut errors_in_row = 0;
+    // Value lists in the packet being filled, and the outcome of the packet just sent.
+    let mut in_packet = 0u64;
+    let mut account = |sent: io::Result<usize>, value_lists: u64| match sent {
+        Ok(bytes) => {
+            errors_in_row = 0;
+            c.lines.fetch_add(value_lists, Ordering::Relaxed);
+            c.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+            true
+        }
+        Err(e) => {
+            // The packet's value lists are lost, not retried: UDP, as collectd.
+            c.errors.fetch_add(1, Ordering::Relaxed);
+            errors_in_row += 1;
+            if errors_in_row >= UDP_ERRORS_MAX {
+                eprintln!("blast: send: {e} ({errors_in_row} in a row, giving up)");
+                return false;
+            }
+            std::thread::sleep(TICK);
+            true
+        }
+    };
+    // Bounded: each pass pushes at least one value list or sleeps a tick; ends by count,
+    // deadline or the error cap.
+    while left > 0 && !past(plan.deadline) {
+        let allowed = bucket.allowance(left).min(PASS_UNITS_MAX);
+        if allowed == 0 {
+            continue;
+        }
+        for _ in 0..allowed {
+            let vl = traffic.value_list(next, &mut scratch);
+            next = next.wrapping_add(1);
+            let mut sent = None;
+            let pushed = encoder.push(&vl, &mut |p: &[u8]| sent = Some(send_datagram(&socket, p)));
+            assert!(
+                pushed.is_ok(),
+                "blast makes only valid value lists: {pushed:?}"
+            );
+            if let Some(sent) = sent {
+                if !account(sent, in_packet) {
+                    return;
+                }
+                in_packet = 0;
+            }
+            in_packet += 1;
+        }
+        let mut sent = None;
+        encoder.flush(&mut |p: &[u8]| sent = Some(send_datagram(&socket, p)));
+        if let Some(sent) = sent {
+            if !account(sent, in_packet) {
+                return;
+            }
+        }
+        in_packet = 0;
+        bucket.spend(allowed as usize);
+        left -= allowed;
+    }
+}
+
+/// Points as carbon pickle frames of at most 500 points; a point counts as sent when its
+/// whole frame was written.
+fn send_pickle(mut stream: TcpStream, pool: &PointPool, plan: &Plan, c: &Counters) {
+    let mut bucket = Bucket::new(plan.rate);
+    let mut next = plan.first_line;
+    let mut left = plan.lines;
+    let mut chunk = Vec::with_capacity(TCP_CHUNK_BYTES);
+    let mut frames: Vec<(usize, usize)> = Vec::new(); // (end in chunk, points)
+    let mut points: Vec<Point<'_>> = Vec::with_capacity(PICKLE_FRAME_POINTS_MAX);
+    // Bounded: each pass sends at least one point or sleeps a tick; ends by count/deadline.
+    while left > 0 && !past(plan.deadline) {
+        let allowed = bucket.allowance(left).min(PASS_UNITS_MAX);
+        if allowed == 0 {
+            continue;
+        }
+        chunk.clear();
+        frames.clear();
+        let mut todo = allowed as usize;
+        while todo > 0 {
+            let n = todo.min(PICKLE_FRAME_POINTS_MAX);
+            points.clear();
+            points.extend((0..n).map(|k| pool.point((next + k) % pool.len())));
+            pickle::encode_frame(&points, &mut chunk);
+            frames.push((chunk.len(), n));
+            next = (next + n) % pool.len();
+            todo -= n;
+        }
+        let (written, err) = write_chunk(&mut stream, &chunk, plan);
+        let (mut sent_points, mut sent_bytes) = (0, 0);
+        for &(end, n) in frames.iter().take_while(|&&(end, _)| end <= written) {
+            sent_points += n;
+            sent_bytes = end;
+        }
+        c.lines.fetch_add(sent_points as u64, Ordering::Relaxed);
+        c.bytes.fetch_add(sent_bytes as u64, Ordering::Relaxed);
+        bucket.spend(allowed as usize);
+        left -= allowed;
+        if let Some(e) = err {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+            eprintln!("blast: send: {e}");
+            return;
+        }
+        if written < chunk.len() {
+            // The deadline cut a frame: the stream is no longer framed, so stop.
+            break;
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,5 +1104,199 @@ mod tests {
         assert_eq!(pool.fit(last, u64::MAX, 1 << 20), 1);
         assert!(pool.slice(last, 1).ends_with(b"\n"));
         assert_eq!(pool.fit(0, u64::MAX, usize::MAX), pool.len());
+    }
+    #[test]
+    fn collectd_traffic_varies_real_types() {
+        let t = CollectdTraffic::new(120, 4, 6, 9, 1_700_000_000);
+        let mut scratch = Scratch::default();
+        let mut ids = std::collections::HashSet::new();
+        let mut hosts = std::collections::HashSet::new();
+        for i in 0..120 {
+            let vl = t.value_list(i, &mut scratch);
+            let want = match vl.type_ {
+                b"load" => vec![1, 1, 1],
+                b"if_octets" => vec![2, 2],
+                b"cpu" => vec![2],
+                b"memory" => vec![1],
+                b"counter" => vec![0],
+                b"absolute" => vec![3],
+                other => panic!("type {other:?}"),
+            };
+            assert_eq!(vl.values.iter().map(|v| v.code()).collect::<Vec<_>>(), want);
+            assert_eq!(vl.time, CdTime::from_secs(1_700_000_000));
+            hosts.insert(vl.host.to_vec());
+            let id = [
+                vl.host,
+                vl.plugin,
+                vl.plugin_instance,
+                vl.type_,
+                vl.type_instance,
+            ]
+            .map(<[u8]>::to_vec);
+            assert!(ids.insert(id), "name {i} repeats within a cycle");
+        }
+        assert_eq!(hosts.len(), 4);
+        // Cycle 1: same names, later time, derives grown.
+        let first: Vec<Value> = t.value_list(5, &mut scratch).values.iter().collect();
+        let again = t.value_list(120 + 5, &mut scratch);
+        assert_eq!(again.type_, b"load");
+        assert_eq!(again.time, CdTime::from_secs(1_700_000_010));
+        assert_ne!(again.values.iter().collect::<Vec<_>>(), first);
+        let cpu0 = t.value_list(0, &mut scratch).values.get(0);
+        let cpu1 = t.value_list(120, &mut scratch).values.get(0);
+        match (cpu0, cpu1) {
+            (Value::Derive(a), Value::Derive(b)) => assert!(b > a),
+            other => panic!("{other:?}"),
+        }
+        let u = CollectdTraffic::new(120, 4, 6, 9, 1_700_000_000);
+        let mut s2 = Scratch::default();
+        assert_eq!(t.value_list(77, &mut scratch), u.value_list(77, &mut s2));
+    }
+
+    #[test]
+    fn collectd_traffic_survives_encode_and_decode() {
+        use crate::protocol::collectd::{AuthFile, Decoder, Record, Security};
+        let t = CollectdTraffic::new(500, 7, 9, 1, 1_700_000_000);
+        let creds = Credentials::new(b"u", b"p").unwrap();
+        let mut enc = Encoder::new(EncoderConfig {
+            max_packet_bytes: 1452,
+            security: SendSecurity::Encrypt(creds),
+        });
+        let mut packets: Vec<Vec<u8>> = Vec::new();
+        let mut scratch = Scratch::default();
+        for i in 0..1000 {
+            let vl = t.value_list(i, &mut scratch);
+            enc.push(&vl, &mut |p: &[u8]| packets.push(p.to_vec()))
+                .unwrap();
+        }
+        enc.flush(&mut |p: &[u8]| packets.push(p.to_vec()));
+        assert!(
+            packets.len() > 10 && packets.len() < 200,
+            "{}",
+            packets.len()
+        );
+        let security =
+            Security::new(SecurityLevel::Encrypt, Some(AuthFile::parse(b"u: p"))).unwrap();
+        let mut dec = Decoder::new(security);
+        let mut i = 0;
+        for p in &mut packets {
+            dec.decode(p, &mut |r| {
+                let Record::Values(vl) = r else {
+                    panic!("{r:?}")
+                };
+                let mut s = Scratch::default();
+                assert_eq!(vl, t.value_list(i, &mut s));
+                i += 1;
+            });
+        }
+        assert_eq!(i, 1000);
+    }
+
+    #[test]
+    fn point_pool_frames_decode_to_graphite_points() {
+        let pool = PointPool::generate(1000, 3, 1_700_000_000);
+        let lines = LinePool::generate(Format::Graphite, 1000, 3, 1_700_000_000);
+        assert_eq!(pool.len(), lines.len());
+        let points: Vec<Point<'_>> = (0..PICKLE_FRAME_POINTS_MAX)
+            .map(|i| pool.point(i))
+            .collect();
+        let mut frame = Vec::new();
+        let len = pickle::encode_frame(&points, &mut frame);
+        assert_eq!(len, frame.len());
+        let mut got = Vec::new();
+        pickle::decode(&frame[4..], |p| {
+            got.push(format!(
+                "{} {} {}",
+                String::from_utf8_lossy(p.name),
+                p.value,
+                p.timestamp
+            ))
+        })
+        .unwrap();
+        let want: Vec<String> = (0..PICKLE_FRAME_POINTS_MAX)
+            .map(|i| {
+                let l = std::str::from_utf8(lines.slice(i, 1)).unwrap().trim_end();
+                let f: Vec<&str> = l.split(' ').collect();
+                format!("{} {} {}", f[0], f[1].parse::<f64>().unwrap(), f[2])
+            })
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    fn args(line: &str) -> BlastArgs {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            blast: BlastArgs,
+        }
+        Cli::try_parse_from(std::iter::once("blast").chain(line.split_whitespace()))
+            .unwrap()
+            .blast
+    }
+
+    #[test]
+    fn collectd_security_flags_must_fit() {
+        let ok = |l: &str| send_security(&args(l));
+        assert!(matches!(
+            ok("--to udp://127.0.0.1:1 --format collectd"),
+            Ok(SendSecurity::None)
+        ));
+        assert!(matches!(
+            ok("--to udp://127.0.0.1:1 --format collectd --security-level encrypt --user u --password p"),
+            Ok(SendSecurity::Encrypt(_))
+        ));
+        for bad in [
+            "--to udp://127.0.0.1:1 --format collectd --security-level sign --user u",
+            "--to udp://127.0.0.1:1 --format collectd --user u --password p",
+            "--to udp://127.0.0.1:1 --security-level sign --user u --password p",
+        ] {
+            assert!(ok(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Exact totals over real sockets: collectd value lists to a UDP socket, pickle points
+    /// to a TCP listener.
+    #[test]
+    fn binary_formats_send_exact_counts() {
+        use crate::protocol::collectd::{Decoder, Security};
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let to = format!("udp://{}", rx.local_addr().unwrap());
+        let a = args(&format!(
+            "--to {to} --format collectd --count 777 --names 300"
+        ));
+        run(a).unwrap();
+        let mut dec = Decoder::new(Security::default());
+        let mut buf = vec![0u8; 65536];
+        while dec.stats().value_lists < 777 {
+            let n = rx.recv(&mut buf).unwrap();
+            dec.decode(&mut buf[..n], &mut |_| {});
+        }
+        assert_eq!(dec.stats().value_lists, 777);
+        assert_eq!(dec.stats().rejected_total(), 0);
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = format!("tcp://{}", listener.local_addr().unwrap());
+        let reader = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut all = Vec::new();
+            io::Read::read_to_end(&mut s, &mut all).unwrap();
+            let (mut at, mut points) = (0, 0);
+            while at < all.len() {
+                let len = u32::from_be_bytes(all[at..at + 4].try_into().unwrap()) as usize;
+                let d = pickle::decode(&all[at + 4..at + 4 + len], |_| {}).unwrap();
+                assert!(d.points <= PICKLE_FRAME_POINTS_MAX);
+                points += d.points;
+                at += 4 + len;
+            }
+            points
+        });
+        run(args(&format!(
+            "--to {to} --format pickle --count 1234 --names 100"
+        )))
+        .unwrap();
+        assert_eq!(reader.join().unwrap(), 1234);
     }
 }

@@ -2,6 +2,7 @@
 //! pieces they (and the tests) share.
 
 pub mod blast;
+pub mod collectd_dump;
 pub mod echo;
 pub mod pyfmt;
 pub mod whisper;

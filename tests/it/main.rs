@@ -2,6 +2,8 @@
 
 mod bad_config;
 mod bad_input;
+mod collectd_graphite;
+mod collectd_live;
 mod crelay;
 mod delivery;
 mod e2e;

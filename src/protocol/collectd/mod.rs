@@ -14,9 +14,11 @@
 
 mod decode;
 mod encode;
+pub mod graphite_names;
 mod security;
 #[cfg(test)]
 mod tests;
+pub mod types_db;
 
 pub use decode::{DecodeStats, Decoder, Reject};
 pub use encode::{EncodeReject, EncodeStats, Encoder, EncoderConfig, MAX_PACKET_BYTES_DEFAULT};

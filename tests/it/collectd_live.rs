@@ -1,0 +1,292 @@
+//! A real collectd 5.12 receiver (network `Listen` + csv) takes what `cadent blast --format
+//! collectd` sends at security levels none, sign and encrypt; its csv files hold exactly
+//! the values sent, and it refuses what it should.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use cadent::protocol::collectd::Value;
+use cadent::tools::blast::{CollectdTraffic, Scratch};
+
+use crate::support::{cadent_bin, free_port, temp_dir, wait_until};
+
+const COLLECTD: &str = "/usr/sbin/collectd";
+const TYPES_DB: &str = "/usr/share/collectd/types.db";
+const NAMES: u64 = 120;
+const HOSTS: u64 = 4;
+const PLUGINS: u64 = 6;
+
+/// A collectd daemon in the foreground, stopped by PID when dropped.
+struct Collectd {
+    child: Child,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Collectd {
+    fn start(level: &str) -> Collectd {
+        assert!(
+            Path::new(COLLECTD).exists() && Path::new(TYPES_DB).exists(),
+            "collectd 5.12 is missing: run scripts/install-peers.sh"
+        );
+        let dir = temp_dir(&format!("collectd-{level}"));
+        let port = free_port();
+        std::fs::write(dir.join("auth"), "cadent: secret\n").unwrap();
+        let conf = format!(
+            r#"Hostname "receiver"
+FQDNLookup false
+Interval 10
+BaseDir "{d}"
+PIDFile "{d}/collectd.pid"
+TypesDB "{TYPES_DB}"
+LoadPlugin network
+LoadPlugin csv
+<Plugin network>
+  <Listen "127.0.0.1" "{port}">
+    SecurityLevel "{level}"
+    AuthFile "{d}/auth"
+  </Listen>
+</Plugin>
+<Plugin csv>
+  DataDir "{d}/csv"
+  StoreRates false
+</Plugin>
+"#,
+            d = dir.display()
+        );
+        std::fs::write(dir.join("collectd.conf"), conf).unwrap();
+        let log = std::fs::File::create(dir.join("collectd.log")).unwrap();
+        let child = Command::new(COLLECTD)
+            .arg("-f")
+            .arg("-C")
+            .arg(dir.join("collectd.conf"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start collectd");
+        let c = Collectd { child, dir, port };
+        // Listening once the port can no longer be bound.
+        let up = wait_until(Duration::from_secs(10), || {
+            std::net::UdpSocket::bind(("127.0.0.1", port)).is_err()
+        });
+        assert!(up, "collectd did not listen:\n{}", c.log());
+        c
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("collectd.log")).unwrap_or_default()
+    }
+
+    /// Every csv row as `identifier time values...`, identifiers as the dump prints them.
+    fn rows(&self) -> BTreeSet<String> {
+        let mut rows = BTreeSet::new();
+        let root = self.dir.join("csv");
+        let Ok(hosts) = std::fs::read_dir(&root) else {
+            return rows;
+        };
+        for host in hosts.flatten() {
+            for plugin in std::fs::read_dir(host.path()).unwrap().flatten() {
+                for file in std::fs::read_dir(plugin.path()).unwrap().flatten() {
+                    let name = file.file_name().into_string().unwrap();
+                    // `type[-type_instance]-YYYY-MM-DD`
+                    let type_ = &name[..name.len() - 11];
+                    let id = format!(
+                        "{}/{}/{type_}",
+                        host.file_name().to_string_lossy(),
+                        plugin.file_name().to_string_lossy()
+                    );
+                    let text = std::fs::read_to_string(file.path()).unwrap();
+                    for line in text.lines().skip(1) {
+                        rows.insert(format!("{id} {}", line.replace(',', " ")));
+                    }
+                }
+            }
+        }
+        rows
+    }
+}
+
+impl Drop for Collectd {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let stopped = wait_until(Duration::from_secs(10), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if !stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The csv rows the value lists of one blast run should make.
+fn expected(seed: u64, timestamp: u64) -> BTreeSet<String> {
+    let t = CollectdTraffic::new(NAMES, HOSTS, PLUGINS, seed, timestamp);
+    let mut scratch = Scratch::default();
+    (0..NAMES)
+        .map(|i| {
+            let vl = t.value_list(i, &mut scratch);
+            let s = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+            let mut row = format!("{}/{}", s(vl.host), s(vl.plugin));
+            if !vl.plugin_instance.is_empty() {
+                row += &format!("-{}", s(vl.plugin_instance));
+            }
+            row += &format!("/{}", s(vl.type_));
+            if !vl.type_instance.is_empty() {
+                row += &format!("-{}", s(vl.type_instance));
+            }
+            row += &format!(" {:.3}", vl.time.as_secs_f64());
+            for v in vl.values.iter() {
+                row += &match v {
+                    Value::Gauge(g) => format!(" {g:.6}"),
+                    Value::Counter(c) | Value::Absolute(c) => format!(" {c}"),
+                    Value::Derive(d) => format!(" {d}"),
+                };
+            }
+            row
+        })
+        .collect()
+}
+
+/// `cadent blast --format collectd` of NAMES value lists to the daemon.
+fn blast(c: &Collectd, seed: u64, timestamp: u64, security: &[&str]) {
+    let out = Command::new(cadent_bin())
+        .args(["blast", "--format", "collectd", "--to"])
+        .arg(format!("udp://127.0.0.1:{}", c.port))
+        .args(["--count", &NAMES.to_string(), "--names", &NAMES.to_string()])
+        .args([
+            "--hosts",
+            &HOSTS.to_string(),
+            "--plugins",
+            &PLUGINS.to_string(),
+        ])
+        .args([
+            "--seed",
+            &seed.to_string(),
+            "--timestamp",
+            &timestamp.to_string(),
+        ])
+        .args(security)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "blast failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("sent_lines={NAMES} ")), "{stdout}");
+}
+
+/// Waits (bounded) until collectd's csv holds `want`; then it must hold exactly that.
+fn check(c: &Collectd, want: &BTreeSet<String>) {
+    wait_until(Duration::from_secs(15), || c.rows().len() >= want.len());
+    let got = c.rows();
+    assert_eq!(&got, want, "csv differs; collectd log:\n{}", c.log());
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+const SIGN: [&str; 6] = [
+    "--security-level",
+    "sign",
+    "--user",
+    "cadent",
+    "--password",
+    "secret",
+];
+const ENCRYPT: [&str; 6] = [
+    "--security-level",
+    "encrypt",
+    "--user",
+    "cadent",
+    "--password",
+    "secret",
+];
+
+/// Level none with an auth file: plain, signed and encrypted all land.
+#[test]
+fn collectd_accepts_plain_signed_and_encrypted_at_level_none() {
+    let c = Collectd::start("None");
+    let t = now() - 300;
+    blast(&c, 1, t, &[]);
+    blast(&c, 1, t + 10, &SIGN);
+    blast(&c, 1, t + 20, &ENCRYPT);
+    let mut want = expected(1, t);
+    want.extend(expected(1, t + 10));
+    want.extend(expected(1, t + 20));
+    check(&c, &want);
+}
+
+/// Level sign: unsigned and wrongly signed packets are refused; the good ones, sent last
+/// (with later times, so a refused packet would have shown first), land exactly.
+#[test]
+fn collectd_sign_listener_takes_only_good_signatures() {
+    let c = Collectd::start("Sign");
+    let t = now() - 300;
+    blast(&c, 2, t, &[]);
+    blast(
+        &c,
+        3,
+        t + 10,
+        &[
+            "--security-level",
+            "sign",
+            "--user",
+            "cadent",
+            "--password",
+            "wrong",
+        ],
+    );
+    blast(
+        &c,
+        4,
+        t + 20,
+        &[
+            "--security-level",
+            "encrypt",
+            "--user",
+            "cadent",
+            "--password",
+            "wrong",
+        ],
+    );
+    blast(&c, 5, t + 30, &SIGN);
+    blast(&c, 5, t + 40, &ENCRYPT);
+    let mut want = expected(5, t + 30);
+    want.extend(expected(5, t + 40));
+    check(&c, &want);
+}
+
+/// Level encrypt: plain and signed packets are refused, encrypted ones land exactly.
+#[test]
+fn collectd_encrypt_listener_takes_only_encrypted() {
+    let c = Collectd::start("Encrypt");
+    let t = now() - 300;
+    blast(&c, 2, t, &[]);
+    blast(&c, 3, t + 10, &SIGN);
+    blast(
+        &c,
+        4,
+        t + 20,
+        &[
+            "--security-level",
+            "encrypt",
+            "--user",
+            "cadent",
+            "--password",
+            "wrong",
+        ],
+    );
+    blast(&c, 5, t + 30, &ENCRYPT);
+    check(&c, &expected(5, t + 30));
+}
