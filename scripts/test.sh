@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-peers.sh
+# Fuzz smoke runs first, so the test runner's summary closes the output.
+scripts/fuzz-smoke.sh
 cargo test --locked --all-targets
