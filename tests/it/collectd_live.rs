@@ -12,8 +12,8 @@ use cadent::tools::blast::{CollectdTraffic, Scratch};
 
 use crate::support::{cadent_bin, free_port, temp_dir, wait_until};
 
-const COLLECTD: &str = "/usr/sbin/collectd";
-const TYPES_DB: &str = "/usr/share/collectd/types.db";
+pub(crate) const COLLECTD: &str = "/usr/sbin/collectd";
+pub(crate) const TYPES_DB: &str = "/usr/share/collectd/types.db";
 const NAMES: u64 = 120;
 const HOSTS: u64 = 4;
 const PLUGINS: u64 = 6;

@@ -4,6 +4,7 @@ mod bad_config;
 mod bad_input;
 mod collectd_graphite;
 mod collectd_live;
+mod collectd_replay;
 mod crelay;
 mod delivery;
 mod e2e;
