@@ -21,6 +21,9 @@ use crate::protocol::collectd::{
     AuthFile, DecodeStats, Decoder, Record, Reject, Security, SecurityLevel, Value,
 };
 
+/// Socket receive buffer dump asks the kernel for (capped at net.core.rmem_max).
+const RECEIVE_BUFFER_BYTES: usize = 16 << 20;
+
 /// The receive buffer: the largest datagram collectd's `MaxPacketSize` allows.
 const DATAGRAM_BYTES_MAX: usize = 65_535;
 /// Blocking receives wake up this often to look at the deadline.
@@ -72,6 +75,10 @@ pub fn run(args: DumpArgs) -> io::Result<()> {
             format!("collectd dump: bind {}: {e}", args.listen),
         )
     })?;
+    // Senders burst (collectd-tg sends a whole interval at once); the kernel's default
+    // receive buffer (~208 KiB) overflowed while dump used 4-13% of a CPU, dropping ~21%
+    // of packets. Ask for 16 MiB (the kernel caps it at net.core.rmem_max).
+    let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(RECEIVE_BUFFER_BYTES);
     let deadline = args
         .duration_s
         .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
