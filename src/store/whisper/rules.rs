@@ -68,67 +68,8 @@ pub const DEFAULT_AGGREGATION_METHOD: AggregationMethod = AggregationMethod::Ave
 /// Name carbon gives its implicit fallback rule (`DefaultSchema('default', ...)`).
 pub const DEFAULT_SECTION: &str = "default";
 
-/// whisper 1.1.x `aggregationMethods`, under the names the config files use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AggregationMethod {
-    /// Mean of the known values.
-    Average,
-    /// Sum of the known values.
-    Sum,
-    /// The newest known value.
-    Last,
-    /// Largest known value.
-    Max,
-    /// Smallest known value.
-    Min,
-    /// Sum of the known values over the slot count (unknowns count as zero).
-    AvgZero,
-    /// The known value with the largest magnitude, sign kept.
-    AbsMax,
-    /// The known value with the smallest magnitude, sign kept.
-    AbsMin,
-}
-
-impl AggregationMethod {
-    /// All methods, in whisper's `aggregationMethods` order.
-    pub const ALL: [AggregationMethod; 8] = [
-        AggregationMethod::Average,
-        AggregationMethod::Sum,
-        AggregationMethod::Last,
-        AggregationMethod::Max,
-        AggregationMethod::Min,
-        AggregationMethod::AvgZero,
-        AggregationMethod::AbsMax,
-        AggregationMethod::AbsMin,
-    ];
-
-    /// The config-file spelling (`average`, `avg_zero`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AggregationMethod::Average => "average",
-            AggregationMethod::Sum => "sum",
-            AggregationMethod::Last => "last",
-            AggregationMethod::Max => "max",
-            AggregationMethod::Min => "min",
-            AggregationMethod::AvgZero => "avg_zero",
-            AggregationMethod::AbsMax => "absmax",
-            AggregationMethod::AbsMin => "absmin",
-        }
-    }
-
-    /// Parses the config-file spelling; case-sensitive, as whisper's lookup is.
-    pub fn from_name(name: &str) -> Option<AggregationMethod> {
-        AggregationMethod::ALL
-            .into_iter()
-            .find(|m| m.as_str() == name)
-    }
-}
-
-impl fmt::Display for AggregationMethod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The format engine's aggregation methods; rules name them as the config files do.
+pub use super::format::AggregationMethod;
 
 /// One problem in a rules file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
