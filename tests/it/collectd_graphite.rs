@@ -5,7 +5,7 @@
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use cadent::protocol::collectd::graphite_names::{GraphiteNamer, GraphiteOptions};
@@ -14,8 +14,7 @@ use cadent::protocol::collectd::{CdTime, Encoder, EncoderConfig, Value, ValueLis
 
 use crate::support::{free_port, temp_dir, wait_until};
 
-const COLLECTD: &str = "/usr/sbin/collectd";
-const TYPES_DB: &str = "/usr/share/collectd/types.db";
+use crate::collectd_live::{spawn_collectd, COLLECTD, TYPES_DB};
 
 /// A collectd daemon, stopped by PID (SIGTERM, then SIGKILL) when dropped.
 struct Collectd {
@@ -25,18 +24,8 @@ struct Collectd {
 
 impl Collectd {
     fn start(dir: &Path, config: &str) -> Collectd {
-        let conf = dir.join("collectd.conf");
-        std::fs::write(&conf, config).unwrap();
         let log = dir.join("collectd.log");
-        let child = Command::new(COLLECTD)
-            .arg("-f")
-            .arg("-C")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("collectd.stderr")).unwrap())
-            .spawn()
-            .unwrap();
+        let child = spawn_collectd(dir, config, "collectd.stderr");
         let mut c = Collectd { child, log };
         let ready = wait_until(Duration::from_secs(10), || {
             c.log_text().contains("Initialization complete")

@@ -13,6 +13,27 @@ use cadent::tools::blast::{CollectdTraffic, Scratch};
 use crate::support::{cadent_bin, free_port, temp_dir, wait_until};
 
 pub(crate) const COLLECTD: &str = "/usr/sbin/collectd";
+
+/// Writes `conf` to `dir/collectd.conf` and starts collectd on it in the foreground, its
+/// stdout and stderr going to `dir/output`. The caller stops it (by PID).
+pub(crate) fn spawn_collectd(
+    dir: &std::path::Path,
+    conf: &str,
+    output: &str,
+) -> std::process::Child {
+    let path = dir.join("collectd.conf");
+    std::fs::write(&path, conf).unwrap();
+    let log = std::fs::File::create(dir.join(output)).unwrap();
+    Command::new(COLLECTD)
+        .arg("-f")
+        .arg("-C")
+        .arg(&path)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start collectd")
+}
 pub(crate) const TYPES_DB: &str = "/usr/share/collectd/types.db";
 const NAMES: u64 = 120;
 const HOSTS: u64 = 4;
@@ -56,17 +77,7 @@ LoadPlugin csv
 "#,
             d = dir.display()
         );
-        std::fs::write(dir.join("collectd.conf"), conf).unwrap();
-        let log = std::fs::File::create(dir.join("collectd.log")).unwrap();
-        let child = Command::new(COLLECTD)
-            .arg("-f")
-            .arg("-C")
-            .arg(dir.join("collectd.conf"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start collectd");
+        let child = spawn_collectd(&dir, &conf, "collectd.log");
         let c = Collectd { child, dir, port };
         // Listening once the port can no longer be bound.
         let up = wait_until(Duration::from_secs(10), || {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::collectd_live::{COLLECTD, TYPES_DB};
+use crate::collectd_live::{spawn_collectd, COLLECTD, TYPES_DB};
 use crate::support::{cadent_bin, free_port, temp_dir, wait_until};
 
 const COLLECTD_TG: &str = "/usr/bin/collectd-tg";
@@ -83,17 +83,7 @@ LoadPlugin csv
 "#,
             d = dir.display()
         );
-        std::fs::write(dir.join("collectd.conf"), conf).unwrap();
-        let log = std::fs::File::create(dir.join("collectd.log")).unwrap();
-        let child = Command::new(COLLECTD)
-            .arg("-f")
-            .arg("-C")
-            .arg(dir.join("collectd.conf"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start collectd receiver");
+        let child = spawn_collectd(&dir, &conf, "collectd.log");
         let r = Receiver {
             _proc: Stoppable(child),
             dir,
@@ -165,17 +155,7 @@ LoadPlugin uptime
 "#,
         d = dir.display()
     );
-    std::fs::write(dir.join("collectd.conf"), conf).unwrap();
-    let log = std::fs::File::create(dir.join("collectd.log")).unwrap();
-    let child = Command::new(COLLECTD)
-        .arg("-f")
-        .arg("-C")
-        .arg(dir.join("collectd.conf"))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start collectd sender");
+    let child = spawn_collectd(&dir, &conf, "collectd.log");
     Stoppable(child)
 }
 
