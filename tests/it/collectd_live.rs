@@ -59,6 +59,9 @@ impl Collectd {
             r#"Hostname "receiver"
 FQDNLookup false
 Interval 10
+# One write thread: with several, two can create the same new csv file at once and
+# corrupt its first row (seen under load; collectd_replay.rs has the same setting).
+WriteThreads 1
 BaseDir "{d}"
 PIDFile "{d}/collectd.pid"
 TypesDB "{TYPES_DB}"
