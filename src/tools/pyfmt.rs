@@ -30,18 +30,20 @@ pub fn py_repr(x: f64) -> String {
     if (-4..16).contains(&exp) {
         fixed(sign, &digits, exp, true)
     } else {
-        let rest = &digits[1..];
-        let m = if rest.is_empty() {
-            digits[..1].to_string()
-        } else {
-            format!("{}.{rest}", &digits[..1])
-        };
-        format!(
-            "{sign}{m}e{}{:02}",
-            if exp < 0 { '-' } else { '+' },
-            exp.abs()
-        )
+        exponent_form(sign, &digits, exp)
     }
+}
+
+/// Digits `d1d2...` as `d1.d2...e±XX` (at least two exponent digits, as C and Python).
+fn exponent_form(sign: &str, digits: &str, exp: i32) -> String {
+    let rest = &digits[1..];
+    let m = if rest.is_empty() {
+        digits[..1].to_string()
+    } else {
+        format!("{}.{rest}", &digits[..1])
+    };
+    let exp_sign = if exp < 0 { '-' } else { '+' };
+    format!("{sign}{m}e{exp_sign}{:02}", exp.abs())
 }
 
 /// Digits `d1d2...` with the decimal point after position `exp + 1`.
@@ -88,17 +90,7 @@ pub fn c_g(x: f64, precision: usize) -> String {
     let digits = digits.trim_end_matches('0');
     let digits = if digits.is_empty() { "0" } else { digits };
     if exp < -4 || exp >= p as i32 {
-        let rest = &digits[1..];
-        let m = if rest.is_empty() {
-            digits[..1].to_string()
-        } else {
-            format!("{}.{rest}", &digits[..1])
-        };
-        format!(
-            "{sign}{m}e{}{:02}",
-            if exp < 0 { '-' } else { '+' },
-            exp.abs()
-        )
+        exponent_form(sign, digits, exp)
     } else {
         fixed(sign, digits, exp, false)
     }
