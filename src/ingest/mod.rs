@@ -17,12 +17,8 @@ use crate::shard::pipeline::{Core, End, Input};
 /// What a reader task needs to know about its listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadOptions {
-    /// What the pipeline needs about the listener.
+    /// What the pipeline needs about the listener (its index, format, line bound).
     pub input: Input,
-    /// Listener index (counters).
-    pub listener: usize,
-    /// Longest line.
-    pub line_bytes_max: usize,
     /// Receive buffer size.
     pub read_buffer_bytes: usize,
     /// Connections per shard.
@@ -41,8 +37,6 @@ impl ReadOptions {
                 line_bytes_max: l.line_bytes_max,
                 cleanse_names: l.cleanse_names,
             },
-            listener: index,
-            line_bytes_max: l.line_bytes_max,
             read_buffer_bytes: l.read_buffer_bytes,
             connections_max: l.connections_max,
             stall_max,
@@ -68,7 +62,7 @@ pub async fn accept_loop(core: Rc<RefCell<Core>>, listener: StreamListener, opts
         let conn = match accepted {
             Ok(c) => c,
             Err(e) => {
-                core.borrow_mut().counters.listeners[opts.listener].read_errors += 1;
+                core.borrow_mut().counters.listeners[opts.input.listener].read_errors += 1;
                 tracing::debug!(error = %e, "accept failed");
                 // EMFILE and friends: back off instead of spinning.
                 glommio::timer::sleep(Duration::from_millis(10)).await;
@@ -77,7 +71,7 @@ pub async fn accept_loop(core: Rc<RefCell<Core>>, listener: StreamListener, opts
         };
         {
             let mut c = core.borrow_mut();
-            let lc = &mut c.counters.listeners[opts.listener];
+            let lc = &mut c.counters.listeners[opts.input.listener];
             if lc.connections_open as usize >= opts.connections_max {
                 lc.connections_refused += 1;
                 continue; // dropping `conn` closes it
@@ -91,7 +85,7 @@ pub async fn accept_loop(core: Rc<RefCell<Core>>, listener: StreamListener, opts
                 Conn::Tcp(s) => read_stream(&core, s, opts).await,
                 Conn::Unix(s) => read_stream(&core, s, opts).await,
             }
-            core.borrow_mut().counters.listeners[opts.listener].connections_open -= 1;
+            core.borrow_mut().counters.listeners[opts.input.listener].connections_open -= 1;
         })
         .detach();
     }
@@ -106,7 +100,7 @@ enum Conn {
 async fn read_stream<S: AsyncRead + Unpin>(core: &Rc<RefCell<Core>>, mut s: S, opts: ReadOptions) {
     // A kept partial line is at most line_bytes_max + 1 bytes; the buffer always has room
     // for more, so a read of 0 bytes means end of stream and nothing else.
-    let mut buf = vec![0u8; opts.read_buffer_bytes.max(opts.line_bytes_max + 2)];
+    let mut buf = vec![0u8; opts.read_buffer_bytes.max(opts.input.line_bytes_max + 2)];
     let mut filled = 0;
     let mut skipping = false;
     loop {
@@ -115,7 +109,7 @@ async fn read_stream<S: AsyncRead + Unpin>(core: &Rc<RefCell<Core>>, mut s: S, o
             Ok(n) => n,
             Err(e) => {
                 // A reset mid-line: the partial line is not trusted, so it is not sent.
-                core.borrow_mut().counters.listeners[opts.listener].read_errors += 1;
+                core.borrow_mut().counters.listeners[opts.input.listener].read_errors += 1;
                 tracing::debug!(error = %e, "read failed");
                 return;
             }
@@ -124,7 +118,7 @@ async fn read_stream<S: AsyncRead + Unpin>(core: &Rc<RefCell<Core>>, mut s: S, o
         filled += n;
         let (used, draining) = {
             let mut c = core.borrow_mut();
-            c.counters.listeners[opts.listener].received_bytes += n as u64;
+            c.counters.listeners[opts.input.listener].received_bytes += n as u64;
             let used = c.process(
                 opts.input,
                 &buf[..filled],
@@ -152,7 +146,7 @@ async fn wait_while_congested(core: &Rc<RefCell<Core>>, opts: &ReadOptions) {
     if opts.stall_max.is_zero() || !core.borrow().outputs.congested() {
         return;
     }
-    core.borrow_mut().counters.listeners[opts.listener].stalls += 1;
+    core.borrow_mut().counters.listeners[opts.input.listener].stalls += 1;
     let start = Instant::now();
     while core.borrow().outputs.congested() {
         if start.elapsed() >= opts.stall_max {
@@ -171,7 +165,7 @@ pub async fn udp_loop(core: Rc<RefCell<Core>>, sock: UdpSocket, opts: ReadOption
         let n = match sock.recv_from(&mut buf).await {
             Ok((n, _)) => n,
             Err(e) => {
-                core.borrow_mut().counters.listeners[opts.listener].read_errors += 1;
+                core.borrow_mut().counters.listeners[opts.input.listener].read_errors += 1;
                 tracing::debug!(error = %e, "recv failed");
                 glommio::timer::sleep(Duration::from_millis(1)).await;
                 continue;
@@ -179,7 +173,7 @@ pub async fn udp_loop(core: Rc<RefCell<Core>>, sock: UdpSocket, opts: ReadOption
         };
         let draining = {
             let mut c = core.borrow_mut();
-            let lc = &mut c.counters.listeners[opts.listener];
+            let lc = &mut c.counters.listeners[opts.input.listener];
             lc.datagrams += 1;
             lc.received_bytes += n as u64;
             let mut skipping = false;
