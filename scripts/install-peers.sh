@@ -4,6 +4,10 @@
 #   whisper 1.1.10 (PyPI): the whisper format reference (tests/it/whisper_diff.rs).
 #   collectd 5.12 (Debian collectd-core, collectd-utils for collectd-tg): the collectd
 #   protocol and write_graphite reference (tests/it/collectd_*.rs).
+#   carbon 1.1.10 (PyPI): python carbon's ConsistentHashRing (carbon_ch_python) and
+#   carbon-aggregator (graphite aggregation reference).
+#   statsd 0.9.0 and hashring 3.2.0 (npm, into .peers/node): Etsy statsd, the statsd
+#   aggregation reference, and the ring of its proxy (statsd_hashring).
 set -euo pipefail
 
 need_apt=()
@@ -22,6 +26,20 @@ fi
 if ! python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("whisper") != "1.1.10")' 2>/dev/null; then
     echo "install-peers: pip install whisper==1.1.10" >&2
     python3 -m pip install --quiet --disable-pip-version-check whisper==1.1.10
+fi
+
+if ! python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("carbon") != "1.1.10")' 2>/dev/null; then
+    echo "install-peers: pip install carbon==1.1.10" >&2
+    # Without GRAPHITE_NO_PREFIX carbon installs itself under /opt/graphite.
+    GRAPHITE_NO_PREFIX=1 python3 -m pip install --quiet --disable-pip-version-check carbon==1.1.10
+fi
+
+# npm packages live in the repository's .peers/node (ignored by git); tests find them there.
+node_dir="$(cd "$(dirname "$0")/.." && pwd)/.peers/node"
+if ! node -e 'process.exit(require(process.argv[1]+"/node_modules/statsd/package.json").version==="0.9.0" && require(process.argv[1]+"/node_modules/hashring/package.json").version==="3.2.0" ? 0 : 1)' "$node_dir" 2>/dev/null; then
+    echo "install-peers: npm install statsd@0.9.0 hashring@3.2.0 into $node_dir" >&2
+    mkdir -p "$node_dir"
+    npm install --silent --no-audit --no-fund --prefix "$node_dir" statsd@0.9.0 hashring@3.2.0 >/dev/null
 fi
 
 echo "install-peers: carbon-c-relay $(carbon-c-relay -v 2>&1 | head -1 | tr -s ' ' | cut -c1-60)" >&2
