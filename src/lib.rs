@@ -2,6 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` for the map of the rooms below.
 
+pub mod aggregate;
 pub mod api;
 pub mod config;
 pub mod ingest;

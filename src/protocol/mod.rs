@@ -5,6 +5,7 @@ pub mod collectd;
 pub mod graphite;
 pub mod lines;
 pub mod pickle;
+pub mod regex_line;
 pub mod statsd;
 
 /// Why a line was dropped at ingest. A closed set, so counters are an array.

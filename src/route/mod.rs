@@ -3,7 +3,11 @@
 
 pub mod cache;
 pub mod destination;
+pub mod rewrite;
 pub mod ring;
+pub mod ring_fnv;
+pub mod ring_python;
+pub mod ring_statsd;
 pub mod rules;
 
 use std::collections::HashMap;

@@ -2,6 +2,7 @@
 
 mod bad_config;
 mod bad_input;
+mod carbon_aggregator;
 mod collectd_graphite;
 mod collectd_live;
 mod collectd_replay;
@@ -9,6 +10,9 @@ mod crelay;
 mod delivery;
 mod e2e;
 mod pickle;
+mod rewrite;
+mod rings;
+mod statsd_etsy;
 mod support;
 mod whisper_cli;
 mod whisper_diff;

@@ -1,0 +1,1 @@
+//! carbon-aggregator rules and buckets.

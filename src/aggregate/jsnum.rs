@@ -1,0 +1,1 @@
+//! Numbers printed as JavaScript prints them.

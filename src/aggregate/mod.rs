@@ -1,0 +1,7 @@
+//! Aggregation engines: shard-owned state with no I/O. Each shard owns one instance of
+//! each engine; `ingest` takes a sample, `flush(now, out)` emits what is due.
+
+pub mod carbon;
+pub mod jsnum;
+pub mod rollup;
+pub mod statsd;

@@ -1,0 +1,1 @@
+//! Etsy statsd 0.9 aggregation.

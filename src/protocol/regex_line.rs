@@ -1,0 +1,1 @@
+//! Regex line listener: a key (and optional timestamp) cut from arbitrary lines.

@@ -1,0 +1,1 @@
+//! carbon-c-relay's rewrite rules.

@@ -1,0 +1,1 @@
+//! carbon_ch_python: python carbon 1.1.x's ConsistentHashRing.
