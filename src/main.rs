@@ -2,16 +2,16 @@
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use cadent::api::{self, AdminState};
+use cadent::api::{self, AdminState, Control};
 use cadent::config::{Config, ListenUrl, DEFAULT_CONFIG};
 use cadent::route::{DestinationTable, Router};
-use cadent::shard::{self, ControlMsg};
+use cadent::shard::{self, ControlMsg, Topology};
 use cadent::telemetry::{Labels, Registry};
 use cadent::tools;
 
@@ -216,10 +216,17 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         "cadent serving"
     );
     let state_registry = registry.clone();
+    let control = Control::new(
+        Topology {
+            config: cfg.clone(),
+            table: table.clone(),
+        },
+        handles.iter().map(|h| h.sender()).collect(),
+        registry.clone(),
+        path.clone(),
+    );
     let state = Arc::new(AdminState {
-        config: cfg.clone(),
-        table: table.clone(),
-        router: Mutex::new(Router::new(&cfg, &table)),
+        control,
         registry,
         shards,
         bound,
@@ -259,7 +266,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
 /// log: what was received, what each destination got, and every loss.
 fn log_totals(registry: &Registry) {
     let total = Registry::total(&registry.per_shard());
-    let labels = registry.labels();
+    let labels = &registry.labels();
     for (name, l) in labels.listeners.iter().zip(&total.listeners) {
         tracing::info!(
             listener = %name,

@@ -1,30 +1,28 @@
 //! The control thread: admin HTTP (axum on a current-thread tokio runtime), signals, and
 //! the bridge to shards. It never runs on a shard core and shards never wait on it.
 
+pub mod control;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router as Http};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::config::Config;
-use crate::route::{DestinationTable, Router};
 use crate::telemetry::Registry;
+pub use control::Control;
 
 /// What the admin handlers read.
 pub struct AdminState {
-    /// The running config.
-    pub config: Arc<Config>,
-    /// Destinations of the running config.
-    pub table: Arc<DestinationTable>,
-    /// A router for `/hashcheck` (the control thread's own copy).
-    pub router: Mutex<Router>,
+    /// The running topology, health and the path to change them.
+    pub control: Arc<Control>,
     /// Published shard counters.
     pub registry: Arc<Registry>,
     /// Number of shards running.
@@ -42,6 +40,9 @@ pub fn routes(state: Arc<AdminState>) -> Http {
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
         .route("/hashcheck", get(hashcheck))
+        .route("/servers", get(servers))
+        .route("/cluster/{name}/members", post(add_member))
+        .route("/cluster/{name}/members/{server}", delete(remove_member))
         .with_state(state)
 }
 
@@ -79,26 +80,142 @@ async fn hashcheck(State(s): State<Arc<AdminState>>, Query(q): Query<HashQuery>)
     let Some(key) = q.key.filter(|k| !k.is_empty()) else {
         return (StatusCode::BAD_REQUEST, "missing ?key=\n").into_response();
     };
-    Json(json!({ "key": key, "clusters": hash_all(&s, &key) })).into_response()
+    Json(json!({ "key": key, "clusters": s.control.hash_all(&key) })).into_response()
 }
 
-fn hash_all(s: &AdminState, key: &str) -> serde_json::Value {
-    let hashed = crate::protocol::graphite::hash_key(key.as_bytes());
-    let mut router = s.router.lock().unwrap_or_else(|e| e.into_inner());
-    let mut out = Vec::new();
-    let mut clusters = serde_json::Map::new();
-    for (i, c) in s.config.clusters.iter().enumerate() {
-        router.cluster_destinations(i, hashed, &mut out);
-        let names: Vec<String> = out
-            .iter()
-            .map(|d| s.table.member_label(&s.config, i, *d))
-            .collect();
-        clusters.insert(
-            c.name.clone(),
-            json!({ "kind": c.kind.as_str(), "destinations": names }),
-        );
+async fn servers(State(s): State<Arc<AdminState>>) -> Json<serde_json::Value> {
+    Json(s.control.servers_json())
+}
+
+/// Changes are allowed from loopback, or with `Authorization: Bearer <server.admin_token>`.
+fn authorised(
+    s: &AdminState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(), (StatusCode, &'static str)> {
+    if peer.ip().is_loopback() {
+        return Ok(());
     }
-    serde_json::Value::Object(clusters)
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match (s.control.admin_token(), given) {
+        (Some(token), Some(given)) if constant_time_eq(token.as_bytes(), given.as_bytes()) => {
+            Ok(())
+        }
+        (None, _) => Err((
+            StatusCode::FORBIDDEN,
+            "membership changes are allowed from loopback only (no server.admin_token set)\n",
+        )),
+        _ => Err((StatusCode::UNAUTHORIZED, "missing or wrong admin token\n")),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Deserialize, Default)]
+struct MemberForm {
+    server: Option<String>,
+    instance: Option<String>,
+}
+
+/// The body as JSON (`{"server": .., "instance": ..}`) or as a urlencoded form.
+fn member_form(headers: &HeaderMap, body: &[u8]) -> Result<MemberForm, String> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json {
+        return serde_json::from_slice(body).map_err(|e| format!("bad JSON body: {e}"));
+    }
+    let text = std::str::from_utf8(body).map_err(|_| "body is not UTF-8".to_string())?;
+    let mut form = MemberForm::default();
+    for pair in text.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v)?;
+        match percent_decode(k)?.as_str() {
+            "server" => form.server = Some(v),
+            "instance" => form.instance = Some(v),
+            other => return Err(format!("unknown field {other:?} (server, instance)")),
+        }
+    }
+    Ok(form)
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = s
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| format!("bad %-escape in {s:?}"))?;
+                out.push(hex);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| format!("{s:?} decodes to invalid UTF-8"))
+}
+
+fn refused(r: control::Refused) -> Response {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+    (status, format!("{}\n", r.message)).into_response()
+}
+
+async fn add_member(
+    State(s): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authorised(&s, peer, &headers) {
+        return r.into_response();
+    }
+    let form = match member_form(&headers, &body) {
+        Ok(f) => f,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let Some(server) = form.server.filter(|v| !v.is_empty()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "`server` is required (host:port)\n",
+        )
+            .into_response();
+    };
+    match s
+        .control
+        .add_member(&name, &server, form.instance.as_deref())
+        .await
+    {
+        Ok(msg) => (StatusCode::OK, format!("{msg}\n")).into_response(),
+        Err(r) => refused(r),
+    }
+}
+
+async fn remove_member(
+    State(s): State<Arc<AdminState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((name, server)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorised(&s, peer, &headers) {
+        return r.into_response();
+    }
+    match s.control.remove_member(&name, &server).await {
+        Ok(msg) => (StatusCode::OK, format!("{msg}\n")).into_response(),
+        Err(r) => refused(r),
+    }
 }
 
 /// Runs the admin server until SIGTERM or SIGINT; returns which signal arrived.
@@ -113,13 +230,14 @@ pub fn serve_until_signal(
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        // SIGHUP's default would kill the process without a flush (log rotation sends
-        // it). Config reload on SIGHUP comes later; until then it is acknowledged only.
+        // SIGHUP reloads the config file (its default would kill the process unflushed).
         let mut hup = signal(SignalKind::hangup())?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("server.admin_listen {addr}: cannot bind: {e}"))?;
-        let app = routes(state);
+        let control = state.control.clone();
+        tokio::spawn(control.clone().probe_loop());
+        let app = routes(state).into_make_service_with_connect_info::<SocketAddr>();
         let server = std::future::IntoFuture::into_future(axum::serve(listener, app));
         tokio::pin!(server);
         loop {
@@ -127,7 +245,15 @@ pub fn serve_until_signal(
                 r = &mut server => { r?; anyhow::bail!("admin server stopped") }
                 _ = term.recv() => return Ok("SIGTERM"),
                 _ = int.recv() => return Ok("SIGINT"),
-                _ = hup.recv() => tracing::warn!("SIGHUP: config reload is not implemented yet; ignored"),
+                _ = hup.recv() => {
+                    let control = control.clone();
+                    tokio::spawn(async move {
+                        match control.reload().await {
+                            Ok(summary) => tracing::info!(%summary, "SIGHUP: config reloaded"),
+                            Err(e) => tracing::error!("SIGHUP: config not reloaded, the running one is kept: {e}"),
+                        }
+                    });
+                }
             }
         }
     })

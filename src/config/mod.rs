@@ -77,6 +77,21 @@ pub struct Server {
     /// Routing decisions remembered per shard, by name (0 = none); 24-byte slots, at most
     /// half full.
     pub route_cache_names_max: usize,
+    /// Token that lets a non-loopback client change membership (`Authorization: Bearer`);
+    /// without it only loopback clients may.
+    pub admin_token: Option<String>,
+}
+
+/// `[health]`: how destinations are judged up or down.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// How often the control thread probes each TCP destination with a connect.
+    pub probe_interval_ms: u64,
+    /// A probe connect that takes longer fails.
+    pub probe_timeout_ms: u64,
+    /// Consecutive failures (probes, or intervals in which a writer failed) that mark an
+    /// up destination down.
+    pub down_after_failures: u32,
 }
 
 /// Wire format of a listener.
@@ -124,6 +139,18 @@ pub struct Listener {
 pub enum ClusterKind {
     /// carbon-c-relay's md5 ring.
     CarbonCh,
+    /// carbon-c-relay's FNV-1a ring.
+    Fnv1aCh,
+    /// carbon-c-relay's jump consistent hash over FNV-1a 64.
+    JumpFnv1aCh,
+    /// python carbon's md5 ring (collisions bumped, so member order matters).
+    CarbonChPython,
+    /// The ring of statsd's proxy (node hashring 3.x).
+    StatsdHashring,
+    /// FNV-1a modulo the member count; a dead member's share spreads over the live ones.
+    AnyOf,
+    /// The first live member in list order.
+    Failover,
     /// Every member gets every metric.
     Forward,
     /// A rotating file per shard (no members).
@@ -131,14 +158,55 @@ pub enum ClusterKind {
 }
 
 impl ClusterKind {
+    /// Every kind, for error messages.
+    pub const ALL: [ClusterKind; 9] = [
+        ClusterKind::CarbonCh,
+        ClusterKind::Fnv1aCh,
+        ClusterKind::JumpFnv1aCh,
+        ClusterKind::CarbonChPython,
+        ClusterKind::StatsdHashring,
+        ClusterKind::AnyOf,
+        ClusterKind::Failover,
+        ClusterKind::Forward,
+        ClusterKind::File,
+    ];
+
     /// The word used in configs.
     pub fn as_str(self) -> &'static str {
         match self {
             ClusterKind::CarbonCh => "carbon_ch",
+            ClusterKind::Fnv1aCh => "fnv1a_ch",
+            ClusterKind::JumpFnv1aCh => "jump_fnv1a_ch",
+            ClusterKind::CarbonChPython => "carbon_ch_python",
+            ClusterKind::StatsdHashring => "statsd_hashring",
+            ClusterKind::AnyOf => "any_of",
+            ClusterKind::Failover => "failover",
             ClusterKind::Forward => "forward",
             ClusterKind::File => "file",
         }
     }
+
+    /// A hash ring (`replication` and `on_down` apply).
+    pub fn is_ring(self) -> bool {
+        matches!(
+            self,
+            ClusterKind::CarbonCh
+                | ClusterKind::Fnv1aCh
+                | ClusterKind::JumpFnv1aCh
+                | ClusterKind::CarbonChPython
+                | ClusterKind::StatsdHashring
+        )
+    }
+}
+
+/// What a ring cluster does with the keys of a member that is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDown {
+    /// Keep them on their owner: its queue holds them until it returns (bounded).
+    Queue,
+    /// Send them to the next live distinct member of the ring walk, and back to the owner
+    /// when it returns (carbon-c-relay's `dynamic`).
+    Reroute,
 }
 
 /// Settings of a `kind = "file"` cluster.
@@ -165,6 +233,10 @@ pub struct Cluster {
     pub members: Vec<Member>,
     /// File settings (file kind only).
     pub file: Option<FileSink>,
+    /// Ring kinds: what happens to the keys of a member that is down.
+    pub on_down: OnDown,
+    /// `carbon_ch_python`: replicas skip hosts already chosen (carbon's DIVERSE_REPLICAS).
+    pub diverse_replicas: bool,
 }
 
 /// What a route matches on the metric name.
@@ -200,6 +272,17 @@ pub struct Route {
     pub action: Action,
     /// Keep trying later rules after this one matched.
     pub continue_matching: bool,
+    /// carbon-c-relay rewrite applied to matching names before hashing.
+    pub rewrite: Option<RewriteSpec>,
+}
+
+/// `rewrite = { regex = "...", into = "..." }` of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewriteSpec {
+    /// Regex searched in the name.
+    pub regex: String,
+    /// Template: `\1`, `\_1` (lowercase), `\^1` (uppercase), `\.1` (dots to `_`).
+    pub into: String,
 }
 
 /// `[output]`: how writers batch, queue and reconnect (per shard and destination).
@@ -238,6 +321,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `[output]`.
     pub output: Output,
+    /// `[health]`.
+    pub health: Health,
 }
 
 impl Config {
@@ -263,6 +348,36 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("{}: invalid config:\n{e}", path.display()))
     }
 
+    /// Checks cluster `index` after its members changed at run time, as loading would.
+    pub fn check_cluster(&self, index: usize) -> Result<(), ConfigErrors> {
+        let c = &self.clusters[index];
+        let mut errs = Vec::new();
+        if c.kind == ClusterKind::File {
+            errs.push(ConfigError::new(
+                format!("cluster[{index}]"),
+                "a file cluster has no members",
+            ));
+        } else if c.members.is_empty() {
+            errs.push(ConfigError::new(
+                format!("cluster[{index}].members"),
+                "needs at least one member",
+            ));
+        } else {
+            check_members(
+                c.kind,
+                c.replication,
+                &c.members,
+                &format!("cluster[{index}]."),
+                &mut errs,
+            );
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errs))
+        }
+    }
+
     /// Index of the cluster named `name`.
     pub fn cluster_index(&self, name: &str) -> Option<usize> {
         self.clusters.iter().position(|c| c.name == name)
@@ -273,6 +388,7 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
     let mut top = TableReader::new(root, "");
     let server_t = top.table("server", errs);
     let output_t = top.table("output", errs);
+    let health_t = top.table("health", errs);
     let listen_ts = top.tables("listen", errs);
     let cluster_ts = top.tables("cluster", errs);
     let route_ts = top.tables("route", errs);
@@ -281,6 +397,7 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
     let empty = Table::new();
     let server = read_server(server_t.unwrap_or(&empty), errs);
     let output = read_output(output_t.unwrap_or(&empty), errs);
+    let health = read_health(health_t.unwrap_or(&empty), errs);
     let listeners: Vec<Listener> = listen_ts
         .iter()
         .enumerate()
@@ -299,6 +416,13 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
         .enumerate()
         .map(|(i, t)| read_route(t, i, &clusters, errs))
         .collect();
+    // A metric's name goes through at most one rewrite per route; the stage is a u8.
+    if routes.iter().filter(|r| r.rewrite.is_some()).count() > u8::MAX as usize {
+        errs.push(ConfigError::new(
+            "route",
+            format!("more than {} routes with a rewrite", u8::MAX),
+        ));
+    }
     // Readers wait while a queue cannot take another read's worth plus an open batch; a
     // bound below twice that would make them wait on nearly every read.
     let read_max = listeners
@@ -328,7 +452,19 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
         clusters,
         routes,
         output,
+        health,
     }
+}
+
+fn read_health(t: &Table, errs: &mut Vec<ConfigError>) -> Health {
+    let mut r = TableReader::new(t, "health");
+    let h = Health {
+        probe_interval_ms: r.uint("probe_interval_ms", 1_000, 10, 600_000, errs),
+        probe_timeout_ms: r.uint("probe_timeout_ms", 1_000, 1, 60_000, errs),
+        down_after_failures: r.uint("down_after_failures", 3, 1, 1_000, errs) as u32,
+    };
+    r.finish(errs);
+    h
 }
 
 fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
@@ -346,6 +482,13 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
     let stats_interval_ms = r.uint("stats_interval_ms", 500, 10, 60_000, errs);
     let io_memory_bytes = r.uint("io_memory_bytes", 2 << 20, 64 << 10, 1 << 30, errs) as usize;
     let route_cache_names_max = r.uint("route_cache_names_max", 500_000, 0, 1 << 30, errs) as usize;
+    let admin_token = r.opt_str("admin_token", errs);
+    if admin_token.as_deref() == Some("") {
+        errs.push(ConfigError::new(
+            r.key_path("admin_token"),
+            "must not be empty (leave it out to allow loopback clients only)",
+        ));
+    }
     r.finish(errs);
     Server {
         shards,
@@ -354,6 +497,7 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
         stats_interval_ms,
         io_memory_bytes,
         route_cache_names_max,
+        admin_token,
     }
 }
 
@@ -454,15 +598,17 @@ fn read_cluster(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Cluster {
         errs.push(ConfigError::new(r.key_path("name"), "must not be empty"));
     }
     let kind_s = r.req_str("kind", errs);
-    let kind = match kind_s.as_str() {
-        "carbon_ch" => Some(ClusterKind::CarbonCh),
-        "forward" => Some(ClusterKind::Forward),
-        "file" => Some(ClusterKind::File),
-        "" => None,
-        other => {
+    let kind = match ClusterKind::ALL.iter().find(|k| k.as_str() == kind_s) {
+        Some(k) => Some(*k),
+        None if kind_s.is_empty() => None,
+        None => {
+            let known: Vec<&str> = ClusterKind::ALL.iter().map(|k| k.as_str()).collect();
             errs.push(ConfigError::new(
                 r.key_path("kind"),
-                format!("unknown kind {other:?} (expected carbon_ch, forward or file)"),
+                format!(
+                    "unknown kind {kind_s:?} (expected one of {})",
+                    known.join(", ")
+                ),
             ));
             None
         }
@@ -473,6 +619,21 @@ fn read_cluster(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Cluster {
     let path = r.opt_str("path", errs);
     let rotate_bytes = r.uint("file_rotate_bytes", 256 << 20, 4096, 1 << 40, errs);
     let keep_files = r.uint("file_keep_files", 4, 0, 1000, errs) as usize;
+    let on_down_present = t.contains_key("on_down");
+    let on_down = match r.str_or("on_down", "queue", errs).as_str() {
+        "queue" => OnDown::Queue,
+        "reroute" => OnDown::Reroute,
+        other => {
+            errs.push(ConfigError::new(
+                r.key_path("on_down"),
+                format!("unknown value {other:?} (expected queue or reroute)"),
+            ));
+            OnDown::Queue
+        }
+    };
+    let diverse_present = t.contains_key("diverse_replicas");
+    // carbon's own default (conf.py DIVERSE_REPLICAS = True).
+    let diverse_replicas = r.boolean("diverse_replicas", true, errs);
     let mut members = Vec::with_capacity(member_strs.len());
     for (j, m) in member_strs.iter().enumerate() {
         match Member::parse(m) {
@@ -519,33 +680,29 @@ fn read_cluster(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Cluster {
                     "needs at least one member",
                 ));
             }
-            if k == ClusterKind::Forward {
-                for (j, m) in members.iter().enumerate() {
-                    if let Some(p) = members[..j]
-                        .iter()
-                        .position(|o| o.address_key() == m.address_key())
-                    {
-                        errs.push(ConfigError::new(
-                            format!("{}[{j}]", r.key_path("members")),
-                            format!("same address as members[{p}]; a member is listed once"),
-                        ));
-                    }
-                }
-            }
-            if k == ClusterKind::Forward && replication_present && replication != 1 {
+            if !k.is_ring() && replication_present && replication != 1 {
                 errs.push(ConfigError::new(
                     r.key_path("replication"),
-                    "a forward cluster sends to every member; replication does not apply",
+                    format!("applies to ring kinds only, not {}", k.as_str()),
                 ));
             }
-            if k == ClusterKind::CarbonCh && member_strs.len() == members.len() {
-                if replication > members.len() {
-                    errs.push(ConfigError::new(
-                        r.key_path("replication"),
-                        format!("{replication} is more than the {} members", members.len()),
-                    ));
-                }
-                check_ring_identity(&members, &r.key_path("members"), errs);
+            if !k.is_ring() && on_down_present {
+                errs.push(ConfigError::new(
+                    r.key_path("on_down"),
+                    format!(
+                        "applies to ring kinds only; {} handles a dead member itself",
+                        k.as_str()
+                    ),
+                ));
+            }
+            if k != ClusterKind::CarbonChPython && diverse_present {
+                errs.push(ConfigError::new(
+                    r.key_path("diverse_replicas"),
+                    "applies to carbon_ch_python only",
+                ));
+            }
+            if member_strs.len() == members.len() {
+                check_members(k, replication, &members, &r.key_path(""), errs);
             }
         }
         None => {}
@@ -557,6 +714,71 @@ fn read_cluster(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Cluster {
         replication,
         members,
         file,
+        on_down,
+        diverse_replicas,
+    }
+}
+
+/// The checks on a cluster's members, at load and when membership changes at run time.
+/// `path` is the cluster's key path with a trailing dot (`cluster[2].`).
+fn check_members(
+    kind: ClusterKind,
+    replication: usize,
+    members: &[Member],
+    path: &str,
+    errs: &mut Vec<ConfigError>,
+) {
+    let members_path = format!("{path}members");
+    if kind != ClusterKind::CarbonCh && kind != ClusterKind::CarbonChPython {
+        check_unique_addresses(members, &members_path, errs);
+    }
+    if !kind.is_ring() {
+        return;
+    }
+    if replication > members.len() {
+        errs.push(ConfigError::new(
+            format!("{path}replication"),
+            format!("{replication} is more than the {} members", members.len()),
+        ));
+    }
+    match kind {
+        ClusterKind::CarbonCh | ClusterKind::CarbonChPython => {
+            check_ring_identity(members, &members_path, errs)
+        }
+        ClusterKind::Fnv1aCh => check_fnv_identity(members, &members_path, errs),
+        _ => {}
+    }
+}
+
+/// Every member once: two entries with one address would share a queue and a connection.
+fn check_unique_addresses(members: &[Member], path: &str, errs: &mut Vec<ConfigError>) {
+    for (j, m) in members.iter().enumerate() {
+        if let Some(p) = members[..j]
+            .iter()
+            .position(|o| o.address_key() == m.address_key())
+        {
+            errs.push(ConfigError::new(
+                format!("{path}[{j}]"),
+                format!("same address as {path}[{p}]; a member is listed once"),
+            ));
+        }
+    }
+}
+
+/// fnv1a_ch hashes the instance when there is one (instead of host:port): two members
+/// with one instance would share every ring position.
+fn check_fnv_identity(members: &[Member], path: &str, errs: &mut Vec<ConfigError>) {
+    for (j, m) in members.iter().enumerate() {
+        let Some(inst) = &m.instance else { continue };
+        if let Some(k) = members[..j]
+            .iter()
+            .position(|o| o.instance.as_ref() == Some(inst))
+        {
+            errs.push(ConfigError::new(
+                format!("{path}[{j}]"),
+                format!("same instance as {path}[{k}]; fnv1a_ch hashes the instance alone"),
+            ));
+        }
     }
 }
 
@@ -608,7 +830,11 @@ fn read_route(t: &Table, i: usize, clusters: &[Cluster], errs: &mut Vec<ConfigEr
     };
     let action_s = r.opt_str("action", errs);
     let send_to = r.strings("send_to", errs);
-    let continue_matching = r.boolean("continue", false, errs);
+    let continue_present = t.contains_key("continue");
+    let mut continue_matching = r.boolean("continue", false, errs);
+    let rewrite = r
+        .table("rewrite", errs)
+        .map(|rt| read_rewrite(rt, &r.key_path("rewrite"), errs));
     let mut targets = Vec::with_capacity(send_to.len());
     for (j, c) in send_to.iter().enumerate() {
         match clusters.iter().position(|cl| &cl.name == c) {
@@ -637,7 +863,25 @@ fn read_route(t: &Table, i: usize, clusters: &[Cluster], errs: &mut Vec<ConfigEr
                     "a dropped metric cannot continue to later routes",
                 ));
             }
+            if rewrite.is_some() {
+                errs.push(ConfigError::new(
+                    r.key_path("rewrite"),
+                    "a dropped metric is not rewritten; remove one of them",
+                ));
+            }
             Action::Drop
+        }
+        // A rewrite with nowhere to send is carbon-c-relay's `rewrite` statement: the name
+        // changes and later routes see it.
+        None if rewrite.is_some() && t.get("send_to").is_none() => {
+            if continue_present && !continue_matching {
+                errs.push(ConfigError::new(
+                    r.key_path("continue"),
+                    "a rewrite-only route always continues to later routes",
+                ));
+            }
+            continue_matching = true;
+            Action::SendTo(Vec::new())
         }
         Some("send") | None => {
             if send_to.is_empty() && t.get("send_to").is_none() {
@@ -667,7 +911,21 @@ fn read_route(t: &Table, i: usize, clusters: &[Cluster], errs: &mut Vec<ConfigEr
         matcher,
         action,
         continue_matching,
+        rewrite,
     }
+}
+
+fn read_rewrite(t: &Table, path: &str, errs: &mut Vec<ConfigError>) -> RewriteSpec {
+    let mut r = TableReader::new(t, path);
+    let regex = r.req_str("regex", errs);
+    let into = r.req_str("into", errs);
+    r.finish(errs);
+    if !regex.is_empty() {
+        if let Err(e) = crate::route::rewrite::Rewrite::compile(&regex, &into) {
+            errs.push(ConfigError::new(path, e));
+        }
+    }
+    RewriteSpec { regex, into }
 }
 
 fn read_match(t: &Table, path: &str, errs: &mut Vec<ConfigError>) -> Match {

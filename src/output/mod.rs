@@ -2,6 +2,7 @@
 //! bounded queue of sealed batches, and a writer task that drains it.
 
 pub mod file;
+pub mod health;
 pub mod queue;
 pub mod writer;
 
@@ -27,33 +28,59 @@ pub struct Outputs {
     slots: Vec<Slot>,
     /// Headroom a reader needs before it reads again: one read's worth of lines.
     headroom_bytes: usize,
+    /// Batch and queue bounds, for destinations added at run time.
+    cfg: Output,
 }
 
 impl Outputs {
     /// Queues for every destination of the table, bounded by `cfg.queue_bytes_max` each.
     pub fn new(table: &DestinationTable, cfg: &Output, headroom_bytes: usize) -> Outputs {
-        let slots = table
-            .destinations
-            .iter()
-            .map(|d| {
-                let seal_bytes = match &d.kind {
-                    DestinationKind::Net(m) if m.transport == Transport::Udp => {
-                        cfg.udp_datagram_bytes_max
-                    }
-                    _ => cfg.flush_bytes,
-                };
-                Slot {
-                    open: Vec::with_capacity(seal_bytes),
-                    open_lines: 0,
-                    seal_bytes,
-                    queue: Rc::new(DestQueue::new(cfg.queue_bytes_max)),
-                }
-            })
-            .collect();
-        Outputs {
-            slots,
+        let mut out = Outputs {
+            slots: Vec::with_capacity(table.destinations.len()),
             headroom_bytes,
+            cfg: cfg.clone(),
+        };
+        out.extend(table);
+        out
+    }
+
+    /// Adds a slot (batch and queue) for each destination `table` has beyond ours: the
+    /// table only ever grows, so existing queues are untouched.
+    pub fn extend(&mut self, table: &DestinationTable) {
+        for d in &table.destinations[self.slots.len().min(table.destinations.len())..] {
+            let seal_bytes = match &d.kind {
+                DestinationKind::Net(m) if m.transport == Transport::Udp => {
+                    self.cfg.udp_datagram_bytes_max
+                }
+                _ => self.cfg.flush_bytes,
+            };
+            self.slots.push(Slot {
+                open: Vec::with_capacity(seal_bytes),
+                open_lines: 0,
+                seal_bytes,
+                queue: Rc::new(DestQueue::new(self.cfg.queue_bytes_max)),
+            });
         }
+    }
+
+    /// Number of destinations (retired ones included).
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True with no destinations.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// A destination left the config: its open batch is queued and the queue closed, so
+    /// its writer delivers what is queued and stops. The router no longer sends to it.
+    pub fn retire(&mut self, d: DestId) {
+        let slot = &mut self.slots[d.index()];
+        if slot.open_lines > 0 {
+            seal(slot);
+        }
+        slot.queue.close();
     }
 
     /// The queue of a destination (for its writer).

@@ -33,29 +33,65 @@ pub struct Destination {
 }
 
 /// All destinations of a config, and for each cluster the destination of each member.
+///
+/// Ids are stable across reconfigurations ([`evolve`](Self::evolve)): a destination keeps
+/// its id while any cluster lists it, new ones are appended, and removed ones stay in the
+/// table marked retired (their writers drain and stop), so ids in flight stay valid.
 #[derive(Debug, Clone)]
 pub struct DestinationTable {
-    /// Destinations by [`DestId`].
+    /// Destinations by [`DestId`], retired ones included.
     pub destinations: Vec<Destination>,
+    /// By [`DestId`]: no cluster lists it any more.
+    pub retired: Vec<bool>,
     /// For each cluster (config order), the destination of each member (member order);
     /// a file cluster has exactly one.
     pub cluster_members: Vec<Vec<DestId>>,
 }
 
+/// Destinations one table may hold over its life, retired ones included.
+pub const DESTINATIONS_MAX: usize = u16::MAX as usize;
+
 impl DestinationTable {
     /// Builds the table; a validated config guarantees fewer than 65536 destinations.
     pub fn from_config(cfg: &Config) -> DestinationTable {
-        let mut destinations: Vec<Destination> = Vec::new();
+        let empty = DestinationTable {
+            destinations: Vec::new(),
+            retired: Vec::new(),
+            cluster_members: Vec::new(),
+        };
+        empty
+            .evolve(cfg)
+            .expect("a validated config fits the table")
+    }
+
+    /// The table for `cfg` that keeps this one's ids: destinations still listed keep their
+    /// id, new ones are appended, ones no longer listed are marked retired. Fails when the
+    /// table would pass [`DESTINATIONS_MAX`] (a restart starts it afresh).
+    pub fn evolve(&self, cfg: &Config) -> Result<DestinationTable, String> {
+        let mut destinations = self.destinations.clone();
+        let mut retired = self.retired.clone();
+        let mut used = vec![false; destinations.len()];
+        let mut full = false;
         let mut intern = |name: String, kind: DestinationKind| -> DestId {
-            if let Some(i) = destinations.iter().position(|d| d.name == name) {
-                return DestId(i as u16);
-            }
-            assert!(
-                destinations.len() < u16::MAX as usize,
-                "too many destinations"
-            );
-            destinations.push(Destination { name, kind });
-            DestId((destinations.len() - 1) as u16)
+            let found = destinations
+                .iter()
+                .zip(&retired)
+                .position(|(d, &r)| !r && d.name == name);
+            let i = match found {
+                Some(i) => i,
+                None => {
+                    if destinations.len() >= DESTINATIONS_MAX {
+                        full = true;
+                        return DestId(0);
+                    }
+                    destinations.push(Destination { name, kind });
+                    retired.push(false);
+                    used.push(false);
+                    destinations.len() - 1
+                }
+            };
+            used[i] = true;
+            DestId(i as u16)
         };
         let cluster_members = cfg
             .clusters
@@ -74,10 +110,22 @@ impl DestinationTable {
                     .collect(),
             })
             .collect();
-        DestinationTable {
-            destinations,
-            cluster_members,
+        if full {
+            return Err(format!(
+                "more than {DESTINATIONS_MAX} destinations since start (retired ones count \
+                 until a restart)"
+            ));
         }
+        for (r, u) in retired.iter_mut().zip(&used) {
+            if !u {
+                *r = true;
+            }
+        }
+        Ok(DestinationTable {
+            destinations,
+            retired,
+            cluster_members,
+        })
     }
 
     /// How `cadent hash` and `/hashcheck` name destination `d` of cluster `cluster`: the

@@ -15,22 +15,50 @@ use std::collections::HashMap;
 pub use cache::Fingerprint;
 use cache::FingerprintTable;
 
-use crate::config::{Action, ClusterKind, Config};
+use crate::config::{Action, ClusterKind, Config, OnDown};
 use crate::protocol::graphite;
 pub use destination::{DestId, Destination, DestinationKind, DestinationTable};
+use rewrite::Rewrite;
 use ring::{CarbonRing, RingMember};
 use rules::Matcher;
+
+/// A hash ring of one of the ring kinds; all share `route_into`'s shape.
+#[derive(Debug, Clone)]
+pub enum Ring {
+    /// carbon-c-relay's md5 ring (`carbon_ch`).
+    Carbon(CarbonRing),
+}
+
+impl Ring {
+    fn build(kind: ClusterKind, members: &[RingMember<'_>], _diverse: bool) -> Ring {
+        debug_assert!(kind.is_ring());
+        Ring::Carbon(CarbonRing::new(members))
+    }
+
+    /// Clears `out` and pushes up to `n` distinct member indexes in preference order.
+    fn route_into(&self, key: &[u8], n: usize, out: &mut Vec<usize>) {
+        match self {
+            Ring::Carbon(r) => r.route_into(key, n, out),
+        }
+    }
+}
 
 /// How a cluster maps a key onto its members.
 #[derive(Debug, Clone)]
 pub enum ClusterRoute {
-    /// carbon-c-relay's md5 ring.
-    CarbonCh {
+    /// A consistent-hash ring.
+    Ring {
         /// The ring over the members.
-        ring: CarbonRing,
+        ring: Ring,
         /// Distinct members per key.
         replication: usize,
+        /// `on_down = "reroute"`: keys of a dead member go to the next live one.
+        reroute: bool,
     },
+    /// carbon-c-relay's `any_of`: FNV-1a of the key modulo the member count.
+    AnyOf,
+    /// The first live member in list order.
+    Failover,
     /// Every member.
     Forward,
 }
@@ -48,12 +76,69 @@ pub struct CompiledCluster {
 
 impl CompiledCluster {
     /// Appends the destinations of `key` (replica order) to `out`, skipping ones already
-    /// there. `scratch` is reused between calls.
-    fn destinations_into(&self, key: &[u8], scratch: &mut Vec<usize>, out: &mut Vec<DestId>) {
+    /// there. `alive` says which destinations are up (by [`DestId`]); `scratch` is reused.
+    fn destinations_into(
+        &self,
+        key: &[u8],
+        alive: &[bool],
+        scratch: &mut Vec<usize>,
+        out: &mut Vec<DestId>,
+    ) {
+        let live = |m: usize| alive.get(self.members[m].index()).copied().unwrap_or(true);
+        let n = self.members.len();
         match &self.route {
-            ClusterRoute::CarbonCh { ring, replication } => {
-                ring.route_into(key, *replication, scratch);
+            ClusterRoute::Ring {
+                ring,
+                replication,
+                reroute,
+            } => {
+                if !*reroute || (0..n).all(live) {
+                    ring.route_into(key, *replication, scratch);
+                    for &m in scratch.iter() {
+                        push_unique(out, self.members[m]);
+                    }
+                    return;
+                }
+                // The whole walk, then the first `replication` live members of it. With
+                // every member down the owners keep their keys (queued until one returns).
+                ring.route_into(key, n, scratch);
+                let mut taken = 0;
                 for &m in scratch.iter() {
+                    if taken < *replication && live(m) {
+                        push_unique(out, self.members[m]);
+                        taken += 1;
+                    }
+                }
+                if taken == 0 {
+                    for &m in scratch.iter().take(*replication) {
+                        push_unique(out, self.members[m]);
+                    }
+                }
+            }
+            ClusterRoute::AnyOf => {
+                if n == 0 {
+                    return;
+                }
+                let h = fnv1a_32(key);
+                let owner = h as usize % n;
+                if live(owner) {
+                    push_unique(out, self.members[owner]);
+                    return;
+                }
+                // The owner's keys spread over the live members by a second draw from the
+                // hash; every other key stays where it was.
+                let live_count = (0..n).filter(|&m| live(m)).count();
+                if live_count == 0 {
+                    push_unique(out, self.members[owner]);
+                    return;
+                }
+                let pick = (h.rotate_right(16) as usize) % live_count;
+                let m = (0..n).filter(|&m| live(m)).nth(pick).unwrap_or(owner);
+                push_unique(out, self.members[m]);
+            }
+            ClusterRoute::Failover => {
+                let m = (0..n).find(|&m| live(m)).unwrap_or(0);
+                if n > 0 {
                     push_unique(out, self.members[m]);
                 }
             }
@@ -64,6 +149,17 @@ impl CompiledCluster {
             }
         }
     }
+}
+
+/// FNV-1a 32 as carbon-c-relay computes it for `any_of` (bytes sign-extended, as its
+/// `char` is).
+fn fnv1a_32(key: &[u8]) -> u32 {
+    let mut h: u32 = 2_166_136_261;
+    for &b in key {
+        h ^= b as i8 as i32 as u32;
+        h = h.wrapping_mul(16_777_619);
+    }
+    h
 }
 
 #[inline]
@@ -81,6 +177,9 @@ struct Plan {
     cleansed: bool,
     rules: Box<[u16]>,
     dests: Box<[DestId]>,
+    /// For each destination, how many rewrites its name went through (0 = as received);
+    /// empty when no rewrite applied.
+    stages: Box<[u8]>,
 }
 
 /// What the router decided for one metric.
@@ -93,6 +192,11 @@ pub struct Decision<'a> {
     /// The name needed carbon-c-relay cleansing: rules and rings saw the cleansed name,
     /// and the line must go out with it.
     pub cleansed: bool,
+    /// Empty unless a rewrite rule changed the name: then, per destination, which name
+    /// it gets (0 = the received or cleansed name, `k` = `names[k - 1]`).
+    pub stages: &'a [u8],
+    /// The rewritten names, in rewrite order.
+    pub names: &'a [Vec<u8>],
 }
 
 /// Distinct plans kept before the cache starts over; real configs have a handful.
@@ -130,13 +234,16 @@ impl RouteCache {
         cleansed: bool,
         rules: &[u16],
         dests: &[DestId],
+        stages: &[u8],
     ) {
         if self.plans.len() >= PLANS_MAX {
             self.by_name.clear();
             self.plans.clear();
             self.plan_ids.clear();
         }
-        let h = self.hasher.hash_one((verdict, cleansed, rules, dests));
+        let h = self
+            .hasher
+            .hash_one((verdict, cleansed, rules, dests, stages));
         let found = self.plan_ids.get(&h).and_then(|ids| {
             ids.iter().copied().find(|&id| {
                 let p = &self.plans[id as usize];
@@ -144,6 +251,7 @@ impl RouteCache {
                     && p.cleansed == cleansed
                     && *p.rules == *rules
                     && *p.dests == *dests
+                    && *p.stages == *stages
             })
         });
         let id = match found {
@@ -155,6 +263,7 @@ impl RouteCache {
                     cleansed,
                     rules: rules.into(),
                     dests: dests.into(),
+                    stages: stages.into(),
                 });
                 self.plan_ids.entry(h).or_default().push(id);
                 id
@@ -172,6 +281,7 @@ impl RouteCache {
 #[derive(Debug, Clone)]
 struct Rule {
     matcher: Matcher,
+    rewrite: Option<Rewrite>,
     /// `None` = drop.
     send_to: Option<Vec<usize>>,
     continue_matching: bool,
@@ -199,7 +309,13 @@ pub struct Router {
     scratch: Vec<usize>,
     scratch_rules: Vec<u16>,
     scratch_dests: Vec<DestId>,
+    scratch_stages: Vec<u8>,
+    scratch_cluster: Vec<DestId>,
     scratch_name: Vec<u8>,
+    /// Names produced by rewrite rules for the metric being routed, in order.
+    rewritten: Rewritten,
+    /// Destinations that are up, by [`DestId`]; routing around the others.
+    alive: Vec<bool>,
 }
 
 impl Router {
@@ -210,23 +326,24 @@ impl Router {
             .iter()
             .zip(&table.cluster_members)
             .map(|(c, members)| {
+                let ring_members: Vec<RingMember<'_>> = c
+                    .members
+                    .iter()
+                    .map(|m| RingMember {
+                        host: &m.host,
+                        port: m.port,
+                        instance: m.instance.as_deref(),
+                    })
+                    .collect();
                 let route = match c.kind {
-                    ClusterKind::CarbonCh => {
-                        let ring_members: Vec<RingMember<'_>> = c
-                            .members
-                            .iter()
-                            .map(|m| RingMember {
-                                host: &m.host,
-                                port: m.port,
-                                instance: m.instance.as_deref(),
-                            })
-                            .collect();
-                        ClusterRoute::CarbonCh {
-                            ring: CarbonRing::new(&ring_members),
-                            replication: c.replication,
-                        }
-                    }
-                    ClusterKind::Forward | ClusterKind::File => ClusterRoute::Forward,
+                    k if k.is_ring() => ClusterRoute::Ring {
+                        ring: Ring::build(k, &ring_members, c.diverse_replicas),
+                        replication: c.replication,
+                        reroute: c.on_down == OnDown::Reroute,
+                    },
+                    ClusterKind::AnyOf => ClusterRoute::AnyOf,
+                    ClusterKind::Failover => ClusterRoute::Failover,
+                    _ => ClusterRoute::Forward,
                 };
                 CompiledCluster {
                     name: c.name.clone(),
@@ -235,18 +352,21 @@ impl Router {
                 }
             })
             .collect();
-        let rules = cfg
-            .routes
-            .iter()
-            .map(|r| Rule {
-                matcher: Matcher::compile(&r.matcher),
-                send_to: match &r.action {
-                    Action::Drop => None,
-                    Action::SendTo(c) => Some(c.clone()),
-                },
-                continue_matching: r.continue_matching,
-            })
-            .collect();
+        let rules =
+            cfg.routes
+                .iter()
+                .map(|r| Rule {
+                    matcher: Matcher::compile(&r.matcher),
+                    rewrite: r.rewrite.as_ref().map(|rw| {
+                        Rewrite::compile(&rw.regex, &rw.into).expect("validated by config")
+                    }),
+                    send_to: match &r.action {
+                        Action::Drop => None,
+                        Action::SendTo(c) => Some(c.clone()),
+                    },
+                    continue_matching: r.continue_matching,
+                })
+                .collect();
         Router {
             rules,
             clusters,
@@ -255,13 +375,34 @@ impl Router {
             scratch: Vec::with_capacity(8),
             scratch_rules: Vec::with_capacity(8),
             scratch_dests: Vec::with_capacity(8),
+            scratch_stages: Vec::with_capacity(8),
+            scratch_cluster: Vec::with_capacity(8),
             scratch_name: Vec::with_capacity(256),
+            rewritten: Rewritten::default(),
+            alive: vec![true; table.destinations.len()],
         }
     }
 
     /// The compiled clusters, in config order.
     pub fn clusters(&self) -> &[CompiledCluster] {
         &self.clusters
+    }
+
+    /// Marks a destination up or down. Decisions depend on it, so a change empties the
+    /// route cache (it refills from the next lines).
+    pub fn set_alive(&mut self, d: DestId, up: bool) {
+        if self.alive.len() <= d.index() {
+            self.alive.resize(d.index() + 1, true);
+        }
+        if self.alive[d.index()] != up {
+            self.alive[d.index()] = up;
+            self.cache.by_name.clear();
+        }
+    }
+
+    /// Which destinations are up, by [`DestId`].
+    pub fn alive(&self) -> &[bool] {
+        &self.alive
     }
 
     /// Number of rules (the length `route` expects of `rule_hits`).
@@ -320,21 +461,35 @@ impl Router {
             for &r in plan.rules.iter() {
                 rule_hits[r as usize] += 1;
             }
+            if !plan.stages.is_empty() {
+                // Rewritten names are per name, not per plan: replay the rewrites of the
+                // rules that matched (rare: only names a rewrite changed get here).
+                let base: &[u8] = if plan.cleansed {
+                    graphite::cleanse(name, &mut self.scratch_name);
+                    &self.scratch_name
+                } else {
+                    name
+                };
+                replay_rewrites(&self.rules, &plan.rules, base, &mut self.rewritten);
+            }
             return Decision {
                 verdict: plan.verdict,
                 dests: &plan.dests,
                 cleansed: plan.cleansed,
+                stages: &plan.stages,
+                names: self.rewritten.names(),
             };
         }
         let cleansed = cleanse && !graphite::is_clean(name);
+        let key_cut = key.len() < name.len();
         let verdict = if cleansed {
             let mut clean = std::mem::take(&mut self.scratch_name);
             graphite::cleanse(name, &mut clean);
-            let verdict = self.evaluate(&clean, graphite::hash_key(&clean));
+            let verdict = self.evaluate(&clean, true);
             self.scratch_name = clean;
             verdict
         } else {
-            self.evaluate(name, key)
+            self.evaluate(name, key_cut)
         };
         for &r in &self.scratch_rules {
             rule_hits[r as usize] += 1;
@@ -346,36 +501,63 @@ impl Router {
                 cleansed,
                 &self.scratch_rules,
                 &self.scratch_dests,
+                &self.scratch_stages,
             );
         }
         Decision {
             verdict,
             dests: &self.scratch_dests,
             cleansed,
+            stages: &self.scratch_stages,
+            names: self.rewritten.names(),
         }
     }
 
-    /// Evaluates the rules and rings for one name, into the scratch vectors.
-    fn evaluate(&mut self, name: &[u8], key: &[u8]) -> Verdict {
+    /// Evaluates the rules and rings for one name, into the scratch vectors. `key_cut`:
+    /// rings hash the name cut at its first `;` (graphite tags), else the whole name.
+    fn evaluate(&mut self, name: &[u8], key_cut: bool) -> Verdict {
         self.scratch_rules.clear();
         self.scratch_dests.clear();
-        let out = &mut self.scratch_dests;
+        self.scratch_stages.clear();
+        self.rewritten.clear();
         for (i, rule) in self.rules.iter().enumerate() {
-            if !rule.matcher.is_match(name) {
+            if !rule.matcher.is_match(self.rewritten.current(name)) {
                 continue;
             }
             self.scratch_rules.push(i as u16);
+            if let Some(rw) = &rule.rewrite {
+                self.rewritten.apply(rw, name);
+            }
+            let stage = self.rewritten.used;
+            let current = self.rewritten.current(name);
+            let key = if key_cut {
+                graphite::hash_key(current)
+            } else {
+                current
+            };
             match &rule.send_to {
-                None => {
-                    return if out.is_empty() {
-                        Verdict::Dropped
-                    } else {
-                        Verdict::Routed
-                    }
-                }
+                None => break,
                 Some(clusters) => {
                     for &c in clusters {
-                        self.clusters[c].destinations_into(key, &mut self.scratch, out);
+                        self.scratch_cluster.clear();
+                        self.clusters[c].destinations_into(
+                            key,
+                            &self.alive,
+                            &mut self.scratch,
+                            &mut self.scratch_cluster,
+                        );
+                        for &d in &self.scratch_cluster {
+                            let st = stage as u8;
+                            let seen = self
+                                .scratch_dests
+                                .iter()
+                                .zip(&self.scratch_stages)
+                                .any(|(&od, &os)| od == d && os == st);
+                            if !seen {
+                                self.scratch_dests.push(d);
+                                self.scratch_stages.push(st);
+                            }
+                        }
                     }
                 }
             }
@@ -383,10 +565,19 @@ impl Router {
                 break;
             }
         }
-        if out.is_empty() {
-            Verdict::Unrouted
-        } else {
+        if self.rewritten.used == 0 {
+            self.scratch_stages.clear();
+        }
+        let dropped = self
+            .scratch_rules
+            .last()
+            .is_some_and(|&r| self.rules[r as usize].send_to.is_none());
+        if !self.scratch_dests.is_empty() {
             Verdict::Routed
+        } else if dropped {
+            Verdict::Dropped
+        } else {
+            Verdict::Unrouted
         }
     }
 
@@ -394,7 +585,58 @@ impl Router {
     /// `/hashcheck`).
     pub fn cluster_destinations(&mut self, cluster: usize, key: &[u8], out: &mut Vec<DestId>) {
         out.clear();
-        self.clusters[cluster].destinations_into(key, &mut self.scratch, out);
+        self.clusters[cluster].destinations_into(key, &self.alive, &mut self.scratch, out);
+    }
+}
+
+/// The names rewrite rules produced for one metric. The buffers are kept between metrics,
+/// so a rewrite allocates only while they grow.
+#[derive(Debug, Clone, Default)]
+struct Rewritten {
+    names: Vec<Vec<u8>>,
+    used: usize,
+}
+
+impl Rewritten {
+    fn clear(&mut self) {
+        self.used = 0;
+    }
+
+    fn names(&self) -> &[Vec<u8>] {
+        &self.names[..self.used]
+    }
+
+    /// The latest name: `name` when nothing was rewritten yet.
+    fn current<'a>(&'a self, name: &'a [u8]) -> &'a [u8] {
+        match self.used {
+            0 => name,
+            k => &self.names[k - 1],
+        }
+    }
+
+    /// Applies `rw` to the latest name; true (and one more name) when it matched.
+    fn apply(&mut self, rw: &Rewrite, name: &[u8]) -> bool {
+        if self.names.len() == self.used {
+            self.names.push(Vec::with_capacity(name.len() + 32));
+        }
+        let (done, rest) = self.names.split_at_mut(self.used);
+        let current: &[u8] = done.last().map_or(name, |v| v.as_slice());
+        if rw.apply(current, &mut rest[0]) {
+            self.used += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Applies the rewrites of the matched `rules` to `name` in order, as evaluation did.
+fn replay_rewrites(rules: &[Rule], matched: &[u16], name: &[u8], out: &mut Rewritten) {
+    out.clear();
+    for &r in matched {
+        if let Some(rw) = &rules[r as usize].rewrite {
+            out.apply(rw, name);
+        }
     }
 }
 

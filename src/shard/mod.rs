@@ -17,15 +17,35 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::config::{Config, ListenUrl, Transport};
 use crate::ingest::{self, bind, ReadOptions, StreamListener};
 use crate::output::{self, writer::WriterOptions, Outputs};
-use crate::route::{DestinationKind, DestinationTable, Router};
+use crate::route::{DestId, Destination, DestinationKind, DestinationTable, Router};
 use crate::telemetry::{Registry, ShardCounters};
 use pipeline::Core;
 
+/// What shards route by: a validated config and its destination table. The control
+/// thread replaces it (membership changes, SIGHUP) and hands every shard the new one.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// The config whose rules and clusters apply.
+    pub config: Arc<Config>,
+    /// Its destinations, ids stable across replacements.
+    pub table: Arc<DestinationTable>,
+}
+
 /// A message from the control thread to a shard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ControlMsg {
     /// Stop accepting, flush, exit.
     Shutdown,
+    /// Route by a new topology: new destinations get queues and writers, retired ones
+    /// drain and stop, unchanged ones keep their queues and connections.
+    Reconfigure(Topology),
+    /// A destination went up or down (health checks); routing follows.
+    Health {
+        /// The destination.
+        dest: DestId,
+        /// Up (true) or down.
+        up: bool,
+    },
 }
 
 /// Messages a shard inbox holds before the control thread must retry.
@@ -39,10 +59,46 @@ pub struct ShardHandle {
     join: glommio::ExecutorJoinHandle<()>,
 }
 
+/// A clonable way to reach a shard's inbox (the control plane keeps these).
+#[derive(Clone)]
+pub struct ShardSender {
+    inbox: Arc<ArrayQueue<ControlMsg>>,
+}
+
+impl ShardSender {
+    /// Sends a message; false when the inbox is full (the shard empties it every tick).
+    pub fn try_send(&self, msg: ControlMsg) -> Result<(), ControlMsg> {
+        self.inbox.push(msg)
+    }
+}
+
 impl ShardHandle {
-    /// Sends a message; the shard sees it on its next tick.
+    /// A sender to this shard's inbox.
+    pub fn sender(&self) -> ShardSender {
+        ShardSender {
+            inbox: self.inbox.clone(),
+        }
+    }
+
+    /// Sends a message; the shard sees it on its next tick. False when the inbox is full.
     pub fn send(&self, msg: ControlMsg) -> bool {
         self.inbox.push(msg).is_ok()
+    }
+
+    /// Sends a message, waiting (up to `patience`) while the inbox is full: the shard
+    /// empties it every tick, so only a stuck shard makes this fail.
+    pub fn send_patiently(&self, mut msg: ControlMsg, patience: Duration) -> bool {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match self.inbox.push(msg) {
+                Ok(()) => return true,
+                Err(back) if std::time::Instant::now() < deadline => {
+                    msg = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
+        }
     }
 
     /// Waits for the shard's thread to end.
@@ -165,19 +221,10 @@ async fn run(
     let opts = WriterOptions::from(&cfg.output);
     let mut writers = Vec::with_capacity(table.destinations.len());
     for (d, dest) in table.destinations.iter().enumerate() {
-        let q = core.borrow().outputs.queue(crate::route::DestId(d as u16));
-        let name = dest.name.clone();
-        let task = match &dest.kind {
-            DestinationKind::Net(m) if m.transport == Transport::Tcp => {
-                glommio::spawn_local(output::writer::run_tcp(q, m.clone(), name, opts))
-            }
-            DestinationKind::Net(m) => {
-                glommio::spawn_local(output::writer::run_udp(q, m.clone(), name))
-            }
-            DestinationKind::File(f) => glommio::spawn_local(output::file::run(q, f.clone(), id)),
-        };
-        writers.push(task);
+        let q = core.borrow().outputs.queue(DestId(d as u16));
+        writers.push(spawn_writer(id, dest, q, opts));
     }
+    let mut retired = table.retired.clone();
 
     let mut listeners = Vec::with_capacity(cfg.listeners.len());
     for (i, l) in cfg.listeners.iter().enumerate() {
@@ -239,7 +286,17 @@ async fn run(
             publish(id, &core, &registry, false);
             since_stats = Duration::ZERO;
         }
-        if inbox.pop() == Some(ControlMsg::Shutdown) {
+        let mut shutdown = false;
+        while let Some(msg) = inbox.pop() {
+            match msg {
+                ControlMsg::Shutdown => shutdown = true,
+                ControlMsg::Health { dest, up } => core.borrow_mut().router.set_alive(dest, up),
+                ControlMsg::Reconfigure(topo) => {
+                    reconfigure(id, &core, &topo, &mut retired, &mut writers, opts)
+                }
+            }
+        }
+        if shutdown {
             break;
         }
     }
@@ -287,6 +344,64 @@ async fn run(
         }
     }
     publish(id, &core, &registry, true);
+}
+
+fn spawn_writer(
+    shard: usize,
+    dest: &Destination,
+    q: Rc<output::DestQueue>,
+    opts: WriterOptions,
+) -> glommio::task::JoinHandle<()> {
+    let name = dest.name.clone();
+    match &dest.kind {
+        DestinationKind::Net(m) if m.transport == Transport::Tcp => {
+            glommio::spawn_local(output::writer::run_tcp(q, m.clone(), name, opts)).detach()
+        }
+        DestinationKind::Net(m) => {
+            glommio::spawn_local(output::writer::run_udp(q, m.clone(), name)).detach()
+        }
+        DestinationKind::File(f) => {
+            glommio::spawn_local(output::file::run(q, f.clone(), shard)).detach()
+        }
+    }
+}
+
+/// Applies a new topology: a router for its rules and clusters (keeping which
+/// destinations are up), queues and writers for new destinations, and retirement for
+/// the ones no cluster lists any more. Queues of unchanged destinations are untouched.
+fn reconfigure(
+    shard: usize,
+    core: &Rc<RefCell<Core>>,
+    topo: &Topology,
+    retired: &mut Vec<bool>,
+    writers: &mut Vec<glommio::task::JoinHandle<()>>,
+    opts: WriterOptions,
+) {
+    let mut c = core.borrow_mut();
+    let mut router = Router::new(&topo.config, &topo.table);
+    for (d, &up) in c.router.alive().iter().enumerate() {
+        router.set_alive(DestId(d as u16), up);
+    }
+    c.router = router;
+    let before = c.outputs.len();
+    c.outputs.extend(&topo.table);
+    for d in before..topo.table.destinations.len() {
+        let q = c.outputs.queue(DestId(d as u16));
+        writers.push(spawn_writer(shard, &topo.table.destinations[d], q, opts));
+    }
+    retired.resize(topo.table.destinations.len(), false);
+    for (d, &now) in topo.table.retired.iter().enumerate() {
+        if now && !retired[d] {
+            c.outputs.retire(DestId(d as u16));
+            retired[d] = true;
+        }
+    }
+    let rules = c.router.rule_count();
+    let counters = &mut c.counters;
+    counters.rules_matched.resize(rules, 0);
+    counters
+        .destinations
+        .resize(topo.table.destinations.len(), Default::default());
 }
 
 fn bind_unix(path: &std::path::Path) -> std::io::Result<glommio::net::UnixListener> {

@@ -221,6 +221,29 @@ fn route_batch(batch: &[Parsed<'_>], ctx: &mut RouteCtx<'_>) {
             .router
             .route_fingerprinted(p.fp, p.name, p.key, ctx.cleanse, ctx.rules_matched);
         match d.verdict {
+            Verdict::Routed if !d.stages.is_empty() => {
+                // Rare: a rewrite rule changed the name, and each destination gets the
+                // name as it stood when its rule matched.
+                let base: &[u8] = if d.cleansed {
+                    graphite::cleanse(p.name, ctx.cleansed);
+                    ctx.cleansed
+                } else {
+                    p.name
+                };
+                for (&dest, &stage) in d.dests.iter().zip(d.stages) {
+                    let name: &[u8] = match stage {
+                        0 => base,
+                        k => &d.names[k as usize - 1],
+                    };
+                    let pieces: [&[u8]; 5] = if p.value.is_empty() {
+                        // statsd: the name, then the line after it as received.
+                        [name, &p.whole[p.name.len()..], &[], &[], &[]]
+                    } else {
+                        [name, b" ", p.value, b" ", p.timestamp]
+                    };
+                    ctx.outputs.append(dest, &pieces);
+                }
+            }
             Verdict::Routed => {
                 let pieces: [&[u8]; 5] = if d.cleansed {
                     // Rare (the router remembers which names need it): rewrite for output.

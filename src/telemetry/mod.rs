@@ -3,7 +3,7 @@
 //! The shard never waits on the control thread: it skips a publish if the slot is busy.
 
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +92,15 @@ impl ShardCounters {
     }
 
     fn add(&mut self, o: &ShardCounters) {
+        // Shards apply a reconfiguration at their own tick: one may count more rules or
+        // destinations than another for a moment.
+        if self.rules_matched.len() < o.rules_matched.len() {
+            self.rules_matched.resize(o.rules_matched.len(), 0);
+        }
+        if self.destinations.len() < o.destinations.len() {
+            self.destinations
+                .resize(o.destinations.len(), DestinationCounters::default());
+        }
         macro_rules! sum {
             ($a:expr, $b:expr, $($f:ident),*) => { $( $a.$f += $b.$f; )* };
         }
@@ -156,7 +165,7 @@ pub struct Labels {
 /// The published copies of every shard's counters.
 #[derive(Debug)]
 pub struct Registry {
-    labels: Labels,
+    labels: RwLock<Labels>,
     shards: Vec<Mutex<ShardCounters>>,
 }
 
@@ -169,7 +178,7 @@ impl Registry {
             labels.destinations.len(),
         );
         Arc::new(Registry {
-            labels,
+            labels: RwLock::new(labels),
             shards: (0..shards).map(|_| Mutex::new(zero.clone())).collect(),
         })
     }
@@ -197,8 +206,16 @@ impl Registry {
     }
 
     /// The names of the things counted.
-    pub fn labels(&self) -> &Labels {
-        &self.labels
+    pub fn labels(&self) -> Labels {
+        self.labels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// New names after a reconfiguration (destinations only grow; rules may change).
+    pub fn set_labels(&self, labels: Labels) {
+        *self.labels.write().unwrap_or_else(|e| e.into_inner()) = labels;
     }
 
     /// Sum over shards.
@@ -213,12 +230,13 @@ impl Registry {
 
     /// `/stats` JSON: totals by listener, rule and destination, plus each shard's.
     pub fn stats_json(&self) -> serde_json::Value {
+        let labels = self.labels();
         use serde_json::{json, Map, Value};
         let shards = self.per_shard();
         let total = Registry::total(&shards);
         let listeners = |c: &ShardCounters| -> Value {
             let mut m = Map::new();
-            for (name, l) in self.labels.listeners.iter().zip(&c.listeners) {
+            for (name, l) in labels.listeners.iter().zip(&c.listeners) {
                 let mut rejected = Map::new();
                 for r in Reject::ALL {
                     rejected.insert(r.as_str().into(), json!(l.rejected_lines[r as usize]));
@@ -244,14 +262,14 @@ impl Registry {
         };
         let rules = |c: &ShardCounters| -> Value {
             let mut m = Map::new();
-            for (name, n) in self.labels.rules.iter().zip(&c.rules_matched) {
+            for (name, n) in labels.rules.iter().zip(&c.rules_matched) {
                 m.insert(name.clone(), json!({ "matched": n }));
             }
             Value::Object(m)
         };
         let dests = |c: &ShardCounters| -> Value {
             let mut m = Map::new();
-            for (name, d) in self.labels.destinations.iter().zip(&c.destinations) {
+            for (name, d) in labels.destinations.iter().zip(&c.destinations) {
                 m.insert(name.clone(), serde_json::to_value(d).unwrap_or(Value::Null));
             }
             Value::Object(m)
@@ -272,6 +290,7 @@ impl Registry {
 
     /// `/metrics`: Prometheus text exposition format, totals plus a `shard` label.
     pub fn prometheus(&self) -> String {
+        let labels = self.labels();
         let shards = self.per_shard();
         let mut out = String::with_capacity(16 * 1024);
         let mut family = |name: &str, help: &str, kind: &str, rows: &mut dyn FnMut(&mut String)| {
@@ -289,7 +308,7 @@ impl Registry {
                     $kind,
                     &mut |o| {
                         for (s, c) in shards.iter().enumerate() {
-                            for (name, item) in self.labels.$names.iter().zip(&c.$items) {
+                            for (name, item) in labels.$names.iter().zip(&c.$items) {
                                 let _ = writeln!(
                                     o,
                                     concat!(
@@ -351,7 +370,7 @@ impl Registry {
             "counter",
             &mut |o| {
                 for (s, c) in shards.iter().enumerate() {
-                    for (name, l) in self.labels.listeners.iter().zip(&c.listeners) {
+                    for (name, l) in labels.listeners.iter().zip(&c.listeners) {
                         for r in Reject::ALL {
                             let _ = writeln!(
                                 o,
@@ -371,7 +390,7 @@ impl Registry {
             "counter",
             &mut |o| {
                 for (s, c) in shards.iter().enumerate() {
-                    for (name, n) in self.labels.rules.iter().zip(&c.rules_matched) {
+                    for (name, n) in labels.rules.iter().zip(&c.rules_matched) {
                         let _ = writeln!(
                             o,
                             "cadent_route_matched{{route=\"{}\",shard=\"{s}\"}} {n}",
