@@ -746,4 +746,178 @@ mod tests {
             ),
         );
     }
+
+    fn cluster_config(kind: &str, extra: &str, members: usize) -> String {
+        let members: Vec<String> = (1..=members)
+            .map(|i| format!("\"127.0.0.1:{}={}\"", 2000 + i, i))
+            .collect();
+        format!(
+            r#"
+            [[listen]]
+            name = "g"
+            url = "tcp://127.0.0.1:0"
+            format = "graphite"
+            [[cluster]]
+            name = "c"
+            kind = "{kind}"
+            members = [{}]
+            {extra}
+            [[route]]
+            match = {{ all = true }}
+            send_to = ["c"]
+        "#,
+            members.join(", ")
+        )
+    }
+
+    /// Where each of `names` goes (destination indexes), through the cache.
+    fn placements(r: &mut Router, names: &[String]) -> Vec<Vec<usize>> {
+        let mut hits = vec![0; r.rule_count()];
+        names
+            .iter()
+            .map(|n| {
+                let (_, d) = r.route(n.as_bytes(), n.as_bytes(), &mut hits);
+                d.iter().map(|d| d.index()).collect()
+            })
+            .collect()
+    }
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("app.host{i}.metric{}", i * 7))
+            .collect()
+    }
+
+    #[test]
+    fn any_of_moves_only_the_dead_members_share_and_back() {
+        let (mut r, _) = router(&cluster_config("any_of", "", 4));
+        let names = names(4000);
+        let before = placements(&mut r, &names);
+        let mut share = [0usize; 4];
+        for p in &before {
+            assert_eq!(p.len(), 1);
+            share[p[0]] += 1;
+        }
+        assert!(share.iter().all(|&s| s > 800), "fnv1a spreads: {share:?}");
+        r.set_alive(DestId(2), false);
+        let during = placements(&mut r, &names);
+        let mut spread = [0usize; 4];
+        for (b, d) in before.iter().zip(&during) {
+            if b[0] == 2 {
+                assert_ne!(d[0], 2, "a dead member gets nothing");
+                spread[d[0]] += 1;
+            } else {
+                assert_eq!(b, d, "keys of live members stay");
+            }
+        }
+        assert!(
+            [0, 1, 3].iter().all(|&m| spread[m] > share[2] / 6),
+            "the dead share spreads over every live member: {spread:?}"
+        );
+        r.set_alive(DestId(2), true);
+        assert_eq!(placements(&mut r, &names), before, "and comes back");
+    }
+
+    #[test]
+    fn failover_takes_the_first_live_member() {
+        let (mut r, _) = router(&cluster_config("failover", "", 3));
+        let names = names(50);
+        assert!(placements(&mut r, &names).iter().all(|p| p == &[0]));
+        r.set_alive(DestId(0), false);
+        assert!(placements(&mut r, &names).iter().all(|p| p == &[1]));
+        r.set_alive(DestId(1), false);
+        assert!(placements(&mut r, &names).iter().all(|p| p == &[2]));
+        r.set_alive(DestId(2), false);
+        assert!(
+            placements(&mut r, &names).iter().all(|p| p == &[0]),
+            "all down: the first member queues"
+        );
+        r.set_alive(DestId(0), true);
+        assert!(placements(&mut r, &names).iter().all(|p| p == &[0]));
+    }
+
+    #[test]
+    fn ring_reroute_moves_a_dead_owner_to_the_next_live_member_queue_keeps_it() {
+        for (on_down, replication) in [("reroute", 1), ("reroute", 2), ("queue", 2)] {
+            let extra = format!("replication = {replication}\non_down = \"{on_down}\"");
+            let (mut r, _) = router(&cluster_config("carbon_ch", &extra, 4));
+            let names = names(3000);
+            let before = placements(&mut r, &names);
+            r.set_alive(DestId(1), false);
+            let during = placements(&mut r, &names);
+            // The full walk of each name, for the expected replacement.
+            let cluster = &r.clusters[0];
+            let mut walk = Vec::new();
+            for ((n, b), d) in names.iter().zip(&before).zip(&during) {
+                if on_down == "queue" || !b.contains(&1) {
+                    assert_eq!(b, d, "{on_down}: {n} stays");
+                    continue;
+                }
+                if let ClusterRoute::Ring { ring, .. } = &cluster.route {
+                    ring.route_into(n.as_bytes(), 4, &mut walk);
+                }
+                let want: Vec<usize> = walk
+                    .iter()
+                    .copied()
+                    .filter(|&m| m != 1)
+                    .take(replication)
+                    .collect();
+                assert_eq!(d, &want, "{n}: next live members of the walk");
+            }
+            r.set_alive(DestId(1), true);
+            assert_eq!(placements(&mut r, &names), before);
+        }
+    }
+
+    #[test]
+    fn rewrites_apply_in_order_and_each_destination_gets_its_stage() {
+        let (mut r, t) = router(
+            r#"
+            [[listen]]
+            name = "g"
+            url = "tcp://127.0.0.1:0"
+            format = "graphite"
+            [[cluster]]
+            name = "one"
+            kind = "forward"
+            members = ["127.0.0.1:1"]
+            [[cluster]]
+            name = "two"
+            kind = "forward"
+            members = ["127.0.0.1:2"]
+            [[route]]
+            match = { prefix = "a." }
+            send_to = ["one"]
+            continue = true
+            [[route]]
+            match = { prefix = "a." }
+            rewrite = { regex = "^a\\.(.*)$", into = "b.$1" }
+            [[route]]
+            match = { prefix = "b." }
+            send_to = ["one", "two"]
+        "#,
+        );
+        let mut hits = vec![0; r.rule_count()];
+        for round in 0..2 {
+            let fp = r.fingerprint(b"a.x;t=1", b"a.x", false);
+            let d = r.route_fingerprinted(fp, b"a.x;t=1", b"a.x", false, &mut hits);
+            let got: Vec<(String, u8)> = d
+                .dests
+                .iter()
+                .zip(d.stages)
+                .map(|(d, &s)| (t.destinations[d.index()].name.clone(), s))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    ("tcp://127.0.0.1:1".to_string(), 0),
+                    ("tcp://127.0.0.1:1".to_string(), 1),
+                    ("tcp://127.0.0.1:2".to_string(), 1),
+                ],
+                "round {round}"
+            );
+            assert_eq!(d.names, [b"b.x;t=1".to_vec()], "round {round}");
+        }
+        assert_eq!(hits, [2, 2, 2]);
+    }
 }

@@ -98,6 +98,20 @@ impl Cadent {
         serde_json::from_str(&body).expect("stats JSON")
     }
 
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: i32) {
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
+    /// The config file it runs on.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("cadent.toml")
+    }
+
     /// Sends SIGTERM and returns the exit code (bounded wait).
     pub fn stop(mut self) -> i32 {
         let mut child = self.child.take().unwrap();
@@ -146,6 +160,29 @@ pub fn http_get(addr: &str, path: &str) -> Option<String> {
     Some(body.to_string())
 }
 
+/// One HTTP request over a fresh connection: the status code and the body.
+pub fn http_request(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))
+        .expect("connect to the admin server");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}
+
 /// A TCP sink that keeps every line it receives, by line.
 pub struct Sink {
     /// `127.0.0.1:port`.
@@ -159,7 +196,12 @@ pub struct Sink {
 impl Sink {
     /// Listens on a free port; one reader thread per connection.
     pub fn start() -> Sink {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        Sink::start_at("127.0.0.1:0")
+    }
+
+    /// Listens on `addr` (a sink that comes back where it was); one thread per connection.
+    pub fn start_at(addr: &str) -> Sink {
+        let l = TcpListener::bind(addr).unwrap();
         l.set_nonblocking(true).unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let lines = Arc::new(Mutex::new(HashMap::new()));
