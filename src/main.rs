@@ -224,12 +224,13 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         handles.iter().map(|h| h.sender()).collect(),
         registry.clone(),
         path.clone(),
+        bound,
     );
+    let final_control = control.clone();
     let state = Arc::new(AdminState {
         control,
         registry,
         shards,
-        bound,
         started: Instant::now(),
     });
     let outcome = api::serve_until_signal(state, cfg.server.admin_listen);
@@ -244,7 +245,8 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
             failed = true;
         }
     }
-    for l in &cfg.listeners {
+    // The listeners running at the end (a reload may have changed them).
+    for l in &final_control.topology().config.listeners {
         if let ListenUrl::Unix(p) = &l.url {
             let _ = std::fs::remove_file(p);
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::config::{Config, Health, Member, Transport};
+use crate::config::{Config, Health, ListenUrl, Member, Transport};
 use crate::output::health::{Evidence, State, Tracker};
 use crate::route::{DestId, DestinationKind, Router};
 use crate::shard::{ControlMsg, ShardSender, Topology};
@@ -43,6 +43,12 @@ struct Inner {
     /// Writer failures (connect failures + write errors) seen at the last probe round.
     writer_failures: Vec<u64>,
     health_cfg: Health,
+    /// For each listener of `topology.config`, its id (counter index; never reused).
+    listener_ids: Vec<usize>,
+    /// Listener names by id, removed ones included (for counters).
+    listener_labels: Vec<String>,
+    /// Where each listener of `topology.config` is bound.
+    bound: Vec<String>,
 }
 
 /// The running topology and destination health, shared by the admin handlers, the
@@ -60,13 +66,21 @@ pub struct Control {
 const SHARD_SEND_PATIENCE: Duration = Duration::from_secs(5);
 
 impl Control {
-    /// Control over running shards.
+    /// Control over running shards; `bound` says where each listener is bound.
     pub fn new(
         topology: Topology,
         shards: Vec<ShardSender>,
         registry: Arc<Registry>,
         config_path: Option<PathBuf>,
+        bound: Vec<String>,
     ) -> Arc<Control> {
+        let listeners = topology.config.listeners.len();
+        let listener_labels = topology
+            .config
+            .listeners
+            .iter()
+            .map(|l| l.name.clone())
+            .collect();
         let n = topology.table.destinations.len();
         let router = Router::new(&topology.config, &topology.table);
         let health_cfg = topology.config.health.clone();
@@ -77,6 +91,9 @@ impl Control {
                 router,
                 writer_failures: vec![0; n],
                 health_cfg,
+                listener_ids: (0..listeners).collect(),
+                listener_labels,
+                bound,
             }),
             changes: tokio::sync::Mutex::new(()),
             shards,
@@ -92,6 +109,11 @@ impl Control {
     /// The topology shards route by now.
     pub fn topology(&self) -> Topology {
         self.lock().topology.clone()
+    }
+
+    /// Where each listener is bound now.
+    pub fn bound(&self) -> Vec<String> {
+        self.lock().bound.clone()
     }
 
     /// The admin token of the running config.
@@ -229,10 +251,7 @@ impl Control {
         let _serial = self.changes.lock().await;
         let old = self.topology().config;
         let mut kept = Vec::new();
-        if format!("{:?}", cfg.listeners) != format!("{:?}", old.listeners) {
-            kept.push("[[listen]]");
-            cfg.listeners = old.listeners.clone();
-        }
+        let listeners = self.relisten(&old, &mut cfg).await;
         if format!("{:?}", cfg.server) != format!("{:?}", old.server) {
             kept.push("[server]");
             cfg.server = old.server.clone();
@@ -248,7 +267,118 @@ impl Control {
             );
         }
         let summary = self.apply(cfg).await.map_err(|r| r.message)?;
-        Ok(summary)
+        Ok(format!("{summary}; {listeners}"))
+    }
+
+    /// Diffs the listeners of a reloaded config against the running ones: unchanged ones
+    /// (same name and settings) keep running untouched; removed and changed ones stop;
+    /// new and changed ones start on every shard, each on a fresh counter id. A new
+    /// listener whose address cannot be bound is left out (and logged); `cfg.listeners`
+    /// ends up as what runs.
+    async fn relisten(&self, old: &Config, cfg: &mut Config) -> String {
+        let old_ids = self.lock().listener_ids.clone();
+        let same = |a: &crate::config::Listener, b: &crate::config::Listener| {
+            a.name == b.name && format!("{a:?}") == format!("{b:?}")
+        };
+        let mut ids: Vec<Option<usize>> = cfg
+            .listeners
+            .iter()
+            .map(|l| {
+                old.listeners
+                    .iter()
+                    .position(|o| same(o, l))
+                    .map(|i| old_ids[i])
+            })
+            .collect();
+        let removed: Vec<usize> = old
+            .listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| !cfg.listeners.iter().any(|l| same(o, l)))
+            .map(|(i, _)| old_ids[i])
+            .collect();
+        let added = ids.iter().filter(|i| i.is_none()).count();
+        if removed.is_empty() && added == 0 {
+            return "listeners unchanged".into();
+        }
+        for &id in &removed {
+            let _ = self.broadcast(ControlMsg::Unlisten { id }).await;
+        }
+        if !removed.is_empty() && added > 0 {
+            // Let shards close the sockets of removed listeners before their addresses
+            // are bound again (a changed listener keeps its address). Shards read their
+            // inbox at least every 100 ms.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let mut started = Vec::new();
+        let mut failed = Vec::new();
+        let mut keep = vec![true; cfg.listeners.len()];
+        for (j, l) in cfg.listeners.iter().enumerate() {
+            if ids[j].is_some() {
+                continue;
+            }
+            let addr = match &l.url {
+                ListenUrl::Inet(t, a) => match crate::ingest::bind::probe(*a, *t == Transport::Tcp)
+                {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        tracing::error!(listener = %l.name, url = %l.url, error = %e, "reload: cannot bind; listener left out");
+                        failed.push(l.name.clone());
+                        keep[j] = false;
+                        continue;
+                    }
+                },
+                ListenUrl::Unix(_) => None,
+            };
+            let id = {
+                let mut inner = self.lock();
+                inner.listener_labels.push(l.name.clone());
+                inner.listener_labels.len() - 1
+            };
+            ids[j] = Some(id);
+            let _ = self
+                .broadcast(ControlMsg::Listen {
+                    id,
+                    listener: Box::new(l.clone()),
+                    addr,
+                })
+                .await;
+            let shown = match (&l.url, addr) {
+                (ListenUrl::Inet(t, _), Some(a)) => format!("{}://{a}", t.scheme()),
+                (u, _) => u.to_string(),
+            };
+            started.push((j, shown));
+        }
+        // What runs now, in the file's order.
+        let mut inner = self.lock();
+        let mut bound = Vec::new();
+        let mut new_ids = Vec::new();
+        let mut listeners = Vec::new();
+        for (j, l) in cfg.listeners.iter().enumerate() {
+            if !keep[j] {
+                continue;
+            }
+            let id = ids[j].expect("kept listeners have ids");
+            let shown = match started.iter().find(|(k, _)| *k == j) {
+                Some((_, s)) => s.clone(),
+                None => {
+                    let i = old_ids.iter().position(|&o| o == id).expect("a running id");
+                    inner.bound[i].clone()
+                }
+            };
+            bound.push(shown);
+            new_ids.push(id);
+            listeners.push(l.clone());
+        }
+        cfg.listeners = listeners;
+        inner.bound = bound;
+        inner.listener_ids = new_ids;
+        format!(
+            "listeners started {}, stopped {}, failed {:?}",
+            started.len(),
+            removed.len(),
+            failed
+        )
     }
 
     /// Validates nothing (callers did), builds the next topology keeping destination
@@ -297,12 +427,7 @@ impl Control {
             (topology, summary)
         };
         self.registry.set_labels(Labels {
-            listeners: topology
-                .config
-                .listeners
-                .iter()
-                .map(|l| l.name.clone())
-                .collect(),
+            listeners: self.lock().listener_labels.clone(),
             rules: topology
                 .config
                 .routes

@@ -27,8 +27,6 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     /// Number of shards running.
     pub shards: usize,
-    /// Listener addresses as bound.
-    pub bound: Vec<String>,
     /// Process start.
     pub started: Instant,
 }
@@ -52,7 +50,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<serde_json::Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": s.started.elapsed().as_secs(),
         "shards": s.shards,
-        "listeners": s.bound,
+        "listeners": s.control.bound(),
     }))
 }
 

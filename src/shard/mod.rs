@@ -5,6 +5,7 @@
 pub mod pipeline;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
@@ -14,7 +15,7 @@ use crossbeam_queue::ArrayQueue;
 use futures_lite::future;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::config::{Config, ListenUrl, Transport};
+use crate::config::{Config, ListenUrl, Listener, Transport};
 use crate::ingest::{self, bind, ReadOptions, StreamListener};
 use crate::output::{self, writer::WriterOptions, Outputs};
 use crate::route::{DestId, Destination, DestinationKind, DestinationTable, Router};
@@ -39,6 +40,21 @@ pub enum ControlMsg {
     /// Route by a new topology: new destinations get queues and writers, retired ones
     /// drain and stop, unchanged ones keep their queues and connections.
     Reconfigure(Topology),
+    /// Start listener `id` (a reload added it), bound to `addr` (probed by the control
+    /// thread; `None` for unix sockets).
+    Listen {
+        /// Listener id: its counters' index, never reused.
+        id: usize,
+        /// Its settings.
+        listener: Box<Listener>,
+        /// Where to bind.
+        addr: Option<SocketAddr>,
+    },
+    /// Stop listener `id` (a reload removed or changed it). Open connections finish.
+    Unlisten {
+        /// Listener id.
+        id: usize,
+    },
     /// A destination went up or down (health checks); routing follows.
     Health {
         /// The destination.
@@ -226,35 +242,12 @@ async fn run(
     }
     let mut retired = table.retired.clone();
 
-    let mut listeners = Vec::with_capacity(cfg.listeners.len());
+    let mut listeners = HashMap::with_capacity(cfg.listeners.len());
     for (i, l) in cfg.listeners.iter().enumerate() {
-        let ro = ReadOptions::new(i, l, stall_max);
-        let bound = match (&l.url, addrs[i]) {
-            (ListenUrl::Inet(Transport::Tcp, _), Some(a)) => {
-                bind::tcp(a, l.socket_receive_buffer_bytes).map(|s| {
-                    Some(glommio::spawn_local(ingest::accept_loop(
-                        core.clone(),
-                        StreamListener::Tcp(s),
-                        ro,
-                    )))
-                })
+        match start_listener(id, i, l, addrs[i], &core, stall_max) {
+            Ok(task) => {
+                listeners.extend(task.map(|t| (i, t)));
             }
-            (ListenUrl::Inet(Transport::Udp, _), Some(a)) => {
-                bind::udp(a, l.socket_receive_buffer_bytes)
-                    .map(|s| Some(glommio::spawn_local(ingest::udp_loop(core.clone(), s, ro))))
-            }
-            // AF_UNIX has no SO_REUSEPORT: shard 0 owns unix listeners.
-            (ListenUrl::Unix(path), _) if id == 0 => bind_unix(path).map(|s| {
-                Some(glommio::spawn_local(ingest::accept_loop(
-                    core.clone(),
-                    StreamListener::Unix(s),
-                    ro,
-                )))
-            }),
-            _ => Ok(None),
-        };
-        match bound {
-            Ok(task) => listeners.extend(task),
             Err(e) => {
                 let _ = ready.send(Err(format!("shard {id}: listen[{i}] {}: {e}", l.url)));
                 return;
@@ -263,6 +256,14 @@ async fn run(
     }
     let _ = ready.send(Ok(()));
     drop(ready);
+    let mut unix_paths: HashMap<usize, std::path::PathBuf> = HashMap::new();
+    if id == 0 {
+        for (i, l) in cfg.listeners.iter().enumerate() {
+            if let ListenUrl::Unix(p) = &l.url {
+                unix_paths.insert(i, p.clone());
+            }
+        }
+    }
 
     // Partly filled batches are sealed every flush_interval_ms, on a timer of their own.
     let flush_every = Duration::from_millis(cfg.output.flush_interval_ms);
@@ -291,6 +292,40 @@ async fn run(
             match msg {
                 ControlMsg::Shutdown => shutdown = true,
                 ControlMsg::Health { dest, up } => core.borrow_mut().router.set_alive(dest, up),
+                ControlMsg::Listen {
+                    id: lid,
+                    listener,
+                    addr,
+                } => {
+                    {
+                        let mut c = core.borrow_mut();
+                        if c.counters.listeners.len() <= lid {
+                            c.counters.listeners.resize(lid + 1, Default::default());
+                        }
+                    }
+                    match start_listener(id, lid, &listener, addr, &core, stall_max) {
+                        Ok(task) => listeners.extend(task.map(|t| (lid, t))),
+                        Err(e) => tracing::error!(
+                            shard = id,
+                            listener = %listener.name,
+                            url = %listener.url,
+                            error = %e,
+                            "reload: cannot listen"
+                        ),
+                    }
+                    unix_paths.extend(match &listener.url {
+                        ListenUrl::Unix(p) if id == 0 => Some((lid, p.clone())),
+                        _ => None,
+                    });
+                }
+                ControlMsg::Unlisten { id: lid } => {
+                    // Dropping the accept (or receive) task closes the socket; accepted
+                    // connections are tasks of their own and finish normally.
+                    listeners.remove(&lid);
+                    if let Some(p) = unix_paths.remove(&lid) {
+                        let _ = std::fs::remove_file(p);
+                    }
+                }
                 ControlMsg::Reconfigure(topo) => {
                     reconfigure(id, &core, &topo, &mut retired, &mut writers, opts)
                 }
@@ -344,6 +379,44 @@ async fn run(
         }
     }
     publish(id, &core, &registry, true);
+}
+
+/// Binds and starts listener `lid` on this shard: a `SO_REUSEPORT` socket of its own for
+/// tcp and udp, the socket itself for unix (shard 0 only). `None` when this shard has no
+/// part in it.
+fn start_listener(
+    shard: usize,
+    lid: usize,
+    l: &Listener,
+    addr: Option<SocketAddr>,
+    core: &Rc<RefCell<Core>>,
+    stall_max: Duration,
+) -> std::io::Result<Option<glommio::Task<()>>> {
+    let ro = ReadOptions::new(lid, l, stall_max);
+    match (&l.url, addr) {
+        (ListenUrl::Inet(Transport::Tcp, _), Some(a)) => {
+            bind::tcp(a, l.socket_receive_buffer_bytes).map(|s| {
+                Some(glommio::spawn_local(ingest::accept_loop(
+                    core.clone(),
+                    StreamListener::Tcp(s),
+                    ro,
+                )))
+            })
+        }
+        (ListenUrl::Inet(Transport::Udp, _), Some(a)) => {
+            bind::udp(a, l.socket_receive_buffer_bytes)
+                .map(|s| Some(glommio::spawn_local(ingest::udp_loop(core.clone(), s, ro))))
+        }
+        // AF_UNIX has no SO_REUSEPORT: shard 0 owns unix listeners.
+        (ListenUrl::Unix(path), _) if shard == 0 => bind_unix(path).map(|s| {
+            Some(glommio::spawn_local(ingest::accept_loop(
+                core.clone(),
+                StreamListener::Unix(s),
+                ro,
+            )))
+        }),
+        _ => Ok(None),
+    }
 }
 
 fn spawn_writer(

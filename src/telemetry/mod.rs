@@ -94,6 +94,10 @@ impl ShardCounters {
     fn add(&mut self, o: &ShardCounters) {
         // Shards apply a reconfiguration at their own tick: one may count more rules or
         // destinations than another for a moment.
+        if self.listeners.len() < o.listeners.len() {
+            self.listeners
+                .resize(o.listeners.len(), ListenerCounters::default());
+        }
         if self.rules_matched.len() < o.rules_matched.len() {
             self.rules_matched.resize(o.rules_matched.len(), 0);
         }

@@ -376,8 +376,13 @@ fn members_change_and_reload_under_load_lose_nothing() {
         format!("{}=b", a[1]),
         format!("{}=d", a[3]),
     ];
-    let drop_rule = "[[route]]\nmatch = { prefix = \"dropme.\" }\naction = \"drop\"";
-    let text = config(&fourth, drop_rule).replace("ADMIN", &admin);
+    // It also adds a listener (the one in use keeps running: the load stream is on it).
+    let listen2 = crate::support::free_port();
+    let drop_rule = format!(
+        "[[listen]]\nname = \"in2\"\nurl = \"tcp://127.0.0.1:{listen2}\"\nformat = \"graphite\"\n\
+         [[route]]\nmatch = {{ prefix = \"dropme.\" }}\naction = \"drop\""
+    );
+    let text = config(&fourth, &drop_rule).replace("ADMIN", &admin);
     std::fs::write(c.config_path(), text).unwrap();
     c.signal(libc::SIGHUP);
     assert!(
@@ -389,7 +394,15 @@ fn members_change_and_reload_under_load_lose_nothing() {
     );
     thread::sleep(Duration::from_millis(300));
     check("4", &fourth);
-    crate::support::send_tcp(&addr, b"dropme.x 1 1700000000\n");
+    let addr2 = format!("127.0.0.1:{listen2}");
+    crate::support::send_tcp(&addr2, b"dropme.x 1 1700000000\n");
+    assert!(
+        wait_until(Duration::from_secs(5), || c.stats()["listeners"]["in2"]
+            ["received_lines"]
+            == 1),
+        "the new listener runs: {}",
+        c.stats()
+    );
 
     // A broken file is refused and the running config kept.
     std::fs::write(c.config_path(), "[[cluster]]\nname = 1\n").unwrap();
@@ -402,6 +415,21 @@ fn members_change_and_reload_under_load_lose_nothing() {
         c.log()
     );
     check("5", &fourth);
+
+    // Dropping the listener from the file stops it: its port refuses connections.
+    let text = config(&fourth, "").replace("ADMIN", &admin);
+    std::fs::write(c.config_path(), text).unwrap();
+    c.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(10), || c.log().contains("stopped 1")),
+        "{}",
+        c.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || TcpStream::connect(&addr2)
+            .is_err()),
+        "listener in2 still accepts after its removal"
+    );
 
     // Every line of the load stream arrived exactly once, through every change.
     let sent = load.finish();
