@@ -194,11 +194,26 @@ def wait_sinks_settled(stats_path, expected, quiet_s, timeout_s):
     return last_total
 
 
+def write_configs(args, out_dir):
+    """bench/crelay.conf and bench/cadent-relay.toml with the ring kind of --hash."""
+    for name in ("crelay.conf", "cadent-relay.toml"):
+        with open(os.path.join(HERE, name)) as f:
+            text = f.read()
+        if name == "crelay.conf":
+            text = text.replace("    carbon_ch ", f"    {args.hash} ")
+        else:
+            text = text.replace('kind = "carbon_ch"', f'kind = "{args.hash}"')
+        assert args.hash in text
+        with open(os.path.join(out_dir, name), "w") as f:
+            f.write(text)
+    args.conf_dir = out_dir
+
+
 def relay_argv(kind, args):
     if kind == "cadent":
-        return [args.cadent, "serve", "--config", os.path.join(HERE, "cadent-relay.toml")]
+        return [args.cadent, "serve", "--config", os.path.join(args.conf_dir, "cadent-relay.toml")]
     return [
-        args.crelay, "-f", os.path.join(HERE, "crelay.conf"),
+        args.crelay, "-f", os.path.join(args.conf_dir, "crelay.conf"),
         "-s", "-w", "2", "-b", "2500", "-q", "250000",
     ]
 
@@ -385,6 +400,8 @@ def main():
     ap.add_argument("--cadent", default=os.path.join(ROOT, "target/release/cadent"), help="cadent binary (target/release/cadent)")
     ap.add_argument("--crelay", default="/usr/bin/carbon-c-relay", help="carbon-c-relay binary")
     ap.add_argument("--relays", default="cadent,crelay", help="which relays to run (cadent,crelay)")
+    ap.add_argument("--hash", default="carbon_ch", choices=["carbon_ch", "fnv1a_ch", "jump_fnv1a_ch"],
+                    help="ring kind of the sinks cluster, the same in both relays (carbon_ch)")
     ap.add_argument("--warmup-s", type=float, default=0.5, help="pause after the relay accepts (0.5)")
     ap.add_argument("--quiet-s", type=float, default=3.0, help="sinks settled after this long without growth (3)")
     ap.add_argument("--settle-timeout-s", type=float, default=120.0, help="bound on waiting for sinks (120)")
@@ -401,8 +418,9 @@ def main():
         ap.error("--repeats, --lines and --connections must be at least 1")
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = os.path.join(args.out, f"relay-{stamp}")
+    out_dir = os.path.join(args.out, f"relay-{args.hash}-{stamp}")
     os.makedirs(out_dir, exist_ok=True)
+    write_configs(args, out_dir)
     # SIGTERM ends the script through the `finally` below, like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
