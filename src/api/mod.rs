@@ -91,6 +91,14 @@ fn authorised(
     peer: SocketAddr,
     headers: &HeaderMap,
 ) -> Result<(), (StatusCode, &'static str)> {
+    authorised_by(s.control.admin_token().as_deref(), peer, headers)
+}
+
+fn authorised_by(
+    token: Option<&str>,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(), (StatusCode, &'static str)> {
     if peer.ip().is_loopback() {
         return Ok(());
     }
@@ -98,7 +106,7 @@ fn authorised(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match (s.control.admin_token(), given) {
+    match (token, given) {
         (Some(token), Some(given)) if constant_time_eq(token.as_bytes(), given.as_bytes()) => {
             Ok(())
         }
@@ -255,4 +263,52 @@ pub fn serve_until_signal(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_need_loopback_or_the_token() {
+        let lo: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let lo6: SocketAddr = "[::1]:5000".parse().unwrap();
+        let far: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+        let none = HeaderMap::new();
+        let mut good = HeaderMap::new();
+        good.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        let mut bad = HeaderMap::new();
+        bad.insert(header::AUTHORIZATION, "Bearer s3cre".parse().unwrap());
+        assert!(authorised_by(None, lo, &none).is_ok());
+        assert!(authorised_by(None, lo6, &none).is_ok());
+        assert_eq!(
+            authorised_by(None, far, &good).unwrap_err().0,
+            StatusCode::FORBIDDEN
+        );
+        assert!(authorised_by(Some("s3cret"), far, &good).is_ok());
+        for h in [&none, &bad] {
+            assert_eq!(
+                authorised_by(Some("s3cret"), far, h).unwrap_err().0,
+                StatusCode::UNAUTHORIZED
+            );
+        }
+    }
+
+    #[test]
+    fn member_forms_json_and_urlencoded() {
+        let mut json = HeaderMap::new();
+        json.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        let f = member_form(&json, br#"{"server":"10.0.0.1:2003","instance":"a"}"#).unwrap();
+        assert_eq!(f.server.as_deref(), Some("10.0.0.1:2003"));
+        assert_eq!(f.instance.as_deref(), Some("a"));
+        let f = member_form(
+            &HeaderMap::new(),
+            b"server=%5B%3A%3A1%5D%3A2003&instance=b+c",
+        )
+        .unwrap();
+        assert_eq!(f.server.as_deref(), Some("[::1]:2003"));
+        assert_eq!(f.instance.as_deref(), Some("b c"));
+        assert!(member_form(&HeaderMap::new(), b"server=%zz").is_err());
+        assert!(member_form(&HeaderMap::new(), b"colour=red").is_err());
+    }
 }
