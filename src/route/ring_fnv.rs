@@ -576,6 +576,12 @@ mod tests {
         let members: Vec<RingMember<'_>> = specs.iter().map(|s| member(s)).collect();
         let order: Vec<usize> = JumpRing::new(&members).buckets().collect();
         assert_eq!(order, [0, 2, 1]);
+        // With a fourth member, no instance: [10, 9] | [1a, -] -> [9, 10] | [1a, -] ->
+        // 1a, 9, 10, -. c-relay 3.7.3 `-t -d` prints this bucket order.
+        let specs = ["h:1=10", "h:2=9", "h:3=1a", "h:4"];
+        let members: Vec<RingMember<'_>> = specs.iter().map(|s| member(s)).collect();
+        let order: Vec<usize> = JumpRing::new(&members).buckets().collect();
+        assert_eq!(order, [2, 1, 0, 3]);
     }
 
     #[test]
