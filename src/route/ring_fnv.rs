@@ -211,6 +211,12 @@ impl FnvRing {
         }
     }
 
+    /// The ring's entries in order, as (position, member index), ties already given to
+    /// their first member: what c-relay prints with `-d` (as `pos@host:port`).
+    pub fn points(&self) -> impl Iterator<Item = (u16, usize)> + '_ {
+        self.entries.iter().map(|e| (e.pos, e.member as usize))
+    }
+
     /// Number of entries on the ring: 100 per member.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -406,11 +412,7 @@ fn glibc_merge_sort<T: Copy>(v: &mut [T], cmp: impl Fn(&T, &T) -> i64 + Copy) {
     merge_sort_with_tmp(v, &mut tmp, cmp);
 }
 
-fn merge_sort_with_tmp<T: Copy>(
-    v: &mut [T],
-    tmp: &mut Vec<T>,
-    cmp: impl Fn(&T, &T) -> i64 + Copy,
-) {
+fn merge_sort_with_tmp<T: Copy>(v: &mut [T], tmp: &mut Vec<T>, cmp: impl Fn(&T, &T) -> i64 + Copy) {
     let n = v.len();
     if n <= 1 {
         return;
@@ -490,7 +492,10 @@ mod tests {
         let crelay = (2_166_136_261u32 ^ 0xffff_ffe9).wrapping_mul(16_777_619);
         assert_ne!(standard, crelay);
         assert_eq!(fnv1a_32(&[0xe9]), crelay);
-        assert_eq!(fnv1a_32(b"a"), (2_166_136_261u32 ^ 0x61).wrapping_mul(16_777_619));
+        assert_eq!(
+            fnv1a_32(b"a"),
+            (2_166_136_261u32 ^ 0x61).wrapping_mul(16_777_619)
+        );
         let crelay64 =
             (14_695_981_039_346_656_037u64 ^ 0xffff_ffff_ffff_ffe9).wrapping_mul(1_099_511_628_211);
         assert_eq!(fnv1a_64(&[0xe9]), crelay64);
@@ -628,7 +633,9 @@ mod tests {
     fn jump_large_ring_walks_in_out() {
         // Over the stack buffer: the walk runs in `out` and must agree with a plain
         // replay of c-relay's loop.
-        let hosts: Vec<String> = (0..300).map(|i| format!("10.0.{}.{}", i / 250, i % 250)).collect();
+        let hosts: Vec<String> = (0..300)
+            .map(|i| format!("10.0.{}.{}", i / 250, i % 250))
+            .collect();
         let members: Vec<RingMember<'_>> = hosts
             .iter()
             .map(|h| RingMember {

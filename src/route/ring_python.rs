@@ -236,9 +236,9 @@ impl PythonRing {
         }
         // Then the nodes carbon skipped, for rerouting around dead members.
         let mut pushed = SeenMembers::new(self.members);
-        for i in 0..out.len() {
-            let member = out[i];
-            pushed.insert(member, || false);
+        for &member in out.iter() {
+            // Large rings search `out` instead, which already holds these.
+            pushed.insert(member, || true);
         }
         for at in lap {
             let member = self.entries[at].member as usize;
@@ -249,6 +249,12 @@ impl PythonRing {
                 }
             }
         }
+    }
+
+    /// The ring's entries in order, as (position, member index): carbon's
+    /// `ConsistentHashRing.ring`.
+    pub fn points(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
+        self.entries.iter().map(|e| (e.pos, e.member as usize))
     }
 
     /// Number of entries on the ring: 100 per node.
@@ -468,8 +474,25 @@ mod tests {
             })
             .collect();
         let ring = PythonRing::new(&members, false);
-        let top: Vec<Entry> = ring.entries.iter().copied().filter(|e| e.pos >= 65535).collect();
-        assert_eq!(top[..2], [Entry { pos: 65535, member: 0 }, Entry { pos: 65536, member: 1 }]);
+        let top: Vec<Entry> = ring
+            .entries
+            .iter()
+            .copied()
+            .filter(|e| e.pos >= 65535)
+            .collect();
+        assert_eq!(
+            top[..2],
+            [
+                Entry {
+                    pos: 65535,
+                    member: 0
+                },
+                Entry {
+                    pos: 65536,
+                    member: 1
+                }
+            ]
+        );
         let mut out = Vec::new();
         ring.route_position_into(65535, 2, &mut out);
         assert_eq!(out, [0, 1]);

@@ -189,6 +189,11 @@ impl StatsdRing {
         }
     }
 
+    /// The ring's points in order, as (value, member index): hashring's `ring`.
+    pub fn points(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
+        self.entries.iter().map(|e| (e.value, e.member as usize))
+    }
+
     /// Number of points on the ring.
     pub fn len(&self) -> usize {
         self.entries.len()
