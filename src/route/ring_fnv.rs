@@ -669,6 +669,42 @@ mod tests {
     }
 
     #[test]
+    fn large_fnv_ring_searches_without_the_table() {
+        // 700 members: 70000 entries, more than the u16 table indexes.
+        let hosts: Vec<String> = (0..700)
+            .map(|i| format!("10.8.{}.{}", i / 250, i % 250))
+            .collect();
+        let members: Vec<RingMember<'_>> = hosts
+            .iter()
+            .map(|h| RingMember {
+                host: h,
+                port: 2003,
+                instance: None,
+            })
+            .collect();
+        let ring = FnvRing::new(&members);
+        assert!(ring.first_at.is_empty());
+        let points: Vec<(u16, usize)> = ring.points().collect();
+        let mut out = Vec::new();
+        for k in 0..100 {
+            let name = format!("large.{k}");
+            let pos = FnvRing::position(name.as_bytes());
+            let start = points.iter().position(|p| p.0 >= pos).unwrap_or(0);
+            let mut walk: Vec<usize> = Vec::new();
+            let mut met = vec![false; members.len()];
+            for i in 0..points.len() {
+                let m = points[(start + i) % points.len()].1;
+                if !met[m] && walk.len() < 300 {
+                    met[m] = true;
+                    walk.push(m);
+                }
+            }
+            ring.route_into(name.as_bytes(), 300, &mut out);
+            assert_eq!(out, walk, "{name}");
+        }
+    }
+
+    #[test]
     fn fnv_walk_and_edges() {
         let specs = [
             "10.0.0.1:2003",

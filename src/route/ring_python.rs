@@ -194,12 +194,12 @@ impl PythonRing {
         // carbon walks from `index` until it comes back to `index - 1`: one entry short
         // of a lap.
         let lap = (start..len).chain(0..start).take(len - 1);
-        let mut seen = SeenMembers::new(self.members);
         if !self.diverse_replicas {
             if self.nodes == 1 {
                 out.push(self.entries[0].member as usize);
                 return;
             }
+            let mut seen = SeenMembers::new(self.members);
             for at in lap {
                 let member = self.entries[at].member as usize;
                 if seen.insert(member, || out.contains(&member)) {
@@ -212,26 +212,21 @@ impl PythonRing {
             return;
         }
 
-        // Diverse: first one node per host, as carbon yields them.
+        // Diverse: first one node per host, as carbon yields them. The first entry of a
+        // host not yet used is the first meeting of its node, so nodes need no tracking.
         let mut seen_hosts = SeenMembers::new(self.members);
-        let mut lap_nodes = 0;
+        let host_of = &self.host_of;
         for at in lap.clone() {
             let member = self.entries[at].member as usize;
-            // A node is met many times; only its first meeting counts.
-            if !seen.insert(member, || out.contains(&member)) {
-                continue;
-            }
-            lap_nodes += 1;
-            let host = self.host_of[member] as usize;
-            let host_of = &self.host_of;
+            let host = host_of[member] as usize;
             if seen_hosts.insert(host, || out.iter().any(|&m| host_of[m] as usize == host)) {
                 out.push(member);
                 if out.len() == wanted {
                     return;
                 }
-            }
-            if lap_nodes == self.nodes {
-                break;
+                if out.len() == self.hosts {
+                    break;
+                }
             }
         }
         // Then the nodes carbon skipped, for rerouting around dead members.
@@ -538,6 +533,66 @@ mod tests {
                 let mut part = Vec::new();
                 diverse.route_into(name.as_bytes(), n, &mut part);
                 assert_eq!(part, div[..n]);
+            }
+        }
+    }
+
+    #[test]
+    fn large_rings_walk_like_the_small_ones() {
+        // Over SeenMembers' bitset: 300 members on 120 hosts. Reference: a plain
+        // walk over the points.
+        let hosts: Vec<String> = (0..300)
+            .map(|i| format!("10.9.{}.{}", i % 120, i % 120))
+            .collect();
+        let instances: Vec<String> = (0..300).map(|i| format!("i{i}")).collect();
+        let members: Vec<RingMember<'_>> = hosts
+            .iter()
+            .zip(&instances)
+            .map(|(h, i)| RingMember {
+                host: h,
+                port: 2003,
+                instance: Some(i),
+            })
+            .collect();
+        for diverse in [false, true] {
+            let ring = PythonRing::new(&members, diverse);
+            let points: Vec<(u32, usize)> = ring.points().collect();
+            let mut out = Vec::new();
+            for k in 0..200 {
+                let name = format!("large.{k}");
+                let pos = u32::from(PythonRing::position(name.as_bytes()));
+                let start = points.iter().position(|p| p.0 >= pos).unwrap_or(0);
+                let mut walk: Vec<usize> = Vec::new();
+                let mut met = vec![false; members.len()];
+                for i in 0..points.len() {
+                    let m = points[(start + i) % points.len()].1;
+                    if !met[m] {
+                        met[m] = true;
+                        walk.push(m);
+                    }
+                }
+                if diverse {
+                    let mut used = Vec::new();
+                    let mut first: Vec<usize> = Vec::new();
+                    for &m in &walk {
+                        if !used.contains(&members[m].host) {
+                            used.push(members[m].host);
+                            first.push(m);
+                        }
+                    }
+                    let rest: Vec<usize> = walk
+                        .iter()
+                        .copied()
+                        .filter(|m| !first.contains(m))
+                        .collect();
+                    first.extend(rest);
+                    walk = first;
+                }
+                ring.route_into(name.as_bytes(), 300, &mut out);
+                assert_eq!(out, walk, "{name} diverse={diverse}");
+                ring.route_into(name.as_bytes(), ring.replica_count(150), &mut out);
+                assert_eq!(out.len(), if diverse { 120 } else { 150 });
+                assert_eq!(out, walk[..out.len()]);
             }
         }
     }

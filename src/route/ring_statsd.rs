@@ -290,6 +290,33 @@ mod tests {
     }
 
     #[test]
+    fn large_ring_walks_over_the_bitset() {
+        let h: Vec<String> = (0..300)
+            .map(|i| format!("10.7.{}.{}", i / 250, i % 250))
+            .collect();
+        let m = members(&h, 8125);
+        let ring = StatsdRing::new(&m, &[100; 300]);
+        let points: Vec<(u32, usize)> = ring.points().collect();
+        let mut out = Vec::new();
+        for k in 0..100 {
+            let key = format!("large.{k}");
+            let hash = StatsdRing::hash(key.as_bytes());
+            let start = points.iter().position(|p| p.0 >= hash).unwrap_or(0);
+            let mut walk: Vec<usize> = Vec::new();
+            let mut met = vec![false; m.len()];
+            for i in 0..points.len() {
+                let m = points[(start + i) % points.len()].1;
+                if !met[m] {
+                    met[m] = true;
+                    walk.push(m);
+                }
+            }
+            ring.route_into(key.as_bytes(), 300, &mut out);
+            assert_eq!(out, walk, "{key}");
+        }
+    }
+
+    #[test]
     fn walk_is_distinct_and_extends() {
         let h = hosts(5);
         let m = members(&h, 8125);
