@@ -48,8 +48,8 @@ const NODE_KEY_BYTES_MAX: usize = 255;
 
 /// `jump_fnv1a_ch` rings up to this many members walk in a stack buffer; larger ones
 /// use the caller's `out` as the buffer (so it needs capacity for every member).
-/// c-relay itself refuses more than 64 servers in a hash cluster.
-const JUMP_STACK_MEMBERS: usize = 256;
+/// c-relay itself refuses more than 64 servers in a hash cluster (`CONN_DESTS_SIZE`).
+const JUMP_STACK_MEMBERS: usize = 64;
 
 /// FNV-1a 32 as c-relay computes it: each byte sign-extended (`(unsigned int)*p` on a
 /// signed `char`) before the XOR.
@@ -280,8 +280,8 @@ impl JumpRing {
     /// Clears `out` and pushes up to `n` distinct member indexes in preference order:
     /// with `n` = replication, c-relay's replica set; with `n` = member count, every
     /// member (the walk goes on removing and re-jumping until none is left).
-    /// Allocation-free once `out` has capacity for `n`, and for rings over 256
-    /// members for the member count.
+    /// Allocation-free once `out` has capacity for `n`, and for rings over 64 members
+    /// for the member count.
     ///
     /// `key`: the (cleansed) metric name cut at the first `;`.
     pub fn route_into(&self, key: &[u8], n: usize, out: &mut Vec<usize>) {
@@ -295,6 +295,11 @@ impl JumpRing {
         let members = self.reversed.len();
         let wanted = n.min(members);
         if wanted == 0 {
+            return;
+        }
+        if wanted == 1 {
+            // The common case needs no buffer: bucket j is reversed[len - 1 - j].
+            out.push(self.reversed[members - 1 - jump_bucket(hash, members)] as usize);
             return;
         }
         if members <= JUMP_STACK_MEMBERS {
