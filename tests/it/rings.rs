@@ -1090,3 +1090,58 @@ fn statsd_hashring_matches_npm_hashring() {
         keys.len()
     );
 }
+
+// ---------------------------------------------------------------- timing
+
+/// A ring's `route_into`, for timing.
+type Route<'a> = &'a dyn Fn(&[u8], usize, &mut Vec<usize>);
+
+/// Route cost per kind (a measurement, not a check; run it in release):
+/// `cargo test --release --test it rings::route_timing -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn route_timing() {
+    let names: Vec<Vec<u8>> = (0..1_000_000)
+        .map(|i| format!("servers.host{}.cpu.{}.user_{i}", i % 977, i % 13).into_bytes())
+        .collect();
+    let time = |label: &str, n: usize, route: Route<'_>| {
+        let mut out = Vec::with_capacity(64);
+        let mut sum = 0usize;
+        let start = Instant::now();
+        for name in &names {
+            route(name, n, &mut out);
+            sum += out[0];
+        }
+        let ns = start.elapsed().as_nanos() as f64 / names.len() as f64;
+        std::hint::black_box(sum);
+        eprintln!("{label:<28} n={n:<3} {ns:>7.1} ns/route");
+    };
+    for count in [4usize, 12, 32] {
+        let hosts: Vec<String> = (1..=count).map(|i| format!("10.0.0.{i}")).collect();
+        let members: Vec<RingMember<'_>> = hosts
+            .iter()
+            .map(|h| RingMember {
+                host: h,
+                port: 2003,
+                instance: None,
+            })
+            .collect();
+        let carbon = cadent::route::ring::CarbonRing::new(&members);
+        let fnv = FnvRing::new(&members);
+        let jump = JumpRing::new(&members);
+        let python = PythonRing::new(&members, true);
+        let statsd = StatsdRing::new(&members, &vec![100; count]);
+        eprintln!("--- {count} members");
+        for n in [1, 2, count] {
+            time("carbon_ch (for scale)", n, &|k, n, o| {
+                carbon.route_into(k, n, o)
+            });
+            time("fnv1a_ch", n, &|k, n, o| fnv.route_into(k, n, o));
+            time("jump_fnv1a_ch", n, &|k, n, o| jump.route_into(k, n, o));
+            time("carbon_ch_python diverse", n, &|k, n, o| {
+                python.route_into(k, n, o)
+            });
+            time("statsd_hashring", n, &|k, n, o| statsd.route_into(k, n, o));
+        }
+    }
+}
