@@ -18,7 +18,8 @@
 //! **Key.** What carbon hashes: the metric name as carbon received it, tags included
 //! (`a.b;x=1` whole), encoded as UTF-8; or the name `TaggedSeries.parse(name).path`
 //! gives when `TAG_RELAY_NORMALIZED` is set (that normalisation is the caller's).
-//! Carbon decodes lines as UTF-8 and refuses others, so the caller passes valid UTF-8.
+//! Carbon decodes each line as UTF-8 (a line that is not raises in its receiver and is
+//! lost), so the caller passes valid UTF-8.
 //!
 //! **Walk.** Without `diverse_replicas`, `get_nodes` order: distinct nodes in the
 //! order the ring meets them from the key's position; the first `replication` are
