@@ -203,6 +203,45 @@ impl CarbonRing {
     }
 }
 
+/// The members (or hosts) a preference walk has already pushed, so that each appears
+/// once: a bitset on the stack for rings of up to [`SEEN_BITS`] members, else a search
+/// of the walk's output (never longer than the walk asked for). Shared by the ring kinds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SeenMembers {
+    bits: [u64; SEEN_BITS / 64],
+    /// False when the ring is too large for the bitset.
+    small: bool,
+}
+
+/// Members a [`SeenMembers`] tracks in its bitset: c-relay caps a hash cluster at 64
+/// servers, and larger rings only cost a linear search per step.
+pub(crate) const SEEN_BITS: usize = 256;
+
+impl SeenMembers {
+    /// An empty set for a ring of `members` members.
+    pub(crate) fn new(members: usize) -> SeenMembers {
+        SeenMembers {
+            bits: [0; SEEN_BITS / 64],
+            small: members <= SEEN_BITS,
+        }
+    }
+
+    /// Records `id` (a member, or a group of members); true when it was not yet
+    /// recorded. `recorded` answers for rings too large for the bitset, by searching
+    /// what the walk has output so far.
+    #[inline]
+    pub(crate) fn insert(&mut self, id: usize, recorded: impl FnOnce() -> bool) -> bool {
+        if self.small {
+            let (word, bit) = (id / 64, 1u64 << (id % 64));
+            let new = self.bits[word] & bit == 0;
+            self.bits[word] |= bit;
+            new
+        } else {
+            !recorded()
+        }
+    }
+}
+
 /// Writes Python's `str((host, instance)) + ":" + str(replica)` into `buf`.
 fn write_node_key(buf: &mut String, member: &RingMember<'_>, replica: usize) {
     buf.clear();
