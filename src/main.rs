@@ -150,7 +150,7 @@ fn hash(path: PathBuf, cluster: Option<String>, names: Vec<String>) -> anyhow::R
     let mut line = String::new();
     let mut one = |name: &str, out: &mut dyn Write| -> std::io::Result<()> {
         let key = cadent::protocol::graphite::hash_key(name.as_bytes());
-        router.cluster_destinations(ci, key, &mut dests);
+        router.cluster_destinations(ci, name.as_bytes(), key, &mut dests);
         write!(out, "{name}\t")?;
         for (i, d) in dests.iter().enumerate() {
             let label = table.member_label(&cfg, ci, *d);

@@ -131,7 +131,7 @@ impl Control {
         let mut out = Vec::new();
         let mut clusters = serde_json::Map::new();
         for (i, c) in topology.config.clusters.iter().enumerate() {
-            router.cluster_destinations(i, hashed, &mut out);
+            router.cluster_destinations(i, key.as_bytes(), hashed, &mut out);
             let names: Vec<String> = out
                 .iter()
                 .map(|d| topology.table.member_label(&topology.config, i, *d))

@@ -20,6 +20,9 @@ use crate::protocol::graphite;
 pub use destination::{DestId, Destination, DestinationKind, DestinationTable};
 use rewrite::Rewrite;
 use ring::{CarbonRing, RingMember};
+use ring_fnv::{FnvRing, JumpRing};
+use ring_python::PythonRing;
+use ring_statsd::StatsdRing;
 use rules::Matcher;
 
 /// A hash ring of one of the ring kinds; all share `route_into`'s shape.
@@ -27,18 +30,63 @@ use rules::Matcher;
 pub enum Ring {
     /// carbon-c-relay's md5 ring (`carbon_ch`).
     Carbon(CarbonRing),
+    /// carbon-c-relay's FNV-1a ring (`fnv1a_ch`).
+    Fnv(FnvRing),
+    /// carbon-c-relay's jump hash (`jump_fnv1a_ch`).
+    Jump(JumpRing),
+    /// python carbon's md5 ring (`carbon_ch_python`).
+    Python(PythonRing),
+    /// statsd's proxy ring (`statsd_hashring`).
+    Statsd(StatsdRing),
 }
 
+/// Weight of each `statsd_hashring` member: the value statsd's proxy gives every node.
+const STATSD_MEMBER_WEIGHT: u32 = 100;
+
 impl Ring {
-    fn build(kind: ClusterKind, members: &[RingMember<'_>], _diverse: bool) -> Ring {
-        debug_assert!(kind.is_ring());
-        Ring::Carbon(CarbonRing::new(members))
+    fn build(kind: ClusterKind, members: &[RingMember<'_>], diverse: bool) -> Ring {
+        match kind {
+            ClusterKind::Fnv1aCh => Ring::Fnv(FnvRing::new(members)),
+            ClusterKind::JumpFnv1aCh => Ring::Jump(JumpRing::new(members)),
+            ClusterKind::CarbonChPython => Ring::Python(PythonRing::new(members, diverse)),
+            ClusterKind::StatsdHashring => Ring::Statsd(StatsdRing::new(
+                members,
+                &vec![STATSD_MEMBER_WEIGHT; members.len()],
+            )),
+            _ => {
+                debug_assert_eq!(kind, ClusterKind::CarbonCh);
+                Ring::Carbon(CarbonRing::new(members))
+            }
+        }
+    }
+
+    /// The bytes this kind hashes: carbon-c-relay's kinds hash the name cut at its first
+    /// `;` (`key`); python carbon hashes the whole name, tags included; statsd's proxy
+    /// hashes the text before the first `:` of the line, which is the statsd name.
+    fn key<'a>(&self, name: &'a [u8], key: &'a [u8]) -> &'a [u8] {
+        match self {
+            Ring::Python(_) | Ring::Statsd(_) => name,
+            _ => key,
+        }
+    }
+
+    /// Members a key goes to at `replication`: python carbon with diverse replicas
+    /// sends to at most one member per host.
+    fn wanted(&self, replication: usize) -> usize {
+        match self {
+            Ring::Python(r) => r.replica_count(replication),
+            _ => replication,
+        }
     }
 
     /// Clears `out` and pushes up to `n` distinct member indexes in preference order.
     fn route_into(&self, key: &[u8], n: usize, out: &mut Vec<usize>) {
         match self {
             Ring::Carbon(r) => r.route_into(key, n, out),
+            Ring::Fnv(r) => r.route_into(key, n, out),
+            Ring::Jump(r) => r.route_into(key, n, out),
+            Ring::Python(r) => r.route_into(key, n, out),
+            Ring::Statsd(r) => r.route_into(key, n, out),
         }
     }
 }
@@ -54,6 +102,9 @@ pub enum ClusterRoute {
         replication: usize,
         /// `on_down = "reroute"`: keys of a dead member go to the next live one.
         reroute: bool,
+        /// statsd_hashring rerouting as statsd's proxy does it: a ring rebuilt from the
+        /// live members (with their indexes), while any member is down.
+        live_ring: Option<Box<(Ring, Vec<usize>)>>,
     },
     /// carbon-c-relay's `any_of`: FNV-1a of the key modulo the member count.
     AnyOf,
@@ -72,6 +123,8 @@ pub struct CompiledCluster {
     pub route: ClusterRoute,
     /// Destination of each member, in member order.
     pub members: Vec<DestId>,
+    /// The members as configured (to rebuild a statsd ring from the live ones).
+    config_members: Vec<crate::config::Member>,
 }
 
 impl CompiledCluster {
@@ -79,6 +132,7 @@ impl CompiledCluster {
     /// there. `alive` says which destinations are up (by [`DestId`]); `scratch` is reused.
     fn destinations_into(
         &self,
+        name: &[u8],
         key: &[u8],
         alive: &[bool],
         scratch: &mut Vec<usize>,
@@ -91,26 +145,37 @@ impl CompiledCluster {
                 ring,
                 replication,
                 reroute,
+                live_ring,
             } => {
+                let key = ring.key(name, key);
+                let wanted = ring.wanted(*replication);
                 if !*reroute || (0..n).all(live) {
-                    ring.route_into(key, *replication, scratch);
+                    ring.route_into(key, wanted, scratch);
                     for &m in scratch.iter() {
                         push_unique(out, self.members[m]);
                     }
                     return;
                 }
-                // The whole walk, then the first `replication` live members of it. With
-                // every member down the owners keep their keys (queued until one returns).
+                if let Some(lr) = live_ring {
+                    let (live_ring, index) = &**lr;
+                    live_ring.route_into(key, wanted, scratch);
+                    for &m in scratch.iter() {
+                        push_unique(out, self.members[index[m]]);
+                    }
+                    return;
+                }
+                // The whole walk, then the first `wanted` live members of it. With every
+                // member down the owners keep their keys (queued until one returns).
                 ring.route_into(key, n, scratch);
                 let mut taken = 0;
                 for &m in scratch.iter() {
-                    if taken < *replication && live(m) {
+                    if taken < wanted && live(m) {
                         push_unique(out, self.members[m]);
                         taken += 1;
                     }
                 }
                 if taken == 0 {
-                    for &m in scratch.iter().take(*replication) {
+                    for &m in scratch.iter().take(wanted) {
                         push_unique(out, self.members[m]);
                     }
                 }
@@ -119,7 +184,7 @@ impl CompiledCluster {
                 if n == 0 {
                     return;
                 }
-                let h = fnv1a_32(key);
+                let h = ring_fnv::fnv1a_32(key);
                 let owner = h as usize % n;
                 if live(owner) {
                     push_unique(out, self.members[owner]);
@@ -151,15 +216,40 @@ impl CompiledCluster {
     }
 }
 
-/// FNV-1a 32 as carbon-c-relay computes it for `any_of` (bytes sign-extended, as its
-/// `char` is).
-fn fnv1a_32(key: &[u8]) -> u32 {
-    let mut h: u32 = 2_166_136_261;
-    for &b in key {
-        h ^= b as i8 as i32 as u32;
-        h = h.wrapping_mul(16_777_619);
+impl CompiledCluster {
+    /// statsd's proxy routes around a dead server by rebuilding its ring from the live
+    /// ones; a statsd_hashring cluster with `on_down = "reroute"` does the same.
+    fn rebuild_live_ring(&mut self, alive: &[bool]) {
+        let ClusterRoute::Ring {
+            ring: Ring::Statsd(_),
+            reroute: true,
+            live_ring,
+            ..
+        } = &mut self.route
+        else {
+            return;
+        };
+        let live: Vec<usize> = (0..self.members.len())
+            .filter(|&m| alive.get(self.members[m].index()).copied().unwrap_or(true))
+            .collect();
+        *live_ring = if live.len() == self.members.len() || live.is_empty() {
+            None
+        } else {
+            let members: Vec<RingMember<'_>> = live
+                .iter()
+                .map(|&m| {
+                    let c = &self.config_members[m];
+                    RingMember {
+                        host: &c.host,
+                        port: c.port,
+                        instance: c.instance.as_deref(),
+                    }
+                })
+                .collect();
+            let ring = Ring::build(ClusterKind::StatsdHashring, &members, false);
+            Some(Box::new((ring, live)))
+        };
     }
-    h
 }
 
 #[inline]
@@ -340,6 +430,7 @@ impl Router {
                         ring: Ring::build(k, &ring_members, c.diverse_replicas),
                         replication: c.replication,
                         reroute: c.on_down == OnDown::Reroute,
+                        live_ring: None,
                     },
                     ClusterKind::AnyOf => ClusterRoute::AnyOf,
                     ClusterKind::Failover => ClusterRoute::Failover,
@@ -349,6 +440,7 @@ impl Router {
                     name: c.name.clone(),
                     route,
                     members: members.clone(),
+                    config_members: c.members.clone(),
                 }
             })
             .collect();
@@ -397,6 +489,9 @@ impl Router {
         if self.alive[d.index()] != up {
             self.alive[d.index()] = up;
             self.cache.by_name.clear();
+            for c in &mut self.clusters {
+                c.rebuild_live_ring(&self.alive);
+            }
         }
     }
 
@@ -541,6 +636,7 @@ impl Router {
                     for &c in clusters {
                         self.scratch_cluster.clear();
                         self.clusters[c].destinations_into(
+                            current,
                             key,
                             &self.alive,
                             &mut self.scratch,
@@ -583,9 +679,15 @@ impl Router {
 
     /// The destinations of `key` in one cluster, in replica order (for `cadent hash` and
     /// `/hashcheck`).
-    pub fn cluster_destinations(&mut self, cluster: usize, key: &[u8], out: &mut Vec<DestId>) {
+    pub fn cluster_destinations(
+        &mut self,
+        cluster: usize,
+        name: &[u8],
+        key: &[u8],
+        out: &mut Vec<DestId>,
+    ) {
         out.clear();
-        self.clusters[cluster].destinations_into(key, &self.alive, &mut self.scratch, out);
+        self.clusters[cluster].destinations_into(name, key, &self.alive, &mut self.scratch, out);
     }
 }
 
