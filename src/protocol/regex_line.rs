@@ -13,8 +13,11 @@
 //!
 //! The regex is Rust `regex`, which reads Go's RE2 syntax (`(?P<Key>..)` and
 //! `(?<Key>..)`); like Go, the first (leftmost-first) match counts and the regex is
-//! unanchored. One difference: Go reads invalid UTF-8 as U+FFFD, which `.` matches;
-//! here `.` does not match invalid UTF-8, so such a line may be `no_match`.
+//! unanchored. It runs on bytes with Unicode off by default: `\d`, `\w`, `\s` and `\b`
+//! are ASCII as in Go, and any line, valid UTF-8 or not, can match. The differences
+//! from Go: `.` and `[^x]` take one byte where Go takes one character (the match
+//! extents agree unless a pattern counts characters, like `.{3}`), and `(?i)` folds
+//! ASCII only. `(?u:...)` turns Unicode on for a part of the pattern.
 //!
 //! `time_layout` is Go's reference-time layout (`Mon Jan 2 15:04:05 MST 2006`), parsed
 //! by [`TimeLayout`] with Go's rules, or `"unix"` for epoch seconds.
@@ -22,7 +25,7 @@
 use std::cell::Cell;
 use std::fmt;
 
-use regex::bytes::{CaptureLocations, Regex};
+use regex::bytes::{CaptureLocations, Regex, RegexBuilder};
 
 /// Reject: the regex did not match the line.
 pub const NO_MATCH: &str = "no_match";
@@ -58,7 +61,10 @@ impl RegexLine {
     /// Timestamp group without a `time_layout`, and a layout with no date or time
     /// element in it.
     pub fn new(regex: &str, time_layout: Option<&str>) -> Result<RegexLine, String> {
-        let re = Regex::new(regex).map_err(|e| format!("msg_regex `{regex}`: {e}"))?;
+        let re = RegexBuilder::new(regex)
+            .unicode(false)
+            .build()
+            .map_err(|e| format!("msg_regex `{regex}`: {e}"))?;
         let group = |name: &str| re.capture_names().position(|n| n == Some(name));
         let key_group =
             group("Key").ok_or_else(|| format!("msg_regex `{regex}` has no (?P<Key>...) group"))?;
@@ -180,40 +186,72 @@ pub enum Chunk {
 
 /// A Go layout element (Go's `std*` constants).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(missing_docs)]
 pub enum Elem {
+    /// `January`.
     LongMonth,
+    /// `Jan`.
     Month,
+    /// `1`.
     NumMonth,
+    /// `01`.
     ZeroMonth,
+    /// `Monday`.
     LongWeekDay,
+    /// `Mon`.
     WeekDay,
+    /// `2`.
     Day,
+    /// `_2` (space-padded).
     UnderDay,
+    /// `02`.
     ZeroDay,
+    /// `__2` (day of year, space-padded).
     UnderYearDay,
+    /// `002` (day of year).
     ZeroYearDay,
+    /// `15`.
     Hour,
+    /// `3`.
     Hour12,
+    /// `03`.
     ZeroHour12,
+    /// `4`.
     Minute,
+    /// `04`.
     ZeroMinute,
+    /// `5`.
     Second,
+    /// `05`.
     ZeroSecond,
+    /// `2006`.
     LongYear,
+    /// `06`.
     Year,
+    /// `PM`.
     PM,
+    /// `pm`.
     Pm,
+    /// `MST`: a zone name.
     TZ,
+    /// `Z0700`.
     Iso8601TZ,
+    /// `Z070000`.
     Iso8601SecondsTZ,
+    /// `Z07`.
     Iso8601ShortTZ,
+    /// `Z07:00`.
     Iso8601ColonTZ,
+    /// `Z07:00:00`.
     Iso8601ColonSecondsTZ,
+    /// `-0700`.
     NumTZ,
+    /// `-070000`.
     NumSecondsTz,
+    /// `-07`.
     NumShortTZ,
+    /// `-07:00`.
     NumColonTZ,
+    /// `-07:00:00`.
     NumColonSecondsTZ,
     /// `.000`: exactly this many digits.
     FracSecond0(u16),
@@ -1152,6 +1190,12 @@ mod tests {
         assert_eq!(p.parse(b"web01  at x"), Err(EMPTY_KEY));
         let q = p.clone();
         assert_eq!(q.parse(b"web01 a at ").unwrap().key, b"a");
+
+        // Bytes that are not UTF-8 still match, and `\w` is ASCII (as in Go).
+        let p = RegexLine::new(r"^(?P<Key>\S+) (?P<Tag>\w+)", None).unwrap();
+        assert_eq!(p.parse(b"k\xff\xfe.x abc").unwrap().key, b"k\xff\xfe.x");
+        assert_eq!(p.parse("k caf\u{e9}".as_bytes()).unwrap().key, b"k");
+        assert_eq!(p.parse("k \u{e9}t\u{e9}".as_bytes()), Err(NO_MATCH));
 
         // No timestamp at all.
         let p = RegexLine::new(r"key=(?<Key>\S+)", None).unwrap();
