@@ -627,7 +627,7 @@ fn parse_unix(value: &[u8]) -> Res<i64> {
         return Err(BAD);
     }
     match leading_int(int)? {
-        (x, rest) if rest.is_empty() => Ok(x),
+        (x, []) => Ok(x),
         _ => Err(BAD),
     }
 }
