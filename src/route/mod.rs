@@ -993,7 +993,7 @@ mod tests {
             continue = true
             [[route]]
             match = { prefix = "a." }
-            rewrite = { regex = "^a\\.(.*)$", into = "b.$1" }
+            rewrite = { regex = "^a\\.(.*)$", into = "b.\\1" }
             [[route]]
             match = { prefix = "b." }
             send_to = ["one", "two"]
