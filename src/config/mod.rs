@@ -101,6 +101,8 @@ pub enum Format {
     Graphite,
     /// `name:value|type[|@rate][|#tags]` lines.
     Statsd,
+    /// Any line; the key to route by is cut out by the listener's `regex`.
+    Regex,
 }
 
 impl Format {
@@ -109,6 +111,7 @@ impl Format {
         match self {
             Format::Graphite => "graphite",
             Format::Statsd => "statsd",
+            Format::Regex => "regex",
         }
     }
 }
@@ -132,6 +135,10 @@ pub struct Listener {
     pub socket_receive_buffer_bytes: usize,
     /// Graphite: rewrite names as carbon-c-relay does before routing them.
     pub cleanse_names: bool,
+    /// Regex format: the regex with a `(?P<Key>...)` group (and `(?P<Timestamp>...)`).
+    pub regex: Option<String>,
+    /// Regex format: Go reference-time layout (or `unix`) of the Timestamp group.
+    pub time_layout: Option<String>,
 }
 
 /// Ring or fan-out kind of a cluster.
@@ -549,11 +556,12 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
     let format = match format_s.as_str() {
         "graphite" => Format::Graphite,
         "statsd" => Format::Statsd,
+        "regex" => Format::Regex,
         "" => Format::Graphite,
         other => {
             errs.push(ConfigError::new(
                 r.key_path("format"),
-                format!("unknown format {other:?} (expected graphite or statsd)"),
+                format!("unknown format {other:?} (expected graphite, statsd or regex)"),
             ));
             Format::Graphite
         }
@@ -572,6 +580,31 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
             "applies to graphite listeners only",
         ));
     }
+    let regex = r.opt_str("regex", errs);
+    let time_layout = r.opt_str("time_layout", errs);
+    match (&regex, format) {
+        (Some(re), Format::Regex) => {
+            if let Err(e) = crate::protocol::regex_line::RegexLine::new(re, time_layout.as_deref())
+            {
+                errs.push(ConfigError::new(r.key_path("regex"), e));
+            }
+        }
+        (None, Format::Regex) => errs.push(ConfigError::new(
+            r.key_path("regex"),
+            "is required for format = \"regex\" (with a (?P<Key>...) group)",
+        )),
+        (Some(_), _) => errs.push(ConfigError::new(
+            r.key_path("regex"),
+            "applies to format = \"regex\" only",
+        )),
+        (None, _) => {}
+    }
+    if time_layout.is_some() && format != Format::Regex {
+        errs.push(ConfigError::new(
+            r.key_path("time_layout"),
+            "applies to format = \"regex\" only",
+        ));
+    }
     if line_bytes_max >= read_buffer_bytes {
         errs.push(ConfigError::new(
             r.key_path("line_bytes_max"),
@@ -588,6 +621,8 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
         connections_max,
         socket_receive_buffer_bytes,
         cleanse_names,
+        regex,
+        time_layout,
     }
 }
 

@@ -30,11 +30,13 @@ pub enum Reject {
     BadSampleRate,
     /// A stream ended in the middle of a line (no `\n`): it may have been cut short.
     Unterminated,
+    /// Regex listener: the line does not match the listener's regex.
+    NoMatch,
 }
 
 impl Reject {
     /// Number of reasons (size of per-reason counter arrays).
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
     /// Every reason, in counter order.
     pub const ALL: [Reject; Reject::COUNT] = [
         Reject::LineTooLong,
@@ -46,6 +48,7 @@ impl Reject {
         Reject::BadType,
         Reject::BadSampleRate,
         Reject::Unterminated,
+        Reject::NoMatch,
     ];
 
     /// The reason as it appears in stats.
@@ -60,11 +63,12 @@ impl Reject {
             Reject::BadType => "bad_type",
             Reject::BadSampleRate => "bad_sample_rate",
             Reject::Unterminated => "unterminated",
+            Reject::NoMatch => "no_match",
         }
     }
 }
 
-const _: () = assert!(Reject::Unterminated as usize + 1 == Reject::COUNT);
+const _: () = assert!(Reject::NoMatch as usize + 1 == Reject::COUNT);
 
 /// A metric name is printable ASCII without spaces, or UTF-8 above ASCII; control bytes,
 /// DEL and invalid UTF-8 are what binary garbage looks like.

@@ -393,6 +393,11 @@ fn start_listener(
     stall_max: Duration,
 ) -> std::io::Result<Option<glommio::Task<()>>> {
     let ro = ReadOptions::new(lid, l, stall_max);
+    if let Some(re) = &l.regex {
+        let parser = crate::protocol::regex_line::RegexLine::new(re, l.time_layout.as_deref())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        core.borrow_mut().set_line_regex(lid, parser);
+    }
     match (&l.url, addr) {
         (ListenUrl::Inet(Transport::Tcp, _), Some(a)) => {
             bind::tcp(a, l.socket_receive_buffer_bytes).map(|s| {

@@ -4,6 +4,7 @@
 use crate::config::Format;
 use crate::output::Outputs;
 use crate::protocol::lines::{self, Piece};
+use crate::protocol::regex_line::{self, RegexLine};
 use crate::protocol::{graphite, statsd, Reject};
 use crate::route::{Fingerprint, Router, Verdict};
 use crate::telemetry::ShardCounters;
@@ -21,6 +22,8 @@ pub struct Core {
     pub draining: bool,
     /// Where a name that needs cleansing is rewritten for output.
     cleansed: Vec<u8>,
+    /// By listener id: the parser of a `format = "regex"` listener.
+    line_regexes: Vec<Option<RegexLine>>,
 }
 
 /// What the pipeline needs to know about the listener a buffer came from.
@@ -45,7 +48,16 @@ impl Core {
             counters,
             draining: false,
             cleansed: Vec::with_capacity(256),
+            line_regexes: Vec::new(),
         }
+    }
+
+    /// Sets the parser of regex listener `listener` (each shard owns its copy).
+    pub fn set_line_regex(&mut self, listener: usize, re: RegexLine) {
+        if self.line_regexes.len() <= listener {
+            self.line_regexes.resize_with(listener + 1, || None);
+        }
+        self.line_regexes[listener] = Some(re);
     }
 
     /// Processes the complete lines of `buf` and, at the end of a datagram, its last
@@ -69,8 +81,10 @@ impl Core {
             outputs,
             counters,
             cleansed,
+            line_regexes,
             ..
         } = self;
+        let line_regex = line_regexes.get(listener).and_then(|r| r.as_ref());
         let ShardCounters {
             listeners,
             rules_matched,
@@ -83,6 +97,7 @@ impl Core {
             router,
             outputs,
             cleanse: cleanse_names,
+            format,
             rules_matched,
             dropped_by_rule,
             unrouted,
@@ -111,6 +126,19 @@ impl Core {
                             &[]
                         },
                     }),
+                    Format::Regex => match line_regex.map(|re| re.parse(line)) {
+                        Some(Ok(p)) => Ok(Parsed {
+                            fp: ctx.router.fingerprint(p.key, p.key, false),
+                            name: p.key,
+                            key: p.key,
+                            value: &[],
+                            timestamp: &[],
+                            whole: line,
+                        }),
+                        Some(Err(regex_line::EMPTY_KEY)) => Err(Reject::BadName),
+                        Some(Err(regex_line::BAD_TIMESTAMP)) => Err(Reject::BadTimestamp),
+                        _ => Err(Reject::NoMatch),
+                    },
                     Format::Statsd => statsd::parse(line).map(|name| Parsed {
                         fp: ctx.router.fingerprint(name, name, false),
                         name,
@@ -207,6 +235,7 @@ struct RouteCtx<'c> {
     router: &'c mut Router,
     outputs: &'c mut Outputs,
     cleanse: bool,
+    format: Format,
     rules_matched: &'c mut [u64],
     dropped_by_rule: &'c mut u64,
     unrouted: &'c mut u64,
@@ -235,7 +264,11 @@ fn route_batch(batch: &[Parsed<'_>], ctx: &mut RouteCtx<'_>) {
                         0 => base,
                         k => &d.names[k as usize - 1],
                     };
-                    let pieces: [&[u8]; 5] = if p.value.is_empty() {
+                    let pieces: [&[u8]; 5] = if ctx.format == Format::Regex {
+                        // A regex line's key is somewhere inside it: a rewrite changes
+                        // where the line goes, and the line goes out as received.
+                        [p.whole, &[], &[], &[], &[]]
+                    } else if p.value.is_empty() {
                         // statsd: the name, then the line after it as received.
                         [name, &p.whole[p.name.len()..], &[], &[], &[]]
                     } else {

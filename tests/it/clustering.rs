@@ -447,3 +447,71 @@ fn members_change_and_reload_under_load_lose_nothing() {
     assert_eq!(stats["dropped_by_rule"], 1, "{stats}");
     assert_eq!(c.stop(), 0);
 }
+
+#[test]
+fn regex_listener_routes_whole_lines_by_their_key() {
+    let sinks: Vec<Sink> = (0..3).map(|_| Sink::start()).collect();
+    let listen = crate::support::free_port();
+    let members: Vec<String> = sinks.iter().map(|s| format!("\"{}\"", s.addr)).collect();
+    let config = format!(
+        r#"
+        [server]
+        admin_listen = "ADMIN"
+        shards = 2
+        [output]
+        flush_interval_ms = 20
+        [[listen]]
+        name = "logs"
+        url = "tcp://127.0.0.1:{listen}"
+        format = "regex"
+        regex = '^(?P<Timestamp>\S+) host=(?P<Key>[a-z0-9.-]+) '
+        time_layout = "2006-01-02T15:04:05Z07:00"
+        [[cluster]]
+        name = "by_host"
+        kind = "fnv1a_ch"
+        members = [{}]
+        [[route]]
+        match = {{ all = true }}
+        send_to = ["by_host"]
+    "#,
+        members.join(", ")
+    );
+    let c = Cadent::start("cluster-regex", &config);
+    let hosts: Vec<String> = (0..300).map(|i| format!("web{i}.dc{}", i % 3)).collect();
+    let mut body = String::new();
+    for (i, h) in hosts.iter().enumerate() {
+        body.push_str(&format!(
+            "2026-11-21T10:{:02}:00Z host={h} level=info msg=\"request {i}\"\n",
+            i % 60
+        ));
+    }
+    body.push_str("no timestamp host=x1 \n");
+    body.push_str("2026-13-40T99:00:00Z host=x2 bad month\n");
+    let addr = format!("127.0.0.1:{listen}");
+    crate::support::send_tcp(&addr, body.as_bytes());
+    let refs: Vec<&Sink> = sinks.iter().collect();
+    assert!(wait_until(Duration::from_secs(10), || refs
+        .iter()
+        .map(|s| s.total())
+        .sum::<u64>()
+        >= hosts.len() as u64));
+    let want = cadent_hash(&c.config_path(), "by_host", &hosts);
+    for (i, s) in sinks.iter().enumerate() {
+        for (line, n) in s.lines() {
+            assert_eq!(n, 1, "{line}");
+            let host = line.split(' ').nth(1).unwrap().trim_start_matches("host=");
+            assert_eq!(
+                want[host], sinks[i].addr,
+                "{line}: the line goes whole to its key's member"
+            );
+        }
+    }
+    assert!(wait_until(Duration::from_secs(5), || c.stats()
+        ["listeners"]["logs"]["parsed_lines"]
+        == hosts.len()));
+    let stats = c.stats();
+    let rejected = &stats["listeners"]["logs"]["rejected_by_reason"];
+    assert_eq!(rejected["no_match"], 1, "{stats}");
+    assert_eq!(rejected["bad_timestamp"], 1, "{stats}");
+    assert_eq!(c.stop(), 0);
+}
