@@ -295,6 +295,55 @@ fn cfg(f: impl FnOnce(&mut StatsdConfig)) -> StatsdConfig {
     c
 }
 
+/// A seeded spread of every type: values with many digits, rates, tags, repeats.
+fn random_step(seed: u64, datagrams: usize) -> Vec<Vec<u8>> {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut out = Vec::new();
+    for _ in 0..datagrams {
+        let mut d = String::new();
+        for l in 0..(1 + next() % 4) {
+            if l > 0 {
+                d.push('\n');
+            }
+            let key = format!("r{}.k{}", next() % 3, next() % 12);
+            let v = match next() % 4 {
+                0 => format!("{}", next() % 1000),
+                1 => format!("{}.{}", next() % 1000, next() % 100_000),
+                2 => format!("{}e-{}", next() % 100, next() % 9),
+                _ => format!("0.{}", next() % 10_000_000),
+            };
+            let (ty, signed) = match next() % 5 {
+                0 => ("c", true),
+                1 | 2 => ("ms", false),
+                3 => ("g", true),
+                _ => ("s", false),
+            };
+            let sign = if signed && next() % 3 == 0 {
+                "-"
+            } else if ty == "g" && next() % 3 == 0 {
+                "+"
+            } else {
+                ""
+            };
+            d.push_str(&format!("{key}:{sign}{v}|{ty}"));
+            if next() % 3 == 0 {
+                d.push_str(&format!("|@0.{}", 1 + next() % 9));
+            }
+            if next() % 4 == 0 {
+                d.push_str(&format!("|#t{}:{}", next() % 2, next() % 2));
+            }
+        }
+        out.push(d.into_bytes());
+    }
+    out
+}
+
 fn cases() -> Vec<Case> {
     let counters = step(&[
         "a:1|c",
@@ -500,6 +549,23 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            name: "random",
+            config: cfg(|c| {
+                c.percent_thresholds = vec![90.0, 95.0, 99.0, -10.0, 33.3, 50.0];
+                c.histograms = vec![HistogramRule {
+                    metric: "r1".into(),
+                    bins: vec![Bin::Below(0.01), Bin::Below(1.0), Bin::Below(100.0), Bin::Inf],
+                }];
+                c.flush_interval_ms = 1100;
+            }),
+            steps: vec![
+                random_step(1, 150),
+                random_step(2, 150),
+                idle(),
+                random_step(3, 150),
+            ],
+        },
+        Case {
             name: "filtered_timers",
             config: cfg(|c| {
                 c.calculated_timer_metrics = vec![
@@ -584,6 +650,11 @@ fn engine_output_equals_etsy_statsd() {
         errs.join("\n")
     );
     assert!(lines > 500, "only {lines} lines compared");
+    let flushes: usize = runs.iter().map(|(_, f)| f.len()).sum();
+    eprintln!(
+        "statsd_etsy: {lines} lines in {flushes} flushes of {} configs identical",
+        cases.len()
+    );
 }
 
 /// `jsnum` prints and reads numbers exactly as node does, over edge cases and a
