@@ -88,10 +88,10 @@ pub struct LineParts<'a> {
 
 /// Splits a line the way Etsy does.
 pub fn split_line(line: &[u8]) -> LineParts<'_> {
-    let (pre, tags) = match memchr::memmem::find(line, b"|#") {
+    let (pre, tags) = match find_tags(line) {
         Some(at) => {
             let rest = &line[at + 2..];
-            let end = memchr::memmem::find(rest, b"|#").unwrap_or(rest.len());
+            let end = find_tags(rest).unwrap_or(rest.len());
             (&line[..at], &rest[..end])
         }
         None => (line, &line[..0]),
@@ -115,6 +115,12 @@ pub fn split_line(line: &[u8]) -> LineParts<'_> {
 pub struct KeyScratch {
     tags: Vec<u8>,
     ranges: Vec<(u32, u32)>,
+}
+
+/// The position of the first `|#`.
+#[inline]
+fn find_tags(s: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'|', s).find(|&i| s.get(i + 1) == Some(&b'#'))
 }
 
 /// Builds the stored key into `out` (cleared first): the sanitised name, then each tag
@@ -253,10 +259,17 @@ pub fn parse_sample<'a>(key: &'a [u8], chunk: &'a [u8]) -> Result<Sample<'a>, Re
             return Err(REJECT_BAD_RATE);
         }
     }
+    // `Number(value)` once: for validation (`isNumber`) and for the value itself.
+    let num = if kind == b"s" {
+        f64::NAN
+    } else {
+        js_to_number(value)
+    };
+    let numeric = !value.is_empty() && !num.is_nan();
     let valid = match kind {
         b"s" => true,
-        b"ms" => js_is_number(value) && js_to_number(value) >= 0.0,
-        _ => js_is_number(value),
+        b"ms" => numeric && num >= 0.0,
+        _ => numeric,
     };
     if !valid {
         return Err(REJECT_BAD_VALUE);
@@ -276,13 +289,13 @@ pub fn parse_sample<'a>(key: &'a [u8], chunk: &'a [u8]) -> Result<Sample<'a>, Re
         }
     };
     let value = match js_trim(kind) {
-        b"ms" => Value::Timer(js_to_number(value)),
+        b"ms" => Value::Timer(num),
         b"g" => Value::Gauge {
-            value: js_to_number(value),
+            value: num,
             delta: matches!(value.first(), Some(b'+' | b'-')),
         },
         b"s" => Value::Set(if value.is_empty() { b"0" } else { value }),
-        _ => Value::Counter(js_to_number(value)),
+        _ => Value::Counter(num),
     };
     Ok(Sample {
         key,
