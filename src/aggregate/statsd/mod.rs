@@ -365,7 +365,7 @@ impl Plan {
             .map(|s| format!(".{s}"))
             .unwrap_or_default();
         let ps = &c.prefix_stats;
-        fn nonempty<'s>(v: Vec<&'s str>) -> Vec<&'s str> {
+        fn nonempty(v: Vec<&str>) -> Vec<&str> {
             v.into_iter().filter(|p| !p.is_empty()).collect()
         }
         let (counter_rate_ns, counter_rate_extra, counter_count_ns, counter_count_extra);
