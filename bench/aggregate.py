@@ -44,6 +44,7 @@ FIELDS = [
     "bytes_per_key_at_flush",
     "samples_per_key_at_flush",
     "ingest_and_flush_per_cpu_s",
+    "allocations_per_million_samples",
 ]
 
 
@@ -173,13 +174,14 @@ def main():
     results = {"engine": [], "etsy": None}
     for k in a.keys:
         results["engine"].extend(engine(k, a.repeats, a.cpu_s))
-    print("| type | keys | ingest samples/CPU-s | datagram samples/CPU-s | flush CPU s (lines) | bytes/key | bytes/key at flush (samples/key) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| type | keys | ingest samples/CPU-s | datagram samples/CPU-s | flush CPU s (lines) | bytes/key | bytes/key at flush (samples/key) | allocations per 1M samples |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results["engine"]:
         print(
             f"| {r['type']} | {r['keys']:,} | {r['ingest_per_cpu_s']:,.0f} | {r['datagram_per_cpu_s']:,.0f} "
             f"| {r['flush_cpu_s']:.3f} ({r['flush_lines']:,.0f}) | {r['bytes_per_key']:.0f} "
-            f"| {r['bytes_per_key_at_flush']:.0f} ({r['samples_per_key_at_flush']:.0f}) |"
+            f"| {r['bytes_per_key_at_flush']:.0f} ({r['samples_per_key_at_flush']:.0f}) "
+            f"| {r['allocations_per_million_samples']:.1f} |"
         )
     if a.etsy_s > 0:
         e = etsy(a.etsy_s, a.keys_etsy)

@@ -24,11 +24,13 @@ use cadent::aggregate::statsd::{StatsdConfig, StatsdEngine};
 struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: forwards to the system allocator unchanged and only counts sizes.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size(), Ordering::Relaxed);
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: same layout the caller gave us.
         unsafe { System.alloc(l) }
     }
@@ -40,6 +42,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         LIVE.fetch_add(new, Ordering::Relaxed);
         LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
         // SAFETY: p was allocated by System with layout l.
         unsafe { System.realloc(p, l, new) }
     }
@@ -149,6 +152,7 @@ fn run(kind: Kind, keys: usize, cpu_target: f64) -> String {
     }
     let bytes_per_key = (LIVE.load(Ordering::Relaxed) - before) as f64 / keys as f64;
 
+    let allocs0 = ALLOCS.load(Ordering::Relaxed);
     let mut samples = 0u64;
     let c0 = cpu_seconds();
     let w0 = Instant::now();
@@ -176,6 +180,7 @@ fn run(kind: Kind, keys: usize, cpu_target: f64) -> String {
     }
     let dg_cpu = cpu_seconds() - c1;
 
+    let allocs = ALLOCS.load(Ordering::Relaxed) - allocs0;
     let held = LIVE.load(Ordering::Relaxed) - before;
     let mut out = Vec::with_capacity(keys * 200);
     let c2 = cpu_seconds();
@@ -192,7 +197,7 @@ fn run(kind: Kind, keys: usize, cpu_target: f64) -> String {
             "\"ingest_per_cpu_s\":{:.0},",
             "\"datagram_samples\":{},\"datagram_cpu_s\":{:.3},\"datagram_per_cpu_s\":{:.0},",
             "\"flush_cpu_s\":{:.3},\"flush_wall_s\":{:.3},\"flush_lines\":{},\"flush_bytes\":{},",
-            "\"ingest_and_flush_per_cpu_s\":{:.0}}}"
+            "\"ingest_and_flush_per_cpu_s\":{:.0},\"allocations_per_million_samples\":{:.1}}}"
         ),
         kind.name(),
         keys,
@@ -211,6 +216,7 @@ fn run(kind: Kind, keys: usize, cpu_target: f64) -> String {
         summary.lines,
         out.len(),
         (samples + dg_samples) as f64 / (sample_cpu + dg_cpu + flush_cpu),
+        allocs as f64 / ((samples + dg_samples) as f64 / 1e6),
     )
 }
 
