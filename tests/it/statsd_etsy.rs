@@ -486,6 +486,8 @@ fn cases() -> Vec<Case> {
                 c.global_prefix = "pfx".into();
                 c.prefix_counter = "cnt".into();
                 c.prefix_timer = "".into();
+                c.prefix_gauge = "gg".into();
+                c.prefix_set = "sst".into();
                 c.global_suffix = Some("sfx".into());
                 c.prefix_stats = "mystatsd".into();
             }),
@@ -497,6 +499,7 @@ fn cases() -> Vec<Case> {
                 c.legacy_namespace = false;
                 c.global_prefix = "".into();
                 c.prefix_gauge = "".into();
+                c.prefix_counter = "".into();
                 c.flush_counts = false;
                 c.flush_interval_ms = 2000;
             }),
