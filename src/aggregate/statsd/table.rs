@@ -66,17 +66,46 @@ impl Hasher for FingerprintHasher {
 /// `BuildHasher` for maps keyed by fingerprints.
 pub type FingerprintBuild = BuildHasherDefault<FingerprintHasher>;
 
+/// A fingerprint as the index stores it: two `u64`s, so an index entry with its `u32`
+/// slot id is 24 bytes (a `u128` key would be aligned to 16 and make it 32).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Fp {
+    lo: u64,
+    hi: u64,
+}
+
+impl From<u128> for Fp {
+    #[inline]
+    fn from(v: u128) -> Fp {
+        Fp {
+            lo: v as u64,
+            hi: (v >> 64) as u64,
+        }
+    }
+}
+
+impl std::hash::Hash for Fp {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.lo);
+    }
+}
+
+const NOT_INDEX: u32 = u32::MAX;
+
 struct Slot<V> {
     name: Box<[u8]>,
-    /// Numeric value when the name is a JavaScript array index.
-    array_index: Option<u32>,
+    /// Numeric value when the name is a JavaScript array index, else [`NOT_INDEX`]
+    /// (indices stop at 2^32 - 2, so the sentinel is free; a plain u32 keeps the
+    /// slot 8 bytes smaller than an `Option`).
+    array_index: u32,
     live: bool,
     value: V,
 }
 
 /// Insertion-ordered map from metric name to `V`, with stable slot ids.
 pub struct Table<V> {
-    index: HashMap<u128, u32, FingerprintBuild>,
+    index: HashMap<Fp, u32, FingerprintBuild>,
     slots: Vec<Slot<V>>,
     /// Slot ids in insertion order; may hold dead ids until [`Table::compact`].
     order: Vec<u32>,
@@ -112,12 +141,12 @@ impl<V> Table<V> {
     /// The slot of a fingerprint, if live.
     #[inline]
     pub fn get(&self, fp: u128) -> Option<u32> {
-        self.index.get(&fp).copied()
+        self.index.get(&Fp::from(fp)).copied()
     }
 
     /// Adds a new key (the caller checked it is absent) and returns its slot.
     pub fn insert(&mut self, fp: u128, name: &[u8], value: V) -> u32 {
-        let array_index = js_array_index(name);
+        let array_index = js_array_index(name).unwrap_or(NOT_INDEX);
         let slot = Slot {
             name: name.into(),
             array_index,
@@ -134,10 +163,10 @@ impl<V> Table<V> {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.index.insert(fp, id);
+        self.index.insert(Fp::from(fp), id);
         self.order.push(id);
         self.live += 1;
-        if array_index.is_some() {
+        if array_index != NOT_INDEX {
             self.array_index_live += 1;
         }
         id
@@ -167,12 +196,12 @@ impl<V> Table<V> {
         let slot = &mut self.slots[id as usize];
         debug_assert!(slot.live);
         slot.live = false;
-        if slot.array_index.is_some() {
+        if slot.array_index != NOT_INDEX {
             self.array_index_live -= 1;
         }
         let fp = fingerprint(&slot.name);
         slot.name = Box::default();
-        self.index.remove(&fp);
+        self.index.remove(&Fp::from(fp));
         self.free.push(id);
         self.live -= 1;
     }
@@ -202,10 +231,10 @@ impl<V> Table<V> {
         }
         out.extend(
             live.clone()
-                .filter(|&id| slots[id as usize].array_index.is_some()),
+                .filter(|&id| slots[id as usize].array_index != NOT_INDEX),
         );
         out.sort_unstable_by_key(|&id| slots[id as usize].array_index);
-        out.extend(live.filter(|&id| slots[id as usize].array_index.is_none()));
+        out.extend(live.filter(|&id| slots[id as usize].array_index == NOT_INDEX));
     }
 
     /// Heap and inline bytes this table holds (names, slots, index, order), for sizing.
@@ -213,7 +242,7 @@ impl<V> Table<V> {
         let names: usize = self.slots.iter().map(|s| s.name.len()).sum();
         names
             + self.slots.capacity() * std::mem::size_of::<Slot<V>>()
-            + self.index.capacity() * (std::mem::size_of::<(u128, u32)>() + 1)
+            + self.index.capacity() * (std::mem::size_of::<(Fp, u32)>() + 1)
             + self.order.capacity() * 4
             + self.free.capacity() * 4
     }
