@@ -131,12 +131,35 @@ fn etsy_config(c: &StatsdConfig, udp: u16, mgmt: u16, graphite: u16) -> String {
     Value::Object(m).to_string()
 }
 
-/// Runs one case through Etsy statsd; returns every flush's payload.
+/// A UDP port that was free a moment ago.
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs one case through Etsy statsd; returns every flush's payload. A port taken
+/// between choosing it and statsd binding it (other tests and builds share the machine)
+/// is retried with new ports, at most three times.
 fn run_statsd(case: &Case) -> Vec<Vec<u8>> {
+    let mut last = String::new();
+    for _ in 0..3 {
+        match try_run_statsd(case) {
+            Ok(flushes) => return flushes,
+            Err(log) if log.contains("EADDRINUSE") => last = log,
+            Err(log) => panic!("{}: {log}", case.name),
+        }
+    }
+    panic!("{}: ports kept being taken:\n{last}", case.name);
+}
+
+fn try_run_statsd(case: &Case) -> Result<Vec<Vec<u8>>, String> {
     let dir = temp_dir(&format!("statsd-{}", case.name));
     let graphite = TcpListener::bind("127.0.0.1:0").unwrap();
     let gport = graphite.local_addr().unwrap().port();
-    let (udp_port, mgmt_port) = (free_port(), free_port());
+    let (udp_port, mgmt_port) = (free_udp_port(), free_port());
     let cfg_path = dir.join("config.js");
     std::fs::write(
         &cfg_path,
@@ -159,7 +182,7 @@ fn run_statsd(case: &Case) -> Vec<Vec<u8>> {
     let wait = Duration::from_millis(case.config.flush_interval_ms * 3 + 8000);
     let mut flushes = Vec::new();
     for k in 0..=case.steps.len() {
-        let payload = accept_flush(&graphite, wait, &mut guard, &dir);
+        let payload = accept_flush(&graphite, wait, &mut guard, &dir)?;
         flushes.push(payload);
         if let Some(datagrams) = case.steps.get(k) {
             for d in datagrams {
@@ -167,7 +190,7 @@ fn run_statsd(case: &Case) -> Vec<Vec<u8>> {
             }
         }
     }
-    flushes
+    Ok(flushes)
 }
 
 struct ChildGuard(Child);
@@ -179,8 +202,15 @@ impl Drop for ChildGuard {
     }
 }
 
-fn accept_flush(l: &TcpListener, wait: Duration, child: &mut ChildGuard, dir: &Path) -> Vec<u8> {
+/// The next flush's payload; `Err(statsd's log)` when statsd exited.
+fn accept_flush(
+    l: &TcpListener,
+    wait: Duration,
+    child: &mut ChildGuard,
+    dir: &Path,
+) -> Result<Vec<u8>, String> {
     let deadline = Instant::now() + wait;
+    let log = || std::fs::read_to_string(dir.join("statsd.log")).unwrap_or_default();
     loop {
         match l.accept() {
             Ok((mut s, _)) => {
@@ -188,21 +218,18 @@ fn accept_flush(l: &TcpListener, wait: Duration, child: &mut ChildGuard, dir: &P
                 s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
                 let mut buf = Vec::new();
                 s.read_to_end(&mut buf).expect("read a statsd flush");
-                return buf;
+                return Ok(buf);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => panic!("accept: {e}"),
         }
         if let Ok(Some(status)) = child.0.try_wait() {
-            panic!(
-                "statsd exited ({status}):\n{}",
-                std::fs::read_to_string(dir.join("statsd.log")).unwrap_or_default()
-            );
+            return Err(format!("statsd exited ({status}):\n{}", log()));
         }
         assert!(
             Instant::now() < deadline,
             "no flush from statsd within {wait:?}:\n{}",
-            std::fs::read_to_string(dir.join("statsd.log")).unwrap_or_default()
+            log()
         );
         std::thread::sleep(Duration::from_millis(5));
     }
