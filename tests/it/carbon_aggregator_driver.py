@@ -17,7 +17,9 @@ Input: a JSON file (argv[1]) {"rules": text, "max_intervals": n, "forward_all": 
 to `now` (running the due LoopingCalls); a 4-element op then feeds one point to the
 processor. Values cross as the u64 bit patterns of their doubles.
 
-Output (stdout, one JSON object): {"version", "generated": [[now, line]..],
+Usage: carbon_aggregator_driver.py SCENARIO.json RULES_PATH OUT.json (the rules text is
+written to RULES_PATH for carbon's RuleManager to read).
+Output (OUT.json, one JSON object): {"version", "generated": [[now, line]..],
 "forwarded": [[now, name]..]}, `line` as carbon's line client would send it.
 """
 
@@ -100,10 +102,11 @@ def main():
             for metric, _dp in processor.process(name, (float(ts), to_float(bits))):
                 forwarded.append([now, metric])
 
-    json.dump(
-        {"version": version("carbon"), "generated": generated, "forwarded": forwarded},
-        sys.stdout,
-    )
+    with open(sys.argv[3], "w") as f:
+        json.dump(
+            {"version": version("carbon"), "generated": generated, "forwarded": forwarded},
+            f,
+        )
 
 
 main()
