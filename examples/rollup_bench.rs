@@ -127,7 +127,11 @@ fn rollup_case(keys: usize) {
         let n = r.flush(now, &mut batch);
         if second == 600 {
             flush_all = (w.elapsed().as_secs_f64() * 1e3, (cpu_seconds() - c) * 1e3);
-            assert_eq!(n, 3 * keys, "10 s, 1 m and 10 m buckets close at a 10 m boundary");
+            assert_eq!(
+                n,
+                3 * keys,
+                "10 s, 1 m and 10 m buckets close at a 10 m boundary"
+            );
         }
         points += n;
         if second % 10 == 0 {

@@ -70,7 +70,11 @@ fn parse_duration(s: &str) -> Option<u64> {
         return None;
     }
     let n: u64 = s[..digits].parse().ok()?;
-    let unit = if digits == s.len() { 1 } else { unit_seconds(&s[digits..])? };
+    let unit = if digits == s.len() {
+        1
+    } else {
+        unit_seconds(&s[digits..])?
+    };
     n.checked_mul(unit)
 }
 
@@ -314,7 +318,11 @@ impl Rollup {
     pub fn new(cfg: RollupConfig) -> Rollup {
         assert!(!cfg.resolutions.is_empty() && cfg.resolutions.len() <= RESOLUTIONS_MAX);
         assert!(cfg.keys_max > 0 && cfg.keys_max < u32::MAX as usize);
-        let steps: Vec<i64> = cfg.resolutions.iter().map(|r| i64::from(r.step_s)).collect();
+        let steps: Vec<i64> = cfg
+            .resolutions
+            .iter()
+            .map(|r| i64::from(r.step_s))
+            .collect();
         debug_assert!(steps.windows(2).all(|w| w[1] > w[0] && w[1] % w[0] == 0));
         Rollup {
             steps,
@@ -358,7 +366,12 @@ impl Rollup {
         let hash = name_hash(name);
         let slot = match self.map.get(&hash) {
             Some(&s) => {
-                if *self.slots[s as usize].as_ref().expect("mapped slot is live").name != *name {
+                if *self.slots[s as usize]
+                    .as_ref()
+                    .expect("mapped slot is live")
+                    .name
+                    != *name
+                {
                     self.counters.dropped_hash_collision += 1;
                     return false;
                 }
@@ -573,15 +586,33 @@ mod tests {
         assert_eq!(
             r,
             vec![
-                Resolution { step_s: 10, retention_s: 7 * 86_400 },
-                Resolution { step_s: 60, retention_s: 30 * 86_400 },
-                Resolution { step_s: 600, retention_s: 5 * 365 * 86_400 },
+                Resolution {
+                    step_s: 10,
+                    retention_s: 7 * 86_400
+                },
+                Resolution {
+                    step_s: 60,
+                    retention_s: 30 * 86_400
+                },
+                Resolution {
+                    step_s: 600,
+                    retention_s: 5 * 365 * 86_400
+                },
             ]
         );
         for (bad, want) in [
-            (vec!["10s:7d", "15s:30d"], "entry 2 \"15s:30d\": step 15s is not a multiple"),
-            (vec!["1m:7d", "10s:30d"], "entry 2 \"10s:30d\": step 10s is not a multiple"),
-            (vec!["10s:7d", "1m:1d"], "entry 2 \"1m:1d\": retention 86400s does not exceed"),
+            (
+                vec!["10s:7d", "15s:30d"],
+                "entry 2 \"15s:30d\": step 15s is not a multiple",
+            ),
+            (
+                vec!["1m:7d", "10s:30d"],
+                "entry 2 \"10s:30d\": step 10s is not a multiple",
+            ),
+            (
+                vec!["10s:7d", "1m:1d"],
+                "entry 2 \"1m:1d\": retention 86400s does not exceed",
+            ),
             (vec!["10s"], "entry 1 \"10s\": expected step:retention"),
             (vec!["0s:1d"], "step \"0s\" is not a positive duration"),
             (vec!["10x:1d"], "step \"10x\" is not a positive duration"),
@@ -618,7 +649,10 @@ mod tests {
 
     /// Random samples (ahead of and behind the clock), flushes at random moments and
     /// gaps; returns what was emitted and the accepted samples, in arrival order.
-    fn run(seed: u64) -> (Vec<Emitted>, Vec<(Vec<u8>, f64, i64)>, Rollup) {
+    /// (name, value, timestamp) of an accepted sample.
+    type Sample = (Vec<u8>, f64, i64);
+
+    fn run(seed: u64) -> (Vec<Emitted>, Vec<Sample>, Rollup) {
         let mut rng = Rng(seed);
         let mut r = rollup(6);
         let mut now = 1_700_000_000 + rng.below(600) as i64;
@@ -682,10 +716,17 @@ mod tests {
                 assert_eq!(end % step, 0);
                 // Emitted by the first flush at or after the end, never before it.
                 assert!(e.flushed_at >= end, "seed {seed}: emitted before closing");
-                assert!(e.prev_flush < end, "seed {seed}: a flush missed a closed bucket");
+                assert!(
+                    e.prev_flush < end,
+                    "seed {seed}: a flush missed a closed bucket"
+                );
                 assert!(r.next_flush_s(e.flushed_at) % 10 == 0);
             }
-            assert_eq!(r.keys(), 0, "seed {seed}: every key expires after its last bucket");
+            assert_eq!(
+                r.keys(),
+                0,
+                "seed {seed}: every key expires after its last bucket"
+            );
         }
     }
 
@@ -696,7 +737,10 @@ mod tests {
         for seed in 0..20 {
             let (emitted, accepted, r) = run(seed);
             let c = r.counters();
-            assert!(c.dropped_late > 0 && c.dropped_keys_full > 0, "seed {seed}: no drops");
+            assert!(
+                c.dropped_late > 0 && c.dropped_keys_full > 0,
+                "seed {seed}: no drops"
+            );
             assert_eq!(
                 c.samples_in,
                 accepted.len() as u64 + c.dropped_late + c.dropped_too_new + c.dropped_keys_full
@@ -733,12 +777,13 @@ mod tests {
                 checked += by[level].len();
             }
             minutes += by[1].len();
-            let fine_per_minute = by[0]
-                .keys()
-                .fold(BTreeMap::<(Vec<u8>, i64), u32>::new(), |mut m, (n, s)| {
-                    *m.entry((n.clone(), floor_to(*s, 60))).or_default() += 1;
-                    m
-                });
+            let fine_per_minute =
+                by[0]
+                    .keys()
+                    .fold(BTreeMap::<(Vec<u8>, i64), u32>::new(), |mut m, (n, s)| {
+                        *m.entry((n.clone(), floor_to(*s, 60))).or_default() += 1;
+                        m
+                    });
             assert!(fine_per_minute.values().all(|&n| n <= 6));
             assert!(fine_per_minute.values().any(|&n| n == 6));
         }
@@ -755,7 +800,10 @@ mod tests {
         assert!(r.ingest(b"a", 5.0, 105));
         assert_eq!(r.flush(110, &mut b), 2);
         let s = b.points.iter().find(|p| p.start_s == 100).unwrap().stats;
-        assert_eq!((s.first, s.last, s.count, s.sum, s.min, s.max), (1.0, 5.0, 3, 8.0, 1.0, 5.0));
+        assert_eq!(
+            (s.first, s.last, s.count, s.sum, s.min, s.max),
+            (1.0, 5.0, 3, 8.0, 1.0, 5.0)
+        );
         assert!(!r.ingest(b"a", 1.0, 109)); // its bucket closed at 110
         assert_eq!(r.counters().dropped_late, 1);
         assert!(!r.ingest(b"a", f64::NAN, 115));
@@ -772,7 +820,10 @@ mod tests {
             .unwrap()
             .stats;
         // Minute 60 holds buckets 90, 100 and 110.
-        assert_eq!((minute.first, minute.first_ts, minute.last, minute.count), (3.0, 99, 1.0, 5));
+        assert_eq!(
+            (minute.first, minute.first_ts, minute.last, minute.count),
+            (3.0, 99, 1.0, 5)
+        );
         assert_eq!(b.name(&b.points[0]), b"a");
     }
 }

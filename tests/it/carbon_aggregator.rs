@@ -282,7 +282,10 @@ fn check_seed(seed: u64) {
         .iter()
         .map(|v| (v[0].as_i64().unwrap(), v[1].as_str().unwrap().to_string()))
         .collect();
-    assert_eq!(forwarded, theirs_fwd, "seed {seed}: forwarded points differ");
+    assert_eq!(
+        forwarded, theirs_fwd,
+        "seed {seed}: forwarded points differ"
+    );
 
     let mut theirs: HashMap<(i64, String), usize> = HashMap::new();
     for v in carbon["generated"].as_array().unwrap() {
@@ -321,7 +324,10 @@ fn check_seed(seed: u64) {
         c.dropped_too_old, too_old_matches,
         "seed {seed}: too-old drops"
     );
-    assert!(too_old_matches > 0 && !extra.is_empty(), "seed {seed}: no too-old case ran");
+    assert!(
+        too_old_matches > 0 && !extra.is_empty(),
+        "seed {seed}: no too-old case ran"
+    );
     assert_eq!(agg.keys(), 0, "seed {seed}: every name expired at the end");
     assert!(c.keys_created > c.keys_expired / 2 && c.keys_expired == c.keys_created);
     eprintln!(

@@ -65,8 +65,8 @@ const PERCENTILES: &[(&str, u16)] = &[
 impl Method {
     /// Every name a rule may use.
     pub const NAMES: &'static [&'static str] = &[
-        "sum", "avg", "min", "max", "count", "last", "median", "stddev", "variance", "p50",
-        "p75", "p80", "p90", "p95", "p99", "p999",
+        "sum", "avg", "min", "max", "count", "last", "median", "stddev", "variance", "p50", "p75",
+        "p80", "p90", "p95", "p99", "p999",
     ];
 
     /// The method a rule names, if any.
@@ -261,18 +261,33 @@ mod tests {
     #[test]
     fn carbon_percentiles() {
         // python3.11: carbon.aggregator.rules.percentile(0.9)([5, 1, 4, 2, 3]) == 4.6
-        assert_eq!(run(Method::Percentile(900), &[5.0, 1.0, 4.0, 2.0, 3.0]), Value::Float(4.6));
-        assert_eq!(run(Method::Percentile(500), &[1.0, 2.0, 3.0, 4.0]), Value::Float(2.5));
+        assert_eq!(
+            run(Method::Percentile(900), &[5.0, 1.0, 4.0, 2.0, 3.0]),
+            Value::Float(4.6)
+        );
+        assert_eq!(
+            run(Method::Percentile(500), &[1.0, 2.0, 3.0, 4.0]),
+            Value::Float(2.5)
+        );
         assert_eq!(run(Method::Percentile(999), &[7.0]), Value::Float(7.0));
     }
 
     #[test]
     fn crelay_median_and_variance() {
         // k = (int)(0.5 * 4 + 0.9) = 2 -> second smallest.
-        assert_eq!(run(Method::Median, &[4.0, 1.0, 3.0, 2.0]), Value::Float(2.0));
+        assert_eq!(
+            run(Method::Median, &[4.0, 1.0, 3.0, 2.0]),
+            Value::Float(2.0)
+        );
         assert_eq!(run(Method::Median, &[3.0, 1.0, 2.0]), Value::Float(2.0));
-        assert_eq!(run(Method::Variance, &[1.0, 2.0, 3.0, 4.0]), Value::Float(1.25));
-        assert_eq!(run(Method::Stddev, &[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]), Value::Float(2.0));
+        assert_eq!(
+            run(Method::Variance, &[1.0, 2.0, 3.0, 4.0]),
+            Value::Float(1.25)
+        );
+        assert_eq!(
+            run(Method::Stddev, &[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]),
+            Value::Float(2.0)
+        );
     }
 
     #[test]

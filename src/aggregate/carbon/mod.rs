@@ -271,7 +271,11 @@ impl CarbonAggregator {
     fn add(&mut self, out_name: &[u8], freq: u32, method: Method, v: f64, ts: i64, now: i64) {
         let hash = name_hash(out_name);
         let slot = self.map.get(&hash).copied();
-        let key = slot.map(|s| self.slots[s as usize].as_mut().expect("mapped slot is live"));
+        let key = slot.map(|s| {
+            self.slots[s as usize]
+                .as_mut()
+                .expect("mapped slot is live")
+        });
         if let Some(k) = &key {
             if *k.name != *out_name {
                 self.counters.dropped_hash_collision += 1;
@@ -279,7 +283,9 @@ impl CarbonAggregator {
             }
         }
         // The name's existing schedule decides, as carbon's configured buffer does.
-        let (freq, method) = key.as_ref().map_or((freq, method), |k| (k.frequency_s, k.method));
+        let (freq, method) = key
+            .as_ref()
+            .map_or((freq, method), |k| (k.frequency_s, k.method));
         let f = i64::from(freq);
         let interval = interval_of(ts, f);
         let reach = i64::from(self.cfg.max_intervals) * f;
@@ -362,7 +368,9 @@ impl CarbonAggregator {
                 break;
             }
             self.schedule.pop();
-            let k = self.slots[slot as usize].as_mut().expect("scheduled slot is live");
+            let k = self.slots[slot as usize]
+                .as_mut()
+                .expect("scheduled slot is live");
             let f = i64::from(k.frequency_s);
             let threshold = interval_of(now_s, f) - i64::from(self.cfg.max_intervals) * f;
             let shift = match self.cfg.timestamp_at {
@@ -407,7 +415,10 @@ impl CarbonAggregator {
             .map(|k| {
                 k.name.len()
                     + k.buckets.capacity() * std::mem::size_of::<Bucket>()
-                    + k.buckets.iter().map(|b| b.values.capacity() * 8).sum::<usize>()
+                    + k.buckets
+                        .iter()
+                        .map(|b| b.values.capacity() * 8)
+                        .sum::<usize>()
             })
             .sum();
         keys + self.slots.capacity() * std::mem::size_of::<Option<Key>>()
@@ -433,7 +444,11 @@ mod tests {
     fn flush(a: &mut CarbonAggregator, now: i64) -> Vec<String> {
         let mut out = Vec::new();
         a.flush(now, &mut out);
-        String::from_utf8(out).unwrap().lines().map(str::to_string).collect()
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     /// 20 s into the minute starting at 1699999980.
@@ -446,16 +461,28 @@ mod tests {
             CarbonConfig::default(),
         );
         let r = a.ingest(b"out.web.h1.requests", 1.0, T0, T0);
-        assert_eq!(r, Ingest { forward: true, matched: 1 });
+        assert_eq!(
+            r,
+            Ingest {
+                forward: true,
+                matched: 1
+            }
+        );
         a.ingest(b"out.web.h2.requests", 2.0, T0 + 1, T0 + 5);
         assert_eq!(a.next_flush_s(), Some(T0 + 60));
         assert!(flush(&mut a, T0 + 59).is_empty());
-        assert_eq!(flush(&mut a, T0 + 60), ["out.web.all.requests 3 1699999980"]);
+        assert_eq!(
+            flush(&mut a, T0 + 60),
+            ["out.web.all.requests 3 1699999980"]
+        );
         // Nothing new: nothing emitted.
         assert!(flush(&mut a, T0 + 120).is_empty());
         // A late point re-emits its bucket with every value.
         a.ingest(b"out.web.h3.requests", 4.5, T0, T0 + 130);
-        assert_eq!(flush(&mut a, T0 + 180), ["out.web.all.requests 7.5 1699999980"]);
+        assert_eq!(
+            flush(&mut a, T0 + 180),
+            ["out.web.all.requests 7.5 1699999980"]
+        );
         // The bucket ages out after max_intervals; then the name is gone.
         assert!(flush(&mut a, T0 + 400).is_empty());
         assert_eq!(a.keys(), 0);
@@ -480,17 +507,38 @@ mod tests {
         a.ingest(b"i.b", 1.0, now, now);
         assert_eq!(a.counters().dropped_keys_full, 1);
         assert_eq!(flush(&mut a, now + 10), ["o.a 1 999960"]);
-        assert!(a.ingest(b"x", f64::NAN, now, now) == Ingest { forward: false, matched: 0 });
+        assert!(
+            a.ingest(b"x", f64::NAN, now, now)
+                == Ingest {
+                    forward: false,
+                    matched: 0
+                }
+        );
         assert_eq!(a.counters().dropped_nan, 1);
     }
 
     #[test]
     fn own_output_is_not_forwarded_and_rules_add_twice() {
-        let mut a = agg("a.b (60) = sum a.<x>\na.b (60) = sum a.*\n", CarbonConfig::default());
+        let mut a = agg(
+            "a.b (60) = sum a.<x>\na.b (60) = sum a.*\n",
+            CarbonConfig::default(),
+        );
         let r = a.ingest(b"a.b", 2.0, T0, T0);
-        assert_eq!(r, Ingest { forward: false, matched: 2 });
+        assert_eq!(
+            r,
+            Ingest {
+                forward: false,
+                matched: 2
+            }
+        );
         let r = a.ingest(b"a.c", 3.0, T0, T0);
-        assert_eq!(r, Ingest { forward: true, matched: 2 });
+        assert_eq!(
+            r,
+            Ingest {
+                forward: true,
+                matched: 2
+            }
+        );
         assert_eq!(flush(&mut a, T0 + 60), ["a.b 10 1699999980"]);
         let mut a = CarbonAggregator::new(
             CarbonConfig {

@@ -278,10 +278,7 @@ fn build_regex(input: &str) -> Result<(String, Vec<String>), String> {
             (Some(i), Some(j)) => {
                 let name = slice(part, i + 2, j);
                 let post = slice(part, j + 2, part.len());
-                (
-                    Some(name),
-                    format!("{}(?P<{name}>.+?){post}", &part[..i]),
-                )
+                (Some(name), format!("{}(?P<{name}>.+?){post}", &part[..i]))
             }
             _ => match (part.find('<'), part.find('>')) {
                 (Some(i), Some(j)) if j > i => {
@@ -330,7 +327,7 @@ fn build_template(output: &str, fields: &[String], regex: &Regex) -> Result<Vec<
             }
             (Some(i), Some(j)) if i < j => {
                 if i > 0 {
-                    segs.push(Segment::Literal(rest[..i].as_bytes().to_vec()));
+                    segs.push(Segment::Literal(rest.as_bytes()[..i].to_vec()));
                 }
                 let name = &rest[i + 1..j];
                 if name.starts_with('<') {
@@ -391,7 +388,10 @@ mod tests {
     #[test]
     fn templates() {
         let r = one("out.<app>.all.requests (60) = sum out.<app>.*.requests");
-        assert_eq!(out(&r, "out.web.h1.requests").as_deref(), Some("out.web.all.requests"));
+        assert_eq!(
+            out(&r, "out.web.h1.requests").as_deref(),
+            Some("out.web.all.requests")
+        );
         assert_eq!(out(&r, "out.web.h1.requests.x"), None);
         assert_eq!(out(&r, "xout.web.h1.requests"), None);
         let r = one("b.<m>.total ((10)) = count a.<<m>>.x");
