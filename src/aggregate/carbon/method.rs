@@ -12,9 +12,13 @@
 //!
 //! Methods carbon lacks follow carbon-c-relay 3.x (`aggregator.c`):
 //! - `median`: c-relay's nearest rank at 50, `k = (int)(0.5 * n + 0.9)`, `v[k - 1]`
-//!   (not carbon's `p50`, which interpolates);
+//!   (not carbon's `p50`, which interpolates). c-relay 3.7.3 sorts with a comparator
+//!   that truncates the difference of two doubles to `int`, so values less than 1
+//!   apart can stay out of order and its median is then another value; here the sort
+//!   is exact, so the two agree when values differ by at least 1 or are equal;
 //! - `variance`: population variance, `sum((v - sum / n)^2) / n` over the values in
-//!   arrival order, `sum` the running sum;
+//!   arrival order, `sum` the running sum; the square is a product where c-relay
+//!   calls `pow(d, 2)` (glibc's pow is within 0.52 ULP of it);
 //! - `stddev`: the square root of that;
 //! - `last`: the value that arrived last (carbon-relay-ng's `last`; c-relay has none).
 
