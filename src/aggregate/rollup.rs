@@ -239,7 +239,7 @@ pub struct RollupCounters {
     pub points_out: u64,
     /// Keys created.
     pub keys_created: u64,
-    /// Keys removed once all their buckets were emitted.
+    /// Keys removed: empty, and nothing emitted at that flush.
     pub keys_expired: u64,
     /// Sample dropped: a new key while `keys_max` keys are held.
     pub dropped_keys_full: u64,
@@ -447,7 +447,11 @@ impl Rollup {
             return 0;
         }
         self.closed_until_s = b0;
-        let bounds: Vec<i64> = self.steps.iter().map(|&s| floor_to(now_s, s)).collect();
+        let mut bounds = [0i64; RESOLUTIONS_MAX];
+        for (b, &s) in bounds.iter_mut().zip(&self.steps) {
+            *b = floor_to(now_s, s);
+        }
+        let bounds = &bounds[..self.steps.len()];
         let before = out.points.len();
         for slot in 0..self.slots.len() {
             let Some(key) = self.slots[slot].as_mut() else {
@@ -455,11 +459,15 @@ impl Rollup {
             };
             let first_point = out.points.len();
             let name_at = (out.names.len() as u32, key.name.len() as u32);
-            close_key(&self.steps, &bounds, key, name_at, out);
-            if out.points.len() > first_point {
+            close_key(&self.steps, bounds, key, name_at, out);
+            let emitted = out.points.len() > first_point;
+            if emitted {
                 out.names.extend_from_slice(&key.name);
             }
-            if key.levels.iter().all(|l| l.stats.count == 0) {
+            // A key is removed at the first flush that finds it empty and emits
+            // nothing, so a steady key is not freed and re-made at every coarse
+            // boundary (where all its levels close at once).
+            if !emitted && key.levels.iter().all(|l| l.stats.count == 0) {
                 let hash = key.hash;
                 self.map.remove(&hash);
                 self.slots[slot] = None;
@@ -700,6 +708,10 @@ mod tests {
                 point: *p,
             });
         }
+        // Keys go at the first flush that finds them empty with nothing to emit.
+        assert!(r.keys() > 0);
+        batch.clear();
+        assert_eq!(r.flush(end + 10, &mut batch), 0);
         (emitted, accepted, r)
     }
 
