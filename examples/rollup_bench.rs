@@ -137,7 +137,7 @@ fn rollup_case(keys: usize) {
         if second % 10 == 0 {
             let mut from = 0;
             for (i, &end) in ends.iter().enumerate() {
-                r.ingest(&buf[from..end], (i % 17) as f64, now);
+                r.ingest(&buf[from..end], (i % 17) as f64, now, now);
                 from = end;
             }
             samples += keys as u64;

@@ -17,8 +17,10 @@
 //! - the finest level keeps [`FINE_SLOTS`] open buckets per key (the one a late flush
 //!   has not closed yet, the current one, the next one), so samples a little ahead of
 //!   the clock and a flush a little behind it lose nothing. A sample for a closed
-//!   bucket is dropped as `late`; one that needs a slot still held by another open
-//!   bucket as `too_new` (or `late` when it is the older of the two).
+//!   bucket is dropped as `late`; one beyond the bucket after `now`'s as `too_new`.
+//!   With flush called at least once per finest step no two open buckets of a key
+//!   want the same slot; if flush lags more, a sample that finds its slot held by
+//!   another open bucket is dropped as `too_new` (or `late`, if it is the older).
 //!
 //! `first` and `last` are by timestamp: `first` is the value with the smallest
 //! timestamp, `last` the one with the largest. On equal timestamps, `first` keeps the
@@ -350,8 +352,9 @@ impl Rollup {
         floor_to(now_s, self.steps[0]) + self.steps[0]
     }
 
-    /// Adds one sample; false when it was dropped (counted by reason).
-    pub fn ingest(&mut self, name: &[u8], value: f64, timestamp_s: i64) -> bool {
+    /// Adds one sample, received at `now_s`; false when it was dropped (counted by
+    /// reason).
+    pub fn ingest(&mut self, name: &[u8], value: f64, timestamp_s: i64, now_s: i64) -> bool {
         self.counters.samples_in += 1;
         if value.is_nan() {
             self.counters.dropped_nan += 1;
@@ -361,6 +364,10 @@ impl Rollup {
         let start = floor_to(timestamp_s, step0);
         if start + step0 <= self.closed_until_s {
             self.counters.dropped_late += 1;
+            return false;
+        }
+        if start > floor_to(now_s, step0) + step0 {
+            self.counters.dropped_too_new += 1;
             return false;
         }
         let hash = name_hash(name);
@@ -679,7 +686,7 @@ mod tests {
                 let ts = now - 25 + rng.below(40) as i64;
                 // Quarters: every sum is exact, so any order of addition agrees.
                 let v = (rng.below(800) as f64 - 400.0) / 4.0;
-                if r.ingest(&name, v, ts) {
+                if r.ingest(&name, v, ts, now) {
                     accepted.push((name, v, ts));
                 }
             }
@@ -806,23 +813,25 @@ mod tests {
     fn first_last_ties_and_late_samples() {
         let mut r = rollup(10);
         let mut b = RollupBatch::default();
-        assert!(r.ingest(b"a", 1.0, 100));
-        assert!(r.ingest(b"a", 2.0, 100)); // same ts: first stays 1, last becomes 2
-        assert!(r.ingest(b"a", 3.0, 99)); // earlier ts: becomes first (bucket 90)
-        assert!(r.ingest(b"a", 5.0, 105));
+        assert!(r.ingest(b"a", 1.0, 100, 100));
+        assert!(r.ingest(b"a", 2.0, 100, 100)); // same ts: first stays 1, last becomes 2
+        assert!(r.ingest(b"a", 3.0, 99, 99)); // earlier ts: becomes first (bucket 90)
+        assert!(r.ingest(b"a", 5.0, 105, 105));
         assert_eq!(r.flush(110, &mut b), 2);
         let s = b.points.iter().find(|p| p.start_s == 100).unwrap().stats;
         assert_eq!(
             (s.first, s.last, s.count, s.sum, s.min, s.max),
             (1.0, 5.0, 3, 8.0, 1.0, 5.0)
         );
-        assert!(!r.ingest(b"a", 1.0, 109)); // its bucket closed at 110
+        assert!(!r.ingest(b"a", 1.0, 109, 109)); // its bucket closed at 110
         assert_eq!(r.counters().dropped_late, 1);
-        assert!(!r.ingest(b"a", f64::NAN, 115));
-        assert!(r.ingest(b"a", 1.0, 115));
-        assert!(r.ingest(b"a", 1.0, 125));
-        assert!(!r.ingest(b"a", 1.0, 145)); // slot of 115 (bucket 110), still open
+        assert!(!r.ingest(b"a", f64::NAN, 115, 115));
+        assert!(r.ingest(b"a", 1.0, 115, 115));
+        assert!(r.ingest(b"a", 1.0, 125, 125));
+        assert!(!r.ingest(b"a", 1.0, 145, 125)); // beyond the bucket after now's
         assert_eq!(r.counters().dropped_too_new, 1);
+        assert!(!r.ingest(b"a", 1.0, 145, 135)); // next bucket, but its slot holds 110
+        assert_eq!(r.counters().dropped_too_new, 2);
         b.clear();
         r.flush(1200, &mut b);
         let minute = b
