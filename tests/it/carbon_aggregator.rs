@@ -369,7 +369,7 @@ fn crelay_bin() -> std::path::PathBuf {
 /// whole numbers, for the reason given where they are made.
 #[test]
 fn median_variance_stddev_as_carbon_c_relay() {
-    use cadent::aggregate::carbon::method::{compute, Running, Value};
+    use cadent::aggregate::carbon::method::{compute, Acc, Value};
     use cadent::aggregate::carbon::Method;
     use std::io::Write;
 
@@ -432,14 +432,14 @@ fn median_variance_stddev_as_carbon_c_relay() {
         for (i, v) in values.iter().enumerate() {
             text.push_str(&format!("in.g{g}.{i} {v} {now}\n"));
         }
-        let mut run = Running::default();
-        values.iter().for_each(|&v| run.add(v));
         for (method, suffix) in [
             (Method::Median, "median"),
             (Method::Variance, "variance"),
             (Method::Stddev, "stddev"),
         ] {
-            let Value::Float(v) = compute(method, &run, &values, &mut Vec::new()) else {
+            let mut acc = Acc::default();
+            values.iter().for_each(|&v| acc.add(method, v));
+            let Value::Float(v) = compute(method, &acc, &values, &mut Vec::new()) else {
                 unreachable!()
             };
             expected.push((format!("out.g{g}.{suffix}"), v));

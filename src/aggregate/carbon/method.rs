@@ -101,58 +101,54 @@ impl Method {
     }
 }
 
-/// What a bucket keeps as values arrive. `values` is filled only for methods that
-/// [`Method::keeps_values`].
-#[derive(Debug, Clone, Default)]
-pub struct Running {
-    /// Sum in arrival order, from 0.
-    pub sum: f64,
-    /// Number of values.
+/// What a bucket keeps as values arrive: one number whose meaning is the method's
+/// (the running sum for `sum`, `avg`, `variance` and `stddev`; the min; the max; the
+/// last value; nothing for the rest) and the count. The values themselves are kept
+/// apart, only for methods that [`Method::keeps_values`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Acc {
+    /// Per method, see above.
+    pub value: f64,
+    /// Values added.
     pub count: u64,
-    /// Python `min` so far.
-    pub min: f64,
-    /// Python `max` so far.
-    pub max: f64,
-    /// Latest arrival.
-    pub last: f64,
 }
 
-impl Running {
+impl Acc {
     /// Adds one value (never NaN: callers drop those first).
     #[inline]
-    pub fn add(&mut self, v: f64) {
+    pub fn add(&mut self, method: Method, v: f64) {
         debug_assert!(!v.is_nan());
-        if self.count == 0 {
-            self.min = v;
-            self.max = v;
-        } else {
+        match method {
+            // From 0, as Python's `sum` (so a lone -0.0 sums to 0.0, as there).
+            Method::Sum | Method::Avg | Method::Variance | Method::Stddev => self.value += v,
             // Python's min/max replace only on a strict comparison.
-            if v < self.min {
-                self.min = v;
+            Method::Min => {
+                if self.count == 0 || v < self.value {
+                    self.value = v;
+                }
             }
-            if v > self.max {
-                self.max = v;
+            Method::Max => {
+                if self.count == 0 || v > self.value {
+                    self.value = v;
+                }
             }
+            Method::Last => self.value = v,
+            Method::Count | Method::Median | Method::Percentile(_) => {}
         }
-        self.sum += v;
         self.count += 1;
-        self.last = v;
     }
 }
 
 /// Computes `method` over a bucket. `values` holds the bucket's values in arrival order
-/// (only read by methods that keep them); `scratch` is reused for sorting. `running`
-/// must hold at least one value.
-pub fn compute(method: Method, running: &Running, values: &[f64], scratch: &mut Vec<f64>) -> Value {
-    debug_assert!(running.count > 0);
-    let n = running.count;
+/// (only read by methods that keep them); `scratch` is reused for sorting. `acc` must
+/// hold at least one value.
+pub fn compute(method: Method, acc: &Acc, values: &[f64], scratch: &mut Vec<f64>) -> Value {
+    debug_assert!(acc.count > 0);
+    let n = acc.count;
     match method {
-        Method::Sum => Value::Float(running.sum),
-        Method::Avg => Value::Float(running.sum / n as f64),
-        Method::Min => Value::Float(running.min),
-        Method::Max => Value::Float(running.max),
+        Method::Sum | Method::Min | Method::Max | Method::Last => Value::Float(acc.value),
+        Method::Avg => Value::Float(acc.value / n as f64),
         Method::Count => Value::Int(n),
-        Method::Last => Value::Float(running.last),
         Method::Percentile(thousandths) => {
             let factor = f64::from(thousandths) / 1000.0;
             let v = sorted(values, scratch);
@@ -173,7 +169,7 @@ pub fn compute(method: Method, running: &Running, values: &[f64], scratch: &mut 
             Value::Float(v[k - 1])
         }
         Method::Variance | Method::Stddev => {
-            let avg = running.sum / n as f64;
+            let avg = acc.value / n as f64;
             let mut ksum = 0.0;
             for &x in values {
                 let d = x - avg;
@@ -228,11 +224,11 @@ mod tests {
     use super::*;
 
     fn run(method: Method, vals: &[f64]) -> Value {
-        let mut r = Running::default();
+        let mut a = Acc::default();
         for &v in vals {
-            r.add(v);
+            a.add(method, v);
         }
-        compute(method, &r, vals, &mut Vec::new())
+        compute(method, &a, vals, &mut Vec::new())
     }
 
     fn text(v: Value) -> String {

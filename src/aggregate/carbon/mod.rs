@@ -49,7 +49,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 pub use method::{Method, Value};
 pub use rules::{Rule, RuleError, Rules, RulesError};
 
-use method::Running;
+use method::Acc;
 
 /// Which end of a bucket its emitted timestamp names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -166,9 +166,7 @@ struct Bucket {
     interval_s: i64,
     /// Got values since the last compute (carbon's `IntervalBuffer.active`).
     active: bool,
-    running: Running,
-    /// Arrival order; only for methods that keep values.
-    values: Vec<f64>,
+    acc: Acc,
 }
 
 #[derive(Debug)]
@@ -181,6 +179,9 @@ struct Key {
     started_s: i64,
     /// Insertion order, as carbon's dict.
     buckets: Vec<Bucket>,
+    /// `values[i]` are the values of `buckets[i]`, in arrival order; empty for
+    /// methods that do not keep values, so those pay nothing for it.
+    values: Vec<Vec<f64>>,
 }
 
 /// carbon-aggregator's engine for one shard.
@@ -292,15 +293,16 @@ impl CarbonAggregator {
         let current = interval_of(now, f);
         let values_max = self.cfg.bucket_values_max;
         if let Some(k) = key {
-            if let Some(b) = k.buckets.iter_mut().find(|b| b.interval_s == interval) {
+            if let Some(i) = k.buckets.iter().position(|b| b.interval_s == interval) {
                 if method.keeps_values() {
-                    if b.values.len() >= values_max {
+                    if k.values[i].len() >= values_max {
                         self.counters.dropped_bucket_full += 1;
                         return;
                     }
-                    b.values.push(v);
+                    k.values[i].push(v);
                 }
-                b.running.add(v);
+                let b = &mut k.buckets[i];
+                b.acc.add(method, v);
                 b.active = true;
                 return;
             }
@@ -327,6 +329,7 @@ impl CarbonAggregator {
                     method,
                     started_s: now,
                     buckets: Vec::with_capacity(2),
+                    values: Vec::new(),
                 };
                 let s = match self.free.pop() {
                     Some(s) => {
@@ -348,14 +351,13 @@ impl CarbonAggregator {
         let mut b = Bucket {
             interval_s: interval,
             active: true,
-            running: Running::default(),
-            values: Vec::new(),
+            acc: Acc::default(),
         };
-        if method.keeps_values() {
-            b.values.push(v);
-        }
-        b.running.add(v);
+        b.acc.add(method, v);
         k.buckets.push(b);
+        if method.keeps_values() {
+            k.values.push(vec![v]);
+        }
     }
 
     /// Runs every compute due at or before `now_s`, appending graphite lines
@@ -377,8 +379,9 @@ impl CarbonAggregator {
                 TimestampAt::Start => 0,
                 TimestampAt::End => f,
             };
-            for b in k.buckets.iter_mut().filter(|b| b.active) {
-                let v = method::compute(k.method, &b.running, &b.values, &mut self.sort_buf);
+            for (i, b) in k.buckets.iter_mut().enumerate().filter(|(_, b)| b.active) {
+                let values = k.values.get(i).map_or(&[][..], Vec::as_slice);
+                let v = method::compute(k.method, &b.acc, values, &mut self.sort_buf);
                 out.extend_from_slice(&k.name);
                 out.push(b' ');
                 method::write_value(out, v);
@@ -388,7 +391,18 @@ impl CarbonAggregator {
                 b.active = false;
                 lines += 1;
             }
-            k.buckets.retain(|b| b.interval_s >= threshold);
+            // Order kept (carbon's dict order decides the next emission order).
+            let mut i = 0;
+            while i < k.buckets.len() {
+                if k.buckets[i].interval_s < threshold {
+                    k.buckets.remove(i);
+                    if i < k.values.len() {
+                        k.values.remove(i);
+                    }
+                } else {
+                    i += 1;
+                }
+            }
             if k.buckets.is_empty() {
                 let hash = k.hash;
                 self.map.remove(&hash);
@@ -415,10 +429,8 @@ impl CarbonAggregator {
             .map(|k| {
                 k.name.len()
                     + k.buckets.capacity() * std::mem::size_of::<Bucket>()
-                    + k.buckets
-                        .iter()
-                        .map(|b| b.values.capacity() * 8)
-                        .sum::<usize>()
+                    + k.values.capacity() * std::mem::size_of::<Vec<f64>>()
+                    + k.values.iter().map(|v| v.capacity() * 8).sum::<usize>()
             })
             .sum();
         keys + self.slots.capacity() * std::mem::size_of::<Option<Key>>()
