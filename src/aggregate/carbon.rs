@@ -1,1 +1,0 @@
-//! carbon-aggregator rules and buckets.
