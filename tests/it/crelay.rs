@@ -39,7 +39,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One cluster to compare, as `host:port[=instance]` specs in config order.
 struct Scenario {
@@ -389,66 +389,6 @@ fn names_for(scenarios: &[&Scenario], tag: &str) -> Vec<String> {
 /// The part of a name c-relay's relay hashes: up to the first `;`.
 fn hash_key(name: &str) -> &str {
     name.split_once(';').map_or(name, |(key, _)| key)
-}
-
-/// A scratch directory unique to this process and `tag`, left behind on
-/// failure so the configs and outputs can be inspected.
-fn workdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cadent-crelay-{}-{tag}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
-}
-
-/// The installed carbon-c-relay. Missing is a failure, not a skip: without the
-/// peer this test would prove nothing.
-fn crelay_bin() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/bin", "/usr/sbin", "/usr/local/bin"].map(PathBuf::from))
-        .map(|dir| dir.join("carbon-c-relay"))
-        .find(|bin| bin.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "carbon-c-relay not found in PATH: this test compares against it; \
-                 run scripts/install-peers.sh"
-            )
-        })
-}
-
-/// Runs `cmd` with `stdin_file` on stdin, stdout and stderr to files (so no
-/// pipe can fill and stall it), bounded by `PEER_TIMEOUT`. Returns stdout.
-fn run(mut cmd: Command, stdin_file: &Path, dir: &Path, tag: &str) -> String {
-    let out_path = dir.join(format!("{tag}.stdout"));
-    let err_path = dir.join(format!("{tag}.stderr"));
-    cmd.stdin(Stdio::from(
-        fs::File::open(stdin_file).expect("open stdin file"),
-    ))
-    .stdout(Stdio::from(
-        fs::File::create(&out_path).expect("stdout file"),
-    ))
-    .stderr(Stdio::from(
-        fs::File::create(&err_path).expect("stderr file"),
-    ));
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let deadline = Instant::now() + PEER_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for child") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} ran past {PEER_TIMEOUT:?}; see {}", dir.display());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let stdout = fs::read_to_string(&out_path).expect("read stdout");
-    if !status.success() {
-        let stderr = fs::read_to_string(&err_path).unwrap_or_default();
-        panic!("{cmd:?} failed with {status}\nstderr:\n{stderr}");
-    }
-    stdout
 }
 
 fn crelay_conf(scenario: &Scenario, replication: usize) -> String {
@@ -848,4 +788,18 @@ fn running_relays_cleanse_and_place_dirty_names_alike() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// A scratch directory unique to this test run and `tag`, left behind so the configs and
+/// outputs can be inspected.
+fn workdir(tag: &str) -> PathBuf {
+    crate::support::temp_dir(&format!("crelay-{tag}"))
+}
+
+fn crelay_bin() -> PathBuf {
+    crate::support::peer_bin("carbon-c-relay", &[])
+}
+
+fn run(cmd: Command, stdin_file: &Path, dir: &Path, tag: &str) -> String {
+    crate::support::run_peer(cmd, stdin_file, dir, tag, PEER_TIMEOUT).stdout
 }

@@ -25,8 +25,8 @@ use cadent::route::rewrite::{apply_all, Rewrite};
 use cadent::tools::SplitMix64;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// How long one c-relay run may take before the test fails.
 const PEER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -145,29 +145,6 @@ fn names(n: usize, seed: u64) -> Vec<String> {
     out
 }
 
-/// A scratch directory unique to this process and `tag`, left behind on failure.
-fn workdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cadent-rewrite-{}-{tag}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
-}
-
-/// The installed carbon-c-relay. Missing is a failure, not a skip.
-fn crelay_bin() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/bin", "/usr/sbin", "/usr/local/bin"].map(PathBuf::from))
-        .map(|dir| dir.join("carbon-c-relay"))
-        .find(|bin| bin.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "carbon-c-relay not found in PATH: this test compares against it; \
-                 run scripts/install-peers.sh"
-            )
-        })
-}
-
 /// A c-relay config string: quoted, since c-relay's lexer drops one level of `\`
 /// inside quotes (so every `\` is doubled) and would cut unquoted text at `;`.
 fn quote(s: &str) -> String {
@@ -181,31 +158,10 @@ fn crelay_final_names(conf: &str, names: &[String], dir: &Path) -> Vec<String> {
     fs::write(&conf_path, conf).expect("write config");
     let stdin_path = dir.join("names.in");
     fs::write(&stdin_path, names.join("\n") + "\n").expect("write names");
-    let out_path = dir.join("relay.stdout");
-    let err_path = dir.join("relay.stderr");
-    let mut cmd = Command::new(crelay_bin());
-    cmd.arg("-t")
-        .arg("-f")
-        .arg(&conf_path)
-        .stdin(Stdio::from(fs::File::open(&stdin_path).unwrap()))
-        .stdout(Stdio::from(fs::File::create(&out_path).unwrap()))
-        .stderr(Stdio::from(fs::File::create(&err_path).unwrap()));
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let deadline = Instant::now() + PEER_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for c-relay") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("c-relay ran past {PEER_TIMEOUT:?}; see {}", dir.display());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let stdout = fs::read_to_string(&out_path).expect("read c-relay stdout");
-    let stderr = fs::read_to_string(&err_path).unwrap_or_default();
-    assert!(status.success(), "c-relay failed ({status}):\n{stderr}");
+    let mut cmd = Command::new(crate::support::peer_bin("carbon-c-relay", &[]));
+    cmd.arg("-t").arg("-f").arg(&conf_path);
+    let crate::support::PeerOutput { stdout, stderr } =
+        crate::support::run_peer(cmd, &stdin_path, dir, "relay", PEER_TIMEOUT);
     // c-relay reports a rewrite it could not do on stderr and leaves the name alone;
     // none of our rules may hit that.
     assert!(
@@ -358,4 +314,8 @@ fn chain_in_config_order_matches_crelay() {
     );
     assert_eq!(d, 0, "the chain differs from carbon-c-relay");
     let _ = fs::remove_dir_all(&dir);
+}
+
+fn workdir(tag: &str) -> PathBuf {
+    crate::support::temp_dir(&format!("rewrite-{tag}"))
 }

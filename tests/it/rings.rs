@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Generated names per comparison (before names aimed at collisions).
@@ -162,62 +162,6 @@ fn names(seed: u64, high_bytes: bool) -> Vec<String> {
         }
     }
     out
-}
-
-/// A scratch directory unique to this process and `tag`, left behind on failure so
-/// the configs and outputs can be inspected.
-fn workdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cadent-rings-{}-{tag}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
-}
-
-/// `name` found in PATH or the usual places. Missing is a failure, not a skip.
-fn peer_bin(name: &str, candidates: &[&str]) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(candidates.iter().map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|bin| bin.is_file())
-        .unwrap_or_else(|| {
-            panic!("{name} not found: this test compares against it; run scripts/install-peers.sh")
-        })
-}
-
-/// Runs `cmd` with `stdin_file` on stdin, stdout and stderr to files (no pipe can fill
-/// and stall it), bounded by `PEER_TIMEOUT`. Returns stdout.
-fn run(mut cmd: Command, stdin_file: &Path, dir: &Path, tag: &str) -> String {
-    let out_path = dir.join(format!("{tag}.stdout"));
-    let err_path = dir.join(format!("{tag}.stderr"));
-    cmd.stdin(Stdio::from(
-        fs::File::open(stdin_file).expect("open stdin file"),
-    ))
-    .stdout(Stdio::from(
-        fs::File::create(&out_path).expect("stdout file"),
-    ))
-    .stderr(Stdio::from(
-        fs::File::create(&err_path).expect("stderr file"),
-    ));
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let deadline = Instant::now() + PEER_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for child") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} ran past {PEER_TIMEOUT:?}; see {}", dir.display());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let stdout = fs::read(&out_path).expect("read stdout");
-    if !status.success() {
-        let stderr = fs::read_to_string(&err_path).unwrap_or_default();
-        panic!("{cmd:?} failed with {status}\nstderr:\n{stderr}");
-    }
-    String::from_utf8_lossy(&stdout).into_owned()
 }
 
 fn lines(names: &[String]) -> String {
@@ -1144,4 +1088,16 @@ fn route_timing() {
             time("statsd_hashring", n, &|k, n, o| statsd.route_into(k, n, o));
         }
     }
+}
+
+fn workdir(tag: &str) -> PathBuf {
+    crate::support::temp_dir(&format!("rings-{tag}"))
+}
+
+fn peer_bin(name: &str, extra_dirs: &[&str]) -> PathBuf {
+    crate::support::peer_bin(name, extra_dirs)
+}
+
+fn run(cmd: Command, stdin_file: &Path, dir: &Path, tag: &str) -> String {
+    crate::support::run_peer(cmd, stdin_file, dir, tag, PEER_TIMEOUT).stdout
 }

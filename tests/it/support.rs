@@ -410,3 +410,70 @@ impl Drop for UdpSink {
         }
     }
 }
+
+/// A peer program found in PATH or in `extra_dirs`. Missing is a failure, not a skip:
+/// without the peer a comparison would prove nothing.
+pub fn peer_bin(name: &str, extra_dirs: &[&str]) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra_dirs.iter().map(PathBuf::from))
+        .chain(["/usr/bin", "/usr/sbin", "/usr/local/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|bin| bin.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} not found: this test compares against it; run scripts/install-peers.sh")
+        })
+}
+
+/// What a peer printed.
+pub struct PeerOutput {
+    /// Standard output (invalid UTF-8 replaced).
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs `cmd` with `stdin_file` on stdin and its output in files under `dir` (so no pipe
+/// can fill and stall it), bounded by `timeout`. A failure or a timeout panics with what
+/// the peer said.
+pub fn run_peer(
+    mut cmd: Command,
+    stdin_file: &std::path::Path,
+    dir: &std::path::Path,
+    tag: &str,
+    timeout: Duration,
+) -> PeerOutput {
+    let out_path = dir.join(format!("{tag}.stdout"));
+    let err_path = dir.join(format!("{tag}.stderr"));
+    cmd.stdin(Stdio::from(
+        std::fs::File::open(stdin_file).expect("open stdin file"),
+    ))
+    .stdout(Stdio::from(
+        std::fs::File::create(&out_path).expect("stdout file"),
+    ))
+    .stderr(Stdio::from(
+        std::fs::File::create(&err_path).expect("stderr file"),
+    ));
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} ran past {timeout:?}; see {}", dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let stdout = std::fs::read(&out_path).expect("read stdout");
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    if !status.success() {
+        panic!("{cmd:?} failed with {status}\nstderr:\n{stderr}");
+    }
+    PeerOutput {
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr,
+    }
+}
