@@ -63,6 +63,26 @@ impl Outputs {
         }
     }
 
+    /// A destination went down and its cluster routes around it: its open batch is
+    /// sealed and every queued batch moves to `targets` in turn (live members of the
+    /// cluster). Returns the lines moved.
+    pub fn offload(&mut self, d: DestId, targets: &[DestId]) -> u64 {
+        if targets.is_empty() {
+            return 0;
+        }
+        let slot = &mut self.slots[d.index()];
+        if slot.open_lines > 0 {
+            seal(slot);
+        }
+        let batches = slot.queue.take_all();
+        let mut moved = 0;
+        for (i, b) in batches.into_iter().enumerate() {
+            moved += u64::from(b.lines);
+            self.slots[targets[i % targets.len()].index()].queue.push(b);
+        }
+        moved
+    }
+
     /// Number of destinations (retired ones included).
     pub fn len(&self) -> usize {
         self.slots.len()

@@ -99,6 +99,18 @@ impl DestQueue {
         Some(b)
     }
 
+    /// Takes every queued batch (not the one a writer holds), counting their lines as
+    /// offloaded: the destination is down and its cluster delivers them elsewhere.
+    pub fn take_all(&self) -> Vec<Batch> {
+        let mut s = self.state.borrow_mut();
+        let taken: Vec<Batch> = s.batches.drain(..).collect();
+        s.counters.offloaded_lines += taken.iter().map(|b| u64::from(b.lines)).sum::<u64>();
+        s.bytes = 0;
+        s.counters.queue_bytes = 0;
+        self.stall_spent.set(false);
+        taken
+    }
+
     /// Puts back a batch the writer could not finish, at the front, so order is kept.
     pub fn unpop(&self, batch: Batch) {
         let mut s = self.state.borrow_mut();

@@ -495,6 +495,30 @@ impl Router {
         }
     }
 
+    /// Where the queued lines of destination `d`, now down, can go instead: the live
+    /// members of its cluster when every cluster listing it routes around a dead member
+    /// per line without caring which live member gets it (any_of: all live members;
+    /// failover: the first live one). `None` when some cluster keeps its keys on it
+    /// (rings queue or reroute per key; forward sends to every member), so its queue waits.
+    pub fn offload_targets(&self, d: DestId) -> Option<Vec<DestId>> {
+        let mut targets = None;
+        for c in &self.clusters {
+            if !c.members.contains(&d) {
+                continue;
+            }
+            let live = |x: &&DestId| **x != d && self.alive.get(x.index()).copied().unwrap_or(true);
+            let t: Vec<DestId> = match c.route {
+                ClusterRoute::AnyOf => c.members.iter().filter(live).copied().collect(),
+                ClusterRoute::Failover => {
+                    c.members.iter().find(live).copied().into_iter().collect()
+                }
+                _ => return None,
+            };
+            targets.get_or_insert(t);
+        }
+        targets
+    }
+
     /// Which destinations are up, by [`DestId`].
     pub fn alive(&self) -> &[bool] {
         &self.alive

@@ -291,7 +291,23 @@ async fn run(
         while let Some(msg) = inbox.pop() {
             match msg {
                 ControlMsg::Shutdown => shutdown = true,
-                ControlMsg::Health { dest, up } => core.borrow_mut().router.set_alive(dest, up),
+                ControlMsg::Health { dest, up } => {
+                    let mut c = core.borrow_mut();
+                    c.router.set_alive(dest, up);
+                    if !up {
+                        if let Some(targets) = c.router.offload_targets(dest) {
+                            let moved = c.outputs.offload(dest, &targets);
+                            if moved > 0 {
+                                tracing::info!(
+                                    shard = id,
+                                    destination = dest.index(),
+                                    lines = moved,
+                                    "moved the queue of a down destination to live members"
+                                );
+                            }
+                        }
+                    }
+                }
                 ControlMsg::Listen {
                     id: lid,
                     listener,

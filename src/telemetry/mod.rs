@@ -52,6 +52,9 @@ pub struct DestinationCounters {
     /// Lines in a UDP datagram or file write that failed (a TCP batch's unwritten part is
     /// retried instead).
     pub dropped_lines_write_failed: u64,
+    /// Lines moved from this destination's queue to live members of its cluster when it
+    /// went down (any_of, failover): delivered elsewhere, not lost.
+    pub offloaded_lines: u64,
     /// Failed writes (TCP: the unwritten part is sent again after reconnecting).
     pub write_errors: u64,
     /// Successful connects.
@@ -139,7 +142,8 @@ impl ShardCounters {
                 b,
                 dropped_lines_queue_full,
                 dropped_lines_shutdown,
-                dropped_lines_write_failed
+                dropped_lines_write_failed,
+                offloaded_lines
             );
             sum!(
                 a,
@@ -450,6 +454,11 @@ impl Registry {
             dropped_lines_write_failed,
             "counter",
             "Lines dropped: a UDP or file write failed."
+        );
+        dest_family!(
+            offloaded_lines,
+            "counter",
+            "Lines moved to live members of the cluster when the destination went down."
         );
         dest_family!(write_errors, "counter", "Failed writes.");
         dest_family!(connects, "counter", "Successful connects.");

@@ -274,6 +274,11 @@ fn read_lines(
                 drop(map);
                 total.fetch_add(count, Ordering::Relaxed);
                 pending.drain(..=last);
+                // A stopped sink dies at once, even while lines keep coming (a dead sink
+                // under load, in tests that kill one).
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
             }
             Err(e)
                 if e.kind() == std::io::ErrorKind::WouldBlock
