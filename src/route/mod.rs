@@ -214,9 +214,7 @@ impl CompiledCluster {
             }
         }
     }
-}
 
-impl CompiledCluster {
     /// statsd's proxy routes around a dead server by rebuilding its ring from the live
     /// ones; a statsd_hashring cluster with `on_down = "reroute"` does the same.
     fn rebuild_live_ring(&mut self, alive: &[bool]) {
@@ -282,6 +280,9 @@ pub struct Decision<'a> {
     /// The name needed carbon-c-relay cleansing: rules and rings saw the cleansed name,
     /// and the line must go out with it.
     pub cleansed: bool,
+    /// The cleansed name when the router had to compute it (a cache miss, or a hit whose
+    /// rewrites replay from it); empty otherwise, and the caller cleanses for output.
+    pub cleansed_name: &'a [u8],
     /// Empty unless a rewrite rule changed the name: then, per destination, which name
     /// it gets (0 = the received or cleansed name, `k` = `names[k - 1]`).
     pub stages: &'a [u8],
@@ -580,11 +581,13 @@ impl Router {
             for &r in plan.rules.iter() {
                 rule_hits[r as usize] += 1;
             }
+            let mut cleansed_name: &[u8] = &[];
             if !plan.stages.is_empty() {
                 // Rewritten names are per name, not per plan: replay the rewrites of the
                 // rules that matched (rare: only names a rewrite changed get here).
                 let base: &[u8] = if plan.cleansed {
                     graphite::cleanse(name, &mut self.scratch_name);
+                    cleansed_name = &self.scratch_name;
                     &self.scratch_name
                 } else {
                     name
@@ -595,6 +598,7 @@ impl Router {
                 verdict: plan.verdict,
                 dests: &plan.dests,
                 cleansed: plan.cleansed,
+                cleansed_name,
                 stages: &plan.stages,
                 names: self.rewritten.names(),
             };
@@ -627,6 +631,7 @@ impl Router {
             verdict,
             dests: &self.scratch_dests,
             cleansed,
+            cleansed_name: if cleansed { &self.scratch_name } else { &[] },
             stages: &self.scratch_stages,
             names: self.rewritten.names(),
         }

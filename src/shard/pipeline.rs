@@ -242,6 +242,28 @@ struct RouteCtx<'c> {
     cleansed: &'c mut Vec<u8>,
 }
 
+/// The pieces of a line as it goes out under `name` (`as_received`: `name` is `p.name`).
+#[inline]
+fn out_line<'a>(
+    format: Format,
+    p: &Parsed<'a>,
+    name: &'a [u8],
+    as_received: bool,
+) -> [&'a [u8]; 5] {
+    match format {
+        // A regex line's key is somewhere inside it: a rewrite changes where the line
+        // goes, and the line goes out as received.
+        Format::Regex => [p.whole, &[], &[], &[], &[]],
+        // A line in normal form (statsd always is) goes out as one copy.
+        Format::Statsd | Format::Graphite if as_received && !p.whole.is_empty() => {
+            [p.whole, &[], &[], &[], &[]]
+        }
+        // statsd: the new name, then the line after it as received.
+        Format::Statsd => [name, &p.whole[p.name.len()..], &[], &[], &[]],
+        Format::Graphite => [name, b" ", p.value, b" ", p.timestamp],
+    }
+}
+
 /// Routes a batch in order and appends each line to its destinations' batches.
 #[inline]
 fn route_batch(batch: &[Parsed<'_>], ctx: &mut RouteCtx<'_>) {
@@ -250,45 +272,31 @@ fn route_batch(batch: &[Parsed<'_>], ctx: &mut RouteCtx<'_>) {
             .router
             .route_fingerprinted(p.fp, p.name, p.key, ctx.cleanse, ctx.rules_matched);
         match d.verdict {
-            Verdict::Routed if !d.stages.is_empty() => {
-                // Rare: a rewrite rule changed the name, and each destination gets the
-                // name as it stood when its rule matched.
-                let base: &[u8] = if d.cleansed {
-                    graphite::cleanse(p.name, ctx.cleansed);
-                    ctx.cleansed
-                } else {
-                    p.name
-                };
-                for (&dest, &stage) in d.dests.iter().zip(d.stages) {
-                    let name: &[u8] = match stage {
-                        0 => base,
-                        k => &d.names[k as usize - 1],
-                    };
-                    let pieces: [&[u8]; 5] = if ctx.format == Format::Regex {
-                        // A regex line's key is somewhere inside it: a rewrite changes
-                        // where the line goes, and the line goes out as received.
-                        [p.whole, &[], &[], &[], &[]]
-                    } else if p.value.is_empty() {
-                        // statsd: the name, then the line after it as received.
-                        [name, &p.whole[p.name.len()..], &[], &[], &[]]
-                    } else {
-                        [name, b" ", p.value, b" ", p.timestamp]
-                    };
-                    ctx.outputs.append(dest, &pieces);
-                }
-            }
             Verdict::Routed => {
-                let pieces: [&[u8]; 5] = if d.cleansed {
-                    // Rare (the router remembers which names need it): rewrite for output.
-                    graphite::cleanse(p.name, ctx.cleansed);
-                    [ctx.cleansed, b" ", p.value, b" ", p.timestamp]
-                } else if !p.whole.is_empty() {
-                    [p.whole, &[], &[], &[], &[]]
-                } else {
-                    [p.name, b" ", p.value, b" ", p.timestamp]
+                // Rare (the router remembers which names need it): the name goes out
+                // cleansed, or as a rewrite left it.
+                let base: &[u8] = match (d.cleansed, d.cleansed_name.is_empty()) {
+                    (false, _) => p.name,
+                    (true, false) => d.cleansed_name,
+                    (true, true) => {
+                        graphite::cleanse(p.name, ctx.cleansed);
+                        ctx.cleansed
+                    }
                 };
-                for &dest in d.dests {
-                    ctx.outputs.append(dest, &pieces);
+                if d.stages.is_empty() {
+                    let pieces = out_line(ctx.format, p, base, !d.cleansed);
+                    for &dest in d.dests {
+                        ctx.outputs.append(dest, &pieces);
+                    }
+                } else {
+                    // Each destination gets the name as it stood when its rule matched.
+                    for (&dest, &stage) in d.dests.iter().zip(d.stages) {
+                        let pieces = match stage {
+                            0 => out_line(ctx.format, p, base, !d.cleansed),
+                            k => out_line(ctx.format, p, &d.names[k as usize - 1], false),
+                        };
+                        ctx.outputs.append(dest, &pieces);
+                    }
                 }
             }
             Verdict::Dropped => *ctx.dropped_by_rule += 1,
