@@ -226,7 +226,6 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         path.clone(),
         bound,
     );
-    let final_control = control.clone();
     let state = Arc::new(AdminState {
         control,
         registry,
@@ -243,12 +242,6 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         if let Err(e) = h.join() {
             tracing::error!("{e}");
             failed = true;
-        }
-    }
-    // The listeners running at the end (a reload may have changed them).
-    for l in &final_control.topology().config.listeners {
-        if let ListenUrl::Unix(p) = &l.url {
-            let _ = std::fs::remove_file(p);
         }
     }
     log_totals(&state_registry);

@@ -101,22 +101,6 @@ impl ShardHandle {
         self.inbox.push(msg).is_ok()
     }
 
-    /// Sends a message, waiting (up to `patience`) while the inbox is full: the shard
-    /// empties it every tick, so only a stuck shard makes this fail.
-    pub fn send_patiently(&self, mut msg: ControlMsg, patience: Duration) -> bool {
-        let deadline = std::time::Instant::now() + patience;
-        loop {
-            match self.inbox.push(msg) {
-                Ok(()) => return true,
-                Err(back) if std::time::Instant::now() < deadline => {
-                    msg = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(_) => return false,
-            }
-        }
-    }
-
     /// Waits for the shard's thread to end.
     pub fn join(self) -> Result<(), String> {
         self.join
@@ -245,9 +229,7 @@ async fn run(
     let mut listeners = HashMap::with_capacity(cfg.listeners.len());
     for (i, l) in cfg.listeners.iter().enumerate() {
         match start_listener(id, i, l, addrs[i], &core, stall_max) {
-            Ok(task) => {
-                listeners.extend(task.map(|t| (i, t)));
-            }
+            Ok(running) => listeners.extend(running.map(|r| (i, r))),
             Err(e) => {
                 let _ = ready.send(Err(format!("shard {id}: listen[{i}] {}: {e}", l.url)));
                 return;
@@ -256,14 +238,6 @@ async fn run(
     }
     let _ = ready.send(Ok(()));
     drop(ready);
-    let mut unix_paths: HashMap<usize, std::path::PathBuf> = HashMap::new();
-    if id == 0 {
-        for (i, l) in cfg.listeners.iter().enumerate() {
-            if let ListenUrl::Unix(p) = &l.url {
-                unix_paths.insert(i, p.clone());
-            }
-        }
-    }
 
     // Partly filled batches are sealed every flush_interval_ms, on a timer of their own.
     let flush_every = Duration::from_millis(cfg.output.flush_interval_ms);
@@ -291,36 +265,15 @@ async fn run(
         while let Some(msg) = inbox.pop() {
             match msg {
                 ControlMsg::Shutdown => shutdown = true,
-                ControlMsg::Health { dest, up } => {
-                    let mut c = core.borrow_mut();
-                    c.router.set_alive(dest, up);
-                    if !up {
-                        if let Some(targets) = c.router.offload_targets(dest) {
-                            let moved = c.outputs.offload(dest, &targets);
-                            if moved > 0 {
-                                tracing::info!(
-                                    shard = id,
-                                    destination = dest.index(),
-                                    lines = moved,
-                                    "moved the queue of a down destination to live members"
-                                );
-                            }
-                        }
-                    }
-                }
+                ControlMsg::Health { dest, up } => health(id, &core, dest, up),
                 ControlMsg::Listen {
                     id: lid,
                     listener,
                     addr,
                 } => {
-                    {
-                        let mut c = core.borrow_mut();
-                        if c.counters.listeners.len() <= lid {
-                            c.counters.listeners.resize(lid + 1, Default::default());
-                        }
-                    }
+                    core.borrow_mut().counters.grow_listeners(lid + 1);
                     match start_listener(id, lid, &listener, addr, &core, stall_max) {
-                        Ok(task) => listeners.extend(task.map(|t| (lid, t))),
+                        Ok(running) => listeners.extend(running.map(|r| (lid, r))),
                         Err(e) => tracing::error!(
                             shard = id,
                             listener = %listener.name,
@@ -329,19 +282,10 @@ async fn run(
                             "reload: cannot listen"
                         ),
                     }
-                    unix_paths.extend(match &listener.url {
-                        ListenUrl::Unix(p) if id == 0 => Some((lid, p.clone())),
-                        _ => None,
-                    });
                 }
-                ControlMsg::Unlisten { id: lid } => {
-                    // Dropping the accept (or receive) task closes the socket; accepted
-                    // connections are tasks of their own and finish normally.
-                    listeners.remove(&lid);
-                    if let Some(p) = unix_paths.remove(&lid) {
-                        let _ = std::fs::remove_file(p);
-                    }
-                }
+                // Dropping the accept (or receive) task closes the socket; accepted
+                // connections are tasks of their own and finish normally.
+                ControlMsg::Unlisten { id: lid } => drop(listeners.remove(&lid)),
                 ControlMsg::Reconfigure(topo) => {
                     reconfigure(id, &core, &topo, &mut retired, &mut writers, opts)
                 }
@@ -397,6 +341,42 @@ async fn run(
     publish(id, &core, &registry, true);
 }
 
+/// A listener running on this shard: its accept (or receive) task, and for a unix socket
+/// the file to remove when it stops.
+struct RunningListener {
+    _task: glommio::Task<()>,
+    unix_path: Option<std::path::PathBuf>,
+}
+
+impl Drop for RunningListener {
+    fn drop(&mut self) {
+        if let Some(p) = &self.unix_path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A destination went up or down: routing follows, and when it went down and its
+/// clusters can take its lines anywhere (any_of, failover), its queue moves to them.
+fn health(shard: usize, core: &Rc<RefCell<Core>>, dest: DestId, up: bool) {
+    let mut c = core.borrow_mut();
+    c.router.set_alive(dest, up);
+    if up {
+        return;
+    }
+    if let Some(targets) = c.router.offload_targets(dest) {
+        let moved = c.outputs.offload(dest, &targets);
+        if moved > 0 {
+            tracing::info!(
+                shard,
+                destination = dest.index(),
+                lines = moved,
+                "moved the queue of a down destination to live members"
+            );
+        }
+    }
+}
+
 /// Binds and starts listener `lid` on this shard: a `SO_REUSEPORT` socket of its own for
 /// tcp and udp, the socket itself for unix (shard 0 only). `None` when this shard has no
 /// part in it.
@@ -407,37 +387,38 @@ fn start_listener(
     addr: Option<SocketAddr>,
     core: &Rc<RefCell<Core>>,
     stall_max: Duration,
-) -> std::io::Result<Option<glommio::Task<()>>> {
+) -> std::io::Result<Option<RunningListener>> {
     let ro = ReadOptions::new(lid, l, stall_max);
     if let Some(re) = &l.regex {
         let parser = crate::protocol::regex_line::RegexLine::new(re, l.time_layout.as_deref())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         core.borrow_mut().set_line_regex(lid, parser);
     }
-    match (&l.url, addr) {
+    let (task, unix_path) = match (&l.url, addr) {
         (ListenUrl::Inet(Transport::Tcp, _), Some(a)) => {
-            bind::tcp(a, l.socket_receive_buffer_bytes).map(|s| {
-                Some(glommio::spawn_local(ingest::accept_loop(
-                    core.clone(),
-                    StreamListener::Tcp(s),
-                    ro,
-                )))
-            })
+            let s = bind::tcp(a, l.socket_receive_buffer_bytes)?;
+            let accept = ingest::accept_loop(core.clone(), StreamListener::Tcp(s), ro);
+            (glommio::spawn_local(accept), None)
         }
         (ListenUrl::Inet(Transport::Udp, _), Some(a)) => {
-            bind::udp(a, l.socket_receive_buffer_bytes)
-                .map(|s| Some(glommio::spawn_local(ingest::udp_loop(core.clone(), s, ro))))
+            let s = bind::udp(a, l.socket_receive_buffer_bytes)?;
+            (
+                glommio::spawn_local(ingest::udp_loop(core.clone(), s, ro)),
+                None,
+            )
         }
         // AF_UNIX has no SO_REUSEPORT: shard 0 owns unix listeners.
-        (ListenUrl::Unix(path), _) if shard == 0 => bind_unix(path).map(|s| {
-            Some(glommio::spawn_local(ingest::accept_loop(
-                core.clone(),
-                StreamListener::Unix(s),
-                ro,
-            )))
-        }),
-        _ => Ok(None),
-    }
+        (ListenUrl::Unix(path), _) if shard == 0 => {
+            let s = bind_unix(path)?;
+            let accept = ingest::accept_loop(core.clone(), StreamListener::Unix(s), ro);
+            (glommio::spawn_local(accept), Some(path.clone()))
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(RunningListener {
+        _task: task,
+        unix_path,
+    }))
 }
 
 fn spawn_writer(

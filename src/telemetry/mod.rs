@@ -94,13 +94,17 @@ impl ShardCounters {
         }
     }
 
+    /// Makes room for counters of listeners up to `len` (a reload added one).
+    pub fn grow_listeners(&mut self, len: usize) {
+        if self.listeners.len() < len {
+            self.listeners.resize(len, ListenerCounters::default());
+        }
+    }
+
     fn add(&mut self, o: &ShardCounters) {
         // Shards apply a reconfiguration at their own tick: one may count more rules or
         // destinations than another for a moment.
-        if self.listeners.len() < o.listeners.len() {
-            self.listeners
-                .resize(o.listeners.len(), ListenerCounters::default());
-        }
+        self.grow_listeners(o.listeners.len());
         if self.rules_matched.len() < o.rules_matched.len() {
             self.rules_matched.resize(o.rules_matched.len(), 0);
         }
