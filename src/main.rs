@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use cadent::api::{self, AdminState, Control};
-use cadent::config::{Config, ListenUrl, DEFAULT_CONFIG};
+use cadent::config::{Config, DEFAULT_CONFIG};
 use cadent::route::{DestinationTable, Router};
 use cadent::shard::{self, ControlMsg, Topology};
 use cadent::telemetry::{Labels, Registry};
@@ -202,10 +202,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         .listeners
         .iter()
         .zip(&addrs)
-        .map(|(l, a)| match (&l.url, a) {
-            (ListenUrl::Inet(t, _), Some(a)) => format!("{}://{a}", t.scheme()),
-            (u, _) => u.to_string(),
-        })
+        .map(|(l, a)| l.url.bound(*a))
         .collect();
     let handles = shard::spawn(cfg.clone(), table.clone(), addrs, registry.clone())?;
     tracing::info!(

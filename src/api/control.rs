@@ -190,11 +190,6 @@ impl Control {
         server: &str,
         instance: Option<&str>,
     ) -> Result<String, Refused> {
-        let _serial = self.changes.lock().await;
-        let mut cfg = (*self.topology().config).clone();
-        let ci = cfg
-            .cluster_index(cluster)
-            .ok_or_else(|| Refused::new(404, format!("no cluster named {cluster:?}")))?;
         let spec =
             match instance {
                 Some(_) if server.contains('=') => return Err(Refused::new(
@@ -205,44 +200,57 @@ impl Control {
                 _ => server.to_string(),
             };
         let member = Member::parse(&spec).map_err(|e| Refused::new(400, e))?;
-        cfg.clusters[ci].members.push(member.clone());
-        cfg.check_cluster(ci)
-            .map_err(|e| Refused::new(409, e.to_string()))?;
-        self.apply(cfg).await?;
-        Ok(format!(
-            "added {} to cluster {cluster:?}",
-            member.display_hash()
-        ))
+        self.change_members(cluster, |members| {
+            members.push(member.clone());
+            Ok(format!(
+                "added {} to cluster {cluster:?}",
+                member.display_hash()
+            ))
+        })
+        .await
     }
 
     /// Removes the member of a cluster whose address is `server` (`host:port`, with or
     /// without scheme and instance). Its queued lines are still delivered to it.
     pub async fn remove_member(&self, cluster: &str, server: &str) -> Result<String, Refused> {
+        self.change_members(cluster, |members| {
+            let j = members
+                .iter()
+                .position(|m| member_matches(m, server))
+                .ok_or_else(|| {
+                    Refused::new(404, format!("cluster {cluster:?} has no member {server:?}"))
+                })?;
+            let removed = members.remove(j);
+            Ok(format!(
+                "removed {} from cluster {cluster:?}",
+                removed.display_hash()
+            ))
+        })
+        .await
+    }
+
+    /// Changes the member list of `cluster` in a copy of the running config, checks the
+    /// cluster as loading would, and applies it.
+    async fn change_members(
+        &self,
+        cluster: &str,
+        change: impl FnOnce(&mut Vec<Member>) -> Result<String, Refused>,
+    ) -> Result<String, Refused> {
         let _serial = self.changes.lock().await;
         let mut cfg = (*self.topology().config).clone();
         let ci = cfg
             .cluster_index(cluster)
             .ok_or_else(|| Refused::new(404, format!("no cluster named {cluster:?}")))?;
-        let members = &cfg.clusters[ci].members;
-        let j = members
-            .iter()
-            .position(|m| member_matches(m, server))
-            .ok_or_else(|| {
-                Refused::new(404, format!("cluster {cluster:?} has no member {server:?}"))
-            })?;
-        let removed = cfg.clusters[ci].members.remove(j);
+        let done = change(&mut cfg.clusters[ci].members)?;
         cfg.check_cluster(ci)
             .map_err(|e| Refused::new(409, e.to_string()))?;
         self.apply(cfg).await?;
-        Ok(format!(
-            "removed {} from cluster {cluster:?}",
-            removed.display_hash()
-        ))
+        Ok(done)
     }
 
     /// SIGHUP: reads the config file again and applies its rules, clusters and health
-    /// settings. Listener, `[server]` and `[output]` changes need a restart: they are
-    /// reported and the running ones kept.
+    /// settings, and diffs its listeners. `[server]` and `[output]` changes need a
+    /// restart: they are reported and the running ones kept.
     pub async fn reload(&self) -> Result<String, String> {
         let Some(path) = &self.config_path else {
             return Err("running on the embedded default config: nothing to reload".into());
@@ -252,11 +260,11 @@ impl Control {
         let old = self.topology().config;
         let mut kept = Vec::new();
         let listeners = self.relisten(&old, &mut cfg).await;
-        if format!("{:?}", cfg.server) != format!("{:?}", old.server) {
+        if cfg.server != old.server {
             kept.push("[server]");
             cfg.server = old.server.clone();
         }
-        if format!("{:?}", cfg.output) != format!("{:?}", old.output) {
+        if cfg.output != old.output {
             kept.push("[output]");
             cfg.output = old.output.clone();
         }
@@ -277,16 +285,13 @@ impl Control {
     /// ends up as what runs.
     async fn relisten(&self, old: &Config, cfg: &mut Config) -> String {
         let old_ids = self.lock().listener_ids.clone();
-        let same = |a: &crate::config::Listener, b: &crate::config::Listener| {
-            a.name == b.name && format!("{a:?}") == format!("{b:?}")
-        };
-        let mut ids: Vec<Option<usize>> = cfg
+        let ids: Vec<Option<usize>> = cfg
             .listeners
             .iter()
             .map(|l| {
                 old.listeners
                     .iter()
-                    .position(|o| same(o, l))
+                    .position(|o| o == l)
                     .map(|i| old_ids[i])
             })
             .collect();
@@ -294,7 +299,7 @@ impl Control {
             .listeners
             .iter()
             .enumerate()
-            .filter(|(_, o)| !cfg.listeners.iter().any(|l| same(o, l)))
+            .filter(|(_, o)| !cfg.listeners.contains(o))
             .map(|(i, _)| old_ids[i])
             .collect();
         let added = ids.iter().filter(|i| i.is_none()).count();
@@ -310,11 +315,15 @@ impl Control {
             // inbox at least every 100 ms.
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        let mut started = Vec::new();
-        let mut failed = Vec::new();
-        let mut keep = vec![true; cfg.listeners.len()];
-        for (j, l) in cfg.listeners.iter().enumerate() {
-            if ids[j].is_some() {
+        // For each listener of the file: its id and where it is bound, or None when it
+        // is new and its address cannot be bound (left out, logged).
+        let old_bound = self.lock().bound.clone();
+        let mut running: Vec<Option<(usize, String)>> = Vec::with_capacity(ids.len());
+        let (mut started, mut failed) = (0, Vec::new());
+        for (l, id) in cfg.listeners.iter().zip(&ids) {
+            if let Some(id) = *id {
+                let i = old_ids.iter().position(|&o| o == id).expect("a running id");
+                running.push(Some((id, old_bound[i].clone())));
                 continue;
             }
             let addr = match &l.url {
@@ -324,7 +333,7 @@ impl Control {
                     Err(e) => {
                         tracing::error!(listener = %l.name, url = %l.url, error = %e, "reload: cannot bind; listener left out");
                         failed.push(l.name.clone());
-                        keep[j] = false;
+                        running.push(None);
                         continue;
                     }
                 },
@@ -335,7 +344,6 @@ impl Control {
                 inner.listener_labels.push(l.name.clone());
                 inner.listener_labels.len() - 1
             };
-            ids[j] = Some(id);
             let _ = self
                 .broadcast(ControlMsg::Listen {
                     id,
@@ -343,39 +351,24 @@ impl Control {
                     addr,
                 })
                 .await;
-            let shown = match (&l.url, addr) {
-                (ListenUrl::Inet(t, _), Some(a)) => format!("{}://{a}", t.scheme()),
-                (u, _) => u.to_string(),
-            };
-            started.push((j, shown));
+            started += 1;
+            running.push(Some((id, l.url.bound(addr))));
         }
         // What runs now, in the file's order.
+        let listeners = std::mem::take(&mut cfg.listeners);
         let mut inner = self.lock();
-        let mut bound = Vec::new();
-        let mut new_ids = Vec::new();
-        let mut listeners = Vec::new();
-        for (j, l) in cfg.listeners.iter().enumerate() {
-            if !keep[j] {
-                continue;
+        inner.bound.clear();
+        inner.listener_ids.clear();
+        for (l, run) in listeners.into_iter().zip(running) {
+            if let Some((id, shown)) = run {
+                inner.listener_ids.push(id);
+                inner.bound.push(shown);
+                cfg.listeners.push(l);
             }
-            let id = ids[j].expect("kept listeners have ids");
-            let shown = match started.iter().find(|(k, _)| *k == j) {
-                Some((_, s)) => s.clone(),
-                None => {
-                    let i = old_ids.iter().position(|&o| o == id).expect("a running id");
-                    inner.bound[i].clone()
-                }
-            };
-            bound.push(shown);
-            new_ids.push(id);
-            listeners.push(l.clone());
         }
-        cfg.listeners = listeners;
-        inner.bound = bound;
-        inner.listener_ids = new_ids;
         format!(
             "listeners started {}, stopped {}, failed {:?}",
-            started.len(),
+            started,
             removed.len(),
             failed
         )

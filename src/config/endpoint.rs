@@ -33,6 +33,15 @@ pub enum ListenUrl {
 }
 
 impl ListenUrl {
+    /// The URL as bound: a probed `addr` replaces the configured address (port 0 becomes
+    /// the port every shard bound).
+    pub fn bound(&self, addr: Option<SocketAddr>) -> String {
+        match (self, addr) {
+            (ListenUrl::Inet(t, _), Some(a)) => ListenUrl::Inet(*t, a).to_string(),
+            (u, _) => u.to_string(),
+        }
+    }
+
     /// Parses a listener URL. The scheme is required, so nobody guesses the transport.
     pub fn parse(s: &str) -> Result<ListenUrl, String> {
         if let Some(path) = s.strip_prefix("unix://") {

@@ -62,7 +62,7 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// `[server]`: process-wide settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Server {
     /// Number of shards (executors pinned one per core); resolved from 0 = all available cores.
     pub shards: usize,
@@ -117,7 +117,7 @@ impl Format {
 }
 
 /// `[[listen]]`: one ingest endpoint.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     /// Name used in stats.
     pub name: String,
@@ -293,7 +293,7 @@ pub struct RewriteSpec {
 }
 
 /// `[output]`: how writers batch, queue and reconnect (per shard and destination).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
     /// A batch is sealed and queued for writing once it holds this many bytes.
     pub flush_bytes: usize,

@@ -95,8 +95,12 @@ impl Outputs {
 
     /// A destination left the config: its open batch is queued and the queue closed, so
     /// its writer delivers what is queued and stops. The router no longer sends to it.
+    /// Retiring a retired destination does nothing.
     pub fn retire(&mut self, d: DestId) {
         let slot = &mut self.slots[d.index()];
+        if slot.queue.is_closed() {
+            return;
+        }
         if slot.open_lines > 0 {
             seal(slot);
         }

@@ -224,7 +224,6 @@ async fn run(
         let q = core.borrow().outputs.queue(DestId(d as u16));
         writers.push(spawn_writer(id, dest, q, opts));
     }
-    let mut retired = table.retired.clone();
 
     let mut listeners = HashMap::with_capacity(cfg.listeners.len());
     for (i, l) in cfg.listeners.iter().enumerate() {
@@ -286,9 +285,7 @@ async fn run(
                 // Dropping the accept (or receive) task closes the socket; accepted
                 // connections are tasks of their own and finish normally.
                 ControlMsg::Unlisten { id: lid } => drop(listeners.remove(&lid)),
-                ControlMsg::Reconfigure(topo) => {
-                    reconfigure(id, &core, &topo, &mut retired, &mut writers, opts)
-                }
+                ControlMsg::Reconfigure(topo) => reconfigure(id, &core, &topo, &mut writers, opts),
             }
         }
         if shutdown {
@@ -448,7 +445,6 @@ fn reconfigure(
     shard: usize,
     core: &Rc<RefCell<Core>>,
     topo: &Topology,
-    retired: &mut Vec<bool>,
     writers: &mut Vec<glommio::task::JoinHandle<()>>,
     opts: WriterOptions,
 ) {
@@ -464,11 +460,9 @@ fn reconfigure(
         let q = c.outputs.queue(DestId(d as u16));
         writers.push(spawn_writer(shard, &topo.table.destinations[d], q, opts));
     }
-    retired.resize(topo.table.destinations.len(), false);
-    for (d, &now) in topo.table.retired.iter().enumerate() {
-        if now && !retired[d] {
+    for (d, &retired) in topo.table.retired.iter().enumerate() {
+        if retired {
             c.outputs.retire(DestId(d as u16));
-            retired[d] = true;
         }
     }
     let rules = c.router.rule_count();
