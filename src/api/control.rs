@@ -472,89 +472,86 @@ impl Control {
     /// between up, down and probing; each change goes to every shard. Runs forever.
     pub async fn probe_loop(self: Arc<Self>) {
         loop {
-            let (interval, timeout, down_after, targets) = {
+            // UDP and file destinations are never probed: they stay up.
+            let (interval, timeout, targets) = {
                 let inner = self.lock();
                 let t = &inner.topology.table;
-                let targets: Vec<(usize, Option<Member>)> = t
+                let targets: Vec<(usize, Member)> = t
                     .destinations
                     .iter()
                     .enumerate()
                     .filter(|&(d, _)| !t.retired[d])
-                    .map(|(d, dest)| match &dest.kind {
+                    .filter_map(|(d, dest)| match &dest.kind {
                         DestinationKind::Net(m) if m.transport == Transport::Tcp => {
-                            (d, Some(m.clone()))
+                            Some((d, m.clone()))
                         }
-                        _ => (d, None),
+                        _ => None,
                     })
                     .collect();
                 (
                     Duration::from_millis(inner.health_cfg.probe_interval_ms),
                     Duration::from_millis(inner.health_cfg.probe_timeout_ms),
-                    inner.health_cfg.down_after_failures,
                     targets,
                 )
             };
             tokio::time::sleep(interval).await;
             let mut probes = tokio::task::JoinSet::new();
             for (d, m) in targets {
-                probes.spawn(async move {
-                    let ok = match m {
-                        Some(m) => probe(&m, timeout).await,
-                        None => true,
-                    };
-                    (d, ok)
-                });
+                probes.spawn(async move { (d, probe(&m, timeout).await) });
             }
             let mut results = Vec::new();
             while let Some(r) = probes.join_next().await {
-                if let Ok(r) = r {
-                    results.push(r);
-                }
+                results.extend(r.ok());
             }
-            let total = Registry::total(&self.registry.per_shard());
-            let changes = {
-                let mut inner = self.lock();
-                let mut changes = Vec::new();
-                for (d, probe_ok) in results {
-                    if d >= inner.health.len() {
-                        continue;
-                    }
-                    let failures = total
-                        .destinations
-                        .get(d)
-                        .map_or(0, |c| c.connect_failures + c.write_errors);
-                    let writer_failed = failures > inner.writer_failures[d];
-                    inner.writer_failures[d] = failures;
-                    let e = Evidence {
-                        probe_ok,
-                        writer_failed,
-                    };
-                    if let Some(state) = inner.health[d].observe(e, down_after) {
-                        let name = inner.topology.table.destinations[d].name.clone();
-                        match state {
-                            State::Down => tracing::warn!(destination = %name, "destination down"),
-                            State::Probing => {
-                                tracing::info!(destination = %name, "destination answers; probing")
-                            }
-                            State::Up => tracing::info!(destination = %name, "destination up"),
-                        }
-                        let dest = DestId(d as u16);
-                        let was_up = inner.router.alive().get(d).copied().unwrap_or(true);
-                        if was_up != state.is_up() {
-                            inner.router.set_alive(dest, state.is_up());
-                            changes.push(ControlMsg::Health {
-                                dest,
-                                up: state.is_up(),
-                            });
-                        }
-                    }
-                }
-                changes
-            };
-            for msg in changes {
+            for msg in self.observe(&results) {
                 let _ = self.broadcast(msg).await;
             }
         }
+    }
+
+    /// Takes one round of probe results (destination, connected) with the writers'
+    /// failures since the last round; returns the routing changes to tell the shards.
+    fn observe(&self, results: &[(usize, bool)]) -> Vec<ControlMsg> {
+        let total = Registry::total(&self.registry.per_shard());
+        let mut inner = self.lock();
+        let down_after = inner.health_cfg.down_after_failures;
+        let mut changes = Vec::new();
+        for &(d, probe_ok) in results {
+            if d >= inner.health.len() {
+                continue;
+            }
+            let failures = total
+                .destinations
+                .get(d)
+                .map_or(0, |c| c.connect_failures + c.write_errors);
+            let writer_failed = failures > inner.writer_failures[d];
+            inner.writer_failures[d] = failures;
+            let e = Evidence {
+                probe_ok,
+                writer_failed,
+            };
+            let Some(state) = inner.health[d].observe(e, down_after) else {
+                continue;
+            };
+            let name = &inner.topology.table.destinations[d].name;
+            match state {
+                State::Down => tracing::warn!(destination = %name, "destination down"),
+                State::Probing => {
+                    tracing::info!(destination = %name, "destination answers; probing")
+                }
+                State::Up => tracing::info!(destination = %name, "destination up"),
+            }
+            // Down and probing both route around it: only a change of routing is news.
+            let dest = DestId(d as u16);
+            if inner.router.alive().get(d).copied().unwrap_or(true) != state.is_up() {
+                inner.router.set_alive(dest, state.is_up());
+                changes.push(ControlMsg::Health {
+                    dest,
+                    up: state.is_up(),
+                });
+            }
+        }
+        changes
     }
 }
 
