@@ -764,85 +764,51 @@ fn check_members(
     errs: &mut Vec<ConfigError>,
 ) {
     let members_path = format!("{path}members");
-    if kind != ClusterKind::CarbonCh && kind != ClusterKind::CarbonChPython {
-        check_unique_addresses(members, &members_path, errs);
-    }
-    if !kind.is_ring() {
-        return;
-    }
-    if replication > members.len() {
-        errs.push(ConfigError::new(
-            format!("{path}replication"),
-            format!("{replication} is more than the {} members", members.len()),
-        ));
-    }
-    match kind {
-        ClusterKind::CarbonCh | ClusterKind::CarbonChPython => {
-            check_ring_identity(members, &members_path, errs)
-        }
-        ClusterKind::Fnv1aCh => check_fnv_identity(members, &members_path, errs),
-        _ => {}
-    }
-}
-
-/// Every member once: two entries with one address would share a queue and a connection.
-fn check_unique_addresses(members: &[Member], path: &str, errs: &mut Vec<ConfigError>) {
     for (j, m) in members.iter().enumerate() {
-        if let Some(p) = members[..j]
-            .iter()
-            .position(|o| o.address_key() == m.address_key())
-        {
-            errs.push(ConfigError::new(
-                format!("{path}[{j}]"),
-                format!("same address as {path}[{p}]; a member is listed once"),
-            ));
-        }
-    }
-}
-
-/// fnv1a_ch hashes the instance when there is one (instead of host:port): two members
-/// with one instance would share every ring position.
-fn check_fnv_identity(members: &[Member], path: &str, errs: &mut Vec<ConfigError>) {
-    for (j, m) in members.iter().enumerate() {
-        let Some(inst) = &m.instance else { continue };
-        if let Some(k) = members[..j]
-            .iter()
-            .position(|o| o.instance.as_ref() == Some(inst))
-        {
-            errs.push(ConfigError::new(
-                format!("{path}[{j}]"),
-                format!("same instance as {path}[{k}]; fnv1a_ch hashes the instance alone"),
-            ));
-        }
-    }
-}
-
-/// carbon_ch hashes only host and instance: two members that agree on both would share
-/// every ring position, and one of them would never receive anything.
-fn check_ring_identity(members: &[Member], path: &str, errs: &mut Vec<ConfigError>) {
-    for (j, m) in members.iter().enumerate() {
-        if let Some(k) = members[..j]
+        let earlier = &members[..j];
+        // Every member once: two entries with one address would share a queue and a
+        // connection.
+        if let Some(k) = earlier
             .iter()
             .position(|o| o.host == m.host && o.port == m.port && o.transport == m.transport)
         {
             errs.push(ConfigError::new(
-                format!("{path}[{j}]"),
-                format!("same address as {path}[{k}]; a member is listed once"),
+                format!("{members_path}[{j}]"),
+                format!("same address as {members_path}[{k}]; a member is listed once"),
             ));
             continue;
         }
-        if let Some(k) = members[..j]
-            .iter()
-            .position(|o| o.host == m.host && o.instance == m.instance)
-        {
-            errs.push(ConfigError::new(
-                format!("{path}[{j}]"),
-                format!(
-                    "same host and instance as {path}[{k}]; carbon_ch does not hash the port, \
-                     so give each member on one host its own instance (host:port=a)"
-                ),
-            ));
+        // What a ring hashes must tell members apart, or one of them shares every
+        // position with another and never receives anything.
+        let clash = match kind {
+            ClusterKind::CarbonCh | ClusterKind::CarbonChPython => earlier
+                .iter()
+                .position(|o| o.host == m.host && o.instance == m.instance)
+                .map(|k| {
+                    format!(
+                        "same host and instance as {members_path}[{k}]; carbon_ch does not hash \
+                         the port, so give each member on one host its own instance (host:port=a)"
+                    )
+                }),
+            ClusterKind::Fnv1aCh if m.instance.is_some() => earlier
+                .iter()
+                .position(|o| o.instance == m.instance)
+                .map(|k| {
+                    format!(
+                        "same instance as {members_path}[{k}]; fnv1a_ch hashes the instance alone"
+                    )
+                }),
+            _ => None,
+        };
+        if let Some(message) = clash {
+            errs.push(ConfigError::new(format!("{members_path}[{j}]"), message));
         }
+    }
+    if kind.is_ring() && replication > members.len() {
+        errs.push(ConfigError::new(
+            format!("{path}replication"),
+            format!("{replication} is more than the {} members", members.len()),
+        ));
     }
 }
 
