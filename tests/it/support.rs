@@ -142,45 +142,35 @@ impl Drop for Cadent {
     }
 }
 
-/// GET over a fresh connection; the body, or None when nothing answers.
+/// GET over a fresh connection; the body of a 200, or None (nothing answers, or another status).
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    let (head, body) = resp.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
+    match http(addr, "GET", path, "")? {
+        (200, body) => Some(body),
+        _ => None,
     }
-    Some(body.to_string())
 }
 
 /// One HTTP request over a fresh connection: the status code and the body.
 pub fn http_request(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))
-        .expect("connect to the admin server");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    http(addr, method, path, body).expect("an answer from the admin server")
+}
+
+/// One request over a fresh connection; None when nothing answers.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
-    .unwrap();
+    .ok()?;
     let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_string())
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
 }
 
 /// A TCP sink that keeps every line it receives, by line.
