@@ -28,9 +28,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use super::carbon::name_hash;
+use super::statsd::table::FingerprintBuild;
 
 /// Open finest-level buckets per key: the previous (until a flush closes it), the
 /// current and the next.
@@ -255,21 +255,6 @@ pub struct RollupCounters {
     pub dropped_hash_collision: u64,
 }
 
-#[derive(Default)]
-struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, _: &[u8]) {
-        unreachable!("only u64 keys")
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 /// A bucket at some level; `stats.count == 0` means empty.
 #[derive(Debug, Clone, Copy)]
 struct Level {
@@ -303,7 +288,7 @@ struct Key {
 pub struct Rollup {
     steps: Vec<i64>,
     keys_max: usize,
-    map: HashMap<u64, u32, BuildHasherDefault<IdentityHasher>>,
+    map: HashMap<u64, u32, FingerprintBuild>,
     slots: Vec<Option<Key>>,
     free: Vec<u32>,
     /// Finest-level boundary the last flush closed up to (`now - now % step0`).

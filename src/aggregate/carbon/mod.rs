@@ -44,12 +44,13 @@ pub mod rules;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 
 pub use method::{Method, Value};
 pub use rules::{Rule, RuleError, Rules, RulesError};
 
 use method::Acc;
+
+use super::statsd::table::FingerprintBuild;
 
 /// Which end of a bucket its emitted timestamp names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -144,22 +145,7 @@ pub fn name_hash(name: &[u8]) -> u64 {
 }
 
 /// The map from name hash to slot takes the hash as it is.
-#[derive(Default)]
-struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, _: &[u8]) {
-        unreachable!("only u64 keys")
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type SlotMap = HashMap<u64, u32, BuildHasherDefault<IdentityHasher>>;
+type SlotMap = HashMap<u64, u32, FingerprintBuild>;
 
 #[derive(Debug)]
 struct Bucket {

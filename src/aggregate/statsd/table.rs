@@ -41,7 +41,8 @@ pub fn fingerprint(name: &[u8]) -> u128 {
     (u128::from(one(a)) << 64) | u128::from(one(b))
 }
 
-/// Hashes a `u128` fingerprint by taking its low half: it is already a good hash.
+/// Hashes a `u128` fingerprint by taking its low half, and a `u64` name hash
+/// ([`crate::aggregate::carbon::name_hash`]) as it is: both are already good hashes.
 #[derive(Default, Clone, Copy)]
 pub struct FingerprintHasher(u64);
 
@@ -63,7 +64,7 @@ impl Hasher for FingerprintHasher {
     }
 }
 
-/// `BuildHasher` for maps keyed by fingerprints.
+/// `BuildHasher` for maps keyed by fingerprints or name hashes.
 pub type FingerprintBuild = BuildHasherDefault<FingerprintHasher>;
 
 /// A fingerprint as the index stores it: two `u64`s, so an index entry with its `u32`
