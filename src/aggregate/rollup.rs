@@ -177,6 +177,7 @@ impl Stats {
     }
 
     /// Adds `later`, whose samples arrived after this one's.
+    #[inline]
     pub fn merge(&mut self, later: &Stats) {
         self.sum += later.sum;
         self.count += later.count;
@@ -402,23 +403,7 @@ impl Rollup {
                 stats: Stats::one(value, timestamp_s),
             };
         } else if l.start_s == start {
-            let s = &mut l.stats;
-            s.sum += value;
-            s.count += 1;
-            if value < s.min {
-                s.min = value;
-            }
-            if value > s.max {
-                s.max = value;
-            }
-            if timestamp_s < s.first_ts {
-                s.first = value;
-                s.first_ts = timestamp_s;
-            }
-            if timestamp_s >= s.last_ts {
-                s.last = value;
-                s.last_ts = timestamp_s;
-            }
+            l.stats.merge(&Stats::one(value, timestamp_s));
         } else {
             // A key created just now has only empty slots, so it is never left empty.
             if start > l.start_s {
