@@ -609,22 +609,6 @@ mod tests {
         assert!(parse_resolutions::<&str>(&[]).is_err());
     }
 
-    /// splitmix64, seeded: the property tests' only source of randomness.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
     struct Emitted {
         flushed_at: i64,
         prev_flush: i64,
@@ -638,7 +622,8 @@ mod tests {
     type Sample = (Vec<u8>, f64, i64);
 
     fn run(seed: u64) -> (Vec<Emitted>, Vec<Sample>, Rollup) {
-        let mut rng = Rng(seed);
+        // Seeded: the property tests' only source of randomness.
+        let mut rng = crate::tools::SplitMix64(seed);
         let mut r = rollup(6);
         let mut now = 1_700_000_000 + rng.below(600) as i64;
         let mut prev_flush = i64::MIN;
