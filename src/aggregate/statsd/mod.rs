@@ -267,6 +267,18 @@ struct TimerSketch {
     max: f64,
 }
 
+impl TimerSketch {
+    /// Counts one value: into the sketch, and into the exact sums and bounds.
+    #[inline]
+    fn add(&mut self, v: f64) {
+        self.sketch.insert(v);
+        self.sum += v;
+        self.sum_squares += v * v;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+    }
+}
+
 struct Gauge {
     value: f64,
     /// Flushes left (only when gauges are deleted and the gauge was sent).
@@ -671,13 +683,7 @@ impl StatsdEngine {
                 let t = self.timers.value_mut(id);
                 t.count += inv_rate;
                 match &mut t.sketch {
-                    Some(s) => {
-                        s.sketch.insert(v);
-                        s.sum += v;
-                        s.sum_squares += v * v;
-                        s.min = s.min.min(v);
-                        s.max = s.max.max(v);
-                    }
+                    Some(s) => s.add(v),
                     None if t.values.len() < max => t.values.push(v),
                     None => {
                         let mut s = Box::new(TimerSketch {
@@ -688,11 +694,7 @@ impl StatsdEngine {
                             max: f64::NEG_INFINITY,
                         });
                         for &x in t.values.iter().chain(std::iter::once(&v)) {
-                            s.sketch.insert(x);
-                            s.sum += x;
-                            s.sum_squares += x * x;
-                            s.min = s.min.min(x);
-                            s.max = s.max.max(x);
+                            s.add(x);
                         }
                         t.values = Vec::new();
                         t.sketch = Some(s);
