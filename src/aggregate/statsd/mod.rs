@@ -22,7 +22,7 @@ use crate::aggregate::jsnum::{js_number_string, write_js_number};
 pub use parse::TagMode;
 use parse::{KeyScratch, Reject, Sample, Value};
 use sketch::Sketch;
-use table::{fingerprint, FingerprintBuild, Table};
+use table::{fingerprint, fingerprint_lo, FingerprintBuild, Table};
 
 /// One histogram bin bound.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -555,11 +555,10 @@ fn js_round(x: f64) -> f64 {
 /// A set member's identity: a 64-bit hash of the text node would see (bytes that are
 /// not UTF-8 become U+FFFD, so they are hashed that way).
 fn member_hash(v: &[u8]) -> u64 {
-    let fp = match std::str::from_utf8(v) {
-        Ok(_) => fingerprint(v),
-        Err(_) => fingerprint(String::from_utf8_lossy(v).as_bytes()),
-    };
-    fp as u64
+    match std::str::from_utf8(v) {
+        Ok(_) => fingerprint_lo(v),
+        Err(_) => fingerprint_lo(String::from_utf8_lossy(v).as_bytes()),
+    }
 }
 
 impl StatsdEngine {

@@ -15,9 +15,19 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 /// 1e-26 at 1M keys per shard. The seeds are fixed so that every shard (and a future
 /// owner-shard choice, `hash(name) % shards`) computes the same value in one process.
 pub fn fingerprint(name: &[u8]) -> u128 {
+    let (a, b) = fingerprint_states();
+    (u128::from(hash_one(a, name)) << 64) | u128::from(hash_one(b, name))
+}
+
+/// The low half of [`fingerprint`], hashing once, where 64 bits are enough (set members).
+pub fn fingerprint_lo(name: &[u8]) -> u64 {
+    hash_one(&fingerprint_states().1, name)
+}
+
+fn fingerprint_states() -> &'static (ahash::RandomState, ahash::RandomState) {
     use std::sync::OnceLock;
     static STATES: OnceLock<(ahash::RandomState, ahash::RandomState)> = OnceLock::new();
-    let (a, b) = STATES.get_or_init(|| {
+    STATES.get_or_init(|| {
         (
             ahash::RandomState::with_seeds(
                 0x0000_0000_1234_5678,
@@ -32,13 +42,13 @@ pub fn fingerprint(name: &[u8]) -> u128 {
                 0xdddd_eeee_ffff_0001,
             ),
         )
-    });
-    let one = |s: &ahash::RandomState| {
-        let mut h = s.build_hasher();
-        h.write(name);
-        h.finish()
-    };
-    (u128::from(one(a)) << 64) | u128::from(one(b))
+    })
+}
+
+fn hash_one(s: &ahash::RandomState, name: &[u8]) -> u64 {
+    let mut h = s.build_hasher();
+    h.write(name);
+    h.finish()
 }
 
 /// Hashes a `u128` fingerprint by taking its low half, and a `u64` name hash
@@ -290,6 +300,7 @@ mod tests {
         let names = [&b"a"[..], b"b", b"stats.x", b"", b"a.b.c;k=v"];
         let fps: Vec<u128> = names.iter().map(|n| fingerprint(n)).collect();
         for (i, fp) in fps.iter().enumerate() {
+            assert_eq!(fingerprint_lo(names[i]), *fp as u64);
             assert_ne!(*fp as u64, 0);
             assert_ne!((*fp >> 64) as u64, 0);
             assert_ne!(*fp as u64, (*fp >> 64) as u64);
