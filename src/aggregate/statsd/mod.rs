@@ -817,9 +817,14 @@ impl StatsdEngine {
             }
         }
         self.old_timestamp = ts;
+        // Every line ends with the same ` ts\n`: printed once here.
+        let mut ts_tail = Vec::with_capacity(24);
+        ts_tail.push(b' ');
+        write_js_number(&mut ts_tail, ts as f64);
+        ts_tail.push(b'\n');
         let mut w = LineWriter {
             out,
-            ts,
+            ts_tail: &ts_tail,
             lines: 0,
             suffix: &self.plan.suffix,
         };
@@ -1010,7 +1015,8 @@ enum Kind {
 /// rest (`;k=v...`) goes after the suffix.
 struct LineWriter<'a> {
     out: &'a mut Vec<u8>,
-    ts: i64,
+    /// ` ts\n`, the end of every line.
+    ts_tail: &'a [u8],
     lines: u64,
     suffix: &'a [u8],
 }
@@ -1049,9 +1055,7 @@ impl LineWriter<'_> {
     fn value_ts(&mut self, v: f64) {
         self.out.push(b' ');
         write_js_number(self.out, v);
-        self.out.push(b' ');
-        write_js_number(self.out, self.ts as f64);
-        self.out.push(b'\n');
+        self.out.extend_from_slice(self.ts_tail);
         self.lines += 1;
     }
 }
