@@ -15,35 +15,28 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 /// 1e-26 at 1M keys per shard. The seeds are fixed so that every shard (and a future
 /// owner-shard choice, `hash(name) % shards`) computes the same value in one process.
 pub fn fingerprint(name: &[u8]) -> u128 {
-    let (a, b) = fingerprint_states();
-    (u128::from(hash_one(a, name)) << 64) | u128::from(hash_one(b, name))
+    (u128::from(hash_one(&FINGERPRINT_HI, name)) << 64)
+        | u128::from(hash_one(&FINGERPRINT_LO, name))
 }
 
 /// The low half of [`fingerprint`], hashing once, where 64 bits are enough (set members).
 pub fn fingerprint_lo(name: &[u8]) -> u64 {
-    hash_one(&fingerprint_states().1, name)
+    hash_one(&FINGERPRINT_LO, name)
 }
 
-fn fingerprint_states() -> &'static (ahash::RandomState, ahash::RandomState) {
-    use std::sync::OnceLock;
-    static STATES: OnceLock<(ahash::RandomState, ahash::RandomState)> = OnceLock::new();
-    STATES.get_or_init(|| {
-        (
-            ahash::RandomState::with_seeds(
-                0x0000_0000_1234_5678,
-                0x0000_0000_9abc_def0,
-                0x0000_0000_0fed_cba9,
-                0x0000_0000_8765_4321,
-            ),
-            ahash::RandomState::with_seeds(
-                0x1111_2222_3333_4444,
-                0x5555_6666_7777_8888,
-                0x9999_aaaa_bbbb_cccc,
-                0xdddd_eeee_ffff_0001,
-            ),
-        )
-    })
-}
+// `with_seeds` is a `const fn`: the states are built at compile time, not on first use.
+static FINGERPRINT_HI: ahash::RandomState = ahash::RandomState::with_seeds(
+    0x0000_0000_1234_5678,
+    0x0000_0000_9abc_def0,
+    0x0000_0000_0fed_cba9,
+    0x0000_0000_8765_4321,
+);
+static FINGERPRINT_LO: ahash::RandomState = ahash::RandomState::with_seeds(
+    0x1111_2222_3333_4444,
+    0x5555_6666_7777_8888,
+    0x9999_aaaa_bbbb_cccc,
+    0xdddd_eeee_ffff_0001,
+);
 
 fn hash_one(s: &ahash::RandomState, name: &[u8]) -> u64 {
     let mut h = s.build_hasher();
