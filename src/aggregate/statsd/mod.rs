@@ -861,11 +861,9 @@ impl StatsdEngine {
         self.timers.iteration_order(&mut self.order);
         for &id in &self.order {
             let t = self.timers.value_mut(id);
-            match &t.sketch {
-                Some(_) => {}
-                None => t
-                    .values
-                    .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal)),
+            if t.sketch.is_none() {
+                t.values
+                    .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
             }
             let t = self.timers.value(id);
             let key = self.timers.name(id);
