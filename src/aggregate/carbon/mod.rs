@@ -404,7 +404,7 @@ impl CarbonAggregator {
 }
 
 /// Writes a decimal integer without allocating.
-pub(crate) fn write_i64(out: &mut Vec<u8>, v: i64) {
+fn write_i64(out: &mut Vec<u8>, v: i64) {
     use std::io::Write;
     let _ = write!(out, "{v}");
 }
