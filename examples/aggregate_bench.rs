@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use cadent::aggregate::statsd::parse::{Sample, Value};
 use cadent::aggregate::statsd::{StatsdConfig, StatsdEngine};
+use cadent::tools::SplitMix64;
 
 struct Counting;
 
@@ -100,12 +101,9 @@ impl Kind {
 
 fn shuffled(n: usize) -> Vec<u32> {
     let mut v: Vec<u32> = (0..n as u32).collect();
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut rng = SplitMix64(0x2545_f491_4f6c_dd1d);
     for i in (1..n).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.swap(i, (x % (i as u64 + 1)) as usize);
+        v.swap(i, rng.below(i + 1));
     }
     v
 }

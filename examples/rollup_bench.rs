@@ -5,8 +5,8 @@
 //! Usage: rollup_bench [KEYS...]   (default: 100000 1000000)
 //!
 //! Each case feeds every key one sample per simulated 10 s for 30 simulated minutes,
-//! calling `flush` every simulated second before that second's samples (so the shard's idle flush calls are in the
-//! cost too). Reported:
+//! calling `flush` every simulated second before that second's samples (so the shard's
+//! idle flush calls are in the cost too). Reported:
 //! - `samples_per_cpu_s`: samples ingested and flushed per CPU-second (getrusage, whole
 //!   run: ingest and every flush);
 //! - `flush_all_ms`: the single flush that emits every key (carbon: the computes due
@@ -25,6 +25,7 @@ use cadent::aggregate::carbon::{CarbonAggregator, CarbonConfig, Rules};
 use cadent::aggregate::rollup::{parse_resolutions, Rollup, RollupBatch, RollupConfig};
 
 fn cpu_seconds() -> f64 {
+    // SAFETY: rusage is plain integers, for which all-zero bytes are a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage writes into the struct we own.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };

@@ -4,4 +4,5 @@
 pub mod carbon;
 pub mod jsnum;
 pub mod rollup;
+mod slots;
 pub mod statsd;

@@ -26,11 +26,10 @@
 //! timestamp, `last` the one with the largest. On equal timestamps, `first` keeps the
 //! earliest arrival and `last` takes the latest arrival.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use super::carbon::name_hash;
+use super::slots::{Named, Slots};
 
 /// Open finest-level buckets per key: the previous (until a flush closes it), the
 /// current and the next.
@@ -177,6 +176,7 @@ impl Stats {
     }
 
     /// Adds `later`, whose samples arrived after this one's.
+    #[inline]
     pub fn merge(&mut self, later: &Stats) {
         self.sum += later.sum;
         self.count += later.count;
@@ -255,21 +255,6 @@ pub struct RollupCounters {
     pub dropped_hash_collision: u64,
 }
 
-#[derive(Default)]
-struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, _: &[u8]) {
-        unreachable!("only u64 keys")
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 /// A bucket at some level; `stats.count == 0` means empty.
 #[derive(Debug, Clone, Copy)]
 struct Level {
@@ -299,13 +284,20 @@ struct Key {
     levels: Box<[Level]>,
 }
 
+impl Named for Key {
+    fn name(&self) -> &[u8] {
+        &self.name
+    }
+    fn hash(&self) -> u64 {
+        self.hash
+    }
+}
+
 /// Rollups for one shard.
 pub struct Rollup {
     steps: Vec<i64>,
     keys_max: usize,
-    map: HashMap<u64, u32, BuildHasherDefault<IdentityHasher>>,
-    slots: Vec<Option<Key>>,
-    free: Vec<u32>,
+    keys: Slots<Key>,
     /// Finest-level boundary the last flush closed up to (`now - now % step0`).
     closed_until_s: i64,
     counters: RollupCounters,
@@ -329,9 +321,7 @@ impl Rollup {
         Rollup {
             steps,
             keys_max: cfg.keys_max,
-            map: HashMap::default(),
-            slots: Vec::new(),
-            free: Vec::new(),
+            keys: Slots::default(),
             closed_until_s: i64::MIN,
             counters: RollupCounters::default(),
         }
@@ -344,7 +334,7 @@ impl Rollup {
 
     /// Keys held now.
     pub fn keys(&self) -> usize {
-        self.map.len()
+        self.keys.len()
     }
 
     /// The next finest-step boundary after `now_s`: when the shard should flush next.
@@ -371,45 +361,26 @@ impl Rollup {
             return false;
         }
         let hash = name_hash(name);
-        let slot = match self.map.get(&hash) {
-            Some(&s) => {
-                if *self.slots[s as usize]
-                    .as_ref()
-                    .expect("mapped slot is live")
-                    .name
-                    != *name
-                {
-                    self.counters.dropped_hash_collision += 1;
-                    return false;
-                }
-                s
+        let slot = match self.keys.find(hash, name) {
+            Err(_) => {
+                self.counters.dropped_hash_collision += 1;
+                return false;
             }
-            None => {
-                if self.map.len() >= self.keys_max {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                if self.keys.len() >= self.keys_max {
                     self.counters.dropped_keys_full += 1;
                     return false;
                 }
-                let key = Key {
+                self.counters.keys_created += 1;
+                self.keys.insert(Key {
                     name: name.into(),
                     hash,
                     levels: vec![EMPTY; FINE_SLOTS + self.steps.len() - 1].into_boxed_slice(),
-                };
-                let s = match self.free.pop() {
-                    Some(s) => {
-                        self.slots[s as usize] = Some(key);
-                        s
-                    }
-                    None => {
-                        self.slots.push(Some(key));
-                        (self.slots.len() - 1) as u32
-                    }
-                };
-                self.map.insert(hash, s);
-                self.counters.keys_created += 1;
-                s
+                })
             }
         };
-        let key = self.slots[slot as usize].as_mut().expect("live slot");
+        let key = self.keys.get_mut(slot);
         let l = &mut key.levels[(start / step0).rem_euclid(FINE_SLOTS as i64) as usize];
         if l.stats.count == 0 {
             *l = Level {
@@ -417,23 +388,7 @@ impl Rollup {
                 stats: Stats::one(value, timestamp_s),
             };
         } else if l.start_s == start {
-            let s = &mut l.stats;
-            s.sum += value;
-            s.count += 1;
-            if value < s.min {
-                s.min = value;
-            }
-            if value > s.max {
-                s.max = value;
-            }
-            if timestamp_s < s.first_ts {
-                s.first = value;
-                s.first_ts = timestamp_s;
-            }
-            if timestamp_s >= s.last_ts {
-                s.last = value;
-                s.last_ts = timestamp_s;
-            }
+            l.stats.merge(&Stats::one(value, timestamp_s));
         } else {
             // A key created just now has only empty slots, so it is never left empty.
             if start > l.start_s {
@@ -460,8 +415,8 @@ impl Rollup {
         }
         let bounds = &bounds[..self.steps.len()];
         let before = out.points.len();
-        for slot in 0..self.slots.len() {
-            let Some(key) = self.slots[slot].as_mut() else {
+        for slot in 0..self.keys.capacity() {
+            let Some(key) = self.keys.slot_mut(slot) else {
                 continue;
             };
             let first_point = out.points.len();
@@ -475,10 +430,7 @@ impl Rollup {
             // nothing, so a steady key is not freed and re-made at every coarse
             // boundary (where all its levels close at once).
             if !emitted && key.levels.iter().all(|l| l.stats.count == 0) {
-                let hash = key.hash;
-                self.map.remove(&hash);
-                self.slots[slot] = None;
-                self.free.push(slot as u32);
+                self.keys.remove(slot);
                 self.counters.keys_expired += 1;
             }
         }
@@ -491,13 +443,11 @@ impl Rollup {
     /// bytes-per-key figure in tuning.md.
     pub fn heap_bytes(&self) -> usize {
         let keys: usize = self
-            .slots
+            .keys
             .iter()
-            .flatten()
             .map(|k| k.name.len() + k.levels.len() * std::mem::size_of::<Level>())
             .sum();
-        keys + self.slots.capacity() * std::mem::size_of::<Option<Key>>()
-            + self.map.capacity() * (std::mem::size_of::<(u64, u32)>() + 1)
+        keys + self.keys.heap_bytes()
     }
 }
 
@@ -639,22 +589,6 @@ mod tests {
         assert!(parse_resolutions::<&str>(&[]).is_err());
     }
 
-    /// splitmix64, seeded: the property tests' only source of randomness.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
     struct Emitted {
         flushed_at: i64,
         prev_flush: i64,
@@ -668,7 +602,8 @@ mod tests {
     type Sample = (Vec<u8>, f64, i64);
 
     fn run(seed: u64) -> (Vec<Emitted>, Vec<Sample>, Rollup) {
-        let mut rng = Rng(seed);
+        // Seeded: the property tests' only source of randomness.
+        let mut rng = crate::tools::SplitMix64(seed);
         let mut r = rollup(6);
         let mut now = 1_700_000_000 + rng.below(600) as i64;
         let mut prev_flush = i64::MIN;

@@ -21,9 +21,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cadent::aggregate::carbon::{CarbonAggregator, CarbonConfig, Rules};
+use cadent::tools::SplitMix64;
 use serde_json::{json, Value};
 
 const DRIVER: &str = concat!(
@@ -62,19 +63,12 @@ const APPS: &[&str] = &["web", "api", "db"];
 const HOSTS: &[&str] = &["h0", "h1", "h2", "h3", "x1", "x2"];
 const KINDS: &[&str] = &["requests", "latency", "mem"];
 
-struct Rng(u64);
+/// The scenario's draws, on the crate's seeded generator.
+struct Rng(SplitMix64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.below(n as usize) as u64
     }
     fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
@@ -110,7 +104,7 @@ const PHASES: &[(i64, bool)] = &[(300, true), (600, false), (250, true)];
 const START: i64 = 1_700_000_003;
 
 fn scenario(seed: u64) -> Vec<Op> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng(SplitMix64(seed));
     let mut ops = Vec::new();
     let mut last_seen: HashMap<String, i64> = HashMap::new();
     let mut now = START;
@@ -166,44 +160,6 @@ fn python_has_carbon(py: &Path) -> bool {
         && String::from_utf8_lossy(&o.stdout).trim() == CARBON_VERSION)
 }
 
-/// Runs the driver within `limit`; the child is killed by PID past it.
-fn run_driver(py: &Path, scenario: &Path, rules: &Path, out: &Path, limit: Duration) {
-    let mut child = Command::new(py)
-        .arg(DRIVER)
-        .arg(scenario)
-        .arg(rules)
-        .arg(out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the carbon driver");
-    let mut stderr = child.stderr.take().expect("piped");
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for the driver") {
-            let err = err.join().unwrap_or_default();
-            assert!(status.success(), "carbon driver failed: {status}\n{err}");
-            assert!(
-                !err.contains("Traceback"),
-                "carbon raised inside the run:\n{err}"
-            );
-            return;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("carbon driver ran past {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn check_seed(seed: u64) {
     let py = crate::whisper_diff::python();
     assert!(
@@ -230,12 +186,24 @@ fn check_seed(seed: u64) {
     let doc = json!({"rules": RULES, "max_intervals": 5, "forward_all": true, "ops": json_ops});
     std::fs::write(&scenario_path, doc.to_string()).unwrap();
     let out_path = dir.join("carbon.json");
-    run_driver(
-        &py,
-        &scenario_path,
-        &dir.join("aggregation-rules.conf"),
-        &out_path,
+    let mut driver = Command::new(&py);
+    driver
+        .arg(DRIVER)
+        .arg(&scenario_path)
+        .arg(dir.join("aggregation-rules.conf"))
+        .arg(&out_path);
+    // A failure or a run past the limit panics with what the driver said.
+    let peer = crate::support::run_peer(
+        driver,
+        Path::new("/dev/null"),
+        &dir,
+        "driver",
         Duration::from_secs(60),
+    );
+    assert!(
+        !peer.stderr.contains("Traceback"),
+        "carbon raised inside the run:\n{}",
+        peer.stderr
     );
     let carbon: Value = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
     assert_eq!(carbon["version"], CARBON_VERSION);
@@ -348,20 +316,6 @@ fn same_lines_as_carbon_aggregator() {
     }
 }
 
-/// The installed carbon-c-relay; missing is a failure, not a skip.
-fn crelay_bin() -> std::path::PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|dir| dir.join("carbon-c-relay"))
-                .find(|p| p.is_file())
-        })
-        .expect(
-            "carbon-c-relay not found in PATH: this test compares against it; \
-             run scripts/install-peers.sh",
-        )
-}
-
 /// The methods carbon lacks (`median`, `variance`, `stddev`) against a running
 /// carbon-c-relay 3.7.3 aggregator, whose definitions they follow. c-relay writes
 /// `%f` (six decimals), so values agree to 5e-7. Every group's values carry one
@@ -373,7 +327,7 @@ fn median_variance_stddev_as_carbon_c_relay() {
     use cadent::aggregate::carbon::Method;
     use std::io::Write;
 
-    let bin = crelay_bin();
+    let bin = crate::support::peer_bin("carbon-c-relay", &[]);
     let dir = crate::support::temp_dir("carbonagg-crelay");
     let sink = crate::support::Sink::start();
     let listen = crate::support::free_port();
@@ -414,7 +368,7 @@ fn median_variance_stddev_as_carbon_c_relay() {
         panic!("carbon-c-relay did not listen on {addr}");
     };
 
-    let mut rng = Rng(42);
+    let mut rng = Rng(SplitMix64(42));
     let groups = 40;
     let mut expected = Vec::new();
     let now = std::time::SystemTime::now()

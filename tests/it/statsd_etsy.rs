@@ -28,7 +28,7 @@ use cadent::aggregate::statsd::{
     Bin, GraphiteWriteStats, HistogramRule, StatsdConfig, StatsdEngine,
 };
 
-use crate::support::{free_port, temp_dir};
+use crate::support::{free_port, run_peer, temp_dir};
 
 const NODE_MODULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.peers/node/node_modules");
 
@@ -782,23 +782,12 @@ process.stdout.write(out.join('\n'));
         input.push_str(if hex.is_empty() { "20" } else { &hex });
         input.push('\n');
     }
-    let mut child = Command::new(node())
-        .args(["-e", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
+    let dir = temp_dir("jsnum");
+    let input_path = dir.join("input");
+    std::fs::write(&input_path, &input).unwrap();
+    let mut cmd = Command::new(node());
+    cmd.args(["-e", script]);
+    let text = run_peer(cmd, &input_path, &dir, "node", Duration::from_secs(60)).stdout;
     let got: Vec<&str> = text.split('\n').collect();
     assert_eq!(got.len(), values.len() + strings.len());
     let mut errs = Vec::new();

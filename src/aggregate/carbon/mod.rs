@@ -43,13 +43,14 @@ pub mod method;
 pub mod rules;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::BinaryHeap;
 
 pub use method::{Method, Value};
 pub use rules::{Rule, RuleError, Rules, RulesError};
 
 use method::Acc;
+
+use super::slots::{Named, Slots};
 
 /// Which end of a bucket its emitted timestamp names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -143,24 +144,6 @@ pub fn name_hash(name: &[u8]) -> u64 {
     .hash_one(name)
 }
 
-/// The map from name hash to slot takes the hash as it is.
-#[derive(Default)]
-struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, _: &[u8]) {
-        unreachable!("only u64 keys")
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type SlotMap = HashMap<u64, u32, BuildHasherDefault<IdentityHasher>>;
-
 #[derive(Debug)]
 struct Bucket {
     interval_s: i64,
@@ -184,14 +167,21 @@ struct Key {
     values: Vec<Vec<f64>>,
 }
 
+impl Named for Key {
+    fn name(&self) -> &[u8] {
+        &self.name
+    }
+    fn hash(&self) -> u64 {
+        self.hash
+    }
+}
+
 /// carbon-aggregator's engine for one shard.
 pub struct CarbonAggregator {
     cfg: CarbonConfig,
     rules: Vec<Rule>,
     locs: Vec<regex::bytes::CaptureLocations>,
-    map: SlotMap,
-    slots: Vec<Option<Key>>,
-    free: Vec<u32>,
+    keys: Slots<Key>,
     /// (due second, slot): one entry per live key.
     schedule: BinaryHeap<Reverse<(i64, u32)>>,
     name_buf: Vec<u8>,
@@ -213,9 +203,7 @@ impl CarbonAggregator {
             cfg,
             rules: rules.rules,
             locs,
-            map: SlotMap::default(),
-            slots: Vec::new(),
-            free: Vec::new(),
+            keys: Slots::default(),
             schedule: BinaryHeap::new(),
             name_buf: Vec::with_capacity(256),
             sort_buf: Vec::new(),
@@ -230,7 +218,7 @@ impl CarbonAggregator {
 
     /// Output names held now.
     pub fn keys(&self) -> usize {
-        self.map.len()
+        self.keys.len()
     }
 
     /// The earliest second at which `flush` has work, if any: the shard may sleep
@@ -271,18 +259,11 @@ impl CarbonAggregator {
 
     fn add(&mut self, out_name: &[u8], freq: u32, method: Method, v: f64, ts: i64, now: i64) {
         let hash = name_hash(out_name);
-        let slot = self.map.get(&hash).copied();
-        let key = slot.map(|s| {
-            self.slots[s as usize]
-                .as_mut()
-                .expect("mapped slot is live")
-        });
-        if let Some(k) = &key {
-            if *k.name != *out_name {
-                self.counters.dropped_hash_collision += 1;
-                return;
-            }
-        }
+        let Ok(slot) = self.keys.find(hash, out_name) else {
+            self.counters.dropped_hash_collision += 1;
+            return;
+        };
+        let key = slot.map(|s| self.keys.get_mut(s));
         // The name's existing schedule decides, as carbon's configured buffer does.
         let (freq, method) = key
             .as_ref()
@@ -318,7 +299,7 @@ impl CarbonAggregator {
         let slot = match slot {
             Some(s) => s,
             None => {
-                if self.map.len() >= self.cfg.keys_max {
+                if self.keys.len() >= self.cfg.keys_max {
                     self.counters.dropped_keys_full += 1;
                     return;
                 }
@@ -331,23 +312,13 @@ impl CarbonAggregator {
                     buckets: Vec::with_capacity(2),
                     values: Vec::new(),
                 };
-                let s = match self.free.pop() {
-                    Some(s) => {
-                        self.slots[s as usize] = Some(key);
-                        s
-                    }
-                    None => {
-                        self.slots.push(Some(key));
-                        (self.slots.len() - 1) as u32
-                    }
-                };
-                self.map.insert(hash, s);
+                let s = self.keys.insert(key);
                 self.schedule.push(Reverse((now + f, s)));
                 self.counters.keys_created += 1;
                 s
             }
         };
-        let k = self.slots[slot as usize].as_mut().expect("live slot");
+        let k = self.keys.get_mut(slot);
         let mut b = Bucket {
             interval_s: interval,
             active: true,
@@ -370,9 +341,7 @@ impl CarbonAggregator {
                 break;
             }
             self.schedule.pop();
-            let k = self.slots[slot as usize]
-                .as_mut()
-                .expect("scheduled slot is live");
+            let k = self.keys.get_mut(slot);
             let f = i64::from(k.frequency_s);
             let threshold = interval_of(now_s, f) - i64::from(self.cfg.max_intervals) * f;
             let shift = match self.cfg.timestamp_at {
@@ -404,10 +373,7 @@ impl CarbonAggregator {
                 }
             }
             if k.buckets.is_empty() {
-                let hash = k.hash;
-                self.map.remove(&hash);
-                self.slots[slot as usize] = None;
-                self.free.push(slot);
+                self.keys.remove(slot);
                 self.counters.keys_expired += 1;
             } else {
                 // twisted's LoopingCall: the next multiple of the period after now.
@@ -423,9 +389,8 @@ impl CarbonAggregator {
     /// map and schedule), for the bytes-per-key figure in tuning.md.
     pub fn heap_bytes(&self) -> usize {
         let keys: usize = self
-            .slots
+            .keys
             .iter()
-            .flatten()
             .map(|k| {
                 k.name.len()
                     + k.buckets.capacity() * std::mem::size_of::<Bucket>()
@@ -433,14 +398,13 @@ impl CarbonAggregator {
                     + k.values.iter().map(|v| v.capacity() * 8).sum::<usize>()
             })
             .sum();
-        keys + self.slots.capacity() * std::mem::size_of::<Option<Key>>()
-            + self.map.capacity() * (std::mem::size_of::<(u64, u32)>() + 1)
+        keys + self.keys.heap_bytes()
             + self.schedule.capacity() * std::mem::size_of::<Reverse<(i64, u32)>>()
     }
 }
 
 /// Writes a decimal integer without allocating.
-pub(crate) fn write_i64(out: &mut Vec<u8>, v: i64) {
+fn write_i64(out: &mut Vec<u8>, v: i64) {
     use std::io::Write;
     let _ = write!(out, "{v}");
 }

@@ -22,7 +22,7 @@ use crate::aggregate::jsnum::{js_number_string, write_js_number};
 pub use parse::TagMode;
 use parse::{KeyScratch, Reject, Sample, Value};
 use sketch::Sketch;
-use table::{fingerprint, FingerprintBuild, Table};
+use table::{fingerprint, fingerprint_lo, FingerprintBuild, Table};
 
 /// One histogram bin bound.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -265,6 +265,18 @@ struct TimerSketch {
     sum_squares: f64,
     min: f64,
     max: f64,
+}
+
+impl TimerSketch {
+    /// Counts one value: into the sketch, and into the exact sums and bounds.
+    #[inline]
+    fn add(&mut self, v: f64) {
+        self.sketch.insert(v);
+        self.sum += v;
+        self.sum_squares += v * v;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+    }
 }
 
 struct Gauge {
@@ -543,11 +555,10 @@ fn js_round(x: f64) -> f64 {
 /// A set member's identity: a 64-bit hash of the text node would see (bytes that are
 /// not UTF-8 become U+FFFD, so they are hashed that way).
 fn member_hash(v: &[u8]) -> u64 {
-    let fp = match std::str::from_utf8(v) {
-        Ok(_) => fingerprint(v),
-        Err(_) => fingerprint(String::from_utf8_lossy(v).as_bytes()),
-    };
-    fp as u64
+    match std::str::from_utf8(v) {
+        Ok(_) => fingerprint_lo(v),
+        Err(_) => fingerprint_lo(String::from_utf8_lossy(v).as_bytes()),
+    }
 }
 
 impl StatsdEngine {
@@ -671,13 +682,7 @@ impl StatsdEngine {
                 let t = self.timers.value_mut(id);
                 t.count += inv_rate;
                 match &mut t.sketch {
-                    Some(s) => {
-                        s.sketch.insert(v);
-                        s.sum += v;
-                        s.sum_squares += v * v;
-                        s.min = s.min.min(v);
-                        s.max = s.max.max(v);
-                    }
+                    Some(s) => s.add(v),
                     None if t.values.len() < max => t.values.push(v),
                     None => {
                         let mut s = Box::new(TimerSketch {
@@ -688,11 +693,7 @@ impl StatsdEngine {
                             max: f64::NEG_INFINITY,
                         });
                         for &x in t.values.iter().chain(std::iter::once(&v)) {
-                            s.sketch.insert(x);
-                            s.sum += x;
-                            s.sum_squares += x * x;
-                            s.min = s.min.min(x);
-                            s.max = s.max.max(x);
+                            s.add(x);
                         }
                         t.values = Vec::new();
                         t.sketch = Some(s);
@@ -816,9 +817,14 @@ impl StatsdEngine {
             }
         }
         self.old_timestamp = ts;
+        // Every line ends with the same ` ts\n`: printed once here.
+        let mut ts_tail = Vec::with_capacity(24);
+        ts_tail.push(b' ');
+        write_js_number(&mut ts_tail, ts as f64);
+        ts_tail.push(b'\n');
         let mut w = LineWriter {
             out,
-            ts,
+            ts_tail: &ts_tail,
             lines: 0,
             suffix: &self.plan.suffix,
         };
@@ -855,11 +861,9 @@ impl StatsdEngine {
         self.timers.iteration_order(&mut self.order);
         for &id in &self.order {
             let t = self.timers.value_mut(id);
-            match &t.sketch {
-                Some(_) => {}
-                None => t
-                    .values
-                    .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal)),
+            if t.sketch.is_none() {
+                t.values
+                    .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
             }
             let t = self.timers.value(id);
             let key = self.timers.name(id);
@@ -1009,7 +1013,8 @@ enum Kind {
 /// rest (`;k=v...`) goes after the suffix.
 struct LineWriter<'a> {
     out: &'a mut Vec<u8>,
-    ts: i64,
+    /// ` ts\n`, the end of every line.
+    ts_tail: &'a [u8],
     lines: u64,
     suffix: &'a [u8],
 }
@@ -1048,9 +1053,7 @@ impl LineWriter<'_> {
     fn value_ts(&mut self, v: f64) {
         self.out.push(b' ');
         write_js_number(self.out, v);
-        self.out.push(b' ');
-        write_js_number(self.out, self.ts as f64);
-        self.out.push(b'\n');
+        self.out.extend_from_slice(self.ts_tail);
         self.lines += 1;
     }
 }

@@ -61,13 +61,6 @@ impl Sketch {
         self.n == 0
     }
 
-    /// Forgets every value, keeping the bucket memory.
-    pub fn clear(&mut self) {
-        self.counts.iter_mut().for_each(|c| *c = 0);
-        self.zero = 0;
-        self.n = 0;
-    }
-
     fn index_of(&self, v: f64) -> i32 {
         (v.ln() / self.gamma_ln).ceil() as i32
     }
@@ -144,47 +137,30 @@ impl Sketch {
         )
     }
 
-    /// Calls `f(representative, count)` for every non-empty bucket, lowest first.
-    pub fn for_each_bucket(&self, mut f: impl FnMut(f64, u64)) {
-        for (v, c) in self.buckets() {
-            f(v, c);
-        }
-    }
-
     /// The representative of the value at 0-based rank `r` (ascending), `r < len()`.
     pub fn value_at_rank(&self, r: u64) -> f64 {
         debug_assert!(r < self.n);
         let mut seen = 0;
-        let mut found = 0.0;
-        let mut done = false;
-        self.for_each_bucket(|v, c| {
-            if !done {
-                seen += c;
-                if r < seen {
-                    found = v;
-                    done = true;
-                }
+        for (v, c) in self.buckets() {
+            seen += c;
+            if r < seen {
+                return v;
             }
-        });
-        found
+        }
+        0.0
     }
 
     /// Sum and sum of squares of the representatives of the lowest `k` values.
     pub fn sums_lowest(&self, k: u64) -> (f64, f64) {
         let mut left = k;
         let (mut s, mut sq) = (0.0, 0.0);
-        self.for_each_bucket(|v, c| {
+        for (v, c) in self.buckets() {
             let take = c.min(left);
             left -= take;
             s += v * take as f64;
             sq += v * v * take as f64;
-        });
+        }
         (s, sq)
-    }
-
-    /// Bytes this sketch holds, for sizing.
-    pub fn bytes(&self) -> usize {
-        std::mem::size_of::<Sketch>() + self.counts.capacity() * 8
     }
 }
 

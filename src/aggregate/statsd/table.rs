@@ -15,33 +15,37 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 /// 1e-26 at 1M keys per shard. The seeds are fixed so that every shard (and a future
 /// owner-shard choice, `hash(name) % shards`) computes the same value in one process.
 pub fn fingerprint(name: &[u8]) -> u128 {
-    use std::sync::OnceLock;
-    static STATES: OnceLock<(ahash::RandomState, ahash::RandomState)> = OnceLock::new();
-    let (a, b) = STATES.get_or_init(|| {
-        (
-            ahash::RandomState::with_seeds(
-                0x0000_0000_1234_5678,
-                0x0000_0000_9abc_def0,
-                0x0000_0000_0fed_cba9,
-                0x0000_0000_8765_4321,
-            ),
-            ahash::RandomState::with_seeds(
-                0x1111_2222_3333_4444,
-                0x5555_6666_7777_8888,
-                0x9999_aaaa_bbbb_cccc,
-                0xdddd_eeee_ffff_0001,
-            ),
-        )
-    });
-    let one = |s: &ahash::RandomState| {
-        let mut h = s.build_hasher();
-        h.write(name);
-        h.finish()
-    };
-    (u128::from(one(a)) << 64) | u128::from(one(b))
+    (u128::from(hash_one(&FINGERPRINT_HI, name)) << 64)
+        | u128::from(hash_one(&FINGERPRINT_LO, name))
 }
 
-/// Hashes a `u128` fingerprint by taking its low half: it is already a good hash.
+/// The low half of [`fingerprint`], hashing once, where 64 bits are enough (set members).
+pub fn fingerprint_lo(name: &[u8]) -> u64 {
+    hash_one(&FINGERPRINT_LO, name)
+}
+
+// `with_seeds` is a `const fn`: the states are built at compile time, not on first use.
+static FINGERPRINT_HI: ahash::RandomState = ahash::RandomState::with_seeds(
+    0x0000_0000_1234_5678,
+    0x0000_0000_9abc_def0,
+    0x0000_0000_0fed_cba9,
+    0x0000_0000_8765_4321,
+);
+static FINGERPRINT_LO: ahash::RandomState = ahash::RandomState::with_seeds(
+    0x1111_2222_3333_4444,
+    0x5555_6666_7777_8888,
+    0x9999_aaaa_bbbb_cccc,
+    0xdddd_eeee_ffff_0001,
+);
+
+fn hash_one(s: &ahash::RandomState, name: &[u8]) -> u64 {
+    let mut h = s.build_hasher();
+    h.write(name);
+    h.finish()
+}
+
+/// Hashes a `u128` fingerprint by taking its low half, and a `u64` name hash
+/// ([`crate::aggregate::carbon::name_hash`]) as it is: both are already good hashes.
 #[derive(Default, Clone, Copy)]
 pub struct FingerprintHasher(u64);
 
@@ -63,7 +67,7 @@ impl Hasher for FingerprintHasher {
     }
 }
 
-/// `BuildHasher` for maps keyed by fingerprints.
+/// `BuildHasher` for maps keyed by fingerprints or name hashes.
 pub type FingerprintBuild = BuildHasherDefault<FingerprintHasher>;
 
 /// A fingerprint as the index stores it: two `u64`s, so an index entry with its `u32`
@@ -289,6 +293,7 @@ mod tests {
         let names = [&b"a"[..], b"b", b"stats.x", b"", b"a.b.c;k=v"];
         let fps: Vec<u128> = names.iter().map(|n| fingerprint(n)).collect();
         for (i, fp) in fps.iter().enumerate() {
+            assert_eq!(fingerprint_lo(names[i]), *fp as u64);
             assert_ne!(*fp as u64, 0);
             assert_ne!((*fp >> 64) as u64, 0);
             assert_ne!(*fp as u64, (*fp >> 64) as u64);
