@@ -200,16 +200,8 @@ impl PythonRing {
                 out.push(self.entries[0].member as usize);
                 return;
             }
-            let mut seen = SeenMembers::new(self.members);
-            for at in lap {
-                let member = self.entries[at].member as usize;
-                if seen.insert(member, || out.contains(&member)) {
-                    out.push(member);
-                    if out.len() == wanted {
-                        return;
-                    }
-                }
-            }
+            let met = lap.map(|at| self.entries[at].member as usize);
+            SeenMembers::new(self.members).push_new(met, wanted, out);
             return;
         }
 
@@ -236,15 +228,7 @@ impl PythonRing {
             // Large rings search `out` instead, which already holds these.
             pushed.insert(member, || true);
         }
-        for at in lap {
-            let member = self.entries[at].member as usize;
-            if pushed.insert(member, || out.contains(&member)) {
-                out.push(member);
-                if out.len() == wanted {
-                    return;
-                }
-            }
-        }
+        pushed.push_new(lap.map(|at| self.entries[at].member as usize), wanted, out);
     }
 
     /// The ring's entries in order, as (position, member index): carbon's

@@ -173,20 +173,8 @@ impl StatsdRing {
             at += 1;
         }
         debug_assert_eq!(at, self.entries.partition_point(|e| e.value < hash));
-        let mut seen = SeenMembers::new(self.members);
-        for _ in 0..len {
-            if at == len {
-                at = 0;
-            }
-            let member = self.entries[at].member as usize;
-            if seen.insert(member, || out.contains(&member)) {
-                out.push(member);
-                if out.len() == wanted {
-                    return;
-                }
-            }
-            at += 1;
-        }
+        let met = self.entries[at..].iter().chain(&self.entries[..at]);
+        SeenMembers::new(self.members).push_new(met.map(|e| e.member as usize), wanted, out);
     }
 
     /// The ring's points in order, as (value, member index): hashring's `ring`.
