@@ -36,8 +36,7 @@
 //! - With one node carbon yields it twice (a special case plus the loop); its client
 //!   sends to the set of destinations, so the duplicate has no effect. We list it once.
 
-use super::ring::{RingMember, SeenMembers};
-use md5::{Digest, Md5};
+use super::ring::{md5_position, RingMember, SeenMembers};
 use std::fmt::Write as _;
 
 /// Positions each node owns: `ConsistentHashRing`'s `replica_count` default, which
@@ -246,11 +245,6 @@ impl PythonRing {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
-}
-
-fn md5_position(key: &[u8]) -> u16 {
-    let digest = Md5::digest(key);
-    u16::from_be_bytes([digest[0], digest[1]])
 }
 
 /// Writes `"%s:%d" % ((host, instance), replica)` as Python 3 formats it.
