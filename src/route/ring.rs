@@ -306,11 +306,12 @@ fn write_node_key(buf: &mut String, member: &RingMember<'_>, replica: usize) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn member<'a>(spec: &'a str) -> RingMember<'a> {
-        // "host:port" or "host:port=instance"; IPv4 and names only, enough here.
+    /// A member from `"host:port"` or `"host:port=instance"`; IPv4 and names only,
+    /// enough for the rings' tests.
+    pub(in crate::route) fn member(spec: &str) -> RingMember<'_> {
         let (addr, instance) = match spec.split_once('=') {
             Some((addr, instance)) => (addr, Some(instance)),
             None => (spec, None),
@@ -321,6 +322,18 @@ mod tests {
             port: port.parse().expect("port"),
             instance,
         }
+    }
+
+    /// One member per host, all on `port`, without instances.
+    pub(in crate::route) fn members_on(hosts: &[String], port: u16) -> Vec<RingMember<'_>> {
+        hosts
+            .iter()
+            .map(|h| RingMember {
+                host: h,
+                port,
+                instance: None,
+            })
+            .collect()
     }
 
     /// Routes `name` and returns the chosen members written as their specs.

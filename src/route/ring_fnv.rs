@@ -362,19 +362,7 @@ fn merge_sort_with_tmp<T: Copy>(v: &mut [T], tmp: &mut Vec<T>, cmp: impl Fn(&T, 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn member(spec: &str) -> RingMember<'_> {
-        let (addr, instance) = match spec.split_once('=') {
-            Some((addr, instance)) => (addr, Some(instance)),
-            None => (spec, None),
-        };
-        let (host, port) = addr.rsplit_once(':').expect("host:port");
-        RingMember {
-            host,
-            port: port.parse().expect("port"),
-            instance,
-        }
-    }
+    use crate::route::ring::tests::{member, members_on};
 
     fn fnv_route(specs: &[&str], n: usize, name: &str) -> Vec<String> {
         let members: Vec<RingMember<'_>> = specs.iter().map(|s| member(s)).collect();
@@ -559,14 +547,7 @@ mod tests {
         let hosts: Vec<String> = (0..300)
             .map(|i| format!("10.0.{}.{}", i / 250, i % 250))
             .collect();
-        let members: Vec<RingMember<'_>> = hosts
-            .iter()
-            .map(|h| RingMember {
-                host: h,
-                port: 2003,
-                instance: None,
-            })
-            .collect();
+        let members = members_on(&hosts, 2003);
         let ring = JumpRing::new(&members);
         let mut out = Vec::new();
         for i in 0..50 {
@@ -597,14 +578,7 @@ mod tests {
         let hosts: Vec<String> = (0..700)
             .map(|i| format!("10.8.{}.{}", i / 250, i % 250))
             .collect();
-        let members: Vec<RingMember<'_>> = hosts
-            .iter()
-            .map(|h| RingMember {
-                host: h,
-                port: 2003,
-                instance: None,
-            })
-            .collect();
+        let members = members_on(&hosts, 2003);
         let ring = FnvRing::new(&members);
         assert!(ring.ring.first_at.is_empty());
         let points: Vec<(u16, usize)> = ring.points().collect();

@@ -311,19 +311,7 @@ fn py_printable(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn member(spec: &str) -> RingMember<'_> {
-        let (addr, instance) = match spec.split_once('=') {
-            Some((addr, instance)) => (addr, Some(instance)),
-            None => (spec, None),
-        };
-        let (host, port) = addr.rsplit_once(':').expect("host:port");
-        RingMember {
-            host,
-            port: port.parse().expect("port"),
-            instance,
-        }
-    }
+    use crate::route::ring::tests::{member, members_on};
 
     fn route(specs: &[&str], diverse: bool, n: usize, name: &str) -> Vec<String> {
         let members: Vec<RingMember<'_>> = specs.iter().map(|s| member(s)).collect();
@@ -439,14 +427,7 @@ mod tests {
             .filter(|h| md5_position(format!("('{h}', None):0").as_bytes()) == 65535)
             .take(2)
             .collect();
-        let members: Vec<RingMember<'_>> = hosts
-            .iter()
-            .map(|h| RingMember {
-                host: h,
-                port: 2003,
-                instance: None,
-            })
-            .collect();
+        let members = members_on(&hosts, 2003);
         let ring = PythonRing::new(&members, false);
         let top: Vec<Entry> = ring
             .entries

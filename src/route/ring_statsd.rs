@@ -196,17 +196,7 @@ impl StatsdRing {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn members<'a>(hosts: &'a [String], port: u16) -> Vec<RingMember<'a>> {
-        hosts
-            .iter()
-            .map(|h| RingMember {
-                host: h,
-                port,
-                instance: None,
-            })
-            .collect()
-    }
+    use crate::route::ring::tests::members_on as members;
 
     fn hosts(n: usize) -> Vec<String> {
         (1..=n).map(|i| format!("127.0.0.{i}")).collect()
