@@ -322,23 +322,7 @@ fn names() -> Vec<String> {
 /// so these pin how a whole tie is owned, not only its first entry. One pass
 /// serves every scenario: each try hashes one candidate name.
 fn names_on_ties(tied: &[u16]) -> Vec<String> {
-    let mut wanted: BTreeMap<u16, Option<String>> = tied.iter().map(|&p| (p, None)).collect();
-    let mut missing = wanted.len();
-    let mut name = String::new();
-    // About 65536 * ln(missing) tries; the bound leaves a wide margin.
-    for k in 0..8_000_000u32 {
-        if missing == 0 {
-            break;
-        }
-        name.clear();
-        let _ = write!(name, "tie.k{k}");
-        if let Some(slot @ None) = wanted.get_mut(&CarbonRing::position(name.as_bytes())) {
-            *slot = Some(name.clone());
-            missing -= 1;
-        }
-    }
-    assert_eq!(missing, 0, "no name found for some tied positions");
-    wanted.into_values().flatten().collect()
+    crate::support::names_at_positions(tied.iter().copied(), "tie.k", CarbonRing::position)
 }
 
 /// Ring positions c-relay holds more than once for `scenario`, at most
@@ -405,28 +389,16 @@ fn crelay_ring_positions(conf: &Path, dir: &Path) -> Vec<u16> {
     let mut cmd = Command::new(crelay_bin());
     cmd.args(["-t", "-d", "-f"]).arg(conf);
     let stdout = run(cmd, &stdin, dir, "ring");
-    let positions: Vec<u16> = stdout
-        .lines()
-        .skip_while(|l| !l.starts_with("# hash ring for c follows"))
-        .skip(1)
-        .take_while(|l| !l.trim().is_empty())
-        .flat_map(str::split_whitespace)
-        .map(|cell| {
-            let (pos, _) = cell.split_once('@').expect("ring cell is POS@server");
-            pos.parse().expect("ring position")
-        })
-        .collect();
-    assert!(
-        !positions.is_empty(),
-        "no ring in c-relay -d output:\n{stdout}"
-    );
-    positions
+    crate::support::crelay_ring_cells(&stdout)
+        .into_iter()
+        .map(|(pos, _)| pos.parse().expect("ring position"))
+        .collect()
 }
 
 /// c-relay's answers for `names` (already cut at `;`) under `conf`.
 fn crelay_routes(conf: &Path, names: &[&str], members: &[Member], dir: &Path) -> Routes {
     let stdin = dir.join("crelay.in");
-    fs::write(&stdin, lines(names)).expect("write c-relay stdin");
+    fs::write(&stdin, crate::support::lines(names)).expect("write c-relay stdin");
     let mut cmd = Command::new(crelay_bin());
     cmd.arg("-t").arg("-f").arg(conf);
     let stdout = run(cmd, &stdin, dir, "crelay");
@@ -442,45 +414,25 @@ fn crelay_routes(conf: &Path, names: &[&str], members: &[Member], dir: &Path) ->
     routes
 }
 
-/// Reads the per-name blocks of c-relay's `-t` output. The config echo before
-/// them never has a line that is exactly `match`, so that line starts a block.
+/// Reads the per-name blocks of c-relay's `-t` output, naming each chosen server by
+/// its member's spec.
 fn parse_crelay_routes(stdout: &str, members: &[Member]) -> Routes {
     let by_addr: BTreeMap<&str, &str> = members.iter().map(|m| (m.addr, m.spec)).collect();
-    let mut routes = Routes::new();
-    let mut in_block = false;
-    let mut in_cluster = false;
-    for line in stdout.lines() {
-        let trimmed = line.trim();
-        if line == "match" {
-            in_block = true;
-            in_cluster = false;
-        } else if !in_block {
-            continue;
-        } else if let Some(name) = line.trim_start().strip_prefix("* -> ") {
-            routes.push((name.to_string(), Vec::new()));
-        } else if trimmed == "carbon_ch(c)" {
-            in_cluster = true;
-        } else if trimmed == "stop" {
-            in_block = false;
-            in_cluster = false;
-        } else if in_cluster && !trimmed.starts_with("hash_pos(") {
-            let spec = by_addr
-                .get(trimmed)
-                .unwrap_or_else(|| panic!("c-relay chose unknown server {trimmed:?}"));
-            let (_, chosen) = routes.last_mut().expect("server line inside a block");
-            chosen.push(spec.to_string());
-        }
-    }
-    routes
-}
-
-fn lines(names: &[&str]) -> String {
-    let mut out = String::with_capacity(names.iter().map(|n| n.len() + 1).sum());
-    for name in names {
-        out.push_str(name);
-        out.push('\n');
-    }
-    out
+    crate::support::crelay_test_blocks(stdout, "carbon_ch(c)")
+        .into_iter()
+        .map(|(name, servers)| {
+            let chosen = servers
+                .into_iter()
+                .map(|server| {
+                    let spec = by_addr
+                        .get(server)
+                        .unwrap_or_else(|| panic!("c-relay chose unknown server {server:?}"));
+                    spec.to_string()
+                })
+                .collect();
+            (name.to_string(), chosen)
+        })
+        .collect()
 }
 
 /// Compares answers name by name; returns how many differ, printing the first 20.
@@ -572,14 +524,13 @@ fn carbon_ch_library_matches_crelay() {
 fn cadent_hash_cli_matches_crelay() {
     let scenarios: Vec<&Scenario> = SCENARIOS.iter().collect();
     let names = names_for(&scenarios, "cli");
-    let full: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut compared = 0;
     let mut differ = 0;
     for scenario in scenarios {
         let reference = reference(scenario, &names, "cli");
         let dir = &reference.dir;
         let stdin = dir.join("cadent.in");
-        fs::write(&stdin, lines(&full)).expect("write cadent stdin");
+        fs::write(&stdin, crate::support::lines(&names)).expect("write cadent stdin");
         for (replication, expected) in &reference.answers {
             let config = dir.join(format!("cadent-r{replication}.toml"));
             fs::write(&config, cadent_config(scenario, *replication)).expect("write cadent config");

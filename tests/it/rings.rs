@@ -18,7 +18,7 @@ use cadent::route::ring_fnv::{FnvRing, JumpRing};
 use cadent::route::ring_python::PythonRing;
 use cadent::route::ring_statsd::StatsdRing;
 use cadent::tools::SplitMix64;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -160,15 +160,6 @@ fn names(seed: u64, high_bytes: bool) -> Vec<String> {
         if seen.insert(name.clone()) {
             out.push(name);
         }
-    }
-    out
-}
-
-fn lines(names: &[String]) -> String {
-    let mut out = String::with_capacity(names.iter().map(|n| n.len() + 1).sum());
-    for name in names {
-        out.push_str(name);
-        out.push('\n');
     }
     out
 }
@@ -369,22 +360,15 @@ fn crelay_ring(conf: &Path, members: &[Member], dir: &Path) -> Vec<(u16, usize)>
     let mut cmd = Command::new(peer_bin("carbon-c-relay", &["/usr/bin", "/usr/local/bin"]));
     cmd.args(["-t", "-d", "-f"]).arg(conf);
     let stdout = run(cmd, &stdin, dir, "ring");
-    let ring: Vec<(u16, usize)> = stdout
-        .lines()
-        .skip_while(|l| !l.starts_with("# hash ring for c follows"))
-        .skip(1)
-        .take_while(|l| !l.trim().is_empty())
-        .flat_map(str::split_whitespace)
-        .map(|cell| {
-            let (pos, server) = cell.split_once('@').expect("ring cell is POS@server");
+    crate::support::crelay_ring_cells(&stdout)
+        .into_iter()
+        .map(|(pos, server)| {
             (
                 pos.parse().expect("ring position"),
                 member_of(server, members),
             )
         })
-        .collect();
-    assert!(!ring.is_empty(), "no ring in c-relay -d output:\n{stdout}");
-    ring
+        .collect()
 }
 
 /// c-relay's `-t` answers: for each name, the members it picked, in order.
@@ -396,32 +380,12 @@ fn crelay_routes(
     dir: &Path,
 ) -> Vec<Vec<usize>> {
     let stdin = dir.join("names.in");
-    fs::write(&stdin, lines(names)).expect("write c-relay stdin");
+    fs::write(&stdin, crate::support::lines(names)).expect("write c-relay stdin");
     let mut cmd = Command::new(peer_bin("carbon-c-relay", &["/usr/bin", "/usr/local/bin"]));
     cmd.arg("-t").arg("-f").arg(conf);
     let stdout = run(cmd, &stdin, dir, "routes");
     let cluster_line = format!("{}(c)", kind.keyword());
-    let mut routes: Vec<(String, Vec<usize>)> = Vec::new();
-    let (mut in_block, mut in_cluster) = (false, false);
-    for line in stdout.lines() {
-        let trimmed = line.trim();
-        if line == "match" {
-            in_block = true;
-            in_cluster = false;
-        } else if !in_block {
-            continue;
-        } else if let Some(name) = line.trim_start().strip_prefix("* -> ") {
-            routes.push((name.to_string(), Vec::new()));
-        } else if trimmed == cluster_line {
-            in_cluster = true;
-        } else if trimmed == "stop" {
-            in_block = false;
-            in_cluster = false;
-        } else if in_cluster {
-            let (_, chosen) = routes.last_mut().expect("server line inside a block");
-            chosen.push(member_of(trimmed, members));
-        }
-    }
+    let routes = crate::support::crelay_test_blocks(&stdout, &cluster_line);
     assert_eq!(
         routes.len(),
         names.len(),
@@ -433,7 +397,10 @@ fn crelay_routes(
     for ((echoed, _), name) in routes.iter().zip(names) {
         assert_eq!(echoed, name, "c-relay answers out of order");
     }
-    routes.into_iter().map(|(_, chosen)| chosen).collect()
+    routes
+        .into_iter()
+        .map(|(_, servers)| servers.iter().map(|s| member_of(s, members)).collect())
+        .collect()
 }
 
 /// Both c-relay kinds over their scenarios: ring print and routes at every
@@ -497,7 +464,7 @@ const FNV_TIES_AIMED_MAX: usize = 12;
 /// may stop anywhere inside a tie, and the walk goes on from there. (Our ring's ties
 /// are those of c-relay's `-d` print, which the comparison checks first.)
 fn names_on_fnv_ties() -> Vec<String> {
-    let mut targets: BTreeMap<u16, Option<String>> = BTreeMap::new();
+    let mut targets: BTreeSet<u16> = BTreeSet::new();
     for scenario in FNV_SCENARIOS {
         let members: Vec<Member> = scenario.members.iter().map(|s| member(s)).collect();
         let points: Vec<(u16, usize)> = FnvRing::new(&ring_members(&members)).points().collect();
@@ -508,25 +475,10 @@ fn names_on_fnv_ties() -> Vec<String> {
             .collect();
         tied.dedup();
         let step = tied.len().div_ceil(FNV_TIES_AIMED_MAX).max(1);
-        targets.extend(tied.into_iter().step_by(step).map(|p| (p, None)));
+        targets.extend(tied.into_iter().step_by(step));
     }
-    let mut missing = targets.len();
-    let mut name = String::new();
-    // About 65536 * ln(targets) tries; the bound leaves a wide margin.
-    for k in 0..8_000_000u32 {
-        if missing == 0 {
-            break;
-        }
-        name.clear();
-        let _ = write!(name, "tie.k{k}");
-        if let Some(slot @ None) = targets.get_mut(&FnvRing::position(name.as_bytes())) {
-            *slot = Some(name.clone());
-            missing -= 1;
-        }
-    }
-    assert_eq!(missing, 0, "no name found for some tied positions");
     eprintln!("fnv1a_ch: {} names aimed at tied positions", targets.len());
-    targets.into_values().flatten().collect()
+    crate::support::names_at_positions(targets, "tie.k", FnvRing::position)
 }
 
 #[test]
@@ -700,7 +652,7 @@ fn python_node_key(m: &Member, replica: usize) -> String {
 /// Names aimed at every position where python's bump matters: each collided position
 /// and those just above it (where bumped entries land).
 fn names_on_collisions() -> Vec<String> {
-    let mut targets: BTreeMap<u16, Option<String>> = BTreeMap::new();
+    let mut targets: BTreeSet<u16> = BTreeSet::new();
     for (_, specs) in PYTHON_SCENARIOS {
         let mut count: BTreeMap<u16, usize> = BTreeMap::new();
         for spec in specs.iter() {
@@ -716,31 +668,16 @@ fn names_on_collisions() -> Vec<String> {
         // A k-way collision bumps entries up to k - 1 above it, more in a chain.
         for (&pos, &n) in count.iter().filter(|(_, &n)| n > 1) {
             for p in pos..=pos.saturating_add(n as u16 + 1) {
-                targets.insert(p, None);
+                targets.insert(p);
             }
         }
     }
-    assert!(targets.contains_key(&7798), "the 7798 collision is missing");
-    let mut missing = targets.len();
-    let mut name = String::new();
-    // About 65536 * ln(targets) tries; the bound leaves a wide margin.
-    for k in 0..8_000_000u32 {
-        if missing == 0 {
-            break;
-        }
-        name.clear();
-        let _ = write!(name, "aim.k{k}");
-        if let Some(slot @ None) = targets.get_mut(&PythonRing::position(name.as_bytes())) {
-            *slot = Some(name.clone());
-            missing -= 1;
-        }
-    }
-    assert_eq!(missing, 0, "no name found for some collided positions");
+    assert!(targets.contains(&7798), "the 7798 collision is missing");
     eprintln!(
         "python: {} names aimed at collided positions",
         targets.len()
     );
-    targets.into_values().flatten().collect()
+    crate::support::names_at_positions(targets, "aim.k", PythonRing::position)
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! Everything is on 127.0.0.1 and every wait is bounded.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
@@ -481,4 +482,85 @@ pub fn run_peer(
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr,
     }
+}
+
+/// `names`, one per line, each ending in a newline: a peer's stdin.
+pub fn lines<S: AsRef<str>>(names: &[S]) -> String {
+    let mut out = String::with_capacity(names.iter().map(|n| n.as_ref().len() + 1).sum());
+    for name in names {
+        out.push_str(name.as_ref());
+        out.push('\n');
+    }
+    out
+}
+
+/// One name for each of `targets` (ring positions): the first of `PREFIX0`, `PREFIX1`,
+/// ... whose `position` it is, in position order. About 65536 * ln(targets) tries; the
+/// bound (8 million) leaves a wide margin.
+pub fn names_at_positions(
+    targets: impl IntoIterator<Item = u16>,
+    prefix: &str,
+    position: impl Fn(&[u8]) -> u16,
+) -> Vec<String> {
+    let mut wanted: std::collections::BTreeMap<u16, Option<String>> =
+        targets.into_iter().map(|p| (p, None)).collect();
+    let mut missing = wanted.len();
+    let mut name = String::new();
+    for k in 0..8_000_000u32 {
+        if missing == 0 {
+            break;
+        }
+        name.clear();
+        let _ = write!(name, "{prefix}{k}");
+        if let Some(slot @ None) = wanted.get_mut(&position(name.as_bytes())) {
+            *slot = Some(name.clone());
+            missing -= 1;
+        }
+    }
+    assert_eq!(missing, 0, "no name found for some target positions");
+    wanted.into_values().flatten().collect()
+}
+
+/// The cells of the ring `carbon-c-relay -t -d` prints for cluster `c`, as
+/// (`POS`, `server`) text from its `POS@server` cells, in ring order.
+pub fn crelay_ring_cells(stdout: &str) -> Vec<(&str, &str)> {
+    let cells: Vec<(&str, &str)> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("# hash ring for c follows"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .flat_map(str::split_whitespace)
+        .map(|cell| cell.split_once('@').expect("ring cell is POS@server"))
+        .collect();
+    assert!(!cells.is_empty(), "no ring in c-relay -d output:\n{stdout}");
+    cells
+}
+
+/// The per-name blocks of `carbon-c-relay -t` output: each name as c-relay echoed it,
+/// and the server lines printed under `cluster_line` (such as `carbon_ch(c)`) in its
+/// block, in order (`-d`'s `hash_pos(..)` lines left out). The config echo before the
+/// blocks never has a line that is exactly `match`, so that line starts a block.
+pub fn crelay_test_blocks<'a>(stdout: &'a str, cluster_line: &str) -> Vec<(&'a str, Vec<&'a str>)> {
+    let mut blocks: Vec<(&str, Vec<&str>)> = Vec::new();
+    let (mut in_block, mut in_cluster) = (false, false);
+    for line in stdout.lines() {
+        let trimmed = line.trim();
+        if line == "match" {
+            in_block = true;
+            in_cluster = false;
+        } else if !in_block {
+            continue;
+        } else if let Some(name) = line.trim_start().strip_prefix("* -> ") {
+            blocks.push((name, Vec::new()));
+        } else if trimmed == cluster_line {
+            in_cluster = true;
+        } else if trimmed == "stop" {
+            in_block = false;
+            in_cluster = false;
+        } else if in_cluster && !trimmed.starts_with("hash_pos(") {
+            let (_, servers) = blocks.last_mut().expect("server line inside a block");
+            servers.push(trimmed);
+        }
+    }
+    blocks
 }
