@@ -96,15 +96,10 @@ impl CarbonRing {
     /// at config load, and loops forever where duplicate members leave fewer
     /// reachable than that; here the walk is bounded by the ring size.
     pub fn route_into(&self, key: &[u8], replication: usize, out: &mut Vec<usize>) {
-        self.route_position_into(Self::position(key), replication, out);
-    }
-
-    /// [`route_into`](Self::route_into) for a key whose [`position`](Self::position) the
-    /// caller already knows.
-    pub fn route_position_into(&self, pos: u16, replication: usize, out: &mut Vec<usize>) {
         // Distinct by member: c-relay compares server identity, and it keys servers
         // by host:port, which config validation keeps unique.
-        self.ring.route_position_into(pos, replication, out);
+        self.ring
+            .route_position_into(Self::position(key), replication, out);
     }
 
     /// Number of entries on the ring: 100 per member.

@@ -120,13 +120,7 @@ impl FnvRing {
     ///
     /// `key`: the (cleansed) metric name cut at the first `;`.
     pub fn route_into(&self, key: &[u8], n: usize, out: &mut Vec<usize>) {
-        self.route_position_into(Self::position(key), n, out);
-    }
-
-    /// [`route_into`](Self::route_into) for a key whose [`position`](Self::position)
-    /// the caller already knows.
-    pub fn route_position_into(&self, pos: u16, n: usize, out: &mut Vec<usize>) {
-        self.ring.route_position_into(pos, n, out);
+        self.ring.route_position_into(Self::position(key), n, out);
     }
 
     /// The ring's entries in order, as (position, member index), ties already given to
@@ -190,11 +184,6 @@ impl JumpRing {
         self.reversed.iter().rev().map(|&m| m as usize)
     }
 
-    /// The key hash: c-relay's FNV-1a 64 of `key`.
-    pub fn hash(key: &[u8]) -> u64 {
-        fnv1a_64(key)
-    }
-
     /// Clears `out` and pushes up to `n` distinct member indexes in preference order:
     /// with `n` = replication, c-relay's replica set; with `n` = member count, every
     /// member (the walk goes on removing and re-jumping until none is left).
@@ -203,18 +192,13 @@ impl JumpRing {
     ///
     /// `key`: the (cleansed) metric name cut at the first `;`.
     pub fn route_into(&self, key: &[u8], n: usize, out: &mut Vec<usize>) {
-        self.route_hash_into(Self::hash(key), n, out);
-    }
-
-    /// [`route_into`](Self::route_into) for a key whose [`hash`](Self::hash) the caller
-    /// already knows.
-    pub fn route_hash_into(&self, hash: u64, n: usize, out: &mut Vec<usize>) {
         out.clear();
         let members = self.reversed.len();
         let wanted = n.min(members);
         if wanted == 0 {
             return;
         }
+        let hash = fnv1a_64(key);
         if wanted == 1 {
             // The common case needs no buffer: bucket j is reversed[len - 1 - j].
             out.push(self.reversed[members - 1 - jump_bucket(hash, members)] as usize);

@@ -178,9 +178,9 @@ impl PythonRing {
         self.route_position_into(Self::position(key), n, out);
     }
 
-    /// [`route_into`](Self::route_into) for a key whose [`position`](Self::position)
-    /// the caller already knows.
-    pub fn route_position_into(&self, pos: u16, n: usize, out: &mut Vec<usize>) {
+    /// [`route_into`](Self::route_into) from a key's [`position`](Self::position);
+    /// separate so that tests can start the walk at a position no key reaches.
+    fn route_position_into(&self, pos: u16, n: usize, out: &mut Vec<usize>) {
         out.clear();
         let wanted = n.min(self.nodes);
         if wanted == 0 {
