@@ -34,7 +34,7 @@
 
 use cadent::route::ring::{CarbonRing, RingMember};
 use cadent::tools::SplitMix64;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -231,19 +231,8 @@ fn names() -> Vec<String> {
         "app:blue",
         "queue#2",
     ];
-    const SEGMENT_BYTES: &[u8] =
-        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-";
-
     let mut rng = SplitMix64(0x6361_6465_6e74_2121);
-    let mut seen = HashSet::new();
-    // Fixed vectors from the reference notes first.
-    let mut out: Vec<String> = ["a.b.c.d", "collectd.bar.memory.free", "foo.bar", "m12052"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    seen.extend(out.iter().cloned());
-    while out.len() < NAMES_COUNT {
-        let mut name = String::new();
+    crate::support::distinct_names(NAMES_COUNT, |name| {
         match rng.below(7) {
             0 => {
                 let _ = write!(
@@ -272,16 +261,7 @@ fn names() -> Vec<String> {
                     let _ = write!(name, "{}", rng.below(100_000));
                 }
             }
-            3 => {
-                for i in 0..1 + rng.below(10) {
-                    if i > 0 {
-                        name.push('.');
-                    }
-                    for _ in 0..1 + rng.below(12) {
-                        name.push(SEGMENT_BYTES[rng.below(SEGMENT_BYTES.len())] as char);
-                    }
-                }
-            }
+            3 => crate::support::push_random_segments(name, &mut rng, 10),
             4 => {
                 let _ = write!(
                     name,
@@ -295,14 +275,7 @@ fn names() -> Vec<String> {
             5 => {
                 let _ = write!(name, "m{}", rng.below(100_000));
             }
-            _ => {
-                for i in 0..2 + rng.below(6) {
-                    if i > 0 {
-                        name.push('.');
-                    }
-                    name.push_str(WORDS[rng.below(WORDS.len())]);
-                }
-            }
+            _ => crate::support::push_words(name, &mut rng, WORDS),
         }
         if rng.below(20) == 0 {
             let _ = write!(name, ";dc=dc{}", rng.below(5));
@@ -310,11 +283,7 @@ fn names() -> Vec<String> {
                 let _ = write!(name, ";env={}", WORDS[rng.below(WORDS.len())]);
             }
         }
-        if seen.insert(name.clone()) {
-            out.push(name);
-        }
-    }
-    out
+    })
 }
 
 /// Names aimed exactly at tied ring positions, at most `TIES_AIMED_MAX` per

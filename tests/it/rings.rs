@@ -18,7 +18,7 @@ use cadent::route::ring_fnv::{FnvRing, JumpRing};
 use cadent::route::ring_python::PythonRing;
 use cadent::route::ring_statsd::StatsdRing;
 use cadent::tools::SplitMix64;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -100,17 +100,8 @@ fn names(seed: u64, high_bytes: bool) -> Vec<String> {
         "\u{ff}",
         "\u{1f600}",
     ];
-    const SEGMENT_BYTES: &[u8] =
-        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-";
     let mut rng = SplitMix64(seed);
-    let mut seen = HashSet::new();
-    let mut out: Vec<String> = ["a.b.c.d", "collectd.bar.memory.free", "foo.bar", "m12052"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    seen.extend(out.iter().cloned());
-    while out.len() < NAMES_COUNT {
-        let mut name = String::new();
+    crate::support::distinct_names(NAMES_COUNT, |name| {
         match rng.below(5) {
             0 => {
                 let _ = write!(
@@ -122,16 +113,7 @@ fn names(seed: u64, high_bytes: bool) -> Vec<String> {
                     WORDS[rng.below(WORDS.len())]
                 );
             }
-            1 => {
-                for i in 0..1 + rng.below(8) {
-                    if i > 0 {
-                        name.push('.');
-                    }
-                    for _ in 0..1 + rng.below(12) {
-                        name.push(SEGMENT_BYTES[rng.below(SEGMENT_BYTES.len())] as char);
-                    }
-                }
-            }
+            1 => crate::support::push_random_segments(name, &mut rng, 8),
             2 => {
                 let _ = write!(name, "m{}", rng.below(100_000));
             }
@@ -144,24 +126,13 @@ fn names(seed: u64, high_bytes: bool) -> Vec<String> {
                     50 + rng.below(50)
                 );
             }
-            _ => {
-                for i in 0..2 + rng.below(6) {
-                    if i > 0 {
-                        name.push('.');
-                    }
-                    name.push_str(WORDS[rng.below(WORDS.len())]);
-                }
-            }
+            _ => crate::support::push_words(name, &mut rng, WORDS),
         }
         if high_bytes && rng.below(25) == 0 {
             name.push('.');
             name.push_str(UTF8[rng.below(UTF8.len())]);
         }
-        if seen.insert(name.clone()) {
-            out.push(name);
-        }
-    }
-    out
+    })
 }
 
 /// Compares two answer lists name by name; returns how many differ, printing the

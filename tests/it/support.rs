@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use cadent::tools::SplitMix64;
+
 /// A port that was free a moment ago (bound with port 0, then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -563,4 +565,48 @@ pub fn crelay_test_blocks<'a>(stdout: &'a str, cluster_line: &str) -> Vec<(&'a s
         }
     }
     blocks
+}
+
+/// Generated metric names for the ring comparisons: the reference notes' fixed vectors
+/// (`a.b.c.d`, `collectd.bar.memory.free`, `foo.bar`, `m12052`) first, then the names
+/// `make` writes (each into an empty string) until there are `count` distinct ones.
+pub fn distinct_names(count: usize, mut make: impl FnMut(&mut String)) -> Vec<String> {
+    let mut out: Vec<String> = ["a.b.c.d", "collectd.bar.memory.free", "foo.bar", "m12052"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut seen: std::collections::HashSet<String> = out.iter().cloned().collect();
+    while out.len() < count {
+        let mut name = String::new();
+        make(&mut name);
+        if seen.insert(name.clone()) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// Pushes 1 to `segments_max` dot-separated segments of 1 to 12 bytes that
+/// carbon-c-relay's cleansing keeps.
+pub fn push_random_segments(name: &mut String, rng: &mut SplitMix64, segments_max: usize) {
+    const SEGMENT_BYTES: &[u8] =
+        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-";
+    for i in 0..1 + rng.below(segments_max) {
+        if i > 0 {
+            name.push('.');
+        }
+        for _ in 0..1 + rng.below(12) {
+            name.push(SEGMENT_BYTES[rng.below(SEGMENT_BYTES.len())] as char);
+        }
+    }
+}
+
+/// Pushes 2 to 7 dot-separated `words`.
+pub fn push_words(name: &mut String, rng: &mut SplitMix64, words: &[&str]) {
+    for i in 0..2 + rng.below(6) {
+        if i > 0 {
+            name.push('.');
+        }
+        name.push_str(words[rng.below(words.len())]);
+    }
 }
