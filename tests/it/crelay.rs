@@ -32,7 +32,8 @@
 //! is given the names cut at `;`, the way the relay hashes them, and cadent the
 //! full names.
 
-use cadent::route::ring::{CarbonRing, RingMember};
+use crate::support::{member, ring_members, Member};
+use cadent::route::ring::CarbonRing;
 use cadent::tools::SplitMix64;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -155,34 +156,6 @@ const TIES_AIMED_MAX: usize = 12;
 
 /// How long one peer run may take before the test gives up on it.
 const PEER_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A cluster member parsed from its spec.
-struct Member {
-    /// The spec itself: how answers are written and compared.
-    spec: &'static str,
-    /// `host:port` as c-relay prints a chosen server (IPv6 bracketed).
-    addr: &'static str,
-    /// Host as hashed (IPv6 without brackets).
-    host: &'static str,
-    port: u16,
-    instance: Option<&'static str>,
-}
-
-fn member(spec: &'static str) -> Member {
-    let (addr, instance) = match spec.split_once('=') {
-        Some((addr, instance)) => (addr, Some(instance)),
-        None => (spec, None),
-    };
-    let (host, port) = addr.rsplit_once(':').expect("member spec is host:port");
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    Member {
-        spec,
-        addr,
-        host,
-        port: port.parse().expect("member port"),
-        instance,
-    }
-}
 
 fn members(scenario: &Scenario) -> Vec<Member> {
     scenario.members.iter().map(|s| member(s)).collect()
@@ -345,10 +318,7 @@ fn hash_key(name: &str) -> &str {
 }
 
 fn crelay_conf(scenario: &Scenario, replication: usize) -> String {
-    format!(
-        "cluster c carbon_ch replication {replication}\n    {}\n    ;\nmatch * send to c stop;\n",
-        scenario.members.join("\n    ")
-    )
+    crate::support::crelay_cluster_conf("carbon_ch", scenario.members, replication)
 }
 
 /// Positions of c-relay's ring for `conf`, read from its `-d` print.
@@ -456,15 +426,7 @@ fn carbon_ch_library_matches_crelay() {
     for scenario in scenarios {
         let reference = reference(scenario, &names, "lib");
         let members = members(scenario);
-        let ring_members: Vec<RingMember<'_>> = members
-            .iter()
-            .map(|m| RingMember {
-                host: m.host,
-                port: m.port,
-                instance: m.instance,
-            })
-            .collect();
-        let ring = CarbonRing::new(&ring_members);
+        let ring = CarbonRing::new(&ring_members(&members));
         for (replication, expected) in &reference.answers {
             let got: Vec<Vec<String>> = names
                 .iter()

@@ -13,6 +13,7 @@
 //! names here have no spaces and both sides hash the same bytes; some carry bytes
 //! >= 0x80, which c-relay's FNV sign-extends.
 
+use crate::support::{member, ring_members, Member};
 use cadent::route::ring::RingMember;
 use cadent::route::ring_fnv::{FnvRing, JumpRing};
 use cadent::route::ring_python::PythonRing;
@@ -30,38 +31,6 @@ const NAMES_COUNT: usize = 12_000;
 
 /// How long one peer run may take before the test gives up on it.
 const PEER_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A cluster member parsed from `host:port[=instance]`.
-#[derive(Clone, Copy)]
-struct Member {
-    host: &'static str,
-    port: u16,
-    instance: Option<&'static str>,
-}
-
-fn member(spec: &'static str) -> Member {
-    let (addr, instance) = match spec.split_once('=') {
-        Some((addr, instance)) => (addr, Some(instance)),
-        None => (spec, None),
-    };
-    let (host, port) = addr.rsplit_once(':').expect("member spec is host:port");
-    Member {
-        host,
-        port: port.parse().expect("member port"),
-        instance,
-    }
-}
-
-fn ring_members(members: &[Member]) -> Vec<RingMember<'static>> {
-    members
-        .iter()
-        .map(|m| RingMember {
-            host: m.host,
-            port: m.port,
-            instance: m.instance,
-        })
-        .collect()
-}
 
 /// Deterministic metric names of varied shapes, no spaces, none empty. With
 /// `high_bytes`, about 1 in 25 carries UTF-8 (bytes >= 0x80).
@@ -306,11 +275,7 @@ impl CrelayKind {
 }
 
 fn crelay_conf(kind: CrelayKind, scenario: &CrelayScenario, replication: usize) -> String {
-    format!(
-        "cluster c {} replication {replication}\n    {}\n    ;\nmatch * send to c stop;\n",
-        kind.keyword(),
-        scenario.members.join("\n    ")
-    )
+    crate::support::crelay_cluster_conf(kind.keyword(), scenario.members, replication)
 }
 
 /// The member a `host:port[=instance]` as c-relay prints it (cut to 20 bytes in
@@ -319,7 +284,7 @@ fn member_of(printed: &str, members: &[Member]) -> usize {
     let addr = printed.split_once('=').map_or(printed, |(a, _)| a);
     members
         .iter()
-        .position(|m| format!("{}:{}", m.host, m.port) == addr)
+        .position(|m| m.addr == addr)
         .unwrap_or_else(|| panic!("c-relay printed unknown server {printed:?}"))
 }
 

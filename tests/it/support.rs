@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use cadent::route::ring::RingMember;
 use cadent::tools::SplitMix64;
 
 /// A port that was free a moment ago (bound with port 0, then released).
@@ -609,4 +610,56 @@ pub fn push_words(name: &mut String, rng: &mut SplitMix64, words: &[&str]) {
         }
         name.push_str(words[rng.below(words.len())]);
     }
+}
+
+/// A hash-cluster member of a peer comparison, parsed from its config spec
+/// `host:port[=instance]` (IPv6 as `[::1]:2101`).
+#[derive(Clone, Copy)]
+pub struct Member {
+    /// The spec itself: how answers are written and compared.
+    pub spec: &'static str,
+    /// `host:port` as carbon-c-relay prints a chosen server (IPv6 bracketed).
+    pub addr: &'static str,
+    /// Host as hashed (IPv6 without brackets).
+    pub host: &'static str,
+    pub port: u16,
+    pub instance: Option<&'static str>,
+}
+
+/// Parses a member spec `host:port[=instance]`.
+pub fn member(spec: &'static str) -> Member {
+    let (addr, instance) = match spec.split_once('=') {
+        Some((addr, instance)) => (addr, Some(instance)),
+        None => (spec, None),
+    };
+    let (host, port) = addr.rsplit_once(':').expect("member spec is host:port");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Member {
+        spec,
+        addr,
+        host,
+        port: port.parse().expect("member port"),
+        instance,
+    }
+}
+
+/// The ring members for `members`, in order.
+pub fn ring_members(members: &[Member]) -> Vec<RingMember<'static>> {
+    members
+        .iter()
+        .map(|m| RingMember {
+            host: m.host,
+            port: m.port,
+            instance: m.instance,
+        })
+        .collect()
+}
+
+/// A carbon-c-relay config routing everything to cluster `c` of `kind` (`carbon_ch`,
+/// `fnv1a_ch`, ...) over the member specs `members`.
+pub fn crelay_cluster_conf(kind: &str, members: &[&str], replication: usize) -> String {
+    format!(
+        "cluster c {kind} replication {replication}\n    {}\n    ;\nmatch * send to c stop;\n",
+        members.join("\n    ")
+    )
 }
