@@ -12,7 +12,7 @@
 //!   the C locale), `\.N` turns its dots into `_`; `\_.N` and `\^.N` do both.
 //! - Every other `\c` writes `c` (`\z` is `z`); `\\` and a trailing `\` write nothing,
 //!   and `\\1` is group 1. These follow from c-relay's escape state machine, which we
-//!   replay once at compile time (see [`compile_template`]), including its quirks:
+//!   replay once at compile time (see `compile_template`), including its quirks:
 //!   - after a group, the case of the next `\N` carries over: `\_1\2` lowercases both;
 //!   - right after a group, `\_` and `\^` are literal: `\1\_2` writes group 1 then `_2`;
 //!   - `\^\_1` writes `_1`, and `\_..1` loses the lowercase (`\..1` is `\.1`).
