@@ -227,8 +227,15 @@ impl TiedRing {
             None => self.entries.partition_point(|e| e.pos < pos),
         };
         debug_assert_eq!(at, self.entries.partition_point(|e| e.pos < pos));
-        let met = self.entries[at..].iter().chain(&self.entries[..at]);
-        SeenMembers::new(self.members).push_new(met.map(|e| e.member as usize), wanted, out);
+        let len = self.entries.len();
+        let start = if at == len { 0 } else { at };
+        if wanted == 1 {
+            // The first entry met is the answer: no walk.
+            out.push(self.entries[start].member as usize);
+            return;
+        }
+        let member_at = |at: usize| self.entries[at].member as usize;
+        SeenMembers::new(self.members).push_walk((start, len, len), member_at, wanted, out);
     }
 }
 
@@ -270,21 +277,29 @@ impl SeenMembers {
         }
     }
 
-    /// Pushes onto `out` each member of `met` not yet recorded, in order, until `out`
-    /// holds `wanted`: the preference walk the ring kinds share.
+    /// The preference walk the ring kinds share: over `steps` entries of a ring of `len`
+    /// from entry `start` (< `len`), wrapping, pushes onto `out` each member
+    /// (`member_at(entry)`) not yet recorded, until `out` holds `wanted`.
     #[inline]
-    pub(crate) fn push_new(
+    pub(crate) fn push_walk(
         &mut self,
-        met: impl IntoIterator<Item = usize>,
+        (start, steps, len): (usize, usize, usize),
+        member_at: impl Fn(usize) -> usize,
         wanted: usize,
         out: &mut Vec<usize>,
     ) {
-        for member in met {
+        let mut at = start;
+        for _ in 0..steps {
+            let member = member_at(at);
             if self.insert(member, || out.contains(&member)) {
                 out.push(member);
                 if out.len() == wanted {
                     return;
                 }
+            }
+            at += 1;
+            if at == len {
+                at = 0;
             }
         }
     }

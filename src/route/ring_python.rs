@@ -194,13 +194,13 @@ impl PythonRing {
         // carbon walks from `index` until it comes back to `index - 1`: one entry short
         // of a lap.
         let lap = (start..len).chain(0..start).take(len - 1);
+        let member_at = |at: usize| self.entries[at].member as usize;
         if !self.diverse_replicas {
             if self.nodes == 1 {
                 out.push(self.entries[0].member as usize);
                 return;
             }
-            let met = lap.map(|at| self.entries[at].member as usize);
-            SeenMembers::new(self.members).push_new(met, wanted, out);
+            SeenMembers::new(self.members).push_walk((start, len - 1, len), member_at, wanted, out);
             return;
         }
 
@@ -208,7 +208,7 @@ impl PythonRing {
         // host not yet used is the first meeting of its node, so nodes need no tracking.
         let mut seen_hosts = SeenMembers::new(self.members);
         let host_of = &self.host_of;
-        for at in lap.clone() {
+        for at in lap {
             let member = self.entries[at].member as usize;
             let host = host_of[member] as usize;
             if seen_hosts.insert(host, || out.iter().any(|&m| host_of[m] as usize == host)) {
@@ -227,7 +227,7 @@ impl PythonRing {
             // Large rings search `out` instead, which already holds these.
             pushed.insert(member, || true);
         }
-        pushed.push_new(lap.map(|at| self.entries[at].member as usize), wanted, out);
+        pushed.push_walk((start, len - 1, len), member_at, wanted, out);
     }
 
     /// The ring's entries in order, as (position, member index): carbon's

@@ -159,8 +159,14 @@ impl StatsdRing {
             at += 1;
         }
         debug_assert_eq!(at, self.entries.partition_point(|e| e.value < hash));
-        let met = self.entries[at..].iter().chain(&self.entries[..at]);
-        SeenMembers::new(self.members).push_new(met.map(|e| e.member as usize), wanted, out);
+        let start = if at == len { 0 } else { at };
+        if wanted == 1 {
+            // The first point met is the answer (the proxy's `get`): no walk.
+            out.push(self.entries[start].member as usize);
+            return;
+        }
+        let member_at = |at: usize| self.entries[at].member as usize;
+        SeenMembers::new(self.members).push_walk((start, len, len), member_at, wanted, out);
     }
 
     /// The ring's points in order, as (value, member index): hashring's `ring`.
