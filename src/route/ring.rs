@@ -23,12 +23,12 @@ use std::fmt::Write as _;
 /// Positions each member owns on the ring; carbon hard-wires 100 (c-relay's
 /// `HASH_REPLICAS`, for fnv1a_ch too), and every implementation must agree on it to
 /// agree on placement.
-pub(super) const REPLICAS_PER_MEMBER: usize = 100;
+const REPLICAS_PER_MEMBER: usize = 100;
 
 /// c-relay formats the node key with `snprintf` into a 256-byte buffer, so a key
 /// longer than 255 bytes is hashed truncated. We truncate the same way to stay
 /// compatible for absurdly long host or instance strings.
-pub(super) const NODE_KEY_BYTES_MAX: usize = 255;
+const NODE_KEY_BYTES_MAX: usize = 255;
 
 /// One destination of a `carbon_ch` cluster, as written in the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,7 +251,7 @@ pub(crate) struct SeenMembers {
 
 /// Members a [`SeenMembers`] tracks in its bitset: c-relay caps a hash cluster at 64
 /// servers, and larger rings only cost a linear search per step.
-pub(crate) const SEEN_BITS: usize = 256;
+const SEEN_BITS: usize = 256;
 
 impl SeenMembers {
     /// An empty set for a ring of `members` members.
