@@ -161,9 +161,8 @@ fn members(scenario: &Scenario) -> Vec<Member> {
     scenario.members.iter().map(|s| member(s)).collect()
 }
 
-/// c-relay's `-t` answers for one name: the name as it echoed it, and the
-/// chosen members' specs in replica order.
-type Routes = Vec<(String, Vec<String>)>;
+/// c-relay's `-t` answers: per name, the chosen members' specs in replica order.
+type Routes = Vec<Vec<String>>;
 
 /// Deterministic metric names of varied shapes; about 1 in 20 carries tags.
 /// Only bytes c-relay's cleansing keeps, no empty segments and no spaces, so
@@ -323,53 +322,27 @@ fn crelay_conf(scenario: &Scenario, replication: usize) -> String {
 
 /// Positions of c-relay's ring for `conf`, read from its `-d` print.
 fn crelay_ring_positions(conf: &Path, dir: &Path) -> Vec<u16> {
-    let stdin = dir.join("ring.in");
-    fs::write(&stdin, "a.b.c.d\n").expect("write ring stdin");
-    let mut cmd = Command::new(crelay_bin());
-    cmd.args(["-t", "-d", "-f"]).arg(conf);
-    let stdout = run(cmd, &stdin, dir, "ring");
-    crate::support::crelay_ring_cells(&stdout)
+    crate::support::crelay_ring_cells(conf, dir, PEER_TIMEOUT)
         .into_iter()
-        .map(|(pos, _)| pos.parse().expect("ring position"))
+        .map(|(pos, _)| pos)
         .collect()
 }
 
 /// c-relay's answers for `names` (already cut at `;`) under `conf`.
 fn crelay_routes(conf: &Path, names: &[&str], members: &[Member], dir: &Path) -> Routes {
-    let stdin = dir.join("crelay.in");
-    fs::write(&stdin, crate::support::lines(names)).expect("write c-relay stdin");
-    let mut cmd = Command::new(crelay_bin());
-    cmd.arg("-t").arg("-f").arg(conf);
-    let stdout = run(cmd, &stdin, dir, "crelay");
-    let routes = parse_crelay_routes(&stdout, members);
-    assert_eq!(
-        routes.len(),
-        names.len(),
-        "c-relay answered {} of {} names; see {}",
-        routes.len(),
-        names.len(),
-        dir.display()
-    );
-    routes
-}
-
-/// Reads the per-name blocks of c-relay's `-t` output, naming each chosen server by
-/// its member's spec.
-fn parse_crelay_routes(stdout: &str, members: &[Member]) -> Routes {
     let by_addr: BTreeMap<&str, &str> = members.iter().map(|m| (m.addr, m.spec)).collect();
-    crate::support::crelay_test_blocks(stdout, "carbon_ch(c)")
+    crate::support::crelay_test_routes(conf, names, dir, "carbon_ch(c)", PEER_TIMEOUT)
         .into_iter()
-        .map(|(name, servers)| {
-            let chosen = servers
-                .into_iter()
+        .map(|servers| {
+            servers
+                .iter()
                 .map(|server| {
                     let spec = by_addr
-                        .get(server)
+                        .get(server.as_str())
                         .unwrap_or_else(|| panic!("c-relay chose unknown server {server:?}"));
                     spec.to_string()
                 })
-                .collect();
-            (name.to_string(), chosen)
+                .collect()
         })
         .collect()
 }
@@ -378,7 +351,7 @@ fn parse_crelay_routes(stdout: &str, members: &[Member]) -> Routes {
 fn compare(label: &str, names: &[String], expected: &Routes, got: &[Vec<String>]) -> usize {
     assert_eq!(expected.len(), got.len(), "{label}: answer counts differ");
     let mut differ = 0;
-    for ((name, (_, want)), have) in names.iter().zip(expected).zip(got) {
+    for ((name, want), have) in names.iter().zip(expected).zip(got) {
         if want != have {
             if differ < 20 {
                 eprintln!(
@@ -408,9 +381,6 @@ fn reference(scenario: &Scenario, names: &[String], tag: &str) -> Reference {
         let conf = dir.join(format!("relay-r{replication}.conf"));
         fs::write(&conf, crelay_conf(scenario, replication)).expect("write c-relay conf");
         let routes = crelay_routes(&conf, &keys, &members, &dir);
-        for ((echoed, _), key) in routes.iter().zip(&keys) {
-            assert_eq!(echoed, key, "c-relay answers out of order");
-        }
         answers.push((replication, routes));
     }
     Reference { dir, answers }

@@ -291,19 +291,9 @@ fn member_of(printed: &str, members: &[Member]) -> usize {
 /// c-relay's `-d` ring print: (pos, member) cells in ring order (for jump, pos is the
 /// member's config index and the order is the bucket order).
 fn crelay_ring(conf: &Path, members: &[Member], dir: &Path) -> Vec<(u16, usize)> {
-    let stdin = dir.join("ring.in");
-    fs::write(&stdin, "a.b.c.d\n").expect("write ring stdin");
-    let mut cmd = Command::new(peer_bin("carbon-c-relay", &["/usr/bin", "/usr/local/bin"]));
-    cmd.args(["-t", "-d", "-f"]).arg(conf);
-    let stdout = run(cmd, &stdin, dir, "ring");
-    crate::support::crelay_ring_cells(&stdout)
+    crate::support::crelay_ring_cells(conf, dir, PEER_TIMEOUT)
         .into_iter()
-        .map(|(pos, server)| {
-            (
-                pos.parse().expect("ring position"),
-                member_of(server, members),
-            )
-        })
+        .map(|(pos, server)| (pos, member_of(&server, members)))
         .collect()
 }
 
@@ -315,27 +305,10 @@ fn crelay_routes(
     members: &[Member],
     dir: &Path,
 ) -> Vec<Vec<usize>> {
-    let stdin = dir.join("names.in");
-    fs::write(&stdin, crate::support::lines(names)).expect("write c-relay stdin");
-    let mut cmd = Command::new(peer_bin("carbon-c-relay", &["/usr/bin", "/usr/local/bin"]));
-    cmd.arg("-t").arg("-f").arg(conf);
-    let stdout = run(cmd, &stdin, dir, "routes");
     let cluster_line = format!("{}(c)", kind.keyword());
-    let routes = crate::support::crelay_test_blocks(&stdout, &cluster_line);
-    assert_eq!(
-        routes.len(),
-        names.len(),
-        "c-relay answered {} of {} names; see {}",
-        routes.len(),
-        names.len(),
-        dir.display()
-    );
-    for ((echoed, _), name) in routes.iter().zip(names) {
-        assert_eq!(echoed, name, "c-relay answers out of order");
-    }
-    routes
+    crate::support::crelay_test_routes(conf, names, dir, &cluster_line, PEER_TIMEOUT)
         .into_iter()
-        .map(|(_, servers)| servers.iter().map(|s| member_of(s, members)).collect())
+        .map(|servers| servers.iter().map(|s| member_of(s, members)).collect())
         .collect()
 }
 

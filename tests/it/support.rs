@@ -524,16 +524,29 @@ pub fn names_at_positions(
     wanted.into_values().flatten().collect()
 }
 
-/// The cells of the ring `carbon-c-relay -t -d` prints for cluster `c`, as
-/// (`POS`, `server`) text from its `POS@server` cells, in ring order.
-pub fn crelay_ring_cells(stdout: &str) -> Vec<(&str, &str)> {
-    let cells: Vec<(&str, &str)> = stdout
+/// The ring `carbon-c-relay -t -d -f conf` prints for cluster `c` (its stdin and
+/// output as files in `dir`): (`POS`, `server`) from its `POS@server` cells, in ring
+/// order.
+pub fn crelay_ring_cells(
+    conf: &std::path::Path,
+    dir: &std::path::Path,
+    timeout: Duration,
+) -> Vec<(u16, String)> {
+    let stdin = dir.join("ring.in");
+    std::fs::write(&stdin, "a.b.c.d\n").expect("write ring stdin");
+    let mut cmd = Command::new(peer_bin("carbon-c-relay", &[]));
+    cmd.args(["-t", "-d", "-f"]).arg(conf);
+    let stdout = run_peer(cmd, &stdin, dir, "ring", timeout).stdout;
+    let cells: Vec<(u16, String)> = stdout
         .lines()
         .skip_while(|l| !l.starts_with("# hash ring for c follows"))
         .skip(1)
         .take_while(|l| !l.trim().is_empty())
         .flat_map(str::split_whitespace)
-        .map(|cell| cell.split_once('@').expect("ring cell is POS@server"))
+        .map(|cell| {
+            let (pos, server) = cell.split_once('@').expect("ring cell is POS@server");
+            (pos.parse().expect("ring position"), server.to_string())
+        })
         .collect();
     assert!(!cells.is_empty(), "no ring in c-relay -d output:\n{stdout}");
     cells
@@ -543,7 +556,7 @@ pub fn crelay_ring_cells(stdout: &str) -> Vec<(&str, &str)> {
 /// and the server lines printed under `cluster_line` (such as `carbon_ch(c)`) in its
 /// block, in order (`-d`'s `hash_pos(..)` lines left out). The config echo before the
 /// blocks never has a line that is exactly `match`, so that line starts a block.
-pub fn crelay_test_blocks<'a>(stdout: &'a str, cluster_line: &str) -> Vec<(&'a str, Vec<&'a str>)> {
+fn crelay_test_blocks<'a>(stdout: &'a str, cluster_line: &str) -> Vec<(&'a str, Vec<&'a str>)> {
     let mut blocks: Vec<(&str, Vec<&str>)> = Vec::new();
     let (mut in_block, mut in_cluster) = (false, false);
     for line in stdout.lines() {
@@ -662,4 +675,38 @@ pub fn crelay_cluster_conf(kind: &str, members: &[&str], replication: usize) -> 
         "cluster c {kind} replication {replication}\n    {}\n    ;\nmatch * send to c stop;\n",
         members.join("\n    ")
     )
+}
+
+/// Runs `carbon-c-relay -t -f conf` on `names` (its stdin and output as files in `dir`)
+/// and reads, per name, the servers it printed under `cluster_line` (such as
+/// `carbon_ch(c)`), in order. Fails unless it answered every name, in input order.
+pub fn crelay_test_routes<S: AsRef<str>>(
+    conf: &std::path::Path,
+    names: &[S],
+    dir: &std::path::Path,
+    cluster_line: &str,
+    timeout: Duration,
+) -> Vec<Vec<String>> {
+    let stdin = dir.join("names.in");
+    std::fs::write(&stdin, lines(names)).expect("write c-relay stdin");
+    let mut cmd = Command::new(peer_bin("carbon-c-relay", &[]));
+    cmd.arg("-t").arg("-f").arg(conf);
+    let stdout = run_peer(cmd, &stdin, dir, "routes", timeout).stdout;
+    let blocks = crelay_test_blocks(&stdout, cluster_line);
+    assert_eq!(
+        blocks.len(),
+        names.len(),
+        "c-relay answered {} of {} names; see {}",
+        blocks.len(),
+        names.len(),
+        dir.display()
+    );
+    blocks
+        .into_iter()
+        .zip(names)
+        .map(|((echoed, servers), name)| {
+            assert_eq!(echoed, name.as_ref(), "c-relay answers out of order");
+            servers.into_iter().map(str::to_string).collect()
+        })
+        .collect()
 }
