@@ -46,13 +46,62 @@ pub struct Parsed<'a> {
 
 /// A compiled regex line parser.
 ///
-/// `Send` but not `Sync`: it keeps the capture slots it reuses between lines, so
-/// `parse` allocates nothing. Each shard owns its copy (a clone has its own slots).
+/// `Send` but not `Sync` (see [`SlotRegex`]): `parse` allocates nothing. Each shard
+/// owns its copy.
+#[derive(Clone)]
 pub struct RegexLine {
-    regex: Regex,
+    regex: SlotRegex,
     key_group: usize,
     timestamp: Option<(usize, TimeLayout)>,
+}
+
+/// A bytes regex with the capture slots it reuses from one match to the next, so that
+/// reading a match's groups allocates nothing (the regex line listener, the rewrite
+/// rules). `Send` but not `Sync`; a clone has its own slots.
+pub struct SlotRegex {
+    regex: Regex,
+    /// Taken while in use.
     locs: Cell<Option<CaptureLocations>>,
+}
+
+impl SlotRegex {
+    /// Wraps `regex` with its capture slots.
+    pub fn new(regex: Regex) -> SlotRegex {
+        SlotRegex {
+            locs: Cell::new(Some(regex.capture_locations())),
+            regex,
+        }
+    }
+
+    /// The regex.
+    pub fn regex(&self) -> &Regex {
+        &self.regex
+    }
+
+    /// Runs `f` on the groups of the first match in `haystack`; `None` when nothing
+    /// matches.
+    pub fn captures_read<R>(
+        &self,
+        haystack: &[u8],
+        f: impl FnOnce(&CaptureLocations) -> R,
+    ) -> Option<R> {
+        let mut locs = self
+            .locs
+            .take()
+            .unwrap_or_else(|| self.regex.capture_locations());
+        let result = self
+            .regex
+            .captures_read(&mut locs, haystack)
+            .map(|_| f(&locs));
+        self.locs.set(Some(locs));
+        result
+    }
+}
+
+impl Clone for SlotRegex {
+    fn clone(&self) -> SlotRegex {
+        SlotRegex::new(self.regex.clone())
+    }
 }
 
 impl RegexLine {
@@ -86,8 +135,7 @@ impl RegexLine {
             }
         };
         Ok(RegexLine {
-            locs: Cell::new(Some(re.capture_locations())),
-            regex: re,
+            regex: SlotRegex::new(re),
             key_group,
             timestamp,
         })
@@ -95,23 +143,17 @@ impl RegexLine {
 
     /// Parses one line (without its newline). The key borrows from `line`.
     pub fn parse<'a>(&self, line: &'a [u8]) -> Result<Parsed<'a>, &'static str> {
-        let mut locs = self
-            .locs
-            .take()
-            .unwrap_or_else(|| self.regex.capture_locations());
-        let result = self.read(line, &mut locs);
-        self.locs.set(Some(locs));
-        result
+        self.regex
+            .captures_read(line, |locs| self.read(line, locs))
+            .unwrap_or(Err(NO_MATCH))
     }
 
+    /// The key and time of a line the regex matched with `locs`.
     fn read<'a>(
         &self,
         line: &'a [u8],
-        locs: &mut CaptureLocations,
+        locs: &CaptureLocations,
     ) -> Result<Parsed<'a>, &'static str> {
-        if self.regex.captures_read(locs, line).is_none() {
-            return Err(NO_MATCH);
-        }
         let key = match locs.get(self.key_group) {
             Some((s, e)) if e > s => &line[s..e],
             _ => return Err(EMPTY_KEY),
@@ -127,21 +169,10 @@ impl RegexLine {
     }
 }
 
-impl Clone for RegexLine {
-    fn clone(&self) -> RegexLine {
-        RegexLine {
-            regex: self.regex.clone(),
-            key_group: self.key_group,
-            timestamp: self.timestamp.clone(),
-            locs: Cell::new(Some(self.regex.capture_locations())),
-        }
-    }
-}
-
 impl fmt::Debug for RegexLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RegexLine")
-            .field("regex", &self.regex.as_str())
+            .field("regex", &self.regex.regex().as_str())
             .field("time_layout", &self.timestamp.as_ref().map(|(_, l)| l))
             .finish()
     }

@@ -12,7 +12,7 @@
 //!   the C locale), `\.N` turns its dots into `_`; `\_.N` and `\^.N` do both.
 //! - Every other `\c` writes `c` (`\z` is `z`); `\\` and a trailing `\` write nothing,
 //!   and `\\1` is group 1. These follow from c-relay's escape state machine, which we
-//!   replay once at compile time (see [`compile_template`]), including its quirks:
+//!   replay once at compile time (see `compile_template`), including its quirks:
 //!   - after a group, the case of the next `\N` carries over: `\_1\2` lowercases both;
 //!   - right after a group, `\_` and `\^` are literal: `\1\_2` writes group 1 then `_2`;
 //!   - `\^\_1` writes `_1`, and `\_..1` loses the lowercase (`\..1` is `\.1`).
@@ -47,10 +47,10 @@
 //! alternatives cannot both match at one place mean the same in both, which is what the
 //! comparison test uses.
 
-use std::cell::Cell;
 use std::fmt;
 
-use regex::bytes::{CaptureLocations, Regex, RegexBuilder};
+use crate::protocol::regex_line::SlotRegex;
+use regex::bytes::{CaptureLocations, RegexBuilder};
 
 /// What a group reference does to the bytes it inserts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,15 +246,14 @@ fn push_literal(t: &mut Template, c: u8) {
 
 /// One `rewrite REGEX into TEMPLATE` rule, compiled.
 ///
-/// `Send` but not `Sync`: it keeps the capture slots it reuses between calls, so
-/// `apply` allocates nothing. Each shard owns its copy (a clone has its own slots).
+/// `Send` but not `Sync` (see [`SlotRegex`]): `apply` allocates nothing. Each shard
+/// owns its copy.
+#[derive(Clone)]
 pub struct Rewrite {
-    regex: Regex,
+    regex: SlotRegex,
     template: Template,
     /// Whether the template inserts groups; if not, a plain `find` is enough.
     uses_groups: bool,
-    /// Capture slots reused across calls; taken while in use.
-    locs: Cell<Option<CaptureLocations>>,
     source: (String, String),
 }
 
@@ -270,8 +269,7 @@ impl Rewrite {
         let template = compile_template(into, groups)?;
         let uses_groups = template.uses_groups();
         Ok(Rewrite {
-            locs: Cell::new(Some(re.capture_locations())),
-            regex: re,
+            regex: SlotRegex::new(re),
             template,
             uses_groups,
             source: (regex.to_string(), into.to_string()),
@@ -293,7 +291,7 @@ impl Rewrite {
     /// Allocates nothing once `out` has the capacity.
     pub fn apply(&self, name: &[u8], out: &mut Vec<u8>) -> bool {
         if !self.uses_groups {
-            let Some(m) = self.regex.find(name) else {
+            let Some(m) = self.regex.regex().find(name) else {
                 return false;
             };
             out.clear();
@@ -302,16 +300,9 @@ impl Rewrite {
             out.extend_from_slice(&name[m.end()..]);
             return true;
         }
-        let mut locs = self
-            .locs
-            .take()
-            .unwrap_or_else(|| self.regex.capture_locations());
-        let matched = self.regex.captures_read(&mut locs, name).is_some();
-        if matched {
-            self.expand(name, &locs, out);
-        }
-        self.locs.set(Some(locs));
-        matched
+        self.regex
+            .captures_read(name, |locs| self.expand(name, locs, out))
+            .is_some()
     }
 
     fn expand(&self, name: &[u8], locs: &CaptureLocations, out: &mut Vec<u8>) {
@@ -348,18 +339,6 @@ impl Rewrite {
             }
         }
         out.extend_from_slice(&name[end..]);
-    }
-}
-
-impl Clone for Rewrite {
-    fn clone(&self) -> Rewrite {
-        Rewrite {
-            regex: self.regex.clone(),
-            template: self.template.clone(),
-            uses_groups: self.uses_groups,
-            locs: Cell::new(Some(self.regex.capture_locations())),
-            source: self.source.clone(),
-        }
     }
 }
 

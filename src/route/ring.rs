@@ -17,10 +17,12 @@
 //! c-relay; the two differ for the few keys that land on a tie.
 
 use md5::{Digest, Md5};
+use std::cmp::Ordering;
 use std::fmt::Write as _;
 
-/// Positions each member owns on the ring; carbon hard-wires 100, and every
-/// carbon_ch implementation must agree on it to agree on placement.
+/// Positions each member owns on the ring; carbon hard-wires 100 (c-relay's
+/// `HASH_REPLICAS`, for fnv1a_ch too), and every implementation must agree on it to
+/// agree on placement.
 const REPLICAS_PER_MEMBER: usize = 100;
 
 /// c-relay formats the node key with `snprintf` into a 256-byte buffer, so a key
@@ -40,29 +42,11 @@ pub struct RingMember<'a> {
     pub instance: Option<&'a str>,
 }
 
-/// One point on the ring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
-    pos: u16,
-    /// Index into the member slice given to [`CarbonRing::new`]. `u32` keeps an
-    /// entry at 8 bytes, so the binary search touches fewer cache lines.
-    member: u32,
-}
-
 /// A built `carbon_ch` ring: immutable after [`CarbonRing::new`], so shards can
 /// each own a copy or share one without locking.
-///
-/// Invariant: `entries` is sorted by position, and all entries that share a
-/// position carry the same member (the one c-relay sorts first). That is what
-/// lets the lookup start at any entry of a tie and still agree with c-relay.
 #[derive(Debug, Clone)]
 pub struct CarbonRing {
-    entries: Vec<Entry>,
-    members: usize,
-    /// For each of the 65536 positions, the index of the first entry at or after it
-    /// (`entries.len()` = wrap): the lookup without a binary search. Empty when the ring
-    /// has more entries than a u16 indexes; lookups then search.
-    first_at: Vec<u16>,
+    ring: TiedRing,
 }
 
 impl CarbonRing {
@@ -73,38 +57,129 @@ impl CarbonRing {
     ///
     /// An empty `members` gives an empty ring that routes nothing.
     pub fn new(members: &[RingMember<'_>]) -> CarbonRing {
+        // c-relay's tie order: host, then instance with no instance last.
+        let ring = TiedRing::new(
+            "carbon_ch",
+            members,
+            write_node_key,
+            Self::position,
+            |ml, mr| {
+                ml.host.as_bytes().cmp(mr.host.as_bytes()).then_with(|| {
+                    match (ml.instance, mr.instance) {
+                        (Some(il), Some(ir)) => il.as_bytes().cmp(ir.as_bytes()),
+                        (Some(_), None) => Ordering::Less,
+                        (None, Some(_)) => Ordering::Greater,
+                        (None, None) => Ordering::Equal,
+                    }
+                })
+            },
+        );
+        CarbonRing { ring }
+    }
+
+    /// The ring position of `key`: the first two bytes of its MD5 digest,
+    /// big-endian. Used for metric names and member node keys alike.
+    pub fn position(key: &[u8]) -> u16 {
+        md5_position(key)
+    }
+
+    /// Clears `out` and pushes the member indexes (into the `members` slice given
+    /// to [`CarbonRing::new`]) of up to `replication` distinct members, in
+    /// replica order. Allocation-free once `out` has capacity.
+    ///
+    /// `key` is hashed whole. The caller passes the metric name already cut at
+    /// the first `;`: c-relay routes a tagged name `a.b;x=1` by `a.b` alone
+    /// (its `-t` test mode is the exception and hashes the whole line).
+    ///
+    /// Fewer than `replication` indexes come back when the ring has fewer
+    /// distinct members. c-relay refuses `replication` above the member count
+    /// at config load, and loops forever where duplicate members leave fewer
+    /// reachable than that; here the walk is bounded by the ring size.
+    pub fn route_into(&self, key: &[u8], replication: usize, out: &mut Vec<usize>) {
+        // Distinct by member: c-relay compares server identity, and it keys servers
+        // by host:port, which config validation keeps unique.
+        self.ring
+            .route_position_into(Self::position(key), replication, out);
+    }
+
+    /// Number of entries on the ring: 100 per member.
+    pub fn len(&self) -> usize {
+        self.ring.entries.len()
+    }
+
+    /// True for a ring built from no members; it routes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ring.entries.is_empty()
+    }
+}
+
+/// The first two bytes of the MD5 digest of `key`, big-endian: the position of
+/// carbon's ring (`carbon_ch`, `carbon_ch_python`).
+pub(crate) fn md5_position(key: &[u8]) -> u16 {
+    let digest = Md5::digest(key);
+    u16::from_be_bytes([digest[0], digest[1]])
+}
+
+/// One point of a [`TiedRing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Entry {
+    pub(super) pos: u16,
+    /// Index into the member slice the ring was built from. `u32` keeps an entry at
+    /// 8 bytes, so the binary search touches fewer cache lines.
+    pub(super) member: u32,
+}
+
+/// c-relay's ring for `carbon_ch` and `fnv1a_ch`, which differ only in the replica
+/// key, the hash and the tie order: 100 16-bit positions per member, ties sorted and
+/// owned wholly by their first entry.
+///
+/// Invariant: `entries` is sorted by position, and all entries that share a
+/// position carry the same member (the one c-relay sorts first). That is what
+/// lets the lookup start at any entry of a tie and still agree with c-relay.
+#[derive(Debug, Clone)]
+pub(super) struct TiedRing {
+    pub(super) entries: Vec<Entry>,
+    members: usize,
+    /// For each of the 65536 positions, the index of the first entry at or after it
+    /// (`entries.len()` = wrap): the lookup without a binary search. Empty when the ring
+    /// has more entries than a u16 indexes (over 655 members); lookups then search.
+    pub(super) first_at: Vec<u16>,
+}
+
+impl TiedRing {
+    /// Builds the ring of `members` (config order): replica `i` of a member sits at
+    /// `position` of the key `write_key` writes, cut to 255 bytes as c-relay's
+    /// `snprintf` into 256 bytes cuts it. Entries sort by position, then `tie_order`
+    /// of their members, then config order (c-relay's sort is glibc's merge sort,
+    /// stable over config order for entries its comparator calls equal).
+    pub(super) fn new(
+        kind: &str,
+        members: &[RingMember<'_>],
+        write_key: impl Fn(&mut String, &RingMember<'_>, usize),
+        position: impl Fn(&[u8]) -> u16,
+        tie_order: impl Fn(&RingMember<'_>, &RingMember<'_>) -> Ordering,
+    ) -> TiedRing {
         assert!(
             u32::try_from(members.len()).is_ok(),
-            "carbon_ch ring: too many members"
+            "{kind} ring: too many members"
         );
         let mut entries = Vec::with_capacity(members.len() * REPLICAS_PER_MEMBER);
-        let mut node_key = String::with_capacity(NODE_KEY_BYTES_MAX + 1);
+        let mut key = String::with_capacity(NODE_KEY_BYTES_MAX + 1);
         for (index, member) in members.iter().enumerate() {
             for replica in 0..REPLICAS_PER_MEMBER {
-                write_node_key(&mut node_key, member, replica);
-                let bytes = node_key.as_bytes();
-                let bytes = &bytes[..bytes.len().min(NODE_KEY_BYTES_MAX)];
+                write_key(&mut key, member, replica);
+                let bytes = &key.as_bytes()[..key.len().min(NODE_KEY_BYTES_MAX)];
                 entries.push(Entry {
-                    pos: Self::position(bytes),
+                    pos: position(bytes),
                     member: index as u32,
                 });
             }
         }
-
-        // c-relay's tie order. The member index comes last because c-relay's
-        // sort (glibc merge sort) is stable over config order for entries its
-        // comparator calls equal: same host and instance, different port.
         entries.sort_unstable_by(|l, r| {
             let (ml, mr) = (&members[l.member as usize], &members[r.member as usize]);
             l.pos
                 .cmp(&r.pos)
-                .then_with(|| ml.host.as_bytes().cmp(mr.host.as_bytes()))
-                .then_with(|| match (ml.instance, mr.instance) {
-                    (Some(il), Some(ir)) => il.as_bytes().cmp(ir.as_bytes()),
-                    (Some(_), None) => std::cmp::Ordering::Less,
-                    (None, Some(_)) => std::cmp::Ordering::Greater,
-                    (None, None) => std::cmp::Ordering::Equal,
-                })
+                .then_with(|| tie_order(ml, mr))
                 .then_with(|| l.member.cmp(&r.member))
         });
 
@@ -129,77 +204,38 @@ impl CarbonRing {
         } else {
             Vec::new()
         };
-        CarbonRing {
+        TiedRing {
             entries,
             members: members.len(),
             first_at,
         }
     }
 
-    /// The ring position of `key`: the first two bytes of its MD5 digest,
-    /// big-endian. Used for metric names and member node keys alike.
-    pub fn position(key: &[u8]) -> u16 {
-        let digest = Md5::digest(key);
-        u16::from_be_bytes([digest[0], digest[1]])
-    }
-
-    /// Clears `out` and pushes the member indexes (into the `members` slice given
-    /// to [`CarbonRing::new`]) of up to `replication` distinct members, in
-    /// replica order. Allocation-free once `out` has capacity.
-    ///
-    /// `key` is hashed whole. The caller passes the metric name already cut at
-    /// the first `;`: c-relay routes a tagged name `a.b;x=1` by `a.b` alone
-    /// (its `-t` test mode is the exception and hashes the whole line).
-    ///
-    /// Fewer than `replication` indexes come back when the ring has fewer
-    /// distinct members. c-relay refuses `replication` above the member count
-    /// at config load, and loops forever where duplicate members leave fewer
-    /// reachable than that; here the walk is bounded by the ring size.
-    pub fn route_into(&self, key: &[u8], replication: usize, out: &mut Vec<usize>) {
-        self.route_position_into(Self::position(key), replication, out);
-    }
-
-    /// [`route_into`](Self::route_into) for a key whose [`position`](Self::position) the
-    /// caller already knows (it caches positions, since MD5 is the costly part).
-    pub fn route_position_into(&self, pos: u16, replication: usize, out: &mut Vec<usize>) {
+    /// Clears `out` and pushes up to `n` distinct members in the order the ring meets
+    /// them from `pos`: the first entry at or after it, wrapping (Python's bisect_left
+    /// on (pos, ()), which c-relay copies). One lap at most: members whose every
+    /// position went to a tie's first member are unreachable, as in c-relay (which
+    /// would spin looking for them).
+    pub(super) fn route_position_into(&self, pos: u16, n: usize, out: &mut Vec<usize>) {
         out.clear();
-        let wanted = replication.min(self.members);
+        let wanted = n.min(self.members);
         if wanted == 0 || self.entries.is_empty() {
             return;
         }
-        let len = self.entries.len();
-        // First entry at or after `pos`; past the end wraps to the start. This
-        // is Python's bisect_left on (pos, ()), which c-relay copies.
-        let mut at = match self.first_at.get(pos as usize) {
+        let at = match self.first_at.get(pos as usize) {
             Some(&i) => i as usize,
             None => self.entries.partition_point(|e| e.pos < pos),
         };
         debug_assert_eq!(at, self.entries.partition_point(|e| e.pos < pos));
-        for _ in 0..len {
-            if at == len {
-                at = 0;
-            }
-            let member = self.entries[at].member as usize;
-            // Distinct by member: c-relay compares server identity, and it
-            // keys servers by host:port, which config validation keeps unique.
-            if !out.contains(&member) {
-                out.push(member);
-                if out.len() == wanted {
-                    return;
-                }
-            }
-            at += 1;
+        let len = self.entries.len();
+        let start = if at == len { 0 } else { at };
+        if wanted == 1 {
+            // The first entry met is the answer: no walk.
+            out.push(self.entries[start].member as usize);
+            return;
         }
-    }
-
-    /// Number of entries on the ring: 100 per member.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// True for a ring built from no members; it routes nothing.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        let member_at = |at: usize| self.entries[at].member as usize;
+        SeenMembers::new(self.members).push_walk((start, len, len), member_at, wanted, out);
     }
 }
 
@@ -215,7 +251,7 @@ pub(crate) struct SeenMembers {
 
 /// Members a [`SeenMembers`] tracks in its bitset: c-relay caps a hash cluster at 64
 /// servers, and larger rings only cost a linear search per step.
-pub(crate) const SEEN_BITS: usize = 256;
+const SEEN_BITS: usize = 256;
 
 impl SeenMembers {
     /// An empty set for a ring of `members` members.
@@ -240,6 +276,33 @@ impl SeenMembers {
             !recorded()
         }
     }
+
+    /// The preference walk the ring kinds share: over `steps` entries of a ring of `len`
+    /// from entry `start` (< `len`), wrapping, pushes onto `out` each member
+    /// (`member_at(entry)`) not yet recorded, until `out` holds `wanted`.
+    #[inline]
+    pub(crate) fn push_walk(
+        &mut self,
+        (start, steps, len): (usize, usize, usize),
+        member_at: impl Fn(usize) -> usize,
+        wanted: usize,
+        out: &mut Vec<usize>,
+    ) {
+        let mut at = start;
+        for _ in 0..steps {
+            let member = member_at(at);
+            if self.insert(member, || out.contains(&member)) {
+                out.push(member);
+                if out.len() == wanted {
+                    return;
+                }
+            }
+            at += 1;
+            if at == len {
+                at = 0;
+            }
+        }
+    }
 }
 
 /// Writes Python's `str((host, instance)) + ":" + str(replica)` into `buf`.
@@ -253,11 +316,12 @@ fn write_node_key(buf: &mut String, member: &RingMember<'_>, replica: usize) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn member<'a>(spec: &'a str) -> RingMember<'a> {
-        // "host:port" or "host:port=instance"; IPv4 and names only, enough here.
+    /// A member from `"host:port"` or `"host:port=instance"`; IPv4 and names only,
+    /// enough for the rings' tests.
+    pub(in crate::route) fn member(spec: &str) -> RingMember<'_> {
         let (addr, instance) = match spec.split_once('=') {
             Some((addr, instance)) => (addr, Some(instance)),
             None => (spec, None),
@@ -268,6 +332,18 @@ mod tests {
             port: port.parse().expect("port"),
             instance,
         }
+    }
+
+    /// One member per host, all on `port`, without instances.
+    pub(in crate::route) fn members_on(hosts: &[String], port: u16) -> Vec<RingMember<'_>> {
+        hosts
+            .iter()
+            .map(|h| RingMember {
+                host: h,
+                port,
+                instance: None,
+            })
+            .collect()
     }
 
     /// Routes `name` and returns the chosen members written as their specs.
@@ -358,6 +434,7 @@ mod tests {
         // At 7798 itself the tie goes to the smaller host, whatever the order.
         let ring = CarbonRing::new(&TEN_0_0_1_TO_3.map(member));
         let tied: Vec<Entry> = ring
+            .ring
             .entries
             .iter()
             .copied()
@@ -373,6 +450,7 @@ mod tests {
         let reversed = ["10.0.0.3:2003", "10.0.0.2:2003", "10.0.0.1:2003"];
         let ring = CarbonRing::new(&reversed.map(member));
         let tied: Vec<Entry> = ring
+            .ring
             .entries
             .iter()
             .copied()
@@ -393,6 +471,7 @@ mod tests {
         // an instance wins although listed second.
         let ring = CarbonRing::new(&["10.0.0.5:2003", "10.0.0.5:2004=10"].map(member));
         assert!(ring
+            .ring
             .entries
             .iter()
             .filter(|e| e.pos == 19939)
@@ -400,6 +479,7 @@ mod tests {
         // ('127.0.0.1', 'a') and ('127.0.0.1', 'e') share 16828; 'a' wins.
         let ring = CarbonRing::new(&["127.0.0.1:2105=e", "127.0.0.1:2101=a"].map(member));
         assert!(ring
+            .ring
             .entries
             .iter()
             .filter(|e| e.pos == 16828)
@@ -410,7 +490,7 @@ mod tests {
     fn duplicate_host_and_instance_goes_to_first_listed() {
         let specs = ["127.0.0.1:2102=a", "127.0.0.1:2101=a", "127.0.0.1:2103=b"];
         let ring = CarbonRing::new(&specs.map(member));
-        assert!(ring.entries.iter().all(|e| e.member != 1));
+        assert!(ring.ring.entries.iter().all(|e| e.member != 1));
         // Only two members are reachable; the walk stops instead of spinning.
         let mut out = Vec::new();
         ring.route_into(b"a", 3, &mut out);
@@ -428,7 +508,7 @@ mod tests {
             instance: Some(&instance),
         };
         let ring = CarbonRing::new(&[long]);
-        assert!(ring.entries.iter().all(|e| e.pos == 39928));
+        assert!(ring.ring.entries.iter().all(|e| e.pos == 39928));
     }
 
     #[test]
@@ -436,7 +516,7 @@ mod tests {
         let ring = CarbonRing::new(&TEN_0_0_1_TO_3.map(member));
         assert_eq!(ring.len(), 300);
         assert!(!ring.is_empty());
-        assert!(ring.entries.windows(2).all(|w| w[0].pos <= w[1].pos));
+        assert!(ring.ring.entries.windows(2).all(|w| w[0].pos <= w[1].pos));
 
         let mut out = vec![7];
         ring.route_into(b"a.b.c.d", 0, &mut out);
@@ -454,8 +534,8 @@ mod tests {
     #[test]
     fn keys_past_the_last_entry_wrap_to_the_first() {
         let ring = CarbonRing::new(&TEN_0_0_1_TO_3.map(member));
-        let last = ring.entries.last().unwrap();
-        let first = ring.entries[0].member as usize;
+        let last = ring.ring.entries.last().unwrap();
+        let first = ring.ring.entries[0].member as usize;
         // Find a name positioned after the last entry.
         let name = (0..)
             .map(|i| format!("wrap.{i}"))

@@ -35,16 +35,9 @@
 //!   The full walk (n = member count) continues that until every member is chosen:
 //!   a permutation whose first `replication` entries are c-relay's replica set.
 
-use super::ring::{RingMember, SeenMembers};
+use super::ring::{RingMember, TiedRing};
 use std::cmp::Ordering;
 use std::fmt::Write as _;
-
-/// Positions each `fnv1a_ch` member owns: c-relay's `HASH_REPLICAS`, as for carbon_ch.
-const REPLICAS_PER_MEMBER: usize = 100;
-
-/// c-relay formats replica keys with `snprintf` into 256 bytes, so it hashes at most
-/// 255 of them; we cut the same way.
-const NODE_KEY_BYTES_MAX: usize = 255;
 
 /// `jump_fnv1a_ch` rings up to this many members walk in a stack buffer; larger ones
 /// use the caller's `out` as the buffer (so it needs capacity for every member).
@@ -84,26 +77,11 @@ pub fn jump_bucket(mut key: u64, buckets: usize) -> usize {
     b as usize
 }
 
-/// One point of an `fnv1a_ch` ring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
-    pos: u16,
-    /// Index into the member slice given to [`FnvRing::new`].
-    member: u32,
-}
-
 /// A built `fnv1a_ch` ring: immutable after [`FnvRing::new`] and cheap to clone.
-///
-/// Invariant, as in `CarbonRing`: `entries` is sorted by position and every entry of a
-/// tie carries the member c-relay sorts first.
+/// c-relay's carbon_ch ring with another key, hash and tie order.
 #[derive(Debug, Clone)]
 pub struct FnvRing {
-    entries: Vec<Entry>,
-    members: usize,
-    /// For each of the 65536 positions, the first entry at or after it
-    /// (`entries.len()` = wrap). Empty when a u16 cannot index the entries (over 655
-    /// members); lookups then search.
-    first_at: Vec<u16>,
+    ring: TiedRing,
 }
 
 impl FnvRing {
@@ -112,55 +90,20 @@ impl FnvRing {
     /// validation should reject them): the first listed takes every shared position.
     /// An empty `members` gives a ring that routes nothing.
     pub fn new(members: &[RingMember<'_>]) -> FnvRing {
-        assert!(
-            u32::try_from(members.len()).is_ok(),
-            "fnv1a_ch ring: too many members"
+        // c-relay's entrycmp_fnv1a: position, host (strcmp), port.
+        let ring = TiedRing::new(
+            "fnv1a_ch",
+            members,
+            write_replica_key,
+            Self::position,
+            |ml, mr| {
+                ml.host
+                    .as_bytes()
+                    .cmp(mr.host.as_bytes())
+                    .then_with(|| ml.port.cmp(&mr.port))
+            },
         );
-        let mut entries = Vec::with_capacity(members.len() * REPLICAS_PER_MEMBER);
-        let mut key = String::with_capacity(NODE_KEY_BYTES_MAX + 1);
-        for (index, member) in members.iter().enumerate() {
-            for replica in 0..REPLICAS_PER_MEMBER {
-                write_replica_key(&mut key, member, replica);
-                let bytes = &key.as_bytes()[..key.len().min(NODE_KEY_BYTES_MAX)];
-                entries.push(Entry {
-                    pos: Self::position(bytes),
-                    member: index as u32,
-                });
-            }
-        }
-        // c-relay's entrycmp_fnv1a: position, host (strcmp), port. The member index
-        // last stands for glibc's stable merge sort over config order.
-        entries.sort_unstable_by(|l, r| {
-            let (ml, mr) = (&members[l.member as usize], &members[r.member as usize]);
-            l.pos
-                .cmp(&r.pos)
-                .then_with(|| ml.host.as_bytes().cmp(mr.host.as_bytes()))
-                .then_with(|| ml.port.cmp(&mr.port))
-                .then_with(|| l.member.cmp(&r.member))
-        });
-        for i in 1..entries.len() {
-            if entries[i].pos == entries[i - 1].pos {
-                entries[i].member = entries[i - 1].member;
-            }
-        }
-        let first_at = if entries.len() < u16::MAX as usize {
-            let mut table = Vec::with_capacity(1 << 16);
-            let mut at = 0usize;
-            for pos in 0..=u16::MAX {
-                while at < entries.len() && entries[at].pos < pos {
-                    at += 1;
-                }
-                table.push(at as u16);
-            }
-            table
-        } else {
-            Vec::new()
-        };
-        FnvRing {
-            entries,
-            members: members.len(),
-            first_at,
-        }
+        FnvRing { ring }
     }
 
     /// The ring position of `key`: c-relay's FNV-1a 32 folded to 16 bits. Used for
@@ -177,54 +120,23 @@ impl FnvRing {
     ///
     /// `key`: the (cleansed) metric name cut at the first `;`.
     pub fn route_into(&self, key: &[u8], n: usize, out: &mut Vec<usize>) {
-        self.route_position_into(Self::position(key), n, out);
-    }
-
-    /// [`route_into`](Self::route_into) for a key whose [`position`](Self::position)
-    /// the caller already knows.
-    pub fn route_position_into(&self, pos: u16, n: usize, out: &mut Vec<usize>) {
-        out.clear();
-        let wanted = n.min(self.members);
-        if wanted == 0 || self.entries.is_empty() {
-            return;
-        }
-        let len = self.entries.len();
-        let mut at = match self.first_at.get(pos as usize) {
-            Some(&i) => i as usize,
-            None => self.entries.partition_point(|e| e.pos < pos),
-        };
-        let mut seen = SeenMembers::new(self.members);
-        // One lap at most: members whose every position went to a tie's first member
-        // are unreachable, as in c-relay (which would spin looking for them).
-        for _ in 0..len {
-            if at == len {
-                at = 0;
-            }
-            let member = self.entries[at].member as usize;
-            if seen.insert(member, || out.contains(&member)) {
-                out.push(member);
-                if out.len() == wanted {
-                    return;
-                }
-            }
-            at += 1;
-        }
+        self.ring.route_position_into(Self::position(key), n, out);
     }
 
     /// The ring's entries in order, as (position, member index), ties already given to
     /// their first member: what c-relay prints with `-d` (as `pos@host:port`).
     pub fn points(&self) -> impl Iterator<Item = (u16, usize)> + '_ {
-        self.entries.iter().map(|e| (e.pos, e.member as usize))
+        self.ring.entries.iter().map(|e| (e.pos, e.member as usize))
     }
 
     /// Number of entries on the ring: 100 per member.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.ring.entries.len()
     }
 
     /// True for a ring built from no members.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.ring.entries.is_empty()
     }
 }
 
@@ -272,11 +184,6 @@ impl JumpRing {
         self.reversed.iter().rev().map(|&m| m as usize)
     }
 
-    /// The key hash: c-relay's FNV-1a 64 of `key`.
-    pub fn hash(key: &[u8]) -> u64 {
-        fnv1a_64(key)
-    }
-
     /// Clears `out` and pushes up to `n` distinct member indexes in preference order:
     /// with `n` = replication, c-relay's replica set; with `n` = member count, every
     /// member (the walk goes on removing and re-jumping until none is left).
@@ -285,18 +192,13 @@ impl JumpRing {
     ///
     /// `key`: the (cleansed) metric name cut at the first `;`.
     pub fn route_into(&self, key: &[u8], n: usize, out: &mut Vec<usize>) {
-        self.route_hash_into(Self::hash(key), n, out);
-    }
-
-    /// [`route_into`](Self::route_into) for a key whose [`hash`](Self::hash) the caller
-    /// already knows.
-    pub fn route_hash_into(&self, hash: u64, n: usize, out: &mut Vec<usize>) {
         out.clear();
         let members = self.reversed.len();
         let wanted = n.min(members);
         if wanted == 0 {
             return;
         }
+        let hash = fnv1a_64(key);
         if wanted == 1 {
             // The common case needs no buffer: bucket j is reversed[len - 1 - j].
             out.push(self.reversed[members - 1 - jump_bucket(hash, members)] as usize);
@@ -444,19 +346,7 @@ fn merge_sort_with_tmp<T: Copy>(v: &mut [T], tmp: &mut Vec<T>, cmp: impl Fn(&T, 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn member(spec: &str) -> RingMember<'_> {
-        let (addr, instance) = match spec.split_once('=') {
-            Some((addr, instance)) => (addr, Some(instance)),
-            None => (spec, None),
-        };
-        let (host, port) = addr.rsplit_once(':').expect("host:port");
-        RingMember {
-            host,
-            port: port.parse().expect("port"),
-            instance,
-        }
-    }
+    use crate::route::ring::tests::{member, members_on};
 
     fn fnv_route(specs: &[&str], n: usize, name: &str) -> Vec<String> {
         let members: Vec<RingMember<'_>> = specs.iter().map(|s| member(s)).collect();
@@ -525,7 +415,7 @@ mod tests {
         let specs = ["10.0.0.9:2003=a", "10.0.0.1:2004=a", "10.0.0.5:2003=b"];
         let members: Vec<RingMember<'_>> = specs.iter().map(|s| member(s)).collect();
         let ring = FnvRing::new(&members);
-        assert!(ring.entries.iter().all(|e| e.member != 0));
+        assert!(ring.ring.entries.iter().all(|e| e.member != 0));
     }
 
     #[test]
@@ -534,7 +424,7 @@ mod tests {
         let specs = ["10.0.0.1:2004", "10.0.0.1:2003"];
         let members: Vec<RingMember<'_>> = specs.iter().map(|s| member(s)).collect();
         let ring = FnvRing::new(&members);
-        for w in ring.entries.windows(2) {
+        for w in ring.ring.entries.windows(2) {
             assert!(w[0].pos <= w[1].pos);
             if w[0].pos == w[1].pos {
                 assert_eq!(w[1].member, 1, "the smaller port owns a tie");
@@ -641,14 +531,7 @@ mod tests {
         let hosts: Vec<String> = (0..300)
             .map(|i| format!("10.0.{}.{}", i / 250, i % 250))
             .collect();
-        let members: Vec<RingMember<'_>> = hosts
-            .iter()
-            .map(|h| RingMember {
-                host: h,
-                port: 2003,
-                instance: None,
-            })
-            .collect();
+        let members = members_on(&hosts, 2003);
         let ring = JumpRing::new(&members);
         let mut out = Vec::new();
         for i in 0..50 {
@@ -679,16 +562,9 @@ mod tests {
         let hosts: Vec<String> = (0..700)
             .map(|i| format!("10.8.{}.{}", i / 250, i % 250))
             .collect();
-        let members: Vec<RingMember<'_>> = hosts
-            .iter()
-            .map(|h| RingMember {
-                host: h,
-                port: 2003,
-                instance: None,
-            })
-            .collect();
+        let members = members_on(&hosts, 2003);
         let ring = FnvRing::new(&members);
-        assert!(ring.first_at.is_empty());
+        assert!(ring.ring.first_at.is_empty());
         let points: Vec<(u16, usize)> = ring.points().collect();
         let mut out = Vec::new();
         for k in 0..100 {

@@ -36,8 +36,7 @@
 //! - With one node carbon yields it twice (a special case plus the loop); its client
 //!   sends to the set of destinations, so the duplicate has no effect. We list it once.
 
-use super::ring::{RingMember, SeenMembers};
-use md5::{Digest, Md5};
+use super::ring::{md5_position, RingMember, SeenMembers};
 use std::fmt::Write as _;
 
 /// Positions each node owns: `ConsistentHashRing`'s `replica_count` default, which
@@ -179,9 +178,9 @@ impl PythonRing {
         self.route_position_into(Self::position(key), n, out);
     }
 
-    /// [`route_into`](Self::route_into) for a key whose [`position`](Self::position)
-    /// the caller already knows.
-    pub fn route_position_into(&self, pos: u16, n: usize, out: &mut Vec<usize>) {
+    /// [`route_into`](Self::route_into) from a key's [`position`](Self::position);
+    /// separate so that tests can start the walk at a position no key reaches.
+    fn route_position_into(&self, pos: u16, n: usize, out: &mut Vec<usize>) {
         out.clear();
         let wanted = n.min(self.nodes);
         if wanted == 0 {
@@ -195,21 +194,13 @@ impl PythonRing {
         // carbon walks from `index` until it comes back to `index - 1`: one entry short
         // of a lap.
         let lap = (start..len).chain(0..start).take(len - 1);
+        let member_at = |at: usize| self.entries[at].member as usize;
         if !self.diverse_replicas {
             if self.nodes == 1 {
                 out.push(self.entries[0].member as usize);
                 return;
             }
-            let mut seen = SeenMembers::new(self.members);
-            for at in lap {
-                let member = self.entries[at].member as usize;
-                if seen.insert(member, || out.contains(&member)) {
-                    out.push(member);
-                    if out.len() == wanted {
-                        return;
-                    }
-                }
-            }
+            SeenMembers::new(self.members).push_walk((start, len - 1, len), member_at, wanted, out);
             return;
         }
 
@@ -217,7 +208,7 @@ impl PythonRing {
         // host not yet used is the first meeting of its node, so nodes need no tracking.
         let mut seen_hosts = SeenMembers::new(self.members);
         let host_of = &self.host_of;
-        for at in lap.clone() {
+        for at in lap {
             let member = self.entries[at].member as usize;
             let host = host_of[member] as usize;
             if seen_hosts.insert(host, || out.iter().any(|&m| host_of[m] as usize == host)) {
@@ -236,15 +227,7 @@ impl PythonRing {
             // Large rings search `out` instead, which already holds these.
             pushed.insert(member, || true);
         }
-        for at in lap {
-            let member = self.entries[at].member as usize;
-            if pushed.insert(member, || out.contains(&member)) {
-                out.push(member);
-                if out.len() == wanted {
-                    return;
-                }
-            }
-        }
+        pushed.push_walk((start, len - 1, len), member_at, wanted, out);
     }
 
     /// The ring's entries in order, as (position, member index): carbon's
@@ -262,11 +245,6 @@ impl PythonRing {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
-}
-
-fn md5_position(key: &[u8]) -> u16 {
-    let digest = Md5::digest(key);
-    u16::from_be_bytes([digest[0], digest[1]])
 }
 
 /// Writes `"%s:%d" % ((host, instance), replica)` as Python 3 formats it.
@@ -333,19 +311,7 @@ fn py_printable(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn member(spec: &str) -> RingMember<'_> {
-        let (addr, instance) = match spec.split_once('=') {
-            Some((addr, instance)) => (addr, Some(instance)),
-            None => (spec, None),
-        };
-        let (host, port) = addr.rsplit_once(':').expect("host:port");
-        RingMember {
-            host,
-            port: port.parse().expect("port"),
-            instance,
-        }
-    }
+    use crate::route::ring::tests::{member, members_on};
 
     fn route(specs: &[&str], diverse: bool, n: usize, name: &str) -> Vec<String> {
         let members: Vec<RingMember<'_>> = specs.iter().map(|s| member(s)).collect();
@@ -461,14 +427,7 @@ mod tests {
             .filter(|h| md5_position(format!("('{h}', None):0").as_bytes()) == 65535)
             .take(2)
             .collect();
-        let members: Vec<RingMember<'_>> = hosts
-            .iter()
-            .map(|h| RingMember {
-                host: h,
-                port: 2003,
-                instance: None,
-            })
-            .collect();
+        let members = members_on(&hosts, 2003);
         let ring = PythonRing::new(&members, false);
         let top: Vec<Entry> = ring
             .entries

@@ -140,15 +140,6 @@ impl StatsdRing {
         u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]])
     }
 
-    /// Points of member `index` on the ring: 40, or 39 at 7, 14 or 28 equal servers; 0
-    /// for a member merged into an earlier one.
-    pub fn points_of(&self, index: usize) -> usize {
-        self.entries
-            .iter()
-            .filter(|e| e.member as usize == index)
-            .count()
-    }
-
     /// Clears `out` and pushes up to `n` distinct member indexes (into the slice given
     /// to [`StatsdRing::new`]) in preference order: the proxy's server first, then what
     /// hashring's `range(key, n)` adds going on around the ring. Allocation-free once
@@ -156,37 +147,26 @@ impl StatsdRing {
     ///
     /// `key`: the text before the first `:` of the statsd line.
     pub fn route_into(&self, key: &[u8], n: usize, out: &mut Vec<usize>) {
-        self.route_hash_into(Self::hash(key), n, out);
-    }
-
-    /// [`route_into`](Self::route_into) for a key whose [`hash`](Self::hash) the caller
-    /// already knows.
-    pub fn route_hash_into(&self, hash: u32, n: usize, out: &mut Vec<usize>) {
         out.clear();
         let wanted = n.min(self.servers);
         let len = self.entries.len();
         if wanted == 0 || len == 0 {
             return;
         }
+        let hash = Self::hash(key);
         let mut at = self.first_at[(hash >> 16) as usize] as usize;
         while at < len && self.entries[at].value < hash {
             at += 1;
         }
         debug_assert_eq!(at, self.entries.partition_point(|e| e.value < hash));
-        let mut seen = SeenMembers::new(self.members);
-        for _ in 0..len {
-            if at == len {
-                at = 0;
-            }
-            let member = self.entries[at].member as usize;
-            if seen.insert(member, || out.contains(&member)) {
-                out.push(member);
-                if out.len() == wanted {
-                    return;
-                }
-            }
-            at += 1;
+        let start = if at == len { 0 } else { at };
+        if wanted == 1 {
+            // The first point met is the answer (the proxy's `get`): no walk.
+            out.push(self.entries[start].member as usize);
+            return;
         }
+        let member_at = |at: usize| self.entries[at].member as usize;
+        SeenMembers::new(self.members).push_walk((start, len, len), member_at, wanted, out);
     }
 
     /// The ring's points in order, as (value, member index): hashring's `ring`.
@@ -208,16 +188,11 @@ impl StatsdRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::ring::tests::members_on as members;
 
-    fn members<'a>(hosts: &'a [String], port: u16) -> Vec<RingMember<'a>> {
-        hosts
-            .iter()
-            .map(|h| RingMember {
-                host: h,
-                port,
-                instance: None,
-            })
-            .collect()
+    /// Points of member `index` on the ring.
+    fn points_of(ring: &StatsdRing, index: usize) -> usize {
+        ring.points().filter(|&(_, m)| m == index).count()
     }
 
     fn hosts(n: usize) -> Vec<String> {
@@ -257,7 +232,7 @@ mod tests {
             let m = members(&h, 8125);
             let ring = StatsdRing::new(&m, &vec![100; n]);
             let want = if [7, 14, 28].contains(&n) { 39 } else { 40 };
-            assert_eq!(ring.points_of(0), want, "{n} servers");
+            assert_eq!(points_of(&ring, 0), want, "{n} servers");
             assert_eq!(ring.len(), want * n);
         }
     }
@@ -268,15 +243,19 @@ mod tests {
         let m = members(&h, 8125);
         // 300 and 100: floor(0.75 * 40 * 2) = 60, floor(0.25 * 80) = 20.
         let ring = StatsdRing::new(&m, &[300, 100]);
-        assert_eq!((ring.points_of(0), ring.points_of(1)), (60, 20));
+        assert_eq!((points_of(&ring, 0), points_of(&ring, 1)), (60, 20));
         // A weight of 0 counts as 1.
         let ring = StatsdRing::new(&m, &[0, 1]);
-        assert_eq!((ring.points_of(0), ring.points_of(1)), (40, 40));
+        assert_eq!((points_of(&ring, 0), points_of(&ring, 1)), (40, 40));
         // A repeated host:port merges into the first; the last weight counts.
         let rep = [m[0], m[1], m[0]];
         let ring = StatsdRing::new(&rep, &[100, 100, 300]);
         assert_eq!(
-            (ring.points_of(0), ring.points_of(1), ring.points_of(2)),
+            (
+                points_of(&ring, 0),
+                points_of(&ring, 1),
+                points_of(&ring, 2)
+            ),
             (60, 20, 0)
         );
     }

@@ -32,9 +32,10 @@
 //! is given the names cut at `;`, the way the relay hashes them, and cadent the
 //! full names.
 
-use cadent::route::ring::{CarbonRing, RingMember};
+use crate::support::{member, ring_members, Member};
+use cadent::route::ring::CarbonRing;
 use cadent::tools::SplitMix64;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -156,41 +157,12 @@ const TIES_AIMED_MAX: usize = 12;
 /// How long one peer run may take before the test gives up on it.
 const PEER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A cluster member parsed from its spec.
-struct Member {
-    /// The spec itself: how answers are written and compared.
-    spec: &'static str,
-    /// `host:port` as c-relay prints a chosen server (IPv6 bracketed).
-    addr: &'static str,
-    /// Host as hashed (IPv6 without brackets).
-    host: &'static str,
-    port: u16,
-    instance: Option<&'static str>,
-}
-
-fn member(spec: &'static str) -> Member {
-    let (addr, instance) = match spec.split_once('=') {
-        Some((addr, instance)) => (addr, Some(instance)),
-        None => (spec, None),
-    };
-    let (host, port) = addr.rsplit_once(':').expect("member spec is host:port");
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    Member {
-        spec,
-        addr,
-        host,
-        port: port.parse().expect("member port"),
-        instance,
-    }
-}
-
 fn members(scenario: &Scenario) -> Vec<Member> {
     scenario.members.iter().map(|s| member(s)).collect()
 }
 
-/// c-relay's `-t` answers for one name: the name as it echoed it, and the
-/// chosen members' specs in replica order.
-type Routes = Vec<(String, Vec<String>)>;
+/// c-relay's `-t` answers: per name, the chosen members' specs in replica order.
+type Routes = Vec<Vec<String>>;
 
 /// Deterministic metric names of varied shapes; about 1 in 20 carries tags.
 /// Only bytes c-relay's cleansing keeps, no empty segments and no spaces, so
@@ -231,19 +203,8 @@ fn names() -> Vec<String> {
         "app:blue",
         "queue#2",
     ];
-    const SEGMENT_BYTES: &[u8] =
-        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-";
-
     let mut rng = SplitMix64(0x6361_6465_6e74_2121);
-    let mut seen = HashSet::new();
-    // Fixed vectors from the reference notes first.
-    let mut out: Vec<String> = ["a.b.c.d", "collectd.bar.memory.free", "foo.bar", "m12052"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    seen.extend(out.iter().cloned());
-    while out.len() < NAMES_COUNT {
-        let mut name = String::new();
+    crate::support::distinct_names(NAMES_COUNT, |name| {
         match rng.below(7) {
             0 => {
                 let _ = write!(
@@ -272,16 +233,7 @@ fn names() -> Vec<String> {
                     let _ = write!(name, "{}", rng.below(100_000));
                 }
             }
-            3 => {
-                for i in 0..1 + rng.below(10) {
-                    if i > 0 {
-                        name.push('.');
-                    }
-                    for _ in 0..1 + rng.below(12) {
-                        name.push(SEGMENT_BYTES[rng.below(SEGMENT_BYTES.len())] as char);
-                    }
-                }
-            }
+            3 => crate::support::push_random_segments(name, &mut rng, 10),
             4 => {
                 let _ = write!(
                     name,
@@ -295,14 +247,7 @@ fn names() -> Vec<String> {
             5 => {
                 let _ = write!(name, "m{}", rng.below(100_000));
             }
-            _ => {
-                for i in 0..2 + rng.below(6) {
-                    if i > 0 {
-                        name.push('.');
-                    }
-                    name.push_str(WORDS[rng.below(WORDS.len())]);
-                }
-            }
+            _ => crate::support::push_words(name, &mut rng, WORDS),
         }
         if rng.below(20) == 0 {
             let _ = write!(name, ";dc=dc{}", rng.below(5));
@@ -310,11 +255,7 @@ fn names() -> Vec<String> {
                 let _ = write!(name, ";env={}", WORDS[rng.below(WORDS.len())]);
             }
         }
-        if seen.insert(name.clone()) {
-            out.push(name);
-        }
-    }
-    out
+    })
 }
 
 /// Names aimed exactly at tied ring positions, at most `TIES_AIMED_MAX` per
@@ -322,23 +263,7 @@ fn names() -> Vec<String> {
 /// so these pin how a whole tie is owned, not only its first entry. One pass
 /// serves every scenario: each try hashes one candidate name.
 fn names_on_ties(tied: &[u16]) -> Vec<String> {
-    let mut wanted: BTreeMap<u16, Option<String>> = tied.iter().map(|&p| (p, None)).collect();
-    let mut missing = wanted.len();
-    let mut name = String::new();
-    // About 65536 * ln(missing) tries; the bound leaves a wide margin.
-    for k in 0..8_000_000u32 {
-        if missing == 0 {
-            break;
-        }
-        name.clear();
-        let _ = write!(name, "tie.k{k}");
-        if let Some(slot @ None) = wanted.get_mut(&CarbonRing::position(name.as_bytes())) {
-            *slot = Some(name.clone());
-            missing -= 1;
-        }
-    }
-    assert_eq!(missing, 0, "no name found for some tied positions");
-    wanted.into_values().flatten().collect()
+    crate::support::names_at_positions(tied.iter().copied(), "tie.k", CarbonRing::position)
 }
 
 /// Ring positions c-relay holds more than once for `scenario`, at most
@@ -392,102 +317,41 @@ fn hash_key(name: &str) -> &str {
 }
 
 fn crelay_conf(scenario: &Scenario, replication: usize) -> String {
-    format!(
-        "cluster c carbon_ch replication {replication}\n    {}\n    ;\nmatch * send to c stop;\n",
-        scenario.members.join("\n    ")
-    )
+    crate::support::crelay_cluster_conf("carbon_ch", scenario.members, replication)
 }
 
 /// Positions of c-relay's ring for `conf`, read from its `-d` print.
 fn crelay_ring_positions(conf: &Path, dir: &Path) -> Vec<u16> {
-    let stdin = dir.join("ring.in");
-    fs::write(&stdin, "a.b.c.d\n").expect("write ring stdin");
-    let mut cmd = Command::new(crelay_bin());
-    cmd.args(["-t", "-d", "-f"]).arg(conf);
-    let stdout = run(cmd, &stdin, dir, "ring");
-    let positions: Vec<u16> = stdout
-        .lines()
-        .skip_while(|l| !l.starts_with("# hash ring for c follows"))
-        .skip(1)
-        .take_while(|l| !l.trim().is_empty())
-        .flat_map(str::split_whitespace)
-        .map(|cell| {
-            let (pos, _) = cell.split_once('@').expect("ring cell is POS@server");
-            pos.parse().expect("ring position")
-        })
-        .collect();
-    assert!(
-        !positions.is_empty(),
-        "no ring in c-relay -d output:\n{stdout}"
-    );
-    positions
+    crate::support::crelay_ring_cells(conf, dir, PEER_TIMEOUT)
+        .into_iter()
+        .map(|(pos, _)| pos)
+        .collect()
 }
 
 /// c-relay's answers for `names` (already cut at `;`) under `conf`.
 fn crelay_routes(conf: &Path, names: &[&str], members: &[Member], dir: &Path) -> Routes {
-    let stdin = dir.join("crelay.in");
-    fs::write(&stdin, lines(names)).expect("write c-relay stdin");
-    let mut cmd = Command::new(crelay_bin());
-    cmd.arg("-t").arg("-f").arg(conf);
-    let stdout = run(cmd, &stdin, dir, "crelay");
-    let routes = parse_crelay_routes(&stdout, members);
-    assert_eq!(
-        routes.len(),
-        names.len(),
-        "c-relay answered {} of {} names; see {}",
-        routes.len(),
-        names.len(),
-        dir.display()
-    );
-    routes
-}
-
-/// Reads the per-name blocks of c-relay's `-t` output. The config echo before
-/// them never has a line that is exactly `match`, so that line starts a block.
-fn parse_crelay_routes(stdout: &str, members: &[Member]) -> Routes {
     let by_addr: BTreeMap<&str, &str> = members.iter().map(|m| (m.addr, m.spec)).collect();
-    let mut routes = Routes::new();
-    let mut in_block = false;
-    let mut in_cluster = false;
-    for line in stdout.lines() {
-        let trimmed = line.trim();
-        if line == "match" {
-            in_block = true;
-            in_cluster = false;
-        } else if !in_block {
-            continue;
-        } else if let Some(name) = line.trim_start().strip_prefix("* -> ") {
-            routes.push((name.to_string(), Vec::new()));
-        } else if trimmed == "carbon_ch(c)" {
-            in_cluster = true;
-        } else if trimmed == "stop" {
-            in_block = false;
-            in_cluster = false;
-        } else if in_cluster && !trimmed.starts_with("hash_pos(") {
-            let spec = by_addr
-                .get(trimmed)
-                .unwrap_or_else(|| panic!("c-relay chose unknown server {trimmed:?}"));
-            let (_, chosen) = routes.last_mut().expect("server line inside a block");
-            chosen.push(spec.to_string());
-        }
-    }
-    routes
-}
-
-fn lines(names: &[&str]) -> String {
-    let mut out = String::with_capacity(names.iter().map(|n| n.len() + 1).sum());
-    for name in names {
-        out.push_str(name);
-        out.push('\n');
-    }
-    out
+    crate::support::crelay_test_routes(conf, names, dir, "carbon_ch(c)", PEER_TIMEOUT)
+        .into_iter()
+        .map(|servers| {
+            servers
+                .iter()
+                .map(|server| {
+                    let spec = by_addr
+                        .get(server.as_str())
+                        .unwrap_or_else(|| panic!("c-relay chose unknown server {server:?}"));
+                    spec.to_string()
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Compares answers name by name; returns how many differ, printing the first 20.
 fn compare(label: &str, names: &[String], expected: &Routes, got: &[Vec<String>]) -> usize {
     assert_eq!(expected.len(), got.len(), "{label}: answer counts differ");
     let mut differ = 0;
-    for ((name, (_, want)), have) in names.iter().zip(expected).zip(got) {
+    for ((name, want), have) in names.iter().zip(expected).zip(got) {
         if want != have {
             if differ < 20 {
                 eprintln!(
@@ -517,9 +381,6 @@ fn reference(scenario: &Scenario, names: &[String], tag: &str) -> Reference {
         let conf = dir.join(format!("relay-r{replication}.conf"));
         fs::write(&conf, crelay_conf(scenario, replication)).expect("write c-relay conf");
         let routes = crelay_routes(&conf, &keys, &members, &dir);
-        for ((echoed, _), key) in routes.iter().zip(&keys) {
-            assert_eq!(echoed, key, "c-relay answers out of order");
-        }
         answers.push((replication, routes));
     }
     Reference { dir, answers }
@@ -535,15 +396,7 @@ fn carbon_ch_library_matches_crelay() {
     for scenario in scenarios {
         let reference = reference(scenario, &names, "lib");
         let members = members(scenario);
-        let ring_members: Vec<RingMember<'_>> = members
-            .iter()
-            .map(|m| RingMember {
-                host: m.host,
-                port: m.port,
-                instance: m.instance,
-            })
-            .collect();
-        let ring = CarbonRing::new(&ring_members);
+        let ring = CarbonRing::new(&ring_members(&members));
         for (replication, expected) in &reference.answers {
             let got: Vec<Vec<String>> = names
                 .iter()
@@ -572,14 +425,13 @@ fn carbon_ch_library_matches_crelay() {
 fn cadent_hash_cli_matches_crelay() {
     let scenarios: Vec<&Scenario> = SCENARIOS.iter().collect();
     let names = names_for(&scenarios, "cli");
-    let full: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut compared = 0;
     let mut differ = 0;
     for scenario in scenarios {
         let reference = reference(scenario, &names, "cli");
         let dir = &reference.dir;
         let stdin = dir.join("cadent.in");
-        fs::write(&stdin, lines(&full)).expect("write cadent stdin");
+        fs::write(&stdin, crate::support::lines(&names)).expect("write cadent stdin");
         for (replication, expected) in &reference.answers {
             let config = dir.join(format!("cadent-r{replication}.toml"));
             fs::write(&config, cadent_config(scenario, *replication)).expect("write cadent config");

@@ -157,7 +157,7 @@ fn crelay_final_names(conf: &str, names: &[String], dir: &Path) -> Vec<String> {
     let conf_path = dir.join("relay.conf");
     fs::write(&conf_path, conf).expect("write config");
     let stdin_path = dir.join("names.in");
-    fs::write(&stdin_path, names.join("\n") + "\n").expect("write names");
+    fs::write(&stdin_path, crate::support::lines(names)).expect("write names");
     let mut cmd = Command::new(crate::support::peer_bin("carbon-c-relay", &[]));
     cmd.arg("-t").arg("-f").arg(&conf_path);
     let crate::support::PeerOutput { stdout, stderr } =

@@ -13,12 +13,13 @@
 //! names here have no spaces and both sides hash the same bytes; some carry bytes
 //! >= 0x80, which c-relay's FNV sign-extends.
 
+use crate::support::{member, ring_members, Member};
 use cadent::route::ring::RingMember;
 use cadent::route::ring_fnv::{FnvRing, JumpRing};
 use cadent::route::ring_python::PythonRing;
 use cadent::route::ring_statsd::StatsdRing;
 use cadent::tools::SplitMix64;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -30,38 +31,6 @@ const NAMES_COUNT: usize = 12_000;
 
 /// How long one peer run may take before the test gives up on it.
 const PEER_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A cluster member parsed from `host:port[=instance]`.
-#[derive(Clone, Copy)]
-struct Member {
-    host: &'static str,
-    port: u16,
-    instance: Option<&'static str>,
-}
-
-fn member(spec: &'static str) -> Member {
-    let (addr, instance) = match spec.split_once('=') {
-        Some((addr, instance)) => (addr, Some(instance)),
-        None => (spec, None),
-    };
-    let (host, port) = addr.rsplit_once(':').expect("member spec is host:port");
-    Member {
-        host,
-        port: port.parse().expect("member port"),
-        instance,
-    }
-}
-
-fn ring_members(members: &[Member]) -> Vec<RingMember<'static>> {
-    members
-        .iter()
-        .map(|m| RingMember {
-            host: m.host,
-            port: m.port,
-            instance: m.instance,
-        })
-        .collect()
-}
 
 /// Deterministic metric names of varied shapes, no spaces, none empty. With
 /// `high_bytes`, about 1 in 25 carries UTF-8 (bytes >= 0x80).
@@ -100,17 +69,8 @@ fn names(seed: u64, high_bytes: bool) -> Vec<String> {
         "\u{ff}",
         "\u{1f600}",
     ];
-    const SEGMENT_BYTES: &[u8] =
-        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-";
     let mut rng = SplitMix64(seed);
-    let mut seen = HashSet::new();
-    let mut out: Vec<String> = ["a.b.c.d", "collectd.bar.memory.free", "foo.bar", "m12052"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    seen.extend(out.iter().cloned());
-    while out.len() < NAMES_COUNT {
-        let mut name = String::new();
+    crate::support::distinct_names(NAMES_COUNT, |name| {
         match rng.below(5) {
             0 => {
                 let _ = write!(
@@ -122,16 +82,7 @@ fn names(seed: u64, high_bytes: bool) -> Vec<String> {
                     WORDS[rng.below(WORDS.len())]
                 );
             }
-            1 => {
-                for i in 0..1 + rng.below(8) {
-                    if i > 0 {
-                        name.push('.');
-                    }
-                    for _ in 0..1 + rng.below(12) {
-                        name.push(SEGMENT_BYTES[rng.below(SEGMENT_BYTES.len())] as char);
-                    }
-                }
-            }
+            1 => crate::support::push_random_segments(name, &mut rng, 8),
             2 => {
                 let _ = write!(name, "m{}", rng.below(100_000));
             }
@@ -144,33 +95,13 @@ fn names(seed: u64, high_bytes: bool) -> Vec<String> {
                     50 + rng.below(50)
                 );
             }
-            _ => {
-                for i in 0..2 + rng.below(6) {
-                    if i > 0 {
-                        name.push('.');
-                    }
-                    name.push_str(WORDS[rng.below(WORDS.len())]);
-                }
-            }
+            _ => crate::support::push_words(name, &mut rng, WORDS),
         }
         if high_bytes && rng.below(25) == 0 {
             name.push('.');
             name.push_str(UTF8[rng.below(UTF8.len())]);
         }
-        if seen.insert(name.clone()) {
-            out.push(name);
-        }
-    }
-    out
-}
-
-fn lines(names: &[String]) -> String {
-    let mut out = String::with_capacity(names.iter().map(|n| n.len() + 1).sum());
-    for name in names {
-        out.push_str(name);
-        out.push('\n');
-    }
-    out
+    })
 }
 
 /// Compares two answer lists name by name; returns how many differ, printing the
@@ -344,11 +275,7 @@ impl CrelayKind {
 }
 
 fn crelay_conf(kind: CrelayKind, scenario: &CrelayScenario, replication: usize) -> String {
-    format!(
-        "cluster c {} replication {replication}\n    {}\n    ;\nmatch * send to c stop;\n",
-        kind.keyword(),
-        scenario.members.join("\n    ")
-    )
+    crate::support::crelay_cluster_conf(kind.keyword(), scenario.members, replication)
 }
 
 /// The member a `host:port[=instance]` as c-relay prints it (cut to 20 bytes in
@@ -357,34 +284,17 @@ fn member_of(printed: &str, members: &[Member]) -> usize {
     let addr = printed.split_once('=').map_or(printed, |(a, _)| a);
     members
         .iter()
-        .position(|m| format!("{}:{}", m.host, m.port) == addr)
+        .position(|m| m.addr == addr)
         .unwrap_or_else(|| panic!("c-relay printed unknown server {printed:?}"))
 }
 
 /// c-relay's `-d` ring print: (pos, member) cells in ring order (for jump, pos is the
 /// member's config index and the order is the bucket order).
 fn crelay_ring(conf: &Path, members: &[Member], dir: &Path) -> Vec<(u16, usize)> {
-    let stdin = dir.join("ring.in");
-    fs::write(&stdin, "a.b.c.d\n").expect("write ring stdin");
-    let mut cmd = Command::new(peer_bin("carbon-c-relay", &["/usr/bin", "/usr/local/bin"]));
-    cmd.args(["-t", "-d", "-f"]).arg(conf);
-    let stdout = run(cmd, &stdin, dir, "ring");
-    let ring: Vec<(u16, usize)> = stdout
-        .lines()
-        .skip_while(|l| !l.starts_with("# hash ring for c follows"))
-        .skip(1)
-        .take_while(|l| !l.trim().is_empty())
-        .flat_map(str::split_whitespace)
-        .map(|cell| {
-            let (pos, server) = cell.split_once('@').expect("ring cell is POS@server");
-            (
-                pos.parse().expect("ring position"),
-                member_of(server, members),
-            )
-        })
-        .collect();
-    assert!(!ring.is_empty(), "no ring in c-relay -d output:\n{stdout}");
-    ring
+    crate::support::crelay_ring_cells(conf, dir, PEER_TIMEOUT)
+        .into_iter()
+        .map(|(pos, server)| (pos, member_of(&server, members)))
+        .collect()
 }
 
 /// c-relay's `-t` answers: for each name, the members it picked, in order.
@@ -395,45 +305,11 @@ fn crelay_routes(
     members: &[Member],
     dir: &Path,
 ) -> Vec<Vec<usize>> {
-    let stdin = dir.join("names.in");
-    fs::write(&stdin, lines(names)).expect("write c-relay stdin");
-    let mut cmd = Command::new(peer_bin("carbon-c-relay", &["/usr/bin", "/usr/local/bin"]));
-    cmd.arg("-t").arg("-f").arg(conf);
-    let stdout = run(cmd, &stdin, dir, "routes");
     let cluster_line = format!("{}(c)", kind.keyword());
-    let mut routes: Vec<(String, Vec<usize>)> = Vec::new();
-    let (mut in_block, mut in_cluster) = (false, false);
-    for line in stdout.lines() {
-        let trimmed = line.trim();
-        if line == "match" {
-            in_block = true;
-            in_cluster = false;
-        } else if !in_block {
-            continue;
-        } else if let Some(name) = line.trim_start().strip_prefix("* -> ") {
-            routes.push((name.to_string(), Vec::new()));
-        } else if trimmed == cluster_line {
-            in_cluster = true;
-        } else if trimmed == "stop" {
-            in_block = false;
-            in_cluster = false;
-        } else if in_cluster {
-            let (_, chosen) = routes.last_mut().expect("server line inside a block");
-            chosen.push(member_of(trimmed, members));
-        }
-    }
-    assert_eq!(
-        routes.len(),
-        names.len(),
-        "c-relay answered {} of {} names; see {}",
-        routes.len(),
-        names.len(),
-        dir.display()
-    );
-    for ((echoed, _), name) in routes.iter().zip(names) {
-        assert_eq!(echoed, name, "c-relay answers out of order");
-    }
-    routes.into_iter().map(|(_, chosen)| chosen).collect()
+    crate::support::crelay_test_routes(conf, names, dir, &cluster_line, PEER_TIMEOUT)
+        .into_iter()
+        .map(|servers| servers.iter().map(|s| member_of(s, members)).collect())
+        .collect()
 }
 
 /// Both c-relay kinds over their scenarios: ring print and routes at every
@@ -497,7 +373,7 @@ const FNV_TIES_AIMED_MAX: usize = 12;
 /// may stop anywhere inside a tie, and the walk goes on from there. (Our ring's ties
 /// are those of c-relay's `-d` print, which the comparison checks first.)
 fn names_on_fnv_ties() -> Vec<String> {
-    let mut targets: BTreeMap<u16, Option<String>> = BTreeMap::new();
+    let mut targets: BTreeSet<u16> = BTreeSet::new();
     for scenario in FNV_SCENARIOS {
         let members: Vec<Member> = scenario.members.iter().map(|s| member(s)).collect();
         let points: Vec<(u16, usize)> = FnvRing::new(&ring_members(&members)).points().collect();
@@ -508,25 +384,10 @@ fn names_on_fnv_ties() -> Vec<String> {
             .collect();
         tied.dedup();
         let step = tied.len().div_ceil(FNV_TIES_AIMED_MAX).max(1);
-        targets.extend(tied.into_iter().step_by(step).map(|p| (p, None)));
+        targets.extend(tied.into_iter().step_by(step));
     }
-    let mut missing = targets.len();
-    let mut name = String::new();
-    // About 65536 * ln(targets) tries; the bound leaves a wide margin.
-    for k in 0..8_000_000u32 {
-        if missing == 0 {
-            break;
-        }
-        name.clear();
-        let _ = write!(name, "tie.k{k}");
-        if let Some(slot @ None) = targets.get_mut(&FnvRing::position(name.as_bytes())) {
-            *slot = Some(name.clone());
-            missing -= 1;
-        }
-    }
-    assert_eq!(missing, 0, "no name found for some tied positions");
     eprintln!("fnv1a_ch: {} names aimed at tied positions", targets.len());
-    targets.into_values().flatten().collect()
+    crate::support::names_at_positions(targets, "tie.k", FnvRing::position)
 }
 
 #[test]
@@ -700,7 +561,7 @@ fn python_node_key(m: &Member, replica: usize) -> String {
 /// Names aimed at every position where python's bump matters: each collided position
 /// and those just above it (where bumped entries land).
 fn names_on_collisions() -> Vec<String> {
-    let mut targets: BTreeMap<u16, Option<String>> = BTreeMap::new();
+    let mut targets: BTreeSet<u16> = BTreeSet::new();
     for (_, specs) in PYTHON_SCENARIOS {
         let mut count: BTreeMap<u16, usize> = BTreeMap::new();
         for spec in specs.iter() {
@@ -716,31 +577,16 @@ fn names_on_collisions() -> Vec<String> {
         // A k-way collision bumps entries up to k - 1 above it, more in a chain.
         for (&pos, &n) in count.iter().filter(|(_, &n)| n > 1) {
             for p in pos..=pos.saturating_add(n as u16 + 1) {
-                targets.insert(p, None);
+                targets.insert(p);
             }
         }
     }
-    assert!(targets.contains_key(&7798), "the 7798 collision is missing");
-    let mut missing = targets.len();
-    let mut name = String::new();
-    // About 65536 * ln(targets) tries; the bound leaves a wide margin.
-    for k in 0..8_000_000u32 {
-        if missing == 0 {
-            break;
-        }
-        name.clear();
-        let _ = write!(name, "aim.k{k}");
-        if let Some(slot @ None) = targets.get_mut(&PythonRing::position(name.as_bytes())) {
-            *slot = Some(name.clone());
-            missing -= 1;
-        }
-    }
-    assert_eq!(missing, 0, "no name found for some collided positions");
+    assert!(targets.contains(&7798), "the 7798 collision is missing");
     eprintln!(
         "python: {} names aimed at collided positions",
         targets.len()
     );
-    targets.into_values().flatten().collect()
+    crate::support::names_at_positions(targets, "aim.k", PythonRing::position)
 }
 
 #[test]

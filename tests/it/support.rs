@@ -2,6 +2,7 @@
 //! Everything is on 127.0.0.1 and every wait is bounded.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
@@ -10,6 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use cadent::route::ring::RingMember;
+use cadent::tools::SplitMix64;
 
 /// A port that was free a moment ago (bound with port 0, then released).
 pub fn free_port() -> u16 {
@@ -471,4 +475,228 @@ pub fn run_peer(
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr,
     }
+}
+
+/// `names`, one per line, each ending in a newline: a peer's stdin.
+pub fn lines<S: AsRef<str>>(names: &[S]) -> String {
+    let mut out = String::with_capacity(names.iter().map(|n| n.as_ref().len() + 1).sum());
+    for name in names {
+        out.push_str(name.as_ref());
+        out.push('\n');
+    }
+    out
+}
+
+/// One name for each of `targets` (ring positions): the first of `PREFIX0`, `PREFIX1`,
+/// ... whose `position` it is, in position order. About 65536 * ln(targets) tries; the
+/// bound (8 million) leaves a wide margin.
+pub fn names_at_positions(
+    targets: impl IntoIterator<Item = u16>,
+    prefix: &str,
+    position: impl Fn(&[u8]) -> u16,
+) -> Vec<String> {
+    let mut wanted: std::collections::BTreeMap<u16, Option<String>> =
+        targets.into_iter().map(|p| (p, None)).collect();
+    let mut missing = wanted.len();
+    let mut name = String::new();
+    for k in 0..8_000_000u32 {
+        if missing == 0 {
+            break;
+        }
+        name.clear();
+        let _ = write!(name, "{prefix}{k}");
+        if let Some(slot @ None) = wanted.get_mut(&position(name.as_bytes())) {
+            *slot = Some(name.clone());
+            missing -= 1;
+        }
+    }
+    assert_eq!(missing, 0, "no name found for some target positions");
+    wanted.into_values().flatten().collect()
+}
+
+/// The ring `carbon-c-relay -t -d -f conf` prints for cluster `c` (its stdin and
+/// output as files in `dir`): (`POS`, `server`) from its `POS@server` cells, in ring
+/// order.
+pub fn crelay_ring_cells(
+    conf: &std::path::Path,
+    dir: &std::path::Path,
+    timeout: Duration,
+) -> Vec<(u16, String)> {
+    let stdin = dir.join("ring.in");
+    std::fs::write(&stdin, "a.b.c.d\n").expect("write ring stdin");
+    let mut cmd = Command::new(peer_bin("carbon-c-relay", &[]));
+    cmd.args(["-t", "-d", "-f"]).arg(conf);
+    let stdout = run_peer(cmd, &stdin, dir, "ring", timeout).stdout;
+    let cells: Vec<(u16, String)> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("# hash ring for c follows"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .flat_map(str::split_whitespace)
+        .map(|cell| {
+            let (pos, server) = cell.split_once('@').expect("ring cell is POS@server");
+            (pos.parse().expect("ring position"), server.to_string())
+        })
+        .collect();
+    assert!(!cells.is_empty(), "no ring in c-relay -d output:\n{stdout}");
+    cells
+}
+
+/// The per-name blocks of `carbon-c-relay -t` output: each name as c-relay echoed it,
+/// and the server lines printed under `cluster_line` (such as `carbon_ch(c)`) in its
+/// block, in order (`-d`'s `hash_pos(..)` lines left out). The config echo before the
+/// blocks never has a line that is exactly `match`, so that line starts a block.
+fn crelay_test_blocks<'a>(stdout: &'a str, cluster_line: &str) -> Vec<(&'a str, Vec<&'a str>)> {
+    let mut blocks: Vec<(&str, Vec<&str>)> = Vec::new();
+    let (mut in_block, mut in_cluster) = (false, false);
+    for line in stdout.lines() {
+        let trimmed = line.trim();
+        if line == "match" {
+            in_block = true;
+            in_cluster = false;
+        } else if !in_block {
+            continue;
+        } else if let Some(name) = line.trim_start().strip_prefix("* -> ") {
+            blocks.push((name, Vec::new()));
+        } else if trimmed == cluster_line {
+            in_cluster = true;
+        } else if trimmed == "stop" {
+            in_block = false;
+            in_cluster = false;
+        } else if in_cluster && !trimmed.starts_with("hash_pos(") {
+            let (_, servers) = blocks.last_mut().expect("server line inside a block");
+            servers.push(trimmed);
+        }
+    }
+    blocks
+}
+
+/// Generated metric names for the ring comparisons: the reference notes' fixed vectors
+/// (`a.b.c.d`, `collectd.bar.memory.free`, `foo.bar`, `m12052`) first, then the names
+/// `make` writes (each into an empty string) until there are `count` distinct ones.
+pub fn distinct_names(count: usize, mut make: impl FnMut(&mut String)) -> Vec<String> {
+    let mut out: Vec<String> = ["a.b.c.d", "collectd.bar.memory.free", "foo.bar", "m12052"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut seen: std::collections::HashSet<String> = out.iter().cloned().collect();
+    while out.len() < count {
+        let mut name = String::new();
+        make(&mut name);
+        if seen.insert(name.clone()) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// Pushes 1 to `segments_max` dot-separated segments of 1 to 12 bytes that
+/// carbon-c-relay's cleansing keeps.
+pub fn push_random_segments(name: &mut String, rng: &mut SplitMix64, segments_max: usize) {
+    const SEGMENT_BYTES: &[u8] =
+        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-";
+    for i in 0..1 + rng.below(segments_max) {
+        if i > 0 {
+            name.push('.');
+        }
+        for _ in 0..1 + rng.below(12) {
+            name.push(SEGMENT_BYTES[rng.below(SEGMENT_BYTES.len())] as char);
+        }
+    }
+}
+
+/// Pushes 2 to 7 dot-separated `words`.
+pub fn push_words(name: &mut String, rng: &mut SplitMix64, words: &[&str]) {
+    for i in 0..2 + rng.below(6) {
+        if i > 0 {
+            name.push('.');
+        }
+        name.push_str(words[rng.below(words.len())]);
+    }
+}
+
+/// A hash-cluster member of a peer comparison, parsed from its config spec
+/// `host:port[=instance]` (IPv6 as `[::1]:2101`).
+#[derive(Clone, Copy)]
+pub struct Member {
+    /// The spec itself: how answers are written and compared.
+    pub spec: &'static str,
+    /// `host:port` as carbon-c-relay prints a chosen server (IPv6 bracketed).
+    pub addr: &'static str,
+    /// Host as hashed (IPv6 without brackets).
+    pub host: &'static str,
+    pub port: u16,
+    pub instance: Option<&'static str>,
+}
+
+/// Parses a member spec `host:port[=instance]`.
+pub fn member(spec: &'static str) -> Member {
+    let (addr, instance) = match spec.split_once('=') {
+        Some((addr, instance)) => (addr, Some(instance)),
+        None => (spec, None),
+    };
+    let (host, port) = addr.rsplit_once(':').expect("member spec is host:port");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Member {
+        spec,
+        addr,
+        host,
+        port: port.parse().expect("member port"),
+        instance,
+    }
+}
+
+/// The ring members for `members`, in order.
+pub fn ring_members(members: &[Member]) -> Vec<RingMember<'static>> {
+    members
+        .iter()
+        .map(|m| RingMember {
+            host: m.host,
+            port: m.port,
+            instance: m.instance,
+        })
+        .collect()
+}
+
+/// A carbon-c-relay config routing everything to cluster `c` of `kind` (`carbon_ch`,
+/// `fnv1a_ch`, ...) over the member specs `members`.
+pub fn crelay_cluster_conf(kind: &str, members: &[&str], replication: usize) -> String {
+    format!(
+        "cluster c {kind} replication {replication}\n    {}\n    ;\nmatch * send to c stop;\n",
+        members.join("\n    ")
+    )
+}
+
+/// Runs `carbon-c-relay -t -f conf` on `names` (its stdin and output as files in `dir`)
+/// and reads, per name, the servers it printed under `cluster_line` (such as
+/// `carbon_ch(c)`), in order. Fails unless it answered every name, in input order.
+pub fn crelay_test_routes<S: AsRef<str>>(
+    conf: &std::path::Path,
+    names: &[S],
+    dir: &std::path::Path,
+    cluster_line: &str,
+    timeout: Duration,
+) -> Vec<Vec<String>> {
+    let stdin = dir.join("names.in");
+    std::fs::write(&stdin, lines(names)).expect("write c-relay stdin");
+    let mut cmd = Command::new(peer_bin("carbon-c-relay", &[]));
+    cmd.arg("-t").arg("-f").arg(conf);
+    let stdout = run_peer(cmd, &stdin, dir, "routes", timeout).stdout;
+    let blocks = crelay_test_blocks(&stdout, cluster_line);
+    assert_eq!(
+        blocks.len(),
+        names.len(),
+        "c-relay answered {} of {} names; see {}",
+        blocks.len(),
+        names.len(),
+        dir.display()
+    );
+    blocks
+        .into_iter()
+        .zip(names)
+        .map(|((echoed, servers), name)| {
+            assert_eq!(echoed, name.as_ref(), "c-relay answers out of order");
+            servers.into_iter().map(str::to_string).collect()
+        })
+        .collect()
 }
