@@ -600,7 +600,13 @@ impl Router {
                 cleansed: plan.cleansed,
                 cleansed_name,
                 stages: &plan.stages,
-                names: self.rewritten.names(),
+                // Only a plan with rewrites replayed them: other names must not see the
+                // last rewritten metric's names.
+                names: if plan.stages.is_empty() {
+                    &[]
+                } else {
+                    self.rewritten.names()
+                },
             };
         }
         let cleansed = cleanse && !graphite::is_clean(name);

@@ -351,28 +351,28 @@ impl fmt::Debug for Rewrite {
     }
 }
 
-/// Applies `rules` in config order, each to the previous one's output, as c-relay
-/// does. Returns true when any rule matched; the final name is then in `out`.
-/// `scratch` is a second buffer the chain swaps with; neither allocates once grown.
-pub fn apply_all(rules: &[Rewrite], name: &[u8], out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> bool {
-    let mut any = false;
-    for rule in rules {
-        let matched = if any {
-            rule.apply(out, scratch)
-        } else {
-            rule.apply(name, scratch)
-        };
-        if matched {
-            std::mem::swap(out, scratch);
-            any = true;
-        }
-    }
-    any
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Applies `rules` in config order, each to the previous one's output, as c-relay
+    /// does; true when any matched, and the final name is then in `out`. (In production
+    /// the router chains rewrites route by route: `route::Rewritten`.)
+    fn apply_all(rules: &[Rewrite], name: &[u8], out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> bool {
+        let mut any = false;
+        for rule in rules {
+            let matched = if any {
+                rule.apply(out, scratch)
+            } else {
+                rule.apply(name, scratch)
+            };
+            if matched {
+                std::mem::swap(out, scratch);
+                any = true;
+            }
+        }
+        any
+    }
 
     /// Rewrites `name` with one rule; `None` when it does not match.
     fn rw(re: &str, tpl: &str, name: &str) -> Option<String> {

@@ -3,7 +3,7 @@
 //! For every rule in `RULES`, the same generated names go through
 //! `carbon-c-relay -t -f CONF` (one rewrite, then `match * send to c stop`) and through
 //! `Rewrite::apply`; every final name must be the same. Then a chain of rewrites in one
-//! config, which c-relay applies in config order, against `rewrite::apply_all`.
+//! config, which c-relay applies in config order, against the router's chain (rewrite-only routes in config order).
 //!
 //! `-t` prints, per input line, a `rewrite` block when a rewrite matched and then
 //!
@@ -21,7 +21,9 @@
 //! match at one place. Every regex without groups is one c-relay reduces to a plain
 //! string match, because 3.7.3 mishandles groupless real regexes.
 
-use cadent::route::rewrite::{apply_all, Rewrite};
+use cadent::config::Config;
+use cadent::route::rewrite::Rewrite;
+use cadent::route::{DestinationTable, Router};
 use cadent::tools::SplitMix64;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -285,19 +287,30 @@ fn chain_in_config_order_matches_crelay() {
     );
     let dir = workdir("chain");
     let want = crelay_final_names(&config(chain), &names, &dir);
-    let rules: Vec<Rewrite> = chain
-        .iter()
-        .map(|(re, into)| Rewrite::compile(re, into).unwrap())
-        .collect();
-    let (mut out, mut scratch) = (Vec::new(), Vec::new());
+    // The same chain as cadent routes run it: one rewrite-only route per rule, matching
+    // every name, then a route that sends the final name somewhere.
+    let mut toml = String::from(
+        "[[listen]]\nname = \"g\"\nurl = \"tcp://127.0.0.1:0\"\nformat = \"graphite\"\n\
+         [[cluster]]\nname = \"c\"\nkind = \"forward\"\nmembers = [\"127.0.0.1:1\"]\n",
+    );
+    for (re, into) in chain {
+        toml.push_str(&format!(
+            "[[route]]\nmatch = {{ all = true }}\nrewrite = {{ regex = '{re}', into = '{into}' }}\n"
+        ));
+    }
+    toml.push_str("[[route]]\nmatch = { all = true }\nsend_to = [\"c\"]\n");
+    let cfg = Config::parse(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    let mut router = Router::new(&cfg, &DestinationTable::from_config(&cfg));
+    let mut hits = vec![0; router.rule_count()];
     let got: Vec<String> = names
         .iter()
         .map(|n| {
-            if apply_all(&rules, n.as_bytes(), &mut out, &mut scratch) {
-                String::from_utf8(out.clone()).unwrap()
-            } else {
-                n.clone()
-            }
+            let name = n.as_bytes();
+            // As c-relay's -t mode: no cleansing, and the whole name is the key.
+            let fp = router.fingerprint(name, name, false);
+            let d = router.route_fingerprinted(fp, name, name, false, &mut hits);
+            let last = d.names.last().map_or(name, |v| v.as_slice());
+            String::from_utf8(last.to_vec()).unwrap()
         })
         .collect();
     assert_eq!(
