@@ -6,10 +6,10 @@
 use std::collections::BTreeSet;
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::collectd_live::{spawn_collectd, COLLECTD, TYPES_DB};
+use crate::collectd_live::{csv_rows, spawn_collectd, Stoppable, COLLECTD, TYPES_DB};
 use crate::support::{cadent_bin, free_port, temp_dir, wait_until};
 
 const COLLECTD_TG: &str = "/usr/bin/collectd-tg";
@@ -19,32 +19,6 @@ const CAPTURE: Duration = Duration::from_secs(4);
 const DUMP_S: u64 = 5;
 /// The daemon sender's host name, so its value lists can be told apart from collectd-tg's.
 const TXHOST: &str = "txhost";
-
-/// A child process stopped by PID (SIGTERM, then SIGKILL after a bounded wait) when dropped.
-struct Stoppable(Child);
-
-impl Stoppable {
-    fn stop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let pid = self.0.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let stopped = wait_until(Duration::from_secs(10), || {
-            matches!(self.0.try_wait(), Ok(Some(_)))
-        });
-        if !stopped {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-impl Drop for Stoppable {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// A collectd 5.12 receiver: network `Listen` (level None) and csv with `StoreRates false`,
 /// as in collectd_live, but with one write thread: with several, two threads may create the
@@ -83,9 +57,8 @@ LoadPlugin csv
 "#,
             d = dir.display()
         );
-        let child = spawn_collectd(&dir, &conf, "collectd.log");
         let r = Receiver {
-            _proc: Stoppable(child),
+            _proc: spawn_collectd(&dir, &conf, "collectd.log"),
             dir,
             port,
         };
@@ -101,33 +74,9 @@ LoadPlugin csv
         std::fs::read_to_string(self.dir.join("collectd.log")).unwrap_or_default()
     }
 
-    /// Every csv row as `identifier time values...` (identifiers as the dump prints
-    /// them), sorted, duplicates kept.
+    /// Every csv row, sorted, duplicates kept.
     fn rows(&self) -> Vec<String> {
-        let mut rows = Vec::new();
-        let Ok(hosts) = std::fs::read_dir(self.dir.join("csv")) else {
-            return rows;
-        };
-        for host in hosts.flatten() {
-            for plugin in std::fs::read_dir(host.path()).unwrap().flatten() {
-                for file in std::fs::read_dir(plugin.path()).unwrap().flatten() {
-                    let name = file.file_name().into_string().unwrap();
-                    // `type[-type_instance]-YYYY-MM-DD`
-                    let type_ = &name[..name.len() - 11];
-                    let id = format!(
-                        "{}/{}/{type_}",
-                        host.file_name().to_string_lossy(),
-                        plugin.file_name().to_string_lossy()
-                    );
-                    let text = std::fs::read_to_string(file.path()).unwrap();
-                    for line in text.lines().skip(1) {
-                        rows.push(format!("{id} {}", line.replace(',', " ")));
-                    }
-                }
-            }
-        }
-        rows.sort();
-        rows
+        csv_rows(&self.dir.join("csv"))
     }
 }
 
@@ -155,8 +104,7 @@ LoadPlugin uptime
 "#,
         d = dir.display()
     );
-    let child = spawn_collectd(&dir, &conf, "collectd.log");
-    Stoppable(child)
+    spawn_collectd(&dir, &conf, "collectd.log")
 }
 
 /// collectd-tg: 1000 value lists over 8 hosts and 5 plugins, each sent every second.
