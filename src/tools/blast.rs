@@ -1124,14 +1124,7 @@ mod tests {
             assert_eq!(vl.values.iter().map(|v| v.code()).collect::<Vec<_>>(), want);
             assert_eq!(vl.time, CdTime::from_secs(1_700_000_000));
             hosts.insert(vl.host.to_vec());
-            let id = [
-                vl.host,
-                vl.plugin,
-                vl.plugin_instance,
-                vl.type_,
-                vl.type_instance,
-            ]
-            .map(<[u8]>::to_vec);
+            let id = vl.identity().map(<[u8]>::to_vec);
             assert!(ids.insert(id), "name {i} repeats within a cycle");
         }
         assert_eq!(hosts.len(), 4);

@@ -85,16 +85,6 @@ const STRING_PARTS: [u16; 5] = [
     part::TYPE_INSTANCE,
 ];
 
-fn strings<'v>(vl: &ValueList<'v>) -> [&'v [u8]; 5] {
-    [
-        vl.host,
-        vl.plugin,
-        vl.plugin_instance,
-        vl.type_,
-        vl.type_instance,
-    ]
-}
-
 /// Packs value lists into one packet at a time; hands each full packet to a sink.
 pub struct Encoder {
     max_packet_bytes: usize,
@@ -262,7 +252,7 @@ impl Encoder {
 
     fn bytes_needed(&self, vl: &ValueList<'_>) -> usize {
         let mut need = 6 + 9 * vl.values.len();
-        for (i, s) in strings(vl).into_iter().enumerate() {
+        for (i, s) in vl.identity().into_iter().enumerate() {
             if self.string_changed(i, s) {
                 need += 5 + s.len();
             }
@@ -277,7 +267,7 @@ impl Encoder {
     }
 
     fn write(&mut self, vl: &ValueList<'_>) {
-        let s = strings(vl);
+        let s = vl.identity();
         // Daemon order: host, time, interval, plugin, plugin instance, type, type instance.
         self.write_string(0, s[0]);
         if vl.time.0 != self.last_time {
@@ -320,7 +310,8 @@ impl Encoder {
 
 /// Bytes a value list takes as the first in a packet (every set field written).
 fn bytes_alone(vl: &ValueList<'_>) -> usize {
-    let strings: usize = strings(vl)
+    let strings: usize = vl
+        .identity()
         .iter()
         .filter(|s| !s.is_empty())
         .map(|s| 5 + s.len())
@@ -334,7 +325,7 @@ fn check(vl: &ValueList<'_>) -> Result<(), EncodeReject> {
     if vl.host.is_empty() || vl.plugin.is_empty() || vl.type_.is_empty() || vl.time.0 == 0 {
         return Err(EncodeReject::Incomplete);
     }
-    for s in strings(vl) {
+    for s in vl.identity() {
         if s.len() >= NAME_BYTES_MAX {
             return Err(EncodeReject::StringTooLong);
         }

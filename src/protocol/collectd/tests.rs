@@ -36,41 +36,22 @@ fn security(level: SecurityLevel, auth_text: Option<&str>) -> Security {
 /// One record per line, the way `cadent collectd dump` will print them, but with the
 /// exact cdtime and the value variants.
 fn show(r: &Record<'_>) -> String {
-    fn ident(h: &[u8], p: &[u8], pi: &[u8], t: &[u8], ti: &[u8]) -> String {
-        let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        let mut out = format!("{}/{}", s(h), s(p));
-        if !pi.is_empty() {
-            out += &format!("-{}", s(pi));
-        }
-        out += &format!("/{}", s(t));
-        if !ti.is_empty() {
-            out += &format!("-{}", s(ti));
-        }
-        out
+    fn ident(identity: [&[u8]; 5]) -> String {
+        let mut out = Vec::new();
+        write_identifier(&mut out, identity);
+        String::from_utf8_lossy(&out).into_owned()
     }
     match r {
         Record::Values(v) => format!(
             "{} {:#x} {} {:?}",
-            ident(
-                v.host,
-                v.plugin,
-                v.plugin_instance,
-                v.type_,
-                v.type_instance
-            ),
+            ident(v.identity()),
             v.time.0,
             v.interval.as_secs_f64(),
             v.values
         ),
         Record::Notification(n) => format!(
             "NOTIFY {} {:#x} {} {}",
-            ident(
-                n.host,
-                n.plugin,
-                n.plugin_instance,
-                n.type_,
-                n.type_instance
-            ),
+            ident(n.identity()),
             n.time.0,
             n.severity.as_str(),
             String::from_utf8_lossy(n.message)
