@@ -111,8 +111,8 @@ impl Encoder {
         let max_packet_bytes = config.max_packet_bytes.clamp(MAX_PACKET_BYTES_MIN, 65535);
         let header_bytes = match &config.security {
             SendSecurity::None => 0,
-            SendSecurity::Sign(c) => SIGNATURE_HEADER_BYTES + c.name.len(),
-            SendSecurity::Encrypt(c) => ENCRYPTION_OVERHEAD_BYTES + c.name.len(),
+            SendSecurity::Sign(c) => SIGNATURE_HEADER_BYTES + c.name().len(),
+            SendSecurity::Encrypt(c) => ENCRYPTION_OVERHEAD_BYTES + c.name().len(),
         };
         let iv = matches!(config.security, SendSecurity::Encrypt(_)).then(IvSource::new);
         let mut e = Encoder {
@@ -198,14 +198,14 @@ impl Encoder {
                 self.buf
                     .extend_from_slice(&(self.header_bytes as u16).to_be_bytes());
                 self.buf.extend_from_slice(&[0; 32]);
-                self.buf.extend_from_slice(&c.name);
+                self.buf.extend_from_slice(c.name());
             }
             SendSecurity::Encrypt(c) => {
                 self.buf.extend_from_slice(&part::ENCRYPTION.to_be_bytes());
                 self.buf.extend_from_slice(&[0, 0]); // length, at seal
                 self.buf
-                    .extend_from_slice(&(c.name.len() as u16).to_be_bytes());
-                self.buf.extend_from_slice(&c.name);
+                    .extend_from_slice(&(c.name().len() as u16).to_be_bytes());
+                self.buf.extend_from_slice(c.name());
                 self.buf.extend_from_slice(&[0; 16 + 20]); // IV and SHA-1, at seal
             }
         }
@@ -236,7 +236,7 @@ impl Encoder {
                     .next_iv();
                 #[cfg(test)]
                 let iv = self.fixed_iv.unwrap_or(iv);
-                let at = 6 + c.name.len();
+                let at = 6 + c.name().len();
                 self.buf[at..at + 16].copy_from_slice(&iv);
                 let hash = security::sha1(&self.buf[self.header_bytes..]);
                 self.buf[at + 16..at + 36].copy_from_slice(&hash);
