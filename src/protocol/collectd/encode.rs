@@ -158,13 +158,14 @@ impl Encoder {
             self.stats.rejects[EncodeReject::TooBig as usize] += 1;
             return Err(EncodeReject::TooBig);
         }
-        let mut need = self.bytes_needed(vl);
-        if self.buf.len() + need > self.max_packet_bytes {
+        let mut plan = self.plan(vl);
+        if self.buf.len() + plan.0 > self.max_packet_bytes {
             self.flush(sink);
-            need = self.bytes_needed(vl);
+            plan = self.plan(vl);
         }
+        let (need, changed) = plan;
         let before = self.buf.len();
-        self.write(vl);
+        self.write(vl, changed);
         debug_assert_eq!(self.buf.len() - before, need);
         self.pending += 1;
         self.stats.value_lists += 1;
@@ -250,10 +251,14 @@ impl Encoder {
         self.buf[start..end] != *s
     }
 
-    fn bytes_needed(&self, vl: &ValueList<'_>) -> usize {
+    /// The bytes `vl` adds to the packet being filled, and which of its identity strings
+    /// differ from the packet's state (those are written).
+    fn plan(&self, vl: &ValueList<'_>) -> (usize, [bool; 5]) {
         let mut need = 6 + 9 * vl.values.len();
+        let mut changed = [false; 5];
         for (i, s) in vl.identity().into_iter().enumerate() {
-            if self.string_changed(i, s) {
+            changed[i] = self.string_changed(i, s);
+            if changed[i] {
                 need += 5 + s.len();
             }
         }
@@ -263,13 +268,16 @@ impl Encoder {
         if vl.interval.0 != self.last_interval {
             need += 12;
         }
-        need
+        (need, changed)
     }
 
-    fn write(&mut self, vl: &ValueList<'_>) {
+    /// Appends `vl` with the string parts `changed` (from [`Encoder::plan`]) marks.
+    fn write(&mut self, vl: &ValueList<'_>, changed: [bool; 5]) {
         let s = vl.identity();
         // Daemon order: host, time, interval, plugin, plugin instance, type, type instance.
-        self.write_string(0, s[0]);
+        if changed[0] {
+            self.write_string(0, s[0]);
+        }
         if vl.time.0 != self.last_time {
             self.write_number(part::TIME_HR, vl.time.0);
             self.last_time = vl.time.0;
@@ -278,8 +286,10 @@ impl Encoder {
             self.write_number(part::INTERVAL_HR, vl.interval.0);
             self.last_interval = vl.interval.0;
         }
-        for (i, s) in s.iter().enumerate().skip(1) {
-            self.write_string(i, s);
+        for i in 1..s.len() {
+            if changed[i] {
+                self.write_string(i, s[i]);
+            }
         }
         let len = 6 + 9 * vl.values.len();
         self.buf.extend_from_slice(&part::VALUES.to_be_bytes());
@@ -287,11 +297,8 @@ impl Encoder {
         vl.values.write_body(&mut self.buf);
     }
 
-    /// Writes a string part if the field changed (an empty one clears it).
+    /// Writes a changed string part (an empty one clears the field).
     fn write_string(&mut self, i: usize, s: &[u8]) {
-        if !self.string_changed(i, s) {
-            return;
-        }
         self.buf.extend_from_slice(&STRING_PARTS[i].to_be_bytes());
         self.buf
             .extend_from_slice(&((5 + s.len()) as u16).to_be_bytes());
