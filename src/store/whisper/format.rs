@@ -920,9 +920,7 @@ fn archive_update_many<I: WhisperIo + ?Sized>(
             None | Some(0) => {}
             Some(p) if interval == p + step => {}
             Some(p) => {
-                let n = ((work.packed.len() - run_start) / POINT_SIZE as usize) as i64;
-                work.runs
-                    .push((p - step * (n - 1), run_start..work.packed.len()));
+                push_run(&mut work.runs, run_start..work.packed.len(), p, step);
                 run_start = work.packed.len();
             }
         }
@@ -930,9 +928,7 @@ fn archive_update_many<I: WhisperIo + ?Sized>(
         previous = Some(interval);
     }
     if let Some(p) = previous {
-        let n = ((work.packed.len() - run_start) / POINT_SIZE as usize) as i64;
-        work.runs
-            .push((p - step * (n - 1), run_start..work.packed.len()));
+        push_run(&mut work.runs, run_start..work.packed.len(), p, step);
     }
 
     let (base, _) = read_point(io, archive.offset)?;
@@ -981,6 +977,13 @@ fn archive_update_many<I: WhisperIo + ?Sized>(
         higher = lower;
     }
     Ok(())
+}
+
+/// Records a run of consecutive slots: its packed `bytes` and, from `last` (its newest
+/// interval), its first interval.
+fn push_run(runs: &mut Vec<(i64, Range<usize>)>, bytes: Range<usize>, last: i64, step: i64) {
+    let n = (bytes.len() / POINT_SIZE as usize) as i64;
+    runs.push((last - step * (n - 1), bytes));
 }
 
 /// whisper's `__propagate`: aggregate the higher archive's points under the lower
