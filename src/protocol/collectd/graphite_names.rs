@@ -206,6 +206,9 @@ impl GraphiteNamer {
             self.update_rates(ds, vl);
         }
         self.escape_parts(ident);
+        if !self.options.use_tags {
+            self.join_instances();
+        }
         let seconds = vl.time.as_secs_rounded() as u32;
         for (i, source) in ds.iter().enumerate() {
             let ds_name =
@@ -334,7 +337,9 @@ impl GraphiteNamer {
         }
     }
 
-    fn name_plain(&mut self, ds_name: Option<&[u8]>, out: &mut Vec<u8>) {
+    /// The plain name's `plugin[-plugin_instance]` and `type[-type_instance]` (the same
+    /// for every data source of a value list).
+    fn join_instances(&mut self) {
         let o = &self.options;
         let sep = if o.separate_instances { b'.' } else { b'-' };
         let p = &self.parts;
@@ -354,6 +359,12 @@ impl GraphiteNamer {
             self.tmp_type.push(sep);
             self.tmp_type.extend_from_slice(&p[TYPE_INSTANCE]);
         }
+    }
+
+    /// The plain name, from the parts [`GraphiteNamer::join_instances`] made.
+    fn name_plain(&self, ds_name: Option<&[u8]>, out: &mut Vec<u8>) {
+        let o = &self.options;
+        let p = &self.parts;
         out.extend_from_slice(o.prefix.as_bytes());
         out.extend_from_slice(&p[HOST]);
         out.extend_from_slice(o.postfix.as_bytes());
@@ -371,7 +382,7 @@ impl GraphiteNamer {
         }
     }
 
-    fn name_tagged(&mut self, ds_name: Option<&[u8]>, out: &mut Vec<u8>) {
+    fn name_tagged(&self, ds_name: Option<&[u8]>, out: &mut Vec<u8>) {
         let o = &self.options;
         let p = &self.parts;
         let dupe_type = o.drop_duplicate_fields && p[PLUGIN] == p[TYPE];
