@@ -61,7 +61,7 @@ impl Drop for Stoppable {
 
 /// Every row of the csv files under `root` as `identifier time values...` (identifiers as
 /// the dump prints them), sorted, duplicates kept.
-pub(crate) fn csv_rows(root: &Path) -> Vec<String> {
+fn csv_rows(root: &Path) -> Vec<String> {
     let mut rows = Vec::new();
     let Ok(hosts) = std::fs::read_dir(root) else {
         return rows;
@@ -93,15 +93,16 @@ const NAMES: u64 = 120;
 const HOSTS: u64 = 4;
 const PLUGINS: u64 = 6;
 
-/// A collectd daemon in the foreground, stopped by PID when dropped.
-struct Collectd {
+/// A collectd 5.12 receiver in the foreground (network `Listen` at a security level, with
+/// an auth file, and csv with `StoreRates false`), stopped by PID when dropped.
+pub(crate) struct Collectd {
     _proc: Stoppable,
     dir: PathBuf,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Collectd {
-    fn start(level: &str) -> Collectd {
+    pub(crate) fn start(level: &str) -> Collectd {
         assert!(
             Path::new(COLLECTD).exists() && Path::new(TYPES_DB).exists(),
             "collectd 5.12 is missing: run scripts/install-peers.sh"
@@ -114,7 +115,7 @@ impl Collectd {
 FQDNLookup false
 Interval 10
 # One write thread: with several, two can create the same new csv file at once and
-# corrupt its first row (seen under load; collectd_replay.rs has the same setting).
+# corrupt its first rows (seen under load, e.g. a row `17,322791`).
 WriteThreads 1
 BaseDir "{d}"
 PIDFile "{d}/collectd.pid"
@@ -144,13 +145,18 @@ LoadPlugin csv
         c
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("collectd.log")).unwrap_or_default()
     }
 
     /// Every csv row as `identifier time values...`, identifiers as the dump prints them.
     fn rows(&self) -> BTreeSet<String> {
-        csv_rows(&self.dir.join("csv")).into_iter().collect()
+        self.csv_rows().into_iter().collect()
+    }
+
+    /// Every csv row, sorted, duplicates kept.
+    pub(crate) fn csv_rows(&self) -> Vec<String> {
+        csv_rows(&self.dir.join("csv"))
     }
 }
 

@@ -5,11 +5,11 @@
 
 use std::collections::BTreeSet;
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::collectd_live::{csv_rows, spawn_collectd, Stoppable, COLLECTD, TYPES_DB};
+use crate::collectd_live::{spawn_collectd, Collectd, Stoppable, COLLECTD, TYPES_DB};
 use crate::support::{cadent_bin, free_port, temp_dir, wait_until};
 
 const COLLECTD_TG: &str = "/usr/bin/collectd-tg";
@@ -19,66 +19,6 @@ const CAPTURE: Duration = Duration::from_secs(4);
 const DUMP_S: u64 = 5;
 /// The daemon sender's host name, so its value lists can be told apart from collectd-tg's.
 const TXHOST: &str = "txhost";
-
-/// A collectd 5.12 receiver: network `Listen` (level None) and csv with `StoreRates false`,
-/// as in collectd_live, but with one write thread: with several, two threads may create the
-/// same new csv file at once and tear its first rows (seen here: a row `17,322791`).
-struct Receiver {
-    /// Stopped by PID when the receiver is dropped.
-    _proc: Stoppable,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        let dir = temp_dir("collectd-replay-rx");
-        let port = free_port();
-        let conf = format!(
-            r#"Hostname "receiver"
-FQDNLookup false
-Interval 10
-WriteThreads 1
-BaseDir "{d}"
-PIDFile "{d}/collectd.pid"
-TypesDB "{TYPES_DB}"
-AutoLoadPlugin false
-LoadPlugin network
-LoadPlugin csv
-<Plugin network>
-  <Listen "127.0.0.1" "{port}">
-    SecurityLevel "None"
-  </Listen>
-</Plugin>
-<Plugin csv>
-  DataDir "{d}/csv"
-  StoreRates false
-</Plugin>
-"#,
-            d = dir.display()
-        );
-        let r = Receiver {
-            _proc: spawn_collectd(&dir, &conf, "collectd.log"),
-            dir,
-            port,
-        };
-        // Listening once the port can no longer be bound.
-        let up = wait_until(Duration::from_secs(10), || {
-            UdpSocket::bind(("127.0.0.1", port)).is_err()
-        });
-        assert!(up, "collectd receiver did not listen:\n{}", r.log());
-        r
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("collectd.log")).unwrap_or_default()
-    }
-
-    /// Every csv row, sorted, duplicates kept.
-    fn rows(&self) -> Vec<String> {
-        csv_rows(&self.dir.join("csv"))
-    }
-}
 
 /// A collectd daemon sending load, memory, cpu and uptime every second to `port`.
 fn start_sender(port: u16) -> Stoppable {
@@ -186,7 +126,8 @@ fn live_collectd_traffic_replayed_to_cadent_and_collectd_is_identical() {
     assert!(!datagrams.is_empty(), "nothing captured");
 
     // 2. Replay to cadent collectd dump and to a real collectd receiver.
-    let receiver = Receiver::start();
+    // Level None; one write thread (see collectd_live's receiver config).
+    let receiver = Collectd::start("None");
     let dir = temp_dir("collectd-replay-dump");
     let (out_path, err_path) = (dir.join("dump.out"), dir.join("dump.err"));
     let dump_port = free_port();
@@ -240,11 +181,11 @@ fn live_collectd_traffic_replayed_to_cadent_and_collectd_is_identical() {
     assert!(from_daemon > 0, "no collectd daemon value lists");
     assert_eq!(from_tg + from_daemon, cadent.len());
     wait_until(Duration::from_secs(15), || {
-        receiver.rows().len() >= cadent.len()
+        receiver.csv_rows().len() >= cadent.len()
     });
     // A moment more, so a surplus on collectd's side would show too.
     std::thread::sleep(Duration::from_millis(500));
-    let collectd = receiver.rows();
+    let collectd = receiver.csv_rows();
     if cadent != collectd {
         let only = |a: &[String], b: &[String]| -> Vec<String> {
             let b: BTreeSet<&String> = b.iter().collect();
