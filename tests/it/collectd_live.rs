@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cadent::protocol::collectd::Value;
+use cadent::protocol::collectd::{write_identifier, Value};
 use cadent::tools::blast::{CollectdTraffic, Scratch};
 
 use crate::support::{cadent_bin, free_port, temp_dir, wait_until};
@@ -167,15 +167,9 @@ fn expected(seed: u64, timestamp: u64) -> BTreeSet<String> {
     (0..NAMES)
         .map(|i| {
             let vl = t.value_list(i, &mut scratch);
-            let s = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
-            let mut row = format!("{}/{}", s(vl.host), s(vl.plugin));
-            if !vl.plugin_instance.is_empty() {
-                row += &format!("-{}", s(vl.plugin_instance));
-            }
-            row += &format!("/{}", s(vl.type_));
-            if !vl.type_instance.is_empty() {
-                row += &format!("-{}", s(vl.type_instance));
-            }
+            let mut id = Vec::new();
+            write_identifier(&mut id, vl.identity());
+            let mut row = String::from_utf8(id).unwrap();
             row += &format!(" {:.3}", vl.time.as_secs_f64());
             for v in vl.values.iter() {
                 row += &match v {
