@@ -202,7 +202,7 @@ impl<'a> Values<'a> {
 
 impl PartialEq for Values<'_> {
     fn eq(&self, other: &Values<'_>) -> bool {
-        self.len() == other.len() && self.iter().eq(other.iter())
+        self.iter().eq(other.iter())
     }
 }
 
