@@ -332,9 +332,14 @@ impl Decoder {
         self.nodes.push(node);
     }
 
+    /// The stack length at the innermost mark: items below it are out of reach.
+    fn floor(&self) -> usize {
+        self.marks.last().copied().unwrap_or(0)
+    }
+
     /// Pops one item above the innermost mark (python 3 keeps marked items out of reach).
     fn pop(&mut self) -> Result<u32, Reject> {
-        let floor = self.marks.last().copied().unwrap_or(0);
+        let floor = self.floor();
         if self.stack.len() <= floor {
             return Err(Reject::BadStructure);
         }
@@ -342,7 +347,7 @@ impl Decoder {
     }
 
     fn top(&self) -> Result<u32, Reject> {
-        let floor = self.marks.last().copied().unwrap_or(0);
+        let floor = self.floor();
         if self.stack.len() <= floor {
             return Err(Reject::BadStructure);
         }
@@ -356,7 +361,7 @@ impl Decoder {
 
     /// Builds a tuple of the top `n` items.
     fn tuple(&mut self, n: usize) -> Result<(), Reject> {
-        let floor = self.marks.last().copied().unwrap_or(0);
+        let floor = self.floor();
         if self.stack.len() < floor + n {
             return Err(Reject::BadStructure);
         }
@@ -375,7 +380,7 @@ impl Decoder {
 
     /// Appends `stack[from..]` to the list just below `from`.
     fn append_from(&mut self, from: usize) -> Result<(), Reject> {
-        let floor = self.marks.last().copied().unwrap_or(0);
+        let floor = self.floor();
         if from <= floor {
             return Err(Reject::BadStructure);
         }

@@ -152,8 +152,7 @@ impl LinePool {
         // Seeded order of names (Fisher-Yates), so consecutive lines hash all over a ring.
         let mut order: Vec<u32> = (0..names as u32).collect();
         for i in (1..order.len()).rev() {
-            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-            order.swap(i, j);
+            order.swap(i, rng.below(i + 1));
         }
         let mut bytes = Vec::with_capacity(lines as usize * 48);
         let mut ends = Vec::with_capacity(lines as usize);
@@ -1125,14 +1124,7 @@ mod tests {
             assert_eq!(vl.values.iter().map(|v| v.code()).collect::<Vec<_>>(), want);
             assert_eq!(vl.time, CdTime::from_secs(1_700_000_000));
             hosts.insert(vl.host.to_vec());
-            let id = [
-                vl.host,
-                vl.plugin,
-                vl.plugin_instance,
-                vl.type_,
-                vl.type_instance,
-            ]
-            .map(<[u8]>::to_vec);
+            let id = vl.identity().map(<[u8]>::to_vec);
             assert!(ids.insert(id), "name {i} repeats within a cycle");
         }
         assert_eq!(hosts.len(), 4);
@@ -1285,11 +1277,15 @@ mod tests {
             io::Read::read_to_end(&mut s, &mut all).unwrap();
             let (mut at, mut points) = (0, 0);
             while at < all.len() {
-                let len = u32::from_be_bytes(all[at..at + 4].try_into().unwrap()) as usize;
-                let d = pickle::decode(&all[at + 4..at + 4 + len], |_| {}).unwrap();
+                let pickle::Framed::Frame { pickle, consumed } =
+                    pickle::split_frame(&all[at..], pickle::FRAME_BYTES_MAX_DEFAULT)
+                else {
+                    panic!("a whole frame at {at}")
+                };
+                let d = pickle::decode(pickle, |_| {}).unwrap();
                 assert!(d.points <= PICKLE_FRAME_POINTS_MAX);
                 points += d.points;
-                at += 4 + len;
+                at += consumed;
             }
             points
         });

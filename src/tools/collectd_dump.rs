@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use super::Endpoint;
 use crate::config::Transport;
 use crate::protocol::collectd::{
-    AuthFile, DecodeStats, Decoder, Record, Reject, Security, SecurityLevel, Value,
+    write_identifier, AuthFile, DecodeStats, Decoder, Record, Reject, Security, SecurityLevel,
+    Value,
 };
 
 /// Socket receive buffer dump asks the kernel for (capped at net.core.rmem_max).
@@ -145,16 +146,7 @@ pub fn dump(
 pub fn write_record(out: &mut Vec<u8>, record: &Record<'_>) {
     match record {
         Record::Values(vl) => {
-            write_identity(
-                out,
-                [
-                    vl.host,
-                    vl.plugin,
-                    vl.plugin_instance,
-                    vl.type_,
-                    vl.type_instance,
-                ],
-            );
+            write_identifier(out, vl.identity());
             write!(
                 out,
                 " {:.3} {}",
@@ -169,38 +161,12 @@ pub fn write_record(out: &mut Vec<u8>, record: &Record<'_>) {
         }
         Record::Notification(n) => {
             out.extend_from_slice(b"NOTIFY ");
-            write_identity(
-                out,
-                [
-                    n.host,
-                    n.plugin,
-                    n.plugin_instance,
-                    n.type_,
-                    n.type_instance,
-                ],
-            );
+            write_identifier(out, n.identity());
             write!(out, " {} ", n.severity.as_str()).expect("write to Vec");
             out.extend_from_slice(n.message);
         }
     }
     out.push(b'\n');
-}
-
-/// `host/plugin[-plugin_instance]/type[-type_instance]`, collectd's identifier.
-fn write_identity(out: &mut Vec<u8>, [host, plugin, pinst, type_, tinst]: [&[u8]; 5]) {
-    out.extend_from_slice(host);
-    out.push(b'/');
-    out.extend_from_slice(plugin);
-    if !pinst.is_empty() {
-        out.push(b'-');
-        out.extend_from_slice(pinst);
-    }
-    out.push(b'/');
-    out.extend_from_slice(type_);
-    if !tinst.is_empty() {
-        out.push(b'-');
-        out.extend_from_slice(tinst);
-    }
 }
 
 /// One value as the csv plugin writes it with `StoreRates false`.

@@ -114,8 +114,7 @@ fn install_signal_handlers() -> io::Result<()> {
     Ok(())
 }
 
-/// Lines in `buf`, given whether the bytes before it ended a line: one per `\n`.
-/// Returns the count and whether `buf` ends inside a line.
+/// Lines in `buf`, one per `\n`. Returns the count and whether `buf` ends inside a line.
 fn count_lines(buf: &[u8]) -> (u64, bool) {
     let lines = memchr::memchr_iter(b'\n', buf).count() as u64;
     (lines, buf.last().is_some_and(|&b| b != b'\n'))
@@ -311,9 +310,8 @@ fn read_connection(mut stream: TcpStream, counts: &Counts, name: &str, print: bo
     if open {
         counts.lines.fetch_add(1, Ordering::Relaxed);
     }
-    if print && !carry.is_empty() {
-        carry.push(b'\n');
-        print_lines(name, &mut Vec::new(), &carry);
+    if print {
+        print_open_line(name, &mut carry);
     }
 }
 
@@ -325,6 +323,14 @@ fn print_lines(name: &str, carry: &mut Vec<u8>, buf: &[u8]) {
         let _ = out.write_all(line);
         let _ = out.write_all(b"\n");
     });
+}
+
+/// Prints the line left open in `carry` (a TCP stream's end, a datagram's tail), if any.
+fn print_open_line(name: &str, carry: &mut Vec<u8>) {
+    if !carry.is_empty() {
+        carry.push(b'\n');
+        print_lines(name, &mut Vec::new(), carry);
+    }
 }
 
 /// Receives for the life of the process.
@@ -342,10 +348,7 @@ fn udp_loop(socket: UdpSocket, counts: &Counts, name: &str, print: bool) {
                 if print && n > 0 {
                     let mut carry = Vec::new();
                     print_lines(name, &mut carry, datagram);
-                    if !carry.is_empty() {
-                        carry.push(b'\n');
-                        print_lines(name, &mut Vec::new(), &carry);
-                    }
+                    print_open_line(name, &mut carry);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -5,11 +5,8 @@
 /// Python's `repr(x)` / `str(x)` for a float: `1.0`, `0.1`, `1e+16`, `1.5e-05`,
 /// `inf`, `nan`.
 pub fn py_repr(x: f64) -> String {
-    if x.is_nan() {
-        return "nan".into();
-    }
-    if x.is_infinite() {
-        return if x > 0.0 { "inf".into() } else { "-inf".into() };
+    if let Some(s) = non_finite(x) {
+        return s.into();
     }
     if x == 0.0 {
         return if x.is_sign_negative() {
@@ -19,19 +16,36 @@ pub fn py_repr(x: f64) -> String {
         };
     }
     // Rust's `{:e}` gives the shortest round-trip digits, as Python's repr does.
-    let sci = format!("{x:e}");
+    let (sign, digits, exp) = split_sci(&format!("{x:e}"));
+    if (-4..16).contains(&exp) {
+        fixed(sign, &digits, exp, true)
+    } else {
+        exponent_form(sign, &digits, exp)
+    }
+}
+
+/// Python's spelling of NaN (never signed, also through `%`) and the infinities, or
+/// `None` for a finite `x`.
+fn non_finite(x: f64) -> Option<&'static str> {
+    if x.is_nan() {
+        Some("nan")
+    } else if x.is_infinite() {
+        Some(if x > 0.0 { "inf" } else { "-inf" })
+    } else {
+        None
+    }
+}
+
+/// Rust's `{:e}` text as its sign (`""` or `"-"`), its digits without the point, and its
+/// exponent.
+fn split_sci(sci: &str) -> (&'static str, String, i32) {
     let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
     let exp: i32 = exp.parse().expect("integer exponent");
     let (sign, mantissa) = match mantissa.strip_prefix('-') {
         Some(m) => ("-", m),
         None => ("", mantissa),
     };
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-    if (-4..16).contains(&exp) {
-        fixed(sign, &digits, exp, true)
-    } else {
-        exponent_form(sign, &digits, exp)
-    }
+    (sign, mantissa.chars().filter(|c| *c != '.').collect(), exp)
 }
 
 /// Digits `d1d2...` as `d1.d2...e±XX` (at least two exponent digits, as C and Python).
@@ -68,25 +82,15 @@ fn fixed(sign: &str, digits: &str, exp: i32, force_fraction: bool) -> String {
 /// C's `%.{precision}g`: `precision` significant digits, exponent form when the exponent
 /// is below -4 or at least the precision, trailing zeros removed.
 pub fn c_g(x: f64, precision: usize) -> String {
-    if x.is_nan() {
-        return "nan".into();
-    }
-    if x.is_infinite() {
-        return if x > 0.0 { "inf".into() } else { "-inf".into() };
+    if let Some(s) = non_finite(x) {
+        return s.into();
     }
     let p = precision.max(1);
     // Exact decimal digits, rounded to p significant digits (Rust rounds like glibc).
-    let sci = format!("{:.*e}", p - 1, x);
-    let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
-    let exp: i32 = exp.parse().expect("integer exponent");
-    let (sign, mantissa) = match mantissa.strip_prefix('-') {
-        Some(m) => ("-", m),
-        None => ("", mantissa),
-    };
+    let (sign, digits, exp) = split_sci(&format!("{:.*e}", p - 1, x));
     if x == 0.0 {
         return format!("{sign}0");
     }
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
     let digits = digits.trim_end_matches('0');
     let digits = if digits.is_empty() { "0" } else { digits };
     if exp < -4 || exp >= p as i32 {

@@ -5,7 +5,6 @@
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use cadent::protocol::collectd::graphite_names::{GraphiteNamer, GraphiteOptions};
@@ -14,46 +13,30 @@ use cadent::protocol::collectd::{CdTime, Encoder, EncoderConfig, Value, ValueLis
 
 use crate::support::{free_port, temp_dir, wait_until};
 
-use crate::collectd_live::{spawn_collectd, COLLECTD, TYPES_DB};
+use crate::collectd_live::{spawn_collectd, Stoppable, COLLECTD, TYPES_DB};
 
 /// A collectd daemon, stopped by PID (SIGTERM, then SIGKILL) when dropped.
 struct Collectd {
-    child: Child,
+    proc: Stoppable,
     log: PathBuf,
 }
 
 impl Collectd {
     fn start(dir: &Path, config: &str) -> Collectd {
         let log = dir.join("collectd.log");
-        let child = spawn_collectd(dir, config, "collectd.stderr");
-        let mut c = Collectd { child, log };
+        let proc = spawn_collectd(dir, config, "collectd.stderr");
+        let mut c = Collectd { proc, log };
         let ready = wait_until(Duration::from_secs(10), || {
             c.log_text().contains("Initialization complete")
-                || c.child.try_wait().ok().flatten().is_some()
+                || c.proc.0.try_wait().ok().flatten().is_some()
         });
-        let alive = c.child.try_wait().unwrap().is_none();
+        let alive = c.proc.0.try_wait().unwrap().is_none();
         assert!(ready && alive, "collectd did not start:\n{}", c.log_text());
         c
     }
 
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Collectd {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let exited = wait_until(Duration::from_secs(5), || {
-            self.child.try_wait().ok().flatten().is_some()
-        });
-        if !exited {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use cadent::protocol::collectd::Value;
+use cadent::protocol::collectd::{write_identifier, Value};
 use cadent::tools::blast::{CollectdTraffic, Scratch};
 
 use crate::support::{cadent_bin, free_port, temp_dir, wait_until};
@@ -15,39 +15,94 @@ use crate::support::{cadent_bin, free_port, temp_dir, wait_until};
 pub(crate) const COLLECTD: &str = "/usr/sbin/collectd";
 
 /// Writes `conf` to `dir/collectd.conf` and starts collectd on it in the foreground, its
-/// stdout and stderr going to `dir/output`. The caller stops it (by PID).
-pub(crate) fn spawn_collectd(
-    dir: &std::path::Path,
-    conf: &str,
-    output: &str,
-) -> std::process::Child {
+/// stdout and stderr going to `dir/output`; it is stopped by PID when dropped.
+pub(crate) fn spawn_collectd(dir: &Path, conf: &str, output: &str) -> Stoppable {
     let path = dir.join("collectd.conf");
     std::fs::write(&path, conf).unwrap();
     let log = std::fs::File::create(dir.join(output)).unwrap();
-    Command::new(COLLECTD)
-        .arg("-f")
-        .arg("-C")
-        .arg(&path)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start collectd")
+    Stoppable(
+        Command::new(COLLECTD)
+            .arg("-f")
+            .arg("-C")
+            .arg(&path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start collectd"),
+    )
 }
+
+/// A child process stopped by PID (SIGTERM, then SIGKILL after a bounded wait) when dropped.
+pub(crate) struct Stoppable(pub(crate) Child);
+
+impl Stoppable {
+    pub(crate) fn stop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let stopped = wait_until(Duration::from_secs(10), || {
+            matches!(self.0.try_wait(), Ok(Some(_)))
+        });
+        if !stopped {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl Drop for Stoppable {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Every row of the csv files under `root` as `identifier time values...` (identifiers as
+/// the dump prints them), sorted, duplicates kept.
+fn csv_rows(root: &Path) -> Vec<String> {
+    let mut rows = Vec::new();
+    let Ok(hosts) = std::fs::read_dir(root) else {
+        return rows;
+    };
+    for host in hosts.flatten() {
+        for plugin in std::fs::read_dir(host.path()).unwrap().flatten() {
+            for file in std::fs::read_dir(plugin.path()).unwrap().flatten() {
+                let name = file.file_name().into_string().unwrap();
+                // `type[-type_instance]-YYYY-MM-DD`
+                let type_ = &name[..name.len() - 11];
+                let id = format!(
+                    "{}/{}/{type_}",
+                    host.file_name().to_string_lossy(),
+                    plugin.file_name().to_string_lossy()
+                );
+                let text = std::fs::read_to_string(file.path()).unwrap();
+                for line in text.lines().skip(1) {
+                    rows.push(format!("{id} {}", line.replace(',', " ")));
+                }
+            }
+        }
+    }
+    rows.sort();
+    rows
+}
+
 pub(crate) const TYPES_DB: &str = "/usr/share/collectd/types.db";
 const NAMES: u64 = 120;
 const HOSTS: u64 = 4;
 const PLUGINS: u64 = 6;
 
-/// A collectd daemon in the foreground, stopped by PID when dropped.
-struct Collectd {
-    child: Child,
+/// A collectd 5.12 receiver in the foreground (network `Listen` at a security level, with
+/// an auth file, and csv with `StoreRates false`), stopped by PID when dropped.
+pub(crate) struct Collectd {
+    _proc: Stoppable,
     dir: PathBuf,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Collectd {
-    fn start(level: &str) -> Collectd {
+    pub(crate) fn start(level: &str) -> Collectd {
         assert!(
             Path::new(COLLECTD).exists() && Path::new(TYPES_DB).exists(),
             "collectd 5.12 is missing: run scripts/install-peers.sh"
@@ -60,7 +115,7 @@ impl Collectd {
 FQDNLookup false
 Interval 10
 # One write thread: with several, two can create the same new csv file at once and
-# corrupt its first row (seen under load; collectd_replay.rs has the same setting).
+# corrupt its first rows (seen under load, e.g. a row `17,322791`).
 WriteThreads 1
 BaseDir "{d}"
 PIDFile "{d}/collectd.pid"
@@ -80,8 +135,8 @@ LoadPlugin csv
 "#,
             d = dir.display()
         );
-        let child = spawn_collectd(&dir, &conf, "collectd.log");
-        let c = Collectd { child, dir, port };
+        let _proc = spawn_collectd(&dir, &conf, "collectd.log");
+        let c = Collectd { _proc, dir, port };
         // Listening once the port can no longer be bound.
         let up = wait_until(Duration::from_secs(10), || {
             std::net::UdpSocket::bind(("127.0.0.1", port)).is_err()
@@ -90,50 +145,18 @@ LoadPlugin csv
         c
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("collectd.log")).unwrap_or_default()
     }
 
     /// Every csv row as `identifier time values...`, identifiers as the dump prints them.
     fn rows(&self) -> BTreeSet<String> {
-        let mut rows = BTreeSet::new();
-        let root = self.dir.join("csv");
-        let Ok(hosts) = std::fs::read_dir(&root) else {
-            return rows;
-        };
-        for host in hosts.flatten() {
-            for plugin in std::fs::read_dir(host.path()).unwrap().flatten() {
-                for file in std::fs::read_dir(plugin.path()).unwrap().flatten() {
-                    let name = file.file_name().into_string().unwrap();
-                    // `type[-type_instance]-YYYY-MM-DD`
-                    let type_ = &name[..name.len() - 11];
-                    let id = format!(
-                        "{}/{}/{type_}",
-                        host.file_name().to_string_lossy(),
-                        plugin.file_name().to_string_lossy()
-                    );
-                    let text = std::fs::read_to_string(file.path()).unwrap();
-                    for line in text.lines().skip(1) {
-                        rows.insert(format!("{id} {}", line.replace(',', " ")));
-                    }
-                }
-            }
-        }
-        rows
+        self.csv_rows().into_iter().collect()
     }
-}
 
-impl Drop for Collectd {
-    fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let stopped = wait_until(Duration::from_secs(10), || {
-            matches!(self.child.try_wait(), Ok(Some(_)))
-        });
-        if !stopped {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    /// Every csv row, sorted, duplicates kept.
+    pub(crate) fn csv_rows(&self) -> Vec<String> {
+        csv_rows(&self.dir.join("csv"))
     }
 }
 
@@ -144,15 +167,9 @@ fn expected(seed: u64, timestamp: u64) -> BTreeSet<String> {
     (0..NAMES)
         .map(|i| {
             let vl = t.value_list(i, &mut scratch);
-            let s = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
-            let mut row = format!("{}/{}", s(vl.host), s(vl.plugin));
-            if !vl.plugin_instance.is_empty() {
-                row += &format!("-{}", s(vl.plugin_instance));
-            }
-            row += &format!("/{}", s(vl.type_));
-            if !vl.type_instance.is_empty() {
-                row += &format!("-{}", s(vl.type_instance));
-            }
+            let mut id = Vec::new();
+            write_identifier(&mut id, vl.identity());
+            let mut row = String::from_utf8(id).unwrap();
             row += &format!(" {:.3}", vl.time.as_secs_f64());
             for v in vl.values.iter() {
                 row += &match v {
@@ -210,22 +227,20 @@ fn now() -> u64 {
         .as_secs()
 }
 
-const SIGN: [&str; 6] = [
-    "--security-level",
-    "sign",
-    "--user",
-    "cadent",
-    "--password",
-    "secret",
-];
-const ENCRYPT: [&str; 6] = [
-    "--security-level",
-    "encrypt",
-    "--user",
-    "cadent",
-    "--password",
-    "secret",
-];
+/// blast's arguments for a security level and password, user `cadent`.
+const fn security<'a>(level: &'a str, password: &'a str) -> [&'a str; 6] {
+    [
+        "--security-level",
+        level,
+        "--user",
+        "cadent",
+        "--password",
+        password,
+    ]
+}
+
+const SIGN: [&str; 6] = security("sign", "secret");
+const ENCRYPT: [&str; 6] = security("encrypt", "secret");
 
 /// Level none with an auth file: plain, signed and encrypted all land.
 #[test]
@@ -248,32 +263,8 @@ fn collectd_sign_listener_takes_only_good_signatures() {
     let c = Collectd::start("Sign");
     let t = now() - 300;
     blast(&c, 2, t, &[]);
-    blast(
-        &c,
-        3,
-        t + 10,
-        &[
-            "--security-level",
-            "sign",
-            "--user",
-            "cadent",
-            "--password",
-            "wrong",
-        ],
-    );
-    blast(
-        &c,
-        4,
-        t + 20,
-        &[
-            "--security-level",
-            "encrypt",
-            "--user",
-            "cadent",
-            "--password",
-            "wrong",
-        ],
-    );
+    blast(&c, 3, t + 10, &security("sign", "wrong"));
+    blast(&c, 4, t + 20, &security("encrypt", "wrong"));
     blast(&c, 5, t + 30, &SIGN);
     blast(&c, 5, t + 40, &ENCRYPT);
     let mut want = expected(5, t + 30);
@@ -288,19 +279,7 @@ fn collectd_encrypt_listener_takes_only_encrypted() {
     let t = now() - 300;
     blast(&c, 2, t, &[]);
     blast(&c, 3, t + 10, &SIGN);
-    blast(
-        &c,
-        4,
-        t + 20,
-        &[
-            "--security-level",
-            "encrypt",
-            "--user",
-            "cadent",
-            "--password",
-            "wrong",
-        ],
-    );
+    blast(&c, 4, t + 20, &security("encrypt", "wrong"));
     blast(&c, 5, t + 30, &ENCRYPT);
     check(&c, &expected(5, t + 30));
 }

@@ -5,11 +5,11 @@
 
 use std::collections::BTreeSet;
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::collectd_live::{spawn_collectd, COLLECTD, TYPES_DB};
+use crate::collectd_live::{spawn_collectd, Collectd, Stoppable, COLLECTD, TYPES_DB};
 use crate::support::{cadent_bin, free_port, temp_dir, wait_until};
 
 const COLLECTD_TG: &str = "/usr/bin/collectd-tg";
@@ -19,117 +19,6 @@ const CAPTURE: Duration = Duration::from_secs(4);
 const DUMP_S: u64 = 5;
 /// The daemon sender's host name, so its value lists can be told apart from collectd-tg's.
 const TXHOST: &str = "txhost";
-
-/// A child process stopped by PID (SIGTERM, then SIGKILL after a bounded wait) when dropped.
-struct Stoppable(Child);
-
-impl Stoppable {
-    fn stop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let pid = self.0.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let stopped = wait_until(Duration::from_secs(10), || {
-            matches!(self.0.try_wait(), Ok(Some(_)))
-        });
-        if !stopped {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-impl Drop for Stoppable {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A collectd 5.12 receiver: network `Listen` (level None) and csv with `StoreRates false`,
-/// as in collectd_live, but with one write thread: with several, two threads may create the
-/// same new csv file at once and tear its first rows (seen here: a row `17,322791`).
-struct Receiver {
-    /// Stopped by PID when the receiver is dropped.
-    _proc: Stoppable,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        let dir = temp_dir("collectd-replay-rx");
-        let port = free_port();
-        let conf = format!(
-            r#"Hostname "receiver"
-FQDNLookup false
-Interval 10
-WriteThreads 1
-BaseDir "{d}"
-PIDFile "{d}/collectd.pid"
-TypesDB "{TYPES_DB}"
-AutoLoadPlugin false
-LoadPlugin network
-LoadPlugin csv
-<Plugin network>
-  <Listen "127.0.0.1" "{port}">
-    SecurityLevel "None"
-  </Listen>
-</Plugin>
-<Plugin csv>
-  DataDir "{d}/csv"
-  StoreRates false
-</Plugin>
-"#,
-            d = dir.display()
-        );
-        let child = spawn_collectd(&dir, &conf, "collectd.log");
-        let r = Receiver {
-            _proc: Stoppable(child),
-            dir,
-            port,
-        };
-        // Listening once the port can no longer be bound.
-        let up = wait_until(Duration::from_secs(10), || {
-            UdpSocket::bind(("127.0.0.1", port)).is_err()
-        });
-        assert!(up, "collectd receiver did not listen:\n{}", r.log());
-        r
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("collectd.log")).unwrap_or_default()
-    }
-
-    /// Every csv row as `identifier time values...` (identifiers as the dump prints
-    /// them), sorted, duplicates kept.
-    fn rows(&self) -> Vec<String> {
-        let mut rows = Vec::new();
-        let Ok(hosts) = std::fs::read_dir(self.dir.join("csv")) else {
-            return rows;
-        };
-        for host in hosts.flatten() {
-            for plugin in std::fs::read_dir(host.path()).unwrap().flatten() {
-                for file in std::fs::read_dir(plugin.path()).unwrap().flatten() {
-                    let name = file.file_name().into_string().unwrap();
-                    // `type[-type_instance]-YYYY-MM-DD`
-                    let type_ = &name[..name.len() - 11];
-                    let id = format!(
-                        "{}/{}/{type_}",
-                        host.file_name().to_string_lossy(),
-                        plugin.file_name().to_string_lossy()
-                    );
-                    let text = std::fs::read_to_string(file.path()).unwrap();
-                    for line in text.lines().skip(1) {
-                        rows.push(format!("{id} {}", line.replace(',', " ")));
-                    }
-                }
-            }
-        }
-        rows.sort();
-        rows
-    }
-}
 
 /// A collectd daemon sending load, memory, cpu and uptime every second to `port`.
 fn start_sender(port: u16) -> Stoppable {
@@ -155,8 +44,7 @@ LoadPlugin uptime
 "#,
         d = dir.display()
     );
-    let child = spawn_collectd(&dir, &conf, "collectd.log");
-    Stoppable(child)
+    spawn_collectd(&dir, &conf, "collectd.log")
 }
 
 /// collectd-tg: 1000 value lists over 8 hosts and 5 plugins, each sent every second.
@@ -238,7 +126,8 @@ fn live_collectd_traffic_replayed_to_cadent_and_collectd_is_identical() {
     assert!(!datagrams.is_empty(), "nothing captured");
 
     // 2. Replay to cadent collectd dump and to a real collectd receiver.
-    let receiver = Receiver::start();
+    // Level None; one write thread (see collectd_live's receiver config).
+    let receiver = Collectd::start("None");
     let dir = temp_dir("collectd-replay-dump");
     let (out_path, err_path) = (dir.join("dump.out"), dir.join("dump.err"));
     let dump_port = free_port();
@@ -292,11 +181,11 @@ fn live_collectd_traffic_replayed_to_cadent_and_collectd_is_identical() {
     assert!(from_daemon > 0, "no collectd daemon value lists");
     assert_eq!(from_tg + from_daemon, cadent.len());
     wait_until(Duration::from_secs(15), || {
-        receiver.rows().len() >= cadent.len()
+        receiver.csv_rows().len() >= cadent.len()
     });
     // A moment more, so a surplus on collectd's side would show too.
     std::thread::sleep(Duration::from_millis(500));
-    let collectd = receiver.rows();
+    let collectd = receiver.csv_rows();
     if cadent != collectd {
         let only = |a: &[String], b: &[String]| -> Vec<String> {
             let b: BTreeSet<&String> = b.iter().collect();

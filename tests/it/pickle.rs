@@ -6,19 +6,22 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use cadent::protocol::pickle::{self, Decoder, Framed, Point, FRAME_BYTES_MAX_DEFAULT};
+use cadent::tools::SplitMix64;
 
-/// python3 (pickle is stdlib), the system one if pyenv's shim is not usable.
+/// python3 (pickle is stdlib), the system one if pyenv's shim is not usable; probed once.
 fn python() -> &'static str {
-    for candidate in ["python3", "/usr/bin/python3"] {
-        let ok = Command::new(candidate)
-            .args(["-c", "import pickle"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ok {
-            return candidate;
-        }
-    }
-    panic!("no python3 interpreter found");
+    static PYTHON: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(|| {
+        ["python3", "/usr/bin/python3"]
+            .into_iter()
+            .find(|candidate| {
+                Command::new(candidate)
+                    .args(["-c", "import pickle"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            })
+            .expect("no python3 interpreter found")
+    })
 }
 
 /// Runs `script` with `stdin` fed in, returns stdout.
@@ -175,22 +178,6 @@ fn python_frames_decode_to_the_same_points() {
     assert!(points_total > 1000, "{points_total}");
 }
 
-/// A small deterministic generator: the tests need variety, not quality.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 // Reads frames from stdin as carbon's receiver would (Int32StringReceiver, then
 // pickle.loads) and prints each point, then whether python's own protocol-2 dump of the
 // loaded list is byte-identical to cadent's pickle.
@@ -212,7 +199,7 @@ while at < len(buf):
 
 #[test]
 fn cadent_frames_load_in_python() {
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut rng = SplitMix64(0x9e37_79b9_7f4a_7c15);
     let words = [
         "servers",
         "web01",
@@ -230,15 +217,15 @@ fn cadent_frames_load_in_python() {
             .map(|_| {
                 let parts = 1 + rng.below(5);
                 let name: Vec<String> = (0..parts)
-                    .map(|_| format!("{}{}", words[rng.below(8) as usize], rng.below(100)))
+                    .map(|_| format!("{}{}", words[rng.below(8)], rng.below(100)))
                     .collect();
                 let timestamp = match rng.below(4) {
                     0 => rng.below(300) as f64,
                     1 => (1_000_000_000 + rng.below(1_000_000_000)) as f64,
-                    2 => (rng.next() >> 2) as f64 * if rng.below(2) == 0 { 1.0 } else { -1.0 },
+                    2 => (rng.next_u64() >> 2) as f64 * if rng.below(2) == 0 { 1.0 } else { -1.0 },
                     _ => rng.below(1 << 40) as f64 / 1024.0,
                 };
-                let value = f64::from_bits(rng.next());
+                let value = f64::from_bits(rng.next_u64());
                 let value = if value.is_finite() { value } else { 0.5 };
                 (name.join("."), timestamp, value)
             })

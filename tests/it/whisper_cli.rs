@@ -36,31 +36,31 @@ impl Tools {
 
     /// (exit ok, stdout, stderr) of whisper-<tool>.py.
     fn python(&self, tool: &str, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(&self.py)
-            .arg(self.scripts.join(format!("whisper-{tool}.py")))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
+        outcome(
+            Command::new(&self.py)
+                .arg(self.scripts.join(format!("whisper-{tool}.py")))
+                .args(args),
         )
     }
 
     /// (exit ok, stdout, stderr) of `cadent whisper <tool>`.
     fn cadent(&self, tool: &str, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(cadent_bin())
-            .args(["whisper", tool])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
+        outcome(
+            Command::new(cadent_bin())
+                .args(["whisper", tool])
+                .args(args),
         )
     }
+}
+
+/// Runs `cmd` to its end: (exit ok, stdout, stderr).
+fn outcome(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 fn s(p: &Path) -> &str {

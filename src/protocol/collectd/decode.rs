@@ -226,8 +226,7 @@ impl Decoder {
             }
 
             if kind == part::ENCRYPTION {
-                let (this, rest) = std::mem::take(&mut buf).split_at_mut(len);
-                buf = rest;
+                let this = split_part(&mut buf, len);
                 let payload = match self.decrypt(this, remaining) {
                     Ok(p) => p,
                     Err(r) => return self.reject(r),
@@ -247,7 +246,7 @@ impl Decoder {
                     ignored_counted = true;
                     self.reject(Reject::UnencryptedIgnored);
                 }
-                buf = &mut std::mem::take(&mut buf)[len..];
+                split_part(&mut buf, len);
                 continue;
             }
             if kind == part::SIGNATURE {
@@ -259,7 +258,7 @@ impl Decoder {
                     // configured. Will accept it." The part is skipped and the
                     // content after it read as before.
                     self.stats.signatures_unverified += 1;
-                    buf = &mut std::mem::take(&mut buf)[len..];
+                    split_part(&mut buf, len);
                     continue;
                 };
                 let Some(user) = auth.get(&buf[SIGNATURE_HEADER_BYTES..len]) else {
@@ -270,7 +269,7 @@ impl Decoder {
                     return self.reject(Reject::BadSignature);
                 }
                 // collectd reads the rest as a new packet (fresh state) and then stops.
-                buf = &mut std::mem::take(&mut buf)[len..];
+                split_part(&mut buf, len);
                 flags.signed = true;
                 st = State::default();
                 ignored_counted = false;
@@ -281,7 +280,7 @@ impl Decoder {
                     ignored_counted = true;
                     self.reject(Reject::UnsignedIgnored);
                 }
-                buf = &mut std::mem::take(&mut buf)[len..];
+                split_part(&mut buf, len);
                 continue;
             }
 
@@ -295,9 +294,7 @@ impl Decoder {
                     if len != 6 + 9 * n {
                         return self.reject(Reject::BadValues);
                     }
-                    let (this, rest) = std::mem::take(&mut buf).split_at_mut(len);
-                    buf = rest;
-                    let this: &'a [u8] = this;
+                    let this: &'a [u8] = split_part(&mut buf, len);
                     let (types, data) = this[6..].split_at(n);
                     if types.iter().any(|&t| t > 3) {
                         return self.reject(Reject::BadValueType);
@@ -335,7 +332,7 @@ impl Decoder {
                         return self.reject(Reject::BadNumber);
                     }
                     let v = u64::from_be_bytes(buf[4..12].try_into().expect("8 bytes"));
-                    buf = &mut std::mem::take(&mut buf)[len..];
+                    split_part(&mut buf, len);
                     match kind {
                         part::TIME => st.time = v << 30,
                         part::TIME_HR => st.time = v,
@@ -350,9 +347,7 @@ impl Decoder {
                 | part::TYPE
                 | part::TYPE_INSTANCE
                 | part::MESSAGE => {
-                    let (this, rest) = std::mem::take(&mut buf).split_at_mut(len);
-                    buf = rest;
-                    let this: &'a [u8] = this;
+                    let this: &'a [u8] = split_part(&mut buf, len);
                     let max = if kind == part::MESSAGE {
                         MESSAGE_BYTES_MAX
                     } else {
@@ -373,7 +368,9 @@ impl Decoder {
                 }
                 // Unknown parts (and signature parts at levels that skip them) are
                 // stepped over.
-                _ => buf = &mut std::mem::take(&mut buf)[len..],
+                _ => {
+                    split_part(&mut buf, len);
+                }
             }
         }
     }
@@ -427,6 +424,13 @@ impl Decoder {
         }
         Ok(payload)
     }
+}
+
+/// Splits the part of `len` bytes off the front of `buf` and returns it.
+fn split_part<'a>(buf: &mut &'a mut [u8], len: usize) -> &'a mut [u8] {
+    let (this, rest) = std::mem::take(buf).split_at_mut(len);
+    *buf = rest;
+    this
 }
 
 /// `parse_part_string`: the bytes before the first NUL of a NUL-terminated body.

@@ -85,16 +85,6 @@ const STRING_PARTS: [u16; 5] = [
     part::TYPE_INSTANCE,
 ];
 
-fn strings<'v>(vl: &ValueList<'v>) -> [&'v [u8]; 5] {
-    [
-        vl.host,
-        vl.plugin,
-        vl.plugin_instance,
-        vl.type_,
-        vl.type_instance,
-    ]
-}
-
 /// Packs value lists into one packet at a time; hands each full packet to a sink.
 pub struct Encoder {
     max_packet_bytes: usize,
@@ -121,8 +111,8 @@ impl Encoder {
         let max_packet_bytes = config.max_packet_bytes.clamp(MAX_PACKET_BYTES_MIN, 65535);
         let header_bytes = match &config.security {
             SendSecurity::None => 0,
-            SendSecurity::Sign(c) => SIGNATURE_HEADER_BYTES + c.name.len(),
-            SendSecurity::Encrypt(c) => ENCRYPTION_OVERHEAD_BYTES + c.name.len(),
+            SendSecurity::Sign(c) => SIGNATURE_HEADER_BYTES + c.name().len(),
+            SendSecurity::Encrypt(c) => ENCRYPTION_OVERHEAD_BYTES + c.name().len(),
         };
         let iv = matches!(config.security, SendSecurity::Encrypt(_)).then(IvSource::new);
         let mut e = Encoder {
@@ -168,13 +158,14 @@ impl Encoder {
             self.stats.rejects[EncodeReject::TooBig as usize] += 1;
             return Err(EncodeReject::TooBig);
         }
-        let mut need = self.bytes_needed(vl);
-        if self.buf.len() + need > self.max_packet_bytes {
+        let mut plan = self.plan(vl);
+        if self.buf.len() + plan.0 > self.max_packet_bytes {
             self.flush(sink);
-            need = self.bytes_needed(vl);
+            plan = self.plan(vl);
         }
+        let (need, changed) = plan;
         let before = self.buf.len();
-        self.write(vl);
+        self.write(vl, changed);
         debug_assert_eq!(self.buf.len() - before, need);
         self.pending += 1;
         self.stats.value_lists += 1;
@@ -208,14 +199,14 @@ impl Encoder {
                 self.buf
                     .extend_from_slice(&(self.header_bytes as u16).to_be_bytes());
                 self.buf.extend_from_slice(&[0; 32]);
-                self.buf.extend_from_slice(&c.name);
+                self.buf.extend_from_slice(c.name());
             }
             SendSecurity::Encrypt(c) => {
                 self.buf.extend_from_slice(&part::ENCRYPTION.to_be_bytes());
                 self.buf.extend_from_slice(&[0, 0]); // length, at seal
                 self.buf
-                    .extend_from_slice(&(c.name.len() as u16).to_be_bytes());
-                self.buf.extend_from_slice(&c.name);
+                    .extend_from_slice(&(c.name().len() as u16).to_be_bytes());
+                self.buf.extend_from_slice(c.name());
                 self.buf.extend_from_slice(&[0; 16 + 20]); // IV and SHA-1, at seal
             }
         }
@@ -246,7 +237,7 @@ impl Encoder {
                     .next_iv();
                 #[cfg(test)]
                 let iv = self.fixed_iv.unwrap_or(iv);
-                let at = 6 + c.name.len();
+                let at = 6 + c.name().len();
                 self.buf[at..at + 16].copy_from_slice(&iv);
                 let hash = security::sha1(&self.buf[self.header_bytes..]);
                 self.buf[at + 16..at + 36].copy_from_slice(&hash);
@@ -260,10 +251,14 @@ impl Encoder {
         self.buf[start..end] != *s
     }
 
-    fn bytes_needed(&self, vl: &ValueList<'_>) -> usize {
+    /// The bytes `vl` adds to the packet being filled, and which of its identity strings
+    /// differ from the packet's state (those are written).
+    fn plan(&self, vl: &ValueList<'_>) -> (usize, [bool; 5]) {
         let mut need = 6 + 9 * vl.values.len();
-        for (i, s) in strings(vl).into_iter().enumerate() {
-            if self.string_changed(i, s) {
+        let mut changed = [false; 5];
+        for (i, s) in vl.identity().into_iter().enumerate() {
+            changed[i] = self.string_changed(i, s);
+            if changed[i] {
                 need += 5 + s.len();
             }
         }
@@ -273,13 +268,16 @@ impl Encoder {
         if vl.interval.0 != self.last_interval {
             need += 12;
         }
-        need
+        (need, changed)
     }
 
-    fn write(&mut self, vl: &ValueList<'_>) {
-        let s = strings(vl);
+    /// Appends `vl` with the string parts `changed` (from [`Encoder::plan`]) marks.
+    fn write(&mut self, vl: &ValueList<'_>, changed: [bool; 5]) {
+        let s = vl.identity();
         // Daemon order: host, time, interval, plugin, plugin instance, type, type instance.
-        self.write_string(0, s[0]);
+        if changed[0] {
+            self.write_string(0, s[0]);
+        }
         if vl.time.0 != self.last_time {
             self.write_number(part::TIME_HR, vl.time.0);
             self.last_time = vl.time.0;
@@ -288,8 +286,10 @@ impl Encoder {
             self.write_number(part::INTERVAL_HR, vl.interval.0);
             self.last_interval = vl.interval.0;
         }
-        for (i, s) in s.iter().enumerate().skip(1) {
-            self.write_string(i, s);
+        for i in 1..s.len() {
+            if changed[i] {
+                self.write_string(i, s[i]);
+            }
         }
         let len = 6 + 9 * vl.values.len();
         self.buf.extend_from_slice(&part::VALUES.to_be_bytes());
@@ -297,11 +297,8 @@ impl Encoder {
         vl.values.write_body(&mut self.buf);
     }
 
-    /// Writes a string part if the field changed (an empty one clears it).
+    /// Writes a changed string part (an empty one clears the field).
     fn write_string(&mut self, i: usize, s: &[u8]) {
-        if !self.string_changed(i, s) {
-            return;
-        }
         self.buf.extend_from_slice(&STRING_PARTS[i].to_be_bytes());
         self.buf
             .extend_from_slice(&((5 + s.len()) as u16).to_be_bytes());
@@ -320,7 +317,8 @@ impl Encoder {
 
 /// Bytes a value list takes as the first in a packet (every set field written).
 fn bytes_alone(vl: &ValueList<'_>) -> usize {
-    let strings: usize = strings(vl)
+    let strings: usize = vl
+        .identity()
         .iter()
         .filter(|s| !s.is_empty())
         .map(|s| 5 + s.len())
@@ -334,7 +332,7 @@ fn check(vl: &ValueList<'_>) -> Result<(), EncodeReject> {
     if vl.host.is_empty() || vl.plugin.is_empty() || vl.type_.is_empty() || vl.time.0 == 0 {
         return Err(EncodeReject::Incomplete);
     }
-    for s in strings(vl) {
+    for s in vl.identity() {
         if s.len() >= NAME_BYTES_MAX {
             return Err(EncodeReject::StringTooLong);
         }

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::io::Write as _;
 
 use super::types_db::{DataSource, DsType, TypesDb};
-use super::{CdTime, Value, ValueList};
+use super::{write_identifier, CdTime, Value, ValueList};
 
 /// Bytes collectd replaces in the whole key (`GRAPHITE_FORBIDDEN`).
 const FORBIDDEN: &[u8] = b" \t\"\\:!,/()\n\r";
@@ -131,8 +131,7 @@ struct RateState {
 pub struct GraphiteNamer {
     options: GraphiteOptions,
     rates: HashMap<Vec<u8>, RateState>,
-    /// Reused buffers: the identity, the series key, and the escaped name parts.
-    ident: [Vec<u8>; 5],
+    /// Reused buffers: the series key and the escaped name parts.
     key: Vec<u8>,
     parts: [Vec<u8>; 5],
     tmp_plugin: Vec<u8>,
@@ -159,7 +158,6 @@ impl GraphiteNamer {
         Ok(GraphiteNamer {
             options,
             rates: HashMap::new(),
-            ident: Default::default(),
             key: Vec::new(),
             parts: Default::default(),
             tmp_plugin: Vec::new(),
@@ -195,18 +193,8 @@ impl GraphiteNamer {
         vl: &ValueList<'_>,
         out: &mut Vec<u8>,
     ) -> Result<usize, GraphiteReject> {
-        let fields = [
-            vl.host,
-            vl.plugin,
-            vl.plugin_instance,
-            vl.type_,
-            vl.type_instance,
-        ];
-        for (dst, src) in self.ident.iter_mut().zip(fields) {
-            dst.clear();
-            dst.extend_from_slice(src);
-        }
-        let Some(ds) = types.get(&self.ident[TYPE]) else {
+        let ident = vl.identity();
+        let Some(ds) = types.get(ident[TYPE]) else {
             return Err(self.reject(GraphiteReject::UnknownType));
         };
         if ds.len() != vl.values.len() {
@@ -217,7 +205,10 @@ impl GraphiteNamer {
         if store_rates {
             self.update_rates(ds, vl);
         }
-        self.escape_parts();
+        self.escape_parts(ident);
+        if !self.options.use_tags {
+            self.join_instances();
+        }
         let seconds = vl.time.as_secs_rounded() as u32;
         for (i, source) in ds.iter().enumerate() {
             let ds_name =
@@ -261,7 +252,7 @@ impl GraphiteNamer {
     /// `rate_buf`.
     fn update_rates(&mut self, ds: &[DataSource], vl: &ValueList<'_>) {
         self.key.clear();
-        identifier(&self.ident, &mut self.key);
+        write_identifier(&mut self.key, vl.identity());
         let interval = if vl.interval.0 == 0 {
             self.options.interval_default
         } else {
@@ -316,18 +307,18 @@ impl GraphiteNamer {
     }
 
     /// `gr_copy_escape_part` on each identity field (with ReverseHost first).
-    fn escape_parts(&mut self) {
+    fn escape_parts(&mut self, ident: [&[u8]; 5]) {
         let esc = self.options.escape_character;
         // Tagged names keep their dots.
         let keep_dots = self.options.preserve_separator || self.options.use_tags;
-        for (dst, src) in self.parts.iter_mut().zip(&self.ident) {
+        for (dst, src) in self.parts.iter_mut().zip(ident) {
             dst.clear();
             dst.extend_from_slice(src);
         }
         if self.options.reverse_host {
             let host = &mut self.parts[HOST];
             host.clear();
-            for (n, label) in self.ident[HOST].rsplit(|&b| b == b'.').enumerate() {
+            for (n, label) in ident[HOST].rsplit(|&b| b == b'.').enumerate() {
                 if n > 0 {
                     host.push(b'.');
                 }
@@ -346,7 +337,9 @@ impl GraphiteNamer {
         }
     }
 
-    fn name_plain(&mut self, ds_name: Option<&[u8]>, out: &mut Vec<u8>) {
+    /// The plain name's `plugin[-plugin_instance]` and `type[-type_instance]` (the same
+    /// for every data source of a value list).
+    fn join_instances(&mut self) {
         let o = &self.options;
         let sep = if o.separate_instances { b'.' } else { b'-' };
         let p = &self.parts;
@@ -366,6 +359,12 @@ impl GraphiteNamer {
             self.tmp_type.push(sep);
             self.tmp_type.extend_from_slice(&p[TYPE_INSTANCE]);
         }
+    }
+
+    /// The plain name, from the parts [`GraphiteNamer::join_instances`] made.
+    fn name_plain(&self, ds_name: Option<&[u8]>, out: &mut Vec<u8>) {
+        let o = &self.options;
+        let p = &self.parts;
         out.extend_from_slice(o.prefix.as_bytes());
         out.extend_from_slice(&p[HOST]);
         out.extend_from_slice(o.postfix.as_bytes());
@@ -383,7 +382,7 @@ impl GraphiteNamer {
         }
     }
 
-    fn name_tagged(&mut self, ds_name: Option<&[u8]>, out: &mut Vec<u8>) {
+    fn name_tagged(&self, ds_name: Option<&[u8]>, out: &mut Vec<u8>) {
         let o = &self.options;
         let p = &self.parts;
         let dupe_type = o.drop_duplicate_fields && p[PLUGIN] == p[TYPE];
@@ -419,23 +418,6 @@ impl GraphiteNamer {
             out.extend_from_slice(b";ds_name=");
             out.extend_from_slice(ds);
         }
-    }
-}
-
-/// collectd's cache key (`FORMAT_VL`): `host/plugin[-pi]/type[-ti]`.
-fn identifier(ident: &[Vec<u8>; 5], key: &mut Vec<u8>) {
-    key.extend_from_slice(&ident[HOST]);
-    key.push(b'/');
-    key.extend_from_slice(&ident[PLUGIN]);
-    if !ident[PLUGIN_INSTANCE].is_empty() {
-        key.push(b'-');
-        key.extend_from_slice(&ident[PLUGIN_INSTANCE]);
-    }
-    key.push(b'/');
-    key.extend_from_slice(&ident[TYPE]);
-    if !ident[TYPE_INSTANCE].is_empty() {
-        key.push(b'-');
-        key.extend_from_slice(&ident[TYPE_INSTANCE]);
     }
 }
 

@@ -202,7 +202,7 @@ impl<'a> Values<'a> {
 
 impl PartialEq for Values<'_> {
     fn eq(&self, other: &Values<'_>) -> bool {
-        self.len() == other.len() && self.iter().eq(other.iter())
+        self.iter().eq(other.iter())
     }
 }
 
@@ -232,6 +232,38 @@ pub struct ValueList<'a> {
     pub interval: CdTime,
     /// One value per data source of the type.
     pub values: Values<'a>,
+}
+
+impl<'a> ValueList<'a> {
+    /// The five identity strings: host, plugin, plugin instance, type, type instance.
+    pub fn identity(&self) -> [&'a [u8]; 5] {
+        [
+            self.host,
+            self.plugin,
+            self.plugin_instance,
+            self.type_,
+            self.type_instance,
+        ]
+    }
+}
+
+/// Appends collectd's identifier (`FORMAT_VL`),
+/// `host/plugin[-plugin_instance]/type[-type_instance]`, of an identity as
+/// [`ValueList::identity`] gives it.
+pub fn write_identifier(out: &mut Vec<u8>, [host, plugin, pinst, type_, tinst]: [&[u8]; 5]) {
+    out.extend_from_slice(host);
+    out.push(b'/');
+    out.extend_from_slice(plugin);
+    if !pinst.is_empty() {
+        out.push(b'-');
+        out.extend_from_slice(pinst);
+    }
+    out.push(b'/');
+    out.extend_from_slice(type_);
+    if !tinst.is_empty() {
+        out.push(b'-');
+        out.extend_from_slice(tinst);
+    }
 }
 
 /// A notification's severity (`NOTIF_*`).
@@ -285,6 +317,19 @@ pub struct Notification<'a> {
     pub severity: Severity,
     /// The text, non-empty.
     pub message: &'a [u8],
+}
+
+impl<'a> Notification<'a> {
+    /// The five identity strings, as [`ValueList::identity`].
+    pub fn identity(&self) -> [&'a [u8]; 5] {
+        [
+            self.host,
+            self.plugin,
+            self.plugin_instance,
+            self.type_,
+            self.type_instance,
+        ]
+    }
 }
 
 /// What a datagram carries, in order.

@@ -104,11 +104,7 @@ impl AuthFile {
             while let [rest @ .., b'\r' | b'\n'] = line {
                 line = rest;
             }
-            let start = line
-                .iter()
-                .position(|b| !is_c_space(*b))
-                .unwrap_or(line.len());
-            let line = &line[start..];
+            let line = trim_c_space_start(line);
             if line.is_empty() || line[0] == b'#' {
                 continue;
             }
@@ -117,11 +113,7 @@ impl AuthFile {
             };
             let name = &line[..colon];
             let value = &line[colon + 1..];
-            let start = value
-                .iter()
-                .position(|b| !is_c_space(*b))
-                .unwrap_or(value.len());
-            let password = &value[start..];
+            let password = trim_c_space_start(value);
             // C strings: a NUL ends either.
             let name = until_nul(name);
             let password = until_nul(password);
@@ -151,9 +143,11 @@ impl AuthFile {
     }
 }
 
-/// C's `isspace` in the "C" locale.
-fn is_c_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r')
+/// `s` without its leading C `isspace` bytes ("C" locale).
+fn trim_c_space_start(s: &[u8]) -> &[u8] {
+    let is_c_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r');
+    let start = s.iter().position(|b| !is_c_space(b)).unwrap_or(s.len());
+    &s[start..]
 }
 
 pub(crate) fn until_nul(s: &[u8]) -> &[u8] {
@@ -188,13 +182,12 @@ impl Security {
 /// A sender's user name and password (a `Server` block's `Username`/`Password`).
 #[derive(Clone)]
 pub struct Credentials {
-    pub(crate) name: Vec<u8>,
     pub(crate) user: User,
 }
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials({:?})", String::from_utf8_lossy(&self.name))
+        write!(f, "Credentials({:?})", String::from_utf8_lossy(self.name()))
     }
 }
 
@@ -205,9 +198,13 @@ impl Credentials {
             return Err(SecurityError::BadUser);
         }
         Ok(Credentials {
-            name: user.to_vec(),
             user: User::new(user, until_nul(password)),
         })
+    }
+
+    /// The user name, as it goes on the wire.
+    pub(crate) fn name(&self) -> &[u8] {
+        &self.user.name
     }
 }
 

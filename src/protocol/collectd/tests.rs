@@ -36,41 +36,22 @@ fn security(level: SecurityLevel, auth_text: Option<&str>) -> Security {
 /// One record per line, the way `cadent collectd dump` will print them, but with the
 /// exact cdtime and the value variants.
 fn show(r: &Record<'_>) -> String {
-    fn ident(h: &[u8], p: &[u8], pi: &[u8], t: &[u8], ti: &[u8]) -> String {
-        let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        let mut out = format!("{}/{}", s(h), s(p));
-        if !pi.is_empty() {
-            out += &format!("-{}", s(pi));
-        }
-        out += &format!("/{}", s(t));
-        if !ti.is_empty() {
-            out += &format!("-{}", s(ti));
-        }
-        out
+    fn ident(identity: [&[u8]; 5]) -> String {
+        let mut out = Vec::new();
+        write_identifier(&mut out, identity);
+        String::from_utf8_lossy(&out).into_owned()
     }
     match r {
         Record::Values(v) => format!(
             "{} {:#x} {} {:?}",
-            ident(
-                v.host,
-                v.plugin,
-                v.plugin_instance,
-                v.type_,
-                v.type_instance
-            ),
+            ident(v.identity()),
             v.time.0,
             v.interval.as_secs_f64(),
             v.values
         ),
         Record::Notification(n) => format!(
             "NOTIFY {} {:#x} {} {}",
-            ident(
-                n.host,
-                n.plugin,
-                n.plugin_instance,
-                n.type_,
-                n.type_instance
-            ),
+            ident(n.identity()),
             n.time.0,
             n.severity.as_str(),
             String::from_utf8_lossy(n.message)
@@ -324,41 +305,53 @@ fn unknown_part_skipped() {
     assert_eq!(run(SecurityLevel::None, None, &p).0.len(), 1);
 }
 
+/// Decodes a mutated copy of vector A: `kept` value lists stand and `reason` is counted once.
+fn check_mutated(what: &str, mutate: impl FnOnce(&mut Vec<u8>), kept: usize, reason: Reject) {
+    let mut p = hex(A);
+    mutate(&mut p);
+    let (got, stats) = run(SecurityLevel::None, None, &p);
+    assert_eq!(got.len(), kept, "{what}");
+    assert_eq!(stats.rejected(reason), 1, "{what}");
+}
+
 #[test]
 fn bad_parts() {
-    let a = hex(A);
-    // Host not NUL-terminated.
-    let mut p = a.clone();
-    p[12] = b'x';
-    let (got, stats) = run(SecurityLevel::None, None, &p);
-    assert!(got.is_empty());
-    assert_eq!(stats.rejected(Reject::BadString), 1);
-    // Unknown value type code.
-    let mut p = a.clone();
-    let code_at = p.len() - 9;
-    p[code_at] = 9;
-    let (got, stats) = run(SecurityLevel::None, None, &p);
-    assert!(got.is_empty());
-    assert_eq!(stats.rejected(Reject::BadValueType), 1);
-    // Values length that does not match its count.
-    let mut p = a.clone();
-    let n_at = p.len() - 11;
-    p[n_at] = 2;
-    let (got, stats) = run(SecurityLevel::None, None, &p);
-    assert!(got.is_empty());
-    assert_eq!(stats.rejected(Reject::BadValues), 1);
-    // Trailing bytes after a good packet.
-    let mut p = a.clone();
-    p.extend_from_slice(&[0, 0, 0]);
-    let (got, stats) = run(SecurityLevel::None, None, &p);
-    assert_eq!(got.len(), 1);
-    assert_eq!(stats.rejected(Reject::TrailingBytes), 1);
-    // A part shorter than its header.
-    let mut p = a.clone();
-    p.extend_from_slice(&[0, 0, 0, 2, 0]);
-    let (got, stats) = run(SecurityLevel::None, None, &p);
-    assert_eq!(got.len(), 1);
-    assert_eq!(stats.rejected(Reject::PartTooShort), 1);
+    check_mutated(
+        "host not NUL-terminated",
+        |p| p[12] = b'x',
+        0,
+        Reject::BadString,
+    );
+    check_mutated(
+        "unknown value type code",
+        |p| {
+            let at = p.len() - 9;
+            p[at] = 9;
+        },
+        0,
+        Reject::BadValueType,
+    );
+    check_mutated(
+        "values length that does not match its count",
+        |p| {
+            let at = p.len() - 11;
+            p[at] = 2;
+        },
+        0,
+        Reject::BadValues,
+    );
+    check_mutated(
+        "trailing bytes after a good packet",
+        |p| p.extend_from_slice(&[0, 0, 0]),
+        1,
+        Reject::TrailingBytes,
+    );
+    check_mutated(
+        "a part shorter than its header",
+        |p| p.extend_from_slice(&[0, 0, 0, 2, 0]),
+        1,
+        Reject::PartTooShort,
+    );
 }
 
 fn string_part(kind: u16, s: &[u8]) -> Vec<u8> {

@@ -81,9 +81,7 @@ impl TypesDb {
     /// Reads a whole types.db text.
     pub fn parse(text: &str) -> Result<TypesDb, TypesDbError> {
         let mut db = TypesDb::default();
-        for (i, line) in text.lines().enumerate() {
-            db.parse_line(i + 1, line)?;
-        }
+        db.extend_from(text)?;
         Ok(db)
     }
 

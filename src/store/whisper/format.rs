@@ -787,6 +787,46 @@ fn read_point<I: WhisperIo + ?Sized>(io: &mut I, off: u64) -> Result<(u32, f64),
     Ok((be_u32(&b[0..]), be_f64(&b[4..])))
 }
 
+/// The byte offset of `interval`'s slot, counted from the archive's base point (its
+/// first slot's timestamp); an archive never written (base 0) starts at its first slot.
+fn slot_from_base<I: WhisperIo + ?Sized>(
+    io: &mut I,
+    archive: &ArchiveInfo,
+    interval: i64,
+) -> Result<u64, Error> {
+    let (base, _) = read_point(io, archive.offset)?;
+    Ok(if base == 0 {
+        archive.offset
+    } else {
+        archive.slot_offset(i64::from(base), interval)
+    })
+}
+
+/// Reads the archive's slots from byte `first` up to byte `last` into `out`, wrapping
+/// at the ring's end when `last <= first`.
+fn read_ring<I: WhisperIo + ?Sized>(
+    io: &mut I,
+    archive: &ArchiveInfo,
+    first: u64,
+    last: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), Error> {
+    out.clear();
+    if first < last {
+        out.resize((last - first) as usize, 0);
+        io.read_at(out, first)?;
+    } else {
+        let head = (archive.end() - first) as usize;
+        out.resize(head + (last - archive.offset) as usize, 0);
+        let (a, b) = out.split_at_mut(head);
+        io.read_at(a, first)?;
+        if !b.is_empty() {
+            io.read_at(b, archive.offset)?;
+        }
+    }
+    Ok(())
+}
+
 fn pack_point(interval: i64, value: f64) -> Result<[u8; POINT_SIZE as usize], Error> {
     let t = u32::try_from(interval).map_err(|_| Error::TimestampOutOfRange(interval))?;
     let mut b = [0u8; POINT_SIZE as usize];
@@ -880,9 +920,7 @@ fn archive_update_many<I: WhisperIo + ?Sized>(
             None | Some(0) => {}
             Some(p) if interval == p + step => {}
             Some(p) => {
-                let n = ((work.packed.len() - run_start) / POINT_SIZE as usize) as i64;
-                work.runs
-                    .push((p - step * (n - 1), run_start..work.packed.len()));
+                push_run(&mut work.runs, run_start..work.packed.len(), p, step);
                 run_start = work.packed.len();
             }
         }
@@ -890,9 +928,7 @@ fn archive_update_many<I: WhisperIo + ?Sized>(
         previous = Some(interval);
     }
     if let Some(p) = previous {
-        let n = ((work.packed.len() - run_start) / POINT_SIZE as usize) as i64;
-        work.runs
-            .push((p - step * (n - 1), run_start..work.packed.len()));
+        push_run(&mut work.runs, run_start..work.packed.len(), p, step);
     }
 
     let (base, _) = read_point(io, archive.offset)?;
@@ -943,6 +979,13 @@ fn archive_update_many<I: WhisperIo + ?Sized>(
     Ok(())
 }
 
+/// Records a run of consecutive slots: its packed `bytes` and, from `last` (its newest
+/// interval), its first interval.
+fn push_run(runs: &mut Vec<(i64, Range<usize>)>, bytes: Range<usize>, last: i64, step: i64) {
+    let n = (bytes.len() / POINT_SIZE as usize) as i64;
+    runs.push((last - step * (n - 1), bytes));
+}
+
 /// whisper's `__propagate`: aggregate the higher archive's points under the lower
 /// archive's interval containing `timestamp` and write one point there when enough
 /// are known. True when a point was written.
@@ -957,27 +1000,10 @@ fn propagate<I: WhisperIo + ?Sized>(
     let (higher, lower) = (&header.archives[higher], &header.archives[lower]);
     let lower_start = align(timestamp, lower.step());
 
-    let (higher_base, _) = read_point(io, higher.offset)?;
-    let first = if higher_base == 0 {
-        higher.offset
-    } else {
-        higher.slot_offset(i64::from(higher_base), lower_start)
-    };
+    let first = slot_from_base(io, higher, lower_start)?;
     let window_bytes = (lower.seconds_per_point / higher.seconds_per_point) * POINT_SIZE;
     let last = (first - higher.offset + window_bytes) % higher.size + higher.offset;
-    series.clear();
-    if first < last {
-        series.resize((last - first) as usize, 0);
-        io.read_at(series, first)?;
-    } else {
-        let head = (higher.end() - first) as usize;
-        series.resize(head + (last - higher.offset) as usize, 0);
-        let (a, b) = series.split_at_mut(head);
-        io.read_at(a, first)?;
-        if !b.is_empty() {
-            io.read_at(b, higher.offset)?;
-        }
-    }
+    read_ring(io, higher, first, last, series)?;
 
     let mut acc = Aggregator::new(header.aggregation);
     let mut expected = lower_start;
@@ -995,12 +1021,7 @@ fn propagate<I: WhisperIo + ?Sized>(
     }
     let value = acc.finish().expect("some points are known");
     let point = pack_point(lower_start, value)?;
-    let (lower_base, _) = read_point(io, lower.offset)?;
-    let offset = if lower_base == 0 {
-        lower.offset
-    } else {
-        lower.slot_offset(i64::from(lower_base), lower_start)
-    };
+    let offset = slot_from_base(io, lower, lower_start)?;
     io.write_at(&point, offset)?;
     Ok(true)
 }
@@ -1029,12 +1050,7 @@ pub fn update<I: WhisperIo + ?Sized>(
     let archive = &header.archives[index];
     let interval = align(timestamp, archive.step());
     let point = pack_point(interval, value)?;
-    let (base, _) = read_point(io, archive.offset)?;
-    let offset = if base == 0 {
-        archive.offset
-    } else {
-        archive.slot_offset(i64::from(base), interval)
-    };
+    let offset = slot_from_base(io, archive, interval)?;
     io.write_at(&point, offset)?;
     let mut series = Vec::new();
     let mut higher = index;
@@ -1088,7 +1104,7 @@ pub fn fetch<I: WhisperIo + ?Sized>(
     let archive = header
         .archives
         .iter()
-        .find(|a| age <= i128::from(a.retention))
+        .find(|a| a.covers(age))
         .or(header.archives.last())
         .expect("a header has at least one archive");
     fetch_archive(io, archive, from, until).map(Some)
@@ -1123,19 +1139,8 @@ pub fn fetch_archive<I: WhisperIo + ?Sized>(
     let base = i64::from(base);
     let first = archive.slot_offset(base, from_interval);
     let last = archive.slot_offset(base, until_interval);
-    let mut series;
-    if first < last {
-        series = vec![0u8; (last - first) as usize];
-        io.read_at(&mut series, first)?;
-    } else {
-        let head = (archive.end() - first) as usize;
-        series = vec![0u8; head + (last - archive.offset) as usize];
-        let (a, b) = series.split_at_mut(head);
-        io.read_at(a, first)?;
-        if !b.is_empty() {
-            io.read_at(b, archive.offset)?;
-        }
-    }
+    let mut series = Vec::new();
+    read_ring(io, archive, first, last, &mut series)?;
     fetched.values.reserve(series.len() / POINT_SIZE as usize);
     let mut expected = from_interval;
     for point in series.chunks_exact(POINT_SIZE as usize) {

@@ -35,11 +35,6 @@ pub struct FileIo {
 }
 
 impl FileIo {
-    /// Wrap an already open file (read-write for updates, read-only for fetches).
-    pub fn new(file: File) -> FileIo {
-        FileIo { file }
-    }
-
     /// Open an existing file read-write.
     pub fn open(path: &Path) -> io::Result<FileIo> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
@@ -61,16 +56,6 @@ impl FileIo {
             .create_new(true)
             .open(path)?;
         Ok(FileIo { file })
-    }
-
-    /// The underlying file.
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
-    /// Give the file back.
-    pub fn into_file(self) -> File {
-        self.file
     }
 }
 

@@ -288,7 +288,6 @@ fn split_number_unit(s: &str) -> Option<(u64, &str)> {
     Some((n, unit))
 }
 
-/// One `precision:duration` item, as carbon's `parseRetentionDef`.
 /// One retention definition as carbon and whisper-create.py read it:
 /// `PRECISION:DURATION` with units s/m/h/d/w/y, or legacy `SECONDS:POINTS`.
 pub fn parse_retention(def: &str) -> Result<Retention, String> {
@@ -384,12 +383,7 @@ impl Section {
         key: &str,
         message: impl Into<String>,
     ) {
-        errors.push(RuleError {
-            line,
-            section: self.name.clone(),
-            key: key.to_string(),
-            message: message.into(),
-        });
+        push_error(errors, line, &self.name, key, message);
     }
 
     /// The compiled `pattern`, or an error for it (carbon skips a section without
@@ -413,6 +407,21 @@ impl Section {
             },
         }
     }
+}
+
+fn push_error(
+    errors: &mut Vec<RuleError>,
+    line: usize,
+    section: &str,
+    key: &str,
+    message: impl Into<String>,
+) {
+    errors.push(RuleError {
+        line,
+        section: section.to_string(),
+        key: key.to_string(),
+        message: message.into(),
+    });
 }
 
 /// configparser's `BasicInterpolation` as far as it can apply without `%(name)s`
@@ -443,15 +452,6 @@ fn parse_ini(text: &str) -> (Vec<Section>, Vec<RuleError>) {
     let mut errors = Vec::new();
     // Whether the last key line may take continuation lines.
     let mut continuing = false;
-    let push_error =
-        |errors: &mut Vec<RuleError>, line: usize, section: &str, key: &str, m: &str| {
-            errors.push(RuleError {
-                line,
-                section: section.to_string(),
-                key: key.to_string(),
-                message: m.to_string(),
-            })
-        };
     for (i, raw) in text.lines().enumerate() {
         let line_no = i + 1;
         let line = raw.trim();
@@ -722,6 +722,14 @@ aggregationMethod = average
         check_retentions("10s:5,1m:1d", Err("consolidate"));
     }
 
+    /// Each error's `(line, section, key)`.
+    fn places(err: &RulesError) -> Vec<(usize, &str, &str)> {
+        err.errors
+            .iter()
+            .map(|e| (e.line, e.section.as_str(), e.key.as_str()))
+            .collect()
+    }
+
     #[test]
     fn errors_name_section_and_key_and_are_all_collected() {
         let err = Schemas::parse(
@@ -731,13 +739,8 @@ aggregationMethod = average
              [no_retentions]\npattern = a\n",
         )
         .unwrap_err();
-        let got: Vec<(usize, &str, &str)> = err
-            .errors
-            .iter()
-            .map(|e| (e.line, e.section.as_str(), e.key.as_str()))
-            .collect();
         assert_eq!(
-            got,
+            places(&err),
             [
                 (3, "bad_unit", "retentions"),
                 (5, "no_pattern", "pattern"),
@@ -756,13 +759,8 @@ aggregationMethod = average
              [b]\npattern = b\nxFilesFactor = half\n",
         )
         .unwrap_err();
-        let got: Vec<(usize, &str, &str)> = err
-            .errors
-            .iter()
-            .map(|e| (e.line, e.section.as_str(), e.key.as_str()))
-            .collect();
         assert_eq!(
-            got,
+            places(&err),
             [
                 (3, "a", "xfilesfactor"),
                 (4, "a", "aggregationmethod"),
