@@ -1,6 +1,6 @@
 //! Ingest: sockets to byte buffers. Every shard binds its own `SO_REUSEPORT` socket per
 //! TCP/UDP listener; the kernel spreads connections and datagram flows over shards.
-//! Readers hand buffers to the shard's [`Core`](crate::shard::pipeline::Core).
+//! Readers hand buffers to the shard's [`Core`].
 
 pub mod bind;
 

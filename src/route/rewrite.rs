@@ -54,7 +54,7 @@ use regex::bytes::{CaptureLocations, RegexBuilder};
 
 /// What a group reference does to the bytes it inserts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Case {
+enum Case {
     /// As matched (`\N`).
     Retain,
     /// ASCII lowercase (`\_N`).

@@ -48,7 +48,7 @@ pub struct HistogramRule {
 pub struct StatsdConfig {
     /// `flushInterval`: the interval rates are computed over (10000).
     pub flush_interval_ms: u64,
-    /// `percentThreshold` ([90]); negative ones are top-P, fractional ones allowed.
+    /// `percentThreshold` (`[90]`); negative ones are top-P, fractional ones allowed.
     pub percent_thresholds: Vec<f64>,
     /// `histogram` ([]).
     pub histograms: Vec<HistogramRule>,
