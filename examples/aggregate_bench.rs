@@ -18,8 +18,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use cadent::aggregate::statsd::parse::{Sample, Value};
 use cadent::aggregate::statsd::{StatsdConfig, StatsdEngine};
+use cadent::protocol::statsd::{Sample, Value};
 use cadent::tools::SplitMix64;
 
 struct Counting;
@@ -142,11 +142,13 @@ fn run(kind: Kind, keys: usize, cpu_target: f64) -> String {
     let before = LIVE.load(Ordering::Relaxed);
     let mut e = StatsdEngine::new(cfg, 0).unwrap();
     for (i, n) in names.iter().enumerate() {
-        e.ingest(Sample {
-            key: n,
-            value: kind.value(i),
-            sample_rate: 1.0,
-        });
+        e.ingest(
+            n,
+            Sample {
+                value: kind.value(i),
+                sample_rate: 1.0,
+            },
+        );
     }
     let bytes_per_key = (LIVE.load(Ordering::Relaxed) - before) as f64 / keys as f64;
 
@@ -157,11 +159,13 @@ fn run(kind: Kind, keys: usize, cpu_target: f64) -> String {
     while cpu_seconds() - c0 < cpu_target {
         for &i in &order {
             let i = i as usize;
-            e.ingest(Sample {
-                key: &names[i],
-                value: kind.value(i),
-                sample_rate: 1.0,
-            });
+            e.ingest(
+                &names[i],
+                Sample {
+                    value: kind.value(i),
+                    sample_rate: 1.0,
+                },
+            );
         }
         samples += keys as u64;
     }

@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod ingest;
 pub mod output;
+pub mod point;
 pub mod protocol;
 pub mod route;
 pub mod shard;

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use cadent::api::{self, AdminState, Control};
 use cadent::config::{Config, DEFAULT_CONFIG};
 use cadent::route::{DestinationTable, Router};
-use cadent::shard::{self, ControlMsg, Topology};
+use cadent::shard::{self, ControlMsg};
 use cadent::telemetry::{Labels, Registry};
 use cadent::tools;
 
@@ -111,15 +111,16 @@ fn init_logging() {
 }
 
 fn check(path: PathBuf) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&path)
+    let text = cadent::config::read_text_bounded(&path, cadent::config::CONFIG_FILE_BYTES_MAX)
         .with_context(|| format!("cannot read {}", path.display()))?;
     match Config::parse(&text) {
         Ok(cfg) => {
             println!(
-                "{}: ok ({} listeners, {} clusters, {} routes)",
+                "{}: ok ({} listeners, {} clusters, {} aggregators, {} routes)",
                 path.display(),
                 cfg.listeners.len(),
                 cfg.clusters.len(),
+                cfg.aggregates.len(),
                 cfg.routes.len()
             );
             Ok(())
@@ -143,7 +144,7 @@ fn hash(path: PathBuf, cluster: Option<String>, names: Vec<String>) -> anyhow::R
         None => 0,
     };
     let table = DestinationTable::from_config(&cfg);
-    let mut router = Router::new(&cfg, &table);
+    let mut router = Router::new(&cfg, &table, &[]);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut dests = Vec::new();
@@ -188,48 +189,43 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
             Config::parse(DEFAULT_CONFIG).map_err(|e| anyhow::anyhow!("embedded config: {e}"))?
         }
     };
-    let cfg = Arc::new(cfg);
-    let table = Arc::new(DestinationTable::from_config(&cfg));
-    let addrs = shard::probe_listeners(&cfg)?;
+    // Every port is checked before anything is announced: the admin port is bound
+    // first, then every listener is probed.
+    let admin = std::net::TcpListener::bind(cfg.server.admin_listen).map_err(|e| {
+        anyhow::anyhow!(
+            "server.admin_listen {}: cannot bind: {e}",
+            cfg.server.admin_listen
+        )
+    })?;
+    shard::probe_listeners(&cfg)?;
     let shards = shard::shard_count(&cfg);
-    let labels = Labels {
-        listeners: cfg.listeners.iter().map(|l| l.name.clone()).collect(),
-        rules: cfg.routes.iter().map(|r| r.name.clone()).collect(),
-        destinations: table.destinations.iter().map(|d| d.name.clone()).collect(),
-    };
-    let registry = Registry::new(labels, shards);
-    let bound: Vec<String> = cfg
-        .listeners
-        .iter()
-        .zip(&addrs)
-        .map(|(l, a)| l.url.bound(*a))
-        .collect();
-    let handles = shard::spawn(cfg.clone(), table.clone(), addrs, registry.clone())?;
-    tracing::info!(
-        shards,
-        config = %path.as_ref().map_or("(embedded default)".into(), |p| p.display().to_string()),
-        listeners = ?bound,
-        admin = %cfg.server.admin_listen,
-        "cadent serving"
-    );
-    let state_registry = registry.clone();
+    let registry = Registry::new(Labels::default(), shards);
+    let process_cfg = Arc::new(cfg.clone());
+    let handles = shard::spawn(process_cfg, registry.clone())?;
     let control = Control::new(
-        Topology {
-            config: cfg.clone(),
-            table: table.clone(),
-        },
         handles.iter().map(|h| h.sender()).collect(),
         registry.clone(),
         path.clone(),
-        bound,
     );
     let state = Arc::new(AdminState {
         control,
-        registry,
+        registry: registry.clone(),
         shards,
         started: Instant::now(),
     });
-    let outcome = api::serve_until_signal(state, cfg.server.admin_listen);
+    let config_name = path
+        .as_ref()
+        .map_or("(embedded default)".into(), |p| p.display().to_string());
+    let admin_addr = cfg.server.admin_listen;
+    let outcome = api::serve_until_signal(state, admin, cfg, |s| {
+        tracing::info!(
+            shards,
+            config = %config_name,
+            listeners = ?s.control.bound(),
+            admin = %admin_addr,
+            "cadent serving"
+        );
+    });
     let started = Instant::now();
     for h in &handles {
         h.send(ControlMsg::Shutdown);
@@ -241,7 +237,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
             failed = true;
         }
     }
-    log_totals(&state_registry);
+    log_totals(&registry);
     let signal = outcome?;
     tracing::info!(
         signal,
@@ -262,8 +258,8 @@ fn log_totals(registry: &Registry) {
     for (name, l) in labels.listeners.iter().zip(&total.listeners) {
         tracing::info!(
             listener = %name,
-            received_lines = l.received_lines,
-            parsed_lines = l.parsed_lines,
+            received_lines = l.counters.received_lines,
+            parsed_lines = l.counters.parsed_lines,
             rejected_lines = l.rejected_lines.iter().sum::<u64>(),
             "final listener totals"
         );
@@ -279,9 +275,19 @@ fn log_totals(registry: &Registry) {
             "final destination totals"
         );
     }
+    for (name, a) in labels.aggregators.iter().zip(&total.aggregators) {
+        tracing::info!(
+            aggregator = %name,
+            samples = a.samples,
+            flushed_lines = a.flushed_lines,
+            dropped_keys_full = a.dropped_keys_full,
+            "final aggregator totals"
+        );
+    }
     tracing::info!(
-        dropped_by_rule = total.dropped_by_rule,
-        unrouted = total.unrouted,
+        dropped_by_rule = total.routing.dropped_by_rule,
+        unrouted = total.routing.unrouted,
+        mesh_dropped_records_full = total.mesh.dropped_records_full,
         "final routing totals"
     );
 }

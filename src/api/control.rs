@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::config::{Config, Health, ListenUrl, Member, Transport};
+use crate::config::{Config, Health, Member, Transport};
 use crate::output::health::{Evidence, State, Tracker};
 use crate::route::{DestId, DestinationKind, Router};
 use crate::shard::{ControlMsg, ShardSender, Topology};
@@ -43,12 +43,12 @@ struct Inner {
     /// Writer failures (connect failures + write errors) seen at the last probe round.
     writer_failures: Vec<u64>,
     health_cfg: Health,
-    /// For each listener of `topology.config`, its id (counter index; never reused).
-    listener_ids: Vec<usize>,
     /// Listener names by id, removed ones included (for counters).
     listener_labels: Vec<String>,
     /// Where each listener of `topology.config` is bound.
     bound: Vec<String>,
+    /// The next aggregator id to hand out.
+    next_aggregator_id: u16,
 }
 
 /// The running topology and destination health, shared by the admin handlers, the
@@ -65,35 +65,30 @@ pub struct Control {
 /// How long a change waits for a shard whose inbox is full before giving up on it.
 const SHARD_SEND_PATIENCE: Duration = Duration::from_secs(5);
 
+/// How long a change waits for every shard to answer its `Prepare`.
+const PREPARE_PATIENCE: Duration = Duration::from_secs(10);
+
 impl Control {
-    /// Control over running shards; `bound` says where each listener is bound.
+    /// Control over running (empty) shards; [`apply_config`](Self::apply_config) gives
+    /// them their first topology.
     pub fn new(
-        topology: Topology,
         shards: Vec<ShardSender>,
         registry: Arc<Registry>,
         config_path: Option<PathBuf>,
-        bound: Vec<String>,
     ) -> Arc<Control> {
-        let listeners = topology.config.listeners.len();
-        let listener_labels = topology
-            .config
-            .listeners
-            .iter()
-            .map(|l| l.name.clone())
-            .collect();
-        let n = topology.table.destinations.len();
-        let router = Router::new(&topology.config, &topology.table);
-        let health_cfg = topology.config.health.clone();
+        let empty = Topology::empty(Arc::new(Config::empty()));
+        let router = Router::new(&empty.config, &empty.table, &[]);
+        let health_cfg = empty.config.health.clone();
         Arc::new(Control {
             inner: Mutex::new(Inner {
-                topology,
-                health: vec![Tracker::new(); n],
+                topology: empty,
+                health: Vec::new(),
                 router,
-                writer_failures: vec![0; n],
+                writer_failures: Vec::new(),
                 health_cfg,
-                listener_ids: (0..listeners).collect(),
-                listener_labels,
-                bound,
+                listener_labels: Vec::new(),
+                bound: Vec::new(),
+                next_aggregator_id: 0,
             }),
             changes: tokio::sync::Mutex::new(()),
             shards,
@@ -146,6 +141,7 @@ impl Control {
 
     /// `GET /servers`: every cluster with each member's state and counters.
     pub fn servers_json(&self) -> serde_json::Value {
+        use crate::telemetry::set::CounterSet;
         let total = Registry::total(&self.registry.per_shard());
         let inner = self.lock();
         let t = &inner.topology;
@@ -161,7 +157,10 @@ impl Control {
                     .map(|(j, d)| {
                         let dest = &t.table.destinations[d.index()];
                         let h = &inner.health[d.index()];
-                        let counters = total.destinations.get(d.index()).cloned();
+                        let counters = total
+                            .destinations
+                            .get(d.index())
+                            .map(|c| serde_json::Value::Object(c.to_json()));
                         json!({
                             "server": c.members.get(j).map(|m| m.display_hash()),
                             "destination": dest.name,
@@ -244,13 +243,14 @@ impl Control {
         let done = change(&mut cfg.clusters[ci].members)?;
         cfg.check_cluster(ci)
             .map_err(|e| Refused::new(409, e.to_string()))?;
-        self.apply(cfg).await?;
+        self.apply(cfg, false).await?;
         Ok(done)
     }
 
-    /// SIGHUP: reads the config file again and applies its rules, clusters and health
-    /// settings, and diffs its listeners. `[server]` and `[output]` changes need a
-    /// restart: they are reported and the running ones kept.
+    /// SIGHUP: reads the config file again and applies it: listeners diffed (unchanged
+    /// ones keep running), rules, clusters, aggregators and health settings. `[server]`
+    /// and `[output]` changes need a restart: they are reported and the running ones
+    /// kept.
     pub async fn reload(&self) -> Result<String, String> {
         let Some(path) = &self.config_path else {
             return Err("running on the embedded default config: nothing to reload".into());
@@ -259,7 +259,6 @@ impl Control {
         let _serial = self.changes.lock().await;
         let old = self.topology().config;
         let mut kept = Vec::new();
-        let listeners = self.relisten(&old, &mut cfg).await;
         if cfg.server != old.server {
             kept.push("[server]");
             cfg.server = old.server.clone();
@@ -274,175 +273,237 @@ impl Control {
                 "reload: these sections changed and need a restart; the running ones are kept"
             );
         }
-        let summary = self.apply(cfg).await.map_err(|r| r.message)?;
-        Ok(format!("{summary}; {listeners}"))
+        self.apply(cfg, false).await.map_err(|r| r.message)
     }
 
-    /// Diffs the listeners of a reloaded config against the running ones: unchanged ones
-    /// (same name and settings) keep running untouched; removed and changed ones stop;
-    /// new and changed ones start on every shard, each on a fresh counter id. A new
-    /// listener whose address cannot be bound is left out (and logged); `cfg.listeners`
-    /// ends up as what runs.
-    async fn relisten(&self, old: &Config, cfg: &mut Config) -> String {
-        let old_ids = self.lock().listener_ids.clone();
-        let ids: Vec<Option<usize>> = cfg
-            .listeners
-            .iter()
-            .map(|l| {
-                old.listeners
-                    .iter()
-                    .position(|o| o == l)
-                    .map(|i| old_ids[i])
-            })
-            .collect();
-        let removed: Vec<usize> = old
-            .listeners
-            .iter()
-            .enumerate()
-            .filter(|(_, o)| !cfg.listeners.contains(o))
-            .map(|(i, _)| old_ids[i])
-            .collect();
-        let added = ids.iter().filter(|i| i.is_none()).count();
-        if removed.is_empty() && added == 0 {
-            return "listeners unchanged".into();
-        }
-        for &id in &removed {
-            let _ = self.broadcast(ControlMsg::Unlisten { id }).await;
-        }
-        if !removed.is_empty() && added > 0 {
-            // Let shards close the sockets of removed listeners before their addresses
-            // are bound again (a changed listener keeps its address). Shards read their
-            // inbox at least every 100 ms.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        // For each listener of the file: its id and where it is bound, or None when it
-        // is new and its address cannot be bound (left out, logged).
-        let old_bound = self.lock().bound.clone();
-        let mut running: Vec<Option<(usize, String)>> = Vec::with_capacity(ids.len());
+    /// Startup: the first topology, through the same path as every change. Every
+    /// listener must bind.
+    pub async fn start(&self, cfg: Config) -> Result<String, String> {
+        let _serial = self.changes.lock().await;
+        self.apply(cfg, true).await.map_err(|r| r.message)
+    }
+
+    /// Builds the next topology from a validated `cfg` (listener ids and addresses,
+    /// aggregator ids, destination ids kept where things are unchanged), has every
+    /// shard prepare it, and commits it only when every shard did; otherwise every
+    /// shard keeps the running one. `strict`: a listener that cannot bind fails the
+    /// change (startup); otherwise it is left out and logged (reload).
+    async fn apply(&self, mut cfg: Config, strict: bool) -> Result<String, Refused> {
+        let old = self.topology();
+        // Listeners: an unchanged one keeps its id and socket; a new or changed one gets
+        // a fresh id, and its address is probed unless one of ours holds it now.
+        let mut listener_ids = Vec::with_capacity(cfg.listeners.len());
+        let mut listener_addrs = Vec::with_capacity(cfg.listeners.len());
+        let mut bound = Vec::with_capacity(cfg.listeners.len());
+        let mut labels = self.lock().listener_labels.clone();
+        let mut taken = vec![false; old.config.listeners.len()];
+        let mut keep = vec![true; cfg.listeners.len()];
         let (mut started, mut failed) = (0, Vec::new());
-        for (l, id) in cfg.listeners.iter().zip(&ids) {
-            if let Some(id) = *id {
-                let i = old_ids.iter().position(|&o| o == id).expect("a running id");
-                running.push(Some((id, old_bound[i].clone())));
+        for (i, l) in cfg.listeners.iter().enumerate() {
+            if let Some(k) = (0..old.config.listeners.len())
+                .find(|&k| !taken[k] && old.config.listeners[k] == *l)
+            {
+                taken[k] = true;
+                listener_ids.push(old.listener_ids[k]);
+                listener_addrs.push(old.listener_addrs[k]);
+                bound.push(l.url.bound(old.listener_addrs[k]));
                 continue;
             }
-            let addr = match &l.url {
-                ListenUrl::Inet(t, a) => match crate::ingest::bind::probe(*a, *t == Transport::Tcp)
-                {
-                    Ok(a) => Some(a),
-                    Err(e) => {
-                        tracing::error!(listener = %l.name, url = %l.url, error = %e, "reload: cannot bind; listener left out");
-                        failed.push(l.name.clone());
-                        running.push(None);
-                        continue;
-                    }
-                },
-                ListenUrl::Unix(_) => None,
+            let ours = old
+                .config
+                .listeners
+                .iter()
+                .zip(&old.listener_addrs)
+                .find(|(o, a)| o.url == l.url && a.is_some())
+                .map(|(_, a)| *a);
+            let addr = match ours {
+                Some(a) => Ok(a),
+                None => crate::shard::probe_listener(l),
             };
-            let id = {
-                let mut inner = self.lock();
-                inner.listener_labels.push(l.name.clone());
-                inner.listener_labels.len() - 1
-            };
-            let _ = self
-                .broadcast(ControlMsg::Listen {
-                    id,
-                    listener: Box::new(l.clone()),
-                    addr,
-                })
-                .await;
-            started += 1;
-            running.push(Some((id, l.url.bound(addr))));
-        }
-        // What runs now, in the file's order.
-        let listeners = std::mem::take(&mut cfg.listeners);
-        let mut inner = self.lock();
-        inner.bound.clear();
-        inner.listener_ids.clear();
-        for (l, run) in listeners.into_iter().zip(running) {
-            if let Some((id, shown)) = run {
-                inner.listener_ids.push(id);
-                inner.bound.push(shown);
-                cfg.listeners.push(l);
+            match addr {
+                Ok(a) => {
+                    labels.push(l.name.clone());
+                    listener_ids.push(labels.len() - 1);
+                    listener_addrs.push(a);
+                    bound.push(l.url.bound(a));
+                    started += 1;
+                }
+                Err(e) if strict => {
+                    return Err(Refused::new(
+                        409,
+                        format!("listen[{i}] {}: cannot bind: {e}", l.url),
+                    ))
+                }
+                Err(e) => {
+                    tracing::error!(listener = %l.name, url = %l.url, error = %e, "reload: cannot bind; listener left out");
+                    failed.push(l.name.clone());
+                    keep[i] = false;
+                }
             }
         }
-        format!(
-            "listeners started {}, stopped {}, failed {:?}",
-            started,
-            removed.len(),
-            failed
-        )
-    }
-
-    /// Validates nothing (callers did), builds the next topology keeping destination
-    /// ids, and hands it to every shard.
-    async fn apply(&self, cfg: Config) -> Result<String, Refused> {
-        let (topology, summary) = {
-            let mut inner = self.lock();
-            let table = inner
-                .topology
-                .table
-                .evolve(&cfg)
-                .map_err(|e| Refused::new(409, e))?;
-            let old = &inner.topology.table;
-            let added: Vec<&str> = table.destinations[old.destinations.len()..]
-                .iter()
-                .map(|d| d.name.as_str())
-                .collect();
-            let retired: Vec<&str> = table
-                .retired
-                .iter()
-                .enumerate()
-                .filter(|&(d, &r)| r && !old.retired.get(d).copied().unwrap_or(false))
-                .map(|(d, _)| table.destinations[d].name.as_str())
-                .collect();
-            let summary = format!(
-                "{} clusters, {} routes; destinations added {:?}, retired {:?}",
-                cfg.clusters.len(),
-                cfg.routes.len(),
-                added,
-                retired
+        if keep.iter().any(|k| !k) {
+            let mut k = keep.iter();
+            cfg.listeners
+                .retain(|_| *k.next().expect("one per listener"));
+        }
+        let stopped = taken.iter().filter(|t| !**t).count();
+        // Aggregators: the same name and settings keep their id (and their keys).
+        let mut next_id = self.lock().next_aggregator_id;
+        let aggregator_ids: Vec<u16> = cfg
+            .aggregates
+            .iter()
+            .map(
+                |a| match old.config.aggregates.iter().position(|o| o == a) {
+                    Some(k) => old.aggregator_ids[k],
+                    None => {
+                        next_id = next_id.wrapping_add(1);
+                        next_id
+                    }
+                },
+            )
+            .collect();
+        let table = old.table.evolve(&cfg).map_err(|e| Refused::new(409, e))?;
+        let added: Vec<&str> = table.destinations[old.table.destinations.len()..]
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        let retired: Vec<&str> = table
+            .retired
+            .iter()
+            .enumerate()
+            .filter(|&(d, &r)| r && !old.table.retired.get(d).copied().unwrap_or(false))
+            .map(|(d, _)| table.destinations[d].name.as_str())
+            .collect();
+        let summary = format!(
+            "{} clusters, {} routes, {} aggregators; destinations added {:?}, retired {:?}; \
+             listeners started {started}, stopped {stopped}, failed {failed:?}",
+            cfg.clusters.len(),
+            cfg.routes.len(),
+            cfg.aggregates.len(),
+            added,
+            retired
+        );
+        let topology = Topology {
+            epoch: old.epoch + 1,
+            config: Arc::new(cfg),
+            table: Arc::new(table),
+            listener_ids,
+            listener_addrs,
+            aggregator_ids,
+        };
+        // Every shard prepares; only then does any of them route by it.
+        let epoch = topology.epoch;
+        let refusals = self
+            .ask_all(
+                |ack| ControlMsg::Prepare {
+                    topology: Box::new(topology.clone()),
+                    ack,
+                },
+                epoch,
+            )
+            .await?;
+        if !refusals.is_empty() {
+            let _ = self.broadcast(|| ControlMsg::Abort { epoch }).await;
+            tracing::error!(
+                ?refusals,
+                "change refused by shards; every shard keeps the running topology"
             );
-            let n = table.destinations.len();
+            return Err(Refused::new(
+                503,
+                format!(
+                    "not applied (every shard keeps the running topology): {}",
+                    refusals.join("; ")
+                ),
+            ));
+        }
+        let failures = self
+            .ask_all(|ack| ControlMsg::Commit { epoch, ack }, epoch)
+            .await?;
+        if !failures.is_empty() {
+            // Every shard prepared, so this is a bug or a stuck shard: say so loudly.
+            tracing::error!(
+                ?failures,
+                epoch,
+                "shards did not commit a prepared topology"
+            );
+        }
+        {
+            let mut inner = self.lock();
+            let n = topology.table.destinations.len();
             inner.health.resize(n, Tracker::new());
             inner.writer_failures.resize(n, 0);
-            inner.health_cfg = cfg.health.clone();
-            let topology = Topology {
-                config: Arc::new(cfg),
-                table: Arc::new(table),
-            };
-            let mut router = Router::new(&topology.config, &topology.table);
+            inner.health_cfg = topology.config.health.clone();
+            let mut router = Router::new(&topology.config, &topology.table, &topology.listener_ids);
             for (d, h) in inner.health.iter().enumerate() {
                 router.set_alive(DestId(d as u16), h.state.is_up());
             }
             inner.router = router;
+            inner.listener_labels = labels.clone();
+            inner.bound = bound;
+            inner.next_aggregator_id = next_id;
             inner.topology = topology.clone();
-            (topology, summary)
-        };
+        }
         self.registry.set_labels(Labels {
-            listeners: self.lock().listener_labels.clone(),
-            rules: topology
-                .config
-                .routes
-                .iter()
-                .map(|r| r.name.clone())
-                .collect(),
+            listeners: labels,
+            rules: crate::route::rule_labels(&topology.config),
             destinations: topology
                 .table
                 .destinations
                 .iter()
                 .map(|d| d.name.clone())
                 .collect(),
+            aggregators: topology
+                .config
+                .aggregates
+                .iter()
+                .map(|a| a.name.clone())
+                .collect(),
         });
-        self.broadcast(ControlMsg::Reconfigure(topology)).await?;
-        tracing::info!(%summary, "topology changed");
+        tracing::info!(%summary, epoch, "topology committed");
         Ok(summary)
     }
 
-    async fn broadcast(&self, msg: ControlMsg) -> Result<(), Refused> {
+    /// Sends `make(ack)` to every shard and waits for every answer for `epoch` (up to
+    /// [`PREPARE_PATIENCE`]); returns the refusals, one per shard that refused or did not
+    /// answer.
+    async fn ask_all(
+        &self,
+        make: impl Fn(tokio::sync::mpsc::UnboundedSender<crate::shard::PrepareAck>) -> ControlMsg,
+        epoch: u64,
+    ) -> Result<Vec<String>, Refused> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        self.broadcast(|| make(tx.clone())).await?;
+        drop(tx);
+        let mut refusals = Vec::new();
+        let mut answered = 0;
+        let deadline = tokio::time::Instant::now() + PREPARE_PATIENCE;
+        while answered < self.shards.len() {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((shard, e, result))) if e == epoch => {
+                    answered += 1;
+                    if let Err(why) = result {
+                        refusals.push(format!("shard {shard}: {why}"));
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    refusals.push(format!(
+                        "{} shard(s) did not answer",
+                        self.shards.len() - answered
+                    ));
+                    break;
+                }
+            }
+        }
+        Ok(refusals)
+    }
+
+    /// Sends `make()` to every shard, waiting up to [`SHARD_SEND_PATIENCE`] for a full
+    /// inbox.
+    async fn broadcast(&self, make: impl Fn() -> ControlMsg) -> Result<(), Refused> {
         let mut failed = 0;
         for s in &self.shards {
-            let mut m = msg.clone();
+            let mut m = make();
             let deadline = tokio::time::Instant::now() + SHARD_SEND_PATIENCE;
             loop {
                 match s.try_send(m) {
@@ -466,6 +527,30 @@ impl Control {
             ));
         }
         Ok(())
+    }
+
+    /// Routes cadent's own counters as graphite lines every `[telemetry] interval_ms`
+    /// (off with an empty prefix). Runs forever.
+    pub async fn telemetry_loop(self: Arc<Self>) {
+        loop {
+            let (interval, prefix) = {
+                let t = &self.lock().topology.config.telemetry;
+                (t.interval_ms, t.prefix.clone())
+            };
+            let now = crate::shard::pipeline::unix_ms();
+            let next = (now.div_euclid(interval as i64) + 1) * interval as i64;
+            tokio::time::sleep(Duration::from_millis((next - now) as u64)).await;
+            if prefix.is_empty() || self.shards.is_empty() {
+                continue;
+            }
+            let mut lines = Vec::new();
+            self.registry
+                .graphite_lines(&prefix, next / 1000, &mut lines);
+            let _ = self.shards[0].try_send(ControlMsg::Inject {
+                origin: crate::point::Origin::Telemetry,
+                lines,
+            });
+        }
     }
 
     /// Probes every TCP destination each `probe_interval_ms`, and moves destinations
@@ -503,15 +588,15 @@ impl Control {
             while let Some(r) = probes.join_next().await {
                 results.extend(r.ok());
             }
-            for msg in self.observe(&results) {
-                let _ = self.broadcast(msg).await;
+            for (dest, up) in self.observe(&results) {
+                let _ = self.broadcast(|| ControlMsg::Health { dest, up }).await;
             }
         }
     }
 
     /// Takes one round of probe results (destination, connected) with the writers'
     /// failures since the last round; returns the routing changes to tell the shards.
-    fn observe(&self, results: &[(usize, bool)]) -> Vec<ControlMsg> {
+    fn observe(&self, results: &[(usize, bool)]) -> Vec<(DestId, bool)> {
         let total = Registry::total(&self.registry.per_shard());
         let mut inner = self.lock();
         let down_after = inner.health_cfg.down_after_failures;
@@ -545,10 +630,7 @@ impl Control {
             let dest = DestId(d as u16);
             if inner.router.alive().get(d).copied().unwrap_or(true) != state.is_up() {
                 inner.router.set_alive(dest, state.is_up());
-                changes.push(ControlMsg::Health {
-                    dest,
-                    up: state.is_up(),
-                });
+                changes.push((dest, state.is_up()));
             }
         }
         changes

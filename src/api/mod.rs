@@ -159,9 +159,11 @@ fn percent_decode(s: &str) -> Result<String, String> {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = s
+                // Two hex digits, nothing else (from_str_radix alone takes "+1").
+                let hex = b
                     .get(i + 1..i + 3)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+                    .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())
                     .ok_or_else(|| format!("bad %-escape in {s:?}"))?;
                 out.push(hex);
                 i += 2;
@@ -224,10 +226,15 @@ async fn remove_member(
     }
 }
 
-/// Runs the admin server until SIGTERM or SIGINT; returns which signal arrived.
+/// Gives the shards their first topology (`initial`), then runs the admin server on
+/// `admin` (bound before anything else, so a taken port stops startup before any data
+/// listener binds) until SIGTERM or SIGINT; returns which signal arrived. `started`
+/// runs once the shards route by `initial`.
 pub fn serve_until_signal(
     state: Arc<AdminState>,
-    addr: SocketAddr,
+    admin: std::net::TcpListener,
+    initial: crate::config::Config,
+    started: impl FnOnce(&AdminState),
 ) -> anyhow::Result<&'static str> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -238,11 +245,16 @@ pub fn serve_until_signal(
         let mut int = signal(SignalKind::interrupt())?;
         // SIGHUP reloads the config file (its default would kill the process unflushed).
         let mut hup = signal(SignalKind::hangup())?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("server.admin_listen {addr}: cannot bind: {e}"))?;
+        admin.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(admin)?;
         let control = state.control.clone();
+        control
+            .start(initial)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        started(&state);
         tokio::spawn(control.clone().probe_loop());
+        tokio::spawn(control.clone().telemetry_loop());
         let app = routes(state).into_make_service_with_connect_info::<SocketAddr>();
         let server = std::future::IntoFuture::into_future(axum::serve(listener, app));
         tokio::pin!(server);
@@ -309,6 +321,8 @@ mod tests {
         assert_eq!(f.server.as_deref(), Some("[::1]:2003"));
         assert_eq!(f.instance.as_deref(), Some("b c"));
         assert!(member_form(&HeaderMap::new(), b"server=%zz").is_err());
+        assert!(member_form(&HeaderMap::new(), b"server=%+1").is_err());
+        assert!(member_form(&HeaderMap::new(), b"server=%-1").is_err());
         assert!(member_form(&HeaderMap::new(), b"colour=red").is_err());
     }
 }

@@ -3,6 +3,7 @@
 //! Each bound is a key with its unit in the name; `configs/cadent.toml` documents them all
 //! and `tuning.md` says how to size them.
 
+mod aggregate;
 mod endpoint;
 mod reader;
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Table;
 
+pub use aggregate::{Aggregate, AggregateKind, CarbonAggregate, StatsdAggregate};
 pub use endpoint::{parse_socket_addr, ListenUrl, Member, Transport};
 use reader::TableReader;
 
@@ -80,6 +82,23 @@ pub struct Server {
     /// Token that lets a non-loopback client change membership (`Authorization: Bearer`);
     /// without it only loopback clients may.
     pub admin_token: Option<String>,
+    /// Cross-shard mesh: a batch of points for another shard is sent at this size.
+    pub mesh_batch_bytes: usize,
+    /// Cross-shard mesh: bytes one shard may have in flight to another; past it a batch
+    /// is dropped and counted (a reader never waits).
+    pub mesh_queue_bytes_max: usize,
+    /// Cross-shard mesh: partly filled batches are sent, and arrived ones applied, at
+    /// least this often.
+    pub mesh_interval_ms: u64,
+}
+
+/// `[telemetry]`: cadent's own counters as graphite lines, routed like any input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Telemetry {
+    /// How often the lines are emitted.
+    pub interval_ms: u64,
+    /// Name prefix (`cadent.<hostname>` by default; empty: off).
+    pub prefix: String,
 }
 
 /// `[health]`: how destinations are judged up or down.
@@ -266,6 +285,8 @@ pub enum Action {
     Drop,
     /// Send to these clusters (indexes into [`Config::clusters`]).
     SendTo(Vec<usize>),
+    /// Hand to this aggregator (index into [`Config::aggregates`]).
+    Aggregate(usize),
 }
 
 /// `[[route]]`: one rule; rules are tried in order.
@@ -281,6 +302,9 @@ pub struct Route {
     pub continue_matching: bool,
     /// carbon-c-relay rewrite applied to matching names before hashing.
     pub rewrite: Option<RewriteSpec>,
+    /// Listener and aggregator names whose points this route takes; empty: every
+    /// listener's (an aggregator's output is taken only by routes that name it).
+    pub from: Vec<String>,
 }
 
 /// `rewrite = { regex = "...", into = "..." }` of a route.
@@ -330,6 +354,31 @@ pub struct Config {
     pub output: Output,
     /// `[health]`.
     pub health: Health,
+    /// `[[aggregate]]`, in order.
+    pub aggregates: Vec<Aggregate>,
+    /// `[telemetry]`.
+    pub telemetry: Telemetry,
+}
+
+/// Largest config file read (a config is text a person wrote; this stops `/dev/zero`).
+pub const CONFIG_FILE_BYTES_MAX: u64 = 16 << 20;
+/// Largest carbon aggregation-rules file read.
+pub const RULES_FILE_BYTES_MAX: u64 = 16 << 20;
+
+/// Reads a text file of at most `max` bytes, refusing a larger (or endless) one.
+pub fn read_text_bounded(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let mut buf = Vec::new();
+    f.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes; not a config file"),
+        ));
+    }
+    String::from_utf8(buf)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
 impl Config {
@@ -347,9 +396,15 @@ impl Config {
         }
     }
 
+    /// A config with no listeners, clusters, routes or aggregators and every setting at
+    /// its default (what a shard holds before its first topology).
+    pub fn empty() -> Config {
+        read_config(&Table::new(), &mut Vec::new())
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
+        let text = read_text_bounded(path, CONFIG_FILE_BYTES_MAX)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
         Config::parse(&text)
             .map_err(|e| anyhow::anyhow!("{}: invalid config:\n{e}", path.display()))
@@ -389,6 +444,11 @@ impl Config {
     pub fn cluster_index(&self, name: &str) -> Option<usize> {
         self.clusters.iter().position(|c| c.name == name)
     }
+
+    /// Index of the aggregator named `name`.
+    pub fn aggregate_index(&self, name: &str) -> Option<usize> {
+        self.aggregates.iter().position(|a| a.name == name)
+    }
 }
 
 fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
@@ -396,8 +456,10 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
     let server_t = top.table("server", errs);
     let output_t = top.table("output", errs);
     let health_t = top.table("health", errs);
+    let telemetry_t = top.table("telemetry", errs);
     let listen_ts = top.tables("listen", errs);
     let cluster_ts = top.tables("cluster", errs);
+    let aggregate_ts = top.tables("aggregate", errs);
     let route_ts = top.tables("route", errs);
     top.finish(errs);
 
@@ -405,6 +467,7 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
     let server = read_server(server_t.unwrap_or(&empty), errs);
     let output = read_output(output_t.unwrap_or(&empty), errs);
     let health = read_health(health_t.unwrap_or(&empty), errs);
+    let telemetry = read_telemetry(telemetry_t.unwrap_or(&empty), errs);
     let listeners: Vec<Listener> = listen_ts
         .iter()
         .enumerate()
@@ -418,11 +481,50 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
         .map(|(i, t)| read_cluster(t, i, errs))
         .collect();
     check_unique(clusters.iter().map(|c| c.name.as_str()), "cluster", errs);
+    let aggregates: Vec<aggregate::Aggregate> = aggregate_ts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| aggregate::read_aggregate(t, i, &clusters, errs))
+        .collect();
+    check_unique(
+        aggregates.iter().map(|a| a.name.as_str()),
+        "aggregate",
+        errs,
+    );
+    for (i, a) in aggregates.iter().enumerate() {
+        if listeners.iter().any(|l| l.name == a.name) {
+            errs.push(ConfigError::new(
+                format!("aggregate[{i}].name"),
+                format!(
+                    "{:?} is also a listener's name; routes' `from` names either, so they must differ",
+                    a.name
+                ),
+            ));
+        }
+    }
     let routes: Vec<Route> = route_ts
         .iter()
         .enumerate()
-        .map(|(i, t)| read_route(t, i, &clusters, errs))
+        .map(|(i, t)| read_route(t, i, &clusters, &aggregates, &listeners, errs))
         .collect();
+    for (i, a) in aggregates.iter().enumerate() {
+        let claimed = routes.iter().any(|r| r.from.contains(&a.name));
+        if a.send_to.is_empty() && !claimed {
+            errs.push(ConfigError::new(
+                format!("aggregate[{i}].send_to"),
+                "is required unless a route has this aggregator in its `from`: its output would go nowhere",
+            ));
+        }
+        if !routes.iter().any(|r| r.action == Action::Aggregate(i)) {
+            errs.push(ConfigError::new(
+                format!("aggregate[{i}]"),
+                format!(
+                    "no route hands points to {:?} (aggregate = {:?})",
+                    a.name, a.name
+                ),
+            ));
+        }
+    }
     // A metric's name goes through at most one rewrite per route; the stage is a u8.
     if routes.iter().filter(|r| r.rewrite.is_some()).count() > u8::MAX as usize {
         errs.push(ConfigError::new(
@@ -460,6 +562,61 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
         routes,
         output,
         health,
+        aggregates,
+        telemetry,
+    }
+}
+
+fn read_telemetry(t: &Table, errs: &mut Vec<ConfigError>) -> Telemetry {
+    let mut r = TableReader::new(t, "telemetry");
+    let interval_ms = r.uint("interval_ms", 60_000, 100, 86_400_000, errs);
+    let prefix = match r.opt_str("prefix", errs) {
+        Some(p) => p,
+        None => default_telemetry_prefix(),
+    };
+    if prefix.starts_with('.')
+        || prefix.ends_with('.')
+        || prefix.contains("..")
+        || prefix.contains(char::is_whitespace)
+    {
+        errs.push(ConfigError::new(
+            r.key_path("prefix"),
+            format!("{prefix:?} is not a graphite name prefix (dots between segments, no spaces)"),
+        ));
+    }
+    r.finish(errs);
+    Telemetry {
+        interval_ms,
+        prefix,
+    }
+}
+
+/// `cadent.<hostname>`, with the host name's dots made `_` (as carbon does for
+/// `carbon.agents.<host>`).
+pub fn default_telemetry_prefix() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into our stack buffer.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let host = if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if host.is_empty() {
+        "cadent.localhost".into()
+    } else {
+        format!("cadent.{host}")
     }
 }
 
@@ -490,6 +647,16 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
     let io_memory_bytes = r.uint("io_memory_bytes", 2 << 20, 64 << 10, 1 << 30, errs) as usize;
     let route_cache_names_max = r.uint("route_cache_names_max", 500_000, 0, 1 << 30, errs) as usize;
     let admin_token = r.opt_str("admin_token", errs);
+    let mesh_batch_bytes = r.uint("mesh_batch_bytes", 64 << 10, 1 << 10, 16 << 20, errs) as usize;
+    let mesh_queue_bytes_max =
+        r.uint("mesh_queue_bytes_max", 8 << 20, 64 << 10, 4 << 30, errs) as usize;
+    let mesh_interval_ms = r.uint("mesh_interval_ms", 5, 1, 1_000, errs);
+    if mesh_queue_bytes_max < 2 * mesh_batch_bytes {
+        errs.push(ConfigError::new(
+            r.key_path("mesh_queue_bytes_max"),
+            format!("must hold at least two batches of mesh_batch_bytes ({mesh_batch_bytes})"),
+        ));
+    }
     if admin_token.as_deref() == Some("") {
         errs.push(ConfigError::new(
             r.key_path("admin_token"),
@@ -505,6 +672,9 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
         io_memory_bytes,
         route_cache_names_max,
         admin_token,
+        mesh_batch_bytes,
+        mesh_queue_bytes_max,
+        mesh_interval_ms,
     }
 }
 
@@ -812,7 +982,14 @@ fn check_members(
     }
 }
 
-fn read_route(t: &Table, i: usize, clusters: &[Cluster], errs: &mut Vec<ConfigError>) -> Route {
+fn read_route(
+    t: &Table,
+    i: usize,
+    clusters: &[Cluster],
+    aggregates: &[Aggregate],
+    listeners: &[Listener],
+    errs: &mut Vec<ConfigError>,
+) -> Route {
     let mut r = TableReader::new(t, format!("route[{i}]"));
     let name = r
         .opt_str("name", errs)
@@ -831,6 +1008,16 @@ fn read_route(t: &Table, i: usize, clusters: &[Cluster], errs: &mut Vec<ConfigEr
     };
     let action_s = r.opt_str("action", errs);
     let send_to = r.strings("send_to", errs);
+    let aggregate_name = r.opt_str("aggregate", errs);
+    let from = r.strings("from", errs);
+    for (j, f) in from.iter().enumerate() {
+        if !listeners.iter().any(|l| &l.name == f) && !aggregates.iter().any(|a| &a.name == f) {
+            errs.push(ConfigError::new(
+                format!("{}[{j}]", r.key_path("from")),
+                format!("no [[listen]] or [[aggregate]] is named {f:?}"),
+            ));
+        }
+    }
     let continue_present = t.contains_key("continue");
     let mut continue_matching = r.boolean("continue", false, errs);
     let rewrite = r
@@ -849,6 +1036,46 @@ fn read_route(t: &Table, i: usize, clusters: &[Cluster], errs: &mut Vec<ConfigEr
                 format!("no [[cluster]] is named {c:?}"),
             )),
         }
+    }
+    if let Some(a) = &aggregate_name {
+        let at = r.key_path("aggregate");
+        if t.contains_key("send_to") {
+            errs.push(ConfigError::new(
+                at.clone(),
+                "a route either aggregates or sends (send_to); give one of them",
+            ));
+        }
+        if action_s.is_some() {
+            errs.push(ConfigError::new(
+                at.clone(),
+                "a route with aggregate takes no action key",
+            ));
+        }
+        let idx = match aggregates.iter().position(|x| &x.name == a) {
+            Some(idx) => idx,
+            None => {
+                errs.push(ConfigError::new(
+                    at,
+                    format!("no [[aggregate]] is named {a:?}"),
+                ));
+                0
+            }
+        };
+        if from.iter().any(|f| aggregates.iter().any(|x| &x.name == f)) {
+            errs.push(ConfigError::new(
+                r.key_path("from"),
+                "an aggregator's output is never handed to an aggregator again (no loops)",
+            ));
+        }
+        r.finish(errs);
+        return Route {
+            name,
+            matcher,
+            action: Action::Aggregate(idx),
+            continue_matching,
+            rewrite,
+            from,
+        };
     }
     let action = match action_s.as_deref() {
         Some("drop") => {
@@ -913,6 +1140,7 @@ fn read_route(t: &Table, i: usize, clusters: &[Cluster], errs: &mut Vec<ConfigEr
         action,
         continue_matching,
         rewrite,
+        from,
     }
 }
 

@@ -117,6 +117,39 @@ impl<'a> TableReader<'a> {
         }
     }
 
+    /// The raw value of `key`, if present (marked as read).
+    pub(super) fn value(&mut self, key: &'static str) -> Option<&'a Value> {
+        self.get(key)
+    }
+
+    /// A number (integer or float) within `[min, max]`, with a default.
+    pub(super) fn float(
+        &mut self,
+        key: &'static str,
+        default: f64,
+        min: f64,
+        max: f64,
+        errs: &mut Vec<ConfigError>,
+    ) -> f64 {
+        let v = match self.get(key) {
+            None => return default,
+            Some(Value::Integer(i)) => *i as f64,
+            Some(Value::Float(f)) => *f,
+            Some(v) => {
+                self.type_error(key, "a number", v, errs);
+                return default;
+            }
+        };
+        if !(v >= min && v <= max) {
+            errs.push(ConfigError::new(
+                self.key_path(key),
+                format!("{v} is out of range ({min}..={max})"),
+            ));
+            return default;
+        }
+        v
+    }
+
     /// A boolean with a default.
     pub(super) fn boolean(
         &mut self,

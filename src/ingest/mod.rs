@@ -12,13 +12,65 @@ use futures_lite::{AsyncRead, AsyncReadExt};
 use glommio::net::{TcpListener, UdpSocket, UnixListener};
 
 use crate::config::Listener;
-use crate::shard::pipeline::{Core, End, Input};
+use crate::protocol::decode::End;
+use crate::protocol::Reject;
+use crate::shard::pipeline::Core;
+
+crate::counter_set! {
+    /// Counters of one listener on one shard (its rejected lines by reason are beside
+    /// them, in [`ListenerStats`]).
+    pub struct ListenerCounters {
+        /// Lines seen (good and bad): received_lines = parsed_lines + rejected_lines.
+        received_lines: counter,
+        /// Bytes received.
+        received_bytes: counter,
+        /// Lines that parsed.
+        parsed_lines: counter,
+        /// statsd samples refused (Etsy's bad_lines_seen), in bad lines and among good
+        /// samples of a line.
+        rejected_samples: counter,
+        /// UDP datagrams received.
+        datagrams: counter,
+        /// Connections accepted.
+        connections_accepted: counter,
+        /// Connections refused at connections_max.
+        connections_refused: counter,
+        /// Connections open now.
+        connections_open: gauge,
+        /// Read and accept errors.
+        read_errors: counter,
+        /// Reads delayed by a full destination queue.
+        stalls: counter,
+    }
+}
+
+/// A listener's counters with its rejected lines by [`Reject`] reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerStats {
+    /// The counters.
+    pub counters: ListenerCounters,
+    /// Rejected lines, by reason.
+    pub rejected_lines: [u64; Reject::COUNT],
+}
+
+impl ListenerStats {
+    /// Adds another shard's.
+    pub fn add(&mut self, o: &ListenerStats) {
+        use crate::telemetry::set::CounterSet;
+        self.counters.add(&o.counters);
+        for (a, b) in self.rejected_lines.iter_mut().zip(&o.rejected_lines) {
+            *a += b;
+        }
+    }
+}
 
 /// What a reader task needs to know about its listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ReadOptions {
-    /// What the pipeline needs about the listener (its index, format, line bound).
-    pub input: Input,
+    /// Listener id (counters and the shard's decoder for it).
+    pub listener: usize,
+    /// Longest line.
+    pub line_bytes_max: usize,
     /// Receive buffer size.
     pub read_buffer_bytes: usize,
     /// Connections per shard.
@@ -31,12 +83,8 @@ impl ReadOptions {
     /// Options of listener `index` of the config.
     pub fn new(index: usize, l: &Listener, stall_max: Duration) -> ReadOptions {
         ReadOptions {
-            input: Input {
-                listener: index,
-                format: l.format,
-                line_bytes_max: l.line_bytes_max,
-                cleanse_names: l.cleanse_names,
-            },
+            listener: index,
+            line_bytes_max: l.line_bytes_max,
             read_buffer_bytes: l.read_buffer_bytes,
             connections_max: l.connections_max,
             stall_max,
@@ -62,7 +110,9 @@ pub async fn accept_loop(core: Rc<RefCell<Core>>, listener: StreamListener, opts
         let conn = match accepted {
             Ok(c) => c,
             Err(e) => {
-                core.borrow_mut().counters.listeners[opts.input.listener].read_errors += 1;
+                core.borrow_mut().counters.listeners[opts.listener]
+                    .counters
+                    .read_errors += 1;
                 tracing::debug!(error = %e, "accept failed");
                 // EMFILE and friends: back off instead of spinning.
                 glommio::timer::sleep(Duration::from_millis(10)).await;
@@ -71,7 +121,7 @@ pub async fn accept_loop(core: Rc<RefCell<Core>>, listener: StreamListener, opts
         };
         {
             let mut c = core.borrow_mut();
-            let lc = &mut c.counters.listeners[opts.input.listener];
+            let lc = &mut c.counters.listeners[opts.listener].counters;
             if lc.connections_open as usize >= opts.connections_max {
                 lc.connections_refused += 1;
                 continue; // dropping `conn` closes it
@@ -85,7 +135,9 @@ pub async fn accept_loop(core: Rc<RefCell<Core>>, listener: StreamListener, opts
                 Conn::Tcp(s) => read_stream(&core, s, opts).await,
                 Conn::Unix(s) => read_stream(&core, s, opts).await,
             }
-            core.borrow_mut().counters.listeners[opts.input.listener].connections_open -= 1;
+            core.borrow_mut().counters.listeners[opts.listener]
+                .counters
+                .connections_open -= 1;
         })
         .detach();
     }
@@ -100,7 +152,7 @@ enum Conn {
 async fn read_stream<S: AsyncRead + Unpin>(core: &Rc<RefCell<Core>>, mut s: S, opts: ReadOptions) {
     // A kept partial line is at most line_bytes_max + 1 bytes; the buffer always has room
     // for more, so a read of 0 bytes means end of stream and nothing else.
-    let mut buf = vec![0u8; opts.read_buffer_bytes.max(opts.input.line_bytes_max + 2)];
+    let mut buf = vec![0u8; opts.read_buffer_bytes.max(opts.line_bytes_max + 2)];
     let mut filled = 0;
     let mut skipping = false;
     loop {
@@ -109,7 +161,9 @@ async fn read_stream<S: AsyncRead + Unpin>(core: &Rc<RefCell<Core>>, mut s: S, o
             Ok(n) => n,
             Err(e) => {
                 // A reset mid-line: the partial line is not trusted, so it is not sent.
-                core.borrow_mut().counters.listeners[opts.input.listener].read_errors += 1;
+                core.borrow_mut().counters.listeners[opts.listener]
+                    .counters
+                    .read_errors += 1;
                 tracing::debug!(error = %e, "read failed");
                 return;
             }
@@ -118,9 +172,9 @@ async fn read_stream<S: AsyncRead + Unpin>(core: &Rc<RefCell<Core>>, mut s: S, o
         filled += n;
         let (used, draining) = {
             let mut c = core.borrow_mut();
-            c.counters.listeners[opts.input.listener].received_bytes += n as u64;
+            c.counters.listeners[opts.listener].counters.received_bytes += n as u64;
             let used = c.process(
-                opts.input,
+                opts.listener,
                 &buf[..filled],
                 &mut skipping,
                 if eof { End::Stream } else { End::More },
@@ -146,7 +200,9 @@ async fn wait_while_congested(core: &Rc<RefCell<Core>>, opts: &ReadOptions) {
     if opts.stall_max.is_zero() || !core.borrow().outputs.congested() {
         return;
     }
-    core.borrow_mut().counters.listeners[opts.input.listener].stalls += 1;
+    core.borrow_mut().counters.listeners[opts.listener]
+        .counters
+        .stalls += 1;
     let start = Instant::now();
     while core.borrow().outputs.congested() {
         if start.elapsed() >= opts.stall_max {
@@ -165,7 +221,9 @@ pub async fn udp_loop(core: Rc<RefCell<Core>>, sock: UdpSocket, opts: ReadOption
         let n = match sock.recv_from(&mut buf).await {
             Ok((n, _)) => n,
             Err(e) => {
-                core.borrow_mut().counters.listeners[opts.input.listener].read_errors += 1;
+                core.borrow_mut().counters.listeners[opts.listener]
+                    .counters
+                    .read_errors += 1;
                 tracing::debug!(error = %e, "recv failed");
                 glommio::timer::sleep(Duration::from_millis(1)).await;
                 continue;
@@ -173,11 +231,11 @@ pub async fn udp_loop(core: Rc<RefCell<Core>>, sock: UdpSocket, opts: ReadOption
         };
         let draining = {
             let mut c = core.borrow_mut();
-            let lc = &mut c.counters.listeners[opts.input.listener];
+            let lc = &mut c.counters.listeners[opts.listener].counters;
             lc.datagrams += 1;
             lc.received_bytes += n as u64;
             let mut skipping = false;
-            c.process(opts.input, &buf[..n], &mut skipping, End::Datagram);
+            c.process(opts.listener, &buf[..n], &mut skipping, End::Datagram);
             c.draining
         };
         if draining {

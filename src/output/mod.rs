@@ -9,12 +9,50 @@ pub mod writer;
 use std::rc::Rc;
 
 use crate::config::{Output, Transport};
+use crate::point::Point;
+use crate::protocol::encode::Encoder;
 use crate::route::{DestId, DestinationKind, DestinationTable};
 pub use queue::{Batch, DestQueue};
 
-/// One destination as a shard sees it: the batch being filled and the queue behind it.
+crate::counter_set! {
+    /// Counters of one destination on one shard.
+    pub struct DestinationCounters {
+        /// Lines (records) put into this destination's batches.
+        queued_lines: counter,
+        /// Lines the kernel (socket or file) accepted.
+        sent_lines: counter,
+        /// Bytes written.
+        sent_bytes: counter,
+        /// Writes (syscalls or datagrams) that carried them.
+        writes: counter,
+        /// Lines dropped: the queue was over queue_bytes_max (oldest first).
+        dropped_lines_queue_full: counter,
+        /// Lines dropped: still queued when the shutdown deadline passed.
+        dropped_lines_shutdown: counter,
+        /// Lines dropped: a UDP datagram or file write failed (a TCP batch's unwritten
+        /// part is retried instead).
+        dropped_lines_write_failed: counter,
+        /// Lines moved to live members of the cluster when the destination went down
+        /// (any_of, failover): delivered elsewhere, not lost.
+        offloaded_lines: counter,
+        /// Failed writes (TCP: the unwritten part is sent again after reconnecting).
+        write_errors: counter,
+        /// Successful connects.
+        connects: counter,
+        /// Failed connects.
+        connect_failures: counter,
+        /// Bytes queued now.
+        queue_bytes: gauge,
+        /// 1 while connected.
+        connected: gauge,
+    }
+}
+
+/// One destination as a shard sees it: the batch being filled, its encoder and the
+/// queue behind it.
 #[derive(Debug)]
 struct Slot {
+    encoder: Encoder,
     open: Vec<u8>,
     open_lines: u32,
     /// Seal at this many bytes (`flush_bytes`, or the datagram size for UDP).
@@ -55,6 +93,7 @@ impl Outputs {
                 _ => self.cfg.flush_bytes,
             };
             self.slots.push(Slot {
+                encoder: Encoder::Plaintext,
                 open: Vec::with_capacity(seal_bytes),
                 open_lines: 0,
                 seal_bytes,
@@ -81,6 +120,12 @@ impl Outputs {
             self.slots[targets[i % targets.len()].index()].queue.push(b);
         }
         moved
+    }
+
+    /// Sets the headroom a reader needs before it reads again (the largest read buffer
+    /// of the running listeners).
+    pub fn set_headroom(&mut self, headroom_bytes: usize) {
+        self.headroom_bytes = headroom_bytes;
     }
 
     /// Number of destinations (retired ones included).
@@ -112,19 +157,20 @@ impl Outputs {
         self.slots[d.index()].queue.clone()
     }
 
-    /// Appends one line, given as pieces joined without separators, plus `\n`.
+    /// Encodes a point under `name` into destination `d`'s open batch (`as_received`:
+    /// `name` is the point's own, not cleansed or rewritten), sealing the batch first if
+    /// the record would not fit and after if it is full.
     #[inline]
-    pub fn append(&mut self, d: DestId, pieces: &[&[u8]]) {
+    pub fn append(&mut self, d: DestId, p: &Point<'_>, name: &[u8], as_received: bool) {
         let slot = &mut self.slots[d.index()];
-        let len: usize = pieces.iter().map(|p| p.len()).sum::<usize>() + 1;
+        let len = slot.encoder.encoded_len(p, name, as_received);
+        if len == 0 {
+            return;
+        }
         if slot.open_lines > 0 && slot.open.len() + len > slot.seal_bytes {
             seal(slot);
         }
-        for p in pieces.iter().filter(|p| !p.is_empty()) {
-            slot.open.extend_from_slice(p);
-        }
-        slot.open.push(b'\n');
-        slot.open_lines += 1;
+        slot.open_lines += slot.encoder.encode(p, name, as_received, &mut slot.open);
         if slot.open.len() >= slot.seal_bytes {
             seal(slot);
         }
@@ -196,9 +242,17 @@ mod tests {
         .unwrap();
         let table = DestinationTable::from_config(&cfg);
         let mut out = Outputs::new(&table, &cfg.output, 0);
-        let line = [b"a.b.c".as_slice(), b" ", b"1", b" ", b"1700000000"];
+        let p = Point {
+            name: b"a.b.c",
+            key: b"a.b.c",
+            line: b"a.b.c 1 1700000000",
+            value: crate::point::Value::Graphite(crate::point::Graphite {
+                value: b"1",
+                timestamp: b"1700000000",
+            }),
+        };
         for _ in 0..40 {
-            out.append(DestId(0), &line);
+            out.append(DestId(0), &p, p.name, true);
         }
         // 40 lines of 19 bytes = 760 > 512: one batch sealed at the line that would overflow.
         let q = out.queue(DestId(0));

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::task::{Poll, Waker};
 
-use crate::telemetry::DestinationCounters;
+use super::DestinationCounters;
 
 /// Sealed lines for one destination: whole `\n`-terminated lines.
 #[derive(Debug)]

@@ -2,7 +2,10 @@
 //! Nothing here does I/O or allocates.
 
 pub mod collectd;
+pub mod decode;
+pub mod encode;
 pub mod graphite;
+pub mod jsnum;
 pub mod lines;
 pub mod pickle;
 pub mod regex_line;

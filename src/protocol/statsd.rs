@@ -1,86 +1,227 @@
-//! statsd lines: `name:value|type[|@rate][|#tags]`, with Etsy's `name:v1|c:v2|ms` form.
+//! statsd lines, read by Etsy statsd 0.9.0's grammar (`stats.js` `handlePacket`,
+//! `helpers.is_valid_packet`): the one statsd grammar of cadent. The relay validates
+//! what it forwards with it and the aggregation engine takes the samples it yields, so
+//! a line is good or bad for both alike, as it is for Etsy.
+//!
+//! ```text
+//! line   = key ":" sample *(":" sample) ["|#" tags]
+//! sample = value "|" type ["|@" rate] *("|" ignored)
+//! ```
+//!
+//! Order of operations, as Etsy does it: the line is split at `|#` (the text up to a
+//! second `|#` is the tag list), the rest at `:` (the first chunk is the key, every
+//! further chunk one sample), each sample at `|` into value, type and rate. Validation
+//! looks at the type as sent; the dispatch looks at it trimmed, so `1|ms\r` is validated
+//! as an unknown type (numeric value) and then counted as a timer. Every type but `ms`,
+//! `g` and `s` is a counter (DogStatsD's `h` and `d` too). DogStatsD's `|c:<container>`
+//! and `|T<ts>` fields fail the rate check, as they do in Etsy: such a sample is bad.
+//! Numbers are read as JavaScript's `Number(s)` reads them (`0x10` is 16).
 
-use super::{parse_f64, valid_name, Reject};
+use super::jsnum::{js_is_number, js_to_number, js_trim};
+use super::Reject;
 
-/// Parses (validates) one statsd line and returns its name, the part the statsd proxy
-/// hashes. The line itself is what gets forwarded.
-pub fn parse(line: &[u8]) -> Result<&[u8], Reject> {
-    let colon = memchr::memchr(b':', line).ok_or(Reject::MissingFields)?;
-    let name = &line[..colon];
-    if !valid_name(name) {
-        return Err(Reject::BadName);
+/// What one sample adds to its key.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Value<'a> {
+    /// `c` and every unknown type: adds `value * (1 / rate)`.
+    Counter(f64),
+    /// `ms`: appends `value`, adds `1 / rate` to the count.
+    Timer(f64),
+    /// `g`: `delta` when the value as sent starts with `+` or `-`; a delta applies only
+    /// to a gauge that exists and is non-zero (otherwise the value is assigned).
+    Gauge {
+        /// The number.
+        value: f64,
+        /// Whether the text started with a sign.
+        delta: bool,
+    },
+    /// `s`: the member, as sent (`"0"` when empty).
+    Set(&'a [u8]),
+}
+
+/// One sample of a line: what it adds, and its sample rate (1 when none was sent; Etsy
+/// ignores it for gauges and sets).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sample<'a> {
+    /// What the sample adds.
+    pub value: Value<'a>,
+    /// `@rate`; 1 when absent.
+    pub sample_rate: f64,
+}
+
+/// The parts of one line: the key text (before sanitising), the tag list text and the
+/// sample chunks text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineParts<'a> {
+    /// Text before the first `:` (or the whole pre-tag text): the statsd name, the part
+    /// statsd's proxy hashes.
+    pub name: &'a [u8],
+    /// Text between the first `|#` and the next `|#` (empty when none).
+    pub tags: &'a [u8],
+    /// Text after the first `:`, to split at `:` into samples; `None` when the line has
+    /// no `:` (Etsy then reads one sample `"1"`, which has no type).
+    pub samples: Option<&'a [u8]>,
+}
+
+impl<'a> LineParts<'a> {
+    /// The sample chunks, each to [`parse_sample`].
+    pub fn chunks(&self) -> impl Iterator<Item = &'a [u8]> {
+        self.samples.unwrap_or(b"1").split(|&b| b == b':')
     }
-    // Samples (`value|type`, Etsy allows several, separated by ':'), each followed by
-    // fields: `|@rate`, and DogStatsD's `|#tags`, `|c:container`, `|Ttimestamp`. Tags and
-    // container ids may contain ':', so they run to the next '|' only.
-    let mut rest = &line[colon + 1..];
-    loop {
-        let bar = memchr::memchr(b'|', rest).ok_or(Reject::MissingFields)?;
-        let value = &rest[..bar];
-        rest = &rest[bar + 1..];
-        let end = memchr::memchr2(b'|', b':', rest).unwrap_or(rest.len());
-        check_sample(value, &rest[..end])?;
-        rest = &rest[end..];
-        loop {
-            match rest.first() {
-                None => return Ok(name),
-                Some(b':') => {
-                    rest = &rest[1..];
-                    break;
-                }
-                _ => rest = &rest[1..], // '|'
-            }
-            let to_bar = memchr::memchr(b'|', rest).unwrap_or(rest.len());
-            let to_bar_or_colon = memchr::memchr2(b'|', b':', rest).unwrap_or(rest.len());
-            let (field_end, check): (usize, FieldCheck) = match (rest.first(), rest.get(1)) {
-                (Some(b'#'), _) | (Some(b'c'), Some(b':')) => (to_bar, check_text),
-                (Some(b'@'), _) => (to_bar_or_colon, check_rate),
-                (Some(b'T'), _) => (to_bar_or_colon, check_text),
-                _ => return Err(Reject::MissingFields),
-            };
-            check(&rest[..field_end])?;
-            rest = &rest[field_end..];
+}
+
+/// Splits a datagram into non-empty lines (Etsy splits at `\n` only; `\r` stays).
+pub fn lines(datagram: &[u8]) -> impl Iterator<Item = &[u8]> {
+    datagram.split(|&b| b == b'\n').filter(|l| !l.is_empty())
+}
+
+/// The position of the first `|#`.
+#[inline]
+fn find_tags(s: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'|', s).find(|&i| s.get(i + 1) == Some(&b'#'))
+}
+
+/// Splits a line the way Etsy does.
+#[inline]
+pub fn split_line(line: &[u8]) -> LineParts<'_> {
+    let (pre, tags) = match find_tags(line) {
+        Some(at) => {
+            let rest = &line[at + 2..];
+            let end = find_tags(rest).unwrap_or(rest.len());
+            (&line[..at], &rest[..end])
+        }
+        None => (line, &line[..0]),
+    };
+    match memchr::memchr(b':', pre) {
+        Some(at) => LineParts {
+            name: &pre[..at],
+            tags,
+            samples: Some(&pre[at + 1..]),
+        },
+        None => LineParts {
+            name: pre,
+            tags,
+            samples: None,
+        },
+    }
+}
+
+/// Parses one sample chunk (`value|type[|@rate]...`).
+#[inline]
+pub fn parse_sample(chunk: &[u8]) -> Result<Sample<'_>, Reject> {
+    let mut fields = chunk.split(|&b| b == b'|');
+    let value = fields.next().unwrap_or_default();
+    let Some(kind) = fields.next() else {
+        return Err(Reject::MissingFields);
+    };
+    let rate = fields.next();
+    if let Some(r) = rate {
+        let ok = r.len() > 1 && r[0] == b'@' && js_is_number(&r[1..]) && r[1] != b'-';
+        if !ok {
+            return Err(Reject::BadSampleRate);
         }
     }
-}
-
-/// Validates one field of a sample.
-type FieldCheck = fn(&[u8]) -> Result<(), Reject>;
-
-fn check_sample(value: &[u8], kind: &[u8]) -> Result<(), Reject> {
-    match kind {
-        b"c" | b"ms" | b"h" | b"g" | b"s" | b"d" => {}
-        _ => return Err(Reject::BadType),
-    }
-    // Sets take any string member; gauges may carry a +/- delta sign.
-    if kind != b"s" {
-        let v = value.strip_prefix(b"+").unwrap_or(value);
-        parse_f64(v).ok_or(Reject::BadValue)?;
-    } else if value.is_empty() {
+    // `Number(value)` once: for validation (`isNumber`) and for the value itself.
+    let num = if kind == b"s" {
+        f64::NAN
+    } else {
+        js_to_number(value)
+    };
+    let numeric = !value.is_empty() && !num.is_nan();
+    let valid = match kind {
+        b"s" => true,
+        b"ms" => numeric && num >= 0.0,
+        _ => numeric,
+    };
+    if !valid {
         return Err(Reject::BadValue);
     }
-    Ok(())
+    let sample_rate = match rate {
+        None => 1.0,
+        Some(r) => {
+            // Etsy reads `Number(r.match(/^@([\d\.]+)/)[1])`; a rate it validated but
+            // cannot read that way (`@ 1`, `@+1`, `@Infinity`) makes Etsy 0.9.0 throw and
+            // exit. It is a bad sample here.
+            let run = r[1..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit() || **b == b'.')
+                .count();
+            if run == 0 {
+                return Err(Reject::BadSampleRate);
+            }
+            js_to_number(&r[1..1 + run])
+        }
+    };
+    let value = match js_trim(kind) {
+        b"ms" => Value::Timer(num),
+        b"g" => Value::Gauge {
+            value: num,
+            delta: matches!(value.first(), Some(b'+' | b'-')),
+        },
+        b"s" => Value::Set(if value.is_empty() { b"0" } else { value }),
+        _ => Value::Counter(num),
+    };
+    Ok(Sample { value, sample_rate })
 }
 
-/// `@rate`: a sample rate in (0, 1].
-fn check_rate(field: &[u8]) -> Result<(), Reject> {
-    match parse_f64(&field[1..]) {
-        Some(r) if r > 0.0 && r <= 1.0 => Ok(()),
-        _ => Err(Reject::BadSampleRate),
+/// Validates one line: its name and the first reason a sample was refused when none
+/// was good. For the relay, which forwards the line whole.
+pub fn parse(line: &[u8]) -> Result<&[u8], Reject> {
+    let parts = split_line(line);
+    let mut first_reject = None;
+    for chunk in parts.chunks() {
+        match parse_sample(chunk) {
+            Ok(_) => return Ok(parts.name),
+            Err(r) => {
+                first_reject.get_or_insert(r);
+            }
+        }
     }
-}
-
-/// Tags, container ids, timestamps: forwarded untouched, but no control bytes.
-fn check_text(field: &[u8]) -> Result<(), Reject> {
-    if field.iter().any(|&b| b < b' ' || b == 0x7f) {
-        return Err(Reject::BadName);
-    }
-    Ok(())
+    Err(first_reject.unwrap_or(Reject::MissingFields))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_as_etsy_validates_them() {
+        fn ok(c: &'static str) -> Result<(Value<'static>, f64), Reject> {
+            parse_sample(c.as_bytes()).map(|s| (s.value, s.sample_rate))
+        }
+        assert_eq!(ok("1|c"), Ok((Value::Counter(1.0), 1.0)));
+        assert_eq!(ok("0x10|c|@0.5"), Ok((Value::Counter(16.0), 0.5)));
+        assert_eq!(ok("1|c|@1e-1"), Ok((Value::Counter(1.0), 1.0)));
+        assert_eq!(ok("1|c|@.5|x"), Ok((Value::Counter(1.0), 0.5)));
+        assert_eq!(ok("1|c|@0.5|@0.5"), Ok((Value::Counter(1.0), 0.5)));
+        assert_eq!(ok("-4|zz"), Ok((Value::Counter(-4.0), 1.0)));
+        assert_eq!(ok("1|"), Ok((Value::Counter(1.0), 1.0)));
+        assert_eq!(ok("-5|ms\r"), Ok((Value::Timer(-5.0), 1.0)));
+        assert_eq!(ok("-5|ms"), Err(Reject::BadValue));
+        assert_eq!(ok("x|c"), Err(Reject::BadValue));
+        assert_eq!(ok("|c"), Err(Reject::BadValue));
+        assert_eq!(ok("++1|g"), Err(Reject::BadValue));
+        assert_eq!(ok(""), Err(Reject::MissingFields));
+        assert_eq!(ok("1"), Err(Reject::MissingFields));
+        assert_eq!(ok("1|c|"), Err(Reject::BadSampleRate));
+        assert_eq!(ok("1|c|@-1"), Err(Reject::BadSampleRate));
+        assert_eq!(ok("1|c|0.5"), Err(Reject::BadSampleRate));
+        assert_eq!(ok("1|c|@+1"), Err(Reject::BadSampleRate));
+        assert_eq!(ok("1|c|T1700000000"), Err(Reject::BadSampleRate));
+        assert_eq!(ok("1|c|c"), Err(Reject::BadSampleRate));
+        assert_eq!(
+            ok("+3|g"),
+            Ok((
+                Value::Gauge {
+                    value: 3.0,
+                    delta: true
+                },
+                1.0
+            ))
+        );
+        assert_eq!(ok("|s"), Ok((Value::Set(b"0"), 1.0)));
+        assert_eq!(ok("abc|s"), Ok((Value::Set(b"abc"), 1.0)));
+    }
 
     fn check(input: &str, want: Result<&str, Reject>) {
         let got = parse(input.as_bytes()).map(|n| std::str::from_utf8(n).unwrap());
@@ -95,23 +236,32 @@ mod tests {
         check("gaugor:-10|g", Ok("gaugor"));
         check("gaugor:+4|g", Ok("gaugor"));
         check("uniques:765|s", Ok("uniques"));
-        check("uniques:abc|s", Ok("uniques"));
         check("a.b:1|c|#env:prod,role:db", Ok("a.b"));
         check("a.b:1|c:2|ms", Ok("a.b"));
         check("a.b:1|h", Ok("a.b"));
-        check("a.b:1|c|c:abc123", Ok("a.b"));
-        check("a.b:1|c|#k:v,x|c:abc:1|T1700000000", Ok("a.b"));
-        check("a.b:1|c|@0.5:2|ms", Ok("a.b"));
-        check("a.b:1|c|x", Err(Reject::MissingFields));
-        check("a.b:1|c|", Err(Reject::MissingFields));
-        check("a.b:1|c:", Err(Reject::MissingFields));
+        // Etsy sanitises odd names when it aggregates; the line itself is good.
+        check("a b:1|c", Ok("a b"));
+        check(":1|c", Ok(""));
+        // At least one good sample: the line is good (Etsy applies that sample).
+        check("a.b:1|c:", Ok("a.b"));
+        check("a.b:1|c|x", Err(Reject::BadSampleRate));
+        check("a.b:1|c|", Err(Reject::BadSampleRate));
+        check("a.b:1|c|c:abc123", Err(Reject::BadSampleRate));
         check("a.b", Err(Reject::MissingFields));
         check("a.b:1", Err(Reject::MissingFields));
-        check("a.b:1|x", Err(Reject::BadType));
         check("a.b:x|c", Err(Reject::BadValue));
-        check("a.b:1|c|@2", Err(Reject::BadSampleRate));
-        check("a.b:1|c|@0", Err(Reject::BadSampleRate));
-        check(":1|c", Err(Reject::BadName));
-        check("a b:1|c", Err(Reject::BadName));
+        check("a.b:++1|g", Err(Reject::BadValue));
+        check("a.b:|c:", Err(Reject::BadValue));
+    }
+
+    #[test]
+    fn line_parts() {
+        let p = split_line(b"a:1|c:2|ms|#t:1,u|#v");
+        assert_eq!(p.name, b"a");
+        assert_eq!(p.tags, b"t:1,u");
+        assert_eq!(p.chunks().collect::<Vec<_>>(), [&b"1|c"[..], b"2|ms"]);
+        let p = split_line(b"nocolon");
+        assert_eq!((p.name, p.samples), (&b"nocolon"[..], None));
+        assert_eq!(p.chunks().collect::<Vec<_>>(), [&b"1"[..]]);
     }
 }

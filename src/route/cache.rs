@@ -54,12 +54,18 @@ impl FingerprintTable {
         }
     }
 
-    /// The fingerprint of a name, the length of the prefix of it that is hashed, and
-    /// whether it is cleansed: everything a routing decision depends on.
+    /// The fingerprint of a name, the length of the prefix of it that is hashed, whether
+    /// it is cleansed and where it came from: everything a routing decision depends on.
     #[inline]
-    pub fn fingerprint(&self, name: &[u8], key_len: usize, cleanse: bool) -> Fingerprint {
+    pub fn fingerprint(
+        &self,
+        name: &[u8],
+        key_len: usize,
+        cleanse: bool,
+        origin: u32,
+    ) -> Fingerprint {
         let lo = self.hash_lo.hash_one(name);
-        let hi = self.hash_hi.hash_one((name, key_len, cleanse));
+        let hi = self.hash_hi.hash_one((name, key_len, cleanse, origin));
         Fingerprint {
             lo,
             hi: if lo == 0 && hi == 0 { 1 } else { hi },
@@ -175,7 +181,7 @@ mod tests {
         let mut t = FingerprintTable::new(10_000);
         let names: Vec<String> = (0..10_000).map(|i| format!("a.b.c{i}")).collect();
         for (i, n) in names.iter().enumerate() {
-            let fp = t.fingerprint(n.as_bytes(), n.len(), false);
+            let fp = t.fingerprint(n.as_bytes(), n.len(), false, 0);
             t.prefetch(fp);
             assert_eq!(t.get(fp), None);
             assert!(t.insert(fp, i as u32));
@@ -183,23 +189,26 @@ mod tests {
         assert_eq!(t.len(), 10_000);
         for (i, n) in names.iter().enumerate() {
             assert_eq!(
-                t.get(t.fingerprint(n.as_bytes(), n.len(), false)),
+                t.get(t.fingerprint(n.as_bytes(), n.len(), false, 0)),
                 Some(i as u32),
                 "{n}"
             );
         }
         assert!(
-            !t.insert(t.fingerprint(b"one.more", 8, false), 1),
+            !t.insert(t.fingerprint(b"one.more", 8, false, 0), 1),
             "full at names_max"
         );
         t.clear();
         assert!(t.is_empty());
-        assert_eq!(t.get(t.fingerprint(b"a.b.c1", 6, false)), None);
+        assert_eq!(t.get(t.fingerprint(b"a.b.c1", 6, false, 0)), None);
         assert_ne!(
-            t.fingerprint(b"a;b", 1, false),
-            t.fingerprint(b"a;b", 3, false)
+            t.fingerprint(b"a;b", 1, false, 0),
+            t.fingerprint(b"a;b", 3, false, 0)
         );
-        assert_ne!(t.fingerprint(b"a", 1, false), t.fingerprint(b"a", 1, true));
+        assert_ne!(
+            t.fingerprint(b"a", 1, false, 0),
+            t.fingerprint(b"a", 1, true, 0)
+        );
         assert!(FingerprintTable::new(0)
             .get(Fingerprint { lo: 1, hi: 1 })
             .is_none());

@@ -52,14 +52,18 @@ pub struct DestinationTable {
 pub const DESTINATIONS_MAX: usize = u16::MAX as usize;
 
 impl DestinationTable {
-    /// Builds the table; a validated config guarantees fewer than 65536 destinations.
-    pub fn from_config(cfg: &Config) -> DestinationTable {
-        let empty = DestinationTable {
+    /// A table with no destinations.
+    pub fn empty() -> DestinationTable {
+        DestinationTable {
             destinations: Vec::new(),
             retired: Vec::new(),
             cluster_members: Vec::new(),
-        };
-        empty
+        }
+    }
+
+    /// Builds the table; a validated config guarantees fewer than 65536 destinations.
+    pub fn from_config(cfg: &Config) -> DestinationTable {
+        DestinationTable::empty()
             .evolve(cfg)
             .expect("a validated config fits the table")
     }

@@ -16,6 +16,7 @@ pub use cache::Fingerprint;
 use cache::FingerprintTable;
 
 use crate::config::{Action, ClusterKind, Config, OnDown};
+use crate::point::Origin;
 use crate::protocol::graphite;
 pub use destination::{DestId, Destination, DestinationKind, DestinationTable};
 use rewrite::Rewrite;
@@ -24,6 +25,30 @@ use ring_fnv::{FnvRing, JumpRing};
 use ring_python::PythonRing;
 use ring_statsd::StatsdRing;
 use rules::Matcher;
+
+crate::counter_set! {
+    /// What routing decided, per shard (matches per rule are counted beside it).
+    pub struct RouteCounters {
+        /// Metrics a drop route matched.
+        dropped_by_rule: counter,
+        /// Metrics no route matched (dropped).
+        unrouted: counter,
+    }
+}
+
+/// The names `/stats` gives the rules a router counts: each route's name, then, per
+/// aggregator, the implicit last rule that sends its output to its `send_to`.
+pub fn rule_labels(cfg: &Config) -> Vec<String> {
+    cfg.routes
+        .iter()
+        .map(|r| r.name.clone())
+        .chain(
+            cfg.aggregates
+                .iter()
+                .map(|a| format!("aggregate[{}].send_to", a.name)),
+        )
+        .collect()
+}
 
 /// A hash ring of one of the ring kinds; all share `route_into`'s shape.
 #[derive(Debug, Clone)]
@@ -250,6 +275,19 @@ impl CompiledCluster {
     }
 }
 
+/// Adds a target unless it is already there under the same name stage.
+#[inline]
+fn push_target(targets: &mut Vec<Target>, stages: &mut Vec<u8>, t: Target, stage: u8) {
+    let seen = targets
+        .iter()
+        .zip(stages.iter())
+        .any(|(&ot, &os)| ot == t && os == stage);
+    if !seen {
+        targets.push(t);
+        stages.push(stage);
+    }
+}
+
 #[inline]
 fn push_unique(out: &mut Vec<DestId>, d: DestId) {
     if !out.contains(&d) {
@@ -257,15 +295,35 @@ fn push_unique(out: &mut Vec<DestId>, d: DestId) {
     }
 }
 
-/// The routing decision for one name: which rules matched, the verdict, the destinations.
+/// Where a routed point goes: a closed set, so the pipeline matches on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A destination (a cluster member or file), through its encoder and queue.
+    Dest(DestId),
+    /// An aggregator (index into the config's `[[aggregate]]`), on the shard that owns
+    /// the point's name.
+    Aggregator(u16),
+}
+
+impl Target {
+    /// The destination, when the target is one.
+    pub fn dest(self) -> Option<DestId> {
+        match self {
+            Target::Dest(d) => Some(d),
+            Target::Aggregator(_) => None,
+        }
+    }
+}
+
+/// The routing decision for one name: which rules matched, the verdict, the targets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Plan {
     verdict: Verdict,
     /// The name was rewritten (carbon-c-relay cleansing) before rules and rings saw it.
     cleansed: bool,
     rules: Box<[u16]>,
-    dests: Box<[DestId]>,
-    /// For each destination, how many rewrites its name went through (0 = as received);
+    targets: Box<[Target]>,
+    /// For each target, how many rewrites its name went through (0 = as received);
     /// empty when no rewrite applied.
     stages: Box<[u8]>,
 }
@@ -275,16 +333,16 @@ struct Plan {
 pub struct Decision<'a> {
     /// Routed, dropped or unrouted.
     pub verdict: Verdict,
-    /// Distinct destinations, in rule and replica order.
-    pub dests: &'a [DestId],
+    /// Distinct targets, in rule and replica order.
+    pub targets: &'a [Target],
     /// The name needed carbon-c-relay cleansing: rules and rings saw the cleansed name,
     /// and the line must go out with it.
     pub cleansed: bool,
     /// The cleansed name when the router had to compute it (a cache miss, or a hit whose
     /// rewrites replay from it); empty otherwise, and the caller cleanses for output.
     pub cleansed_name: &'a [u8],
-    /// Empty unless a rewrite rule changed the name: then, per destination, which name
-    /// it gets (0 = the received or cleansed name, `k` = `names[k - 1]`).
+    /// Empty unless a rewrite rule changed the name: then, per target, which name it
+    /// gets (0 = the received or cleansed name, `k` = `names[k - 1]`).
     pub stages: &'a [u8],
     /// The rewritten names, in rewrite order.
     pub names: &'a [Vec<u8>],
@@ -324,7 +382,7 @@ impl RouteCache {
         verdict: Verdict,
         cleansed: bool,
         rules: &[u16],
-        dests: &[DestId],
+        targets: &[Target],
         stages: &[u8],
     ) {
         if self.plans.len() >= PLANS_MAX {
@@ -334,14 +392,14 @@ impl RouteCache {
         }
         let h = self
             .hasher
-            .hash_one((verdict, cleansed, rules, dests, stages));
+            .hash_one((verdict, cleansed, rules, targets, stages));
         let found = self.plan_ids.get(&h).and_then(|ids| {
             ids.iter().copied().find(|&id| {
                 let p = &self.plans[id as usize];
                 p.verdict == verdict
                     && p.cleansed == cleansed
                     && *p.rules == *rules
-                    && *p.dests == *dests
+                    && *p.targets == *targets
                     && *p.stages == *stages
             })
         });
@@ -353,7 +411,7 @@ impl RouteCache {
                     verdict,
                     cleansed,
                     rules: rules.into(),
-                    dests: dests.into(),
+                    targets: targets.into(),
                     stages: stages.into(),
                 });
                 self.plan_ids.entry(h).or_default().push(id);
@@ -368,14 +426,37 @@ impl RouteCache {
     }
 }
 
+/// What a compiled rule does with a metric it matches.
+#[derive(Debug, Clone)]
+enum RuleAction {
+    Drop,
+    Clusters(Vec<usize>),
+    Aggregate(u16),
+}
+
 /// A compiled route rule.
 #[derive(Debug, Clone)]
 struct Rule {
     matcher: Matcher,
     rewrite: Option<Rewrite>,
-    /// `None` = drop.
-    send_to: Option<Vec<usize>>,
+    action: RuleAction,
+    /// Origins it takes ([`Origin::code`]); `None`: every listener's (and telemetry's).
+    from: Option<Vec<u32>>,
     continue_matching: bool,
+}
+
+impl Rule {
+    /// Whether the rule looks at points of `origin`: an aggregator's output only where
+    /// `from` names it, and never by a rule that aggregates (no loops).
+    #[inline]
+    fn takes(&self, origin: Origin) -> bool {
+        match (&self.from, origin) {
+            (_, Origin::Aggregator(_)) if matches!(self.action, RuleAction::Aggregate(_)) => false,
+            (None, Origin::Aggregator(_)) => false,
+            (None, _) => true,
+            (Some(f), o) => f.contains(&o.code()),
+        }
+    }
 }
 
 /// What the router decided for one metric.
@@ -399,7 +480,7 @@ pub struct Router {
     cache_enabled: bool,
     scratch: Vec<usize>,
     scratch_rules: Vec<u16>,
-    scratch_dests: Vec<DestId>,
+    scratch_targets: Vec<Target>,
     scratch_stages: Vec<u8>,
     scratch_cluster: Vec<DestId>,
     scratch_name: Vec<u8>,
@@ -410,8 +491,10 @@ pub struct Router {
 }
 
 impl Router {
-    /// Compiles the routes and rings of a validated config.
-    pub fn new(cfg: &Config, table: &DestinationTable) -> Router {
+    /// Compiles the routes and rings of a validated config. `listener_ids` gives the id
+    /// (counter index, [`Origin::Listener`]) of each of its listeners; empty: their
+    /// positions.
+    pub fn new(cfg: &Config, table: &DestinationTable, listener_ids: &[usize]) -> Router {
         let clusters = cfg
             .clusters
             .iter()
@@ -445,21 +528,42 @@ impl Router {
                 }
             })
             .collect();
-        let rules =
-            cfg.routes
-                .iter()
-                .map(|r| Rule {
-                    matcher: Matcher::compile(&r.matcher),
-                    rewrite: r.rewrite.as_ref().map(|rw| {
-                        Rewrite::compile(&rw.regex, &rw.into).expect("validated by config")
-                    }),
-                    send_to: match &r.action {
-                        Action::Drop => None,
-                        Action::SendTo(c) => Some(c.clone()),
-                    },
-                    continue_matching: r.continue_matching,
-                })
-                .collect();
+        let origin_of = |name: &String| -> Option<u32> {
+            if let Some(i) = cfg.listeners.iter().position(|l| &l.name == name) {
+                let id = listener_ids.get(i).copied().unwrap_or(i);
+                return Some(Origin::Listener(id as u16).code());
+            }
+            cfg.aggregate_index(name)
+                .map(|a| Origin::Aggregator(a as u16).code())
+        };
+        let mut rules: Vec<Rule> = cfg
+            .routes
+            .iter()
+            .map(|r| Rule {
+                matcher: Matcher::compile(&r.matcher),
+                rewrite: r
+                    .rewrite
+                    .as_ref()
+                    .map(|rw| Rewrite::compile(&rw.regex, &rw.into).expect("validated by config")),
+                action: match &r.action {
+                    Action::Drop => RuleAction::Drop,
+                    Action::SendTo(c) => RuleAction::Clusters(c.clone()),
+                    Action::Aggregate(a) => RuleAction::Aggregate(*a as u16),
+                },
+                from: (!r.from.is_empty()).then(|| r.from.iter().filter_map(origin_of).collect()),
+                continue_matching: r.continue_matching,
+            })
+            .collect();
+        // Each aggregator's output ends at its `send_to`: an implicit last rule.
+        for (a, agg) in cfg.aggregates.iter().enumerate() {
+            rules.push(Rule {
+                matcher: Matcher::compile(&crate::config::Match::All),
+                rewrite: None,
+                action: RuleAction::Clusters(agg.send_to.clone()),
+                from: Some(vec![Origin::Aggregator(a as u16).code()]),
+                continue_matching: false,
+            });
+        }
         Router {
             rules,
             clusters,
@@ -467,7 +571,7 @@ impl Router {
             cache_enabled: cfg.server.route_cache_names_max > 0,
             scratch: Vec::with_capacity(8),
             scratch_rules: Vec::with_capacity(8),
-            scratch_dests: Vec::with_capacity(8),
+            scratch_targets: Vec::with_capacity(8),
             scratch_stages: Vec::with_capacity(8),
             scratch_cluster: Vec::with_capacity(8),
             scratch_name: Vec::with_capacity(256),
@@ -530,29 +634,40 @@ impl Router {
         self.rules.len()
     }
 
-    /// Routes one metric: `name` is matched by the rules, `key` (the untagged part of
-    /// `name`) is hashed by the rings. Counts each matching rule in `rule_hits` and returns
-    /// the verdict with the distinct destinations, in rule and replica order.
+    /// Routes one metric read by listener 0: `name` is matched by the rules, `key` (the
+    /// untagged part of `name`) is hashed by the rings. Counts each matching rule in
+    /// `rule_hits` and returns the verdict with the distinct targets, in rule and
+    /// replica order.
     #[inline]
     pub fn route(
         &mut self,
         name: &[u8],
         key: &[u8],
         rule_hits: &mut [u64],
-    ) -> (Verdict, &[DestId]) {
-        let fp = self.fingerprint(name, key, false);
-        let d = self.route_fingerprinted(fp, name, key, false, rule_hits);
-        (d.verdict, d.dests)
+    ) -> (Verdict, &[Target]) {
+        let origin = Origin::Listener(0);
+        let fp = self.fingerprint(name, key, false, origin);
+        let d = self.route_fingerprinted(fp, name, key, false, origin, rule_hits);
+        (d.verdict, d.targets)
     }
 
     /// The route cache's fingerprint of a metric, for [`prefetch`](Self::prefetch) and
     /// [`route_fingerprinted`](Self::route_fingerprinted). A decision depends on the name
     /// (rules), on the prefix of it the rings hash (`key`: the untagged part for graphite,
-    /// the whole name for statsd) and on whether it is cleansed, so all go into it.
+    /// the whole name for statsd), on whether it is cleansed and on where it came from
+    /// (routes with `from`), so all go into it.
     #[inline]
-    pub fn fingerprint(&self, name: &[u8], key: &[u8], cleanse: bool) -> Fingerprint {
+    pub fn fingerprint(
+        &self,
+        name: &[u8],
+        key: &[u8],
+        cleanse: bool,
+        origin: Origin,
+    ) -> Fingerprint {
         debug_assert!(name.starts_with(key));
-        self.cache.by_name.fingerprint(name, key.len(), cleanse)
+        self.cache
+            .by_name
+            .fingerprint(name, key.len(), cleanse, origin.code())
     }
 
     /// Starts loading the cache slot of a name that will be routed soon. Routing a batch
@@ -573,6 +688,7 @@ impl Router {
         name: &[u8],
         key: &[u8],
         cleanse: bool,
+        origin: Origin,
         rule_hits: &mut [u64],
     ) -> Decision<'_> {
         debug_assert_eq!(rule_hits.len(), self.rules.len());
@@ -596,7 +712,7 @@ impl Router {
             }
             return Decision {
                 verdict: plan.verdict,
-                dests: &plan.dests,
+                targets: &plan.targets,
                 cleansed: plan.cleansed,
                 cleansed_name,
                 stages: &plan.stages,
@@ -614,11 +730,11 @@ impl Router {
         let verdict = if cleansed {
             let mut clean = std::mem::take(&mut self.scratch_name);
             graphite::cleanse(name, &mut clean);
-            let verdict = self.evaluate(&clean, true);
+            let verdict = self.evaluate(&clean, true, origin);
             self.scratch_name = clean;
             verdict
         } else {
-            self.evaluate(name, key_cut)
+            self.evaluate(name, key_cut, origin)
         };
         for &r in &self.scratch_rules {
             rule_hits[r as usize] += 1;
@@ -629,13 +745,13 @@ impl Router {
                 verdict,
                 cleansed,
                 &self.scratch_rules,
-                &self.scratch_dests,
+                &self.scratch_targets,
                 &self.scratch_stages,
             );
         }
         Decision {
             verdict,
-            dests: &self.scratch_dests,
+            targets: &self.scratch_targets,
             cleansed,
             cleansed_name: if cleansed { &self.scratch_name } else { &[] },
             stages: &self.scratch_stages,
@@ -643,31 +759,44 @@ impl Router {
         }
     }
 
-    /// Evaluates the rules and rings for one name, into the scratch vectors. `key_cut`:
-    /// rings hash the name cut at its first `;` (graphite tags), else the whole name.
-    fn evaluate(&mut self, name: &[u8], key_cut: bool) -> Verdict {
+    /// Evaluates the rules and rings for one name from `origin`, into the scratch
+    /// vectors. `key_cut`: rings hash the name cut at its first `;` (graphite tags),
+    /// else the whole name.
+    fn evaluate(&mut self, name: &[u8], key_cut: bool, origin: Origin) -> Verdict {
         self.scratch_rules.clear();
-        self.scratch_dests.clear();
+        self.scratch_targets.clear();
         self.scratch_stages.clear();
         self.rewritten.clear();
+        let mut dropped = false;
         for (i, rule) in self.rules.iter().enumerate() {
-            if !rule.matcher.is_match(self.rewritten.current(name)) {
+            if !rule.takes(origin) || !rule.matcher.is_match(self.rewritten.current(name)) {
                 continue;
             }
             self.scratch_rules.push(i as u16);
             if let Some(rw) = &rule.rewrite {
                 self.rewritten.apply(rw, name);
             }
-            let stage = self.rewritten.used;
+            let stage = self.rewritten.used as u8;
             let current = self.rewritten.current(name);
             let key = if key_cut {
                 graphite::hash_key(current)
             } else {
                 current
             };
-            match &rule.send_to {
-                None => break,
-                Some(clusters) => {
+            match &rule.action {
+                RuleAction::Drop => {
+                    dropped = true;
+                    break;
+                }
+                RuleAction::Aggregate(a) => {
+                    push_target(
+                        &mut self.scratch_targets,
+                        &mut self.scratch_stages,
+                        Target::Aggregator(*a),
+                        stage,
+                    );
+                }
+                RuleAction::Clusters(clusters) => {
                     for &c in clusters {
                         self.scratch_cluster.clear();
                         self.clusters[c].destinations_into(
@@ -678,16 +807,12 @@ impl Router {
                             &mut self.scratch_cluster,
                         );
                         for &d in &self.scratch_cluster {
-                            let st = stage as u8;
-                            let seen = self
-                                .scratch_dests
-                                .iter()
-                                .zip(&self.scratch_stages)
-                                .any(|(&od, &os)| od == d && os == st);
-                            if !seen {
-                                self.scratch_dests.push(d);
-                                self.scratch_stages.push(st);
-                            }
+                            push_target(
+                                &mut self.scratch_targets,
+                                &mut self.scratch_stages,
+                                Target::Dest(d),
+                                stage,
+                            );
                         }
                     }
                 }
@@ -699,11 +824,7 @@ impl Router {
         if self.rewritten.used == 0 {
             self.scratch_stages.clear();
         }
-        let dropped = self
-            .scratch_rules
-            .last()
-            .is_some_and(|&r| self.rules[r as usize].send_to.is_none());
-        if !self.scratch_dests.is_empty() {
+        if !self.scratch_targets.is_empty() {
             Verdict::Routed
         } else if dropped {
             Verdict::Dropped
@@ -784,7 +905,7 @@ mod tests {
     fn router(text: &str) -> (Router, DestinationTable) {
         let cfg = Config::parse(text).unwrap();
         let table = DestinationTable::from_config(&cfg);
-        (Router::new(&cfg, &table), table)
+        (Router::new(&cfg, &table, &[]), table)
     }
 
     fn check(r: &mut Router, t: &DestinationTable, name: &str, want: (Verdict, &[&str])) {
@@ -795,7 +916,7 @@ mod tests {
             let (v, out) = r.route(name.as_bytes(), name.as_bytes(), &mut hits);
             let names: Vec<String> = out
                 .iter()
-                .map(|d| t.destinations[d.index()].name.clone())
+                .map(|d| t.destinations[d.dest().unwrap().index()].name.clone())
                 .collect();
             let want_names: Vec<String> = want.1.iter().map(|s| s.to_string()).collect();
             assert_eq!((v, &names), (want.0, &want_names), "{name} round {round}");
@@ -914,7 +1035,7 @@ mod tests {
             .iter()
             .map(|n| {
                 let (_, d) = r.route(n.as_bytes(), n.as_bytes(), &mut hits);
-                d.iter().map(|d| d.index()).collect()
+                d.iter().map(|d| d.dest().unwrap().index()).collect()
             })
             .collect()
     }
@@ -1036,13 +1157,20 @@ mod tests {
         );
         let mut hits = vec![0; r.rule_count()];
         for round in 0..2 {
-            let fp = r.fingerprint(b"a.x;t=1", b"a.x", false);
-            let d = r.route_fingerprinted(fp, b"a.x;t=1", b"a.x", false, &mut hits);
+            let fp = r.fingerprint(b"a.x;t=1", b"a.x", false, Origin::Listener(0));
+            let d = r.route_fingerprinted(
+                fp,
+                b"a.x;t=1",
+                b"a.x",
+                false,
+                Origin::Listener(0),
+                &mut hits,
+            );
             let got: Vec<(String, u8)> = d
-                .dests
+                .targets
                 .iter()
                 .zip(d.stages)
-                .map(|(d, &s)| (t.destinations[d.index()].name.clone(), s))
+                .map(|(d, &s)| (t.destinations[d.dest().unwrap().index()].name.clone(), s))
                 .collect();
             assert_eq!(
                 got,

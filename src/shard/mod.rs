@@ -1,14 +1,23 @@
 //! Shards: one glommio executor per core, pinned, each owning its sockets, its copy of the
-//! router, its writers and its counters. The control thread talks to a shard only through
-//! its inbox (polled on the shard's tick) and reads its counters from published copies.
+//! router, its writers, its share of the aggregators' keys and its counters. The control
+//! thread talks to a shard only through its inbox (polled on the shard's tick) and reads
+//! its counters from published copies; shards talk to each other only over the mesh.
+//!
+//! A shard starts empty and gets everything it runs from a topology, through the one
+//! path startup and every change share: `Prepare` (build the router, bind new listeners,
+//! make new aggregators; anything that can fail fails here, and the shard says so),
+//! then `Commit` once every shard prepared, or `Abort`. So shards never route by
+//! different topologies after a change some shard refused.
 
+pub mod aggregate;
+pub mod mesh;
 pub mod pipeline;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
@@ -18,42 +27,75 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::config::{Config, ListenUrl, Listener, Transport};
 use crate::ingest::{self, bind, ReadOptions, StreamListener};
 use crate::output::{self, writer::WriterOptions, Outputs};
+use crate::point::Origin;
+use crate::protocol::decode::Decoder;
 use crate::route::{DestId, Destination, DestinationKind, DestinationTable, Router};
 use crate::telemetry::{Registry, ShardCounters};
-use pipeline::Core;
+use aggregate::{AggStage, AggState, FlushProgress};
+use mesh::ShardMesh;
+use pipeline::{unix_ms, Core, Input};
 
-/// What shards route by: a validated config and its destination table. The control
-/// thread replaces it (membership changes, SIGHUP) and hands every shard the new one.
+/// What shards route by: a validated config, its destination table, and the ids that
+/// stay stable across changes (listeners, aggregators). The control thread builds a new
+/// one for every change and hands it to every shard.
 #[derive(Debug, Clone)]
 pub struct Topology {
-    /// The config whose rules and clusters apply.
+    /// Increases with every change.
+    pub epoch: u64,
+    /// The config whose listeners, rules, clusters and aggregators apply.
     pub config: Arc<Config>,
     /// Its destinations, ids stable across replacements.
     pub table: Arc<DestinationTable>,
+    /// For each listener of the config: its id (counter index; never reused).
+    pub listener_ids: Vec<usize>,
+    /// For each listener of the config: where to bind (port 0 resolved; `None` for
+    /// unix sockets).
+    pub listener_addrs: Vec<Option<SocketAddr>>,
+    /// For each aggregator of the config: its stable id (the same aggregator, by name and
+    /// settings, keeps it; mesh records name it).
+    pub aggregator_ids: Vec<u16>,
 }
 
+impl Topology {
+    /// Nothing: no listeners, destinations or rules (what a shard starts with).
+    pub fn empty(config: Arc<Config>) -> Topology {
+        Topology {
+            epoch: 0,
+            config,
+            table: Arc::new(DestinationTable::empty()),
+            listener_ids: Vec::new(),
+            listener_addrs: Vec::new(),
+            aggregator_ids: Vec::new(),
+        }
+    }
+}
+
+/// A shard's answer to `Prepare`: (shard, epoch, Ok or why not).
+pub type PrepareAck = (usize, u64, Result<(), String>);
+
 /// A message from the control thread to a shard.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum ControlMsg {
     /// Stop accepting, flush, exit.
     Shutdown,
-    /// Route by a new topology: new destinations get queues and writers, retired ones
-    /// drain and stop, unchanged ones keep their queues and connections.
-    Reconfigure(Topology),
-    /// Start listener `id` (a reload added it), bound to `addr` (probed by the control
-    /// thread; `None` for unix sockets).
-    Listen {
-        /// Listener id: its counters' index, never reused.
-        id: usize,
-        /// Its settings.
-        listener: Box<Listener>,
-        /// Where to bind.
-        addr: Option<SocketAddr>,
+    /// Get ready to route by a new topology, and answer on `ack`.
+    Prepare {
+        /// The topology.
+        topology: Box<Topology>,
+        /// Where the answer goes.
+        ack: tokio::sync::mpsc::UnboundedSender<PrepareAck>,
     },
-    /// Stop listener `id` (a reload removed or changed it). Open connections finish.
-    Unlisten {
-        /// Listener id.
-        id: usize,
+    /// Every shard prepared `epoch`: route by it now, and say so on `ack`.
+    Commit {
+        /// The prepared topology's epoch.
+        epoch: u64,
+        /// Where the shard says it routes by it.
+        ack: tokio::sync::mpsc::UnboundedSender<PrepareAck>,
+    },
+    /// Some shard could not prepare `epoch`: forget it, keep the running one.
+    Abort {
+        /// The prepared topology's epoch.
+        epoch: u64,
     },
     /// A destination went up or down (health checks); routing follows.
     Health {
@@ -61,6 +103,13 @@ pub enum ControlMsg {
         dest: DestId,
         /// Up (true) or down.
         up: bool,
+    },
+    /// Graphite lines to route from `origin` (cadent's self-metrics).
+    Inject {
+        /// Where they come from.
+        origin: Origin,
+        /// `name value timestamp\n` lines.
+        lines: Vec<u8>,
     },
 }
 
@@ -82,7 +131,8 @@ pub struct ShardSender {
 }
 
 impl ShardSender {
-    /// Sends a message; false when the inbox is full (the shard empties it every tick).
+    /// Sends a message; gives it back when the inbox is full (the shard empties it
+    /// every tick).
     pub fn try_send(&self, msg: ControlMsg) -> Result<(), ControlMsg> {
         self.inbox.push(msg)
     }
@@ -125,118 +175,120 @@ pub fn shard_count(cfg: &Config) -> usize {
     }
 }
 
-/// Listener addresses after probing: port 0 replaced by the port every shard will bind.
+/// Where each listener of `cfg` binds: port 0 replaced by the port every shard will
+/// bind, and a port another process holds refused.
 pub fn probe_listeners(cfg: &Config) -> anyhow::Result<Vec<Option<SocketAddr>>> {
     cfg.listeners
         .iter()
         .enumerate()
-        .map(|(i, l)| match &l.url {
-            ListenUrl::Inet(t, addr) => bind::probe(*addr, *t == Transport::Tcp)
-                .map(Some)
-                .map_err(|e| anyhow::anyhow!("listen[{i}] {}: cannot bind: {e}", l.url)),
-            ListenUrl::Unix(_) => Ok(None),
+        .map(|(i, l)| {
+            probe_listener(l)
+                .map_err(|e| anyhow::anyhow!("listen[{i}] {}: cannot bind: {e}", l.url))
         })
         .collect()
 }
 
-/// Starts every shard and waits until each has bound its sockets (or one failed).
-pub fn spawn(
-    cfg: Arc<Config>,
-    table: Arc<DestinationTable>,
-    addrs: Vec<Option<SocketAddr>>,
-    registry: Arc<Registry>,
-) -> anyhow::Result<Vec<ShardHandle>> {
-    let shards = shard_count(&cfg);
+/// One listener's probe (see [`bind::probe`]).
+pub fn probe_listener(l: &Listener) -> std::io::Result<Option<SocketAddr>> {
+    match &l.url {
+        ListenUrl::Inet(t, addr) => bind::probe(*addr, *t == Transport::Tcp).map(Some),
+        ListenUrl::Unix(_) => Ok(None),
+    }
+}
+
+/// Starts `shards` empty shards (they run nothing until the first topology is
+/// committed). `config` gives the process-wide settings (`[server]`, `[output]`).
+pub fn spawn(config: Arc<Config>, registry: Arc<Registry>) -> anyhow::Result<Vec<ShardHandle>> {
+    let shards = shard_count(&config);
     let cpus = available_cpus();
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let meshes = mesh::links(
+        shards,
+        config.server.mesh_batch_bytes,
+        config.server.mesh_queue_bytes_max,
+    );
     let mut handles = Vec::with_capacity(shards);
-    for id in 0..shards {
+    for (id, mesh) in meshes.into_iter().enumerate() {
         let inbox = Arc::new(ArrayQueue::new(INBOX_MESSAGES_MAX));
-        let (cfg, table, addrs, registry, inbox2, ready) = (
-            cfg.clone(),
-            table.clone(),
-            addrs.clone(),
-            registry.clone(),
-            inbox.clone(),
-            ready_tx.clone(),
-        );
+        let (cfg, registry, inbox2) = (config.clone(), registry.clone(), inbox.clone());
         let cpu = cpus[id % cpus.len()];
-        let io_memory = cfg.server.io_memory_bytes;
         let join = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{id}"))
-            .io_memory(io_memory)
+            .io_memory(config.server.io_memory_bytes)
             .spawn(move || async move {
-                run(id, cfg, table, addrs, registry, inbox2, ready).await;
+                run(id, cfg, mesh, registry, inbox2).await;
             })
             .map_err(|e| anyhow::anyhow!("cannot start shard {id} on cpu {cpu}: {e}"))?;
         handles.push(ShardHandle { id, inbox, join });
     }
-    drop(ready_tx);
-    let mut failure = None;
-    for _ in 0..shards {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failure = Some(e),
-            Err(_) => failure = Some("a shard exited before it was ready".into()),
-        }
-    }
-    if let Some(e) = failure {
-        for h in &handles {
-            h.send(ControlMsg::Shutdown);
-        }
-        for h in handles {
-            let _ = h.join();
-        }
-        anyhow::bail!(e);
-    }
     Ok(handles)
+}
+
+/// What a shard prepared for an epoch, waiting for its commit.
+struct Prepared {
+    topology: Topology,
+    router: Router,
+    /// New listeners: (id, settings, its socket bound here, or None for unix).
+    listeners: Vec<(usize, Listener, Option<Bound>, Input)>,
+    /// By config index: a new aggregator, or None to keep the running one with that id.
+    aggs: Vec<Option<AggState>>,
+}
+
+/// A socket bound at prepare time.
+enum Bound {
+    Tcp(glommio::net::TcpListener),
+    Udp(glommio::net::UdpSocket),
+    Unix(glommio::net::UnixListener, std::path::PathBuf),
+}
+
+/// A shard's running state outside the core.
+struct Shard {
+    id: usize,
+    topology: Topology,
+    listeners: HashMap<usize, RunningListener>,
+    writers: Vec<glommio::task::JoinHandle<()>>,
+    aggregator_tasks: HashMap<u16, glommio::task::JoinHandle<()>>,
+    prepared: Option<Prepared>,
+    opts: WriterOptions,
+    stall_max: Duration,
+    /// Test hook: `CADENT_TEST_FAIL_PREPARE_SHARD=<n>` makes shard n refuse every
+    /// prepare after the first (startup), so tests can prove a refused change leaves
+    /// every shard on the old topology.
+    fail_prepare: bool,
 }
 
 async fn run(
     id: usize,
     cfg: Arc<Config>,
-    table: Arc<DestinationTable>,
-    addrs: Vec<Option<SocketAddr>>,
+    mesh: ShardMesh,
     registry: Arc<Registry>,
     inbox: Arc<ArrayQueue<ControlMsg>>,
-    ready: mpsc::Sender<Result<(), String>>,
 ) {
-    let router = Router::new(&cfg, &table);
-    let headroom = cfg
-        .listeners
-        .iter()
-        .map(|l| l.read_buffer_bytes)
-        .max()
-        .unwrap_or(0);
-    let outputs = Outputs::new(&table, &cfg.output, headroom);
-    let counters = ShardCounters::new(
-        cfg.listeners.len(),
-        router.rule_count(),
-        table.destinations.len(),
-    );
-    let core = Rc::new(RefCell::new(Core::new(router, outputs, counters)));
-    let stall_max = Duration::from_millis(cfg.output.stall_ms_max);
-
-    // Writers first, so nothing queued waits for a writer.
-    let opts = WriterOptions::from(&cfg.output);
-    let mut writers = Vec::with_capacity(table.destinations.len());
-    for (d, dest) in table.destinations.iter().enumerate() {
-        let q = core.borrow().outputs.queue(DestId(d as u16));
-        writers.push(spawn_writer(id, dest, q, opts));
-    }
-
-    let mut listeners = HashMap::with_capacity(cfg.listeners.len());
-    for (i, l) in cfg.listeners.iter().enumerate() {
-        match start_listener(id, i, l, addrs[i], &core, stall_max) {
-            Ok(running) => listeners.extend(running.map(|r| (i, r))),
-            Err(e) => {
-                let _ = ready.send(Err(format!("shard {id}: listen[{i}] {}: {e}", l.url)));
-                return;
-            }
-        }
-    }
-    let _ = ready.send(Ok(()));
-    drop(ready);
+    let shards = mesh.shards();
+    let empty = Topology::empty(cfg.clone());
+    let router = Router::new(&empty.config, &empty.table, &[]);
+    let outputs = Outputs::new(&empty.table, &cfg.output, 0);
+    let counters = ShardCounters::new(0, 0, 0, 0);
+    let core = Rc::new(RefCell::new(Core::new(
+        router,
+        outputs,
+        AggStage::new(id, shards),
+        mesh,
+        counters,
+    )));
+    let mut shard = Shard {
+        id,
+        topology: empty,
+        listeners: HashMap::new(),
+        writers: Vec::new(),
+        aggregator_tasks: HashMap::new(),
+        prepared: None,
+        opts: WriterOptions::from(&cfg.output),
+        stall_max: Duration::from_millis(cfg.output.stall_ms_max),
+        fail_prepare: std::env::var("CADENT_TEST_FAIL_PREPARE_SHARD")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            == Some(id),
+    };
 
     // Partly filled batches are sealed every flush_interval_ms, on a timer of their own.
     let flush_every = Duration::from_millis(cfg.output.flush_interval_ms);
@@ -249,8 +301,19 @@ async fn run(
             }
         })
     };
+    // The mesh: send what is open, apply what arrived.
+    let mesh_every = Duration::from_millis(cfg.server.mesh_interval_ms);
+    let mesher = (shards > 1).then(|| {
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(mesh_every).await;
+                drain_mesh(&mut core.borrow_mut());
+            }
+        })
+    });
     // The tick: publish counters and read the inbox.
-    let tick = Duration::from_millis(cfg.server.stats_interval_ms).min(Duration::from_millis(100));
+    let tick = Duration::from_millis(cfg.server.stats_interval_ms).min(Duration::from_millis(50));
     let stats_every = Duration::from_millis(cfg.server.stats_interval_ms);
     let mut since_stats = Duration::ZERO;
     loop {
@@ -265,27 +328,23 @@ async fn run(
             match msg {
                 ControlMsg::Shutdown => shutdown = true,
                 ControlMsg::Health { dest, up } => health(id, &core, dest, up),
-                ControlMsg::Listen {
-                    id: lid,
-                    listener,
-                    addr,
-                } => {
-                    core.borrow_mut().counters.grow_listeners(lid + 1);
-                    match start_listener(id, lid, &listener, addr, &core, stall_max) {
-                        Ok(running) => listeners.extend(running.map(|r| (lid, r))),
-                        Err(e) => tracing::error!(
-                            shard = id,
-                            listener = %listener.name,
-                            url = %listener.url,
-                            error = %e,
-                            "reload: cannot listen"
-                        ),
+                ControlMsg::Prepare { topology, ack } => {
+                    let epoch = topology.epoch;
+                    let result = shard.prepare(*topology, &core);
+                    let _ = ack.send((id, epoch, result));
+                }
+                ControlMsg::Commit { epoch, ack } => {
+                    let result = shard.commit(epoch, &core);
+                    let _ = ack.send((id, epoch, result));
+                }
+                ControlMsg::Abort { epoch } => {
+                    if shard.prepared.as_ref().map(|p| p.topology.epoch) == Some(epoch) {
+                        shard.prepared = None;
                     }
                 }
-                // Dropping the accept (or receive) task closes the socket; accepted
-                // connections are tasks of their own and finish normally.
-                ControlMsg::Unlisten { id: lid } => drop(listeners.remove(&lid)),
-                ControlMsg::Reconfigure(topo) => reconfigure(id, &core, &topo, &mut writers, opts),
+                ControlMsg::Inject { origin, lines } => {
+                    core.borrow_mut().route_lines(origin, &lines);
+                }
             }
         }
         if shutdown {
@@ -293,19 +352,34 @@ async fn run(
         }
     }
 
-    // Shutdown: stop accepting, let readers finish the buffer in hand, flush, drain.
-    drop(listeners);
+    // Shutdown: stop accepting, let readers finish the buffer in hand, flush the
+    // aggregators' open intervals into routing, then drain.
+    drop(std::mem::take(&mut shard.listeners));
     drop(flusher);
     core.borrow_mut().draining = true;
     glommio::timer::sleep(Duration::from_millis(20)).await;
+    for (_, t) in shard.aggregator_tasks.drain() {
+        drop(t);
+    }
+    if let Some(m) = mesher {
+        drop(m);
+    }
+    drain_mesh(&mut core.borrow_mut());
     {
         let mut c = core.borrow_mut();
+        let now = unix_ms();
+        for a in 0..c.aggs.aggs.len() {
+            let mut out = Vec::new();
+            c.aggs.flush_now(a, now, &mut out);
+            c.route_lines(Origin::Aggregator(a as u16), &out);
+        }
         c.outputs.seal_all();
         for q in c.outputs.queues() {
             q.close();
         }
     }
     let deadline = Duration::from_millis(cfg.server.shutdown_timeout_ms);
+    let writers = std::mem::take(&mut shard.writers);
     let drained = future::or(
         async {
             for w in writers {
@@ -336,6 +410,343 @@ async fn run(
         }
     }
     publish(id, &core, &registry, true);
+}
+
+/// Sends the open mesh batches and applies every record that arrived.
+fn drain_mesh(c: &mut Core) {
+    c.mesh.send_all();
+    for from in 0..c.mesh.shards() {
+        while let Some(batch) = c.mesh.receive(from) {
+            for (_, tag, payload) in batch.records_from(0) {
+                c.aggs.apply_record(from, tag, payload);
+            }
+        }
+    }
+}
+
+impl Shard {
+    /// Builds what `topo` needs that can fail; keeps it until commit or abort.
+    fn prepare(&mut self, topo: Topology, core: &Rc<RefCell<Core>>) -> Result<(), String> {
+        if self.fail_prepare && self.topology.epoch > 0 {
+            return Err(format!("shard {}: refused by the test hook", self.id));
+        }
+        let cfg = &topo.config;
+        let mut router = Router::new(cfg, &topo.table, &topo.listener_ids);
+        for (d, &up) in core.borrow().router.alive().iter().enumerate() {
+            router.set_alive(DestId(d as u16), up);
+        }
+        let mut listeners = Vec::new();
+        for (i, l) in cfg.listeners.iter().enumerate() {
+            let id = topo.listener_ids[i];
+            if self.listeners.contains_key(&id) {
+                continue;
+            }
+            let decoder = match l.format {
+                crate::config::Format::Graphite => Decoder::Graphite,
+                crate::config::Format::Statsd => Decoder::Statsd,
+                crate::config::Format::Regex => {
+                    let re = l.regex.as_deref().unwrap_or_default();
+                    Decoder::Regex(
+                        crate::protocol::regex_line::RegexLine::new(re, l.time_layout.as_deref())
+                            .map_err(|e| format!("listen {:?}: {e}", l.name))?,
+                    )
+                }
+            };
+            let input = Input {
+                decoder,
+                line_bytes_max: l.line_bytes_max,
+                cleanse_names: l.cleanse_names,
+            };
+            let bound = match (&l.url, topo.listener_addrs[i]) {
+                (ListenUrl::Inet(Transport::Tcp, _), Some(a)) => Some(Bound::Tcp(
+                    bind::tcp(a, l.socket_receive_buffer_bytes)
+                        .map_err(|e| format!("listen {:?} {}: {e}", l.name, l.url))?,
+                )),
+                (ListenUrl::Inet(Transport::Udp, _), Some(a)) => Some(Bound::Udp(
+                    bind::udp(a, l.socket_receive_buffer_bytes)
+                        .map_err(|e| format!("listen {:?} {}: {e}", l.name, l.url))?,
+                )),
+                // AF_UNIX has no SO_REUSEPORT: shard 0 binds unix sockets, now unless a
+                // running listener holds the path (then at commit, once it is gone).
+                (ListenUrl::Unix(path), _) if self.id == 0 => {
+                    let held = self
+                        .topology
+                        .config
+                        .listeners
+                        .iter()
+                        .any(|o| o.url == l.url);
+                    if held {
+                        None
+                    } else {
+                        Some(Bound::Unix(
+                            bind_unix(path)
+                                .map_err(|e| format!("listen {:?} {}: {e}", l.name, l.url))?,
+                            path.clone(),
+                        ))
+                    }
+                }
+                _ => None,
+            };
+            listeners.push((id, l.clone(), bound, input));
+        }
+        let now = unix_ms();
+        let mut aggs = Vec::with_capacity(cfg.aggregates.len());
+        {
+            let c = core.borrow();
+            for (i, a) in cfg.aggregates.iter().enumerate() {
+                let id = topo.aggregator_ids[i];
+                let keep = c.aggs.aggs.iter().any(|x| x.id == id && x.config == *a);
+                aggs.push(if keep {
+                    None
+                } else {
+                    Some(c.aggs.build(id, a, now)?)
+                });
+            }
+        }
+        self.prepared = Some(Prepared {
+            topology: topo,
+            router,
+            listeners,
+            aggs,
+        });
+        Ok(())
+    }
+
+    /// Routes by the topology prepared for `epoch`.
+    fn commit(&mut self, epoch: u64, core: &Rc<RefCell<Core>>) -> Result<(), String> {
+        let Some(p) = self.prepared.take() else {
+            return Err(format!("commit of epoch {epoch}, never prepared"));
+        };
+        if p.topology.epoch != epoch {
+            return Err(format!(
+                "commit of epoch {epoch}, but epoch {} was prepared",
+                p.topology.epoch
+            ));
+        }
+        let Prepared {
+            topology,
+            router,
+            listeners,
+            aggs,
+        } = p;
+        let cfg = topology.config.clone();
+        let mut c = core.borrow_mut();
+        // Aggregators that go (removed or changed): their open interval is flushed now,
+        // routed by the rules it was collected under.
+        let kept: Vec<u16> = topology
+            .aggregator_ids
+            .iter()
+            .zip(&aggs)
+            .filter(|(_, a)| a.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        let now = unix_ms();
+        let mut keep_map: HashMap<u16, AggState> = HashMap::new();
+        let mut out = Vec::new();
+        for i in (0..c.aggs.aggs.len()).rev() {
+            if kept.contains(&c.aggs.aggs[i].id) {
+                let agg = c.aggs.aggs.remove(i);
+                keep_map.insert(agg.id, agg);
+                continue;
+            }
+            out.clear();
+            c.aggs.flush_now(i, now, &mut out);
+            c.route_lines(Origin::Aggregator(i as u16), &out);
+            c.aggs.aggs.remove(i);
+        }
+        let mut new_aggs = Vec::with_capacity(aggs.len());
+        for (i, a) in aggs.into_iter().enumerate() {
+            match a {
+                Some(a) => new_aggs.push(a),
+                None => new_aggs.push(
+                    keep_map
+                        .remove(&topology.aggregator_ids[i])
+                        .expect("kept aggregators were running"),
+                ),
+            }
+        }
+        c.aggs.aggs = new_aggs;
+        for task in self
+            .aggregator_tasks
+            .keys()
+            .copied()
+            .filter(|id| !topology.aggregator_ids.contains(id))
+            .collect::<Vec<_>>()
+        {
+            drop(self.aggregator_tasks.remove(&task));
+        }
+        c.router = router;
+        // Destinations: new ones get queues and writers, removed ones retire.
+        let before = c.outputs.len();
+        c.outputs.extend(&topology.table);
+        for d in before..topology.table.destinations.len() {
+            let q = c.outputs.queue(DestId(d as u16));
+            self.writers.push(spawn_writer(
+                self.id,
+                &topology.table.destinations[d],
+                q,
+                self.opts,
+            ));
+        }
+        for (d, &retired) in topology.table.retired.iter().enumerate() {
+            if retired {
+                c.outputs.retire(DestId(d as u16));
+            }
+        }
+        let headroom = cfg
+            .listeners
+            .iter()
+            .map(|l| l.read_buffer_bytes)
+            .max()
+            .unwrap_or(0);
+        c.outputs.set_headroom(headroom);
+        let rules = c.router.rule_count();
+        let counters = &mut c.counters;
+        counters.rules_matched.resize(rules, 0);
+        counters
+            .destinations
+            .resize(topology.table.destinations.len(), Default::default());
+        counters
+            .aggregators
+            .resize(cfg.aggregates.len(), Default::default());
+        drop(c);
+        // Listeners: stop the ones that went, start the new ones.
+        let ids: Vec<usize> = topology.listener_ids.clone();
+        self.listeners.retain(|id, _| ids.contains(id));
+        for (id, l, bound, input) in listeners {
+            core.borrow_mut().set_input(id, input);
+            let ro = ReadOptions::new(id, &l, self.stall_max);
+            match start_listener(self.id, &l, bound, core, ro) {
+                Ok(Some(r)) => {
+                    self.listeners.insert(id, r);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(
+                    shard = self.id,
+                    listener = %l.name,
+                    url = %l.url,
+                    error = %e,
+                    "cannot listen"
+                ),
+            }
+        }
+        // Aggregator tasks for aggregators that have none yet.
+        let cfg_aggs: Vec<(u16, bool, u64)> = {
+            let c = core.borrow();
+            c.aggs
+                .aggs
+                .iter()
+                .map(|a| {
+                    let interval = match &a.config.kind {
+                        crate::config::AggregateKind::Statsd(s) => s.engine.flush_interval_ms,
+                        crate::config::AggregateKind::Carbon(_) => 1000,
+                    };
+                    (
+                        a.id,
+                        matches!(a.config.kind, crate::config::AggregateKind::Statsd(_)),
+                        interval,
+                    )
+                })
+                .collect()
+        };
+        for (id, statsd, interval_ms) in cfg_aggs {
+            if self.aggregator_tasks.contains_key(&id) {
+                continue;
+            }
+            let task = if statsd {
+                glommio::spawn_local(statsd_flusher(core.clone(), id, interval_ms)).detach()
+            } else {
+                glommio::spawn_local(carbon_flusher(core.clone(), id)).detach()
+            };
+            self.aggregator_tasks.insert(id, task);
+        }
+        self.topology = topology;
+        Ok(())
+    }
+}
+
+/// The config index of the aggregator with stable id `id`, if it still runs.
+fn agg_index(core: &Rc<RefCell<Core>>, id: u16) -> Option<usize> {
+    core.borrow().aggs.aggs.iter().position(|a| a.id == id)
+}
+
+/// Sleeps until the next wall-clock multiple of `interval_ms`; returns it.
+async fn sleep_until_multiple(interval_ms: u64) -> i64 {
+    let now = unix_ms();
+    let i = interval_ms as i64;
+    let next = (now.div_euclid(i) + 1) * i;
+    glommio::timer::sleep(Duration::from_millis((next - now).max(0) as u64)).await;
+    next
+}
+
+/// Longest a statsd flush waits for the other shards' markers (and shard 0 for their
+/// reports) before it runs without them (`late_flushes`).
+fn marker_wait(interval_ms: u64) -> Duration {
+    Duration::from_millis((interval_ms / 2).clamp(10, 2_000))
+}
+
+/// Flushes statsd aggregator `id` at every wall-clock multiple of its interval, with
+/// the cross-shard markers that keep intervals exact.
+async fn statsd_flusher(core: Rc<RefCell<Core>>, id: u16, interval_ms: u64) {
+    loop {
+        let t = sleep_until_multiple(interval_ms).await;
+        let Some(a) = agg_index(&core, id) else {
+            return;
+        };
+        {
+            let mut c = core.borrow_mut();
+            let c = &mut *c;
+            c.aggs.flush_start(a, t, &mut c.mesh);
+        }
+        let started = std::time::Instant::now();
+        let wait = marker_wait(interval_ms);
+        let mut out = Vec::new();
+        loop {
+            let Some(a) = agg_index(&core, id) else {
+                return;
+            };
+            let progress = {
+                let mut c = core.borrow_mut();
+                let c = &mut *c;
+                if c.mesh.shards() > 1 {
+                    drain_mesh(c);
+                }
+                out.clear();
+                let give_up = started.elapsed() >= wait;
+                let p = c.aggs.flush_step(a, give_up, &mut out, &mut c.mesh);
+                if !out.is_empty() {
+                    c.route_lines(Origin::Aggregator(a as u16), &out);
+                }
+                if p == FlushProgress::Done {
+                    c.aggs.replay_deferred(a);
+                }
+                p
+            };
+            match progress {
+                FlushProgress::Done => break,
+                FlushProgress::Writing => future::yield_now().await,
+                FlushProgress::WaitingForMarkers | FlushProgress::WaitingForReports => {
+                    glommio::timer::sleep(Duration::from_millis(1)).await
+                }
+            }
+        }
+    }
+}
+
+/// Runs carbon aggregator `id`'s computes as they fall due (each second).
+async fn carbon_flusher(core: Rc<RefCell<Core>>, id: u16) {
+    let mut out = Vec::new();
+    loop {
+        sleep_until_multiple(1000).await;
+        let Some(a) = agg_index(&core, id) else {
+            return;
+        };
+        let mut c = core.borrow_mut();
+        out.clear();
+        if c.aggs.flush_carbon(a, unix_ms() / 1000, &mut out) > 0 {
+            c.route_lines(Origin::Aggregator(a as u16), &out);
+        }
+    }
 }
 
 /// A listener running on this shard: its accept (or receive) task, and for a unix socket
@@ -374,38 +785,30 @@ fn health(shard: usize, core: &Rc<RefCell<Core>>, dest: DestId, up: bool) {
     }
 }
 
-/// Binds and starts listener `lid` on this shard: a `SO_REUSEPORT` socket of its own for
-/// tcp and udp, the socket itself for unix (shard 0 only). `None` when this shard has no
-/// part in it.
+/// Starts a listener on this shard from the socket prepared for it (tcp, udp), or binds
+/// its unix socket (shard 0 only). `None` when this shard has no part in it.
 fn start_listener(
     shard: usize,
-    lid: usize,
     l: &Listener,
-    addr: Option<SocketAddr>,
+    bound: Option<Bound>,
     core: &Rc<RefCell<Core>>,
-    stall_max: Duration,
+    ro: ReadOptions,
 ) -> std::io::Result<Option<RunningListener>> {
-    let ro = ReadOptions::new(lid, l, stall_max);
-    if let Some(re) = &l.regex {
-        let parser = crate::protocol::regex_line::RegexLine::new(re, l.time_layout.as_deref())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        core.borrow_mut().set_line_regex(lid, parser);
-    }
-    let (task, unix_path) = match (&l.url, addr) {
-        (ListenUrl::Inet(Transport::Tcp, _), Some(a)) => {
-            let s = bind::tcp(a, l.socket_receive_buffer_bytes)?;
+    let (task, unix_path) = match (bound, &l.url) {
+        (Some(Bound::Tcp(s)), _) => {
             let accept = ingest::accept_loop(core.clone(), StreamListener::Tcp(s), ro);
             (glommio::spawn_local(accept), None)
         }
-        (ListenUrl::Inet(Transport::Udp, _), Some(a)) => {
-            let s = bind::udp(a, l.socket_receive_buffer_bytes)?;
-            (
-                glommio::spawn_local(ingest::udp_loop(core.clone(), s, ro)),
-                None,
-            )
+        (Some(Bound::Udp(s)), _) => (
+            glommio::spawn_local(ingest::udp_loop(core.clone(), s, ro)),
+            None,
+        ),
+        (Some(Bound::Unix(s, path)), _) => {
+            let accept = ingest::accept_loop(core.clone(), StreamListener::Unix(s), ro);
+            (glommio::spawn_local(accept), Some(path))
         }
         // AF_UNIX has no SO_REUSEPORT: shard 0 owns unix listeners.
-        (ListenUrl::Unix(path), _) if shard == 0 => {
+        (None, ListenUrl::Unix(path)) if shard == 0 => {
             let s = bind_unix(path)?;
             let accept = ingest::accept_loop(core.clone(), StreamListener::Unix(s), ro);
             (glommio::spawn_local(accept), Some(path.clone()))
@@ -438,41 +841,6 @@ fn spawn_writer(
     }
 }
 
-/// Applies a new topology: a router for its rules and clusters (keeping which
-/// destinations are up), queues and writers for new destinations, and retirement for
-/// the ones no cluster lists any more. Queues of unchanged destinations are untouched.
-fn reconfigure(
-    shard: usize,
-    core: &Rc<RefCell<Core>>,
-    topo: &Topology,
-    writers: &mut Vec<glommio::task::JoinHandle<()>>,
-    opts: WriterOptions,
-) {
-    let mut c = core.borrow_mut();
-    let mut router = Router::new(&topo.config, &topo.table);
-    for (d, &up) in c.router.alive().iter().enumerate() {
-        router.set_alive(DestId(d as u16), up);
-    }
-    c.router = router;
-    let before = c.outputs.len();
-    c.outputs.extend(&topo.table);
-    for d in before..topo.table.destinations.len() {
-        let q = c.outputs.queue(DestId(d as u16));
-        writers.push(spawn_writer(shard, &topo.table.destinations[d], q, opts));
-    }
-    for (d, &retired) in topo.table.retired.iter().enumerate() {
-        if retired {
-            c.outputs.retire(DestId(d as u16));
-        }
-    }
-    let rules = c.router.rule_count();
-    let counters = &mut c.counters;
-    counters.rules_matched.resize(rules, 0);
-    counters
-        .destinations
-        .resize(topo.table.destinations.len(), Default::default());
-}
-
 fn bind_unix(path: &std::path::Path) -> std::io::Result<glommio::net::UnixListener> {
     use std::os::unix::fs::FileTypeExt;
     // A socket file left by a previous run would make bind fail. Remove it only when
@@ -499,11 +867,20 @@ fn bind_unix(path: &std::path::Path) -> std::io::Result<glommio::net::UnixListen
 
 fn publish(id: usize, core: &Rc<RefCell<Core>>, registry: &Registry, force: bool) {
     let mut c = core.borrow_mut();
+    c.aggs.refresh_gauges();
     let Core {
-        outputs, counters, ..
+        outputs,
+        counters,
+        aggs,
+        mesh,
+        ..
     } = &mut *c;
     for (slot, q) in counters.destinations.iter_mut().zip(outputs.queues()) {
         *slot = q.counters();
     }
+    for (slot, a) in counters.aggregators.iter_mut().zip(&aggs.aggs) {
+        slot.clone_from(&a.counters);
+    }
+    counters.mesh = mesh.counters.clone();
     registry.publish(id, counters, force);
 }

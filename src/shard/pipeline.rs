@@ -1,276 +1,262 @@
-//! The synchronous heart of a shard: a receive buffer in, lines framed, parsed, routed and
-//! appended to destination batches. It never suspends and allocates nothing per metric.
+//! The synchronous heart of a shard: a receive buffer in, decoded into points by the
+//! listener's decoder, routed, and handed to each target: a destination's encoder and
+//! queue, or an aggregator (here, or over the mesh on the shard that owns the name). It
+//! never suspends and allocates nothing per metric.
 
-use crate::config::Format;
+use crate::ingest::ListenerStats;
 use crate::output::Outputs;
-use crate::protocol::lines::{self, Piece};
-use crate::protocol::regex_line::{self, RegexLine};
-use crate::protocol::{graphite, statsd, Reject};
-use crate::route::{Fingerprint, Router, Verdict};
+use crate::point::{self, Origin, Point, Value};
+use crate::protocol::decode::{DecodeCounts, Decoder, End};
+use crate::protocol::graphite;
+use crate::route::{Fingerprint, Router, Target, Verdict};
+use crate::shard::aggregate::AggStage;
+use crate::shard::mesh::ShardMesh;
 use crate::telemetry::ShardCounters;
 
-/// Everything a shard's tasks share. Borrowed only between awaits.
-#[derive(Debug)]
-pub struct Core {
-    /// This shard's copy of the rules and rings.
-    pub router: Router,
-    /// This shard's batches and queues.
-    pub outputs: Outputs,
-    /// This shard's counters.
-    pub counters: ShardCounters,
-    /// Set at shutdown: readers stop after the buffer in hand.
-    pub draining: bool,
-    /// Where a name that needs cleansing is rewritten for output.
-    cleansed: Vec<u8>,
-    /// By listener id: the parser of a `format = "regex"` listener.
-    line_regexes: Vec<Option<RegexLine>>,
-}
-
-/// What the pipeline needs to know about the listener a buffer came from.
-#[derive(Debug, Clone, Copy)]
+/// What the pipeline needs to know about a listener: its decoder and bounds.
+#[derive(Debug, Clone)]
 pub struct Input {
-    /// Listener index (counters).
-    pub listener: usize,
-    /// Line format.
-    pub format: Format,
+    /// Framing and grammar.
+    pub decoder: Decoder,
     /// Longest line.
     pub line_bytes_max: usize,
     /// Graphite: rewrite names as carbon-c-relay does.
     pub cleanse_names: bool,
 }
 
+/// Everything a shard's tasks share. Borrowed only between awaits.
+pub struct Core {
+    /// This shard's copy of the rules and rings.
+    pub router: Router,
+    /// This shard's destination batches and queues.
+    pub outputs: Outputs,
+    /// This shard's aggregators.
+    pub aggs: AggStage,
+    /// This shard's ends of the cross-shard channels.
+    pub mesh: ShardMesh,
+    /// This shard's counters.
+    pub counters: ShardCounters,
+    /// Set at shutdown: readers stop after the buffer in hand.
+    pub draining: bool,
+    /// By listener id: how its bytes are read.
+    inputs: Vec<Option<Input>>,
+    /// Where a name that needs cleansing is rewritten for output.
+    cleansed: Vec<u8>,
+    counts: DecodeCounts,
+    /// Points an aggregator passes on (carbon's inputs), routed after their batch.
+    forwards: Vec<(u16, usize)>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").finish_non_exhaustive()
+    }
+}
+
+/// Points decoded before they are routed together: enough for the cache slots prefetched
+/// at decode time to arrive before their lookups, few enough to stay in L1.
+const ROUTE_BATCH_POINTS: usize = 16;
+
+/// Unix time now, in milliseconds.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 impl Core {
-    /// A core over a router and outputs, with zeroed counters.
-    pub fn new(router: Router, outputs: Outputs, counters: ShardCounters) -> Core {
+    /// A core over a router, outputs, aggregators and mesh, with zeroed counters.
+    pub fn new(
+        router: Router,
+        outputs: Outputs,
+        aggs: AggStage,
+        mesh: ShardMesh,
+        counters: ShardCounters,
+    ) -> Core {
         Core {
             router,
             outputs,
+            aggs,
+            mesh,
             counters,
             draining: false,
+            inputs: Vec::new(),
             cleansed: Vec::with_capacity(256),
-            line_regexes: Vec::new(),
+            counts: DecodeCounts::default(),
+            forwards: Vec::new(),
         }
     }
 
-    /// Sets the parser of regex listener `listener` (each shard owns its copy).
-    pub fn set_line_regex(&mut self, listener: usize, re: RegexLine) {
-        if self.line_regexes.len() <= listener {
-            self.line_regexes.resize_with(listener + 1, || None);
+    /// Sets how listener `listener` is read (each shard owns its copy).
+    pub fn set_input(&mut self, listener: usize, input: Input) {
+        if self.inputs.len() <= listener {
+            self.inputs.resize_with(listener + 1, || None);
         }
-        self.line_regexes[listener] = Some(re);
+        self.inputs[listener] = Some(input);
+        self.counters.grow_listeners(listener + 1);
     }
 
-    /// Processes the complete lines of `buf` and, at the end of a datagram, its last
-    /// unterminated line; returns the number of bytes consumed. `skipping` carries an
-    /// over-long line across calls.
+    /// Processes the complete lines of `buf` read by `listener` and, at the end of a
+    /// datagram or stream, its last unterminated line; returns the bytes consumed.
+    /// `skipping` carries an over-long line across calls.
     pub fn process<'b>(
         &mut self,
-        input: Input,
+        listener: usize,
         buf: &'b [u8],
         skipping: &mut bool,
         end: End,
     ) -> usize {
-        let Input {
-            listener,
-            format,
-            line_bytes_max,
-            cleanse_names,
-        } = input;
+        let Some(Some(input)) = self.inputs.get(listener) else {
+            return buf.len();
+        };
+        let origin = Origin::Listener(listener as u16);
+        let statsd = matches!(input.decoder, Decoder::Statsd);
+        let (line_bytes_max, cleanse) = (input.line_bytes_max, input.cleanse_names);
         let Core {
             router,
             outputs,
+            aggs,
+            mesh,
             counters,
             cleansed,
-            line_regexes,
+            counts,
+            forwards,
+            inputs,
             ..
         } = self;
-        let line_regex = line_regexes.get(listener).and_then(|r| r.as_ref());
-        let ShardCounters {
-            listeners,
-            rules_matched,
-            dropped_by_rule,
-            unrouted,
-            ..
-        } = counters;
-        let lc = &mut listeners[listener];
+        let decoder = &inputs[listener].as_ref().expect("checked above").decoder;
+        counts.clear();
+        let now_s = if aggs.aggs.is_empty() {
+            0
+        } else {
+            unix_ms() / 1000
+        };
         let mut ctx = RouteCtx {
             router,
             outputs,
-            cleanse: cleanse_names,
-            format,
-            rules_matched,
-            dropped_by_rule,
-            unrouted,
+            aggs,
+            mesh,
+            counters,
             cleansed,
+            forwards,
+            cleanse,
+            origin,
+            now_s,
         };
-        let mut batch: [Parsed<'b>; ROUTE_BATCH_LINES] = [Parsed::EMPTY; ROUTE_BATCH_LINES];
+        let mut batch: [(Point<'b>, Fingerprint); ROUTE_BATCH_POINTS] =
+            [(Point::EMPTY, Fingerprint::ZERO); ROUTE_BATCH_POINTS];
         let mut batched = 0;
-        let mut on_piece = |p: Piece<'b>| match p {
-            Piece::TooLong => {
-                lc.received_lines += 1;
-                lc.rejected_lines[Reject::LineTooLong as usize] += 1;
-            }
-            Piece::Line(line) => {
-                lc.received_lines += 1;
-                let parsed = match format {
-                    Format::Graphite => graphite::parse(line).map(|l| Parsed {
-                        fp: ctx.router.fingerprint(l.name, l.key(), cleanse_names),
-                        name: l.name,
-                        key: l.key(),
-                        value: l.value,
-                        timestamp: l.timestamp,
-                        // A line already in normal form goes out as one copy.
-                        whole: if graphite::is_normal(line, &l) {
-                            line
-                        } else {
-                            &[]
-                        },
-                    }),
-                    Format::Regex => match line_regex.map(|re| re.parse(line)) {
-                        Some(Ok(p)) => Ok(Parsed {
-                            fp: ctx.router.fingerprint(p.key, p.key, false),
-                            name: p.key,
-                            key: p.key,
-                            value: &[],
-                            timestamp: &[],
-                            whole: line,
-                        }),
-                        Some(Err(regex_line::EMPTY_KEY)) => Err(Reject::BadName),
-                        Some(Err(regex_line::BAD_TIMESTAMP)) => Err(Reject::BadTimestamp),
-                        _ => Err(Reject::NoMatch),
-                    },
-                    Format::Statsd => statsd::parse(line).map(|name| Parsed {
-                        fp: ctx.router.fingerprint(name, name, false),
-                        name,
-                        key: name,
-                        value: &[],
-                        timestamp: &[],
-                        whole: line,
-                    }),
-                };
-                match parsed {
-                    Err(r) => lc.rejected_lines[r as usize] += 1,
-                    Ok(p) => {
-                        lc.parsed_lines += 1;
-                        ctx.router.prefetch(p.fp);
-                        batch[batched] = p;
-                        batched += 1;
-                        if batched == ROUTE_BATCH_LINES {
-                            route_batch(&batch, &mut ctx);
-                            batched = 0;
-                        }
-                    }
-                }
+        let mut emit = |p: Point<'b>| {
+            let fp = ctx.router.fingerprint(p.name, p.key, cleanse, origin);
+            ctx.router.prefetch(fp);
+            batch[batched] = (p, fp);
+            batched += 1;
+            if batched == ROUTE_BATCH_POINTS {
+                route_batch(&batch, &mut ctx);
+                batched = 0;
             }
         };
-        let mut consumed = lines::split(buf, line_bytes_max, skipping, &mut on_piece);
-        let mut unterminated = false;
-        if end != End::More {
-            let rest = &buf[consumed..];
-            let rest = rest.strip_suffix(b"\r").unwrap_or(rest);
-            if !*skipping && !rest.is_empty() {
-                match end {
-                    // A datagram is whole: its last line needs no newline (statsd senders
-                    // rarely send one).
-                    End::Datagram if rest.len() <= line_bytes_max => on_piece(Piece::Line(rest)),
-                    End::Datagram => on_piece(Piece::TooLong),
-                    // A stream that stops mid-line may have been cut short by a crashed
-                    // sender; such a line could parse to a wrong value, so it is refused.
-                    _ => unterminated = true,
-                }
-            }
-            *skipping = false;
-            consumed = buf.len();
+        let consumed = decoder.decode(buf, end, line_bytes_max, skipping, counts, &mut emit);
+        route_batch(&batch[..batched], &mut ctx);
+        let l = &mut ctx.counters.listeners[listener];
+        l.add_decoded(counts);
+        if statsd {
+            let i = &mut ctx.aggs.intake;
+            i.packets += 1;
+            i.lines += counts.received_lines;
+            i.bad += counts.rejected_samples;
         }
-        if unterminated {
-            lc.received_lines += 1;
-            lc.rejected_lines[Reject::Unterminated as usize] += 1;
+        consumed
+    }
+
+    /// Routes graphite lines cadent wrote itself (an aggregator's flush, self-metrics):
+    /// `name value timestamp\n` each, trusted (values such as `NaN` that Etsy writes go
+    /// out as written), from `origin`.
+    pub fn route_lines(&mut self, origin: Origin, buf: &[u8]) {
+        let Core {
+            router,
+            outputs,
+            aggs,
+            mesh,
+            counters,
+            cleansed,
+            forwards,
+            ..
+        } = self;
+        let mut ctx = RouteCtx {
+            router,
+            outputs,
+            aggs,
+            mesh,
+            counters,
+            cleansed,
+            forwards,
+            cleanse: false,
+            origin,
+            now_s: unix_ms() / 1000,
+        };
+        let mut batch: [(Point<'_>, Fingerprint); ROUTE_BATCH_POINTS] =
+            [(Point::EMPTY, Fingerprint::ZERO); ROUTE_BATCH_POINTS];
+        let mut batched = 0;
+        for line in buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let Some(p) = trusted_line(line) else {
+                continue;
+            };
+            let fp = ctx.router.fingerprint(p.name, p.key, false, origin);
+            ctx.router.prefetch(fp);
+            batch[batched] = (p, fp);
+            batched += 1;
+            if batched == ROUTE_BATCH_POINTS {
+                route_batch(&batch, &mut ctx);
+                batched = 0;
+            }
         }
         route_batch(&batch[..batched], &mut ctx);
-        consumed
     }
 }
 
-/// Where a buffer handed to [`Core::process`] stands in its stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum End {
-    /// More bytes may follow: keep a trailing partial line for the next call.
-    More,
-    /// The stream ended: a trailing partial line is refused as unterminated.
-    Stream,
-    /// The buffer is one whole datagram: its last line needs no newline.
-    Datagram,
-}
-
-/// Lines parsed before they are routed together: enough for the cache slots prefetched
-/// at parse time to arrive before their lookups, few enough to stay in L1.
-const ROUTE_BATCH_LINES: usize = 16;
-
-/// A parsed line waiting in a batch to be routed.
-#[derive(Clone, Copy)]
-struct Parsed<'a> {
-    fp: Fingerprint,
-    name: &'a [u8],
-    key: &'a [u8],
-    value: &'a [u8],
-    timestamp: &'a [u8],
-    /// The line as it goes out when the name is kept (graphite in normal form, statsd);
-    /// empty when it must be rebuilt from the fields.
-    whole: &'a [u8],
-}
-
-impl Parsed<'_> {
-    const EMPTY: Parsed<'static> = Parsed {
-        fp: Fingerprint::ZERO,
-        name: &[],
-        key: &[],
-        value: &[],
-        timestamp: &[],
-        whole: &[],
-    };
+/// A line cadent wrote: the name is everything before the second-to-last space.
+fn trusted_line(line: &[u8]) -> Option<Point<'_>> {
+    let sp2 = memchr::memrchr(b' ', line)?;
+    let sp1 = memchr::memrchr(b' ', &line[..sp2])?;
+    let name = &line[..sp1];
+    Some(Point {
+        name,
+        key: graphite::hash_key(name),
+        line,
+        value: Value::Graphite(point::Graphite {
+            value: &line[sp1 + 1..sp2],
+            timestamp: &line[sp2 + 1..],
+        }),
+    })
 }
 
 /// What routing a batch needs from the core, borrowed once per buffer.
 struct RouteCtx<'c> {
     router: &'c mut Router,
     outputs: &'c mut Outputs,
-    cleanse: bool,
-    format: Format,
-    rules_matched: &'c mut [u64],
-    dropped_by_rule: &'c mut u64,
-    unrouted: &'c mut u64,
+    aggs: &'c mut AggStage,
+    mesh: &'c mut ShardMesh,
+    counters: &'c mut ShardCounters,
     cleansed: &'c mut Vec<u8>,
+    forwards: &'c mut Vec<(u16, usize)>,
+    cleanse: bool,
+    origin: Origin,
+    now_s: i64,
 }
 
-/// The pieces of a line as it goes out under `name` (`as_received`: `name` is `p.name`).
+/// Routes a batch in order and hands each point to its targets.
 #[inline]
-fn out_line<'a>(
-    format: Format,
-    p: &Parsed<'a>,
-    name: &'a [u8],
-    as_received: bool,
-) -> [&'a [u8]; 5] {
-    match format {
-        // A regex line's key is somewhere inside it: a rewrite changes where the line
-        // goes, and the line goes out as received.
-        Format::Regex => [p.whole, &[], &[], &[], &[]],
-        // A line in normal form (statsd always is) goes out as one copy.
-        Format::Statsd | Format::Graphite if as_received && !p.whole.is_empty() => {
-            [p.whole, &[], &[], &[], &[]]
-        }
-        // statsd: the new name, then the line after it as received.
-        Format::Statsd => [name, &p.whole[p.name.len()..], &[], &[], &[]],
-        Format::Graphite => [name, b" ", p.value, b" ", p.timestamp],
-    }
-}
-
-/// Routes a batch in order and appends each line to its destinations' batches.
-#[inline]
-fn route_batch(batch: &[Parsed<'_>], ctx: &mut RouteCtx<'_>) {
-    for p in batch {
-        let d = ctx
-            .router
-            .route_fingerprinted(p.fp, p.name, p.key, ctx.cleanse, ctx.rules_matched);
+fn route_batch(batch: &[(Point<'_>, Fingerprint)], ctx: &mut RouteCtx<'_>) {
+    for (i, (p, fp)) in batch.iter().enumerate() {
+        let d = ctx.router.route_fingerprinted(
+            *fp,
+            p.name,
+            p.key,
+            ctx.cleanse,
+            ctx.origin,
+            &mut ctx.counters.rules_matched,
+        );
         match d.verdict {
             Verdict::Routed => {
                 // Rare (the router remembers which names need it): the name goes out
@@ -283,24 +269,69 @@ fn route_batch(batch: &[Parsed<'_>], ctx: &mut RouteCtx<'_>) {
                         ctx.cleansed
                     }
                 };
-                if d.stages.is_empty() {
-                    let pieces = out_line(ctx.format, p, base, !d.cleansed);
-                    for &dest in d.dests {
-                        ctx.outputs.append(dest, &pieces);
-                    }
-                } else {
-                    // Each destination gets the name as it stood when its rule matched.
-                    for (&dest, &stage) in d.dests.iter().zip(d.stages) {
-                        let pieces = match stage {
-                            0 => out_line(ctx.format, p, base, !d.cleansed),
-                            k => out_line(ctx.format, p, &d.names[k as usize - 1], false),
-                        };
-                        ctx.outputs.append(dest, &pieces);
+                for (j, &t) in d.targets.iter().enumerate() {
+                    // Each target gets the name as it stood when its rule matched.
+                    let (name, as_received) = match d.stages.get(j).copied().unwrap_or(0) {
+                        0 => (base, !d.cleansed),
+                        k => (d.names[k as usize - 1].as_slice(), false),
+                    };
+                    match t {
+                        Target::Dest(dest) => ctx.outputs.append(dest, p, name, as_received),
+                        Target::Aggregator(a) => {
+                            if ctx.aggs.take(a as usize, p, name, ctx.now_s, ctx.mesh) {
+                                ctx.forwards.push((a, i));
+                            }
+                        }
                     }
                 }
             }
-            Verdict::Dropped => *ctx.dropped_by_rule += 1,
-            Verdict::Unrouted => *ctx.unrouted += 1,
+            Verdict::Dropped => ctx.counters.routing.dropped_by_rule += 1,
+            Verdict::Unrouted => ctx.counters.routing.unrouted += 1,
+        }
+    }
+    if !ctx.forwards.is_empty() {
+        // carbon's forward_inputs: the input goes where the aggregator's output goes.
+        let forwards = std::mem::take(ctx.forwards);
+        for &(a, i) in &forwards {
+            let p = &batch[i].0;
+            let origin = Origin::Aggregator(a);
+            let fp = ctx.router.fingerprint(p.name, p.key, ctx.cleanse, origin);
+            let d = ctx.router.route_fingerprinted(
+                fp,
+                p.name,
+                p.key,
+                ctx.cleanse,
+                origin,
+                &mut ctx.counters.rules_matched,
+            );
+            if d.verdict != Verdict::Routed {
+                continue;
+            }
+            for (j, &t) in d.targets.iter().enumerate() {
+                if let Target::Dest(dest) = t {
+                    let name = match d.stages.get(j).copied().unwrap_or(0) {
+                        0 if d.cleansed && !d.cleansed_name.is_empty() => d.cleansed_name,
+                        0 => p.name,
+                        k => d.names[k as usize - 1].as_slice(),
+                    };
+                    let as_received = name == p.name && !d.cleansed;
+                    ctx.outputs.append(dest, p, name, as_received);
+                }
+            }
+        }
+        *ctx.forwards = forwards;
+        ctx.forwards.clear();
+    }
+}
+
+impl ListenerStats {
+    /// Adds what one decode call read.
+    pub fn add_decoded(&mut self, c: &DecodeCounts) {
+        self.counters.received_lines += c.received_lines;
+        self.counters.parsed_lines += c.parsed_lines;
+        self.counters.rejected_samples += c.rejected_samples;
+        for (a, b) in self.rejected_lines.iter_mut().zip(&c.rejected_lines) {
+            *a += b;
         }
     }
 }
@@ -309,7 +340,9 @@ fn route_batch(batch: &[Parsed<'_>], ctx: &mut RouteCtx<'_>) {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::protocol::Reject;
     use crate::route::{DestId, DestinationTable};
+    use crate::shard::mesh;
 
     #[test]
     fn lines_through_the_core() {
@@ -333,38 +366,36 @@ mod tests {
         )
         .unwrap();
         let table = DestinationTable::from_config(&cfg);
-        let router = Router::new(&cfg, &table);
+        let router = Router::new(&cfg, &table, &[]);
         let outputs = Outputs::new(&table, &cfg.output, 0);
-        let counters = ShardCounters::new(1, router.rule_count(), 1);
-        let mut core = Core::new(router, outputs, counters);
+        let counters = ShardCounters::new(1, router.rule_count(), 1, 0);
+        let mesh = mesh::links(1, 1024, 4096).pop().unwrap();
+        let mut core = Core::new(router, outputs, AggStage::new(0, 1), mesh, counters);
+        core.set_input(
+            0,
+            Input {
+                decoder: Decoder::Graphite,
+                line_bytes_max: 1000,
+                cleanse_names: true,
+            },
+        );
         let mut skipping = false;
         let input = b"ok.a  1\t17\r\ndrop.b 1 17\nother 1 17\nbad\nok..(x). 5 17\nok.c 2 18";
-        let g = Input {
-            listener: 0,
-            format: Format::Graphite,
-            line_bytes_max: 1000,
-            cleanse_names: true,
-        };
-        let n = core.process(g, input, &mut skipping, End::More);
+        let n = core.process(0, input, &mut skipping, End::More);
         assert_eq!(n, input.len() - b"ok.c 2 18".len());
-        core.process(g, &input[n..], &mut skipping, End::Datagram);
+        core.process(0, &input[n..], &mut skipping, End::Datagram);
         // At the end of a stream the same kind of unterminated line is refused.
-        core.process(g, b"ok.d 3 19", &mut skipping, End::Stream);
+        core.process(0, b"ok.d 3 19", &mut skipping, End::Stream);
         core.outputs.seal_all();
         let b = core.outputs.queue(DestId(0)).pop().unwrap();
         assert_eq!(b.data, b"ok.a 1 17\nok._x_ 5 17\nok.c 2 18\n");
         let c = &core.counters;
-        assert_eq!(c.listeners[0].received_lines, 7);
-        assert_eq!(
-            c.listeners[0].rejected_lines[Reject::Unterminated as usize],
-            1
-        );
-        assert_eq!(c.listeners[0].parsed_lines, 5);
-        assert_eq!(
-            c.listeners[0].rejected_lines[Reject::MissingFields as usize],
-            1
-        );
-        assert_eq!((c.dropped_by_rule, c.unrouted), (1, 1));
+        let l = &c.listeners[0];
+        assert_eq!(l.counters.received_lines, 7);
+        assert_eq!(l.rejected_lines[Reject::Unterminated as usize], 1);
+        assert_eq!(l.counters.parsed_lines, 5);
+        assert_eq!(l.rejected_lines[Reject::MissingFields as usize], 1);
+        assert_eq!((c.routing.dropped_by_rule, c.routing.unrouted), (1, 1));
         assert_eq!(c.rules_matched, vec![1, 3]);
     }
 }

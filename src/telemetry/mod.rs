@@ -1,103 +1,66 @@
-//! Counters. Each shard owns plain `u64` counters and publishes a copy every
-//! `stats_interval_ms`; the control thread sums the copies for `/stats` and `/metrics`.
-//! The shard never waits on the control thread: it skips a publish if the slot is busy.
+//! Counters. Each stage owns its counters, declared once as a [`set::CounterSet`]
+//! (`counter_set!`): ingest its listeners', routing its own, output its destinations',
+//! aggregation its aggregators', the mesh its channels'. Each shard owns plain `u64`
+//! copies and publishes them every `stats_interval_ms`; the control thread sums the
+//! copies and renders `/stats` JSON, `/metrics` Prometheus text and the self-metric
+//! lines from the sets' field lists, so a new counter is one line in its set. The shard
+//! never waits on the control thread: it skips a publish if the slot is busy.
+
+pub mod set;
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, RwLock};
 
-use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
 
+pub use crate::ingest::{ListenerCounters, ListenerStats};
+pub use crate::output::DestinationCounters;
 use crate::protocol::Reject;
-
-/// Counters of one listener on one shard.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ListenerCounters {
-    /// Lines seen (good and bad).
-    pub received_lines: u64,
-    /// Bytes read.
-    pub received_bytes: u64,
-    /// Lines that parsed.
-    pub parsed_lines: u64,
-    /// Rejected lines, by [`Reject`] reason.
-    pub rejected_lines: [u64; Reject::COUNT],
-    /// UDP datagrams received.
-    pub datagrams: u64,
-    /// Connections accepted.
-    pub connections_accepted: u64,
-    /// Connections refused at `connections_max`.
-    pub connections_refused: u64,
-    /// Connections open now (gauge).
-    pub connections_open: u64,
-    /// Read or accept errors.
-    pub read_errors: u64,
-    /// Times a reader waited for a full destination queue.
-    pub stalls: u64,
-}
-
-/// Counters of one destination on one shard.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct DestinationCounters {
-    /// Lines put into this destination's batches.
-    pub queued_lines: u64,
-    /// Lines the kernel (socket or file) accepted.
-    pub sent_lines: u64,
-    /// Bytes written.
-    pub sent_bytes: u64,
-    /// Writes (syscalls or datagrams) that carried them.
-    pub writes: u64,
-    /// Lines dropped because the queue was over `queue_bytes_max` (oldest first).
-    pub dropped_lines_queue_full: u64,
-    /// Lines still queued when the shutdown deadline passed.
-    pub dropped_lines_shutdown: u64,
-    /// Lines in a UDP datagram or file write that failed (a TCP batch's unwritten part is
-    /// retried instead).
-    pub dropped_lines_write_failed: u64,
-    /// Lines moved from this destination's queue to live members of its cluster when it
-    /// went down (any_of, failover): delivered elsewhere, not lost.
-    pub offloaded_lines: u64,
-    /// Failed writes (TCP: the unwritten part is sent again after reconnecting).
-    pub write_errors: u64,
-    /// Successful connects.
-    pub connects: u64,
-    /// Failed connects.
-    pub connect_failures: u64,
-    /// Bytes queued now (gauge).
-    pub queue_bytes: u64,
-    /// 1 while connected (gauge).
-    pub connected: u64,
-}
+pub use crate::route::RouteCounters;
+pub use crate::shard::aggregate::AggregatorCounters;
+pub use crate::shard::mesh::MeshCounters;
+use set::CounterSet;
 
 /// Everything one shard counts.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct ShardCounters {
-    /// By listener index (config order).
-    pub listeners: Vec<ListenerCounters>,
-    /// Metrics matched, by rule index.
+    /// By listener id.
+    pub listeners: Vec<ListenerStats>,
+    /// Metrics matched, by rule index (config routes, then each aggregator's implicit
+    /// `send_to` rule).
     pub rules_matched: Vec<u64>,
-    /// By destination index.
+    /// Routing outcomes.
+    pub routing: RouteCounters,
+    /// By destination id.
     pub destinations: Vec<DestinationCounters>,
-    /// Metrics a drop rule matched.
-    pub dropped_by_rule: u64,
-    /// Metrics no rule matched.
-    pub unrouted: u64,
+    /// By aggregator index.
+    pub aggregators: Vec<AggregatorCounters>,
+    /// Cross-shard traffic.
+    pub mesh: MeshCounters,
 }
 
 impl ShardCounters {
     /// Zeroed counters shaped for the config.
-    pub fn new(listeners: usize, rules: usize, destinations: usize) -> ShardCounters {
+    pub fn new(
+        listeners: usize,
+        rules: usize,
+        destinations: usize,
+        aggregators: usize,
+    ) -> ShardCounters {
         ShardCounters {
-            listeners: vec![ListenerCounters::default(); listeners],
+            listeners: vec![ListenerStats::default(); listeners],
             rules_matched: vec![0; rules],
+            routing: RouteCounters::default(),
             destinations: vec![DestinationCounters::default(); destinations],
-            dropped_by_rule: 0,
-            unrouted: 0,
+            aggregators: vec![AggregatorCounters::default(); aggregators],
+            mesh: MeshCounters::default(),
         }
     }
 
     /// Makes room for counters of listeners up to `len` (a reload added one).
     pub fn grow_listeners(&mut self, len: usize) {
         if self.listeners.len() < len {
-            self.listeners.resize(len, ListenerCounters::default());
+            self.listeners.resize(len, ListenerStats::default());
         }
     }
 
@@ -105,73 +68,33 @@ impl ShardCounters {
         // Shards apply a reconfiguration at their own tick: one may count more rules or
         // destinations than another for a moment.
         self.grow_listeners(o.listeners.len());
+        for (a, b) in self.listeners.iter_mut().zip(&o.listeners) {
+            a.add(b);
+        }
         if self.rules_matched.len() < o.rules_matched.len() {
             self.rules_matched.resize(o.rules_matched.len(), 0);
-        }
-        if self.destinations.len() < o.destinations.len() {
-            self.destinations
-                .resize(o.destinations.len(), DestinationCounters::default());
-        }
-        macro_rules! sum {
-            ($a:expr, $b:expr, $($f:ident),*) => { $( $a.$f += $b.$f; )* };
-        }
-        for (a, b) in self.listeners.iter_mut().zip(&o.listeners) {
-            sum!(
-                a,
-                b,
-                received_lines,
-                received_bytes,
-                parsed_lines,
-                datagrams
-            );
-            sum!(
-                a,
-                b,
-                connections_accepted,
-                connections_refused,
-                connections_open
-            );
-            sum!(a, b, read_errors, stalls);
-            for (x, y) in a.rejected_lines.iter_mut().zip(&b.rejected_lines) {
-                *x += y;
-            }
         }
         for (a, b) in self.rules_matched.iter_mut().zip(&o.rules_matched) {
             *a += b;
         }
-        for (a, b) in self.destinations.iter_mut().zip(&o.destinations) {
-            sum!(a, b, queued_lines, sent_lines, sent_bytes, writes);
-            sum!(
-                a,
-                b,
-                dropped_lines_queue_full,
-                dropped_lines_shutdown,
-                dropped_lines_write_failed,
-                offloaded_lines
-            );
-            sum!(
-                a,
-                b,
-                write_errors,
-                connects,
-                connect_failures,
-                queue_bytes,
-                connected
-            );
-        }
-        sum!(self, o, dropped_by_rule, unrouted);
+        self.routing.add(&o.routing);
+        set::add_all(&mut self.destinations, &o.destinations);
+        set::add_all(&mut self.aggregators, &o.aggregators);
+        self.mesh.add(&o.mesh);
     }
 }
 
 /// Names of the things counted, so snapshots can be rendered without the config.
 #[derive(Debug, Clone, Default)]
 pub struct Labels {
-    /// Listener names.
+    /// Listener names, by id.
     pub listeners: Vec<String>,
-    /// Route names.
+    /// Route names, by rule index.
     pub rules: Vec<String>,
-    /// Destination names.
+    /// Destination names, by id.
     pub destinations: Vec<String>,
+    /// Aggregator names, by index.
+    pub aggregators: Vec<String>,
 }
 
 /// The published copies of every shard's counters.
@@ -188,6 +111,7 @@ impl Registry {
             labels.listeners.len(),
             labels.rules.len(),
             labels.destinations.len(),
+            labels.aggregators.len(),
         );
         Arc::new(Registry {
             labels: RwLock::new(labels),
@@ -225,8 +149,24 @@ impl Registry {
             .clone()
     }
 
-    /// New names after a reconfiguration (destinations only grow; rules may change).
+    /// New names after a reconfiguration; every shard's published copy grows to them
+    /// (zeroes until the shard publishes), so a new item shows at once.
     pub fn set_labels(&self, labels: Labels) {
+        for slot in &self.shards {
+            let mut c = slot.lock().unwrap_or_else(|e| e.into_inner());
+            c.grow_listeners(labels.listeners.len());
+            if c.rules_matched.len() < labels.rules.len() {
+                c.rules_matched.resize(labels.rules.len(), 0);
+            }
+            if c.destinations.len() < labels.destinations.len() {
+                c.destinations
+                    .resize(labels.destinations.len(), DestinationCounters::default());
+            }
+            if c.aggregators.len() < labels.aggregators.len() {
+                c.aggregators
+                    .resize(labels.aggregators.len(), AggregatorCounters::default());
+            }
+        }
         *self.labels.write().unwrap_or_else(|e| e.into_inner()) = labels;
     }
 
@@ -240,237 +180,244 @@ impl Registry {
         t
     }
 
-    /// `/stats` JSON: totals by listener, rule and destination, plus each shard's.
-    pub fn stats_json(&self) -> serde_json::Value {
+    /// `/stats` JSON: totals by listener, rule, destination and aggregator, plus each
+    /// shard's.
+    pub fn stats_json(&self) -> Value {
         let labels = self.labels();
-        use serde_json::{json, Map, Value};
         let shards = self.per_shard();
         let total = Registry::total(&shards);
-        let listeners = |c: &ShardCounters| -> Value {
-            let mut m = Map::new();
-            for (name, l) in labels.listeners.iter().zip(&c.listeners) {
-                let mut rejected = Map::new();
-                for r in Reject::ALL {
-                    rejected.insert(r.as_str().into(), json!(l.rejected_lines[r as usize]));
-                }
-                m.insert(
-                    name.clone(),
-                    json!({
-                        "received_lines": l.received_lines,
-                        "received_bytes": l.received_bytes,
-                        "parsed_lines": l.parsed_lines,
-                        "rejected_lines": l.rejected_lines.iter().sum::<u64>(),
-                        "rejected_by_reason": rejected,
-                        "datagrams": l.datagrams,
-                        "connections_accepted": l.connections_accepted,
-                        "connections_refused": l.connections_refused,
-                        "connections_open": l.connections_open,
-                        "read_errors": l.read_errors,
-                        "stalls": l.stalls,
-                    }),
-                );
-            }
-            Value::Object(m)
-        };
-        let rules = |c: &ShardCounters| -> Value {
-            let mut m = Map::new();
-            for (name, n) in labels.rules.iter().zip(&c.rules_matched) {
-                m.insert(name.clone(), json!({ "matched": n }));
-            }
-            Value::Object(m)
-        };
-        let dests = |c: &ShardCounters| -> Value {
-            let mut m = Map::new();
-            for (name, d) in labels.destinations.iter().zip(&c.destinations) {
-                m.insert(name.clone(), serde_json::to_value(d).unwrap_or(Value::Null));
-            }
-            Value::Object(m)
-        };
-        let summary = |c: &ShardCounters| -> Value {
-            json!({
-                "listeners": listeners(c),
-                "routes": rules(c),
-                "destinations": dests(c),
-                "dropped_by_rule": c.dropped_by_rule,
-                "unrouted": c.unrouted,
-            })
-        };
-        let mut v = summary(&total);
-        v["shards"] = Value::Array(shards.iter().map(summary).collect());
+        let mut v = summary_json(&labels, &total);
+        v["shards"] = Value::Array(shards.iter().map(|c| summary_json(&labels, c)).collect());
         v
     }
 
-    /// `/metrics`: Prometheus text exposition format, totals plus a `shard` label.
+    /// `/metrics`: Prometheus text exposition format, per shard (a `shard` label).
     pub fn prometheus(&self) -> String {
         let labels = self.labels();
         let shards = self.per_shard();
         let mut out = String::with_capacity(16 * 1024);
-        let mut family = |name: &str, help: &str, kind: &str, rows: &mut dyn FnMut(&mut String)| {
-            let _ = writeln!(out, "# HELP cadent_{name} {help}");
-            let _ = writeln!(out, "# TYPE cadent_{name} {kind}");
-            rows(&mut out);
-        };
-        // One family per counter field: `$prefix$field{$label="name",shard="s"} value`,
-        // for the listeners or the destinations of every shard.
-        macro_rules! per_item_family {
-            ($prefix:literal, $label:literal, $names:ident, $items:ident, $field:ident, $kind:expr, $help:expr) => {
-                family(
-                    concat!($prefix, stringify!($field)),
-                    $help,
-                    $kind,
-                    &mut |o| {
-                        for (s, c) in shards.iter().enumerate() {
-                            for (name, item) in labels.$names.iter().zip(&c.$items) {
-                                let _ = writeln!(
-                                    o,
-                                    concat!(
-                                        "cadent_",
-                                        $prefix,
-                                        "{}{{",
-                                        $label,
-                                        "=\"{}\",shard=\"{}\"}} {}"
-                                    ),
-                                    stringify!($field),
-                                    escape(name),
-                                    s,
-                                    item.$field
-                                );
-                            }
-                        }
-                    },
-                );
-            };
-        }
-        macro_rules! listener_family {
-            ($field:ident, $kind:expr, $help:expr) => {
-                per_item_family!("", "listener", listeners, listeners, $field, $kind, $help)
-            };
-        }
-        macro_rules! dest_family {
-            ($field:ident, $kind:expr, $help:expr) => {
-                per_item_family!(
-                    "destination_",
-                    "destination",
-                    destinations,
-                    destinations,
-                    $field,
-                    $kind,
-                    $help
-                )
-            };
-        }
-        listener_family!(received_lines, "counter", "Lines received (good and bad).");
-        listener_family!(received_bytes, "counter", "Bytes received.");
-        listener_family!(parsed_lines, "counter", "Lines that parsed.");
-        listener_family!(datagrams, "counter", "UDP datagrams received.");
-        listener_family!(connections_accepted, "counter", "Connections accepted.");
-        listener_family!(
-            connections_refused,
-            "counter",
-            "Connections refused at connections_max."
-        );
-        listener_family!(connections_open, "gauge", "Connections open.");
-        listener_family!(read_errors, "counter", "Read and accept errors.");
-        listener_family!(
-            stalls,
-            "counter",
-            "Reads delayed by a full destination queue."
-        );
-        family(
+        item_families(&mut out, "", "listener", &labels.listeners, &shards, |c| {
+            &c.listeners
+        });
+        header(
+            &mut out,
             "rejected_lines",
             "Lines dropped at ingest, by reason.",
             "counter",
-            &mut |o| {
-                for (s, c) in shards.iter().enumerate() {
-                    for (name, l) in labels.listeners.iter().zip(&c.listeners) {
-                        for r in Reject::ALL {
-                            let _ = writeln!(
-                                o,
-                                "cadent_rejected_lines{{listener=\"{}\",reason=\"{}\",shard=\"{s}\"}} {}",
-                                escape(name),
-                                r.as_str(),
-                                l.rejected_lines[r as usize]
-                            );
-                        }
-                    }
-                }
-            },
         );
-        family(
+        for (s, c) in shards.iter().enumerate() {
+            for (name, l) in labels.listeners.iter().zip(&c.listeners) {
+                for r in Reject::ALL {
+                    let _ = writeln!(
+                        out,
+                        "cadent_rejected_lines{{listener=\"{}\",reason=\"{}\",shard=\"{s}\"}} {}",
+                        escape(name),
+                        r.as_str(),
+                        l.rejected_lines[r as usize]
+                    );
+                }
+            }
+        }
+        header(
+            &mut out,
             "route_matched",
             "Metrics matched by a route.",
             "counter",
-            &mut |o| {
-                for (s, c) in shards.iter().enumerate() {
-                    for (name, n) in labels.rules.iter().zip(&c.rules_matched) {
-                        let _ = writeln!(
-                            o,
-                            "cadent_route_matched{{route=\"{}\",shard=\"{s}\"}} {n}",
-                            escape(name)
-                        );
-                    }
-                }
-            },
         );
-        family(
-            "dropped_by_rule",
-            "Metrics dropped by a drop route.",
-            "counter",
-            &mut |o| {
-                for (s, c) in shards.iter().enumerate() {
-                    let _ = writeln!(
-                        o,
-                        "cadent_dropped_by_rule{{shard=\"{s}\"}} {}",
-                        c.dropped_by_rule
-                    );
-                }
-            },
+        for (s, c) in shards.iter().enumerate() {
+            for (name, n) in labels.rules.iter().zip(&c.rules_matched) {
+                let _ = writeln!(
+                    out,
+                    "cadent_route_matched{{route=\"{}\",shard=\"{s}\"}} {n}",
+                    escape(name)
+                );
+            }
+        }
+        shard_families(&mut out, "", &shards, |c| &c.routing);
+        item_families(
+            &mut out,
+            "destination_",
+            "destination",
+            &labels.destinations,
+            &shards,
+            |c| &c.destinations,
         );
-        family(
-            "unrouted",
-            "Metrics no route matched (dropped).",
-            "counter",
-            &mut |o| {
-                for (s, c) in shards.iter().enumerate() {
-                    let _ = writeln!(o, "cadent_unrouted{{shard=\"{s}\"}} {}", c.unrouted);
-                }
-            },
+        item_families(
+            &mut out,
+            "aggregator_",
+            "aggregator",
+            &labels.aggregators,
+            &shards,
+            |c| &c.aggregators,
         );
-        dest_family!(queued_lines, "counter", "Lines queued for a destination.");
-        dest_family!(sent_lines, "counter", "Lines written to a destination.");
-        dest_family!(sent_bytes, "counter", "Bytes written to a destination.");
-        dest_family!(
-            writes,
-            "counter",
-            "Write calls or datagrams to a destination."
-        );
-        dest_family!(
-            dropped_lines_queue_full,
-            "counter",
-            "Lines dropped: queue over queue_bytes_max."
-        );
-        dest_family!(
-            dropped_lines_shutdown,
-            "counter",
-            "Lines dropped: still queued at the shutdown deadline."
-        );
-        dest_family!(
-            dropped_lines_write_failed,
-            "counter",
-            "Lines dropped: a UDP or file write failed."
-        );
-        dest_family!(
-            offloaded_lines,
-            "counter",
-            "Lines moved to live members of the cluster when the destination went down."
-        );
-        dest_family!(write_errors, "counter", "Failed writes.");
-        dest_family!(connects, "counter", "Successful connects.");
-        dest_family!(connect_failures, "counter", "Failed connects.");
-        dest_family!(queue_bytes, "gauge", "Bytes queued for a destination.");
-        dest_family!(connected, "gauge", "1 while the destination is connected.");
+        shard_families(&mut out, "mesh_", &shards, |c| &c.mesh);
         out
     }
+
+    /// The self-metric lines (`[telemetry]`): every counter summed over shards, as
+    /// graphite lines `PREFIX.<section>.<item>.<field> value ts`.
+    pub fn graphite_lines(&self, prefix: &str, ts: i64, out: &mut Vec<u8>) {
+        let labels = self.labels();
+        let total = Registry::total(&self.per_shard());
+        let ts = ts.max(0);
+        let mut line = |path: &[&str], v: u64| {
+            use std::io::Write;
+            out.extend_from_slice(prefix.as_bytes());
+            for p in path {
+                out.push(b'.');
+                push_segment(out, p);
+            }
+            let _ = writeln!(out, " {v} {ts}");
+        };
+        for (name, l) in labels.listeners.iter().zip(&total.listeners) {
+            l.counters
+                .each(|f, v| line(&["listeners", name, f.name], v));
+            line(
+                &["listeners", name, "rejected_lines"],
+                l.rejected_lines.iter().sum(),
+            );
+        }
+        for (name, n) in labels.rules.iter().zip(&total.rules_matched) {
+            line(&["routes", name, "matched"], *n);
+        }
+        total.routing.each(|f, v| line(&["routing", f.name], v));
+        for (name, d) in labels.destinations.iter().zip(&total.destinations) {
+            d.each(|f, v| line(&["destinations", name, f.name], v));
+        }
+        for (name, a) in labels.aggregators.iter().zip(&total.aggregators) {
+            a.each(|f, v| line(&["aggregators", name, f.name], v));
+        }
+        total.mesh.each(|f, v| line(&["mesh", f.name], v));
+    }
+}
+
+/// One snapshot as `/stats` JSON.
+fn summary_json(labels: &Labels, c: &ShardCounters) -> Value {
+    let mut listeners = Map::new();
+    for (name, l) in labels.listeners.iter().zip(&c.listeners) {
+        let mut m = l.counters.to_json();
+        let mut rejected = Map::new();
+        for r in Reject::ALL {
+            rejected.insert(r.as_str().into(), json!(l.rejected_lines[r as usize]));
+        }
+        m.insert(
+            "rejected_lines".into(),
+            json!(l.rejected_lines.iter().sum::<u64>()),
+        );
+        m.insert("rejected_by_reason".into(), Value::Object(rejected));
+        listeners.insert(name.clone(), Value::Object(m));
+    }
+    let mut routes = Map::new();
+    for (name, n) in labels.rules.iter().zip(&c.rules_matched) {
+        routes.insert(name.clone(), json!({ "matched": n }));
+    }
+    let items = |names: &[String], sets: &[Map<String, Value>]| -> Value {
+        Value::Object(
+            names
+                .iter()
+                .zip(sets)
+                .map(|(n, m)| (n.clone(), Value::Object(m.clone())))
+                .collect(),
+        )
+    };
+    let dests: Vec<_> = c.destinations.iter().map(|d| d.to_json()).collect();
+    let aggs: Vec<_> = c.aggregators.iter().map(|a| a.to_json()).collect();
+    let mut v = Map::new();
+    v.insert("listeners".into(), Value::Object(listeners));
+    v.insert("routes".into(), Value::Object(routes));
+    v.insert("destinations".into(), items(&labels.destinations, &dests));
+    v.insert("aggregators".into(), items(&labels.aggregators, &aggs));
+    for (k, x) in c.routing.to_json() {
+        v.insert(k, x);
+    }
+    v.insert("mesh".into(), Value::Object(c.mesh.to_json()));
+    Value::Object(v)
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP cadent_{name} {help}");
+    let _ = writeln!(out, "# TYPE cadent_{name} {kind}");
+}
+
+fn help_text(help: &str) -> String {
+    help.lines().map(str::trim).collect::<Vec<_>>().join(" ")
+}
+
+/// One family per field of `T`: `cadent_PREFIXfield{LABEL="name",shard="s"} v`.
+fn item_families<T: CounterSet>(
+    out: &mut String,
+    prefix: &str,
+    label: &str,
+    names: &[String],
+    shards: &[ShardCounters],
+    items: impl Fn(&ShardCounters) -> &[T],
+) {
+    for (i, f) in T::FIELDS.iter().enumerate() {
+        header(
+            out,
+            &format!("{prefix}{}", f.name),
+            &help_text(f.help),
+            f.kind.as_str(),
+        );
+        for (s, c) in shards.iter().enumerate() {
+            for (name, item) in names.iter().zip(items(c)) {
+                let _ = writeln!(
+                    out,
+                    "cadent_{prefix}{}{{{label}=\"{}\",shard=\"{s}\"}} {}",
+                    f.name,
+                    escape(name),
+                    item.values()[i]
+                );
+            }
+        }
+    }
+}
+
+/// One family per field of a per-shard set: `cadent_PREFIXfield{shard="s"} v`.
+fn shard_families<T: CounterSet>(
+    out: &mut String,
+    prefix: &str,
+    shards: &[ShardCounters],
+    set: impl Fn(&ShardCounters) -> &T,
+) {
+    for (i, f) in T::FIELDS.iter().enumerate() {
+        header(
+            out,
+            &format!("{prefix}{}", f.name),
+            &help_text(f.help),
+            f.kind.as_str(),
+        );
+        for (s, c) in shards.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "cadent_{prefix}{}{{shard=\"{s}\"}} {}",
+                f.name,
+                set(c).values()[i]
+            );
+        }
+    }
+}
+
+impl CounterSet for ListenerStats {
+    const FIELDS: &'static [set::Field] = ListenerCounters::FIELDS;
+    fn values(&self) -> Vec<u64> {
+        self.counters.values()
+    }
+    fn add(&mut self, other: &Self) {
+        ListenerStats::add(self, other)
+    }
+}
+
+/// A path segment of a self-metric name: bytes outside `[A-Za-z0-9_-]` become `_`
+/// (destination names hold `://`, `:` and dots).
+fn push_segment(out: &mut Vec<u8>, seg: &str) {
+    out.extend(seg.bytes().map(|b| {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            b
+        } else {
+            b'_'
+        }
+    }));
 }
 
 fn escape(s: &str) -> String {
@@ -483,25 +430,59 @@ fn escape(s: &str) -> String {
 mod tests {
     use super::*;
 
-    fn map_numbers(v: serde_json::Value, f: &dyn Fn(u64) -> u64) -> serde_json::Value {
-        use serde_json::Value;
-        match v {
-            Value::Number(n) => Value::from(f(n.as_u64().unwrap())),
-            Value::Array(a) => Value::Array(a.into_iter().map(|x| map_numbers(x, f)).collect()),
-            Value::Object(o) => {
-                Value::Object(o.into_iter().map(|(k, x)| (k, map_numbers(x, f))).collect())
-            }
-            other => other,
-        }
-    }
-
-    /// Every counter field is summed over shards (a field missing from `add` would stay 1).
+    /// Every counter field is summed over shards.
     #[test]
     fn totals_sum_every_field() {
-        let shape = serde_json::to_value(ShardCounters::new(2, 3, 2)).unwrap();
-        let ones: ShardCounters = serde_json::from_value(map_numbers(shape, &|_| 1)).unwrap();
-        let total = serde_json::to_value(Registry::total(&[ones.clone(), ones])).unwrap();
-        let all_two = map_numbers(total.clone(), &|_| 2);
-        assert_eq!(total, all_two);
+        let mut one = ShardCounters::new(2, 3, 2, 1);
+        let bump = |v: &mut ListenerStats| {
+            v.counters = ListenerCounters {
+                received_lines: 1,
+                ..Default::default()
+            };
+            v.rejected_lines = [1; Reject::COUNT];
+        };
+        one.listeners.iter_mut().for_each(bump);
+        one.rules_matched = vec![1; 3];
+        one.routing.unrouted = 1;
+        one.destinations[0].sent_lines = 1;
+        one.aggregators[0].samples = 1;
+        one.mesh.records_sent = 1;
+        let total = Registry::total(&[one.clone(), one]);
+        assert_eq!(total.listeners[1].counters.received_lines, 2);
+        assert_eq!(total.listeners[1].rejected_lines, [2; Reject::COUNT]);
+        assert_eq!(total.rules_matched, [2, 2, 2]);
+        assert_eq!(total.routing.unrouted, 2);
+        assert_eq!(total.destinations[0].sent_lines, 2);
+        assert_eq!(total.aggregators[0].samples, 2);
+        assert_eq!(total.mesh.records_sent, 2);
+    }
+
+    #[test]
+    fn self_metric_lines_and_metrics_text_come_from_the_same_fields() {
+        let labels = Labels {
+            listeners: vec!["in".into()],
+            rules: vec!["route[0]".into()],
+            destinations: vec!["tcp://127.0.0.1:2003".into()],
+            aggregators: vec!["statsd".into()],
+        };
+        let r = Registry::new(labels, 1);
+        let mut c = ShardCounters::new(1, 1, 1, 1);
+        c.destinations[0].sent_lines = 7;
+        r.publish(0, &c, true);
+        let mut out = Vec::new();
+        r.graphite_lines("cadent.h", 100, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("cadent.h.destinations.tcp___127_0_0_1_2003.sent_lines 7 100\n"),
+            "{text}"
+        );
+        assert!(text.contains("cadent.h.listeners.in.received_lines 0 100\n"));
+        let prom = r.prometheus();
+        assert!(prom.contains(
+            "cadent_destination_sent_lines{destination=\"tcp://127.0.0.1:2003\",shard=\"0\"} 7"
+        ));
+        let lines = text.lines().count();
+        let families = prom.lines().filter(|l| l.starts_with("# TYPE")).count();
+        assert!(lines > 20 && families > 20, "{lines} {families}");
     }
 }

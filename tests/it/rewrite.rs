@@ -300,15 +300,22 @@ fn chain_in_config_order_matches_crelay() {
     }
     toml.push_str("[[route]]\nmatch = { all = true }\nsend_to = [\"c\"]\n");
     let cfg = Config::parse(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
-    let mut router = Router::new(&cfg, &DestinationTable::from_config(&cfg));
+    let mut router = Router::new(&cfg, &DestinationTable::from_config(&cfg), &[]);
     let mut hits = vec![0; router.rule_count()];
     let got: Vec<String> = names
         .iter()
         .map(|n| {
             let name = n.as_bytes();
             // As c-relay's -t mode: no cleansing, and the whole name is the key.
-            let fp = router.fingerprint(name, name, false);
-            let d = router.route_fingerprinted(fp, name, name, false, &mut hits);
+            let fp = router.fingerprint(name, name, false, cadent::point::Origin::Listener(0));
+            let d = router.route_fingerprinted(
+                fp,
+                name,
+                name,
+                false,
+                cadent::point::Origin::Listener(0),
+                &mut hits,
+            );
             let last = d.names.last().map_or(name, |v| v.as_slice());
             String::from_utf8(last.to_vec()).unwrap()
         })

@@ -176,15 +176,56 @@ impl Named for Key {
     }
 }
 
+/// The matching half of carbon-aggregator: the rules, run on the shard that read a
+/// point, giving the output names its value goes to (each then handed to the shard that
+/// owns that name).
+#[derive(Default)]
+pub struct RuleMatcher {
+    rules: Vec<Rule>,
+    locs: Vec<regex::bytes::CaptureLocations>,
+    name_buf: Vec<u8>,
+}
+
+impl RuleMatcher {
+    /// A matcher over `rules`, in file order.
+    pub fn new(rules: &Rules) -> RuleMatcher {
+        RuleMatcher {
+            locs: rules.rules.iter().map(|r| r.capture_locations()).collect(),
+            rules: rules.rules.clone(),
+            name_buf: Vec::with_capacity(256),
+        }
+    }
+
+    /// The rules, in file order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Calls `f(rule index, rule, output name)` for every rule that matches `name`, in
+    /// file order; returns how many matched and whether one of the outputs is `name`
+    /// itself (carbon then does not forward the input).
+    pub fn outputs(&mut self, name: &[u8], mut f: impl FnMut(usize, &Rule, &[u8])) -> (u32, bool) {
+        let mut matched = 0;
+        let mut is_own_output = false;
+        for i in 0..self.rules.len() {
+            if !self.rules[i].output_name(name, &mut self.locs[i], &mut self.name_buf) {
+                continue;
+            }
+            matched += 1;
+            is_own_output |= self.name_buf == name;
+            f(i, &self.rules[i], &self.name_buf);
+        }
+        (matched, is_own_output)
+    }
+}
+
 /// carbon-aggregator's engine for one shard.
 pub struct CarbonAggregator {
     cfg: CarbonConfig,
-    rules: Vec<Rule>,
-    locs: Vec<regex::bytes::CaptureLocations>,
+    matcher: RuleMatcher,
     keys: Slots<Key>,
     /// (due second, slot): one entry per live key.
     schedule: BinaryHeap<Reverse<(i64, u32)>>,
-    name_buf: Vec<u8>,
     sort_buf: Vec<f64>,
     counters: CarbonCounters,
 }
@@ -198,14 +239,11 @@ impl CarbonAggregator {
     /// An empty aggregator with these rules.
     pub fn new(cfg: CarbonConfig, rules: Rules) -> CarbonAggregator {
         assert!(cfg.keys_max > 0 && cfg.keys_max < u32::MAX as usize);
-        let locs = rules.rules.iter().map(|r| r.capture_locations()).collect();
         CarbonAggregator {
             cfg,
-            rules: rules.rules,
-            locs,
+            matcher: RuleMatcher::new(&rules),
             keys: Slots::default(),
             schedule: BinaryHeap::new(),
-            name_buf: Vec::with_capacity(256),
             sort_buf: Vec::new(),
             counters: CarbonCounters::default(),
         }
@@ -237,19 +275,18 @@ impl CarbonAggregator {
                 matched: 0,
             };
         }
-        let mut matched = 0;
-        let mut is_own_output = false;
-        let mut name_buf = std::mem::take(&mut self.name_buf);
-        for i in 0..self.rules.len() {
-            if !self.rules[i].output_name(name, &mut self.locs[i], &mut name_buf) {
-                continue;
-            }
-            matched += 1;
-            is_own_output |= name_buf == name;
-            let (freq, method) = (self.rules[i].frequency_s, self.rules[i].method);
-            self.add(&name_buf, freq, method, value, timestamp_s, now_s);
-        }
-        self.name_buf = name_buf;
+        let mut matcher = std::mem::take(&mut self.matcher);
+        let (matched, is_own_output) = matcher.outputs(name, |_, rule, out| {
+            self.ingest_output(
+                out,
+                rule.frequency_s,
+                rule.method,
+                value,
+                timestamp_s,
+                now_s,
+            );
+        });
+        self.matcher = matcher;
         self.counters.rule_matches += u64::from(matched);
         Ingest {
             forward: self.cfg.forward_all && !is_own_output,
@@ -257,7 +294,27 @@ impl CarbonAggregator {
         }
     }
 
-    fn add(&mut self, out_name: &[u8], freq: u32, method: Method, v: f64, ts: i64, now: i64) {
+    /// The rules, in file order (rule indexes in mesh records refer to these).
+    pub fn rules(&self) -> &[Rule] {
+        self.matcher.rules()
+    }
+
+    /// Adds a value to output name `out_name` (a rule gave it, on whatever shard read
+    /// the point), as carbon's buffer for that name does: the name's first rule decides
+    /// its frequency and method.
+    pub fn ingest_output(
+        &mut self,
+        out_name: &[u8],
+        freq: u32,
+        method: Method,
+        v: f64,
+        ts: i64,
+        now: i64,
+    ) {
+        if v.is_nan() {
+            self.counters.dropped_nan += 1;
+            return;
+        }
         let hash = name_hash(out_name);
         let Ok(slot) = self.keys.find(hash, out_name) else {
             self.counters.dropped_hash_collision += 1;

@@ -11,16 +11,18 @@
 //! beyond `set_values_max`, and timers beyond `timer_values_max` values in one interval
 //! switch to a [`sketch::Sketch`] (relative error `timer_sketch_relative_error`).
 
-pub mod parse;
+pub mod key;
 pub mod sketch;
 pub mod table;
 
 use std::collections::HashSet;
 use std::time::Instant;
 
-use crate::aggregate::jsnum::{js_number_string, write_js_number};
-pub use parse::TagMode;
-use parse::{KeyScratch, Reject, Sample, Value};
+use crate::protocol::jsnum::{js_number_string, write_js_number};
+use crate::protocol::statsd::{self as grammar, Sample, Value};
+use crate::protocol::Reject;
+use key::KeyScratch;
+pub use key::TagMode;
 use sketch::Sketch;
 use table::{fingerprint, fingerprint_lo, FingerprintBuild, Table};
 
@@ -203,28 +205,12 @@ pub struct StatsdCounters {
     pub set_values_overflow: u64,
     /// Timers that switched to a sketch in an interval.
     pub timer_sketches: u64,
-    /// Rejected samples by reason (`parse::REJECT_*`).
-    pub rejected_no_type: u64,
-    /// See [`parse::REJECT_BAD_RATE`].
-    pub rejected_bad_sample_rate: u64,
-    /// See [`parse::REJECT_BAD_VALUE`].
-    pub rejected_bad_value: u64,
-    /// See [`parse::REJECT_RATE_CRASHES_ETSY`].
-    pub rejected_sample_rate_crashes_etsy: u64,
-    /// See [`parse::REJECT_PROTO_KEY`].
+    /// Samples rejected by the grammar, by reason (only [`StatsdEngine::ingest_datagram`]
+    /// parses; the shards count rejects at their listeners).
+    pub rejected: [u64; Reject::COUNT],
+    /// Samples for the key `__proto__`, dropped (see [`key::PROTO_KEY`]); not part of
+    /// `bad_lines_seen`.
     pub rejected_proto_key: u64,
-}
-
-impl StatsdCounters {
-    fn reject(&mut self, reason: Reject) {
-        match reason {
-            parse::REJECT_NO_TYPE => self.rejected_no_type += 1,
-            parse::REJECT_BAD_RATE => self.rejected_bad_sample_rate += 1,
-            parse::REJECT_BAD_VALUE => self.rejected_bad_value += 1,
-            parse::REJECT_RATE_CRASHES_ETSY => self.rejected_sample_rate_crashes_etsy += 1,
-            _ => self.rejected_proto_key += 1,
-        }
-    }
 }
 
 /// What the graphite writer reports about its last write; Etsy sends these as
@@ -250,6 +236,68 @@ pub struct FlushSummary {
     pub lines: u64,
     /// `numStats`: keys flushed over all types.
     pub num_stats: u64,
+    /// Milliseconds from `flush_begin` to `flush_end` (Etsy's `calculationtime`).
+    pub calculation_ms: u64,
+    /// Milliseconds spent on timers (Etsy's `processing_time`).
+    pub processing_ms: u64,
+}
+
+impl FlushSummary {
+    /// This flush alone as the totals statsd's own lines report.
+    pub fn totals(&self) -> FlushTotals {
+        FlushTotals {
+            ts: self.ts,
+            num_stats: self.num_stats,
+            calculation_ms: self.calculation_ms,
+            processing_ms: self.processing_ms,
+        }
+    }
+}
+
+/// What statsd's own lines report about one flush over every shard: keys flushed
+/// summed, times the longest any shard took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlushTotals {
+    /// The flush's timestamp.
+    pub ts: i64,
+    /// `numStats`.
+    pub num_stats: u64,
+    /// `graphiteStats.calculationtime`.
+    pub calculation_ms: u64,
+    /// `processing_time`.
+    pub processing_ms: u64,
+}
+
+impl FlushTotals {
+    /// Adds another shard's flush.
+    pub fn add(&mut self, s: &FlushTotals) {
+        self.num_stats += s.num_stats;
+        self.calculation_ms = self.calculation_ms.max(s.calculation_ms);
+        self.processing_ms = self.processing_ms.max(s.processing_ms);
+    }
+}
+
+/// Where a running flush is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Counters,
+    Timers,
+    Gauges,
+    Sets,
+    Done,
+}
+
+/// A flush between `flush_begin` and `flush_end`.
+struct Cursor {
+    ts: i64,
+    ts_tail: Vec<u8>,
+    phase: Phase,
+    /// Position in `order` within the phase.
+    pos: usize,
+    lines: u64,
+    num_stats: u64,
+    started: Instant,
+    processing: std::time::Duration,
 }
 
 struct Timer {
@@ -540,6 +588,10 @@ pub struct StatsdEngine {
     order: Vec<u32>,
     cum: Vec<f64>,
     cum_squares: Vec<f64>,
+    /// This engine keeps statsd's own keys (`packets_received`, `metrics_received`,
+    /// `bad_lines_seen`, `timestamp_lag`): the only engine of one shard, or shard 0's.
+    owns_internal: bool,
+    cursor: Option<Cursor>,
 }
 
 /// JavaScript's `Math.round` for the non-negative values it is used on here.
@@ -565,6 +617,16 @@ impl StatsdEngine {
     /// An engine for `cfg`, started at `start_unix_s` (Etsy's `startup_time`, the first
     /// `graphiteStats.last_flush`).
     pub fn new(cfg: StatsdConfig, start_unix_s: i64) -> Result<StatsdEngine, ConfigError> {
+        StatsdEngine::new_shard(cfg, start_unix_s, true)
+    }
+
+    /// An engine for one shard of several: only the one that `owns_internal` keeps
+    /// statsd's own keys (the others' samples for them go to it).
+    pub fn new_shard(
+        cfg: StatsdConfig,
+        start_unix_s: i64,
+        owns_internal: bool,
+    ) -> Result<StatsdEngine, ConfigError> {
         cfg.validate()?;
         let plan = Plan::new(&cfg);
         let mut counters = Table::default();
@@ -572,7 +634,11 @@ impl StatsdEngine {
         // Etsy creates these three counters at startup, in this order.
         let mut internal = |n: &str| {
             let name = format!("{ps}.{n}");
-            counters.insert(fingerprint(name.as_bytes()), name.as_bytes(), 0.0)
+            if owns_internal {
+                counters.insert(fingerprint(name.as_bytes()), name.as_bytes(), 0.0)
+            } else {
+                u32::MAX
+            }
         };
         let bad_lines_seen = internal("bad_lines_seen");
         let packets_received = internal("packets_received");
@@ -601,6 +667,8 @@ impl StatsdEngine {
             order: Vec::new(),
             cum: Vec::new(),
             cum_squares: Vec::new(),
+            owns_internal,
+            cursor: None,
             cfg,
         })
     }
@@ -629,25 +697,24 @@ impl StatsdEngine {
     /// `packets_received`, each non-empty line in `metrics_received`, each rejected
     /// sample in `bad_lines_seen`, and applies the rest.
     pub fn ingest_datagram(&mut self, datagram: &[u8]) {
-        *self.counters.value_mut(self.packets_received) += 1.0;
+        self.bump_internal(self.packets_received, 1.0);
         let mut key = std::mem::take(&mut self.key_buf);
-        for line in parse::lines(datagram) {
-            *self.counters.value_mut(self.metrics_received) += 1.0;
-            let parts = parse::split_line(line);
-            parse::build_key(
+        for line in grammar::lines(datagram) {
+            self.bump_internal(self.metrics_received, 1.0);
+            let parts = grammar::split_line(line);
+            key::build_key(
                 parts.name,
                 parts.tags,
                 self.cfg.tag_mode,
                 &mut key,
                 &mut self.key_scratch,
             );
-            let chunks = parts.samples.unwrap_or(b"1");
-            for chunk in chunks.split(|&b| b == b':') {
-                match parse::parse_sample(&key, chunk) {
-                    Ok(sample) => self.ingest(sample),
+            for chunk in parts.chunks() {
+                match grammar::parse_sample(chunk) {
+                    Ok(sample) => self.ingest(&key, sample),
                     Err(reason) => {
-                        *self.counters.value_mut(self.bad_lines_seen) += 1.0;
-                        self.stats.reject(reason);
+                        self.bump_internal(self.bad_lines_seen, 1.0);
+                        self.stats.rejected[reason as usize] += 1;
                     }
                 }
             }
@@ -655,23 +722,49 @@ impl StatsdEngine {
         self.key_buf = key;
     }
 
-    /// Applies one pre-parsed sample (its key already sanitised, tags included).
-    pub fn ingest(&mut self, sample: Sample<'_>) {
-        if sample.key == b"__proto__" {
-            self.stats.reject(parse::REJECT_PROTO_KEY);
+    /// Counts what a listener saw for Etsy's own counters: `packets` datagrams (or
+    /// stream reads), `lines` non-empty lines and `bad` rejected samples.
+    /// Only the engine that owns statsd's own keys counts; the others' callers send
+    /// their counts to it.
+    pub fn count_intake(&mut self, packets: u64, lines: u64, bad: u64) {
+        self.bump_internal(self.packets_received, packets as f64);
+        self.bump_internal(self.metrics_received, lines as f64);
+        self.bump_internal(self.bad_lines_seen, bad as f64);
+    }
+
+    /// Whether this engine keeps statsd's own keys.
+    pub fn owns_internal(&self) -> bool {
+        self.owns_internal
+    }
+
+    fn bump_internal(&mut self, id: u32, n: f64) {
+        debug_assert!(
+            self.owns_internal,
+            "statsd's own counters live on one engine"
+        );
+        if self.owns_internal {
+            *self.counters.value_mut(id) += n;
+        }
+    }
+
+    /// Applies one sample to `key` (the stored key: sanitised, tags included, as
+    /// [`key::build_key`] makes it).
+    pub fn ingest(&mut self, key: &[u8], sample: Sample<'_>) {
+        if key == key::PROTO_KEY {
+            self.stats.rejected_proto_key += 1;
             return;
         }
-        let fp = fingerprint(sample.key);
+        let fp = fingerprint(key);
         let inv_rate = 1.0 / sample.sample_rate;
         match sample.value {
             Value::Counter(v) => {
-                let Some(id) = self.slot(Kind::Counter, fp, sample.key) else {
+                let Some(id) = self.slot(Kind::Counter, fp, key) else {
                     return;
                 };
                 *self.counters.value_mut(id) += v * inv_rate;
             }
             Value::Timer(v) => {
-                let Some(id) = self.slot(Kind::Timer, fp, sample.key) else {
+                let Some(id) = self.slot(Kind::Timer, fp, key) else {
                     return;
                 };
                 let max = self.cfg.timer_values_max;
@@ -722,12 +815,12 @@ impl StatsdEngine {
                         if !self.room_for_key() {
                             return;
                         }
-                        self.gauges.insert(fp, sample.key, Gauge { value, ttl });
+                        self.gauges.insert(fp, key, Gauge { value, ttl });
                     }
                 }
             }
             Value::Set(member) => {
-                let Some(id) = self.slot(Kind::Set, fp, sample.key) else {
+                let Some(id) = self.slot(Kind::Set, fp, key) else {
                     return;
                 };
                 // `store["__proto__"] = true` sets no own property in JavaScript.
@@ -794,136 +887,226 @@ impl StatsdEngine {
 
     /// Flushes at `now_unix_ms`: appends to `out` the graphite plaintext lines Etsy's
     /// graphite backend sends (`name value ts\n`, its order), then clears or deletes
-    /// what Etsy clears or deletes.
+    /// what Etsy clears or deletes. One call: [`flush_begin`](Self::flush_begin), every
+    /// [`flush_step`](Self::flush_step), [`flush_end`](Self::flush_end) and
+    /// [`write_own_lines`](Self::write_own_lines) with this engine's own totals.
     pub fn flush(&mut self, now_unix_ms: i64, out: &mut Vec<u8>) -> FlushSummary {
-        let start = Instant::now();
+        self.flush_begin(now_unix_ms);
+        while !self.flush_step(out, usize::MAX) {}
+        let mut summary = self.flush_end();
+        summary.lines += self.write_own_lines(&summary.totals(), out);
+        summary
+    }
+
+    /// Starts a flush at `now_unix_ms` (Etsy's `flushMetrics`): sets `timestamp_lag` on
+    /// the engine that owns statsd's own keys. Samples must not be ingested until
+    /// [`flush_end`](Self::flush_end): they belong to the next interval.
+    pub fn flush_begin(&mut self, now_unix_ms: i64) {
+        debug_assert!(self.cursor.is_none(), "a flush is already running");
         let ts = (now_unix_ms + 500).div_euclid(1000);
-        if self.old_timestamp > 0 {
-            let lag = (ts - self.old_timestamp) as f64 - self.plan.interval_s;
-            let fp = fingerprint(&self.timestamp_lag);
-            match self.gauges.get(fp) {
-                Some(id) => self.gauges.value_mut(id).value = lag,
-                None => {
-                    let name = self.timestamp_lag.clone();
-                    self.gauges.insert(
-                        fp,
-                        &name,
-                        Gauge {
-                            value: lag,
-                            ttl: None,
-                        },
-                    );
+        if self.owns_internal {
+            if self.old_timestamp > 0 {
+                let lag = (ts - self.old_timestamp) as f64 - self.plan.interval_s;
+                let fp = fingerprint(&self.timestamp_lag);
+                match self.gauges.get(fp) {
+                    Some(id) => self.gauges.value_mut(id).value = lag,
+                    None => {
+                        let name = self.timestamp_lag.clone();
+                        self.gauges.insert(
+                            fp,
+                            &name,
+                            Gauge {
+                                value: lag,
+                                ttl: None,
+                            },
+                        );
+                    }
                 }
             }
+            self.old_timestamp = ts;
         }
-        self.old_timestamp = ts;
         // Every line ends with the same ` ts\n`: printed once here.
         let mut ts_tail = Vec::with_capacity(24);
         ts_tail.push(b' ');
         write_js_number(&mut ts_tail, ts as f64);
         ts_tail.push(b'\n');
+        self.counters.iteration_order(&mut self.order);
+        self.cursor = Some(Cursor {
+            ts,
+            ts_tail,
+            phase: Phase::Counters,
+            pos: 0,
+            lines: 0,
+            num_stats: 0,
+            started: Instant::now(),
+            processing: std::time::Duration::ZERO,
+        });
+    }
+
+    /// Writes the lines of up to `keys_max` more keys to `out`, in Etsy's order
+    /// (counters, timers, gauges, sets); true once every key is written.
+    pub fn flush_step(&mut self, out: &mut Vec<u8>, keys_max: usize) -> bool {
+        let Some(mut c) = self.cursor.take() else {
+            return true;
+        };
+        let mut budget = keys_max;
+        let plan = &self.plan;
+        let mut w = LineWriter {
+            out,
+            ts_tail: &c.ts_tail,
+            lines: 0,
+            suffix: &plan.suffix,
+        };
+        while budget > 0 && c.phase != Phase::Done {
+            let end = (c.pos + budget).min(self.order.len());
+            let ids = &self.order[c.pos..end];
+            match c.phase {
+                Phase::Counters => {
+                    for &id in ids {
+                        let key = self.counters.name(id);
+                        let v = *self.counters.value(id);
+                        let rate = v / plan.interval_s;
+                        w.metric(
+                            &plan.counter_rate_ns,
+                            key,
+                            plan.counter_rate_extra,
+                            None,
+                            rate,
+                        );
+                        if self.cfg.flush_counts {
+                            w.metric(
+                                &plan.counter_count_ns,
+                                key,
+                                plan.counter_count_extra,
+                                None,
+                                v,
+                            );
+                        }
+                    }
+                }
+                Phase::Timers => {
+                    let t0 = Instant::now();
+                    for &id in ids {
+                        let t = self.timers.value_mut(id);
+                        if t.sketch.is_none() {
+                            t.values.sort_by(|a, b| {
+                                a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal)
+                            });
+                        }
+                        let t = self.timers.value(id);
+                        let key = self.timers.name(id);
+                        match &t.sketch {
+                            Some(s) => timer_stats_sketch(plan, &mut w, key, t.count, s),
+                            None if t.values.is_empty() => {
+                                // `count = count_ps = 0`: count_ps is assigned first.
+                                for (stat, v) in [(&plan.fixed[4], 0.0), (&plan.fixed[3], 0.0)] {
+                                    if stat.emit {
+                                        w.metric(&plan.timer_ns, key, Some(&stat.name), None, v);
+                                    }
+                                }
+                            }
+                            None => timer_stats_raw(
+                                plan,
+                                &mut w,
+                                key,
+                                t.count,
+                                &t.values,
+                                &mut self.cum,
+                                &mut self.cum_squares,
+                            ),
+                        }
+                    }
+                    c.processing += t0.elapsed();
+                }
+                Phase::Gauges => {
+                    for &id in ids {
+                        let v = self.gauges.value(id).value;
+                        w.metric(&plan.gauge_ns, self.gauges.name(id), None, None, v);
+                    }
+                }
+                Phase::Sets => {
+                    for &id in ids {
+                        let n = self.sets.value(id).members.len() as f64;
+                        w.metric(&plan.set_ns, self.sets.name(id), Some(b"count"), None, n);
+                    }
+                }
+                Phase::Done => {}
+            }
+            let n = ids.len();
+            c.num_stats += n as u64;
+            c.pos = end;
+            budget -= n;
+            if c.pos == self.order.len() {
+                c.pos = 0;
+                c.phase = match c.phase {
+                    Phase::Counters => {
+                        self.timers.iteration_order(&mut self.order);
+                        Phase::Timers
+                    }
+                    Phase::Timers => {
+                        self.gauges.iteration_order(&mut self.order);
+                        Phase::Gauges
+                    }
+                    Phase::Gauges => {
+                        self.sets.iteration_order(&mut self.order);
+                        Phase::Sets
+                    }
+                    _ => Phase::Done,
+                };
+            }
+        }
+        c.lines += w.lines;
+        let done = c.phase == Phase::Done;
+        self.cursor = Some(c);
+        done
+    }
+
+    /// Ends a flush whose steps are done: clears or deletes what Etsy does and returns
+    /// what was written (statsd's own lines not included).
+    pub fn flush_end(&mut self) -> FlushSummary {
+        let c = self.cursor.take().expect("flush_begin was called");
+        debug_assert!(c.phase == Phase::Done, "every step was taken");
+        self.clear();
+        FlushSummary {
+            ts: c.ts,
+            lines: c.lines,
+            num_stats: c.num_stats,
+            calculation_ms: c.started.elapsed().as_millis() as u64,
+            processing_ms: c.processing.as_millis() as u64,
+        }
+    }
+
+    /// Whether a flush is between [`flush_begin`](Self::flush_begin) and
+    /// [`flush_end`](Self::flush_end).
+    pub fn flushing(&self) -> bool {
+        self.cursor.is_some()
+    }
+
+    /// Writes statsd's own lines (`numStats`, `calculationtime`, `processing_time`, then
+    /// the graphite backend's `graphiteStats.*` about its last write) for `totals` (the
+    /// sum over every shard's engine); returns the lines written. Only the engine that
+    /// owns statsd's own keys writes them.
+    pub fn write_own_lines(&self, totals: &FlushTotals, out: &mut Vec<u8>) -> u64 {
+        let plan = &self.plan;
+        let mut ts_tail = Vec::with_capacity(24);
+        ts_tail.push(b' ');
+        write_js_number(&mut ts_tail, totals.ts as f64);
+        ts_tail.push(b'\n');
         let mut w = LineWriter {
             out,
             ts_tail: &ts_tail,
             lines: 0,
-            suffix: &self.plan.suffix,
+            suffix: &plan.suffix,
         };
-        let mut num_stats = 0u64;
-
-        // Counters.
-        self.counters.iteration_order(&mut self.order);
-        let plan = &self.plan;
-        for &id in &self.order {
-            let key = self.counters.name(id);
-            let v = *self.counters.value(id);
-            let rate = v / plan.interval_s;
-            w.metric(
-                &plan.counter_rate_ns,
-                key,
-                plan.counter_rate_extra,
-                None,
-                rate,
-            );
-            if self.cfg.flush_counts {
-                w.metric(
-                    &plan.counter_count_ns,
-                    key,
-                    plan.counter_count_extra,
-                    None,
-                    v,
-                );
-            }
-            num_stats += 1;
-        }
-
-        // Timers.
-        let timers_start = Instant::now();
-        self.timers.iteration_order(&mut self.order);
-        for &id in &self.order {
-            let t = self.timers.value_mut(id);
-            if t.sketch.is_none() {
-                t.values
-                    .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-            }
-            let t = self.timers.value(id);
-            let key = self.timers.name(id);
-            match &t.sketch {
-                Some(s) => timer_stats_sketch(plan, &mut w, key, t.count, s),
-                None if t.values.is_empty() => {
-                    // `count = count_ps = 0`: count_ps is assigned first.
-                    for (stat, v) in [(&plan.fixed[4], 0.0), (&plan.fixed[3], 0.0)] {
-                        if stat.emit {
-                            w.metric(&plan.timer_ns, key, Some(&stat.name), None, v);
-                        }
-                    }
-                }
-                None => timer_stats_raw(
-                    plan,
-                    &mut w,
-                    key,
-                    t.count,
-                    &t.values,
-                    &mut self.cum,
-                    &mut self.cum_squares,
-                ),
-            }
-            num_stats += 1;
-        }
-        let processing_ms = timers_start.elapsed().as_millis() as f64;
-
-        // Gauges.
-        self.gauges.iteration_order(&mut self.order);
-        for &id in &self.order {
-            let v = self.gauges.value(id).value;
-            w.metric(&plan.gauge_ns, self.gauges.name(id), None, None, v);
-            num_stats += 1;
-        }
-
-        // Sets.
-        self.sets.iteration_order(&mut self.order);
-        for &id in &self.order {
-            let n = self.sets.value(id).members.len() as f64;
-            w.metric(&plan.set_ns, self.sets.name(id), Some(b"count"), None, n);
-            num_stats += 1;
-        }
-
-        // statsd's own lines, then the graphite backend's (describing its last write).
-        w.raw(&plan.num_stats, num_stats as f64);
-        w.raw(&plan.calculation_time, start.elapsed().as_millis() as f64);
-        w.raw(&plan.processing_time, processing_ms);
+        w.raw(&plan.num_stats, totals.num_stats as f64);
+        w.raw(&plan.calculation_time, totals.calculation_ms as f64);
+        w.raw(&plan.processing_time, totals.processing_ms as f64);
         let ws = self.write_stats;
         w.raw(&plan.graphite_stats[0], ws.last_exception_s as f64);
         w.raw(&plan.graphite_stats[1], ws.last_flush_s as f64);
         w.raw(&plan.graphite_stats[2], ws.flush_time_ms as f64);
         w.raw(&plan.graphite_stats[3], ws.flush_length_bytes as f64);
-        let lines = w.lines;
-
-        self.clear();
-        FlushSummary {
-            ts,
-            lines,
-            num_stats,
-        }
+        w.lines
     }
 
     /// Etsy's `clear_metrics`, run after the backends have the flush.

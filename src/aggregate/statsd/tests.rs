@@ -112,15 +112,15 @@ fn rejects_are_counted_by_reason() {
     let mut e = StatsdEngine::new(StatsdConfig::default(), 1000).unwrap();
     e.ingest_datagram(b"a\nb:x|c\nc:1|c|@-1\nd:1|c|@+1\n__proto__:1|c");
     let c = e.counters();
+    use crate::protocol::Reject;
     assert_eq!(
         (
-            c.rejected_no_type,
-            c.rejected_bad_value,
-            c.rejected_bad_sample_rate,
-            c.rejected_sample_rate_crashes_etsy,
+            c.rejected[Reject::MissingFields as usize],
+            c.rejected[Reject::BadValue as usize],
+            c.rejected[Reject::BadSampleRate as usize],
             c.rejected_proto_key
         ),
-        (1, 1, 1, 1, 1)
+        (1, 1, 2, 1)
     );
     let mut out = Vec::new();
     e.flush(1_010_000, &mut out);

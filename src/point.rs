@@ -1,0 +1,107 @@
+//! The typed point: the boundary between decoding and everything after it.
+//!
+//! A decoder (`protocol::decode`) turns a receive buffer into points; the router picks
+//! their targets; encoders, aggregators and stores take them. A point borrows its name,
+//! routing key and received line from the receive buffer and carries its value as
+//! its protocol gave it: graphite's value and timestamp (validated at decode, converted
+//! to numbers only where a stage needs them: the relay writes the text as received), a
+//! statsd sample (type, number or set member, rate, tags) or nothing (a regex line is
+//! routed by its key and written out whole). Nothing here allocates.
+
+use crate::protocol::statsd;
+
+/// One metric sample on its way through a shard.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point<'a> {
+    /// The name routes match: graphite's full name (tags included), statsd's text
+    /// before `:`, a regex line's `Key` group.
+    pub name: &'a [u8],
+    /// The prefix of `name` rings hash: graphite's name up to its first `;`, the whole
+    /// name otherwise.
+    pub key: &'a [u8],
+    /// The received line, when it goes out as is under its own name (graphite in normal
+    /// form, statsd, regex); empty when an encoder must rebuild it from the fields (and,
+    /// for statsd, on every sample of a line but the first: the line goes out once).
+    pub line: &'a [u8],
+    /// What the point carries.
+    pub value: Value<'a>,
+}
+
+/// A point's value, by protocol.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    /// Graphite plaintext (and aggregated output, which is written as graphite).
+    Graphite(Graphite<'a>),
+    /// One sample of a statsd line.
+    Statsd(Statsd<'a>),
+    /// A line routed by a key cut out of it; no value of its own.
+    Line,
+}
+
+/// Graphite's value and timestamp, validated as numbers at decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Graphite<'a> {
+    /// The value field as received (a finite decimal number).
+    pub value: &'a [u8],
+    /// The timestamp field as received (seconds, integer or decimal; `-1` is "now").
+    pub timestamp: &'a [u8],
+}
+
+impl Graphite<'_> {
+    /// The value as a number (always finite: the decoder validated it).
+    pub fn number(&self) -> f64 {
+        crate::protocol::parse_f64(self.value).unwrap_or(f64::NAN)
+    }
+
+    /// The timestamp in whole seconds (a decimal one truncated, as carbon's `int(float)`
+    /// does); `now_s` for carbon's `-1`.
+    pub fn timestamp_s(&self, now_s: i64) -> i64 {
+        match crate::protocol::parse_f64(self.timestamp) {
+            Some(t) if t >= 0.0 => t as i64,
+            _ => now_s,
+        }
+    }
+}
+
+/// One statsd sample with the tag list of its line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Statsd<'a> {
+    /// What the sample adds, and its rate.
+    pub sample: statsd::Sample<'a>,
+    /// The line's DogStatsD tag list as sent (text after `|#`), empty when none.
+    pub tags: &'a [u8],
+}
+
+impl Point<'_> {
+    /// A point with nothing in it (batch filler).
+    pub const EMPTY: Point<'static> = Point {
+        name: &[],
+        key: &[],
+        line: &[],
+        value: Value::Line,
+    };
+}
+
+/// Where points enter routing from: the listener that read them, the aggregator that
+/// flushed them (or passed its inputs on), or cadent's own counters. Routes with
+/// `from` take points of the origins they name; decisions are cached per origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// Listener id (its counters' index; ids are never reused).
+    Listener(u16),
+    /// Aggregator index in the topology's config.
+    Aggregator(u16),
+    /// cadent's self-metrics (`[telemetry]`).
+    Telemetry,
+}
+
+impl Origin {
+    /// One number per origin, for the route cache's fingerprint.
+    pub fn code(self) -> u32 {
+        match self {
+            Origin::Listener(l) => u32::from(l),
+            Origin::Aggregator(a) => 0x1_0000 | u32::from(a),
+            Origin::Telemetry => 0x2_0000,
+        }
+    }
+}

@@ -1,0 +1,690 @@
+//! The aggregation stage of a shard: the aggregate engines (`crate::aggregate`) wired to
+//! points, owners and the clock.
+//!
+//! Every aggregated name is owned by one shard, `owner(name) = name_hash(name) % shards`
+//! (a fixed hash, the same in every process). A point read on another shard is handed to
+//! its owner over the mesh. For statsd the name is the stored key (sanitised, tags
+//! joined), so two spellings Etsy would merge meet on one shard; statsd's own keys
+//! (`packets_received`, `metrics_received`, `bad_lines_seen`, `timestamp_lag`) live on
+//! shard 0, which also writes statsd's own lines (`numStats` and the rest) once per
+//! flush for all shards. For carbon the rules run where the point was read and each
+//! output name goes to its owner.
+//!
+//! **Exact intervals across shards (statsd).** At each flush time T every shard sends
+//! every other shard a marker for T on the same channel as its samples, and flushes T
+//! only once it holds every other shard's marker (or `MARKER_WAIT` passed: counted in
+//! `late_flushes`). Channels are FIFO, so every sample read before T anywhere is in T,
+//! and a sample that arrives after its sender's marker, or is read here while the flush
+//! runs, is held back (`deferred`) and applied after it, in the next interval: as in
+//! Etsy, where a sample belongs to the flush after which it arrived. Flushes are written
+//! a step at a time, so a large one never stalls the shard's readers.
+//!
+//! Aggregators have stable ids (`Topology::aggregator_ids`): mesh records name the id,
+//! so a reload that reorders `[[aggregate]]` sections cannot misdeliver a record.
+
+use crate::aggregate::carbon::{name_hash, CarbonAggregator, RuleMatcher};
+use crate::aggregate::statsd::key::{self as statsd_key, KeyScratch};
+use crate::aggregate::statsd::{FlushTotals, GraphiteWriteStats, StatsdEngine, TagMode};
+use crate::config::{Aggregate, AggregateKind};
+use crate::point::{Point, Value};
+use crate::protocol::statsd::{Sample, Value as SampleValue};
+use crate::shard::mesh::{put_str16, Reader, ShardMesh};
+
+crate::counter_set! {
+    /// Counters of one aggregator on one shard.
+    pub struct AggregatorCounters {
+        /// Samples routed to this aggregator on this shard (statsd samples, graphite
+        /// points for carbon).
+        samples: counter,
+        /// Of those, handed to another shard that owns their name.
+        samples_to_other_shards: counter,
+        /// Samples (from any shard) applied to this shard's share of the keys.
+        samples_applied: counter,
+        /// Samples held back while a flush ran, applied in the next interval.
+        samples_deferred: counter,
+        /// Points of a protocol this kind does not take (a graphite point routed to a
+        /// statsd aggregator, a statsd sample to carbon), dropped.
+        dropped_wrong_protocol: counter,
+        /// Samples dropped because this shard held keys_max keys (statsd) or output names
+        /// (carbon) and the key was new.
+        dropped_keys_full: counter,
+        /// carbon: points dropped for a bucket older than max_intervals, too far ahead, a
+        /// full bucket (bucket_values_max), NaN, or an output-name hash collision.
+        dropped_other: counter,
+        /// Mesh records for an aggregator this shard does not run (a reload removed it).
+        dropped_unknown_aggregator: counter,
+        /// Keys this shard holds.
+        keys: gauge,
+        /// Bytes those keys hold (an estimate from capacities).
+        key_bytes: gauge,
+        /// key_bytes / keys.
+        bytes_per_key: gauge,
+        /// Flushes run.
+        flushes: counter,
+        /// Lines flushed into routing.
+        flushed_lines: counter,
+        /// statsd flushes that ran without every shard's marker (a shard was late or its
+        /// mesh channel overflowed): samples from it land in the next interval.
+        late_flushes: counter,
+    }
+}
+
+/// Mesh record tags of this stage.
+const TAG_STATSD: u8 = 1;
+const TAG_CARBON: u8 = 2;
+const TAG_MARKER: u8 = 3;
+const TAG_REPORT: u8 = 4;
+const TAG_INTAKE: u8 = 5;
+
+/// Keys written per flush step before the shard lets its readers run.
+pub const FLUSH_STEP_KEYS: usize = 10_000;
+
+/// The shard every name is owned by.
+#[inline]
+pub fn owner(name: &[u8], shards: usize) -> usize {
+    if shards == 1 {
+        0
+    } else {
+        (name_hash(name) % shards as u64) as usize
+    }
+}
+
+/// What Etsy's own counters count, from statsd listeners: datagrams (or stream reads),
+/// non-empty lines, rejected samples.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Intake {
+    /// `packets_received`.
+    pub packets: u64,
+    /// `metrics_received`.
+    pub lines: u64,
+    /// `bad_lines_seen`.
+    pub bad: u64,
+}
+
+/// One aggregator on this shard.
+pub struct AggState {
+    /// Stable id (mesh records name it).
+    pub id: u16,
+    /// Its config.
+    pub config: Aggregate,
+    /// Its counters on this shard.
+    pub counters: AggregatorCounters,
+    kind: Kind,
+    /// Encoded records held back while a flush runs.
+    deferred: Vec<u8>,
+}
+
+enum Kind {
+    Statsd(Box<StatsdState>),
+    Carbon(Box<CarbonState>),
+}
+
+struct StatsdState {
+    engine: StatsdEngine,
+    tag_mode: TagMode,
+    /// Names of statsd's own keys (they live on shard 0).
+    internal: [Vec<u8>; 4],
+    /// The flush running now, if any.
+    flush: Option<FlushState>,
+    /// By shard: the latest flush time it sent a marker for. Its records after that
+    /// marker belong to later intervals.
+    last_marker: Vec<i64>,
+    /// The latest flush time this shard completed.
+    completed_ms: i64,
+    /// Intake counted since the last hand-over to shard 0.
+    intake_seen: Intake,
+    /// Bytes of the last whole flush (every shard), for `graphiteStats.flush_length`.
+    last_flush_bytes: u64,
+}
+
+struct FlushState {
+    t_ms: i64,
+    /// Shard 0: reports from the others (count, totals, bytes).
+    reports: usize,
+    totals: FlushTotals,
+    bytes: u64,
+    /// The engine's flush has begun (markers all in, or given up on).
+    begun: bool,
+}
+
+struct CarbonState {
+    matcher: RuleMatcher,
+    engine: CarbonAggregator,
+}
+
+/// How a flush of one statsd aggregator stands after a step (for the shard's task).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushProgress {
+    /// Waiting for other shards' markers.
+    WaitingForMarkers,
+    /// More keys to write.
+    Writing,
+    /// Shard 0: waiting for the others' reports before statsd's own lines.
+    WaitingForReports,
+    /// Done.
+    Done,
+}
+
+/// The aggregators of one shard.
+pub struct AggStage {
+    me: usize,
+    shards: usize,
+    /// By config index of the running topology.
+    pub aggs: Vec<AggState>,
+    key: Vec<u8>,
+    key_scratch: KeyScratch,
+    /// What statsd listeners counted on this shard so far (Etsy's own counters).
+    pub intake: Intake,
+}
+
+impl AggStage {
+    /// An empty stage for shard `me` of `shards`.
+    pub fn new(me: usize, shards: usize) -> AggStage {
+        AggStage {
+            me,
+            shards,
+            aggs: Vec::new(),
+            key: Vec::with_capacity(256),
+            key_scratch: KeyScratch::default(),
+            intake: Intake::default(),
+        }
+    }
+
+    /// A fresh aggregator for `config` with stable id `id`, started at `now_ms`.
+    pub fn build(&self, id: u16, config: &Aggregate, now_ms: i64) -> Result<AggState, String> {
+        let kind = match &config.kind {
+            AggregateKind::Statsd(s) => {
+                let ps = &s.engine.prefix_stats;
+                let engine = StatsdEngine::new_shard(s.engine.clone(), now_ms / 1000, self.me == 0)
+                    .map_err(|e| e.to_string())?;
+                Kind::Statsd(Box::new(StatsdState {
+                    engine,
+                    tag_mode: s.engine.tag_mode,
+                    internal: [
+                        format!("{ps}.bad_lines_seen").into_bytes(),
+                        format!("{ps}.packets_received").into_bytes(),
+                        format!("{ps}.metrics_received").into_bytes(),
+                        format!("{ps}.timestamp_lag").into_bytes(),
+                    ],
+                    flush: None,
+                    last_marker: vec![0; self.shards],
+                    completed_ms: 0,
+                    intake_seen: self.intake,
+                    last_flush_bytes: 0,
+                }))
+            }
+            AggregateKind::Carbon(c) => Kind::Carbon(Box::new(CarbonState {
+                matcher: RuleMatcher::new(&c.rules),
+                engine: CarbonAggregator::new(c.engine.clone(), c.rules.clone()),
+            })),
+        };
+        Ok(AggState {
+            id,
+            config: config.clone(),
+            counters: AggregatorCounters::default(),
+            kind,
+            deferred: Vec::new(),
+        })
+    }
+
+    /// The config index of the aggregator with stable id `id`.
+    fn by_id(&self, id: u16) -> Option<usize> {
+        self.aggs.iter().position(|a| a.id == id)
+    }
+
+    /// Takes a point routed to aggregator `a` under `name` (its name after any rewrite),
+    /// at `now_s`. Applies it here when this shard owns its key, else hands it to the
+    /// owner. Returns whether the input point is also passed on (carbon's
+    /// `forward_inputs`).
+    #[inline]
+    pub fn take(
+        &mut self,
+        a: usize,
+        p: &Point<'_>,
+        name: &[u8],
+        now_s: i64,
+        mesh: &mut ShardMesh,
+    ) -> bool {
+        let (me, shards) = (self.me, self.shards);
+        let Some(agg) = self.aggs.get_mut(a) else {
+            return false;
+        };
+        agg.counters.samples += 1;
+        let id = agg.id;
+        match (&mut agg.kind, p.value) {
+            (Kind::Statsd(st), Value::Statsd(s)) => {
+                statsd_key::build_key(
+                    name,
+                    s.tags,
+                    st.tag_mode,
+                    &mut self.key,
+                    &mut self.key_scratch,
+                );
+                let key = &self.key;
+                let to = if st.internal.iter().any(|k| k == key) {
+                    0
+                } else {
+                    owner(key, shards)
+                };
+                if to != me {
+                    agg.counters.samples_to_other_shards += 1;
+                    mesh.record(to, TAG_STATSD, |b| encode_statsd(b, id, key, &s.sample));
+                } else if st.flush.is_some() {
+                    agg.counters.samples_deferred += 1;
+                    push_deferred(&mut agg.deferred, me, TAG_STATSD, |b| {
+                        encode_statsd(b, id, key, &s.sample)
+                    });
+                } else {
+                    apply_statsd(st, &mut agg.counters, key, s.sample);
+                }
+                false
+            }
+            (Kind::Carbon(c), Value::Graphite(g)) => {
+                let v = g.number();
+                let ts = g.timestamp_s(now_s);
+                let counters = &mut agg.counters;
+                let engine = &mut c.engine;
+                let (_, own) = c.matcher.outputs(name, |i, rule, out| {
+                    let to = owner(out, shards);
+                    if to == me {
+                        counters.samples_applied += 1;
+                        engine.ingest_output(out, rule.frequency_s, rule.method, v, ts, now_s);
+                    } else {
+                        counters.samples_to_other_shards += 1;
+                        mesh.record(to, TAG_CARBON, |b| {
+                            b.extend_from_slice(&id.to_le_bytes());
+                            b.extend_from_slice(&(i as u16).to_le_bytes());
+                            b.extend_from_slice(&v.to_bits().to_le_bytes());
+                            b.extend_from_slice(&ts.to_le_bytes());
+                            b.extend_from_slice(&now_s.to_le_bytes());
+                            put_str16(b, out);
+                        });
+                    }
+                });
+                let AggregateKind::Carbon(cfg) = &agg.config.kind else {
+                    unreachable!("kind and config agree")
+                };
+                cfg.engine.forward_all && !own
+            }
+            _ => {
+                agg.counters.dropped_wrong_protocol += 1;
+                false
+            }
+        }
+    }
+
+    /// Applies one record that arrived from shard `from`; one that came after `from`'s
+    /// marker for a flush this shard has not completed waits until it has.
+    pub fn apply_record(&mut self, from: usize, tag: u8, payload: &[u8]) {
+        let mut r = Reader(payload);
+        let id = r.u16();
+        let Some(a) = self.by_id(id) else {
+            if let Some(agg) = self.aggs.first_mut() {
+                agg.counters.dropped_unknown_aggregator += 1;
+            }
+            return;
+        };
+        receive(&mut self.aggs[a], from, tag, payload);
+    }
+
+    /// Starts the flush of statsd aggregator `a` at `t_ms`: hands this shard's intake
+    /// to shard 0 and sends every other shard the marker for `t_ms`.
+    pub fn flush_start(&mut self, a: usize, t_ms: i64, mesh: &mut ShardMesh) {
+        let (me, shards, intake) = (self.me, self.shards, self.intake);
+        let agg = &mut self.aggs[a];
+        let id = agg.id;
+        let Kind::Statsd(st) = &mut agg.kind else {
+            return;
+        };
+        let delta = Intake {
+            packets: intake.packets - st.intake_seen.packets,
+            lines: intake.lines - st.intake_seen.lines,
+            bad: intake.bad - st.intake_seen.bad,
+        };
+        st.intake_seen = intake;
+        if me == 0 {
+            st.engine
+                .count_intake(delta.packets, delta.lines, delta.bad);
+        } else if delta != Intake::default() {
+            mesh.record(0, TAG_INTAKE, |b| {
+                b.extend_from_slice(&id.to_le_bytes());
+                for v in [delta.packets, delta.lines, delta.bad] {
+                    b.extend_from_slice(&v.to_le_bytes());
+                }
+            });
+        }
+        st.last_marker[me] = t_ms;
+        st.flush = Some(FlushState {
+            t_ms,
+            reports: 0,
+            totals: FlushTotals::default(),
+            bytes: 0,
+            begun: false,
+        });
+        for to in (0..shards).filter(|&s| s != me) {
+            mesh.record(to, TAG_MARKER, |b| {
+                b.extend_from_slice(&id.to_le_bytes());
+                b.extend_from_slice(&t_ms.to_le_bytes());
+            });
+        }
+        mesh.send_all();
+    }
+
+    /// Advances the flush of statsd aggregator `a`: once every marker is in (or
+    /// `give_up` says stop waiting) writes up to [`FLUSH_STEP_KEYS`] keys' lines to
+    /// `out`; at the end reports to shard 0, and shard 0 writes statsd's own lines once
+    /// every report is in (or `give_up`). The lines in `out` go into routing.
+    pub fn flush_step(
+        &mut self,
+        a: usize,
+        give_up: bool,
+        out: &mut Vec<u8>,
+        mesh: &mut ShardMesh,
+    ) -> FlushProgress {
+        let (me, shards) = (self.me, self.shards);
+        let agg = &mut self.aggs[a];
+        let id = agg.id;
+        let Kind::Statsd(st) = &mut agg.kind else {
+            return FlushProgress::Done;
+        };
+        let Some(f) = st.flush.as_mut() else {
+            return FlushProgress::Done;
+        };
+        if !f.begun {
+            if st.last_marker.iter().any(|&m| m < f.t_ms) {
+                if !give_up {
+                    return FlushProgress::WaitingForMarkers;
+                }
+                agg.counters.late_flushes += 1;
+            }
+            f.begun = true;
+            st.engine.flush_begin(f.t_ms);
+        }
+        if st.engine.flushing() {
+            let before = out.len();
+            let done = st.engine.flush_step(out, FLUSH_STEP_KEYS);
+            f.bytes += (out.len() - before) as u64;
+            if !done {
+                return FlushProgress::Writing;
+            }
+            let summary = st.engine.flush_end();
+            agg.counters.flushes += 1;
+            agg.counters.flushed_lines += summary.lines;
+            let totals = summary.totals();
+            if me == 0 {
+                f.totals.add(&totals);
+                f.totals.ts = totals.ts;
+            } else {
+                let bytes = f.bytes;
+                mesh.record(0, TAG_REPORT, |b| {
+                    b.extend_from_slice(&id.to_le_bytes());
+                    b.extend_from_slice(&totals.ts.to_le_bytes());
+                    for v in [
+                        totals.num_stats,
+                        totals.calculation_ms,
+                        totals.processing_ms,
+                        bytes,
+                    ] {
+                        b.extend_from_slice(&v.to_le_bytes());
+                    }
+                });
+                mesh.send_all();
+            }
+        }
+        if me == 0 {
+            if f.reports + 1 < shards && !give_up {
+                return FlushProgress::WaitingForReports;
+            }
+            if f.reports + 1 < shards {
+                agg.counters.late_flushes += 1;
+            }
+            let before = out.len();
+            let n = st.engine.write_own_lines(&f.totals, out);
+            agg.counters.flushed_lines += n;
+            let bytes = f.bytes + (out.len() - before) as u64;
+            // Etsy's graphiteStats describe the previous write: this one, next flush.
+            st.engine.record_write(GraphiteWriteStats {
+                last_exception_s: 0,
+                last_flush_s: (f.t_ms + 500).div_euclid(1000),
+                flush_time_ms: f.totals.calculation_ms,
+                flush_length_bytes: bytes,
+            });
+            st.last_flush_bytes = bytes;
+        }
+        st.completed_ms = f.t_ms;
+        st.flush = None;
+        FlushProgress::Done
+    }
+
+    /// Applies what was held back while aggregator `a`'s flush ran (after it ended), in
+    /// arrival order; what is still ahead of this shard's flushes waits again.
+    pub fn replay_deferred(&mut self, a: usize) {
+        let agg = &mut self.aggs[a];
+        let held = std::mem::take(&mut agg.deferred);
+        let mut at = 0;
+        while at < held.len() {
+            let tag = held[at];
+            let len = u32::from_le_bytes(held[at + 1..at + 5].try_into().expect("4 bytes"));
+            let from = u16::from_le_bytes(held[at + 5..at + 7].try_into().expect("2 bytes"));
+            let payload = &held[at + 7..at + 5 + len as usize];
+            at += 5 + len as usize;
+            receive(agg, from as usize, tag, payload);
+        }
+    }
+
+    /// Carbon: runs every compute due at `now_s`, lines into `out`; returns the lines.
+    pub fn flush_carbon(&mut self, a: usize, now_s: i64, out: &mut Vec<u8>) -> u64 {
+        let agg = &mut self.aggs[a];
+        let Kind::Carbon(c) = &mut agg.kind else {
+            return 0;
+        };
+        let n = c.engine.flush(now_s, out) as u64;
+        if n > 0 {
+            agg.counters.flushes += 1;
+            agg.counters.flushed_lines += n;
+        }
+        n
+    }
+
+    /// Refreshes the gauges (keys, bytes) before the counters are published.
+    pub fn refresh_gauges(&mut self) {
+        for agg in &mut self.aggs {
+            let (keys, bytes, full, other) = match &agg.kind {
+                Kind::Statsd(st) => {
+                    let c = st.engine.counters();
+                    (
+                        st.engine.keys() as u64,
+                        st.engine.bytes_estimate() as u64,
+                        c.keys_overflow,
+                        c.set_values_overflow,
+                    )
+                }
+                Kind::Carbon(c) => {
+                    let k = c.engine.counters();
+                    (
+                        c.engine.keys() as u64,
+                        c.engine.heap_bytes() as u64,
+                        k.dropped_keys_full,
+                        k.dropped_too_old
+                            + k.dropped_too_new
+                            + k.dropped_bucket_full
+                            + k.dropped_nan
+                            + k.dropped_hash_collision,
+                    )
+                }
+            };
+            let c = &mut agg.counters;
+            c.keys = keys;
+            c.key_bytes = bytes;
+            c.bytes_per_key = bytes.checked_div(keys).unwrap_or(0);
+            c.dropped_keys_full = full;
+            c.dropped_other = other;
+        }
+    }
+
+    /// Whether aggregator `a` is statsd with a flush running.
+    pub fn flushing(&self, a: usize) -> bool {
+        matches!(&self.aggs[a].kind, Kind::Statsd(st) if st.flush.is_some())
+    }
+
+    /// The statsd engine of aggregator `a`, if it is one (the management console).
+    pub fn statsd_engine(&mut self, a: usize) -> Option<&mut StatsdEngine> {
+        match &mut self.aggs.get_mut(a)?.kind {
+            Kind::Statsd(st) => Some(&mut st.engine),
+            Kind::Carbon(_) => None,
+        }
+    }
+
+    /// Flushes aggregator `a` at once, whatever other shards hold (a reload that
+    /// changes or removes it, or shutdown): its open interval's lines into `out`.
+    pub fn flush_now(&mut self, a: usize, now_ms: i64, out: &mut Vec<u8>) {
+        let agg = &mut self.aggs[a];
+        match &mut agg.kind {
+            Kind::Statsd(st) => {
+                if st.engine.flushing() {
+                    while !st.engine.flush_step(out, usize::MAX) {}
+                    let _ = st.engine.flush_end();
+                } else {
+                    let s = st.engine.flush(now_ms, out);
+                    agg.counters.flushes += 1;
+                    agg.counters.flushed_lines += s.lines;
+                }
+                st.flush = None;
+            }
+            Kind::Carbon(c) => {
+                // Every bucket, due or not.
+                let n = c.engine.flush(i64::MAX / 2, out) as u64;
+                agg.counters.flushed_lines += n;
+            }
+        }
+    }
+}
+
+/// A record for aggregator `agg` from shard `from` (`payload` still starting with the
+/// aggregator id): held back when it is behind `from`'s marker for a flush this shard
+/// has not completed (or is a local sample during a flush), applied otherwise.
+fn receive(agg: &mut AggState, from: usize, tag: u8, payload: &[u8]) {
+    if let Kind::Statsd(st) = &mut agg.kind {
+        let behind_marker = st.last_marker[from] > st.completed_ms;
+        if tag != TAG_REPORT && behind_marker {
+            agg.counters.samples_deferred += u64::from(tag == TAG_STATSD);
+            push_deferred(&mut agg.deferred, from, tag, |b| {
+                b.extend_from_slice(payload)
+            });
+            return;
+        }
+        if tag == TAG_MARKER {
+            let t = i64::from_le_bytes(payload[2..10].try_into().expect("8 bytes"));
+            st.last_marker[from] = st.last_marker[from].max(t);
+            return;
+        }
+    }
+    let mut r = Reader(payload);
+    let _id = r.u16();
+    apply(agg, tag, r);
+}
+
+/// Appends a held-back record: `[tag][len u32][from u16][payload]`.
+fn push_deferred(buf: &mut Vec<u8>, from: usize, tag: u8, write: impl FnOnce(&mut Vec<u8>)) {
+    let at = buf.len();
+    buf.push(tag);
+    buf.extend_from_slice(&[0, 0, 0, 0]);
+    buf.extend_from_slice(&(from as u16).to_le_bytes());
+    write(buf);
+    let len = (buf.len() - at - 5) as u32;
+    buf[at + 1..at + 5].copy_from_slice(&len.to_le_bytes());
+}
+
+fn encode_statsd(b: &mut Vec<u8>, id: u16, key: &[u8], s: &Sample<'_>) {
+    b.extend_from_slice(&id.to_le_bytes());
+    let (kind, v, member): (u8, f64, &[u8]) = match s.value {
+        SampleValue::Counter(v) => (0, v, &[]),
+        SampleValue::Timer(v) => (1, v, &[]),
+        SampleValue::Gauge { value, delta } => (2 + u8::from(delta), value, &[]),
+        SampleValue::Set(m) => (4, 0.0, m),
+    };
+    b.push(kind);
+    b.extend_from_slice(&v.to_bits().to_le_bytes());
+    b.extend_from_slice(&s.sample_rate.to_bits().to_le_bytes());
+    put_str16(b, key);
+    put_str16(b, member);
+}
+
+fn apply_statsd(st: &mut StatsdState, c: &mut AggregatorCounters, key: &[u8], s: Sample<'_>) {
+    c.samples_applied += 1;
+    st.engine.ingest(key, s);
+}
+
+/// Applies a record (its aggregator id already read from `r`).
+fn apply(agg: &mut AggState, tag: u8, mut r: Reader<'_>) {
+    let counters = &mut agg.counters;
+    match (&mut agg.kind, tag) {
+        (Kind::Statsd(st), TAG_STATSD) => {
+            let kind = r.u8();
+            let v = r.f64();
+            let sample_rate = r.f64();
+            let key = r.str16();
+            let member = r.str16();
+            let value = match kind {
+                0 => SampleValue::Counter(v),
+                1 => SampleValue::Timer(v),
+                2 | 3 => SampleValue::Gauge {
+                    value: v,
+                    delta: kind == 3,
+                },
+                _ => SampleValue::Set(member),
+            };
+            apply_statsd(st, counters, key, Sample { value, sample_rate });
+        }
+        (Kind::Statsd(st), TAG_INTAKE) => {
+            let (p, l, b) = (r.i64() as u64, r.i64() as u64, r.i64() as u64);
+            st.engine.count_intake(p, l, b);
+        }
+        (Kind::Statsd(st), TAG_REPORT) => {
+            let ts = r.i64();
+            let totals = FlushTotals {
+                ts,
+                num_stats: r.i64() as u64,
+                calculation_ms: r.i64() as u64,
+                processing_ms: r.i64() as u64,
+            };
+            let bytes = r.i64() as u64;
+            if let Some(f) = &mut st.flush {
+                f.totals.add(&totals);
+                f.bytes += bytes;
+                f.reports += 1;
+            }
+        }
+        (Kind::Carbon(c), TAG_CARBON) => {
+            let rule = r.u16() as usize;
+            let v = r.f64();
+            let ts = r.i64();
+            let now = r.i64();
+            let out = r.str16();
+            if let Some(rule) = c.engine.rules().get(rule) {
+                let (f, m) = (rule.frequency_s, rule.method);
+                counters.samples_applied += 1;
+                c.engine.ingest_output(out, f, m, v, ts, now);
+            }
+        }
+        _ => counters.dropped_wrong_protocol += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_spread_and_are_stable() {
+        let mut seen = [0usize; 4];
+        for i in 0..4000 {
+            let name = format!("a.b.c{i}");
+            let o = owner(name.as_bytes(), 4);
+            assert_eq!(o, owner(name.as_bytes(), 4));
+            seen[o] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 800), "{seen:?}");
+        assert_eq!(owner(b"x", 1), 0);
+    }
+}
