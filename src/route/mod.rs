@@ -5,6 +5,7 @@ pub mod cache;
 pub mod destination;
 pub mod rewrite;
 pub mod ring;
+pub mod ring_coco;
 pub mod ring_fnv;
 pub mod ring_python;
 pub mod ring_statsd;
