@@ -173,6 +173,8 @@ pub enum ClusterKind {
     CarbonChPython,
     /// The ring of statsd's proxy (node hashring 3.x).
     StatsdHashring,
+    /// Coco 1.0.1's ring (collectd hosts; placement by member count and order only).
+    Coco,
     /// FNV-1a modulo the member count; a dead member's share spreads over the live ones.
     AnyOf,
     /// The first live member in list order.
@@ -185,12 +187,13 @@ pub enum ClusterKind {
 
 impl ClusterKind {
     /// Every kind, for error messages.
-    pub const ALL: [ClusterKind; 9] = [
+    pub const ALL: [ClusterKind; 10] = [
         ClusterKind::CarbonCh,
         ClusterKind::Fnv1aCh,
         ClusterKind::JumpFnv1aCh,
         ClusterKind::CarbonChPython,
         ClusterKind::StatsdHashring,
+        ClusterKind::Coco,
         ClusterKind::AnyOf,
         ClusterKind::Failover,
         ClusterKind::Forward,
@@ -205,6 +208,7 @@ impl ClusterKind {
             ClusterKind::JumpFnv1aCh => "jump_fnv1a_ch",
             ClusterKind::CarbonChPython => "carbon_ch_python",
             ClusterKind::StatsdHashring => "statsd_hashring",
+            ClusterKind::Coco => "coco",
             ClusterKind::AnyOf => "any_of",
             ClusterKind::Failover => "failover",
             ClusterKind::Forward => "forward",
@@ -221,6 +225,7 @@ impl ClusterKind {
                 | ClusterKind::JumpFnv1aCh
                 | ClusterKind::CarbonChPython
                 | ClusterKind::StatsdHashring
+                | ClusterKind::Coco
         )
     }
 }
@@ -973,6 +978,18 @@ fn check_members(
         if let Some(message) = clash {
             errs.push(ConfigError::new(format!("{members_path}[{j}]"), message));
         }
+    }
+    // Coco's replica table stops at 100 members; Coco itself panics past it.
+    let coco_max = crate::route::ring_coco::COCO_MEMBERS_MAX;
+    if kind == ClusterKind::Coco && members.len() > coco_max {
+        errs.push(ConfigError::new(
+            &members_path,
+            format!(
+                "{} members; a coco cluster has at most {coco_max}, where Coco's table of \
+                 replica counts stops",
+                members.len()
+            ),
+        ));
     }
     if kind.is_ring() && replication > members.len() {
         errs.push(ConfigError::new(

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod destination;
 pub mod rewrite;
 pub mod ring;
+pub mod ring_coco;
 pub mod ring_fnv;
 pub mod ring_python;
 pub mod ring_statsd;
@@ -21,6 +22,7 @@ use crate::protocol::graphite;
 pub use destination::{DestId, Destination, DestinationKind, DestinationTable};
 use rewrite::Rewrite;
 use ring::{CarbonRing, RingMember};
+use ring_coco::CocoRing;
 use ring_fnv::{FnvRing, JumpRing};
 use ring_python::PythonRing;
 use ring_statsd::StatsdRing;
@@ -63,6 +65,8 @@ pub enum Ring {
     Python(PythonRing),
     /// statsd's proxy ring (`statsd_hashring`).
     Statsd(StatsdRing),
+    /// Coco's ring (`coco`).
+    Coco(CocoRing),
 }
 
 /// Weight of each `statsd_hashring` member: the value statsd's proxy gives every node.
@@ -78,6 +82,7 @@ impl Ring {
                 members,
                 &vec![STATSD_MEMBER_WEIGHT; members.len()],
             )),
+            ClusterKind::Coco => Ring::Coco(CocoRing::new(members)),
             _ => {
                 debug_assert_eq!(kind, ClusterKind::CarbonCh);
                 Ring::Carbon(CarbonRing::new(members))
@@ -87,10 +92,11 @@ impl Ring {
 
     /// The bytes this kind hashes: carbon-c-relay's kinds hash the name cut at its first
     /// `;` (`key`); python carbon hashes the whole name, tags included; statsd's proxy
-    /// hashes the text before the first `:` of the line, which is the statsd name.
+    /// hashes the text before the first `:` of the line, which is the statsd name; Coco
+    /// hashes the whole key it is given (a collectd host name), never cut.
     fn key<'a>(&self, name: &'a [u8], key: &'a [u8]) -> &'a [u8] {
         match self {
-            Ring::Python(_) | Ring::Statsd(_) => name,
+            Ring::Python(_) | Ring::Statsd(_) | Ring::Coco(_) => name,
             _ => key,
         }
     }
@@ -112,6 +118,7 @@ impl Ring {
             Ring::Jump(r) => r.route_into(key, n, out),
             Ring::Python(r) => r.route_into(key, n, out),
             Ring::Statsd(r) => r.route_into(key, n, out),
+            Ring::Coco(r) => r.route_into(key, n, out),
         }
     }
 }

@@ -4,6 +4,7 @@ mod bad_config;
 mod bad_input;
 mod carbon_aggregator;
 mod clustering;
+mod coco;
 mod collectd_graphite;
 mod collectd_live;
 mod collectd_replay;
