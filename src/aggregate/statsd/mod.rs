@@ -11,6 +11,8 @@
 //! beyond `set_values_max`, and timers beyond `timer_values_max` values in one interval
 //! switch to a [`sketch::Sketch`] (relative error `timer_sketch_relative_error`).
 
+pub mod inspect;
+pub mod mgmt;
 pub mod parse;
 pub mod sketch;
 pub mod table;
