@@ -102,6 +102,18 @@ fn even_on_tie(v: f64, digits: &mut [u8], e: i32) {
     if n != k + 4 || m[k] != b'5' || m[k + 1..n].iter().any(|&b| b != b'0') {
         return;
     }
+    // Four more digits only suggest a tie; a double's exact decimal has at most 767
+    // significant digits, so print them all to be sure (rare: only here).
+    let full = format!("{v:.800e}");
+    let mant = full.split('e').next().unwrap_or("");
+    if mant
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .skip(k + 1)
+        .any(|b| b != b'0')
+    {
+        return;
+    }
     // The two candidates: m[..k] (lower) and m[..k] + 1 unit (upper).
     let lower = &m[..k];
     let lower_even = (lower[k - 1] - b'0') % 2 == 0;

@@ -147,7 +147,7 @@ fn coco_cluster_routes_as_coco_through_the_router() {
         let column = sizes.iter().position(|&s| s == n).unwrap();
         let cfg = Config::parse(&coco_config(n)).unwrap();
         let table = DestinationTable::from_config(&cfg);
-        let mut router = Router::new(&cfg, &table);
+        let mut router = Router::new(&cfg, &table, &[]);
         let member_dests = router.clusters()[0].members.clone();
         let mut hits = vec![0; router.rule_count()];
         // Twice: the second round comes from the route cache.
@@ -157,7 +157,12 @@ fn coco_cluster_routes_as_coco_through_the_router() {
                 let (_, dests) = router.route(host, host, &mut hits);
                 let got: Vec<usize> = dests
                     .iter()
-                    .map(|d| member_dests.iter().position(|m| m == d).unwrap())
+                    .map(|d| {
+                        member_dests
+                            .iter()
+                            .position(|m| Some(*m) == d.dest())
+                            .unwrap()
+                    })
                     .collect();
                 let want: Vec<usize> = row.placed[column].into_iter().collect();
                 assert_eq!(got, want, "{:?} at {n}, round {round}", row.host);

@@ -15,6 +15,7 @@ mod pickle;
 mod rewrite;
 mod rings;
 mod statsd_etsy;
+mod statsd_mgmt;
 mod support;
 mod whisper_cli;
 mod whisper_diff;

@@ -11,7 +11,9 @@
 //! beyond `set_values_max`, and timers beyond `timer_values_max` values in one interval
 //! switch to a [`sketch::Sketch`] (relative error `timer_sketch_relative_error`).
 
+pub mod inspect;
 pub mod key;
+pub mod mgmt;
 pub mod sketch;
 pub mod table;
 
@@ -761,7 +763,12 @@ impl StatsdEngine {
                 let Some(id) = self.slot(Kind::Counter, fp, key) else {
                     return;
                 };
-                *self.counters.value_mut(id) += v * inv_rate;
+                // `if (!counters[key]) counters[key] = 0`: a NaN counter starts over.
+                let c = self.counters.value_mut(id);
+                if c.is_nan() {
+                    *c = 0.0;
+                }
+                *c += v * inv_rate;
             }
             Value::Timer(v) => {
                 let Some(id) = self.slot(Kind::Timer, fp, key) else {
