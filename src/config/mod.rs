@@ -307,8 +307,9 @@ pub struct Route {
     pub continue_matching: bool,
     /// carbon-c-relay rewrite applied to matching names before hashing.
     pub rewrite: Option<RewriteSpec>,
-    /// Listener and aggregator names whose points this route takes; empty: every
-    /// listener's (an aggregator's output is taken only by routes that name it).
+    /// Where the points this route takes come from: listener names, and
+    /// `aggregate:NAME` for what aggregator NAME flushes; empty: every listener (an
+    /// aggregator's output is taken only by routes that name it).
     pub from: Vec<String>,
 }
 
@@ -363,6 +364,11 @@ pub struct Config {
     pub aggregates: Vec<Aggregate>,
     /// `[telemetry]`.
     pub telemetry: Telemetry,
+}
+
+/// The aggregator a route's `from` entry names (`aggregate:NAME`), if it names one.
+pub fn aggregate_origin(from: &str) -> Option<&str> {
+    from.strip_prefix("aggregate:")
 }
 
 /// Largest config file read (a config is text a person wrote; this stops `/dev/zero`).
@@ -496,24 +502,15 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
         "aggregate",
         errs,
     );
-    for (i, a) in aggregates.iter().enumerate() {
-        if listeners.iter().any(|l| l.name == a.name) {
-            errs.push(ConfigError::new(
-                format!("aggregate[{i}].name"),
-                format!(
-                    "{:?} is also a listener's name; routes' `from` names either, so they must differ",
-                    a.name
-                ),
-            ));
-        }
-    }
     let routes: Vec<Route> = route_ts
         .iter()
         .enumerate()
         .map(|(i, t)| read_route(t, i, &clusters, &aggregates, &listeners, errs))
         .collect();
     for (i, a) in aggregates.iter().enumerate() {
-        let claimed = routes.iter().any(|r| r.from.contains(&a.name));
+        let claimed = routes
+            .iter()
+            .any(|r| r.from.iter().any(|f| aggregate_origin(f) == Some(a.name.as_str())));
         if a.send_to.is_empty() && !claimed {
             errs.push(ConfigError::new(
                 format!("aggregate[{i}].send_to"),
@@ -1028,10 +1025,19 @@ fn read_route(
     let aggregate_name = r.opt_str("aggregate", errs);
     let from = r.strings("from", errs);
     for (j, f) in from.iter().enumerate() {
-        if !listeners.iter().any(|l| &l.name == f) && !aggregates.iter().any(|a| &a.name == f) {
+        let known = match aggregate_origin(f) {
+            Some(a) => aggregates.iter().any(|x| x.name == a),
+            None => listeners.iter().any(|l| &l.name == f),
+        };
+        if !known {
             errs.push(ConfigError::new(
                 format!("{}[{j}]", r.key_path("from")),
-                format!("no [[listen]] or [[aggregate]] is named {f:?}"),
+                match aggregate_origin(f) {
+                    Some(a) => format!("no [[aggregate]] is named {a:?}"),
+                    None => format!(
+                        "no [[listen]] is named {f:?} (an aggregator's output is \"aggregate:NAME\")"
+                    ),
+                },
             ));
         }
     }
@@ -1078,7 +1084,7 @@ fn read_route(
                 0
             }
         };
-        if from.iter().any(|f| aggregates.iter().any(|x| &x.name == f)) {
+        if from.iter().any(|f| aggregate_origin(f).is_some()) {
             errs.push(ConfigError::new(
                 r.key_path("from"),
                 "an aggregator's output is never handed to an aggregator again (no loops)",

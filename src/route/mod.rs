@@ -535,13 +535,15 @@ impl Router {
                 }
             })
             .collect();
-        let origin_of = |name: &String| -> Option<u32> {
-            if let Some(i) = cfg.listeners.iter().position(|l| &l.name == name) {
-                let id = listener_ids.get(i).copied().unwrap_or(i);
-                return Some(Origin::Listener(id as u16).code());
+        let origin_of = |from: &String| -> Option<u32> {
+            if let Some(a) = crate::config::aggregate_origin(from) {
+                return cfg
+                    .aggregate_index(a)
+                    .map(|a| Origin::Aggregator(a as u16).code());
             }
-            cfg.aggregate_index(name)
-                .map(|a| Origin::Aggregator(a as u16).code())
+            let i = cfg.listeners.iter().position(|l| &l.name == from)?;
+            let id = listener_ids.get(i).copied().unwrap_or(i);
+            Some(Origin::Listener(id as u16).code())
         };
         let mut rules: Vec<Rule> = cfg
             .routes
