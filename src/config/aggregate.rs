@@ -278,14 +278,6 @@ fn read_thresholds(r: &mut TableReader<'_>, errs: &mut Vec<ConfigError>) -> Opti
             .collect(),
         other => number(other, path.clone(), errs).into_iter().collect(),
     };
-    for (j, p) in out.iter().enumerate() {
-        if *p == 0.0 || p.abs() > 100.0 {
-            errs.push(ConfigError::new(
-                format!("{path}[{j}]"),
-                format!("{p} is not a percentile (0 < |p| <= 100)"),
-            ));
-        }
-    }
     Some(out)
 }
 

@@ -508,9 +508,11 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
         .map(|(i, t)| read_route(t, i, &clusters, &aggregates, &listeners, errs))
         .collect();
     for (i, a) in aggregates.iter().enumerate() {
-        let claimed = routes
-            .iter()
-            .any(|r| r.from.iter().any(|f| aggregate_origin(f) == Some(a.name.as_str())));
+        let claimed = routes.iter().any(|r| {
+            r.from
+                .iter()
+                .any(|f| aggregate_origin(f) == Some(a.name.as_str()))
+        });
         if a.send_to.is_empty() && !claimed {
             errs.push(ConfigError::new(
                 format!("aggregate[{i}].send_to"),

@@ -16,6 +16,7 @@ mod rewrite;
 mod rings;
 mod statsd_etsy;
 mod statsd_mgmt;
+mod statsd_serve;
 mod support;
 mod whisper_cli;
 mod whisper_diff;

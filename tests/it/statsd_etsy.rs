@@ -32,7 +32,7 @@ use crate::support::{free_port, run_peer, temp_dir};
 
 const NODE_MODULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.peers/node/node_modules");
 
-fn statsd_js() -> PathBuf {
+pub(crate) fn statsd_js() -> PathBuf {
     let p = Path::new(NODE_MODULES).join("statsd/stats.js");
     assert!(
         p.exists(),
@@ -42,7 +42,7 @@ fn statsd_js() -> PathBuf {
     p
 }
 
-fn node() -> &'static str {
+pub(crate) fn node() -> &'static str {
     let ok = Command::new("node")
         .arg("--version")
         .stdout(Stdio::null())
@@ -55,10 +55,10 @@ fn node() -> &'static str {
 
 /// One statsd process's worth of input: a config and the datagrams of each step
 /// (a step is what lands in one flush; an empty step is an idle flush).
-struct Case {
-    name: &'static str,
-    config: StatsdConfig,
-    steps: Vec<Vec<Vec<u8>>>,
+pub(crate) struct Case {
+    pub(crate) name: &'static str,
+    pub(crate) config: StatsdConfig,
+    pub(crate) steps: Vec<Vec<Vec<u8>>>,
 }
 
 fn step(datagrams: &[&str]) -> Vec<Vec<u8>> {
@@ -70,7 +70,7 @@ fn idle() -> Vec<Vec<u8>> {
 }
 
 /// The config as Etsy reads it (its config file is a JavaScript object literal).
-fn etsy_config(c: &StatsdConfig, udp: u16, mgmt: u16, graphite: u16) -> String {
+pub(crate) fn etsy_config(c: &StatsdConfig, udp: u16, mgmt: u16, graphite: u16) -> String {
     use serde_json::{json, Map, Value};
     let mut m = Map::new();
     m.insert("port".into(), json!(udp));
@@ -132,7 +132,7 @@ fn etsy_config(c: &StatsdConfig, udp: u16, mgmt: u16, graphite: u16) -> String {
 }
 
 /// A UDP port that was free a moment ago.
-fn free_udp_port() -> u16 {
+pub(crate) fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -193,7 +193,7 @@ fn try_run_statsd(case: &Case) -> Result<Vec<Vec<u8>>, String> {
     Ok(flushes)
 }
 
-struct ChildGuard(Child);
+pub(crate) struct ChildGuard(pub(crate) Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
@@ -203,7 +203,7 @@ impl Drop for ChildGuard {
 }
 
 /// The next flush's payload; `Err(statsd's log)` when statsd exited.
-fn accept_flush(
+pub(crate) fn accept_flush(
     l: &TcpListener,
     wait: Duration,
     child: &mut ChildGuard,
@@ -264,7 +264,7 @@ fn run_engine(case: &Case, statsd: &[Vec<u8>]) -> Vec<Vec<u8>> {
 }
 
 /// Whether a line's value, or its timestamp, is timing-dependent (see the module doc).
-fn timing_value(name: &str) -> bool {
+pub(crate) fn timing_value(name: &str) -> bool {
     [
         "calculationtime",
         "processing_time",
@@ -277,7 +277,7 @@ fn timing_value(name: &str) -> bool {
         && (name.contains("graphiteStats") || name.contains("processing_time"))
 }
 
-fn timing_ts(name: &str) -> bool {
+pub(crate) fn timing_ts(name: &str) -> bool {
     name.contains("graphiteStats.") && !name.contains("calculationtime")
 }
 
@@ -371,7 +371,7 @@ fn random_step(seed: u64, datagrams: usize) -> Vec<Vec<u8>> {
     out
 }
 
-fn cases() -> Vec<Case> {
+pub(crate) fn cases() -> Vec<Case> {
     let counters = step(&[
         "a:1|c",
         "a:2|c|@0.5",

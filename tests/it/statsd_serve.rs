@@ -1,0 +1,335 @@
+//! cadent as a statsd server, live against the real Etsy statsd 0.9.0: the same
+//! datagrams go to `node stats.js` and to `cadent serve` (1 and 2 shards, statsd over
+//! UDP into an `[[aggregate]]`, flushed into a TCP sink), step by step, and every flush
+//! must be equal: in order with one shard, as a multiset of lines with two (names are
+//! owned by both shards, so samples cross the mesh).
+//!
+//! Both flush at whole seconds (`flush_interval_ms = 1000`: Etsy every second from its
+//! start, cadent at wall-clock multiples), so flush k of both carries the same
+//! timestamp. The test reads Etsy's flush k and cadent's flush with that timestamp,
+//! then sends step k's datagrams to both. The engine's own comparison
+//! (`statsd_etsy.rs`) covers the other intervals; what is left out of the comparison is
+//! the same as there (timing-dependent values), plus `timestamp_lag` in the first
+//! compared flush (cadent may have flushed before Etsy started).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, UdpSocket};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cadent::aggregate::statsd::{Bin, StatsdConfig};
+
+use crate::statsd_etsy::{
+    accept_flush, cases, etsy_config, free_udp_port, node, statsd_js, timing_ts, timing_value,
+    Case, ChildGuard,
+};
+use crate::support::{free_port, temp_dir, Cadent};
+
+/// The `[[aggregate]]` keys for an engine config (Etsy's options in cadent's words).
+fn aggregate_toml(c: &StatsdConfig) -> String {
+    let mut t = String::new();
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    t.push_str(&format!("flush_interval_ms = {}\n", c.flush_interval_ms));
+    t.push_str(&format!(
+        "percent_threshold = [{}]\n",
+        list(&c.percent_thresholds)
+    ));
+    if !c.histograms.is_empty() {
+        let rules: Vec<String> = c
+            .histograms
+            .iter()
+            .map(|h| {
+                let bins: Vec<String> = h
+                    .bins
+                    .iter()
+                    .map(|b| match b {
+                        Bin::Inf => "\"inf\"".to_string(),
+                        Bin::Below(v) => format!("{v:?}"),
+                    })
+                    .collect();
+                format!(
+                    "{{ metric = {:?}, bins = [{}] }}",
+                    h.metric,
+                    bins.join(", ")
+                )
+            })
+            .collect();
+        t.push_str(&format!("histogram = [{}]\n", rules.join(", ")));
+    }
+    if !c.calculated_timer_metrics.is_empty() {
+        t.push_str(&format!(
+            "calculated_timer_metrics = {:?}\n",
+            c.calculated_timer_metrics
+        ));
+    }
+    t.push_str(&format!("legacy_namespace = {}\n", c.legacy_namespace));
+    for (k, v) in [
+        ("global_prefix", &c.global_prefix),
+        ("prefix_counter", &c.prefix_counter),
+        ("prefix_timer", &c.prefix_timer),
+        ("prefix_gauge", &c.prefix_gauge),
+        ("prefix_set", &c.prefix_set),
+        ("prefix_stats", &c.prefix_stats),
+    ] {
+        t.push_str(&format!("{k} = {v:?}\n"));
+    }
+    if let Some(s) = &c.global_suffix {
+        t.push_str(&format!("global_suffix = {s:?}\n"));
+    }
+    t.push_str(&format!("flush_counts = {}\n", c.flush_counts));
+    t.push_str(&format!("delete_idle_stats = {}\n", c.delete_idle_stats));
+    for (k, v) in [
+        ("delete_counters", c.delete_counters),
+        ("delete_timers", c.delete_timers),
+        ("delete_sets", c.delete_sets),
+        ("delete_gauges", c.delete_gauges),
+    ] {
+        if let Some(v) = v {
+            t.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+    t.push_str(&format!("gauges_max_ttl = {}\n", c.gauges_max_ttl_flushes));
+    t
+}
+
+/// A TCP sink that keeps every line in arrival order (one shard's writer connection
+/// keeps its order; lines of several connections interleave).
+struct OrderedSink {
+    addr: String,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl OrderedSink {
+    fn start() -> OrderedSink {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let lines2 = lines.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { return };
+                let lines = lines2.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(s).lines() {
+                        let Ok(line) = line else { return };
+                        lines.lock().unwrap().push(line);
+                    }
+                });
+            }
+        });
+        OrderedSink { addr, lines }
+    }
+
+    /// The lines whose timestamp is `ts`, in arrival order.
+    fn flush(&self, ts: &str) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.rsplit(' ').next() == Some(ts))
+            .cloned()
+            .collect()
+    }
+
+    fn has(&self, pred: impl Fn(&str) -> bool) -> bool {
+        self.lines.lock().unwrap().iter().any(|l| pred(l))
+    }
+}
+
+/// Runs one case through Etsy and `cadent serve` side by side; returns, per flush,
+/// (Etsy's lines, cadent's lines).
+fn run_both(case: &Case, shards: usize) -> Vec<(Vec<String>, Vec<String>)> {
+    let mut config = case.config.clone();
+    config.flush_interval_ms = 1000;
+    let dir = temp_dir(&format!("statsd-serve-{}-{shards}", case.name));
+    let graphite = TcpListener::bind("127.0.0.1:0").unwrap();
+    let gport = graphite.local_addr().unwrap().port();
+    let (etsy_udp, mgmt) = (free_udp_port(), free_port());
+    let cfg_path = dir.join("config.js");
+    std::fs::write(&cfg_path, etsy_config(&config, etsy_udp, mgmt, gport)).unwrap();
+
+    let sink = OrderedSink::start();
+    let cadent_udp = free_udp_port();
+    let cadent = Cadent::start(
+        &format!("serve-{}-{shards}", case.name),
+        &format!(
+            r#"
+[server]
+shards = {shards}
+admin_listen = "ADMIN"
+stats_interval_ms = 50
+[output]
+flush_interval_ms = 10
+[telemetry]
+prefix = ""
+[[listen]]
+name = "statsd"
+url = "udp://127.0.0.1:{cadent_udp}"
+format = "statsd"
+[[cluster]]
+name = "sink"
+kind = "forward"
+members = ["tcp://{}"]
+[[aggregate]]
+name = "statsd"
+kind = "statsd"
+send_to = ["sink"]
+{}
+[[route]]
+from = ["statsd"]
+match = {{ all = true }}
+aggregate = "statsd"
+"#,
+            sink.addr,
+            aggregate_toml(&config)
+        ),
+    );
+
+    let log = std::fs::File::create(dir.join("statsd.log")).unwrap();
+    let child = Command::new(node())
+        .arg(statsd_js())
+        .arg(&cfg_path)
+        .current_dir(&dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start node statsd");
+    let mut guard = ChildGuard(child);
+    graphite.set_nonblocking(true).unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut out = Vec::new();
+    // Two warm-up flushes before the first step: by then both have made their
+    // `timestamp_lag` gauge (at their second flush), so it sits before every gauge of the
+    // steps in both (cadent may have started, and flushed, before Etsy).
+    let warmup = [Vec::new()];
+    let steps = warmup.iter().chain(&case.steps);
+    let steps: Vec<&Vec<Vec<u8>>> = steps.collect();
+    for k in 0..=steps.len() {
+        let etsy = accept_flush(&graphite, Duration::from_secs(15), &mut guard, &dir)
+            .unwrap_or_else(|log| panic!("{}: {log}", case.name));
+        let etsy: Vec<String> = String::from_utf8_lossy(&etsy)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let ts = etsy[0].rsplit(' ').next().unwrap().to_string();
+        // cadent's flush with the same timestamp is complete once shard 0 wrote
+        // statsd's own last line for it; the other shard's lines travel on their own
+        // connection, so give them a moment more.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sink
+            .has(|l| l.contains("graphiteStats.flush_length") && l.ends_with(&format!(" {ts}")))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{}: no cadent flush at {ts}:\n{}",
+                case.name,
+                cadent.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(120));
+        out.push((etsy, sink.flush(&ts)));
+        if let Some(datagrams) = steps.get(k) {
+            for d in datagrams.iter() {
+                udp.send_to(d, format!("127.0.0.1:{etsy_udp}")).unwrap();
+                udp.send_to(d, format!("127.0.0.1:{cadent_udp}")).unwrap();
+            }
+        }
+    }
+    drop(cadent);
+    out
+}
+
+/// (name, value, ts) with the timing-dependent parts blanked, as in `statsd_etsy`.
+fn comparable(line: &str) -> String {
+    let p: Vec<&str> = line.split(' ').collect();
+    if p.len() != 3 {
+        return line.to_string();
+    }
+    let v = if timing_value(p[0]) { "*" } else { p[1] };
+    let ts = if timing_ts(p[0]) { "*" } else { p[2] };
+    format!("{} {v} {ts}", p[0])
+}
+
+fn compare(
+    case: &str,
+    shards: usize,
+    flushes: &[(Vec<String>, Vec<String>)],
+) -> (usize, Vec<String>) {
+    let mut errs = Vec::new();
+    let mut lines = 0;
+    // Flushes 0 and 1 are the warm-up, before any step: cadent may have flushed before
+    // Etsy started, so its `timestamp_lag` (and numStats) can differ there.
+    for (k, (etsy, cadent)) in flushes.iter().enumerate().skip(2) {
+        lines += etsy.len();
+        let mut want: Vec<String> = etsy.iter().map(|l| comparable(l)).collect();
+        let mut got: Vec<String> = cadent.iter().map(|l| comparable(l)).collect();
+        if shards > 1 {
+            want.sort();
+            got.sort();
+        }
+        if want != got {
+            let mut w: HashMap<&String, i64> = HashMap::new();
+            for l in &want {
+                *w.entry(l).or_default() += 1;
+            }
+            for l in &got {
+                *w.entry(l).or_default() -= 1;
+            }
+            let mut d: Vec<String> = w
+                .iter()
+                .filter(|(_, n)| **n != 0)
+                .map(|(l, n)| format!("{:+} {l}", -n))
+                .collect();
+            d.sort();
+            if d.is_empty() {
+                let at = want.iter().zip(&got).position(|(a, b)| a != b).unwrap_or(0);
+                let end = (at + 4).min(want.len());
+                d.push(format!(
+                    "same lines, another order from line {at}: Etsy {:?} cadent {:?}",
+                    &want[at..end],
+                    &got[at..end]
+                ));
+            }
+            errs.push(format!(
+                "{case} shards={shards} flush {k}: (+ cadent only, - Etsy only)\n  {}",
+                d.join("\n  ")
+            ));
+        }
+    }
+    (lines, errs)
+}
+
+#[test]
+fn serve_aggregates_statsd_as_etsy_does_with_one_and_two_shards() {
+    statsd_js();
+    node();
+    let cases = cases();
+    let mut errs = Vec::new();
+    let mut lines = 0;
+    for shards in [1, 2] {
+        let runs: Vec<Vec<(Vec<String>, Vec<String>)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = cases
+                .iter()
+                .map(|c| s.spawn(move || run_both(c, shards)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (case, flushes) in cases.iter().zip(&runs) {
+            let (n, e) = compare(case.name, shards, flushes);
+            lines += n;
+            errs.extend(e);
+        }
+    }
+    assert!(errs.is_empty(), "{}", errs.join("\n"));
+    assert!(lines > 800, "only {lines} lines compared");
+    eprintln!("statsd_serve: {lines} lines identical to Etsy statsd 0.9.0, 1 and 2 shards");
+}
