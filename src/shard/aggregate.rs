@@ -24,7 +24,8 @@
 
 use crate::aggregate::carbon::{name_hash, CarbonAggregator, RuleMatcher};
 use crate::aggregate::statsd::key::{self as statsd_key, KeyScratch};
-use crate::aggregate::statsd::{FlushTotals, GraphiteWriteStats, StatsdEngine, TagMode};
+use crate::aggregate::statsd::mgmt::Kind as StatsdKind;
+use crate::aggregate::statsd::{DumpValue, FlushTotals, GraphiteWriteStats, StatsdEngine, TagMode};
 use crate::config::{Aggregate, AggregateKind};
 use crate::point::{Point, Value};
 use crate::protocol::statsd::{Sample, Value as SampleValue};
@@ -175,6 +176,40 @@ pub struct AggStage {
     key_scratch: KeyScratch,
     /// What statsd listeners counted on this shard so far (Etsy's own counters).
     pub intake: Intake,
+    /// When a statsd listener last read something here (unix seconds; Etsy's
+    /// `messages.last_msg_seen`).
+    pub last_msg_seen_s: i64,
+}
+
+/// A question from the management console to one shard's statsd aggregator.
+#[derive(Debug, Clone)]
+pub enum StatsdQuery {
+    /// `counters`, `timers`, `gauges`, `sets`: this shard's keys of the table.
+    Dump(StatsdKind),
+    /// `delcounters` and the rest: delete these keys where this shard holds them.
+    Delete(StatsdKind, Vec<Vec<u8>>),
+    /// `stats`: this shard's share.
+    Stats,
+}
+
+/// A shard's answer to a [`StatsdQuery`].
+#[derive(Debug, Clone)]
+pub enum StatsdAnswer {
+    /// The table's keys on this shard, in insertion order.
+    Dump(Vec<(Vec<u8>, DumpValue)>),
+    /// Keys deleted.
+    Deleted(usize),
+    /// What `stats` reports.
+    Stats {
+        /// Latest statsd read on this shard (unix seconds, 0: none).
+        last_msg_seen_s: i64,
+        /// Rejected samples since start.
+        bad_lines_seen: u64,
+        /// The graphite writer's last write (shard 0, which writes statsd's own lines).
+        last_write: Option<GraphiteWriteStats>,
+    },
+    /// No statsd aggregator of that name runs here.
+    Unknown,
 }
 
 impl AggStage {
@@ -187,6 +222,30 @@ impl AggStage {
             key: Vec::with_capacity(256),
             key_scratch: KeyScratch::default(),
             intake: Intake::default(),
+            last_msg_seen_s: 0,
+        }
+    }
+
+    /// Answers the management console for statsd aggregator `name`.
+    pub fn answer(&mut self, name: &str, q: &StatsdQuery) -> StatsdAnswer {
+        let me = self.me;
+        let (intake, last_seen) = (self.intake, self.last_msg_seen_s);
+        let Some(agg) = self.aggs.iter_mut().find(|a| a.config.name == name) else {
+            return StatsdAnswer::Unknown;
+        };
+        let Kind::Statsd(st) = &mut agg.kind else {
+            return StatsdAnswer::Unknown;
+        };
+        match q {
+            StatsdQuery::Dump(kind) => StatsdAnswer::Dump(st.engine.dump(*kind)),
+            StatsdQuery::Delete(kind, names) => {
+                StatsdAnswer::Deleted(st.engine.delete_keys(*kind, names))
+            }
+            StatsdQuery::Stats => StatsdAnswer::Stats {
+                last_msg_seen_s: last_seen,
+                bad_lines_seen: intake.bad,
+                last_write: (me == 0).then(|| st.engine.last_write()),
+            },
         }
     }
 

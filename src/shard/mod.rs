@@ -104,6 +104,15 @@ pub enum ControlMsg {
         /// Up (true) or down.
         up: bool,
     },
+    /// The statsd management console asks statsd aggregator `aggregator`.
+    StatsdQuery {
+        /// The aggregator's name.
+        aggregator: String,
+        /// The question.
+        query: aggregate::StatsdQuery,
+        /// Where the shard answers.
+        reply: tokio::sync::mpsc::UnboundedSender<(usize, aggregate::StatsdAnswer)>,
+    },
     /// Graphite lines to route from `origin` (cadent's self-metrics).
     Inject {
         /// Where they come from.
@@ -341,6 +350,14 @@ async fn run(
                     if shard.prepared.as_ref().map(|p| p.topology.epoch) == Some(epoch) {
                         shard.prepared = None;
                     }
+                }
+                ControlMsg::StatsdQuery {
+                    aggregator,
+                    query,
+                    reply,
+                } => {
+                    let answer = core.borrow_mut().aggs.answer(&aggregator, &query);
+                    let _ = reply.send((id, answer));
                 }
                 ControlMsg::Inject { origin, lines } => {
                     core.borrow_mut().route_lines(origin, &lines);

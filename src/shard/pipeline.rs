@@ -161,6 +161,7 @@ impl Core {
         let l = &mut ctx.counters.listeners[listener];
         l.add_decoded(counts);
         if statsd {
+            ctx.aggs.last_msg_seen_s = now_s;
             let i = &mut ctx.aggs.intake;
             i.packets += 1;
             i.lines += counts.received_lines;

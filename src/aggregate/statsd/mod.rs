@@ -229,6 +229,15 @@ pub struct GraphiteWriteStats {
     pub flush_length_bytes: u64,
 }
 
+/// One key's value as the management console prints it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DumpValue {
+    /// A counter's or gauge's value, a set's member count.
+    Number(f64),
+    /// A timer's values this interval.
+    Numbers(Vec<f64>),
+}
+
 /// What one flush wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlushSummary {
@@ -1179,6 +1188,93 @@ impl StatsdEngine {
             }
             self.gauges.compact();
         }
+    }
+
+    /// The graphite writer's last write as recorded (Etsy's `graphiteStats`).
+    pub fn last_write(&self) -> GraphiteWriteStats {
+        self.write_stats
+    }
+
+    /// One table as the management console shows it, in Etsy's `for..in` order.
+    pub fn dump(&self, kind: mgmt::Kind) -> Vec<(Vec<u8>, DumpValue)> {
+        let mut order = Vec::new();
+        let mut out = Vec::new();
+        match kind {
+            mgmt::Kind::Counters => {
+                self.counters.iteration_order(&mut order);
+                for &id in &order {
+                    out.push((
+                        self.counters.name(id).to_vec(),
+                        DumpValue::Number(*self.counters.value(id)),
+                    ));
+                }
+            }
+            mgmt::Kind::Timers => {
+                self.timers.iteration_order(&mut order);
+                for &id in &order {
+                    // A timer past timer_values_max holds a sketch, not its values.
+                    out.push((
+                        self.timers.name(id).to_vec(),
+                        DumpValue::Numbers(self.timers.value(id).values.clone()),
+                    ));
+                }
+            }
+            mgmt::Kind::Gauges => {
+                self.gauges.iteration_order(&mut order);
+                for &id in &order {
+                    out.push((
+                        self.gauges.name(id).to_vec(),
+                        DumpValue::Number(self.gauges.value(id).value),
+                    ));
+                }
+            }
+            mgmt::Kind::Sets => {
+                self.sets.iteration_order(&mut order);
+                for &id in &order {
+                    out.push((
+                        self.sets.name(id).to_vec(),
+                        DumpValue::Number(self.sets.value(id).members.len() as f64),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Deletes the named keys of one table (the console's `delcounters` and the rest);
+    /// returns how many were there. statsd's own counters are kept (zeroed), as a
+    /// deleted one would be recreated by the next packet in Etsy.
+    pub fn delete_keys(&mut self, kind: mgmt::Kind, names: &[Vec<u8>]) -> usize {
+        let mut n = 0;
+        for name in names {
+            let fp = fingerprint(name);
+            let found = match kind {
+                mgmt::Kind::Counters => self.counters.get(fp),
+                mgmt::Kind::Timers => self.timers.get(fp),
+                mgmt::Kind::Gauges => self.gauges.get(fp),
+                mgmt::Kind::Sets => self.sets.get(fp),
+            };
+            let Some(id) = found else { continue };
+            n += 1;
+            match kind {
+                mgmt::Kind::Counters => {
+                    let internal = [self.bad_lines_seen, self.packets_received, self.metrics_received];
+                    if self.owns_internal && internal.contains(&id) {
+                        *self.counters.value_mut(id) = 0.0;
+                    } else {
+                        self.counters.delete(id);
+                    }
+                }
+                mgmt::Kind::Timers => self.timers.delete(id),
+                mgmt::Kind::Gauges => self.gauges.delete(id),
+                mgmt::Kind::Sets => self.sets.delete(id),
+            }
+        }
+        self.counters.compact();
+        self.timers.compact();
+        self.gauges.compact();
+        self.sets.compact();
+        n
     }
 
     /// Bytes held by the key tables and the values' heap parts (an estimate from
