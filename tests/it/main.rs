@@ -13,6 +13,7 @@ mod e2e;
 mod pickle;
 mod rewrite;
 mod rings;
+mod spool_tools;
 mod statsd_etsy;
 mod support;
 mod whisper_cli;

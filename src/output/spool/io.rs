@@ -38,7 +38,7 @@ pub trait SpoolFile {
     /// Writes all of `buf` at `off`.
     fn write_all_at(&mut self, buf: &[u8], off: u64) -> io::Result<()>;
     /// The file's length.
-    fn len(&mut self) -> io::Result<u64>;
+    fn file_len(&mut self) -> io::Result<u64>;
     /// Truncates (or extends) to `len`.
     fn set_len(&mut self, len: u64) -> io::Result<()>;
     /// Makes the file's data durable (`fdatasync`).
@@ -113,7 +113,7 @@ impl SpoolFile for File {
         FileExt::write_all_at(self, buf, off)
     }
 
-    fn len(&mut self) -> io::Result<u64> {
+    fn file_len(&mut self) -> io::Result<u64> {
         Ok(self.metadata()?.len())
     }
 

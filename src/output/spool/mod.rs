@@ -730,10 +730,7 @@ impl<Io: SpoolIo> Spool<Io> {
         spool.cursor = spool.ack;
         spool.bytes = spool.segments.iter().map(|s| s.bytes).sum();
         spool.unread_ms = unread_ms;
-        spool.write_ledger().map_err(|e| {
-            spool.counters.io_errors += 1;
-            e
-        })?;
+        spool.write_ledger()?;
         let st = spool.stats();
         report.segments = st.segments;
         report.records = st.records;
@@ -1299,6 +1296,21 @@ pub fn unescape_name(escaped: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// The (destination name, shard) a spool directory under `root` belongs to, when its
+/// path is `root/<escaped name>/shard-<n>` ([`destination_dir`]). At startup, a spool
+/// found by [`find_spools`] whose owner the config no longer has is to be reported, not
+/// deleted.
+pub fn spool_owner(root: &Path, dir: &Path) -> Option<(String, usize)> {
+    let rel = dir.strip_prefix(root).ok()?;
+    let mut parts = rel.components();
+    let name = parts.next()?.as_os_str().to_str()?;
+    let shard = parts.next()?.as_os_str().to_str()?.strip_prefix("shard-")?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((unescape_name(name)?, shard.parse().ok()?))
 }
 
 /// Whether `dir` looks like a spool (holds a ledger or a segment).

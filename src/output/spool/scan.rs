@@ -218,7 +218,7 @@ pub fn scan_segment<F: SpoolFile>(
     let mut r = SegmentReader::new(file, SEGMENT_HEADER_BYTES as u64);
     let mut s = SegmentScan {
         header_ok: r.header_ok(seq)?,
-        file_bytes: r.file().len()?,
+        file_bytes: r.file().file_len()?,
         ..SegmentScan::default()
     };
     if s.file_bytes < SEGMENT_HEADER_BYTES as u64 {

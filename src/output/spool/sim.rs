@@ -425,7 +425,7 @@ impl SpoolFile for SimFile {
         Ok(())
     }
 
-    fn len(&mut self) -> io::Result<u64> {
+    fn file_len(&mut self) -> io::Result<u64> {
         self.call()?;
         Ok(self.fs.borrow().inodes[&self.ino].current.len() as u64)
     }

@@ -334,6 +334,8 @@ fn crash_run(seed: u64, steps: usize) -> (u64, u64, u32) {
     fs.die_after_calls(u64::MAX);
     sp.commit().unwrap();
     o.committed();
+    sp.rewind();
+    o.rewound();
     loop {
         let mut buf = Vec::new();
         let b = sp.read(1 << 20, &mut buf).unwrap();
@@ -863,6 +865,12 @@ fn destination_names_escape_to_one_directory_each() {
         assert_eq!(unescape_name(&e).as_deref(), Some(name));
     }
     assert_ne!(escape_name("a:b"), escape_name("a_b"));
+    let d = destination_dir(Path::new("/s"), "h:1=a", 3);
+    assert_eq!(
+        spool_owner(Path::new("/s"), &d),
+        Some(("h:1=a".to_string(), 3))
+    );
+    assert_eq!(spool_owner(Path::new("/s"), Path::new("/s/x")), None);
     assert_eq!(
         destination_dir(Path::new("/s"), "h:1", 2),
         Path::new("/s/h%3A1/shard-2")
