@@ -88,7 +88,9 @@
 //!   to the next offset where a whole checksummed record starts, and counted
 //!   ([`RecoveryReport::corrupt_records`]; at replay, `records_corrupt`). The rest is
 //!   delivered;
-//! - a segment missing from the middle is reported and skipped;
+//! - a segment missing from the middle, or the one holding the read position, is reported
+//!   and skipped (one missing from the front otherwise cannot be told from a delivered
+//!   one);
 //! - a bad segment header is reported; its records are still read (each is checked).
 //!
 //! Past the committed end (what was appended in the last interval before a crash) the
@@ -686,6 +688,15 @@ impl<Io: SpoolIo> Spool<Io> {
         // the end of the log) is reused, so the log has no gap that looks like loss; its
         // removal is durable by now.
         let last_kept = segments.back().map(|s: &Segment| s.seq);
+        if let (Some(l), Some(first)) = (found, segments.front().map(|s: &Segment| s.seq)) {
+            // The segment holding the read position is gone: its undelivered part is lost
+            // (or, in a crash right after the cap dropped it, was counted as dropped).
+            if l.ack.seq < first && l.ack.seq <= l.committed.seq {
+                report
+                    .missing_segments
+                    .insert(0, l.ack.seq..first.min(l.committed.seq + 1));
+            }
+        }
         if let (Some(c), Some(last)) = (committed_then, last_kept) {
             if c.seq > last && c.off > SEGMENT_HEADER_BYTES as u64 {
                 report.missing_segments.push(last + 1..c.seq + 1);
@@ -905,8 +916,16 @@ impl<Io: SpoolIo> Spool<Io> {
     ) -> Result<(), SpoolError> {
         loop {
             let seq = self.cursor.seq;
-            if seq > self.committed.seq || self.seg_index(seq).is_none() {
+            if seq > self.committed.seq {
                 break;
+            }
+            if self.seg_index(seq).is_none() {
+                let next = self.next_start(seq);
+                if next.seq == seq || next.seq > self.committed.seq {
+                    break;
+                }
+                self.cursor = next;
+                continue;
             }
             let limit = if seq == self.committed.seq {
                 self.committed.off
@@ -1115,6 +1134,12 @@ impl<Io: SpoolIo> Spool<Io> {
         };
         if self.ack < Pos::start_of(first.seq) {
             self.ack = Pos::start_of(first.seq);
+        }
+        if self.seg_index(self.ack.seq).is_none() {
+            // Its segment is gone (missing at recovery): go on with the next one.
+            if let Some(n) = self.segments.iter().find(|s| s.seq > self.ack.seq) {
+                self.ack = Pos::start_of(n.seq);
+            }
         }
         if self.ack.seq == self.committed.seq {
             return;

@@ -616,6 +616,34 @@ fn a_missing_segment_is_reported_and_skipped() {
 }
 
 #[test]
+fn a_missing_segment_holding_the_read_position_does_not_stall_replay() {
+    let fs = SimFs::new(16);
+    let mut rng = SplitMix64(16);
+    let (mut sp, _) = open(&fs, limits()).unwrap();
+    fill(&mut sp, 0, 80, &mut rng);
+    let segs = segment_files(&fs);
+    assert!(segs.len() >= 4, "{segs:?}");
+    let in_second = record_offsets(&fs.read(&segs[0]).unwrap()).len() as u64;
+    // Deliver into the middle of the second segment.
+    let mut acked = 0;
+    while acked < in_second + 2 {
+        let mut buf = Vec::new();
+        let b = sp.read(1, &mut buf).unwrap();
+        sp.ack(b.records);
+        acked += u64::from(b.records);
+    }
+    sp.commit().unwrap();
+    drop(sp);
+    let second = record_offsets(&fs.read(&segs[1]).unwrap()).len() as u64;
+    fs.unlink(&segs[1]);
+    let (mut sp, report) = open(&fs, limits()).unwrap();
+    assert!(!report.is_clean(), "{report}");
+    let ids = drain(&mut sp);
+    assert_eq!(ids.first(), Some(&(in_second + second)), "{report}");
+    assert_eq!(ids.last(), Some(&79));
+}
+
+#[test]
 fn a_lost_ledger_replays_everything_and_a_torn_slot_falls_back() {
     let fs = SimFs::new(5);
     let mut rng = SplitMix64(5);
