@@ -54,8 +54,12 @@ fn main() {
     let mut i = 0u64;
     while batch.len() < batch_bytes {
         batch.extend_from_slice(
-            format!("servers.host{:04}.cpu.total.user {} 1700000000\n", i % 5000, i % 997)
-                .as_bytes(),
+            format!(
+                "servers.host{:04}.cpu.total.user {} 1700000000\n",
+                i % 5000,
+                i % 997
+            )
+            .as_bytes(),
         );
         lines += 1;
         i += 1;
@@ -90,8 +94,8 @@ fn main() {
 
     // Recovery of everything just written, then replay.
     // SAFETY: geteuid has no preconditions.
-    let cold = unsafe { libc::geteuid() } == 0
-        && std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok();
+    let cold =
+        unsafe { libc::geteuid() } == 0 && std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok();
     let t1 = Instant::now();
     let (mut sp, report) = Spool::open(FsIo, dir, limits).unwrap();
     let open_s = t1.elapsed().as_secs_f64();
