@@ -61,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         command: tools::whisper::WhisperCommand,
     },
+    /// Disk spools: inspect (what they hold), verify (every checksum; exit 1 on damage).
+    Spool {
+        #[command(subcommand)]
+        command: tools::spool::SpoolCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -94,6 +99,11 @@ fn main() {
             }
             Ok(())
         }
+        Command::Spool { command } => match tools::spool::run(command) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(e) => Err(e.into()),
+        },
     };
     if let Err(e) = result {
         eprintln!("cadent: {e:#}");

@@ -4,6 +4,7 @@
 pub mod file;
 pub mod health;
 pub mod queue;
+pub mod spool;
 pub mod writer;
 
 use std::rc::Rc;

@@ -5,6 +5,7 @@ pub mod blast;
 pub mod collectd_dump;
 pub mod echo;
 pub mod pyfmt;
+pub mod spool;
 pub mod whisper;
 
 use std::fmt;

@@ -14,6 +14,7 @@ mod e2e;
 mod pickle;
 mod rewrite;
 mod rings;
+mod spool_tools;
 mod statsd_etsy;
 mod statsd_mgmt;
 mod statsd_serve;
