@@ -55,6 +55,13 @@ struct Inner {
 /// probe loop and the SIGHUP handler.
 pub struct Control {
     inner: Mutex<Inner>,
+    /// The statsd consoles' health (`health up|down`), by aggregator name.
+    pub(super) console_health:
+        Mutex<std::collections::HashMap<String, crate::aggregate::statsd::mgmt::Health>>,
+    /// Running statsd consoles: address -> (aggregator, task).
+    consoles:
+        Mutex<std::collections::HashMap<std::net::SocketAddr, (String, tokio::task::AbortHandle)>>,
+    started_unix_s: i64,
     /// Serialises changes, so every shard sees them in one order.
     changes: tokio::sync::Mutex<()>,
     shards: Vec<ShardSender>,
@@ -80,6 +87,9 @@ impl Control {
         let router = Router::new(&empty.config, &empty.table, &[]);
         let health_cfg = empty.config.health.clone();
         Arc::new(Control {
+            console_health: Mutex::new(Default::default()),
+            consoles: Mutex::new(Default::default()),
+            started_unix_s: crate::shard::pipeline::unix_ms() / 1000,
             inner: Mutex::new(Inner {
                 topology: empty,
                 health: Vec::new(),
@@ -99,6 +109,91 @@ impl Control {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// When the process started (unix seconds).
+    pub fn started_unix_s(&self) -> i64 {
+        self.started_unix_s
+    }
+
+    /// Asks every shard's share of statsd aggregator `name`; answers in shard order.
+    pub async fn ask_statsd(
+        &self,
+        name: &str,
+        query: crate::shard::aggregate::StatsdQuery,
+    ) -> Vec<crate::shard::aggregate::StatsdAnswer> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let sent = self
+            .broadcast(|| ControlMsg::StatsdQuery {
+                aggregator: name.to_string(),
+                query: query.clone(),
+                reply: tx.clone(),
+            })
+            .await;
+        drop(tx);
+        let mut answers = vec![crate::shard::aggregate::StatsdAnswer::Unknown; self.shards.len()];
+        if sent.is_err() {
+            return answers;
+        }
+        let deadline = tokio::time::Instant::now() + PREPARE_PATIENCE;
+        while let Ok(Some((shard, a))) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            if let Some(slot) = answers.get_mut(shard) {
+                *slot = a;
+            }
+        }
+        answers
+    }
+
+    /// Starts the statsd consoles the running config asks for and stops the others.
+    /// `strict`: one that cannot bind is an error (startup); otherwise it is logged.
+    fn sync_consoles(self: &Arc<Self>, strict: bool) -> Result<(), String> {
+        let wanted: Vec<(std::net::SocketAddr, String)> = self
+            .topology()
+            .config
+            .aggregates
+            .iter()
+            .filter_map(|a| match &a.kind {
+                crate::config::AggregateKind::Statsd(s) => {
+                    s.mgmt_listen.map(|addr| (addr, a.name.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut running = self.consoles.lock().unwrap_or_else(|e| e.into_inner());
+        running.retain(|addr, (name, task)| {
+            let keep = wanted.iter().any(|(a, n)| a == addr && n == name);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (addr, name) in wanted {
+            if running.contains_key(&addr) {
+                continue;
+            }
+            let bound = std::net::TcpListener::bind(addr)
+                .and_then(|l| {
+                    l.set_nonblocking(true)?;
+                    Ok(l)
+                })
+                .and_then(tokio::net::TcpListener::from_std);
+            match bound {
+                Ok(l) => {
+                    let task =
+                        tokio::spawn(super::statsd_console::serve(self.clone(), l, name.clone()));
+                    running.insert(addr, (name, task.abort_handle()));
+                }
+                Err(e) if strict => {
+                    return Err(format!(
+                        "aggregate {name:?} mgmt_listen {addr}: cannot bind: {e}"
+                    ))
+                }
+                Err(e) => {
+                    tracing::error!(aggregator = %name, %addr, error = %e, "cannot serve the statsd console")
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The topology shards route by now.
@@ -184,7 +279,7 @@ impl Control {
 
     /// Adds a member to a cluster (`server` as `[tcp://|udp://]host:port`).
     pub async fn add_member(
-        &self,
+        self: &Arc<Self>,
         cluster: &str,
         server: &str,
         instance: Option<&str>,
@@ -211,7 +306,11 @@ impl Control {
 
     /// Removes the member of a cluster whose address is `server` (`host:port`, with or
     /// without scheme and instance). Its queued lines are still delivered to it.
-    pub async fn remove_member(&self, cluster: &str, server: &str) -> Result<String, Refused> {
+    pub async fn remove_member(
+        self: &Arc<Self>,
+        cluster: &str,
+        server: &str,
+    ) -> Result<String, Refused> {
         self.change_members(cluster, |members| {
             let j = members
                 .iter()
@@ -231,7 +330,7 @@ impl Control {
     /// Changes the member list of `cluster` in a copy of the running config, checks the
     /// cluster as loading would, and applies it.
     async fn change_members(
-        &self,
+        self: &Arc<Self>,
         cluster: &str,
         change: impl FnOnce(&mut Vec<Member>) -> Result<String, Refused>,
     ) -> Result<String, Refused> {
@@ -251,7 +350,7 @@ impl Control {
     /// ones keep running), rules, clusters, aggregators and health settings. `[server]`
     /// and `[output]` changes need a restart: they are reported and the running ones
     /// kept.
-    pub async fn reload(&self) -> Result<String, String> {
+    pub async fn reload(self: &Arc<Self>) -> Result<String, String> {
         let Some(path) = &self.config_path else {
             return Err("running on the embedded default config: nothing to reload".into());
         };
@@ -273,14 +372,18 @@ impl Control {
                 "reload: these sections changed and need a restart; the running ones are kept"
             );
         }
-        self.apply(cfg, false).await.map_err(|r| r.message)
+        let summary = self.apply(cfg, false).await.map_err(|r| r.message)?;
+        let _ = self.sync_consoles(false);
+        Ok(summary)
     }
 
     /// Startup: the first topology, through the same path as every change. Every
-    /// listener must bind.
-    pub async fn start(&self, cfg: Config) -> Result<String, String> {
+    /// listener (and statsd console) must bind.
+    pub async fn start(self: &Arc<Self>, cfg: Config) -> Result<String, String> {
         let _serial = self.changes.lock().await;
-        self.apply(cfg, true).await.map_err(|r| r.message)
+        let summary = self.apply(cfg, true).await.map_err(|r| r.message)?;
+        self.sync_consoles(true)?;
+        Ok(summary)
     }
 
     /// Builds the next topology from a validated `cfg` (listener ids and addresses,

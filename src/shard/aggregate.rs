@@ -195,8 +195,10 @@ pub enum StatsdQuery {
 /// A shard's answer to a [`StatsdQuery`].
 #[derive(Debug, Clone)]
 pub enum StatsdAnswer {
-    /// The table's keys on this shard, in insertion order.
-    Dump(Vec<(Vec<u8>, DumpValue)>),
+    /// The table's keys on this shard, in insertion order, and what this shard's
+    /// statsd listeners counted since its last hand-over to statsd's own counters
+    /// (they are added at each flush; Etsy's console shows them as they grow).
+    Dump(Vec<(Vec<u8>, DumpValue)>, Intake),
     /// Keys deleted.
     Deleted(usize),
     /// What `stats` reports.
@@ -237,7 +239,14 @@ impl AggStage {
             return StatsdAnswer::Unknown;
         };
         match q {
-            StatsdQuery::Dump(kind) => StatsdAnswer::Dump(st.engine.dump(*kind)),
+            StatsdQuery::Dump(kind) => {
+                let pending = Intake {
+                    packets: intake.packets - st.intake_seen.packets,
+                    lines: intake.lines - st.intake_seen.lines,
+                    bad: intake.bad - st.intake_seen.bad,
+                };
+                StatsdAnswer::Dump(st.engine.dump(*kind), pending)
+            }
             StatsdQuery::Delete(kind, names) => {
                 StatsdAnswer::Deleted(st.engine.delete_keys(*kind, names))
             }

@@ -15,6 +15,7 @@ mod pickle;
 mod rewrite;
 mod rings;
 mod spool_tools;
+mod statsd_console;
 mod statsd_etsy;
 mod statsd_mgmt;
 mod statsd_serve;

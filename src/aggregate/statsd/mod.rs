@@ -1258,7 +1258,11 @@ impl StatsdEngine {
             n += 1;
             match kind {
                 mgmt::Kind::Counters => {
-                    let internal = [self.bad_lines_seen, self.packets_received, self.metrics_received];
+                    let internal = [
+                        self.bad_lines_seen,
+                        self.packets_received,
+                        self.metrics_received,
+                    ];
                     if self.owns_internal && internal.contains(&id) {
                         *self.counters.value_mut(id) = 0.0;
                     } else {

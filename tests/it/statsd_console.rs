@@ -1,0 +1,207 @@
+//! The statsd management console of `cadent serve` (`mgmt_listen`) against the real
+//! Etsy statsd 0.9.0's: the same datagrams to both, the same commands to both consoles,
+//! the same replies. With one shard the tables' text is byte-identical; with two, each
+//! key and value is there once (the order of keys follows the shards).
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cadent::aggregate::statsd::StatsdConfig;
+
+use crate::statsd_etsy::{etsy_config, free_udp_port, node, statsd_js, ChildGuard};
+use crate::support::{free_port, temp_dir, Cadent};
+
+/// Sends one command and reads the reply until `done` says it is whole (bounded).
+fn ask(port: u16, cmd: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut s = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "console {port}: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    s.write_all(cmd.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if done(&String::from_utf8_lossy(&out)) {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn ends_with_end(s: &str) -> bool {
+    s.ends_with("END\n\n")
+}
+
+/// `stats` with the clock-dependent numbers (uptime, seconds since) blanked.
+fn stats_shape(s: &str) -> String {
+    s.lines()
+        .map(|l| match l.split_once(": ") {
+            Some((k, _))
+                if k == "uptime" || k.ends_with("last_msg_seen") || k.starts_with("graphite.") =>
+            {
+                format!("{k}: *")
+            }
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+const DATAGRAMS: &[&str] = &[
+    "a.b:1|c\na.b:2|c|@0.5\nc.d:-3|c",
+    "t.x:5|ms:1|ms:3|ms\nt.y:0.5|ms",
+    "g.one:5|g\ng.one:+2|g\ng.two:-1|g",
+    "folder.x:1|c\nfolder.y:1|c\nfolder.sub.z:1|c",
+    "bad line\nx:abc|c",
+    "s.u:a|s\ns.u:b|s",
+    "tag:1|c|#env:prod",
+];
+
+#[test]
+fn console_answers_as_etsy_statsd() {
+    statsd_js();
+    node();
+    for shards in [1, 2] {
+        let dir = temp_dir(&format!("console-{shards}"));
+        let (etsy_udp, etsy_mgmt) = (free_udp_port(), free_port());
+        let graphite = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = StatsdConfig {
+            flush_interval_ms: 600_000,
+            ..StatsdConfig::default()
+        };
+        let cfg_path = dir.join("config.js");
+        let gport = graphite.local_addr().unwrap().port();
+        std::fs::write(&cfg_path, etsy_config(&config, etsy_udp, etsy_mgmt, gport)).unwrap();
+        let log = std::fs::File::create(dir.join("statsd.log")).unwrap();
+        let child = Command::new(node())
+            .arg(statsd_js())
+            .arg(&cfg_path)
+            .current_dir(&dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start node statsd");
+        let _guard = ChildGuard(child);
+
+        let (cadent_udp, cadent_mgmt) = (free_udp_port(), free_port());
+        let cadent = Cadent::start(
+            &format!("console-{shards}"),
+            &format!(
+                r#"
+[server]
+shards = {shards}
+admin_listen = "ADMIN"
+[telemetry]
+prefix = ""
+[[listen]]
+name = "statsd"
+url = "udp://127.0.0.1:{cadent_udp}"
+format = "statsd"
+[[cluster]]
+name = "out"
+kind = "file"
+path = "./out.log"
+[[aggregate]]
+name = "statsd"
+kind = "statsd"
+flush_interval_ms = 600000
+mgmt_listen = "127.0.0.1:{cadent_mgmt}"
+send_to = ["out"]
+[[route]]
+from = ["statsd"]
+match = {{ all = true }}
+aggregate = "statsd"
+"#
+            ),
+        );
+        // Etsy is up once its console answers.
+        ask(etsy_mgmt, "health", |s| s.ends_with('\n'));
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for d in DATAGRAMS {
+            udp.send_to(d.as_bytes(), ("127.0.0.1", etsy_udp)).unwrap();
+            udp.send_to(d.as_bytes(), ("127.0.0.1", cadent_udp))
+                .unwrap();
+        }
+        // Both have every datagram once metrics_received says so.
+        let lines: usize = DATAGRAMS.iter().map(|d| d.lines().count()).sum();
+        let want = format!("'statsd.metrics_received': {lines}");
+        for port in [etsy_mgmt, cadent_mgmt] {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !ask(port, "counters", ends_with_end).contains(&want) {
+                assert!(Instant::now() < deadline, "port {port} never had {want}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let exact = |cmd: &str, done: &dyn Fn(&str) -> bool| {
+            let e = ask(etsy_mgmt, cmd, done);
+            let c = ask(cadent_mgmt, cmd, done);
+            (e, c)
+        };
+        let line = |s: &str| s.ends_with('\n');
+        for cmd in [
+            "help",
+            "health",
+            "health down",
+            "health",
+            "health UP",
+            "nonsense",
+        ] {
+            let (e, c) = exact(cmd, &line);
+            assert_eq!(c, e, "shards={shards} {cmd:?}");
+        }
+        let (e, c) = exact("stats", &ends_with_end);
+        assert_eq!(stats_shape(&c), stats_shape(&e), "shards={shards} stats");
+        for cmd in ["counters", "gauges", "timers"] {
+            let (e, c) = exact(cmd, &ends_with_end);
+            if shards == 1 {
+                assert_eq!(c, e, "shards=1 {cmd}");
+            } else {
+                // Every entry once, whatever the order.
+                let entries = |s: &str| {
+                    let mut v: Vec<String> = s
+                        .replace(['{', '}', '\n'], " ")
+                        .split(", ")
+                        .map(|x| x.trim().trim_end_matches(',').to_string())
+                        .filter(|x| !x.is_empty() && x != "END")
+                        .collect();
+                    v.sort();
+                    v
+                };
+                assert_eq!(entries(&c), entries(&e), "shards=2 {cmd}:\n{c}\n{e}");
+            }
+        }
+        let (e, c) = exact("delcounters folder.* a.b nothing.here", &ends_with_end);
+        if shards == 1 {
+            assert_eq!(c, e, "delcounters");
+        } else {
+            let sorted = |s: &str| {
+                let mut v: Vec<&str> = s.lines().collect();
+                v.sort();
+                v.join("\n")
+            };
+            assert_eq!(sorted(&c), sorted(&e), "delcounters");
+        }
+        let (e, c) = exact("counters", &ends_with_end);
+        assert!(!c.contains("folder.") && !c.contains("'a.b'"), "{c}");
+        if shards == 1 {
+            assert_eq!(c, e, "counters after delcounters");
+        }
+        drop(cadent);
+    }
+}
