@@ -27,7 +27,7 @@ use cadent::aggregate::carbon::{CarbonAggregator, CarbonConfig, Rules};
 use cadent::tools::SplitMix64;
 use serde_json::{json, Value};
 
-const DRIVER: &str = concat!(
+pub(crate) const DRIVER: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/it/carbon_aggregator_driver.py"
 );

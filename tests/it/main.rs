@@ -3,6 +3,7 @@
 mod bad_config;
 mod bad_input;
 mod carbon_aggregator;
+mod carbon_serve;
 mod clustering;
 mod coco;
 mod collectd_graphite;
