@@ -16,6 +16,7 @@ mod pickle;
 mod rewrite;
 mod rings;
 mod spool_tools;
+mod stages;
 mod statsd_console;
 mod statsd_etsy;
 mod statsd_mgmt;

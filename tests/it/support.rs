@@ -54,6 +54,11 @@ pub struct Cadent {
 impl Cadent {
     /// Starts cadent on a config whose text contains `ADMIN` where the admin address goes.
     pub fn start(tag: &str, config: &str) -> Cadent {
+        Cadent::start_with_env(tag, config, &[])
+    }
+
+    /// [`start`](Self::start) with extra environment variables.
+    pub fn start_with_env(tag: &str, config: &str, env: &[(&str, &str)]) -> Cadent {
         let dir = temp_dir(tag);
         let admin = format!("127.0.0.1:{}", free_port());
         let text = config.replace("ADMIN", &admin);
@@ -63,6 +68,7 @@ impl Cadent {
         let child = Command::new(cadent_bin())
             .args(["serve", "--config"])
             .arg(&path)
+            .envs(env.iter().copied())
             .current_dir(&dir)
             .stdout(Stdio::null())
             .stderr(log)

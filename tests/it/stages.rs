@@ -1,0 +1,172 @@
+//! The pipeline's stage boundary, live: self-metrics routed like any input and agreeing
+//! with `/stats`, and a change some shard refuses leaving every shard on the running
+//! topology.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::support::{free_port, http_request, wait_until, Cadent, Sink};
+
+/// The latest value of a self-metric line `name` at the sink.
+fn latest(sink: &Sink, name: &str) -> Option<(u64, i64)> {
+    sink.lines()
+        .keys()
+        .filter_map(|l| {
+            let mut p = l.split(' ');
+            (p.next()? == name).then_some(())?;
+            let v: u64 = p.next()?.parse().ok()?;
+            let ts: i64 = p.next()?.parse().ok()?;
+            Some((v, ts))
+        })
+        .max_by_key(|&(_, ts)| ts)
+}
+
+#[test]
+fn self_metrics_are_routed_and_agree_with_stats() {
+    let sink = Sink::start();
+    let port = free_port();
+    let cadent = Cadent::start(
+        "self-metrics",
+        &format!(
+            r#"
+[server]
+shards = 2
+admin_listen = "ADMIN"
+stats_interval_ms = 50
+[telemetry]
+interval_ms = 300
+prefix = "cadent.it"
+[[listen]]
+name = "in"
+url = "tcp://127.0.0.1:{port}"
+format = "graphite"
+[[cluster]]
+name = "sink"
+kind = "forward"
+members = ["tcp://{}"]
+[[route]]
+match = {{ all = true }}
+send_to = ["sink"]
+"#,
+            sink.addr
+        ),
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    for i in 0..500 {
+        writeln!(s, "app.m{i} {i} 1700000000").unwrap();
+        if i == 250 {
+            writeln!(s, "bad").unwrap();
+        }
+    }
+    drop(s);
+    // Once the counters settled, the next self-metric lines carry them.
+    assert!(wait_until(Duration::from_secs(10), || {
+        latest(&sink, "cadent.it.listeners.in.parsed_lines").is_some_and(|(v, _)| v == 500)
+    }));
+    let stats = cadent.stats();
+    let l = &stats["listeners"]["in"];
+    for (field, want) in [
+        ("parsed_lines", 500),
+        ("received_lines", 501),
+        ("rejected_lines", 1),
+        ("connections_accepted", 1),
+    ] {
+        assert_eq!(l[field], want, "/stats {field}");
+        let (v, _) = latest(&sink, &format!("cadent.it.listeners.in.{field}")).unwrap();
+        assert_eq!(v, want, "self-metric {field}");
+    }
+    // Every counter set is there: routes, destinations, mesh.
+    for name in [
+        "cadent.it.routes.route_0_.matched",
+        "cadent.it.routing.unrouted",
+        "cadent.it.mesh.records_sent",
+    ] {
+        assert!(latest(&sink, name).is_some(), "no {name}");
+    }
+    let dest = format!(
+        "cadent.it.destinations.tcp___{}.queued_lines",
+        sink.addr.replace(['.', ':'], "_")
+    );
+    assert!(
+        latest(&sink, &dest).is_some_and(|(v, _)| v >= 500),
+        "{dest}"
+    );
+    assert_eq!(cadent.stop(), 0);
+}
+
+#[test]
+fn a_change_one_shard_refuses_leaves_every_shard_on_the_running_topology() {
+    let (a, b) = (Sink::start(), Sink::start());
+    let port = free_port();
+    let config = |to: &str| {
+        format!(
+            r#"
+[server]
+shards = 2
+admin_listen = "ADMIN"
+[[listen]]
+name = "in"
+url = "tcp://127.0.0.1:{port}"
+format = "graphite"
+[[cluster]]
+name = "a"
+kind = "forward"
+members = ["tcp://{}"]
+[[cluster]]
+name = "b"
+kind = "forward"
+members = ["tcp://{}"]
+[[route]]
+match = {{ all = true }}
+send_to = ["{to}"]
+"#,
+            a.addr, b.addr
+        )
+    };
+    let cadent = Cadent::start_with_env(
+        "refused-change",
+        &config("a"),
+        &[("CADENT_TEST_FAIL_PREPARE_SHARD", "1")],
+    );
+    // A reload that would send everything to b: shard 1 refuses it, so nobody takes it.
+    let text = std::fs::read_to_string(cadent.config_path()).unwrap();
+    std::fs::write(
+        cadent.config_path(),
+        text.replace("send_to = [\"a\"]", "send_to = [\"b\"]"),
+    )
+    .unwrap();
+    cadent.signal(libc::SIGHUP);
+    assert!(wait_until(Duration::from_secs(10), || cadent
+        .log()
+        .contains("not applied")));
+    // A membership change is refused the same way, with 503.
+    let (status, body) = http_request(
+        &cadent.admin,
+        "POST",
+        "/cluster/b/members",
+        "server=127.0.0.1:1",
+    );
+    assert_eq!(status, 503, "{body}");
+    // Many connections: the kernel spreads them over both shards.
+    for c in 0..16 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        for i in 0..50 {
+            writeln!(s, "c{c}.m{i} 1 1700000000").unwrap();
+        }
+    }
+    assert!(wait_until(Duration::from_secs(10), || a.total() == 800));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(b.total(), 0, "no shard routes by the refused topology");
+    let stats = cadent.stats();
+    let per_shard: Vec<u64> = stats["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["listeners"]["in"]["parsed_lines"].as_u64().unwrap())
+        .collect();
+    assert!(
+        per_shard.iter().all(|&n| n > 0),
+        "both shards read: {per_shard:?}"
+    );
+}
