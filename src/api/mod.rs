@@ -2,6 +2,7 @@
 //! the bridge to shards. It never runs on a shard core and shards never wait on it.
 
 pub mod control;
+pub mod read_format;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1212,28 +1212,42 @@ impl<'o> Writer<'o> {
 
     /// A str, as a new object.
     pub fn str(&mut self, s: &str) {
+        self.str_slot(s);
+    }
+
+    /// A str, as a new object; returns its memo slot, for [`Writer::get`].
+    pub fn str_slot(&mut self, s: &str) -> u32 {
         self.out.push(BINUNICODE);
         let len = u32::try_from(s.len()).expect("a str under 4 GiB");
         self.out.extend_from_slice(&len.to_le_bytes());
         self.out.extend_from_slice(s.as_bytes());
+        let slot = self.memo.0;
         self.memo.put(self.out);
+        slot
+    }
+
+    /// The object written at memo `slot` again (python's pickler does this for an
+    /// object it has already written).
+    pub fn get(&mut self, slot: u32) {
+        debug_assert!(slot < self.memo.0, "only written objects are in the memo");
+        match u8::try_from(slot) {
+            Ok(slot) => self.out.extend_from_slice(&[BINGET, slot]),
+            Err(_) => {
+                self.out.push(LONG_BINGET);
+                self.out.extend_from_slice(&slot.to_le_bytes());
+            }
+        }
     }
 
     /// A str python would share (an interned literal, such as a dict key): written the
     /// first time, fetched from the memo (BINGET) after.
     pub fn shared_str(&mut self, s: &'static str) {
         if let Some(&(_, slot)) = self.shared.iter().find(|(k, _)| *k == s) {
-            match u8::try_from(slot) {
-                Ok(slot) => self.out.extend_from_slice(&[BINGET, slot]),
-                Err(_) => {
-                    self.out.push(LONG_BINGET);
-                    self.out.extend_from_slice(&slot.to_le_bytes());
-                }
-            }
+            self.get(slot);
             return;
         }
-        self.shared.push((s, self.memo.0));
-        self.str(s);
+        let slot = self.str_slot(s);
+        self.shared.push((s, slot));
     }
 
     /// A list: `each` writes one item per element of `items`.
