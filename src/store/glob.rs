@@ -28,7 +28,8 @@
 //! Compiling is bounded ([`GlobLimits`]): the query length, the number of alternatives
 //! the braces expand to, and the characters that expansion may produce. An empty
 //! segment (`a..b`, a leading or trailing `.`) matches nothing, since no name has an
-//! empty component, and neither does a literal holding `/` or NUL.
+//! empty component, and neither does a literal holding `/`, NUL or an escaped `.` (no
+//! directory entry of a metric name holds one).
 //!
 //! How this is checked: the unit tests below hold python's answers; `tests/it/read_api.rs`
 //! runs graphite-web's own `expand_braces` + `fnmatch` (`match_entries`) from its 1.1.10
@@ -243,8 +244,8 @@ impl Segment {
             }
             let pattern = Pattern::compile(&v);
             match pattern.literal() {
-                // An empty alternative or one holding '/' or NUL names no entry.
-                Some(s) if s.is_empty() || s.contains(['/', '\0']) => {}
+                // An empty alternative, or one holding '/', NUL or '.', names no entry.
+                Some(s) if s.is_empty() || s.contains(['/', '\0', '.']) => {}
                 Some(s) => segment.literals.push(s),
                 None => segment.patterns.push(pattern),
             }
@@ -653,8 +654,11 @@ mod tests {
             (r"[a\]]", "a]", false),
             (r"x\", "x", true),
         ]);
-        // An escaped dot is part of the segment, not a separator.
-        assert_eq!(glob(r"a\.b").segments().len(), 1);
+        // An escaped dot is part of the segment, not a separator, and no entry of a
+        // metric name holds one.
+        let g = glob(r"a\.b");
+        assert_eq!(g.segments().len(), 1);
+        assert!(g.segments()[0].is_void());
     }
 
     #[test]

@@ -731,3 +731,45 @@ fn carbonlink_answers_as_carbon() {
     let _ = std::fs::remove_dir_all(&theirs);
     let _ = std::fs::remove_dir_all(&ours);
 }
+
+#[test]
+fn expand_matches_graphite_web() {
+    let a = [branch("aa.xx"), leaf("aa.yy", Some((0, 1)))];
+    let b = [
+        leaf("aa.yy", Some((0, 1))),
+        leaf("bb.zz", Some((0, 1))),
+        branch("bb.zz"),
+    ];
+    let c: [Node; 0] = [];
+    let results: Vec<(&str, &[Node])> = vec![
+        ("aa.*", &a),
+        ("*.{yy,zz}", &b),
+        ("none.*", &c),
+        // Asked again with another answer: graphite-web keeps the last.
+        ("aa.*", &a[1..]),
+    ];
+    let mut cases = Vec::new();
+    let mut ours = Vec::new();
+    for (leaves_only, group_by_expr) in [(false, false), (true, false), (false, true), (true, true)]
+    {
+        let mut out = Vec::new();
+        read_format::expand_json(&results, leaves_only, group_by_expr, true, &mut out, MAX)
+            .unwrap();
+        ours.push(String::from_utf8(out).unwrap());
+        let answers: Vec<Value> = results
+            .iter()
+            .map(|(q, nodes)| {
+                let nodes: Vec<Value> =
+                    nodes.iter().map(|n| json!([n.path, n.is_leaf()])).collect();
+                json!([q, nodes])
+            })
+            .collect();
+        let params = json!({"leavesOnly": u8::from(leaves_only).to_string(),
+            "groupByExpr": u8::from(group_by_expr).to_string()});
+        cases.push(json!({"op": "expand", "answers": answers, "params": params}));
+    }
+    let answers = driver(cases);
+    for (ours, theirs) in ours.iter().zip(&answers) {
+        assert_eq!(ours, theirs.as_str().unwrap());
+    }
+}

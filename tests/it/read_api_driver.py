@@ -9,7 +9,8 @@ from graphite-web's own source files with `ast` and run unchanged:
 - finders/__init__.py: match_entries, expand_braces (the glob);
 - finders/standard.py: StandardFinder.find_nodes (the walk), with readers/whisper.py's
   WhisperReader for intervals;
-- metrics/views.py: pickle_nodes, msgpack_nodes, json_nodes, tree_json (find bodies);
+- metrics/views.py: pickle_nodes, msgpack_nodes, json_nodes, tree_json (find bodies),
+  expand_view with json_response_for (on a stub request and STORE);
 - render/datalib.py: TimeSeries (getInfo, datapoints); render/views.py: renderViewJson;
 - util.py: the py3 SafeUnpickler/unpickle that RemoteFinder and RemoteReader load with.
 graphite-web's msgpack is its vendored umsgpack (what it imports without msgpack-python).
@@ -29,6 +30,7 @@ import sys
 import time
 import types
 from collections import UserDict
+from functools import reduce
 from urllib.parse import unquote_plus
 
 request = json.load(sys.stdin)
@@ -133,6 +135,57 @@ render_views = extract("graphite/render/views.py", ["renderViewJson"],
                        {"json": json, "math": math, "HttpResponse": HttpResponse})
 
 
+class QueryDict:
+    """The part of Django's QueryDict the views use: GET.copy(), update, get, getlist."""
+
+    def __init__(self, pairs):
+        self.pairs = list(pairs)
+
+    def copy(self):
+        return QueryDict(self.pairs)
+
+    def update(self, other):
+        self.pairs.extend(other.pairs)
+
+    def get(self, key, default=None):
+        values = self.getlist(key)
+        return values[-1] if values else default
+
+    def getlist(self, key):
+        return [v for k, v in self.pairs if k == key]
+
+
+class Request:
+    def __init__(self, pairs):
+        self.GET = QueryDict(pairs)
+        self.POST = QueryDict([])
+        self.META = {}
+
+
+class Response(HttpResponse):
+    def __init__(self, content="", content_type=None, **kwargs):
+        self.content = content
+        self.headers = {}
+
+    def __setitem__(self, key, value):
+        self.headers[key] = value
+
+
+class FindStore:
+    """STORE.find answering each query with the nodes the test gives for it."""
+
+    def __init__(self, answers):
+        self.answers = answers
+
+    def find(self, query, local=False, headers=None):
+        return self.answers[query]
+
+
+expand = extract("graphite/metrics/views.py", ["expand_view", "json_response_for"],
+                 {"json": json, "reduce": reduce, "HttpResponse": Response,
+                  "extractForwardHeaders": lambda request: {}})
+
+
 def remote_find(data):
     # graphite-web 1.1.10 finders/remote.py, RemoteFinder.find_nodes, on
     # `results = self.deserialize(result)`:
@@ -227,6 +280,17 @@ def op_find_formats(case):
     }
 
 
+def op_expand(case):
+    answers = {}
+    for query, nodes in case["answers"]:
+        answers[query] = [LeafNode(path, Reader(None)) if is_leaf else BranchNode(path)
+                          for path, is_leaf in nodes]
+    expand["STORE"] = FindStore(answers)
+    pairs = [("query", q) for q, _ in case["answers"]]
+    pairs += [(k, v) for k, v in case["params"].items()]
+    return expand["expand_view"](Request(pairs)).content
+
+
 def op_render_formats(case):
     TimeSeries = datalib["TimeSeries"]
     expression = None
@@ -310,6 +374,7 @@ OPS = {
     "match": op_match,
     "find": op_find,
     "find_formats": op_find_formats,
+    "expand": op_expand,
     "render_formats": op_render_formats,
     "fetch": op_fetch,
     "set_aggregation": op_set_aggregation,
