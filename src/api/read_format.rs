@@ -32,7 +32,7 @@
 //! its `TaggedSeries.parse` gives them.
 //!
 //! Byte compatibility: pickles are protocol 2 in the bytes CPython writes
-//! ([`pickle::Writer`]); graphite-web writes protocol 5 (`protocol=-1`), which loads to
+//! ([`Writer`]); graphite-web writes protocol 5 (`protocol=-1`), which loads to
 //! the same objects. msgpack is written as graphite-web's `msgpack.dumps(obj,
 //! use_bin_type=True)` writes it (msgpack-python or its vendored u-msgpack-python 2.7.1
 //! alike): smallest int and str forms, floats as float64. JSON is python's
