@@ -276,6 +276,11 @@ impl Segment {
         self.globstar
     }
 
+    /// True when `**` is the only alternative: nothing to match in the directory itself.
+    pub fn is_only_globstar(&self) -> bool {
+        self.globstar && self.literals.is_empty() && self.patterns.is_empty()
+    }
+
     /// True when nothing can match (an empty segment, or only impossible literals).
     pub fn is_void(&self) -> bool {
         self.literals.is_empty() && self.patterns.is_empty() && !self.globstar
@@ -682,6 +687,8 @@ mod tests {
     fn globstar() {
         let g = glob("a.**.z");
         assert!(g.segments()[1].is_globstar());
+        assert!(g.segments()[1].is_only_globstar());
+        assert!(!glob("{**,x}").segments()[0].is_only_globstar());
         assert!(g.matches_name("a.z"));
         assert!(g.matches_name("a.b.z"));
         assert!(g.matches_name("a.b.c.z"));

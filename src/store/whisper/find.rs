@@ -290,7 +290,7 @@ impl Walk<'_> {
                     self.segments(&sub, &path, rest)?;
                 }
             }
-        } else {
+        } else if !segment.is_only_globstar() {
             self.here(dir, prefix, Here::Glob(segment), rest)?;
         }
         if segment.is_globstar() {
