@@ -1,7 +1,9 @@
 //! The control thread: admin HTTP (axum on a current-thread tokio runtime), signals, and
 //! the bridge to shards. It never runs on a shard core and shards never wait on it.
 
+pub mod carbonlink;
 pub mod control;
+pub mod read_format;
 pub mod statsd_console;
 
 use std::net::SocketAddr;

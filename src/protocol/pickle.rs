@@ -2,7 +2,7 @@
 //! `[(name, (timestamp, value)), ...]`.
 //!
 //! The decoder is a pickle VM reduced to the opcodes such data needs (protocols 0-5): it
-//! builds lists, tuples, strings and numbers and nothing else. Opcodes that name or call
+//! builds lists, tuples, dicts, strings and numbers and nothing else. Opcodes that name or call
 //! code (GLOBAL, STACK_GLOBAL, REDUCE, BUILD, INST, OBJ, NEWOBJ, EXT*, PERSID, ...) are a
 //! reject, so nothing is ever executed. Every structure it keeps (stack, memo, nodes) grows
 //! by at most one entry per input byte, so a frame's cost is bounded by its length.
@@ -13,6 +13,12 @@
 //! and the rest of the frame is kept. Unlike carbon, a point whose name would not be a
 //! valid graphite name (empty, blanks, control bytes) or whose numbers are infinite is
 //! skipped too: names go on to line protocols, where a `\n` would forge metrics.
+//!
+//! The same VM loads any such data for a caller that reads it itself ([`Decoder::load`],
+//! a borrowed [`Value`]): CarbonLink's request dicts. [`Writer`] writes protocol-2 pickles
+//! of lists, tuples, dicts, strings, numbers, booleans and None in the bytes CPython's
+//! `pickle.dumps(obj, protocol=2)` writes (its C pickler: memo numbering, batches of
+//! 1000, the single-item APPEND/SETITEM forms).
 
 use std::ops::Range;
 
@@ -145,6 +151,10 @@ const UNICODE: u8 = b'V';
 const BINUNICODE: u8 = b'X';
 const APPEND: u8 = b'a';
 const APPENDS: u8 = b'e';
+const DICT: u8 = b'd';
+const EMPTY_DICT: u8 = b'}';
+const SETITEM: u8 = b's';
+const SETITEMS: u8 = b'u';
 const FLOAT: u8 = b'F';
 const BINFLOAT: u8 = b'G';
 const LIST: u8 = b'l';
@@ -191,6 +201,9 @@ enum Node {
     Tuple { start: u32, len: u32 },
     /// A chain of segments (one per APPEND/APPENDS), `head == NIL` when empty.
     List { head: u32, tail: u32, len: u32 },
+    /// A chain of segments of key, value, key, value... (one per SETITEM/SETITEMS);
+    /// `len` counts entries, a key set twice included (lookups take the last).
+    Dict { head: u32, tail: u32, len: u32 },
 }
 
 /// A run of list items in `items`, linked to the list's next run.
@@ -378,17 +391,21 @@ impl Decoder {
         self.push(Node::Tuple { start, len });
     }
 
-    /// Appends `stack[from..]` to the list just below `from`.
-    fn append_from(&mut self, from: usize) -> Result<(), Reject> {
+    /// Appends `stack[from..]` to the list just below `from` (APPEND, APPENDS, LIST),
+    /// or, with `dict`, as key/value pairs to the dict there (SETITEM, SETITEMS, DICT).
+    fn append_from(&mut self, from: usize, dict: bool) -> Result<(), Reject> {
         let floor = self.floor();
         if from <= floor {
             return Err(Reject::BadStructure);
         }
         let list = self.stack[from - 1] as usize;
-        let Node::List { head, tail, len } = self.nodes[list] else {
-            return Err(Reject::BadStructure);
-        };
         let added = (self.stack.len() - from) as u32;
+        let (head, tail, len) = match self.nodes[list] {
+            Node::List { head, tail, len } if !dict => (head, tail, len),
+            // python refuses an odd number of items for a dict too.
+            Node::Dict { head, tail, len } if dict && added % 2 == 0 => (head, tail, len),
+            _ => return Err(Reject::BadStructure),
+        };
         if added > 0 {
             let seg = self.segments.len() as u32;
             self.segments.push(Segment {
@@ -403,10 +420,18 @@ impl Decoder {
                 self.segments[tail as usize].next = seg;
                 head
             };
-            self.nodes[list] = Node::List {
-                head,
-                tail: seg,
-                len: len + added,
+            self.nodes[list] = if dict {
+                Node::Dict {
+                    head,
+                    tail: seg,
+                    len: len + added / 2,
+                }
+            } else {
+                Node::List {
+                    head,
+                    tail: seg,
+                    len: len + added,
+                }
             };
         }
         self.stack.truncate(from);
@@ -574,7 +599,7 @@ impl Decoder {
                     });
                     let list = self.stack.pop().expect("just pushed");
                     self.stack.insert(from, list);
-                    self.append_from(from + 1)?;
+                    self.append_from(from + 1, false)?;
                 }
                 APPEND => {
                     let from = self
@@ -582,11 +607,39 @@ impl Decoder {
                         .len()
                         .checked_sub(1)
                         .ok_or(Reject::BadStructure)?;
-                    self.append_from(from)?;
+                    self.append_from(from, false)?;
                 }
                 APPENDS => {
                     let from = self.pop_mark()?;
-                    self.append_from(from)?;
+                    self.append_from(from, false)?;
+                }
+                EMPTY_DICT => self.push(Node::Dict {
+                    head: NIL,
+                    tail: NIL,
+                    len: 0,
+                }),
+                DICT => {
+                    let from = self.pop_mark()?;
+                    self.push(Node::Dict {
+                        head: NIL,
+                        tail: NIL,
+                        len: 0,
+                    });
+                    let dict = self.stack.pop().expect("just pushed");
+                    self.stack.insert(from, dict);
+                    self.append_from(from + 1, true)?;
+                }
+                SETITEM => {
+                    let from = self
+                        .stack
+                        .len()
+                        .checked_sub(2)
+                        .ok_or(Reject::BadStructure)?;
+                    self.append_from(from, true)?;
+                }
+                SETITEMS => {
+                    let from = self.pop_mark()?;
+                    self.append_from(from, true)?;
                 }
                 EMPTY_TUPLE => self.tuple(0)?,
                 TUPLE1 => self.tuple(1)?,
@@ -647,7 +700,7 @@ impl Items {
                 end: (start + len) as usize,
                 next: NIL,
             },
-            Node::List { head, .. } => Items {
+            Node::List { head, .. } | Node::Dict { head, .. } => Items {
                 at: 0,
                 end: 0,
                 next: head,
@@ -673,6 +726,126 @@ impl Items {
         let item = d.items[self.at];
         self.at += 1;
         Some(item)
+    }
+}
+
+impl Decoder {
+    /// Unpickles `pickle` and returns what it holds, borrowed from the decoder and the
+    /// pickle, for a caller that reads other shapes than points (CarbonLink requests).
+    /// Same opcodes and bounds as [`Decoder::decode`]; shared and self-referencing
+    /// objects are fine, since nothing is copied out.
+    pub fn load<'s>(&'s mut self, pickle: &'s [u8]) -> Result<Value<'s>, Reject> {
+        if pickle.len() > (u32::MAX / 4) as usize {
+            return Err(Reject::TooLarge);
+        }
+        self.clear();
+        let node = self.run(pickle)?;
+        Ok(Value {
+            d: self,
+            pickle,
+            node,
+        })
+    }
+}
+
+/// One unpickled object (see [`Decoder::load`]).
+#[derive(Clone, Copy)]
+pub struct Value<'s> {
+    d: &'s Decoder,
+    pickle: &'s [u8],
+    node: u32,
+}
+
+impl std::fmt::Debug for Value<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.d.nodes[self.node as usize] {
+            Node::Nothing => f.write_str("None"),
+            Node::Num(v) => write!(f, "{v:?}"),
+            Node::Str { .. } => write!(f, "{:?}", String::from_utf8_lossy(self.bytes())),
+            Node::Tuple { len, .. } => write!(f, "tuple({len})"),
+            Node::List { len, .. } => write!(f, "list({len})"),
+            Node::Dict { len, .. } => write!(f, "dict({len})"),
+        }
+    }
+}
+
+impl<'s> Value<'s> {
+    fn at(&self, node: u32) -> Value<'s> {
+        Value { node, ..*self }
+    }
+
+    fn bytes(&self) -> &'s [u8] {
+        let (d, p) = (self.d, self.pickle);
+        d.bytes(p, self.node)
+    }
+
+    /// True for None.
+    pub fn is_none(&self) -> bool {
+        matches!(self.d.nodes[self.node as usize], Node::Nothing)
+    }
+
+    /// A str (or py2 str / bytes holding UTF-8) as text.
+    pub fn as_str(&self) -> Option<&'s str> {
+        match self.d.nodes[self.node as usize] {
+            Node::Str { .. } => std::str::from_utf8(self.bytes()).ok(),
+            _ => None,
+        }
+    }
+
+    /// An int, bool or float, as `float()` converts it.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self.d.nodes[self.node as usize] {
+            Node::Num(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The items of a list or tuple, in order.
+    pub fn items(&self) -> Option<ValueIter<'s>> {
+        match self.d.nodes[self.node as usize] {
+            Node::List { .. } | Node::Tuple { .. } => Some(ValueIter {
+                value: *self,
+                items: Items::new(self.d, self.node),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The value of a dict's entry whose key is the str `key` (the last one, as python
+    /// keeps the last of a key set twice). `None` when this is not a dict or has no such
+    /// key.
+    pub fn get(&self, key: &str) -> Option<Value<'s>> {
+        let Node::Dict { .. } = self.d.nodes[self.node as usize] else {
+            return None;
+        };
+        let mut walk = Items::new(self.d, self.node);
+        let mut found = None;
+        while let (Some(k), Some(v)) = (walk.next(self.d), walk.next(self.d)) {
+            if self.at(k).as_str() == Some(key) {
+                found = Some(self.at(v));
+            }
+        }
+        found
+    }
+
+    /// True for a dict.
+    pub fn is_dict(&self) -> bool {
+        matches!(self.d.nodes[self.node as usize], Node::Dict { .. })
+    }
+}
+
+/// The items of a list or tuple [`Value`].
+pub struct ValueIter<'s> {
+    value: Value<'s>,
+    items: Items,
+}
+
+impl<'s> Iterator for ValueIter<'s> {
+    type Item = Value<'s>;
+
+    fn next(&mut self) -> Option<Value<'s>> {
+        let node = self.items.next(self.value.d)?;
+        Some(self.value.at(node))
     }
 }
 
@@ -935,7 +1108,11 @@ fn encode_timestamp(t: f64, out: &mut Vec<u8>) {
         out.extend_from_slice(&t.to_be_bytes());
         return;
     }
-    let v = t as i64;
+    encode_int(t as i64, out);
+}
+
+/// An int as python's pickler writes it: BININT1/2, BININT, else LONG1.
+fn encode_int(v: i64, out: &mut Vec<u8>) {
     if (0..=0xff).contains(&v) {
         out.extend_from_slice(&[BININT1, v as u8]);
     } else if (0..=0xffff).contains(&v) {
@@ -958,6 +1135,198 @@ fn encode_timestamp(t: f64, out: &mut Vec<u8>) {
         }
         out.extend_from_slice(&[LONG1, n as u8]);
         out.extend_from_slice(&le[..n]);
+    }
+}
+
+/// Writes one protocol-2 pickle (no length prefix) in the bytes CPython 3's
+/// `pickle.dumps(obj, protocol=2)` writes for the same object: every str, list, dict and
+/// non-empty tuple memoized in order (BINPUT), lists and dicts in batches of 1000 with
+/// python's single-item APPEND / SETITEM forms (and its empty `MARK SETITEMS` after a
+/// dict of exactly a multiple of 1000 entries), str as BINUNICODE, ints as
+/// BININT1/BININT2/BININT/LONG1, floats as BINFLOAT.
+///
+/// Python memoizes by object identity, so the bytes match an object whose equal strings
+/// are shared exactly where [`Writer::shared_str`] is used: dict keys written as literals
+/// in python source are one (interned) object. (CPython also shares every one-character
+/// latin-1 str; values of one character are written fresh here, which loads the same.)
+pub struct Writer<'o> {
+    out: &'o mut Vec<u8>,
+    memo: Memo,
+    shared: Vec<(&'static str, u32)>,
+}
+
+impl<'o> Writer<'o> {
+    /// Starts a pickle at the end of `out`.
+    pub fn new(out: &'o mut Vec<u8>) -> Writer<'o> {
+        out.extend_from_slice(&[PROTO, 2]);
+        Writer {
+            out,
+            memo: Memo(0),
+            shared: Vec::new(),
+        }
+    }
+
+    /// Ends the pickle (STOP).
+    pub fn finish(self) {
+        self.out.push(STOP);
+    }
+
+    /// Bytes written so far, the protocol header included.
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// True before anything but the header is written.
+    pub fn is_empty(&self) -> bool {
+        self.out.len() <= 2
+    }
+
+    /// `None`.
+    pub fn none(&mut self) {
+        self.out.push(NONE);
+    }
+
+    /// `True` / `False`.
+    pub fn bool(&mut self, v: bool) {
+        self.out.push(if v { NEWTRUE } else { NEWFALSE });
+    }
+
+    /// An int.
+    pub fn int(&mut self, v: i64) {
+        encode_int(v, self.out);
+    }
+
+    /// A float.
+    pub fn float(&mut self, v: f64) {
+        self.out.push(BINFLOAT);
+        self.out.extend_from_slice(&v.to_be_bytes());
+    }
+
+    /// A float, or `None` for a missing value.
+    pub fn opt_float(&mut self, v: Option<f64>) {
+        match v {
+            Some(v) => self.float(v),
+            None => self.none(),
+        }
+    }
+
+    /// A str, as a new object.
+    pub fn str(&mut self, s: &str) {
+        self.str_slot(s);
+    }
+
+    /// A str, as a new object; returns its memo slot, for [`Writer::get`].
+    pub fn str_slot(&mut self, s: &str) -> u32 {
+        self.out.push(BINUNICODE);
+        let len = u32::try_from(s.len()).expect("a str under 4 GiB");
+        self.out.extend_from_slice(&len.to_le_bytes());
+        self.out.extend_from_slice(s.as_bytes());
+        let slot = self.memo.0;
+        self.memo.put(self.out);
+        slot
+    }
+
+    /// The object written at memo `slot` again (python's pickler does this for an
+    /// object it has already written).
+    pub fn get(&mut self, slot: u32) {
+        debug_assert!(slot < self.memo.0, "only written objects are in the memo");
+        match u8::try_from(slot) {
+            Ok(slot) => self.out.extend_from_slice(&[BINGET, slot]),
+            Err(_) => {
+                self.out.push(LONG_BINGET);
+                self.out.extend_from_slice(&slot.to_le_bytes());
+            }
+        }
+    }
+
+    /// A str python would share (an interned literal, such as a dict key): written the
+    /// first time, fetched from the memo (BINGET) after.
+    pub fn shared_str(&mut self, s: &'static str) {
+        if let Some(&(_, slot)) = self.shared.iter().find(|(k, _)| *k == s) {
+            self.get(slot);
+            return;
+        }
+        let slot = self.str_slot(s);
+        self.shared.push((s, slot));
+    }
+
+    /// A list: `each` writes one item per element of `items`.
+    pub fn list<T>(
+        &mut self,
+        items: impl ExactSizeIterator<Item = T>,
+        mut each: impl FnMut(&mut Self, T),
+    ) {
+        self.out.push(EMPTY_LIST);
+        self.memo.put(self.out);
+        let n = items.len();
+        if n == 1 {
+            for item in items {
+                each(self, item);
+            }
+            self.out.push(APPEND);
+            return;
+        }
+        for (i, item) in items.enumerate() {
+            if i % BATCH_ITEMS == 0 {
+                self.out.push(MARK);
+            }
+            each(self, item);
+            if i % BATCH_ITEMS == BATCH_ITEMS - 1 || i + 1 == n {
+                self.out.push(APPENDS);
+            }
+        }
+    }
+
+    /// A dict: `each` writes one key, then its value, per element of `entries`.
+    pub fn dict<T>(
+        &mut self,
+        entries: impl ExactSizeIterator<Item = T>,
+        mut each: impl FnMut(&mut Self, T),
+    ) {
+        self.out.push(EMPTY_DICT);
+        self.memo.put(self.out);
+        let n = entries.len();
+        if n == 1 {
+            for entry in entries {
+                each(self, entry);
+            }
+            self.out.push(SETITEM);
+            return;
+        }
+        for (i, entry) in entries.enumerate() {
+            if i % BATCH_ITEMS == 0 {
+                self.out.push(MARK);
+            }
+            each(self, entry);
+            if i % BATCH_ITEMS == BATCH_ITEMS - 1 || i + 1 == n {
+                self.out.push(SETITEMS);
+            }
+        }
+        if n > 0 && n % BATCH_ITEMS == 0 {
+            // The C pickler loops while a batch was full, so it ends with an empty one.
+            self.out.extend_from_slice(&[MARK, SETITEMS]);
+        }
+    }
+
+    /// A tuple of `n` items, which `items` writes.
+    pub fn tuple(&mut self, n: usize, items: impl FnOnce(&mut Self)) {
+        match n {
+            0 => {
+                items(self);
+                self.out.push(EMPTY_TUPLE); // python does not memoize ()
+            }
+            1..=3 => {
+                items(self);
+                self.out.push([TUPLE1, TUPLE2, TUPLE3][n - 1]);
+                self.memo.put(self.out);
+            }
+            _ => {
+                self.out.push(MARK);
+                items(self);
+                self.out.push(TUPLE);
+                self.memo.put(self.out);
+            }
+        }
     }
 }
 
@@ -1189,6 +1558,185 @@ mod tests {
             assert_eq!(d.points, pts.len());
         }
         assert!(got.iter().zip(&names).all(|(g, n)| g == n.as_bytes()));
+    }
+
+    // python3 -c "import pickle; print(pickle.dumps({'type': 'cache-query-bulk', 'metrics': ['a.b', 'c'], 'n': 7, 'x': None}, protocol=N))"
+    #[test]
+    fn dicts_in_protocols_0_to_5() {
+        let p0 = b"(dp0\nVtype\np1\nVcache-query-bulk\np2\nsVmetrics\np3\n(lp4\nVa.b\np5\naVc\np6\nasVn\np7\nI7\nsVx\np8\nNs.";
+        let p1 = b"}q\x00(X\x04\x00\x00\x00typeq\x01X\x10\x00\x00\x00cache-query-bulkq\x02X\x07\x00\x00\x00metricsq\x03]q\x04(X\x03\x00\x00\x00a.bq\x05X\x01\x00\x00\x00cq\x06eX\x01\x00\x00\x00nq\x07K\x07X\x01\x00\x00\x00xq\x08Nu.";
+        let p2 = b"\x80\x02}q\x00(X\x04\x00\x00\x00typeq\x01X\x10\x00\x00\x00cache-query-bulkq\x02X\x07\x00\x00\x00metricsq\x03]q\x04(X\x03\x00\x00\x00a.bq\x05X\x01\x00\x00\x00cq\x06eX\x01\x00\x00\x00nq\x07K\x07X\x01\x00\x00\x00xq\x08Nu.";
+        let p4 = b"\x80\x04\x95B\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x04type\x94\x8c\x10cache-query-bulk\x94\x8c\x07metrics\x94]\x94(\x8c\x03a.b\x94\x8c\x01c\x94e\x8c\x01n\x94K\x07\x8c\x01x\x94Nu.";
+        let p5 = b"\x80\x05\x95B\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x04type\x94\x8c\x10cache-query-bulk\x94\x8c\x07metrics\x94]\x94(\x8c\x03a.b\x94\x8c\x01c\x94e\x8c\x01n\x94K\x07\x8c\x01x\x94Nu.";
+        let mut d = Decoder::default();
+        for p in [&p0[..], p1, p2, p4, p5] {
+            let v = d.load(p).unwrap();
+            assert!(v.is_dict());
+            assert_eq!(
+                v.get("type").and_then(|t| t.as_str()),
+                Some("cache-query-bulk")
+            );
+            let metrics: Vec<&str> = v
+                .get("metrics")
+                .and_then(|m| m.items())
+                .unwrap()
+                .map(|m| m.as_str().unwrap())
+                .collect();
+            assert_eq!(metrics, ["a.b", "c"]);
+            assert_eq!(v.get("n").and_then(|n| n.as_f64()), Some(7.0));
+            assert!(v.get("x").unwrap().is_none());
+            assert!(v.get("missing").is_none());
+            assert!(v.get("n").unwrap().get("n").is_none());
+        }
+        // A dict is not a list of points: the points decoder refuses it whole.
+        assert_eq!(run(p2).map(|_| ()), Err(Reject::BadStructure));
+    }
+
+    #[test]
+    fn dict_structure_errors() {
+        let mut d = Decoder::default();
+        // A key set twice keeps the last value, as python does.
+        // python3 -c "import pickle; print(pickle.dumps({'k': 1}, 2))" with a second SETITEM.
+        let v = d
+            .load(b"\x80\x02}q\x00X\x01\x00\x00\x00kK\x01sX\x01\x00\x00\x00kK\x02s.")
+            .unwrap();
+        assert_eq!(v.get("k").and_then(|k| k.as_f64()), Some(2.0));
+        // Odd items for SETITEMS, SETITEM below a mark or on a list, DICT without a mark.
+        for bad in [
+            &b"\x80\x02}(K\x01u."[..],
+            b"\x80\x02}(K\x01K\x02s.",
+            b"\x80\x02]K\x01K\x02s.",
+            b"\x80\x02K\x01K\x02s.",
+            b"\x80\x02d.",
+            b"\x80\x02(K\x01d.",
+        ] {
+            assert_eq!(
+                d.load(bad).map(|_| ()).unwrap_err(),
+                Reject::BadStructure,
+                "{bad:?}"
+            );
+        }
+        // A dict that holds itself is fine: nothing is copied out.
+        let v = d.load(b"\x80\x02}q\x00X\x01\x00\x00\x00sh\x00s.").unwrap();
+        assert!(v.get("s").unwrap().get("s").unwrap().is_dict());
+        assert_eq!(
+            d.load(b"\x80\x02cos\nsystem\n.").map(|_| ()).unwrap_err(),
+            Reject::BadOpcode
+        );
+    }
+
+    fn written(f: impl FnOnce(&mut Writer<'_>)) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = Writer::new(&mut out);
+        f(&mut w);
+        w.finish();
+        out
+    }
+
+    #[test]
+    fn writer_matches_python_bytes() {
+        // python3 -c "import pickle; print(pickle.dumps([{'path': 'ab.cd', 'is_leaf': False}, {'path': 'ab.ef', 'is_leaf': True, 'intervals': [(1700000000, 1700086400)]}], 2))"
+        let py = b"\x80\x02]q\x00(}q\x01(X\x04\x00\x00\x00pathq\x02X\x05\x00\x00\x00ab.cdq\x03X\x07\x00\x00\x00is_leafq\x04\x89u}q\x05(h\x02X\x05\x00\x00\x00ab.efq\x06h\x04\x88X\t\x00\x00\x00intervalsq\x07]q\x08J\x00\xf1SeJ\x80BUe\x86q\taue.";
+        let got = written(|w| {
+            w.list([false, true].into_iter(), |w, leaf| {
+                w.dict(0..if leaf { 3 } else { 2 }, |w, k| match k {
+                    0 => {
+                        w.shared_str("path");
+                        w.str(if leaf { "ab.ef" } else { "ab.cd" });
+                    }
+                    1 => {
+                        w.shared_str("is_leaf");
+                        w.bool(leaf);
+                    }
+                    _ => {
+                        w.shared_str("intervals");
+                        w.list(std::iter::once(()), |w, ()| {
+                            w.tuple(2, |w| {
+                                w.int(1700000000);
+                                w.int(1700086400);
+                            })
+                        });
+                    }
+                })
+            })
+        });
+        assert_eq!(got, py);
+        // python3 -c "import pickle; print(pickle.dumps((1,2,3,4), 2), pickle.dumps(('x',), 2), pickle.dumps([True, None, -1, 2**40, -2**63, 0.5], 2), pickle.dumps((), 2))"
+        assert_eq!(
+            written(|w| w.tuple(4, |w| (1..=4).for_each(|i| w.int(i)))),
+            b"\x80\x02(K\x01K\x02K\x03K\x04tq\x00."
+        );
+        assert_eq!(
+            written(|w| w.tuple(1, |w| w.str("x"))),
+            b"\x80\x02X\x01\x00\x00\x00xq\x00\x85q\x01."
+        );
+        assert_eq!(written(|w| w.tuple(0, |_| {})), b"\x80\x02).");
+        let got = written(|w| {
+            w.list(0..6, |w, i| match i {
+                0 => w.bool(true),
+                1 => w.none(),
+                2 => w.int(-1),
+                3 => w.int(1 << 40),
+                4 => w.int(i64::MIN),
+                _ => w.opt_float(Some(0.5)),
+            })
+        });
+        assert_eq!(got, b"\x80\x02]q\x00(\x88NJ\xff\xff\xff\xff\x8a\x06\x00\x00\x00\x00\x00\x01\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x80G?\xe0\x00\x00\x00\x00\x00\x00e.");
+    }
+
+    #[test]
+    fn writer_batches_as_cpython() {
+        // python3 -c "import pickle; b = pickle.dumps({str(i): i for i in range(1000)}, 2); print(b[-8:])"
+        let dict = |n: usize| {
+            written(|w| {
+                w.dict(0..n, |w, i| {
+                    w.str(&i.to_string());
+                    w.int(i as i64);
+                })
+            })
+        };
+        assert!(dict(1000).ends_with(b"\x00M\xe7\x03u(u."));
+        assert!(dict(1001).ends_with(b"M\xe8\x03u."));
+        assert_eq!(dict(0), b"\x80\x02}q\x00.");
+        assert_eq!(dict(1), b"\x80\x02}q\x00X\x01\x00\x00\x000q\x01K\x00s.");
+        // python3 -c "import pickle; b = pickle.dumps(list(range(1000)), 2); print(b[-8:])"
+        let list = |n: usize| written(|w| w.list(0..n, |w, i| w.int(i as i64)));
+        assert!(list(1000).ends_with(b"M\xe6\x03M\xe7\x03e."));
+        assert!(list(1001).ends_with(b"e(M\xe8\x03e."));
+        assert_eq!(list(1), b"\x80\x02]q\x00K\x00a.");
+        // Every str is memoized in order; past 255 slots BINPUT turns LONG_BINPUT and a
+        // shared str's BINGET turns LONG_BINGET.
+        // python3 -c "import pickle; x = 'kk'; print(pickle.dumps([['s%d' % i for i in range(300)], x, x], 2))"
+        let many = written(|w| {
+            w.list(0..3, |w, i| match i {
+                0 => w.list(0..300, |w, j| w.str(&format!("s{j}"))),
+                _ => w.shared_str("kk"),
+            })
+        });
+        assert_eq!(many.len(), 3358);
+        let sha: String = {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(&many)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        // python3 -c "...; import hashlib; print(hashlib.sha256(b).hexdigest())"
+        assert_eq!(
+            sha,
+            "d42a4ba5f284c93afc48dafb11e25fa03fa0de88729adc8d0b2d63145de3ddef"
+        );
+        assert!(many.ends_with(
+            b"\x00s299r-\x01\x00\x00eX\x02\x00\x00\x00kkr.\x01\x00\x00j.\x01\x00\x00e."
+        ));
+        let mut d = Decoder::default();
+        let v = d.load(&many).unwrap();
+        let items: Vec<_> = v.items().unwrap().collect();
+        assert_eq!(items[2].as_str(), Some("kk"));
+        assert_eq!(
+            items[0].items().unwrap().nth(299).unwrap().as_str(),
+            Some("s299")
+        );
     }
 
     #[test]

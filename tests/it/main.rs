@@ -13,6 +13,7 @@ mod crelay;
 mod delivery;
 mod e2e;
 mod pickle;
+mod read_api;
 mod rewrite;
 mod rings;
 mod spool_tools;

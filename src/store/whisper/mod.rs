@@ -2,8 +2,12 @@
 //! whisper 1.1.x. The format logic (`format`) does its reads and writes through a small
 //! I/O interface (`io`), so the io_uring writer can drive it later; `rules` chooses the
 //! retention and aggregation of new files as carbon does, and `path` maps names to files.
+//! For the read API, `find` walks a root for a glob and `render` reads a series, merges the
+//! cache over it and reads or sets a file's aggregation method.
 
+pub mod find;
 pub mod format;
 pub mod io;
 pub mod path;
+pub mod render;
 pub mod rules;
