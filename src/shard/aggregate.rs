@@ -742,6 +742,12 @@ fn apply(agg: &mut AggState, tag: u8, mut r: Reader<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aggregate::statsd::mgmt;
+    use crate::config::Config;
+    use crate::point::{self, Point};
+    use crate::protocol::statsd;
+    use crate::shard::mesh;
+    use crate::tools::SplitMix64;
 
     #[test]
     fn owners_spread_and_are_stable() {
@@ -754,5 +760,129 @@ mod tests {
         }
         assert!(seen.iter().all(|&n| n > 800), "{seen:?}");
         assert_eq!(owner(b"x", 1), 0);
+    }
+
+    fn stages(shards: usize, queue_bytes: usize) -> (Vec<AggStage>, Vec<ShardMesh>) {
+        let cfg = Config::parse(
+            r#"
+            [[listen]]
+            name = "s"
+            url = "udp://127.0.0.1:0"
+            format = "statsd"
+            [[cluster]]
+            name = "c"
+            kind = "forward"
+            members = ["127.0.0.1:1"]
+            [[aggregate]]
+            name = "statsd"
+            kind = "statsd"
+            send_to = ["c"]
+            [[route]]
+            match = { all = true }
+            aggregate = "statsd"
+        "#,
+        )
+        .unwrap();
+        let meshes = mesh::links(shards, 1024, queue_bytes);
+        let stages = (0..shards)
+            .map(|me| {
+                let mut st = AggStage::new(me, shards);
+                let agg = st.build(7, &cfg.aggregates[0], 1_700_000_000_000).unwrap();
+                st.aggs.push(agg);
+                st
+            })
+            .collect();
+        (stages, meshes)
+    }
+
+    fn counter(name: &[u8]) -> Point<'_> {
+        Point {
+            name,
+            key: name,
+            line: name,
+            value: point::Value::Statsd(point::Statsd {
+                sample: statsd::Sample {
+                    value: statsd::Value::Counter(1.0),
+                    sample_rate: 1.0,
+                },
+                tags: &[],
+            }),
+        }
+    }
+
+    fn drain(stages: &mut [AggStage], meshes: &mut [ShardMesh]) {
+        for m in meshes.iter_mut() {
+            m.send_all();
+        }
+        for (me, st) in stages.iter_mut().enumerate() {
+            for from in 0..meshes.len() {
+                while let Some(b) = meshes[me].receive(from) {
+                    for (_, tag, payload) in b.records_from(0) {
+                        st.apply_record(from, tag, payload);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every name is aggregated on exactly one shard, its owner, whatever shard read
+    /// each of its samples, and no sample is lost or counted twice.
+    #[test]
+    fn every_name_is_aggregated_on_its_owner_alone() {
+        for (seed, shards) in [(1u64, 2usize), (2, 3), (3, 4), (4, 7)] {
+            let (mut st, mut meshes) = stages(shards, 1 << 20);
+            let mut rng = SplitMix64(seed);
+            let names: Vec<String> = (0..500).map(|i| format!("app.n{i}.x")).collect();
+            let mut want = std::collections::HashMap::new();
+            for _ in 0..20_000 {
+                let n = &names[rng.below(names.len())];
+                let reader = rng.below(shards);
+                st[reader].take(
+                    0,
+                    &counter(n.as_bytes()),
+                    n.as_bytes(),
+                    0,
+                    &mut meshes[reader],
+                );
+                *want.entry(n.clone()).or_insert(0.0) += 1.0;
+                if rng.below(50) == 0 {
+                    drain(&mut st, &mut meshes);
+                }
+            }
+            drain(&mut st, &mut meshes);
+            let mut seen = std::collections::HashMap::new();
+            for (me, s) in st.iter_mut().enumerate() {
+                let e = s.statsd_engine(0).unwrap();
+                for (k, v) in e.dump(mgmt::Kind::Counters) {
+                    if k.starts_with(b"statsd.") {
+                        continue;
+                    }
+                    let name = String::from_utf8(k).unwrap();
+                    assert_eq!(owner(name.as_bytes(), shards), me, "{name} on shard {me}");
+                    assert!(seen.insert(name, v).is_none(), "a name on two shards");
+                }
+            }
+            assert_eq!(seen.len(), want.len(), "seed {seed}");
+            for (n, w) in &want {
+                assert_eq!(seen[n], DumpValue::Number(*w), "{n}");
+            }
+        }
+    }
+
+    /// A peer that does not drain: its channel fills, the reader goes on (never waits)
+    /// and the dropped samples are counted.
+    #[test]
+    fn a_full_channel_drops_and_counts_instead_of_blocking() {
+        let (mut st, mut meshes) = stages(2, 2048);
+        let names: Vec<String> = (0..2000).map(|i| format!("n{i}")).collect();
+        let remote = names.iter().filter(|n| owner(n.as_bytes(), 2) == 1).count() as u64;
+        for n in &names {
+            st[0].take(0, &counter(n.as_bytes()), n.as_bytes(), 0, &mut meshes[0]);
+        }
+        meshes[0].send_all();
+        let c = &meshes[0].counters;
+        assert_eq!(st[0].aggs[0].counters.samples_to_other_shards, remote);
+        assert!(c.dropped_records_full > 0, "the channel holds 2 KiB");
+        assert_eq!(c.records_sent + c.dropped_records_full, remote);
     }
 }
