@@ -25,6 +25,7 @@
 use crate::aggregate::carbon::{name_hash, CarbonAggregator, RuleMatcher};
 use crate::aggregate::statsd::key::{self as statsd_key, KeyScratch};
 use crate::aggregate::statsd::mgmt::Kind as StatsdKind;
+use crate::aggregate::statsd::table::fingerprint;
 use crate::aggregate::statsd::{DumpValue, FlushTotals, GraphiteWriteStats, StatsdEngine, TagMode};
 use crate::config::{Aggregate, AggregateKind};
 use crate::point::{Point, Value};
@@ -80,6 +81,17 @@ const TAG_INTAKE: u8 = 5;
 /// Keys written per flush step before the shard lets its readers run.
 pub const FLUSH_STEP_KEYS: usize = 10_000;
 
+/// The shard a statsd key is owned by, from its [`fingerprint`] (the half the key
+/// table does not index by, so owners and table slots do not correlate).
+#[inline]
+pub fn owner_of_fingerprint(fp: u128, shards: usize) -> usize {
+    if shards == 1 {
+        0
+    } else {
+        ((fp >> 64) as u64 % shards as u64) as usize
+    }
+}
+
 /// The shard every name is owned by.
 #[inline]
 pub fn owner(name: &[u8], shards: usize) -> usize {
@@ -123,8 +135,8 @@ enum Kind {
 struct StatsdState {
     engine: StatsdEngine,
     tag_mode: TagMode,
-    /// Names of statsd's own keys (they live on shard 0).
-    internal: [Vec<u8>; 4],
+    /// Fingerprints of statsd's own keys (they live on shard 0).
+    internal: [u128; 4],
     /// The flush running now, if any.
     flush: Option<FlushState>,
     /// By shard: the latest flush time it sent a marker for. Its records after that
@@ -269,11 +281,12 @@ impl AggStage {
                     engine,
                     tag_mode: s.engine.tag_mode,
                     internal: [
-                        format!("{ps}.bad_lines_seen").into_bytes(),
-                        format!("{ps}.packets_received").into_bytes(),
-                        format!("{ps}.metrics_received").into_bytes(),
-                        format!("{ps}.timestamp_lag").into_bytes(),
-                    ],
+                        "bad_lines_seen",
+                        "packets_received",
+                        "metrics_received",
+                        "timestamp_lag",
+                    ]
+                    .map(|n| fingerprint(format!("{ps}.{n}").as_bytes())),
                     flush: None,
                     last_marker: vec![0; self.shards],
                     completed_ms: 0,
@@ -321,29 +334,36 @@ impl AggStage {
         let id = agg.id;
         match (&mut agg.kind, p.value) {
             (Kind::Statsd(st), Value::Statsd(s)) => {
-                statsd_key::build_key(
-                    name,
-                    s.tags,
-                    st.tag_mode,
-                    &mut self.key,
-                    &mut self.key_scratch,
-                );
-                let key = &self.key;
-                let to = if st.internal.iter().any(|k| k == key) {
+                // Most names are their own key: no copy then.
+                let key: &[u8] = if statsd_key::is_own_key(name, s.tags) {
+                    name
+                } else {
+                    statsd_key::build_key(
+                        name,
+                        s.tags,
+                        st.tag_mode,
+                        &mut self.key,
+                        &mut self.key_scratch,
+                    );
+                    &self.key
+                };
+                // One hash of the key picks the owner and finds the key there.
+                let fp = fingerprint(key);
+                let to = if st.internal.contains(&fp) {
                     0
                 } else {
-                    owner(key, shards)
+                    owner_of_fingerprint(fp, shards)
                 };
                 if to != me {
                     agg.counters.samples_to_other_shards += 1;
-                    mesh.record(to, TAG_STATSD, |b| encode_statsd(b, id, key, &s.sample));
+                    mesh.record(to, TAG_STATSD, |b| encode_statsd(b, id, key, fp, &s.sample));
                 } else if st.flush.is_some() {
                     agg.counters.samples_deferred += 1;
                     push_deferred(&mut agg.deferred, me, TAG_STATSD, |b| {
-                        encode_statsd(b, id, key, &s.sample)
+                        encode_statsd(b, id, key, fp, &s.sample)
                     });
                 } else {
-                    apply_statsd(st, &mut agg.counters, key, s.sample);
+                    apply_statsd(st, &mut agg.counters, key, fp, s.sample);
                 }
                 false
             }
@@ -663,8 +683,9 @@ fn push_deferred(buf: &mut Vec<u8>, from: usize, tag: u8, write: impl FnOnce(&mu
     buf[at + 1..at + 5].copy_from_slice(&len.to_le_bytes());
 }
 
-fn encode_statsd(b: &mut Vec<u8>, id: u16, key: &[u8], s: &Sample<'_>) {
+fn encode_statsd(b: &mut Vec<u8>, id: u16, key: &[u8], fp: u128, s: &Sample<'_>) {
     b.extend_from_slice(&id.to_le_bytes());
+    b.extend_from_slice(&fp.to_le_bytes());
     let (kind, v, member): (u8, f64, &[u8]) = match s.value {
         SampleValue::Counter(v) => (0, v, &[]),
         SampleValue::Timer(v) => (1, v, &[]),
@@ -678,9 +699,16 @@ fn encode_statsd(b: &mut Vec<u8>, id: u16, key: &[u8], s: &Sample<'_>) {
     put_str16(b, member);
 }
 
-fn apply_statsd(st: &mut StatsdState, c: &mut AggregatorCounters, key: &[u8], s: Sample<'_>) {
+#[inline]
+fn apply_statsd(
+    st: &mut StatsdState,
+    c: &mut AggregatorCounters,
+    key: &[u8],
+    fp: u128,
+    s: Sample<'_>,
+) {
     c.samples_applied += 1;
-    st.engine.ingest(key, s);
+    st.engine.ingest_fp(key, fp, s);
 }
 
 /// Applies a record (its aggregator id already read from `r`).
@@ -688,6 +716,7 @@ fn apply(agg: &mut AggState, tag: u8, mut r: Reader<'_>) {
     let counters = &mut agg.counters;
     match (&mut agg.kind, tag) {
         (Kind::Statsd(st), TAG_STATSD) => {
+            let fp = u128::from_le_bytes(r.bytes(16).try_into().expect("16 bytes"));
             let kind = r.u8();
             let v = r.f64();
             let sample_rate = r.f64();
@@ -702,7 +731,7 @@ fn apply(agg: &mut AggState, tag: u8, mut r: Reader<'_>) {
                 },
                 _ => SampleValue::Set(member),
             };
-            apply_statsd(st, counters, key, Sample { value, sample_rate });
+            apply_statsd(st, counters, key, fp, Sample { value, sample_rate });
         }
         (Kind::Statsd(st), TAG_INTAKE) => {
             let (p, l, b) = (r.i64() as u64, r.i64() as u64, r.i64() as u64);
@@ -858,7 +887,8 @@ mod tests {
                         continue;
                     }
                     let name = String::from_utf8(k).unwrap();
-                    assert_eq!(owner(name.as_bytes(), shards), me, "{name} on shard {me}");
+                    let o = owner_of_fingerprint(fingerprint(name.as_bytes()), shards);
+                    assert_eq!(o, me, "{name} on shard {me}");
                     assert!(seen.insert(name, v).is_none(), "a name on two shards");
                 }
             }
@@ -875,7 +905,10 @@ mod tests {
     fn a_full_channel_drops_and_counts_instead_of_blocking() {
         let (mut st, mut meshes) = stages(2, 2048);
         let names: Vec<String> = (0..2000).map(|i| format!("n{i}")).collect();
-        let remote = names.iter().filter(|n| owner(n.as_bytes(), 2) == 1).count() as u64;
+        let remote = names
+            .iter()
+            .filter(|n| owner_of_fingerprint(fingerprint(n.as_bytes()), 2) == 1)
+            .count() as u64;
         for n in &names {
             st[0].take(0, &counter(n.as_bytes()), n.as_bytes(), 0, &mut meshes[0]);
         }

@@ -20,6 +20,25 @@ pub enum TagMode {
 /// it (`rejected_proto_key`).
 pub const PROTO_KEY: &[u8] = b"__proto__";
 
+/// Bytes sanitising keeps as they are: `[A-Za-z0-9_.;=-]`.
+const KEPT: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b';' | b'=');
+        b += 1;
+    }
+    t
+};
+
+/// Whether a line's name is its own stored key: no tags, and every byte one sanitising
+/// keeps (the common case; then [`build_key`] would copy it unchanged).
+#[inline]
+pub fn is_own_key(name: &[u8], tags: &[u8]) -> bool {
+    tags.is_empty() && name.iter().fold(true, |ok, &b| ok & KEPT[b as usize])
+}
+
 /// Scratch space for [`build_key`], reused across lines.
 #[derive(Default)]
 pub struct KeyScratch {
@@ -158,6 +177,35 @@ mod tests {
         let mut out = Vec::new();
         build_key(p.name, p.tags, mode, &mut out, &mut KeyScratch::default());
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn own_keys_are_the_names_build_key_keeps() {
+        for (name, tags) in [
+            ("a.b-c_d;e=f", ""),
+            ("a b", ""),
+            ("a/b", ""),
+            ("a.b", "t:1"),
+            ("", ""),
+            ("\u{e9}", ""),
+        ] {
+            let mut out = Vec::new();
+            build_key(
+                name.as_bytes(),
+                tags.as_bytes(),
+                TagMode::Etsy,
+                &mut out,
+                &mut KeyScratch::default(),
+            );
+            if is_own_key(name.as_bytes(), tags.as_bytes()) {
+                assert_eq!(out, name.as_bytes(), "{name:?}");
+            } else {
+                assert!(
+                    out != name.as_bytes() || !tags.is_empty() || name.is_empty(),
+                    "{name:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -761,11 +761,17 @@ impl StatsdEngine {
     /// Applies one sample to `key` (the stored key: sanitised, tags included, as
     /// [`key::build_key`] makes it).
     pub fn ingest(&mut self, key: &[u8], sample: Sample<'_>) {
+        self.ingest_fp(key, fingerprint(key), sample);
+    }
+
+    /// [`ingest`](Self::ingest) with the key's [`table::fingerprint`] already computed.
+    #[inline]
+    pub fn ingest_fp(&mut self, key: &[u8], fp: u128, sample: Sample<'_>) {
+        debug_assert_eq!(fp, fingerprint(key));
         if key == key::PROTO_KEY {
             self.stats.rejected_proto_key += 1;
             return;
         }
-        let fp = fingerprint(key);
         let inv_rate = 1.0 / sample.sample_rate;
         match sample.value {
             Value::Counter(v) => {
