@@ -118,9 +118,7 @@ fn main() {
             c.mesh.send_all();
             for from in 0..shards {
                 while let Some(b) = c.mesh.receive(from) {
-                    for (_, tag, payload) in b.records_from(0) {
-                        c.aggs.apply_record(from, tag, payload);
-                    }
+                    c.aggs.apply_batch(from, &b);
                 }
             }
         }

@@ -227,6 +227,25 @@ fn decode_statsd<'b>(
 /// with its first sample's reason.
 #[inline]
 fn statsd_line<'b>(line: &'b [u8], counts: &mut DecodeCounts, emit: &mut impl FnMut(Point<'b>)) {
+    // Most lines: one sample, no tags; found in one pass.
+    if let Some((name, chunk)) = statsd::one_sample(line) {
+        match statsd::parse_sample(chunk) {
+            Ok(sample) => {
+                counts.parsed_lines += 1;
+                emit(Point {
+                    name,
+                    key: name,
+                    line,
+                    value: Value::Statsd(point::Statsd { sample, tags: &[] }),
+                });
+            }
+            Err(r) => {
+                counts.rejected_samples += 1;
+                counts.rejected_lines[r as usize] += 1;
+            }
+        }
+        return;
+    }
     let parts = statsd::split_line(line);
     let mut first_reject = None;
     let mut good = false;

@@ -106,6 +106,25 @@ pub fn split_line(line: &[u8]) -> LineParts<'_> {
     }
 }
 
+/// The common line, `name:sample` with no tags and one sample, found in one pass over
+/// the bytes: its name and its one sample chunk. `None` for anything else (tags, several
+/// samples, no `:`), which [`split_line`] reads; both read such a line alike.
+#[inline]
+pub fn one_sample(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut colon = usize::MAX;
+    let mut prev = 0u8;
+    for (i, &b) in line.iter().enumerate() {
+        match b {
+            b':' if colon == usize::MAX => colon = i,
+            b':' => return None,
+            b'#' if prev == b'|' => return None,
+            _ => {}
+        }
+        prev = b;
+    }
+    (colon != usize::MAX).then(|| (&line[..colon], &line[colon + 1..]))
+}
+
 /// Parses one sample chunk (`value|type[|@rate]...`).
 #[inline]
 pub fn parse_sample(chunk: &[u8]) -> Result<Sample<'_>, Reject> {
@@ -252,6 +271,40 @@ mod tests {
         check("a.b:x|c", Err(Reject::BadValue));
         check("a.b:++1|g", Err(Reject::BadValue));
         check("a.b:|c:", Err(Reject::BadValue));
+    }
+
+    #[test]
+    fn one_sample_lines_read_as_split_line_reads_them() {
+        for line in [
+            "a:1|c",
+            "a.b:2|ms|@0.5",
+            "a:1|c:2|c",
+            "a:1|c|#t:1",
+            "a|#t:1",
+            "nocolon",
+            ":1|c",
+            "a:",
+            "a:1|#",
+            "x:1|c|@0.1|#a",
+            "a#b:1|c",
+        ] {
+            let l = line.as_bytes();
+            let p = split_line(l);
+            match one_sample(l) {
+                Some((name, chunk)) => {
+                    assert!(p.tags.is_empty(), "{line}");
+                    assert_eq!(name, p.name, "{line}");
+                    assert_eq!(vec![chunk], p.chunks().collect::<Vec<_>>(), "{line}");
+                }
+                None => assert!(
+                    !p.tags.is_empty()
+                        || p.samples.is_none()
+                        || p.chunks().count() > 1
+                        || line.contains("|#"),
+                    "{line}"
+                ),
+            }
+        }
     }
 
     #[test]

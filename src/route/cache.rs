@@ -160,7 +160,8 @@ impl FingerprintTable {
 }
 
 #[inline]
-fn prefetch_read<T>(p: &T) {
+/// Asks the CPU to start loading `p` into its caches (a hint; nothing else happens).
+pub fn prefetch_read<T>(p: &T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetching is a hint with no architectural effect; the pointer comes from a
     // live reference, and SSE (which provides the instruction) is part of x86_64.

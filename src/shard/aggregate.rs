@@ -191,6 +191,23 @@ pub struct AggStage {
     /// When a statsd listener last read something here (unix seconds; Etsy's
     /// `messages.last_msg_seen`).
     pub last_msg_seen_s: i64,
+    /// statsd samples this shard owns, taken during a batch and applied at its end
+    /// ([`finish_batch`](Self::finish_batch)): their index entries were prefetched when
+    /// they were taken, so a batch overlaps its cache misses.
+    staged: Vec<Staged>,
+    /// Keys and set members of `staged`.
+    staged_bytes: Vec<u8>,
+}
+
+/// A statsd sample waiting for the end of its batch.
+struct Staged {
+    agg: usize,
+    fp: u128,
+    key: (u32, u32),
+    kind: u8,
+    value: f64,
+    rate: f64,
+    member: (u32, u32),
 }
 
 /// A question from the management console to one shard's statsd aggregator.
@@ -237,7 +254,33 @@ impl AggStage {
             key_scratch: KeyScratch::default(),
             intake: Intake::default(),
             last_msg_seen_s: 0,
+            staged: Vec::with_capacity(32),
+            staged_bytes: Vec::with_capacity(4096),
         }
+    }
+
+    /// Applies the samples staged during a batch, in order (the pipeline calls it at the
+    /// end of every batch it routes).
+    #[inline]
+    pub fn finish_batch(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        for s in &self.staged {
+            let agg = &mut self.aggs[s.agg];
+            let Kind::Statsd(st) = &mut agg.kind else {
+                continue;
+            };
+            let bytes =
+                |(at, len): (u32, u32)| &self.staged_bytes[at as usize..(at + len) as usize];
+            let sample = Sample {
+                value: decode_value(s.kind, s.value, bytes(s.member)),
+                sample_rate: s.rate,
+            };
+            apply_statsd(st, &mut agg.counters, bytes(s.key), s.fp, sample);
+        }
+        self.staged.clear();
+        self.staged_bytes.clear();
     }
 
     /// Answers the management console for statsd aggregator `name`.
@@ -363,7 +406,23 @@ impl AggStage {
                         encode_statsd(b, id, key, fp, &s.sample)
                     });
                 } else {
-                    apply_statsd(st, &mut agg.counters, key, fp, s.sample);
+                    st.engine.prefetch(fp, &s.sample.value);
+                    let bytes = &mut self.staged_bytes;
+                    let mut put = |b: &[u8]| {
+                        let at = bytes.len() as u32;
+                        bytes.extend_from_slice(b);
+                        (at, b.len() as u32)
+                    };
+                    let (kind, value, member) = encode_value(&s.sample.value);
+                    self.staged.push(Staged {
+                        agg: a,
+                        fp,
+                        key: put(key),
+                        kind,
+                        value,
+                        rate: s.sample.sample_rate,
+                        member: put(member),
+                    });
                 }
                 false
             }
@@ -397,6 +456,41 @@ impl AggStage {
             _ => {
                 agg.counters.dropped_wrong_protocol += 1;
                 false
+            }
+        }
+    }
+
+    /// Applies the records of a batch that arrived from shard `from`, in order, starting
+    /// to load each statsd key's index entry a few records ahead.
+    pub fn apply_batch(&mut self, from: usize, batch: &crate::shard::mesh::MeshBatch) {
+        const AHEAD: usize = 8;
+        let mut ahead = batch.records_from(0);
+        for _ in 0..AHEAD {
+            match ahead.next() {
+                Some((_, tag, payload)) => self.prefetch_record(tag, payload),
+                None => break,
+            }
+        }
+        for (_, tag, payload) in batch.records_from(0) {
+            if let Some((_, t, p)) = ahead.next() {
+                self.prefetch_record(t, p);
+            }
+            self.apply_record(from, tag, payload);
+        }
+    }
+
+    /// Starts loading the index entry a statsd record will look up.
+    #[inline]
+    fn prefetch_record(&self, tag: u8, payload: &[u8]) {
+        if tag != TAG_STATSD || payload.len() < 19 {
+            return;
+        }
+        let id = u16::from_le_bytes([payload[0], payload[1]]);
+        let fp = u128::from_le_bytes(payload[2..18].try_into().expect("16 bytes"));
+        let kind = payload[18];
+        if let Some(agg) = self.aggs.iter().find(|a| a.id == id) {
+            if let Kind::Statsd(st) = &agg.kind {
+                st.engine.prefetch(fp, &decode_value(kind, 0.0, &[]));
             }
         }
     }
@@ -683,15 +777,35 @@ fn push_deferred(buf: &mut Vec<u8>, from: usize, tag: u8, write: impl FnOnce(&mu
     buf[at + 1..at + 5].copy_from_slice(&len.to_le_bytes());
 }
 
-fn encode_statsd(b: &mut Vec<u8>, id: u16, key: &[u8], fp: u128, s: &Sample<'_>) {
-    b.extend_from_slice(&id.to_le_bytes());
-    b.extend_from_slice(&fp.to_le_bytes());
-    let (kind, v, member): (u8, f64, &[u8]) = match s.value {
+/// A sample's value as (kind code, number, set member), for mesh records and staging.
+#[inline]
+fn encode_value<'a>(v: &SampleValue<'a>) -> (u8, f64, &'a [u8]) {
+    match *v {
         SampleValue::Counter(v) => (0, v, &[]),
         SampleValue::Timer(v) => (1, v, &[]),
         SampleValue::Gauge { value, delta } => (2 + u8::from(delta), value, &[]),
         SampleValue::Set(m) => (4, 0.0, m),
-    };
+    }
+}
+
+/// The inverse of [`encode_value`].
+#[inline]
+fn decode_value(kind: u8, v: f64, member: &[u8]) -> SampleValue<'_> {
+    match kind {
+        0 => SampleValue::Counter(v),
+        1 => SampleValue::Timer(v),
+        2 | 3 => SampleValue::Gauge {
+            value: v,
+            delta: kind == 3,
+        },
+        _ => SampleValue::Set(member),
+    }
+}
+
+fn encode_statsd(b: &mut Vec<u8>, id: u16, key: &[u8], fp: u128, s: &Sample<'_>) {
+    b.extend_from_slice(&id.to_le_bytes());
+    b.extend_from_slice(&fp.to_le_bytes());
+    let (kind, v, member) = encode_value(&s.value);
     b.push(kind);
     b.extend_from_slice(&v.to_bits().to_le_bytes());
     b.extend_from_slice(&s.sample_rate.to_bits().to_le_bytes());
@@ -722,15 +836,7 @@ fn apply(agg: &mut AggState, tag: u8, mut r: Reader<'_>) {
             let sample_rate = r.f64();
             let key = r.str16();
             let member = r.str16();
-            let value = match kind {
-                0 => SampleValue::Counter(v),
-                1 => SampleValue::Timer(v),
-                2 | 3 => SampleValue::Gauge {
-                    value: v,
-                    delta: kind == 3,
-                },
-                _ => SampleValue::Set(member),
-            };
+            let value = decode_value(kind, v, member);
             apply_statsd(st, counters, key, fp, Sample { value, sample_rate });
         }
         (Kind::Statsd(st), TAG_INTAKE) => {

@@ -434,9 +434,7 @@ fn drain_mesh(c: &mut Core) {
     c.mesh.send_all();
     for from in 0..c.mesh.shards() {
         while let Some(batch) = c.mesh.receive(from) {
-            for (_, tag, payload) in batch.records_from(0) {
-                c.aggs.apply_record(from, tag, payload);
-            }
+            c.aggs.apply_batch(from, &batch);
         }
     }
 }

@@ -290,6 +290,7 @@ fn route_batch(batch: &[(Point<'_>, Fingerprint)], ctx: &mut RouteCtx<'_>) {
             Verdict::Unrouted => ctx.counters.routing.unrouted += 1,
         }
     }
+    ctx.aggs.finish_batch();
     if !ctx.forwards.is_empty() {
         // carbon's forward_inputs: the input goes where the aggregator's output goes.
         let forwards = std::mem::take(ctx.forwards);

@@ -174,9 +174,10 @@ aggregate = "statsd"
             } else {
                 // Every entry once, whatever the order.
                 let entries = |s: &str| {
-                    let mut v: Vec<String> = s
-                        .replace(['{', '}', '\n'], " ")
-                        .split(", ")
+                    // One entry per line when the object is long; on one line otherwise.
+                    let flat = s.replace(['{', '}'], "\n").replace(", ", ",\n");
+                    let mut v: Vec<String> = flat
+                        .lines()
                         .map(|x| x.trim().trim_end_matches(',').to_string())
                         .filter(|x| !x.is_empty() && x != "END")
                         .collect();

@@ -764,6 +764,18 @@ impl StatsdEngine {
         self.ingest_fp(key, fingerprint(key), sample);
     }
 
+    /// Starts loading the index entry a sample of this type for key `fp` will look up,
+    /// so that a batch of samples overlaps its cache misses.
+    #[inline]
+    pub fn prefetch(&self, fp: u128, value: &Value<'_>) {
+        match value {
+            Value::Counter(_) => self.counters.prefetch(fp),
+            Value::Timer(_) => self.timers.prefetch(fp),
+            Value::Gauge { .. } => self.gauges.prefetch(fp),
+            Value::Set(_) => self.sets.prefetch(fp),
+        }
+    }
+
     /// [`ingest`](Self::ingest) with the key's [`table::fingerprint`] already computed.
     #[inline]
     pub fn ingest_fp(&mut self, key: &[u8], fp: u128, sample: Sample<'_>) {
