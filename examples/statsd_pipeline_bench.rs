@@ -113,8 +113,7 @@ fn main() {
         }
     }
     let drain = |cores: &mut Vec<Core>| {
-        for me in 0..cores.len() {
-            let c = &mut cores[me];
+        for c in cores.iter_mut() {
             c.mesh.send_all();
             for from in 0..shards {
                 while let Some(b) = c.mesh.receive(from) {
