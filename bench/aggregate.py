@@ -1,9 +1,23 @@
 #!/usr/bin/env python3
-"""statsd aggregation engine (cadent::aggregate::statsd) cost, and Etsy statsd 0.9.0's
-CPU per million samples for a ratio.
+"""statsd aggregation: `cadent serve` end to end against Etsy statsd 0.9.0 (`serve`), and
+the engine's own cost (`engine`, the default).
 
+    /usr/bin/python3 bench/aggregate.py serve   # --rate 1000000 --lines 20000000 --names 100000
+                                                # --shards 2 --repeats 3
     python3 bench/aggregate.py                  # --keys 100000 1000000 --repeats 3 --cpu-s 1.0
     python3 bench/aggregate.py --no-build --etsy-s 10
+
+`serve`: the same generator (`cadent blast --format statsd`: counters, timers, gauges and
+sets 5:3:1:1 over --names names, 20 lines per datagram, --rate lines/s offered over UDP)
+into `cadent serve` (--shards shards, statsd UDP listener -> `[[aggregate]] kind =
+"statsd"`) and into Etsy statsd 0.9.0 (node), one after the other, alternating, --repeats
+times each. Both flush every 10 minutes, so the run measures ingest (the engine's flush
+cost is part `engine`). Per run: lines the server counted (cadent: its statsd listener's
+`received_lines`; Etsy: `statsd.metrics_received` through its management console),
+utime+stime of the whole server process over the run (/proc/PID/stat), kernel drops (the
+`Udp: RcvbufErrors` delta of /proc/net/snmp over the run), RSS after the run and keys held
+(cadent: its aggregator's `keys`; Etsy: --names). Reports medians and the ratio of lines
+per CPU-second. Everything on 127.0.0.1; processes stopped by PID.
 
 Part 1 runs examples/aggregate_bench.rs (release) for each key count, --repeats times,
 and prints the median of each number per type: samples per CPU-second through `ingest`
@@ -160,7 +174,215 @@ def etsy(seconds, keys):
         log.close()
 
 
+CADENT = os.path.join(ROOT, "target", "release", "cadent")
+
+
+def udp_rcvbuf_errors():
+    with open("/proc/net/snmp") as f:
+        rows = [l.split() for l in f if l.startswith("Udp:")]
+    head, vals = rows[0], rows[1]
+    return int(vals[head.index("RcvbufErrors")])
+
+
+def vm_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def http_json(port, path):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data.split(b"\r\n\r\n", 1)[1])
+
+
+def wait_port(port, proc, what):
+    deadline = time.time() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                sys.exit(f"{what} did not start")
+            time.sleep(0.1)
+
+
+def blast(port, a):
+    out = subprocess.run(
+        [CADENT, "blast", "--to", f"udp://127.0.0.1:{port}", "--format", "statsd",
+         "--rate", str(a.rate), "--count", str(a.lines), "--names", str(a.names),
+         "--datagram-lines", "20", "--datagram-bytes", "1400",
+         "--connections", str(a.connections), "--seed", "7"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    m = re.search(r"sent_lines=(\d+).*rate=(\d+)", out)
+    return int(m.group(1)), int(m.group(2))
+
+
+def settle(read, timeout_s=60):
+    """Waits until `read()` stops growing (1 s unchanged), bounded."""
+    last, since, end = read(), time.time(), time.time() + timeout_s
+    while time.time() < end:
+        time.sleep(0.25)
+        now = read()
+        if now != last:
+            last, since = now, time.time()
+        elif time.time() - since >= 1.0:
+            break
+    return last
+
+
+def run_cadent(a):
+    d = tempfile.mkdtemp(prefix="cadent-bench-serve-")
+    udp, admin = free_port(), free_port()
+    cfg = f"""
+[server]
+shards = {a.shards}
+admin_listen = "127.0.0.1:{admin}"
+[telemetry]
+prefix = ""
+[[listen]]
+name = "statsd"
+url = "udp://127.0.0.1:{udp}"
+format = "statsd"
+socket_receive_buffer_bytes = 33554432
+[[cluster]]
+name = "out"
+kind = "file"
+path = "{d}/out.log"
+[[aggregate]]
+name = "statsd"
+kind = "statsd"
+flush_interval_ms = 600000
+send_to = ["out"]
+[[route]]
+from = ["statsd"]
+match = {{ all = true }}
+aggregate = "statsd"
+"""
+    path = os.path.join(d, "cadent.toml")
+    with open(path, "w") as f:
+        f.write(cfg)
+    log = open(os.path.join(d, "cadent.log"), "w")
+    p = subprocess.Popen([CADENT, "serve", "--config", path], stdout=log, stderr=log, cwd=d)
+    try:
+        wait_port(admin, p, "cadent")
+        time.sleep(0.3)
+        drops0, cpu0 = udp_rcvbuf_errors(), proc_cpu_s(p.pid)
+        sent, rate = blast(udp, a)
+        lines = lambda: http_json(admin, "/stats")["listeners"]["statsd"]["received_lines"]
+        received = settle(lines)
+        cpu = proc_cpu_s(p.pid) - cpu0
+        drops = udp_rcvbuf_errors() - drops0
+        keys = http_json(admin, "/stats")["aggregators"]["statsd"]["keys"]
+        rss = vm_rss_kib(p.pid)
+        return dict(server="cadent", sent=sent, offered=rate, received=received, cpu_s=cpu,
+                    kernel_drops=drops, keys=keys, rss_kib=rss)
+    finally:
+        p.terminate()
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        log.close()
+
+
+def run_etsy(a):
+    d = tempfile.mkdtemp(prefix="cadent-bench-etsy-serve-")
+    udp, mport = free_port(), free_port()
+    cfg = {"port": udp, "address": "127.0.0.1", "mgmt_port": mport,
+           "mgmt_address": "127.0.0.1", "flushInterval": 600000, "backends": []}
+    path = os.path.join(d, "config.js")
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    log = open(os.path.join(d, "statsd.log"), "w")
+    p = subprocess.Popen(["node", STATSD, path], stdout=log, stderr=log, cwd=d)
+    try:
+        wait_port(mport, p, "Etsy statsd")
+        drops0, cpu0 = udp_rcvbuf_errors(), proc_cpu_s(p.pid)
+        sent, rate = blast(udp, a)
+
+        def lines():
+            m = re.search(r"'statsd\.metrics_received': (\d+)", mgmt(mport, "counters"))
+            return int(m.group(1)) if m else 0
+
+        received = settle(lines)
+        cpu = proc_cpu_s(p.pid) - cpu0
+        drops = udp_rcvbuf_errors() - drops0
+        rss = vm_rss_kib(p.pid)
+        return dict(server="etsy", sent=sent, offered=rate, received=received, cpu_s=cpu,
+                    kernel_drops=drops, keys=a.names, rss_kib=rss)
+    finally:
+        p.terminate()
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        log.close()
+
+
+def serve(argv):
+    ap = argparse.ArgumentParser(prog="aggregate.py serve")
+    ap.add_argument("--rate", type=int, default=1_000_000)
+    ap.add_argument("--lines", type=int, default=20_000_000)
+    ap.add_argument("--names", type=int, default=100_000)
+    ap.add_argument("--shards", type=int, default=2)
+    ap.add_argument("--connections", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--servers", default="cadent,etsy")
+    ap.add_argument("--no-build", action="store_true")
+    a = ap.parse_args(argv)
+    if not a.no_build:
+        subprocess.run(["cargo", "build", "--release", "--bin", "cadent"], cwd=ROOT, check=True)
+    servers = a.servers.split(",")
+    runs = []
+    for k in range(a.repeats):
+        order = servers if k % 2 == 0 else list(reversed(servers))
+        for srv in order:
+            r = run_cadent(a) if srv == "cadent" else run_etsy(a)
+            r["lines_per_cpu_s"] = r["received"] / r["cpu_s"] if r["cpu_s"] else 0
+            r["rss_bytes_per_key"] = r["rss_kib"] * 1024 / r["keys"] if r["keys"] else 0
+            log(json.dumps(r))
+            runs.append(r)
+    print("| server | sent | offered/s | received | kernel drops | CPU s | lines/CPU-s | RSS MiB | RSS bytes/key |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    med = {}
+    for srv in servers:
+        rs = [r for r in runs if r["server"] == srv]
+        m = {f: statistics.median(r[f] for r in rs) for f in
+             ["sent", "offered", "received", "kernel_drops", "cpu_s", "lines_per_cpu_s",
+              "rss_kib", "rss_bytes_per_key"]}
+        med[srv] = m
+        print(f"| {srv} | {m['sent']:,.0f} | {m['offered']:,.0f} | {m['received']:,.0f} "
+              f"| {m['kernel_drops']:,.0f} | {m['cpu_s']:.2f} | {m['lines_per_cpu_s']:,.0f} "
+              f"| {m['rss_kib'] / 1024:.1f} | {m['rss_bytes_per_key']:.0f} |")
+    if "cadent" in med and "etsy" in med and med["etsy"]["lines_per_cpu_s"]:
+        print(f"cadent / Etsy lines per CPU-second: "
+              f"{med['cadent']['lines_per_cpu_s'] / med['etsy']['lines_per_cpu_s']:.1f}x")
+    with open(os.path.join(ROOT, "target", "aggregate_serve.json"), "w") as f:
+        json.dump(runs, f, indent=1)
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "serve":
+        return serve(sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] == "engine":
+        sys.argv.pop(1)
     ap = argparse.ArgumentParser()
     ap.add_argument("--keys", type=int, nargs="+", default=[100000, 1000000])
     ap.add_argument("--repeats", type=int, default=3)

@@ -65,7 +65,8 @@ const COLLECTD_INTERVAL_S: u64 = 10;
 pub enum Format {
     /// `name value timestamp\n`
     Graphite,
-    /// `name:value|c\n`, `|ms` and `|g` mixed (6:3:1), each name with one fixed type.
+    /// `name:value|c\n`, `|ms`, `|g` and `|s` mixed (5:3:1:1), each name with one
+    /// fixed type.
     Statsd,
     /// collectd binary value lists over UDP, of real `types.db` types (cpu, load,
     /// if_octets, memory, counter, absolute); a "line" is a value list.
@@ -108,6 +109,9 @@ pub struct BlastArgs {
     /// UDP only: whole lines are packed into datagrams of at most this many bytes.
     #[arg(long, default_value_t = 1400)]
     pub datagram_bytes: usize,
+    /// UDP only: and of at most this many lines (0: no line bound).
+    #[arg(long, default_value_t = 0)]
+    pub datagram_lines: u64,
     /// Give up when a connection accepts no byte for this long.
     #[arg(long, default_value_t = 30.0)]
     pub stall_timeout_s: f64,
@@ -219,17 +223,21 @@ fn write_line(out: &mut Vec<u8>, format: Format, n: u64, random: u64, timestamp:
             writeln!(out, " {timestamp}").expect("write to Vec");
         }
         Format::Statsd => match n % 10 {
-            0..=5 => {
+            0..=4 => {
                 write_name(out, n, "count");
                 writeln!(out, ":{}|c", 1 + (random >> 8) % 10)
             }
-            6..=8 => {
+            5..=7 => {
                 write_name(out, n, "time");
                 writeln!(out, ":{}.{}|ms", (random >> 8) % 1000, (random >> 20) % 10)
             }
-            _ => {
+            8 => {
                 write_name(out, n, "gauge");
                 writeln!(out, ":{}|g", (random >> 8) % 10_000)
+            }
+            _ => {
+                write_name(out, n, "set");
+                writeln!(out, ":u{}|s", (random >> 8) % 1000)
             }
         }
         .expect("write to Vec"),
@@ -457,6 +465,7 @@ struct Plan {
     deadline: Option<Instant>,
     stall_timeout: Duration,
     datagram_bytes: usize,
+    datagram_lines: u64,
 }
 
 /// Per-sender counters, read by the progress loop.
@@ -599,6 +608,11 @@ pub fn run(args: BlastArgs) -> io::Result<()> {
             deadline,
             stall_timeout: Duration::from_secs_f64(args.stall_timeout_s.max(0.001)),
             datagram_bytes: args.datagram_bytes,
+            datagram_lines: if args.datagram_lines == 0 {
+                u64::MAX
+            } else {
+                args.datagram_lines
+            },
         };
         let traffic = Arc::clone(&traffic);
         let counters = Arc::clone(&counters);
@@ -821,7 +835,7 @@ fn send_udp(socket: UdpSocket, pool: &LinePool, plan: &Plan, c: &Counters) {
         if allowed == 0 {
             continue;
         }
-        let n = pool.fit(line, allowed, plan.datagram_bytes);
+        let n = pool.fit(line, allowed.min(plan.datagram_lines), plan.datagram_bytes);
         let datagram = pool.slice(line, n);
         match socket.send(datagram) {
             Ok(_) => {
@@ -1083,12 +1097,15 @@ mod tests {
         for line in text.lines() {
             let (name, rest) = line.split_once(':').unwrap();
             let (value, ty) = rest.split_once('|').unwrap();
-            assert!(value.parse::<f64>().is_ok(), "{line:?}");
-            assert!(["c", "ms", "g"].contains(&ty), "{line:?}");
+            assert!(ty == "s" || value.parse::<f64>().is_ok(), "{line:?}");
+            assert!(["c", "ms", "g", "s"].contains(&ty), "{line:?}");
             assert_eq!(*types.entry(name).or_insert(ty), ty, "{name}");
         }
         let count = |t: &str| types.values().filter(|&&v| v == t).count();
-        assert_eq!((count("c"), count("ms"), count("g")), (600, 300, 100));
+        assert_eq!(
+            (count("c"), count("ms"), count("g"), count("s")),
+            (500, 300, 100, 100)
+        );
     }
 
     #[test]

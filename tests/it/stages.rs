@@ -170,3 +170,86 @@ send_to = ["{to}"]
         "both shards read: {per_shard:?}"
     );
 }
+
+#[test]
+fn statsd_over_tcp_and_unix_sockets_is_aggregated_like_udp() {
+    let sink = Sink::start();
+    let (tcp, udp) = (free_port(), crate::statsd_etsy::free_udp_port());
+    let dir = crate::support::temp_dir("statsd-streams");
+    let sock = dir.join("statsd.sock");
+    let cadent = Cadent::start(
+        "statsd-streams",
+        &format!(
+            r#"
+[server]
+shards = 2
+admin_listen = "ADMIN"
+[output]
+flush_interval_ms = 10
+[telemetry]
+prefix = ""
+[[listen]]
+name = "statsd_tcp"
+url = "tcp://127.0.0.1:{tcp}"
+format = "statsd"
+[[listen]]
+name = "statsd_unix"
+url = "unix://{}"
+format = "statsd"
+[[listen]]
+name = "statsd_udp"
+url = "udp://127.0.0.1:{udp}"
+format = "statsd"
+[[cluster]]
+name = "sink"
+kind = "forward"
+members = ["tcp://{}"]
+[[aggregate]]
+name = "statsd"
+kind = "statsd"
+flush_interval_ms = 1000
+legacy_namespace = false
+send_to = ["sink"]
+[[route]]
+match = {{ all = true }}
+aggregate = "statsd"
+"#,
+            sock.display(),
+            sink.addr
+        ),
+    );
+    let mut t = TcpStream::connect(("127.0.0.1", tcp)).unwrap();
+    let mut u = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let d = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..100 {
+        writeln!(t, "hits:1|c\nlat:{i}|ms").unwrap();
+        writeln!(u, "hits:2|c").unwrap();
+        d.send_to(b"hits:3|c", ("127.0.0.1", udp)).unwrap();
+    }
+    // A stream's last line without its newline is refused, not half-read.
+    write!(t, "hits:1000|c").unwrap();
+    drop((t, u));
+    // Every sample lands in one interval or the next: the counts add up over flushes.
+    let total = |name: &str| -> f64 {
+        sink.lines()
+            .iter()
+            .filter(|(l, _)| l.starts_with(&format!("{name} ")))
+            .map(|(l, n)| l.split(' ').nth(1).unwrap().parse::<f64>().unwrap() * f64::from(*n))
+            .sum()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || total(
+            "stats.counters.hits.count"
+        ) == 600.0
+            && total("stats.timers.lat.count") == 100.0),
+        "counts: {} {}\n{}",
+        total("stats.counters.hits.count"),
+        total("stats.timers.lat.count"),
+        cadent.log()
+    );
+    let stats = cadent.stats();
+    assert_eq!(
+        stats["listeners"]["statsd_tcp"]["rejected_by_reason"]["unterminated"],
+        1
+    );
+}
