@@ -928,7 +928,9 @@ impl StatsdEngine {
         self.flush_begin(now_unix_ms);
         while !self.flush_step(out, usize::MAX) {}
         let mut summary = self.flush_end();
-        summary.lines += self.write_own_lines(&summary.totals(), out);
+        if self.owns_internal {
+            summary.lines += self.write_own_lines(&summary.totals(), out);
+        }
         summary
     }
 
