@@ -288,13 +288,17 @@ aggregate = "statsd"
         return dict(server="cadent", sent=sent, offered=rate, received=received, cpu_s=cpu,
                     kernel_drops=drops, keys=keys, rss_kib=rss)
     finally:
-        p.terminate()
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        log.close()
+        stop(p, log)
+
+
+def stop(p, log):
+    p.terminate()
+    try:
+        p.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+    log.close()
 
 
 def run_etsy(a):
@@ -323,13 +327,7 @@ def run_etsy(a):
         return dict(server="etsy", sent=sent, offered=rate, received=received, cpu_s=cpu,
                     kernel_drops=drops, keys=a.names, rss_kib=rss)
     finally:
-        p.terminate()
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        log.close()
+        stop(p, log)
 
 
 def serve(argv):

@@ -133,6 +133,19 @@ async fn session(
     }
 }
 
+/// The running settings of statsd aggregator `name`.
+fn statsd_config(control: &Control, name: &str) -> Option<crate::config::StatsdAggregate> {
+    control
+        .topology()
+        .config
+        .aggregates
+        .iter()
+        .find_map(|a| match &a.kind {
+            crate::config::AggregateKind::Statsd(s) if a.name == name => Some((**s).clone()),
+            _ => None,
+        })
+}
+
 /// Adds what the listeners counted since the last flush to statsd's own counters
 /// (`bad_lines_seen`, `packets_received`, `metrics_received`, in that order in
 /// `pending`), as Etsy's counters show them between flushes.
@@ -142,13 +155,7 @@ fn add_pending_intake(
     entries: &mut [(Vec<u8>, DumpValue)],
     pending: [u64; 3],
 ) {
-    let cfg = control.topology().config;
-    let Some(crate::config::AggregateKind::Statsd(s)) = cfg
-        .aggregates
-        .iter()
-        .find(|a| a.name == name)
-        .map(|a| &a.kind)
-    else {
+    let Some(s) = statsd_config(control, name) else {
         return;
     };
     let ps = &s.engine.prefix_stats;
@@ -170,16 +177,9 @@ fn add_pending_intake(
 /// `config`: the aggregator's settings under Etsy's option names.
 fn config_reply(control: &Control, name: &str, out: &mut String) {
     use crate::aggregate::statsd::Bin;
-    use crate::config::AggregateKind;
     use crate::protocol::jsnum::js_number_string;
     use mgmt::ConfigValue::{Entries, Scalar};
-    let cfg = control.topology().config;
-    let Some(AggregateKind::Statsd(s)) = cfg
-        .aggregates
-        .iter()
-        .find(|a| a.name == name)
-        .map(|a| &a.kind)
-    else {
+    let Some(s) = statsd_config(control, name) else {
         return;
     };
     let e = &s.engine;

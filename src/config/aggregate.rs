@@ -107,20 +107,7 @@ pub(super) fn read_aggregate(
     }
     let kind_s = r.req_str("kind", errs);
     let send_to_names = r.strings("send_to", errs);
-    let mut send_to = Vec::with_capacity(send_to_names.len());
-    for (j, c) in send_to_names.iter().enumerate() {
-        match clusters.iter().position(|cl| &cl.name == c) {
-            Some(idx) if send_to.contains(&idx) => errs.push(ConfigError::new(
-                format!("{}[{j}]", r.key_path("send_to")),
-                format!("cluster {c:?} is listed twice"),
-            )),
-            Some(idx) => send_to.push(idx),
-            None => errs.push(ConfigError::new(
-                format!("{}[{j}]", r.key_path("send_to")),
-                format!("no [[cluster]] is named {c:?}"),
-            )),
-        }
-    }
+    let send_to = super::cluster_indexes(&send_to_names, clusters, &r.key_path("send_to"), errs);
     let kind = match kind_s.as_str() {
         "statsd" => AggregateKind::Statsd(Box::new(read_statsd(&mut r, errs))),
         "carbon" => AggregateKind::Carbon(read_carbon(&mut r, errs)),

@@ -366,6 +366,31 @@ pub struct Config {
     pub telemetry: Telemetry,
 }
 
+/// The indexes of the clusters `names` lists (at `path`), each once; unknown and repeated
+/// names are errors.
+pub(crate) fn cluster_indexes(
+    names: &[String],
+    clusters: &[Cluster],
+    path: &str,
+    errs: &mut Vec<ConfigError>,
+) -> Vec<usize> {
+    let mut out = Vec::with_capacity(names.len());
+    for (j, c) in names.iter().enumerate() {
+        match clusters.iter().position(|cl| &cl.name == c) {
+            Some(idx) if out.contains(&idx) => errs.push(ConfigError::new(
+                format!("{path}[{j}]"),
+                format!("cluster {c:?} is listed twice"),
+            )),
+            Some(idx) => out.push(idx),
+            None => errs.push(ConfigError::new(
+                format!("{path}[{j}]"),
+                format!("no [[cluster]] is named {c:?}"),
+            )),
+        }
+    }
+    out
+}
+
 /// The aggregator a route's `from` entry names (`aggregate:NAME`), if it names one.
 pub fn aggregate_origin(from: &str) -> Option<&str> {
     from.strip_prefix("aggregate:")
@@ -1048,20 +1073,7 @@ fn read_route(
     let rewrite = r
         .table("rewrite", errs)
         .map(|rt| read_rewrite(rt, &r.key_path("rewrite"), errs));
-    let mut targets = Vec::with_capacity(send_to.len());
-    for (j, c) in send_to.iter().enumerate() {
-        match clusters.iter().position(|cl| &cl.name == c) {
-            Some(idx) if targets.contains(&idx) => errs.push(ConfigError::new(
-                format!("{}[{j}]", r.key_path("send_to")),
-                format!("cluster {c:?} is listed twice"),
-            )),
-            Some(idx) => targets.push(idx),
-            None => errs.push(ConfigError::new(
-                format!("{}[{j}]", r.key_path("send_to")),
-                format!("no [[cluster]] is named {c:?}"),
-            )),
-        }
-    }
+    let targets = cluster_indexes(&send_to, clusters, &r.key_path("send_to"), errs);
     if let Some(a) = &aggregate_name {
         let at = r.key_path("aggregate");
         if t.contains_key("send_to") {
