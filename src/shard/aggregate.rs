@@ -946,6 +946,9 @@ mod tests {
     }
 
     fn drain(stages: &mut [AggStage], meshes: &mut [ShardMesh]) {
+        for s in stages.iter_mut() {
+            s.finish_batch();
+        }
         for m in meshes.iter_mut() {
             m.send_all();
         }
@@ -979,6 +982,10 @@ mod tests {
                     0,
                     &mut meshes[reader],
                 );
+                // The pipeline ends each batch of points so.
+                if rng.below(8) == 0 {
+                    st[reader].finish_batch();
+                }
                 *want.entry(n.clone()).or_insert(0.0) += 1.0;
                 if rng.below(50) == 0 {
                     drain(&mut st, &mut meshes);
