@@ -635,6 +635,7 @@ impl Control {
     /// Routes cadent's own counters as graphite lines every `[telemetry] interval_ms`
     /// (off with an empty prefix). Runs forever.
     pub async fn telemetry_loop(self: Arc<Self>) {
+        let started = crate::shard::pipeline::unix_ms();
         loop {
             let (interval, prefix) = {
                 let t = &self.lock().topology.config.telemetry;
@@ -643,7 +644,9 @@ impl Control {
             let now = crate::shard::pipeline::unix_ms();
             let next = (now.div_euclid(interval as i64) + 1) * interval as i64;
             tokio::time::sleep(Duration::from_millis((next - now) as u64)).await;
-            if prefix.is_empty() || self.shards.is_empty() {
+            // The first lines come a whole interval after the start, not at the first
+            // multiple, which may be a moment away.
+            if prefix.is_empty() || self.shards.is_empty() || next < started + interval as i64 {
                 continue;
             }
             let mut lines = Vec::new();

@@ -88,8 +88,10 @@ send_to = ["sink"]
         "cadent.it.destinations.tcp___{}.queued_lines",
         sink.addr.replace(['.', ':'], "_")
     );
+    // Lines are queued when their batch is sealed (flush_interval_ms), so a later line.
     assert!(
-        latest(&sink, &dest).is_some_and(|(v, _)| v >= 500),
+        wait_until(Duration::from_secs(10), || latest(&sink, &dest)
+            .is_some_and(|(v, _)| v >= 500)),
         "{dest}"
     );
     assert_eq!(cadent.stop(), 0);
