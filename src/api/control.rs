@@ -221,7 +221,7 @@ impl Control {
         let mut out = Vec::new();
         let mut clusters = serde_json::Map::new();
         for (i, c) in topology.config.clusters.iter().enumerate() {
-            router.cluster_destinations(i, key.as_bytes(), hashed, &mut out);
+            router.cluster_destinations(i, key.as_bytes(), hashed, false, &mut out);
             let names: Vec<String> = out
                 .iter()
                 .map(|d| topology.table.member_label(&topology.config, i, *d))
@@ -546,8 +546,15 @@ impl Control {
             inner.next_aggregator_id = next_id;
             inner.topology = topology.clone();
         }
+        let mut collectd_listeners = vec![false; labels.len()];
+        for (l, &id) in topology.config.listeners.iter().zip(&topology.listener_ids) {
+            if l.format == crate::config::Format::Collectd && id < collectd_listeners.len() {
+                collectd_listeners[id] = true;
+            }
+        }
         self.registry.set_labels(Labels {
             listeners: labels,
+            collectd_listeners,
             rules: crate::route::rule_labels(&topology.config),
             destinations: topology
                 .table
@@ -656,11 +663,14 @@ impl Control {
         }
     }
 
-    /// Probes every TCP destination each `probe_interval_ms`, and moves destinations
-    /// between up, down and probing; each change goes to every shard. Runs forever.
+    /// Probes every TCP destination (a connect) and every collectd UDP destination (an
+    /// empty datagram, which collectd ignores, and a look for the ICMP refusal it may
+    /// draw) each `probe_interval_ms`, and moves destinations between up, down and
+    /// probing; each change goes to every shard. Runs forever.
     pub async fn probe_loop(self: Arc<Self>) {
         loop {
-            // UDP and file destinations are never probed: they stay up.
+            // Other UDP destinations (an empty datagram is a packet to statsd) and file
+            // destinations are never probed: they stay up unless their writers fail.
             let (interval, timeout, targets) = {
                 let inner = self.lock();
                 let t = &inner.topology.table;
@@ -669,8 +679,11 @@ impl Control {
                     .iter()
                     .enumerate()
                     .filter(|&(d, _)| !t.retired[d])
-                    .filter_map(|(d, dest)| match &dest.kind {
-                        DestinationKind::Net(m) if m.transport == Transport::Tcp => {
+                    .filter_map(|(d, dest)| match (&dest.kind, &dest.format) {
+                        (DestinationKind::Net(m), _) if m.transport == Transport::Tcp => {
+                            Some((d, m.clone()))
+                        }
+                        (DestinationKind::Net(m), crate::config::OutputFormat::Collectd(_)) => {
                             Some((d, m.clone()))
                         }
                         _ => None,
@@ -740,7 +753,8 @@ impl Control {
     }
 }
 
-/// One TCP connect, closed at once.
+/// One TCP connect, closed at once; or for UDP an empty datagram on a connected socket,
+/// failed when it draws an ICMP refusal within the timeout (at most 200 ms).
 async fn probe(m: &Member, timeout: Duration) -> bool {
     let target: Result<Vec<SocketAddr>, _> = match m.host.parse::<std::net::IpAddr>() {
         Ok(ip) => Ok(vec![SocketAddr::new(ip, m.port)]),
@@ -751,10 +765,30 @@ async fn probe(m: &Member, timeout: Duration) -> bool {
     let Some(addr) = target.ok().and_then(|a| a.into_iter().next()) else {
         return false;
     };
+    if m.transport == Transport::Udp {
+        return probe_udp(addr, timeout.min(Duration::from_millis(200)))
+            .await
+            .unwrap_or(false);
+    }
     matches!(
         tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
         Ok(Ok(_))
     )
+}
+
+async fn probe_udp(addr: SocketAddr, wait: Duration) -> std::io::Result<bool> {
+    let local: SocketAddr = if addr.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let s = tokio::net::UdpSocket::bind(local).await?;
+    s.connect(addr).await?;
+    if s.send(&[]).await.is_err() {
+        return Ok(false);
+    }
+    tokio::time::sleep(wait).await;
+    Ok(s.take_error()?.is_none())
 }
 
 /// Whether `server` names member `m`: `host:port`, with or without a scheme, with or

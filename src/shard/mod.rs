@@ -28,7 +28,7 @@ use crate::config::{Config, ListenUrl, Listener, Transport};
 use crate::ingest::{self, bind, ReadOptions, StreamListener};
 use crate::output::{self, writer::WriterOptions, Outputs};
 use crate::point::Origin;
-use crate::protocol::decode::Decoder;
+use crate::protocol::decode::{CollectdDecoder, Decoder};
 use crate::route::{DestId, Destination, DestinationKind, DestinationTable, Router};
 use crate::telemetry::{Registry, ShardCounters};
 use aggregate::{AggStage, AggState, FlushProgress};
@@ -468,6 +468,14 @@ impl Shard {
                             .map_err(|e| format!("listen {:?}: {e}", l.name))?,
                     )
                 }
+                crate::config::Format::Collectd => {
+                    let c = l.collectd.as_ref().expect("validated: collectd settings");
+                    Decoder::Collectd(Box::new(CollectdDecoder::new(
+                        c.security(),
+                        c.types.clone(),
+                        c.types_complete(),
+                    )))
+                }
             };
             let input = Input {
                 decoder,
@@ -786,6 +794,10 @@ impl Drop for RunningListener {
 fn health(shard: usize, core: &Rc<RefCell<Core>>, dest: DestId, up: bool) {
     let mut c = core.borrow_mut();
     c.router.set_alive(dest, up);
+    // A UDP writer cannot tell a dead member by itself: it holds while health says down.
+    if dest.index() < c.outputs.len() {
+        c.outputs.queue(dest).set_held(!up);
+    }
     if up {
         return;
     }
@@ -850,7 +862,7 @@ fn spawn_writer(
             glommio::spawn_local(output::writer::run_tcp(q, m.clone(), name, opts)).detach()
         }
         DestinationKind::Net(m) => {
-            glommio::spawn_local(output::writer::run_udp(q, m.clone(), name)).detach()
+            glommio::spawn_local(output::writer::run_udp(q, m.clone(), name, opts)).detach()
         }
         DestinationKind::File(f) => {
             glommio::spawn_local(output::file::run(q, f.clone(), shard)).detach()
@@ -892,8 +904,13 @@ fn publish(id: usize, core: &Rc<RefCell<Core>>, registry: &Registry, force: bool
         mesh,
         ..
     } = &mut *c;
-    for (slot, q) in counters.destinations.iter_mut().zip(outputs.queues()) {
-        *slot = q.counters();
+    for (d, slot) in counters
+        .destinations
+        .iter_mut()
+        .enumerate()
+        .take(outputs.len())
+    {
+        *slot = outputs.counters(d);
     }
     for (slot, a) in counters.aggregators.iter_mut().zip(&aggs.aggs) {
         slot.clone_from(&a.counters);
