@@ -56,6 +56,9 @@ crate::counter_set! {
         queue_bytes: gauge,
         /// 1 while connected.
         connected: gauge,
+        /// 1 while health has the destination down and its writer holds its batches
+        /// (UDP members).
+        held: gauge,
     }
 }
 

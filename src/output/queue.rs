@@ -71,8 +71,10 @@ impl DestQueue {
     /// Health marked the destination down (true) or up again (false).
     pub fn set_held(&self, held: bool) {
         self.held.set(held);
+        let mut s = self.state.borrow_mut();
+        s.counters.held = u64::from(held);
         if !held {
-            if let Some(w) = self.state.borrow_mut().waker.take() {
+            if let Some(w) = s.waker.take() {
                 w.wake();
             }
         }

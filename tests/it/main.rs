@@ -9,6 +9,7 @@ mod coco;
 mod collectd_graphite;
 mod collectd_live;
 mod collectd_replay;
+mod collectd_tiers;
 mod crelay;
 mod delivery;
 mod e2e;
