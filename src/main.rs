@@ -234,6 +234,8 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         registry: registry.clone(),
         shards,
         started: Instant::now(),
+        lookups: Default::default(),
+        noodle: Default::default(),
     });
     let config_name = path
         .as_ref()

@@ -234,6 +234,74 @@ impl Control {
         serde_json::Value::Object(clusters)
     }
 
+    /// The collectd hosts every shard routed to each destination (by destination id):
+    /// the union of the hosts the shards keep, at most `server.tiers_hosts_max`, sorted,
+    /// and how many more were seen (an upper bound: shards count the hosts they did not
+    /// keep, each time one of its identifiers is routed afresh).
+    pub async fn hosts_seen(&self) -> Vec<(Vec<String>, u64)> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let sent = self
+            .broadcast(|| ControlMsg::HostsSeen { reply: tx.clone() })
+            .await;
+        drop(tx);
+        let (max, n) = {
+            let inner = self.lock();
+            (
+                inner.topology.config.server.tiers_hosts_max,
+                inner.topology.table.destinations.len(),
+            )
+        };
+        let mut sets = vec![(std::collections::BTreeSet::new(), 0u64); n];
+        if sent.is_err() {
+            return sets
+                .into_iter()
+                .map(|(s, m)| (s.into_iter().collect(), m))
+                .collect();
+        }
+        let deadline = tokio::time::Instant::now() + PREPARE_PATIENCE;
+        let mut answers = 0;
+        while answers < self.shards.len() {
+            let Ok(Some((_, a))) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+                break;
+            };
+            answers += 1;
+            for ((set, more), (hosts, m)) in sets.iter_mut().zip(a) {
+                *more += m;
+                for h in hosts {
+                    let h = String::from_utf8_lossy(&h).into_owned();
+                    if set.contains(&h) {
+                        continue;
+                    }
+                    if set.len() < max {
+                        set.insert(h);
+                    } else {
+                        *more += 1;
+                    }
+                }
+            }
+        }
+        sets.into_iter()
+            .map(|(s, m)| (s.into_iter().collect(), m))
+            .collect()
+    }
+
+    /// The member that owns collectd `host` in cluster `cluster` as shards route now
+    /// (health included), with the cluster's kind: `(member, destination id)`.
+    pub fn owner(&self, cluster: usize, host: &str) -> Option<(Member, DestId)> {
+        let mut inner = self.lock();
+        let Inner {
+            topology, router, ..
+        } = &mut *inner;
+        let c = topology.config.clusters.get(cluster)?;
+        let mut out = Vec::new();
+        router.cluster_destinations(cluster, host.as_bytes(), host.as_bytes(), true, &mut out);
+        let d = *out.first()?;
+        let j = topology.table.cluster_members[cluster]
+            .iter()
+            .position(|m| *m == d)?;
+        Some((c.members.get(j)?.clone(), d))
+    }
+
     /// `GET /servers`: every cluster with each member's state and counters.
     pub fn servers_json(&self) -> serde_json::Value {
         use crate::telemetry::set::CounterSet;
@@ -365,6 +433,15 @@ impl Control {
         if cfg.output != old.output {
             kept.push("[output]");
             cfg.output = old.output.clone();
+        }
+        // Noodle keeps the address it listens on; the rest of [noodle] applies.
+        let old_listen = old.noodle.as_ref().map(|n| n.listen);
+        if cfg.noodle.as_ref().map(|n| n.listen) != old_listen {
+            kept.push("[noodle].listen");
+            match (&mut cfg.noodle, old_listen) {
+                (Some(n), Some(l)) => n.listen = l,
+                (n, _) => *n = None,
+            }
         }
         if !kept.is_empty() {
             tracing::warn!(

@@ -396,6 +396,24 @@ pub struct Config {
     pub aggregates: Vec<Aggregate>,
     /// `[telemetry]`.
     pub telemetry: Telemetry,
+    /// `[noodle]`: the Visage proxy, when configured.
+    pub noodle: Option<Noodle>,
+}
+
+/// `[noodle]`: Noodle's Visage proxy. `GET /data/<host>/...` is proxied to the member
+/// that owns `<host>` in a host-keyed cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Noodle {
+    /// Where the proxy listens (HTTP).
+    pub listen: SocketAddr,
+    /// The host-keyed cluster whose members answer (index into `Config::clusters`).
+    pub cluster: usize,
+    /// The port Visage answers on at a member's host; `None`: port 80 (Noodle's default).
+    pub remote_port: Option<u16>,
+    /// An upstream request that takes longer is answered 504.
+    pub timeout_ms: u64,
+    /// Largest upstream answer read; a larger one is answered 502.
+    pub response_bytes_max: usize,
 }
 
 /// The aggregator a route's `from` entry names (`aggregate:NAME`), if it names one.
@@ -500,6 +518,7 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
     let cluster_ts = top.tables("cluster", errs);
     let aggregate_ts = top.tables("aggregate", errs);
     let route_ts = top.tables("route", errs);
+    let noodle_t = top.table("noodle", errs);
     top.finish(errs);
 
     let empty = Table::new();
@@ -521,6 +540,7 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
         .collect();
     check_unique(clusters.iter().map(|c| c.name.as_str()), "cluster", errs);
     check_shared_members(&clusters, errs);
+    let noodle = noodle_t.map(|t| read_noodle(t, &clusters, errs));
     let aggregates: Vec<aggregate::Aggregate> = aggregate_ts
         .iter()
         .enumerate()
@@ -597,6 +617,51 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
         health,
         aggregates,
         telemetry,
+        noodle,
+    }
+}
+
+fn read_noodle(t: &Table, clusters: &[Cluster], errs: &mut Vec<ConfigError>) -> Noodle {
+    let mut r = TableReader::new(t, "noodle");
+    let listen_s = r.req_str("listen", errs);
+    let listen = parse_socket_addr(&listen_s).unwrap_or_else(|e| {
+        if !listen_s.is_empty() {
+            errs.push(ConfigError::new(r.key_path("listen"), e));
+        }
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    });
+    let name = r.req_str("cluster", errs);
+    let cluster = match clusters.iter().position(|c| c.name == name) {
+        Some(i) if clusters[i].host_keyed() => i,
+        Some(_) => {
+            errs.push(ConfigError::new(
+                r.key_path("cluster"),
+                format!("cluster {name:?} does not place collectd hosts (a ring with key = \"host\", or kind = \"coco\")"),
+            ));
+            0
+        }
+        None => {
+            if !name.is_empty() {
+                errs.push(ConfigError::new(
+                    r.key_path("cluster"),
+                    format!("no [[cluster]] is named {name:?}"),
+                ));
+            }
+            0
+        }
+    };
+    let remote_port = t
+        .contains_key("remote_port")
+        .then(|| r.uint("remote_port", 80, 1, 65535, errs) as u16);
+    let timeout_ms = r.uint("timeout_ms", 3_000, 1, 600_000, errs);
+    let response_bytes_max = r.uint("response_bytes_max", 64 << 20, 1024, 1 << 32, errs) as usize;
+    r.finish(errs);
+    Noodle {
+        listen,
+        cluster,
+        remote_port,
+        timeout_ms,
+        response_bytes_max,
     }
 }
 

@@ -113,6 +113,11 @@ pub enum ControlMsg {
         /// Where the shard answers.
         reply: tokio::sync::mpsc::UnboundedSender<(usize, aggregate::StatsdAnswer)>,
     },
+    /// `/tiers`: the collectd hosts this shard routed to each destination.
+    HostsSeen {
+        /// Where the shard answers: (shard, per destination id: hosts kept, hosts more).
+        reply: tokio::sync::mpsc::UnboundedSender<(usize, HostsSeenAnswer)>,
+    },
     /// Graphite lines to route from `origin` (cadent's self-metrics).
     Inject {
         /// Where they come from.
@@ -121,6 +126,10 @@ pub enum ControlMsg {
         lines: Vec<u8>,
     },
 }
+
+/// A shard's answer to [`ControlMsg::HostsSeen`]: per destination id, the hosts it
+/// keeps and how many more it saw.
+pub type HostsSeenAnswer = Vec<(Vec<Vec<u8>>, u64)>;
 
 /// Messages a shard inbox holds before the control thread must retry.
 const INBOX_MESSAGES_MAX: usize = 64;
@@ -357,6 +366,17 @@ async fn run(
                     reply,
                 } => {
                     let answer = core.borrow_mut().aggs.answer(&aggregator, &query);
+                    let _ = reply.send((id, answer));
+                }
+                ControlMsg::HostsSeen { reply } => {
+                    let c = core.borrow();
+                    let seen = c.router.hosts_seen();
+                    let answer = (0..c.outputs.len())
+                        .map(|d| {
+                            let (hosts, more) = seen.of(DestId(d as u16));
+                            (hosts.into_iter().map(<[u8]>::to_vec).collect(), more)
+                        })
+                        .collect();
                     let _ = reply.send((id, answer));
                 }
                 ControlMsg::Inject { origin, lines } => {
