@@ -29,7 +29,9 @@ fn socket(
     Ok(s)
 }
 
-fn force_recv_buffer(s: &Socket, bytes: usize) {
+/// `SO_RCVBUFFORCE`: a receive buffer past `net.core.rmem_max`, with CAP_NET_ADMIN
+/// (without it the call fails and the buffer stays as it was).
+pub fn force_recv_buffer(s: &Socket, bytes: usize) {
     use std::os::fd::AsRawFd;
     let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
     // SAFETY: setsockopt(2) on the socket's own open fd, reading one c_int from our stack.
