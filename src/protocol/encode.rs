@@ -152,8 +152,9 @@ impl CollectdPackets {
             return Err(Unencodable::NotCollectd);
         };
         let held = self.encoder.pending() as u32;
+        // Decoded value lists only reach here: their strings need no check.
         self.encoder
-            .push(c.vl, &mut |packet: &[u8]| sink(packet, held))
+            .push_decoded(c.vl, &mut |packet: &[u8]| sink(packet, held))
             .map_err(|_| Unencodable::BadValueList)
     }
 

@@ -150,6 +150,27 @@ impl Encoder {
         vl: &ValueList<'_>,
         sink: &mut F,
     ) -> Result<(), EncodeReject> {
+        self.push_inner(vl, true, sink)
+    }
+
+    /// [`push`](Self::push) for a value list the [`Decoder`](super::Decoder) made: its
+    /// strings were read up to their NUL and bounded to 127 bytes, so they are not
+    /// checked again (asserted in debug builds).
+    pub fn push_decoded<F: FnMut(&[u8])>(
+        &mut self,
+        vl: &ValueList<'_>,
+        sink: &mut F,
+    ) -> Result<(), EncodeReject> {
+        debug_assert!(check_strings(vl, [true; 5]).is_ok());
+        self.push_inner(vl, false, sink)
+    }
+
+    fn push_inner<F: FnMut(&[u8])>(
+        &mut self,
+        vl: &ValueList<'_>,
+        check: bool,
+        sink: &mut F,
+    ) -> Result<(), EncodeReject> {
         if let Err(r) = check_complete(vl) {
             self.stats.rejects[r as usize] += 1;
             return Err(r);
@@ -161,14 +182,21 @@ impl Encoder {
         let mut plan = self.plan(vl);
         // Only strings that are written need checking: an unchanged one was checked
         // when it was written into this packet.
-        if let Err(r) = check_strings(vl, plan.1) {
+        let strings_ok = |changed| {
+            if check {
+                check_strings(vl, changed)
+            } else {
+                Ok(())
+            }
+        };
+        if let Err(r) = strings_ok(plan.1) {
             self.stats.rejects[r as usize] += 1;
             return Err(r);
         }
         if self.buf.len() + plan.0 > self.max_packet_bytes {
             self.flush(sink);
             plan = self.plan(vl);
-            if let Err(r) = check_strings(vl, plan.1) {
+            if let Err(r) = strings_ok(plan.1) {
                 self.stats.rejects[r as usize] += 1;
                 return Err(r);
             }
