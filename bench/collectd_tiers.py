@@ -141,6 +141,9 @@ admin_listen = "{self.admin}"
 shards = {shards}
 [telemetry]
 prefix = ""
+[health]
+# No probe datagrams inside the measured window (they would count as generator packets).
+probe_interval_ms = 600000
 [[listen]]
 name = "collectd"
 url = "udp://127.0.0.1:{port}"
@@ -223,7 +226,7 @@ interval = "10s"
         self.log.close()
 
 
-def run(relay_kind, load, args, coco_types):
+def run(relay_kind, load, secs, args, coco_types):
     with tempfile.TemporaryDirectory(prefix="cadent-tiers-bench-") as tmp:
         sinks = Sinks(tmp)
         port = free_port()
@@ -238,11 +241,11 @@ def run(relay_kind, load, args, coco_types):
             cmd = [a.replace("PORT", str(port)) for a in load]
             gen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             if load[0] == COLLECTD_TG:
-                time.sleep(args.duration_s)
+                time.sleep(secs)
                 stop(gen)
             else:
                 try:
-                    gen.wait(timeout=args.duration_s + 120)
+                    gen.wait(timeout=secs + 120)
                 except subprocess.TimeoutExpired:
                     stop(gen)
             t_load = time.monotonic() - t0
@@ -280,7 +283,7 @@ def run(relay_kind, load, args, coco_types):
         "value_lists_sent_est": round(sent_vl),
         "relay_datagrams_out": d["relay_datagrams"],
         "at_members": at_members,
-        "loss_pct": round(100.0 * (1 - at_members / 2 / max(1, sent_vl)), 2),
+        "loss_pct": round(100.0 * max(0.0, 1 - at_members / 2 / max(1, sent_vl)), 2),
         "relay_cpu_s": round(cpu, 2),
         "vl_per_cpu_s": round(d["value_lists"] / max(cpu, 1e-9)),
     }
@@ -292,7 +295,9 @@ def main():
     ap.add_argument("--coco-types-db", help="types.db for Coco (default: beside the binary's "
                     "source, else %s)" % TYPES_DB)
     ap.add_argument("--shards", type=int, default=1)
-    ap.add_argument("--duration-s", type=float, default=5)
+    ap.add_argument("--duration-s", type=float, default=10)
+    ap.add_argument("--burst-s", type=float, default=3,
+                    help="seconds of the unthrottled collectd-tg burst (-i 0.01)")
     ap.add_argument("--drain-s", type=float, default=90)
     ap.add_argument("--tg-n", type=int, default=100000)
     ap.add_argument("--tg-interval", type=float, default=1.0)
@@ -303,11 +308,14 @@ def main():
     loads = [
         ("collectd-tg -n %d -H 1000 -p 20 -i %g, %gs" % (args.tg_n, args.tg_interval, args.duration_s),
          [COLLECTD_TG, "-n", str(args.tg_n), "-H", "1000", "-p", "20",
-          "-i", str(args.tg_interval), "-d", "127.0.0.1", "-D", "PORT"]),
+          "-i", str(args.tg_interval), "-d", "127.0.0.1", "-D", "PORT"], args.duration_s),
+        ("collectd-tg -n %d -H 1000 -p 20 -i 0.01 (unthrottled), %gs" % (args.tg_n, args.burst_s),
+         [COLLECTD_TG, "-n", str(args.tg_n), "-H", "1000", "-p", "20",
+          "-i", "0.01", "-d", "127.0.0.1", "-D", "PORT"], args.burst_s),
         ("blast --format collectd --rate %d --count %d" % (args.blast_rate, args.blast_count),
          [CADENT, "blast", "--format", "collectd", "--to", "udp://127.0.0.1:PORT",
           "--rate", str(args.blast_rate), "--count", str(args.blast_count),
-          "--names", "20000", "--hosts", "1000", "--plugins", "20"]),
+          "--names", "20000", "--hosts", "1000", "--plugins", "20"], args.duration_s),
     ]
     coco_types = args.coco_types_db or TYPES_DB
     relays = [r for r in args.relays.split(",") if r]
@@ -316,9 +324,9 @@ def main():
     print("| load | relay | gen packets | relay read | unread | RcvbufErrors | value lists in "
           "| at members (2 tiers) | loss % | relay CPU s | value lists / CPU s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, cmd in loads:
+    for name, cmd, secs in loads:
         for relay in relays:
-            r = run(relay, cmd, args, coco_types)
+            r = run(relay, cmd, secs, args, coco_types)
             print("| %s | %s | %s | %s | %s | %s | %s | %s | %.2f | %.2f | %s |" % (
                 name, relay, f"{r['gen_packets']:,}", f"{r['relay_packets']:,}",
                 f"{r['unread_packets']:,}", f"{r['rcvbuf_errors']:,}",

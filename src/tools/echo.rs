@@ -463,6 +463,37 @@ mod tests {
     }
 
     #[test]
+    fn collectd_packets_count_their_value_lists() {
+        use crate::protocol::collectd::{self as cd, CdTime, ValueList, Values};
+        let v = [cd::Value::Gauge(1.0)];
+        let mut enc = cd::Encoder::new(cd::EncoderConfig::default());
+        let mut packets = Vec::new();
+        for i in 0..100u64 {
+            let host = format!("h{}", i % 7);
+            let vl = ValueList {
+                host: host.as_bytes(),
+                plugin: b"p",
+                plugin_instance: b"",
+                type_: b"gauge",
+                type_instance: b"",
+                time: CdTime::from_secs(1 + i),
+                interval: CdTime::from_secs(10),
+                values: Values::from_slice(&v),
+            };
+            enc.push(&vl, &mut |p: &[u8]| packets.push(p.to_vec()))
+                .unwrap();
+        }
+        enc.flush(&mut |p: &[u8]| packets.push(p.to_vec()));
+        assert!(packets.len() > 1);
+        let mut dec = cd::Decoder::default();
+        let n: u64 = packets
+            .iter_mut()
+            .map(|p| collectd_value_lists(&mut dec, p))
+            .sum();
+        assert_eq!(n, 100);
+    }
+
+    #[test]
     fn datagram_tail_is_a_line() {
         assert_eq!(datagram_lines(b"a:1|c\nb:2|c\n"), 2);
         assert_eq!(datagram_lines(b"a:1|c\nb:2|c"), 2);
