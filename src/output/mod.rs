@@ -69,6 +69,8 @@ struct Slot {
     encoder: Encoder,
     open: Open,
     queue: Rc<DestQueue>,
+    /// A UDP member: its writer cannot tell it is down, so health holds its batches.
+    udp: bool,
 }
 
 /// The batch being filled.
@@ -124,6 +126,7 @@ impl Slot {
             encoder,
             open,
             queue,
+            ..
         } = self;
         if let Encoder::Collectd(c) = encoder {
             c.flush(&mut |packet: &[u8], n| open.packet(packet, n, queue));
@@ -171,11 +174,11 @@ impl Outputs {
     /// table only ever grows, so existing queues are untouched.
     pub fn extend(&mut self, table: &DestinationTable) {
         for d in &table.destinations[self.slots.len().min(table.destinations.len())..] {
-            let seal_bytes = match &d.kind {
-                DestinationKind::Net(m) if m.transport == Transport::Udp => {
-                    self.cfg.udp_datagram_bytes_max
-                }
-                _ => self.cfg.flush_bytes,
+            let udp = matches!(&d.kind, DestinationKind::Net(m) if m.transport == Transport::Udp);
+            let seal_bytes = if udp {
+                self.cfg.udp_datagram_bytes_max
+            } else {
+                self.cfg.flush_bytes
             };
             self.slots.push(Slot {
                 encoder: encoder_for(d),
@@ -185,7 +188,18 @@ impl Outputs {
                     seal_bytes,
                 },
                 queue: Rc::new(DestQueue::new(self.cfg.queue_bytes_max)),
+                udp,
             });
+        }
+    }
+
+    /// Health says destination `d` is down (or up again): a UDP member's writer holds
+    /// its batches while it is down (a TCP writer finds out by itself).
+    pub fn set_down(&mut self, d: DestId, down: bool) {
+        if let Some(s) = self.slots.get(d.index()) {
+            if s.udp {
+                s.queue.set_held(down);
+            }
         }
     }
 
@@ -250,6 +264,7 @@ impl Outputs {
             encoder,
             open,
             queue,
+            ..
         } = &mut self.slots[d.index()];
         let done = match encoder {
             Encoder::Plaintext(t) => {

@@ -815,9 +815,7 @@ fn health(shard: usize, core: &Rc<RefCell<Core>>, dest: DestId, up: bool) {
     let mut c = core.borrow_mut();
     c.router.set_alive(dest, up);
     // A UDP writer cannot tell a dead member by itself: it holds while health says down.
-    if dest.index() < c.outputs.len() {
-        c.outputs.queue(dest).set_held(!up);
-    }
+    c.outputs.set_down(dest, !up);
     if up {
         return;
     }

@@ -57,6 +57,9 @@ impl std::fmt::Debug for Core {
 /// at decode time to arrive before their lookups, few enough to stay in L1.
 const ROUTE_BATCH_POINTS: usize = 16;
 
+// A collectd decoder's batch is routed as one.
+const _: () = assert!(crate::protocol::decode::COLLECTD_BATCH <= ROUTE_BATCH_POINTS);
+
 /// Unix time now, in milliseconds.
 pub fn unix_ms() -> i64 {
     std::time::SystemTime::now()
