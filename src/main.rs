@@ -37,6 +37,9 @@ enum Command {
         config: PathBuf,
     },
     /// Print where names go: `NAME<TAB>host:port[=instance][,...]` in replica order.
+    /// For a cluster that places collectd value lists (kind coco, or with a `key`, or
+    /// format collectd) a name is a collectd host, or an identifier
+    /// `host/plugin[-pi]/type[-ti]`, placed as its value lists are.
     Hash {
         /// TOML config file.
         #[arg(long)]
@@ -159,9 +162,18 @@ fn hash(path: PathBuf, cluster: Option<String>, names: Vec<String>) -> anyhow::R
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut dests = Vec::new();
     let mut line = String::new();
+    let c = &cfg.clusters[ci];
+    let collectd = c.kind == cadent::config::ClusterKind::Coco
+        || c.key.is_some()
+        || matches!(c.format, cadent::config::OutputFormat::Collectd(_));
     let mut one = |name: &str, out: &mut dyn Write| -> std::io::Result<()> {
-        let key = cadent::protocol::graphite::hash_key(name.as_bytes());
-        router.cluster_destinations(ci, name.as_bytes(), key, &mut dests);
+        let key = if collectd {
+            // A collectd identifier's host is the text before its first `/`.
+            name.split('/').next().unwrap_or(name).as_bytes()
+        } else {
+            cadent::protocol::graphite::hash_key(name.as_bytes())
+        };
+        router.cluster_destinations(ci, name.as_bytes(), key, collectd, &mut dests);
         write!(out, "{name}\t")?;
         for (i, d) in dests.iter().enumerate() {
             let label = table.member_label(&cfg, ci, *d);
@@ -222,6 +234,8 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         registry: registry.clone(),
         shards,
         started: Instant::now(),
+        lookups: Default::default(),
+        noodle: Default::default(),
     });
     let config_name = path
         .as_ref()

@@ -5,19 +5,25 @@
 //! routing key and received line from the receive buffer and carries its value as
 //! its protocol gave it: graphite's value and timestamp (validated at decode, converted
 //! to numbers only where a stage needs them: the relay writes the text as received), a
-//! statsd sample (type, number or set member, rate, tags) or nothing (a regex line is
-//! routed by its key and written out whole). Nothing here allocates.
+//! statsd sample (type, number or set member, rate, tags), a collectd value list (its
+//! identity strings and values borrowed from the datagram, its identifier written by the
+//! decoder into a scratch the point borrows) or nothing (a regex line is routed by its
+//! key and written out whole). Nothing here allocates.
 
+use crate::protocol::collectd::types_db::DataSource;
+use crate::protocol::collectd::ValueList;
 use crate::protocol::statsd;
 
 /// One metric sample on its way through a shard.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Point<'a> {
     /// The name routes match: graphite's full name (tags included), statsd's text
-    /// before `:`, a regex line's `Key` group.
+    /// before `:`, a regex line's `Key` group, a collectd value list's identifier
+    /// (`host/plugin[-plugin_instance]/type[-type_instance]`).
     pub name: &'a [u8],
-    /// The prefix of `name` rings hash: graphite's name up to its first `;`, the whole
-    /// name otherwise.
+    /// The prefix of `name` rings hash: graphite's name up to its first `;`, a collectd
+    /// value list's host (clusters with `key = "identifier"` hash `name` instead), the
+    /// whole name otherwise.
     pub key: &'a [u8],
     /// The received line, when it goes out as is under its own name (graphite in normal
     /// form, statsd, regex); empty when an encoder must rebuild it from the fields (and,
@@ -36,6 +42,20 @@ pub enum Value<'a> {
     Statsd(Statsd<'a>),
     /// A line routed by a key cut out of it; no value of its own.
     Line,
+    /// A collectd value list.
+    Collectd(Collectd<'a>),
+}
+
+/// A collectd value list as decoded, with its type's data sources when the listener's
+/// types.db knows the type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Collectd<'a> {
+    /// The value list, its strings and values borrowed from the datagram.
+    pub vl: &'a ValueList<'a>,
+    /// The data sources of its type (names for graphite output); `None` when the
+    /// listener's table does not have the type (passed on as received; a graphite
+    /// destination cannot name it and counts it).
+    pub sources: Option<&'a [DataSource]>,
 }
 
 /// Graphite's value and timestamp, validated as numbers at decode.

@@ -1,10 +1,17 @@
 //! collectd datagrams: never panics at any security level; every record it gives has
 //! what collectd requires to dispatch, and re-encoding those records then decoding them
-//! again gives the same records.
+//! again gives the same records. The listener's decoder (points in batches, named by
+//! identifier in a scratch) gives exactly the value lists the types table accepts, each
+//! named by its identifier and keyed by its host.
 #![no_main]
+use std::sync::Arc;
+
+use cadent::point::Value;
+use cadent::protocol::collectd::types_db::TypesDb;
 use cadent::protocol::collectd::{
-    AuthFile, Decoder, Encoder, EncoderConfig, Record, Security, SecurityLevel,
+    write_identifier, AuthFile, Decoder, Encoder, EncoderConfig, Record, Security, SecurityLevel,
 };
+use cadent::protocol::decode::{CollectdDecoder, DecodeCounts};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -48,4 +55,32 @@ fuzz_target!(|data: &[u8]| {
         first.retain(|r| r.starts_with("Values"));
         assert_eq!(first, again);
     }
+    // The listener's decoder.
+    let types = Arc::new(TypesDb::builtin());
+    let mut want = Vec::new();
+    let mut buf = data.to_vec();
+    Decoder::default().decode(&mut buf, &mut |r| {
+        if let Record::Values(vl) = r {
+            if types.get(vl.type_).is_none_or(|ds| ds.len() == vl.values.len()) {
+                let mut id = Vec::new();
+                write_identifier(&mut id, vl.identity());
+                want.push((id, vl.host.to_vec()));
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let mut buf = data.to_vec();
+    let mut d = CollectdDecoder::new(Security::default(), types, false);
+    let mut counts = DecodeCounts::default();
+    d.decode(&mut buf, &mut counts, &mut |points| {
+        assert!(!points.is_empty() && points.len() <= 16);
+        for p in points {
+            let Value::Collectd(c) = p.value else {
+                panic!("a collectd point")
+            };
+            assert_eq!(p.key, c.vl.host);
+            got.push((p.name.to_vec(), p.key.to_vec()));
+        }
+    });
+    assert_eq!(got, want);
 });

@@ -221,7 +221,7 @@ impl Control {
         let mut out = Vec::new();
         let mut clusters = serde_json::Map::new();
         for (i, c) in topology.config.clusters.iter().enumerate() {
-            router.cluster_destinations(i, key.as_bytes(), hashed, &mut out);
+            router.cluster_destinations(i, key.as_bytes(), hashed, false, &mut out);
             let names: Vec<String> = out
                 .iter()
                 .map(|d| topology.table.member_label(&topology.config, i, *d))
@@ -232,6 +232,74 @@ impl Control {
             );
         }
         serde_json::Value::Object(clusters)
+    }
+
+    /// The collectd hosts every shard routed to each destination (by destination id):
+    /// the union of the hosts the shards keep, at most `server.tiers_hosts_max`, sorted,
+    /// and how many more were seen (an upper bound: shards count the hosts they did not
+    /// keep, each time one of its identifiers is routed afresh).
+    pub async fn hosts_seen(&self) -> Vec<(Vec<String>, u64)> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let sent = self
+            .broadcast(|| ControlMsg::HostsSeen { reply: tx.clone() })
+            .await;
+        drop(tx);
+        let (max, n) = {
+            let inner = self.lock();
+            (
+                inner.topology.config.server.tiers_hosts_max,
+                inner.topology.table.destinations.len(),
+            )
+        };
+        let mut sets = vec![(std::collections::BTreeSet::new(), 0u64); n];
+        if sent.is_err() {
+            return sets
+                .into_iter()
+                .map(|(s, m)| (s.into_iter().collect(), m))
+                .collect();
+        }
+        let deadline = tokio::time::Instant::now() + PREPARE_PATIENCE;
+        let mut answers = 0;
+        while answers < self.shards.len() {
+            let Ok(Some((_, a))) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+                break;
+            };
+            answers += 1;
+            for ((set, more), (hosts, m)) in sets.iter_mut().zip(a) {
+                *more += m;
+                for h in hosts {
+                    let h = String::from_utf8_lossy(&h).into_owned();
+                    if set.contains(&h) {
+                        continue;
+                    }
+                    if set.len() < max {
+                        set.insert(h);
+                    } else {
+                        *more += 1;
+                    }
+                }
+            }
+        }
+        sets.into_iter()
+            .map(|(s, m)| (s.into_iter().collect(), m))
+            .collect()
+    }
+
+    /// The member that owns collectd `host` in cluster `cluster` as shards route now
+    /// (health included), with the cluster's kind: `(member, destination id)`.
+    pub fn owner(&self, cluster: usize, host: &str) -> Option<(Member, DestId)> {
+        let mut inner = self.lock();
+        let Inner {
+            topology, router, ..
+        } = &mut *inner;
+        let c = topology.config.clusters.get(cluster)?;
+        let mut out = Vec::new();
+        router.cluster_destinations(cluster, host.as_bytes(), host.as_bytes(), true, &mut out);
+        let d = *out.first()?;
+        let j = topology.table.cluster_members[cluster]
+            .iter()
+            .position(|m| *m == d)?;
+        Some((c.members.get(j)?.clone(), d))
     }
 
     /// `GET /servers`: every cluster with each member's state and counters.
@@ -365,6 +433,15 @@ impl Control {
         if cfg.output != old.output {
             kept.push("[output]");
             cfg.output = old.output.clone();
+        }
+        // Noodle keeps the address it listens on; the rest of [noodle] applies.
+        let old_listen = old.noodle.as_ref().map(|n| n.listen);
+        if cfg.noodle.as_ref().map(|n| n.listen) != old_listen {
+            kept.push("[noodle].listen");
+            match (&mut cfg.noodle, old_listen) {
+                (Some(n), Some(l)) => n.listen = l,
+                (n, _) => *n = None,
+            }
         }
         if !kept.is_empty() {
             tracing::warn!(
@@ -546,8 +623,15 @@ impl Control {
             inner.next_aggregator_id = next_id;
             inner.topology = topology.clone();
         }
+        let mut collectd_listeners = vec![false; labels.len()];
+        for (l, &id) in topology.config.listeners.iter().zip(&topology.listener_ids) {
+            if l.format == crate::config::Format::Collectd && id < collectd_listeners.len() {
+                collectd_listeners[id] = true;
+            }
+        }
         self.registry.set_labels(Labels {
             listeners: labels,
+            collectd_listeners,
             rules: crate::route::rule_labels(&topology.config),
             destinations: topology
                 .table
@@ -659,11 +743,14 @@ impl Control {
         }
     }
 
-    /// Probes every TCP destination each `probe_interval_ms`, and moves destinations
-    /// between up, down and probing; each change goes to every shard. Runs forever.
+    /// Probes every TCP destination (a connect) and every collectd UDP destination (an
+    /// empty datagram, which collectd ignores, and a look for the ICMP refusal it may
+    /// draw) each `probe_interval_ms`, and moves destinations between up, down and
+    /// probing; each change goes to every shard. Runs forever.
     pub async fn probe_loop(self: Arc<Self>) {
         loop {
-            // UDP and file destinations are never probed: they stay up.
+            // Other UDP destinations (an empty datagram is a packet to statsd) and file
+            // destinations are never probed: they stay up unless their writers fail.
             let (interval, timeout, targets) = {
                 let inner = self.lock();
                 let t = &inner.topology.table;
@@ -672,8 +759,11 @@ impl Control {
                     .iter()
                     .enumerate()
                     .filter(|&(d, _)| !t.retired[d])
-                    .filter_map(|(d, dest)| match &dest.kind {
-                        DestinationKind::Net(m) if m.transport == Transport::Tcp => {
+                    .filter_map(|(d, dest)| match (&dest.kind, &dest.format) {
+                        (DestinationKind::Net(m), _) if m.transport == Transport::Tcp => {
+                            Some((d, m.clone()))
+                        }
+                        (DestinationKind::Net(m), crate::config::OutputFormat::Collectd(_)) => {
                             Some((d, m.clone()))
                         }
                         _ => None,
@@ -743,7 +833,8 @@ impl Control {
     }
 }
 
-/// One TCP connect, closed at once.
+/// One TCP connect, closed at once; or for UDP an empty datagram on a connected socket,
+/// failed when it draws an ICMP refusal within the timeout (at most 200 ms).
 async fn probe(m: &Member, timeout: Duration) -> bool {
     let target: Result<Vec<SocketAddr>, _> = match m.host.parse::<std::net::IpAddr>() {
         Ok(ip) => Ok(vec![SocketAddr::new(ip, m.port)]),
@@ -754,10 +845,30 @@ async fn probe(m: &Member, timeout: Duration) -> bool {
     let Some(addr) = target.ok().and_then(|a| a.into_iter().next()) else {
         return false;
     };
+    if m.transport == Transport::Udp {
+        return probe_udp(addr, timeout.min(Duration::from_millis(200)))
+            .await
+            .unwrap_or(false);
+    }
     matches!(
         tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
         Ok(Ok(_))
     )
+}
+
+async fn probe_udp(addr: SocketAddr, wait: Duration) -> std::io::Result<bool> {
+    let local: SocketAddr = if addr.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let s = tokio::net::UdpSocket::bind(local).await?;
+    s.connect(addr).await?;
+    if s.send(&[]).await.is_err() {
+        return Ok(false);
+    }
+    tokio::time::sleep(wait).await;
+    Ok(s.take_error()?.is_none())
 }
 
 /// Whether `server` names member `m`: `host:port`, with or without a scheme, with or

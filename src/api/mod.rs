@@ -2,7 +2,9 @@
 //! the bridge to shards. It never runs on a shard core and shards never wait on it.
 
 pub mod carbonlink;
+pub mod coco;
 pub mod control;
+pub mod noodle;
 pub mod read_format;
 pub mod statsd_console;
 
@@ -32,6 +34,10 @@ pub struct AdminState {
     pub shards: usize,
     /// Process start.
     pub started: Instant,
+    /// `/lookup` calls per cluster.
+    pub lookups: coco::Lookups,
+    /// Noodle's counters.
+    pub noodle: noodle::NoodleStats,
 }
 
 /// The admin routes.
@@ -41,6 +47,9 @@ pub fn routes(state: Arc<AdminState>) -> Http {
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
         .route("/hashcheck", get(hashcheck))
+        .route("/lookup", get(coco::lookup))
+        .route("/tiers", get(coco::tiers))
+        .route("/debug/vars", get(coco::debug_vars))
         .route("/servers", get(servers))
         .route("/cluster/{name}/members", post(add_member))
         .route("/cluster/{name}/members/{server}", delete(remove_member))
@@ -251,6 +260,16 @@ pub fn serve_until_signal(
         admin.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(admin)?;
         let control = state.control.clone();
+        // Noodle listens where the starting config says (a reload that moves it is
+        // logged as needing a restart); it reads the rest of [noodle] per request.
+        let noodle = match &initial.noodle {
+            Some(n) => Some(
+                tokio::net::TcpListener::bind(n.listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("noodle.listen {}: cannot bind: {e}", n.listen))?,
+            ),
+            None => None,
+        };
         control
             .start(initial)
             .await
@@ -258,6 +277,14 @@ pub fn serve_until_signal(
         started(&state);
         tokio::spawn(control.clone().probe_loop());
         tokio::spawn(control.clone().telemetry_loop());
+        if let Some(l) = noodle {
+            let app = noodle::routes(state.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).await {
+                    tracing::error!(error = %e, "noodle stopped");
+                }
+            });
+        }
         let app = routes(state).into_make_service_with_connect_info::<SocketAddr>();
         let server = std::future::IntoFuture::into_future(axum::serve(listener, app));
         tokio::pin!(server);

@@ -4,6 +4,7 @@
 //! and `tuning.md` says how to size them.
 
 mod aggregate;
+mod collectd;
 mod endpoint;
 mod reader;
 
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use toml::Table;
 
 pub use aggregate::{Aggregate, AggregateKind, CarbonAggregate, StatsdAggregate};
+pub use collectd::{ClusterKey, CollectdListen, CollectdSend, GraphiteOut, OutputFormat};
 pub use endpoint::{parse_socket_addr, ListenUrl, Member, Transport};
 use reader::TableReader;
 
@@ -90,6 +92,8 @@ pub struct Server {
     /// Cross-shard mesh: partly filled batches are sent, and arrived ones applied, at
     /// least this often.
     pub mesh_interval_ms: u64,
+    /// `/tiers`: collectd hosts kept per destination per shard (more are counted).
+    pub tiers_hosts_max: usize,
 }
 
 /// `[telemetry]`: cadent's own counters as graphite lines, routed like any input.
@@ -122,6 +126,8 @@ pub enum Format {
     Statsd,
     /// Any line; the key to route by is cut out by the listener's `regex`.
     Regex,
+    /// collectd's binary network protocol (UDP datagrams).
+    Collectd,
 }
 
 impl Format {
@@ -131,6 +137,7 @@ impl Format {
             Format::Graphite => "graphite",
             Format::Statsd => "statsd",
             Format::Regex => "regex",
+            Format::Collectd => "collectd",
         }
     }
 }
@@ -158,6 +165,8 @@ pub struct Listener {
     pub regex: Option<String>,
     /// Regex format: Go reference-time layout (or `unix`) of the Timestamp group.
     pub time_layout: Option<String>,
+    /// collectd format (and only it): security level, auth file, types table.
+    pub collectd: Option<CollectdListen>,
 }
 
 /// Ring or fan-out kind of a cluster.
@@ -268,6 +277,29 @@ pub struct Cluster {
     pub on_down: OnDown,
     /// `carbon_ch_python`: replicas skip hosts already chosen (carbon's DIVERSE_REPLICAS).
     pub diverse_replicas: bool,
+    /// Hashing kinds (rings, any_of): what they hash of a collectd value list (`key`);
+    /// `None` when not written (then the host).
+    pub key: Option<ClusterKey>,
+    /// What the members receive (`format`), with that format's settings.
+    pub format: OutputFormat,
+}
+
+impl Cluster {
+    /// What the cluster hashes of a collectd value list.
+    pub fn collectd_key(&self) -> ClusterKey {
+        self.key.unwrap_or(ClusterKey::Host)
+    }
+
+    /// Whether the cluster places collectd hosts (Coco's tiers): a ring that hashes the
+    /// host, written as `key = "host"` or implied by `kind = "coco"`. `/lookup` and
+    /// `/tiers` list these.
+    pub fn host_keyed(&self) -> bool {
+        self.kind.is_ring()
+            && match self.key {
+                Some(k) => k == ClusterKey::Host,
+                None => self.kind == ClusterKind::Coco,
+            }
+    }
 }
 
 /// What a route matches on the metric name.
@@ -364,6 +396,24 @@ pub struct Config {
     pub aggregates: Vec<Aggregate>,
     /// `[telemetry]`.
     pub telemetry: Telemetry,
+    /// `[noodle]`: the Visage proxy, when configured.
+    pub noodle: Option<Noodle>,
+}
+
+/// `[noodle]`: Noodle's Visage proxy. `GET /data/<host>/...` is proxied to the member
+/// that owns `<host>` in a host-keyed cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Noodle {
+    /// Where the proxy listens (HTTP).
+    pub listen: SocketAddr,
+    /// The host-keyed cluster whose members answer (index into `Config::clusters`).
+    pub cluster: usize,
+    /// The port Visage answers on at a member's host; `None`: port 80 (Noodle's default).
+    pub remote_port: Option<u16>,
+    /// An upstream request that takes longer is answered 504.
+    pub timeout_ms: u64,
+    /// Largest upstream answer read; a larger one is answered 502.
+    pub response_bytes_max: usize,
 }
 
 /// The indexes of the clusters `names` lists (at `path`), each once; unknown and repeated
@@ -461,13 +511,9 @@ impl Config {
                 "needs at least one member",
             ));
         } else {
-            check_members(
-                c.kind,
-                c.replication,
-                &c.members,
-                &format!("cluster[{index}]."),
-                &mut errs,
-            );
+            let path = format!("cluster[{index}].");
+            check_members(c.kind, c.replication, &c.members, &path, &mut errs);
+            collectd::check_members(&c.format, &c.members, &path, &mut errs);
         }
         if errs.is_empty() {
             Ok(())
@@ -497,6 +543,7 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
     let cluster_ts = top.tables("cluster", errs);
     let aggregate_ts = top.tables("aggregate", errs);
     let route_ts = top.tables("route", errs);
+    let noodle_t = top.table("noodle", errs);
     top.finish(errs);
 
     let empty = Table::new();
@@ -517,6 +564,8 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
         .map(|(i, t)| read_cluster(t, i, errs))
         .collect();
     check_unique(clusters.iter().map(|c| c.name.as_str()), "cluster", errs);
+    check_shared_members(&clusters, errs);
+    let noodle = noodle_t.map(|t| read_noodle(t, &clusters, errs));
     let aggregates: Vec<aggregate::Aggregate> = aggregate_ts
         .iter()
         .enumerate()
@@ -593,6 +642,51 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
         health,
         aggregates,
         telemetry,
+        noodle,
+    }
+}
+
+fn read_noodle(t: &Table, clusters: &[Cluster], errs: &mut Vec<ConfigError>) -> Noodle {
+    let mut r = TableReader::new(t, "noodle");
+    let listen_s = r.req_str("listen", errs);
+    let listen = parse_socket_addr(&listen_s).unwrap_or_else(|e| {
+        if !listen_s.is_empty() {
+            errs.push(ConfigError::new(r.key_path("listen"), e));
+        }
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    });
+    let name = r.req_str("cluster", errs);
+    let cluster = match clusters.iter().position(|c| c.name == name) {
+        Some(i) if clusters[i].host_keyed() => i,
+        Some(_) => {
+            errs.push(ConfigError::new(
+                r.key_path("cluster"),
+                format!("cluster {name:?} does not place collectd hosts (a ring with key = \"host\", or kind = \"coco\")"),
+            ));
+            0
+        }
+        None => {
+            if !name.is_empty() {
+                errs.push(ConfigError::new(
+                    r.key_path("cluster"),
+                    format!("no [[cluster]] is named {name:?}"),
+                ));
+            }
+            0
+        }
+    };
+    let remote_port = t
+        .contains_key("remote_port")
+        .then(|| r.uint("remote_port", 80, 1, 65535, errs) as u16);
+    let timeout_ms = r.uint("timeout_ms", 3_000, 1, 600_000, errs);
+    let response_bytes_max = r.uint("response_bytes_max", 64 << 20, 1024, 1 << 32, errs) as usize;
+    r.finish(errs);
+    Noodle {
+        listen,
+        cluster,
+        remote_port,
+        timeout_ms,
+        response_bytes_max,
     }
 }
 
@@ -680,6 +774,7 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
     let mesh_queue_bytes_max =
         r.uint("mesh_queue_bytes_max", 8 << 20, 64 << 10, 4 << 30, errs) as usize;
     let mesh_interval_ms = r.uint("mesh_interval_ms", 5, 1, 1_000, errs);
+    let tiers_hosts_max = r.uint("tiers_hosts_max", 1_000, 0, 1 << 24, errs) as usize;
     if mesh_queue_bytes_max < 2 * mesh_batch_bytes {
         errs.push(ConfigError::new(
             r.key_path("mesh_queue_bytes_max"),
@@ -704,6 +799,7 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
         mesh_batch_bytes,
         mesh_queue_bytes_max,
         mesh_interval_ms,
+        tiers_hosts_max,
     }
 }
 
@@ -756,11 +852,12 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
         "graphite" => Format::Graphite,
         "statsd" => Format::Statsd,
         "regex" => Format::Regex,
+        "collectd" => Format::Collectd,
         "" => Format::Graphite,
         other => {
             errs.push(ConfigError::new(
                 r.key_path("format"),
-                format!("unknown format {other:?} (expected graphite, statsd or regex)"),
+                format!("unknown format {other:?} (expected graphite, statsd, regex or collectd)"),
             ));
             Format::Graphite
         }
@@ -769,8 +866,19 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
     let read_buffer_bytes =
         r.uint("read_buffer_bytes", 64 * 1024, 4 * 1024, 16 << 20, errs) as usize;
     let connections_max = r.uint("connections_max", 1024, 1, 1 << 20, errs) as usize;
-    let socket_receive_buffer_bytes =
-        r.uint("socket_receive_buffer_bytes", 4 << 20, 0, 1 << 30, errs) as usize;
+    // collectd senders burst a whole interval at once, and the protocol is UDP only.
+    let receive_default = if format == Format::Collectd {
+        16 << 20
+    } else {
+        4 << 20
+    };
+    let socket_receive_buffer_bytes = r.uint(
+        "socket_receive_buffer_bytes",
+        receive_default,
+        0,
+        1 << 30,
+        errs,
+    ) as usize;
     let cleanse_present = t.contains_key("cleanse_names");
     let cleanse_names = r.boolean("cleanse_names", format == Format::Graphite, errs);
     if cleanse_present && cleanse_names && format != Format::Graphite {
@@ -810,6 +918,13 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
             format!("must be smaller than read_buffer_bytes ({read_buffer_bytes})"),
         ));
     }
+    let collectd = collectd::read_listen(&mut r, t, format, errs);
+    if format == Format::Collectd && !matches!(url, ListenUrl::Inet(Transport::Udp, _)) {
+        errs.push(ConfigError::new(
+            r.key_path("url"),
+            "a collectd listener is udp://host:port (collectd's network protocol is UDP)",
+        ));
+    }
     r.finish(errs);
     Listener {
         name,
@@ -822,6 +937,7 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
         cleanse_names,
         regex,
         time_layout,
+        collectd,
     }
 }
 
@@ -868,6 +984,19 @@ fn read_cluster(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Cluster {
     let diverse_present = t.contains_key("diverse_replicas");
     // carbon's own default (conf.py DIVERSE_REPLICAS = True).
     let diverse_replicas = r.boolean("diverse_replicas", true, errs);
+    let key = match r.opt_str("key", errs).as_deref() {
+        None => None,
+        Some("host") => Some(ClusterKey::Host),
+        Some("identifier") => Some(ClusterKey::Identifier),
+        Some(other) => {
+            errs.push(ConfigError::new(
+                r.key_path("key"),
+                format!("unknown key {other:?} (expected host or identifier)"),
+            ));
+            None
+        }
+    };
+    let format = collectd::read_output_format(&mut r, t, errs);
     let mut members = Vec::with_capacity(member_strs.len());
     for (j, m) in member_strs.iter().enumerate() {
         match Member::parse(m) {
@@ -935,11 +1064,27 @@ fn read_cluster(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Cluster {
                     "applies to carbon_ch_python only",
                 ));
             }
+            if key.is_some() && !k.is_ring() && k != ClusterKind::AnyOf {
+                errs.push(ConfigError::new(
+                    r.key_path("key"),
+                    format!(
+                        "applies to kinds that hash (rings, any_of), not {}",
+                        k.as_str()
+                    ),
+                ));
+            }
             if member_strs.len() == members.len() {
                 check_members(k, replication, &members, &r.key_path(""), errs);
+                collectd::check_members(&format, &members, &r.key_path(""), errs);
             }
         }
         None => {}
+    }
+    if kind == Some(ClusterKind::File) && matches!(format, OutputFormat::Collectd(_)) {
+        errs.push(ConfigError::new(
+            r.key_path("format"),
+            "a file cluster writes lines; format = \"collectd\" is for udp members",
+        ));
     }
     r.finish(errs);
     Cluster {
@@ -950,6 +1095,8 @@ fn read_cluster(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Cluster {
         file,
         on_down,
         diverse_replicas,
+        key,
+        format,
     }
 }
 
@@ -1269,6 +1416,29 @@ fn check_unique<'a>(
     }
 }
 
+/// A member listed in two clusters is one destination (one queue, one encoder): the
+/// clusters must agree on what it receives.
+fn check_shared_members(clusters: &[Cluster], errs: &mut Vec<ConfigError>) {
+    for (i, c) in clusters.iter().enumerate() {
+        for (j, m) in c.members.iter().enumerate() {
+            let key = m.address_key();
+            let earlier = clusters[..i].iter().enumerate().find(|(_, o)| {
+                o.format != c.format && o.members.iter().any(|om| om.address_key() == key)
+            });
+            if let Some((k, o)) = earlier {
+                errs.push(ConfigError::new(
+                    format!("cluster[{i}].members[{j}]"),
+                    format!(
+                        "{key} is also a member of cluster {:?} (cluster[{k}]) with other \
+                         format settings; a destination has one format",
+                        o.name
+                    ),
+                ));
+            }
+        }
+    }
+}
+
 fn check_listen_addresses(listeners: &[Listener], errs: &mut Vec<ConfigError>) {
     for (i, l) in listeners.iter().enumerate() {
         if let ListenUrl::Inet(_, a) = &l.url {
@@ -1328,6 +1498,111 @@ mod tests {
             "cluster[0].members[1]",
             "route[0].match",
             "route[0].send_to[0]",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {errs:#?}");
+        }
+    }
+
+    /// The issue's shape parses as written (with a readable auth file).
+    #[test]
+    fn collectd_tiers_config() {
+        let dir = std::env::temp_dir().join(format!("cadent-cfg-collectd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let auth = dir.join("passwd");
+        std::fs::write(&auth, "alice: s3cret\n").unwrap();
+        let text = format!(
+            r#"
+            [[listen]]
+            name = "collectd"
+            url = "udp://0.0.0.0:25826"
+            format = "collectd"
+            security_level = "none"
+            auth_file = "{}"
+            [[cluster]]
+            name = "shortterm"
+            kind = "coco"
+            key = "host"
+            format = "collectd"
+            members = ["udp://10.1.1.111:25826", "udp://10.1.1.112:25826"]
+            [[cluster]]
+            name = "midterm"
+            kind = "fnv1a_ch"
+            key = "identifier"
+            format = "collectd"
+            security_level = "encrypt"
+            username = "alice"
+            password = "s3cret"
+            members = ["udp://10.1.1.113:25826", "udp://10.1.1.114:25826"]
+            [[route]]
+            match = {{ regex = "/(vmem|irq|entropy|users)/" }}
+            action = "drop"
+            [[route]]
+            match = {{ all = true }}
+            send_to = ["shortterm", "midterm"]
+        "#,
+            auth.display()
+        );
+        let c = Config::parse(&text).unwrap();
+        let l = c.listeners[0].collectd.as_ref().unwrap();
+        assert_eq!(l.auth.as_ref().unwrap().len(), 1);
+        assert!(!l.types_complete());
+        assert_eq!(c.listeners[0].socket_receive_buffer_bytes, 16 << 20);
+        assert!(c.clusters[0].host_keyed() && !c.clusters[1].host_keyed());
+        assert!(matches!(&c.clusters[1].format, OutputFormat::Collectd(s)
+            if s.security_level == crate::protocol::collectd::SecurityLevel::Encrypt));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn collectd_config_errors() {
+        let text = r#"
+            [[listen]]
+            name = "c"
+            url = "tcp://127.0.0.1:25826"
+            format = "collectd"
+            security_level = "sign"
+            types_db = ["/nonexistent/types.db"]
+            [[listen]]
+            name = "g"
+            url = "tcp://127.0.0.1:2003"
+            format = "graphite"
+            auth_file = "/x"
+            [[cluster]]
+            name = "a"
+            kind = "coco"
+            format = "collectd"
+            prefix = "x."
+            members = ["127.0.0.1:1"]
+            [[cluster]]
+            name = "b"
+            kind = "forward"
+            key = "host"
+            packet_bytes_max = 2000
+            members = ["udp://127.0.0.1:2"]
+            [[cluster]]
+            name = "d"
+            kind = "carbon_ch"
+            format = "collectd"
+            security_level = "sign"
+            members = ["udp://127.0.0.1:2"]
+            [[route]]
+            match = { all = true }
+            send_to = ["a"]
+        "#;
+        let errs = Config::parse(text).unwrap_err().0;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "listen[0].url",
+            "listen[0].auth_file",
+            "listen[0].types_db[0]",
+            "listen[1].auth_file",
+            "cluster[0].prefix",
+            "cluster[0].members[0]",
+            "cluster[1].key",
+            "cluster[1].packet_bytes_max",
+            "cluster[2].username",
+            "cluster[2].password",
+            "cluster[2].members[0]",
         ] {
             assert!(paths.contains(&want), "missing {want} in {errs:#?}");
         }

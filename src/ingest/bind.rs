@@ -19,9 +19,31 @@ fn socket(
     if recv_buffer_bytes > 0 {
         // The kernel caps this at net.core.rmem_max; a smaller buffer is not an error.
         let _ = s.set_recv_buffer_size(recv_buffer_bytes);
+        // Past the cap, SO_RCVBUFFORCE gets it with CAP_NET_ADMIN (and fails harmlessly
+        // without).
+        if s.recv_buffer_size().unwrap_or(0) < recv_buffer_bytes {
+            force_recv_buffer(&s, recv_buffer_bytes);
+        }
     }
     s.bind(&addr.into())?;
     Ok(s)
+}
+
+/// `SO_RCVBUFFORCE`: a receive buffer past `net.core.rmem_max`, with CAP_NET_ADMIN
+/// (without it the call fails and the buffer stays as it was).
+pub fn force_recv_buffer(s: &Socket, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt(2) on the socket's own open fd, reading one c_int from our stack.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// A shard's own `SO_REUSEPORT` TCP listener. Call on the shard's executor thread.

@@ -12,7 +12,8 @@ use futures_lite::{AsyncRead, AsyncReadExt};
 use glommio::net::{TcpListener, UdpSocket, UnixListener};
 
 use crate::config::Listener;
-use crate::protocol::decode::End;
+use crate::protocol::collectd;
+use crate::protocol::decode::{End, TypesReject};
 use crate::protocol::Reject;
 use crate::shard::pipeline::Core;
 
@@ -44,6 +45,54 @@ crate::counter_set! {
     }
 }
 
+crate::counter_set! {
+    /// A collectd listener's counters on one shard (its rejects by reason are beside
+    /// them, in [`CollectdStats`]). The names Coco gave the same counts are in brackets.
+    pub struct CollectdCounters {
+        /// Datagrams decoded [coco listen.raw].
+        packets: counter,
+        /// Value lists decoded and accepted by the listener's security level and types
+        /// table [coco listen.decoded].
+        value_lists: counter,
+        /// Notifications received: cadent relays value lists only.
+        notifications_ignored: counter,
+        /// Signature parts accepted without verification: security level none and no
+        /// auth file, as collectd does.
+        signatures_unverified: counter,
+        /// Value lists routed to at least one target [coco filter.accepted].
+        routed: counter,
+        /// Value lists a drop route matched [coco filter.rejected].
+        dropped_by_rule: counter,
+        /// Value lists no route matched (dropped).
+        unrouted: counter,
+    }
+}
+
+/// A collectd listener's counters with its rejects by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CollectdStats {
+    /// The counters.
+    pub counters: CollectdCounters,
+    /// Parts or packets refused by collectd's acceptance rules, by reason.
+    pub rejects: [u64; collectd::Reject::COUNT],
+    /// Value lists refused by the types table, by reason.
+    pub types_rejects: [u64; TypesReject::COUNT],
+}
+
+impl CollectdStats {
+    /// Adds another shard's.
+    pub fn add(&mut self, o: &CollectdStats) {
+        use crate::telemetry::set::CounterSet;
+        self.counters.add(&o.counters);
+        for (a, b) in self.rejects.iter_mut().zip(&o.rejects) {
+            *a += b;
+        }
+        for (a, b) in self.types_rejects.iter_mut().zip(&o.types_rejects) {
+            *a += b;
+        }
+    }
+}
+
 /// A listener's counters with its rejected lines by [`Reject`] reason.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListenerStats {
@@ -51,6 +100,8 @@ pub struct ListenerStats {
     pub counters: ListenerCounters,
     /// Rejected lines, by reason.
     pub rejected_lines: [u64; Reject::COUNT],
+    /// collectd listeners: what the packet decoder saw.
+    pub collectd: CollectdStats,
 }
 
 impl ListenerStats {
@@ -61,6 +112,7 @@ impl ListenerStats {
         for (a, b) in self.rejected_lines.iter_mut().zip(&o.rejected_lines) {
             *a += b;
         }
+        self.collectd.add(&o.collectd);
     }
 }
 
@@ -213,7 +265,8 @@ async fn wait_while_congested(core: &Rc<RefCell<Core>>, opts: &ReadOptions) {
     }
 }
 
-/// Receives datagrams until the task is dropped; each datagram is whole lines.
+/// Receives datagrams until the task is dropped; each datagram is whole lines, or one
+/// collectd packet.
 pub async fn udp_loop(core: Rc<RefCell<Core>>, sock: UdpSocket, opts: ReadOptions) {
     let mut buf = vec![0u8; opts.read_buffer_bytes.max(65_536)];
     let mut datagrams_since_yield = 0;
@@ -234,8 +287,7 @@ pub async fn udp_loop(core: Rc<RefCell<Core>>, sock: UdpSocket, opts: ReadOption
             let lc = &mut c.counters.listeners[opts.listener].counters;
             lc.datagrams += 1;
             lc.received_bytes += n as u64;
-            let mut skipping = false;
-            c.process(opts.listener, &buf[..n], &mut skipping, End::Datagram);
+            c.process_datagram(opts.listener, &mut buf[..n]);
             c.draining
         };
         if draining {

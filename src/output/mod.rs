@@ -9,16 +9,18 @@ pub mod writer;
 
 use std::rc::Rc;
 
-use crate::config::{Output, Transport};
+use crate::config::{Output, OutputFormat, Transport};
 use crate::point::Point;
+use crate::protocol::collectd::EncoderConfig;
 use crate::protocol::encode::Encoder;
-use crate::route::{DestId, DestinationKind, DestinationTable};
+use crate::route::{DestId, Destination, DestinationKind, DestinationTable};
 pub use queue::{Batch, DestQueue};
 
 crate::counter_set! {
     /// Counters of one destination on one shard.
     pub struct DestinationCounters {
-        /// Lines (records) put into this destination's batches.
+        /// Lines (records: collectd value lists for a collectd destination) put into this
+        /// destination's batches.
         queued_lines: counter,
         /// Lines the kernel (socket or file) accepted.
         sent_lines: counter,
@@ -36,6 +38,14 @@ crate::counter_set! {
         /// Lines moved to live members of the cluster when the destination went down
         /// (any_of, failover): delivered elsewhere, not lost.
         offloaded_lines: counter,
+        /// Points dropped because the destination's format cannot carry them: a line to a
+        /// collectd member (not_collectd), a collectd value list of a type the listener's
+        /// types table lacks to a graphite member (unknown_type), a value list too big for
+        /// one packet (bad_value_list).
+        dropped_unencodable: counter,
+        /// collectd series written to graphite with an unknown rate (`nan`) because the
+        /// destination keeps rate state for store_rates_series_max series already.
+        store_rates_series_full: counter,
         /// Failed writes (TCP: the unwritten part is sent again after reconnecting).
         write_errors: counter,
         /// Successful connects.
@@ -46,6 +56,9 @@ crate::counter_set! {
         queue_bytes: gauge,
         /// 1 while connected.
         connected: gauge,
+        /// 1 while health has the destination down and its writer holds its batches
+        /// (UDP members).
+        held: gauge,
     }
 }
 
@@ -54,11 +67,74 @@ crate::counter_set! {
 #[derive(Debug)]
 struct Slot {
     encoder: Encoder,
-    open: Vec<u8>,
-    open_lines: u32,
+    open: Open,
+    queue: Rc<DestQueue>,
+    /// A UDP member: its writer cannot tell it is down, so health holds its batches.
+    udp: bool,
+}
+
+/// The batch being filled.
+#[derive(Debug)]
+struct Open {
+    data: Vec<u8>,
+    records: u32,
     /// Seal at this many bytes (`flush_bytes`, or the datagram size for UDP).
     seal_bytes: usize,
-    queue: Rc<DestQueue>,
+}
+
+impl Open {
+    /// Queues the batch (it holds records) and starts a fresh one.
+    fn seal(&mut self, queue: &DestQueue) {
+        let fresh = queue.buffer(self.seal_bytes);
+        let data = std::mem::replace(&mut self.data, fresh);
+        let lines = std::mem::take(&mut self.records);
+        queue.push(Batch { data, lines });
+    }
+
+    /// Records were appended from byte `before` on: seal the batch before them when they
+    /// overflow it (so a batch never cuts a record, and a UDP batch stays one datagram),
+    /// and after them when the batch is full.
+    fn appended(&mut self, before: usize, records: u32, queue: &DestQueue) {
+        if self.records > 0 && self.data.len() > self.seal_bytes {
+            let mut fresh = queue.buffer(self.seal_bytes);
+            fresh.extend_from_slice(&self.data[before..]);
+            self.data.truncate(before);
+            let data = std::mem::replace(&mut self.data, fresh);
+            let lines = std::mem::replace(&mut self.records, records);
+            queue.push(Batch { data, lines });
+        } else {
+            self.records += records;
+        }
+        if self.data.len() >= self.seal_bytes {
+            self.seal(queue);
+        }
+    }
+
+    /// A whole packet from a packet encoder: a batch of its own.
+    fn packet(&mut self, packet: &[u8], records: u32, queue: &DestQueue) {
+        debug_assert_eq!(self.records, 0, "packets are sealed as they come");
+        self.data.extend_from_slice(packet);
+        self.records = records;
+        self.seal(queue);
+    }
+}
+
+impl Slot {
+    /// Seals the open batch, after the packet a packet encoder is filling.
+    fn seal_all(&mut self) {
+        let Slot {
+            encoder,
+            open,
+            queue,
+            ..
+        } = self;
+        if let Encoder::Collectd(c) = encoder {
+            c.flush(&mut |packet: &[u8], n| open.packet(packet, n, queue));
+        }
+        if open.records > 0 {
+            open.seal(queue);
+        }
+    }
 }
 
 /// The shard's side of every destination: append lines, seal batches, hand them to writers.
@@ -69,6 +145,17 @@ pub struct Outputs {
     headroom_bytes: usize,
     /// Batch and queue bounds, for destinations added at run time.
     cfg: Output,
+}
+
+/// The encoder a destination's format asks for.
+fn encoder_for(d: &Destination) -> Encoder {
+    match &d.format {
+        OutputFormat::Graphite(g) => Encoder::lines(g.options.clone(), g.store_rates_series_max),
+        OutputFormat::Collectd(c) => Encoder::collectd(EncoderConfig {
+            max_packet_bytes: c.packet_bytes_max,
+            security: c.send_security(),
+        }),
+    }
 }
 
 impl Outputs {
@@ -87,19 +174,32 @@ impl Outputs {
     /// table only ever grows, so existing queues are untouched.
     pub fn extend(&mut self, table: &DestinationTable) {
         for d in &table.destinations[self.slots.len().min(table.destinations.len())..] {
-            let seal_bytes = match &d.kind {
-                DestinationKind::Net(m) if m.transport == Transport::Udp => {
-                    self.cfg.udp_datagram_bytes_max
-                }
-                _ => self.cfg.flush_bytes,
+            let udp = matches!(&d.kind, DestinationKind::Net(m) if m.transport == Transport::Udp);
+            let seal_bytes = if udp {
+                self.cfg.udp_datagram_bytes_max
+            } else {
+                self.cfg.flush_bytes
             };
             self.slots.push(Slot {
-                encoder: Encoder::Plaintext,
-                open: Vec::with_capacity(seal_bytes),
-                open_lines: 0,
-                seal_bytes,
+                encoder: encoder_for(d),
+                open: Open {
+                    data: Vec::with_capacity(seal_bytes),
+                    records: 0,
+                    seal_bytes,
+                },
                 queue: Rc::new(DestQueue::new(self.cfg.queue_bytes_max)),
+                udp,
             });
+        }
+    }
+
+    /// Health says destination `d` is down (or up again): a UDP member's writer holds
+    /// its batches while it is down (a TCP writer finds out by itself).
+    pub fn set_down(&mut self, d: DestId, down: bool) {
+        if let Some(s) = self.slots.get(d.index()) {
+            if s.udp {
+                s.queue.set_held(down);
+            }
         }
     }
 
@@ -111,9 +211,7 @@ impl Outputs {
             return 0;
         }
         let slot = &mut self.slots[d.index()];
-        if slot.open_lines > 0 {
-            seal(slot);
-        }
+        slot.seal_all();
         let batches = slot.queue.take_all();
         let mut moved = 0;
         for (i, b) in batches.into_iter().enumerate() {
@@ -147,9 +245,7 @@ impl Outputs {
         if slot.queue.is_closed() {
             return;
         }
-        if slot.open_lines > 0 {
-            seal(slot);
-        }
+        slot.seal_all();
         slot.queue.close();
     }
 
@@ -159,30 +255,39 @@ impl Outputs {
     }
 
     /// Encodes a point under `name` into destination `d`'s open batch (`as_received`:
-    /// `name` is the point's own, not cleansed or rewritten), sealing the batch first if
-    /// the record would not fit and after if it is full.
+    /// `name` is the point's own, not cleansed or rewritten), sealing the batch before
+    /// the record if it would overflow and after it if it is full. A point the
+    /// destination's format cannot carry is counted.
     #[inline]
     pub fn append(&mut self, d: DestId, p: &Point<'_>, name: &[u8], as_received: bool) {
-        let slot = &mut self.slots[d.index()];
-        let len = slot.encoder.encoded_len(p, name, as_received);
-        if len == 0 {
-            return;
-        }
-        if slot.open_lines > 0 && slot.open.len() + len > slot.seal_bytes {
-            seal(slot);
-        }
-        slot.open_lines += slot.encoder.encode(p, name, as_received, &mut slot.open);
-        if slot.open.len() >= slot.seal_bytes {
-            seal(slot);
+        let Slot {
+            encoder,
+            open,
+            queue,
+            ..
+        } = &mut self.slots[d.index()];
+        let done = match encoder {
+            Encoder::Plaintext(t) => {
+                let before = open.data.len();
+                t.encode(p, name, as_received, &mut open.data).map(|n| {
+                    if n > 0 {
+                        open.appended(before, n, queue)
+                    }
+                })
+            }
+            Encoder::Collectd(c) => {
+                c.push(p, &mut |packet: &[u8], n| open.packet(packet, n, queue))
+            }
+        };
+        if done.is_err() {
+            queue.count(|c| c.dropped_unencodable += 1);
         }
     }
 
     /// Seals every partly filled batch (the `flush_interval_ms` tick and shutdown).
     pub fn seal_all(&mut self) {
         for slot in &mut self.slots {
-            if slot.open_lines > 0 {
-                seal(slot);
-            }
+            slot.seal_all();
         }
     }
 
@@ -190,14 +295,14 @@ impl Outputs {
     pub fn congested(&self) -> bool {
         self.slots
             .iter()
-            .any(|s| s.queue.congested(self.headroom_bytes + s.open.len()))
+            .any(|s| s.queue.congested(self.headroom_bytes + s.open.data.len()))
     }
 
     /// A reader waited `stall_ms_max` and the queues are still full: the congested ones
     /// stop stalling readers until they drain (their overflow is dropped and counted).
     pub fn spend_stalls(&self) {
         for s in &self.slots {
-            if s.queue.congested(self.headroom_bytes + s.open.len()) {
+            if s.queue.congested(self.headroom_bytes + s.open.data.len()) {
                 s.queue.spend_stall();
             }
         }
@@ -207,13 +312,16 @@ impl Outputs {
     pub fn queues(&self) -> impl Iterator<Item = &Rc<DestQueue>> {
         self.slots.iter().map(|s| &s.queue)
     }
-}
 
-fn seal(slot: &mut Slot) {
-    let fresh = slot.queue.buffer(slot.seal_bytes);
-    let data = std::mem::replace(&mut slot.open, fresh);
-    let lines = std::mem::take(&mut slot.open_lines);
-    slot.queue.push(Batch { data, lines });
+    /// Destination `d`'s counters: its queue's, with its encoder's.
+    pub fn counters(&self, d: usize) -> DestinationCounters {
+        let s = &self.slots[d];
+        let mut c = s.queue.counters();
+        if let Encoder::Plaintext(t) = &s.encoder {
+            c.store_rates_series_full = t.series_full();
+        }
+        c
+    }
 }
 
 #[cfg(test)]

@@ -13,12 +13,13 @@ use std::task::{Poll, Waker};
 
 use super::DestinationCounters;
 
-/// Sealed lines for one destination: whole `\n`-terminated lines.
+/// Sealed records for one destination: whole `\n`-terminated lines, or whole collectd
+/// packets (one per batch: a batch to a UDP member is one datagram).
 #[derive(Debug)]
 pub struct Batch {
     /// The bytes to write.
     pub data: Vec<u8>,
-    /// Number of lines in `data`.
+    /// Number of records (lines, or collectd value lists) in `data`.
     pub lines: u32,
 }
 
@@ -46,6 +47,9 @@ pub struct DestQueue {
     /// stalls nobody again until it drains below half (a stuck sink must not throttle
     /// every reader of the shard, read after read).
     stall_spent: Cell<bool>,
+    /// Health says the destination is down: a writer that cannot tell by itself (UDP)
+    /// holds its batches instead of sending them into the void.
+    held: Cell<bool>,
 }
 
 /// Buffers kept for reuse per destination; enough to keep a writer and a producer busy.
@@ -60,12 +64,30 @@ impl DestQueue {
             closed: Cell::new(false),
             live: Cell::new(false),
             stall_spent: Cell::new(false),
+            held: Cell::new(false),
         }
+    }
+
+    /// Health marked the destination down (true) or up again (false).
+    pub fn set_held(&self, held: bool) {
+        self.held.set(held);
+        let mut s = self.state.borrow_mut();
+        s.counters.held = u64::from(held);
+        if !held {
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Whether health has the destination down.
+    pub fn is_held(&self) -> bool {
+        self.held.get()
     }
 
     /// Queues a batch, dropping (and counting) the oldest batches while over the bound.
     pub fn push(&self, batch: Batch) {
-        debug_assert!(batch.lines > 0 && batch.data.ends_with(b"\n"));
+        debug_assert!(batch.lines > 0 && !batch.data.is_empty());
         let mut s = self.state.borrow_mut();
         s.counters.queued_lines += u64::from(batch.lines);
         s.bytes += batch.data.len();

@@ -238,32 +238,41 @@ fn resume_after(batch: Batch, written: usize, queue: &DestQueue) -> Batch {
 }
 
 /// Drains `queue` to a UDP member, one datagram per batch (batches are sealed at
-/// `udp_datagram_bytes_max`).
-pub async fn run_udp(queue: Rc<DestQueue>, member: Member, name: String) {
+/// `udp_datagram_bytes_max`, or are one collectd packet each).
+///
+/// UDP has no acknowledgement, so "down" can only mean what the kernel reports: the
+/// socket is connected to the member, and an ICMP port or host unreachable for an
+/// earlier datagram makes the next send fail (`ECONNREFUSED`, `EHOSTUNREACH`) without
+/// sending. The datagram that drew the ICMP is lost (counted among `write_errors`, it
+/// cannot be told apart); the failed one is kept, and the writer stops sending: it
+/// probes with an empty datagram (every receiver ignores it) until one draws no error
+/// within the probe wait, then sends what waited, in order. While health has the member
+/// down (`DestQueue::set_held`), the writer holds its batches too. Held batches stay in
+/// the queue, bounded by `queue_bytes_max` (oldest dropped and counted): the spool's
+/// seam. A member that vanishes without an ICMP (a dead host behind a silent network)
+/// cannot be told from a live one.
+pub async fn run_udp(queue: Rc<DestQueue>, member: Member, name: String, opts: WriterOptions) {
     let mut log = RateLimitedLog {
         last: None,
         every: Duration::from_secs(10),
     };
-    let mut sock: Option<(UdpSocket, SocketAddr)> = None;
+    let probe_wait = opts.connect_timeout.min(UDP_PROBE_WAIT_MAX);
+    let mut sock: Option<UdpSocket> = None;
+    let mut refused = false;
+    let mut backoff = opts.backoff_min;
     while queue.ready().await {
+        if queue.is_held() && !queue.is_closed() {
+            glommio::timer::sleep(UDP_HELD_POLL).await;
+            continue;
+        }
         if sock.is_none() {
-            let bound = async {
-                let addr = resolve(&member).await?;
-                let local: SocketAddr = if addr.is_ipv6() {
-                    "[::]:0".parse().expect("literal")
-                } else {
-                    "0.0.0.0:0".parse().expect("literal")
-                };
-                let s = UdpSocket::bind(local).map_err(io::Error::from)?;
-                Ok::<_, io::Error>((s, addr))
-            }
-            .await;
-            match bound {
+            match connect_udp(&member).await {
                 Ok(s) => {
                     queue.set_live(true);
                     sock = Some(s);
                 }
                 Err(e) => {
+                    queue.count(|c| c.connect_failures += 1);
                     if log.ready() {
                         tracing::warn!(destination = %name, error = %e, "udp socket failed");
                     }
@@ -271,24 +280,103 @@ pub async fn run_udp(queue: Rc<DestQueue>, member: Member, name: String) {
                         queue.discard_at_shutdown();
                         return;
                     }
-                    glommio::timer::sleep(Duration::from_millis(500)).await;
+                    glommio::timer::sleep(backoff).await;
+                    backoff = (backoff * 2).min(opts.backoff_max);
                     continue;
                 }
             }
         }
+        let s = sock.as_ref().expect("connected above");
+        if refused {
+            if queue.is_closed() {
+                // Shutting down while the member refuses: what waits is not delivered.
+                queue.discard_at_shutdown();
+                break;
+            }
+            // An empty datagram, then a look for the ICMP it may draw.
+            let _ = s.send(&[]).await;
+            glommio::timer::sleep(probe_wait).await;
+            if take_socket_error(s).is_some() {
+                queue.count(|c| c.write_errors += 1);
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(opts.backoff_max);
+                continue;
+            }
+            refused = false;
+            backoff = opts.backoff_min;
+            queue.set_live(true);
+            tracing::info!(destination = %name, "udp member answers again; sending");
+        }
         let Some(batch) = queue.pop() else { continue };
-        let (s, addr) = sock.as_ref().expect("bound above");
-        match s.send_to(&batch.data, *addr).await {
-            Ok(_) => queue.complete(batch.lines, batch.data.len()),
-            // UDP has no retry: an ICMP refusal means the datagram is gone. Count it.
+        match s.send(&batch.data).await.map_err(io::Error::from) {
+            Ok(_) => {
+                queue.complete(batch.lines, batch.data.len());
+                queue.recycle(batch.data);
+            }
+            Err(e) if unreachable(&e) => {
+                // Not sent: keep it, and stop sending until the member answers.
+                queue.count(|c| c.write_errors += 1);
+                queue.unpop(batch);
+                queue.set_live(false);
+                refused = true;
+                if log.ready() {
+                    tracing::warn!(destination = %name, error = %e, "udp member unreachable; holding its batches");
+                }
+            }
+            // Any other failure: the datagram is gone. Count it.
             Err(e) => {
                 queue.fail(batch.lines);
+                queue.recycle(batch.data);
                 if log.ready() {
                     tracing::warn!(destination = %name, error = %e, "udp send failed");
                 }
             }
         }
-        queue.recycle(batch.data);
     }
     queue.set_live(false);
+}
+
+/// Longest wait for the ICMP an empty probe datagram may draw.
+const UDP_PROBE_WAIT_MAX: Duration = Duration::from_millis(200);
+/// How often a held writer looks whether health has its member up again.
+const UDP_HELD_POLL: Duration = Duration::from_millis(20);
+
+/// A UDP socket connected to the member (so the kernel reports ICMP errors to it).
+async fn connect_udp(member: &Member) -> io::Result<UdpSocket> {
+    let addr = resolve(member).await?;
+    let local: SocketAddr = if addr.is_ipv6() {
+        "[::]:0".parse().expect("literal")
+    } else {
+        "0.0.0.0:0".parse().expect("literal")
+    };
+    let s = UdpSocket::bind(local).map_err(io::Error::from)?;
+    s.connect(addr).await.map_err(io::Error::from)?;
+    Ok(s)
+}
+
+/// Errors by which the kernel says an earlier datagram was refused or undeliverable.
+fn unreachable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN)
+    ) || e.kind() == io::ErrorKind::ConnectionRefused
+}
+
+/// Takes (and clears) the socket's pending error, such as an ICMP refusal.
+fn take_socket_error(s: &UdpSocket) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) on the socket's own open fd, writing one c_int into our
+    // stack variable whose size we pass.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && err != 0).then_some(err)
 }

@@ -4,7 +4,17 @@
 //!
 //! A decoder is pure: bytes in, points handed to the caller's `emit`, and what it read
 //! counted in [`DecodeCounts`]. Points borrow from the buffer.
+//!
+//! collectd is the one binary format: a datagram is decoded (and decrypted in place) by
+//! [`CollectdDecoder::decode`], which hands points over in batches of up to
+//! [`COLLECTD_BATCH`]: a value list's identifier, the name routes match, is not in the
+//! datagram, so the decoder writes it into a scratch of its own, and the points of a
+//! batch borrow that scratch until the caller has routed them.
 
+use std::sync::Arc;
+
+use super::collectd::types_db::{DataSource, TypesDb};
+use super::collectd::{self, CdTime, Record, ValueList, Values, NAME_BYTES_MAX};
 use super::lines::{self, Piece};
 use super::regex_line::{self, RegexLine};
 use super::{graphite, statsd, Reject};
@@ -33,6 +43,10 @@ pub struct DecodeCounts {
     /// statsd samples refused (in bad lines and in good lines with a bad sample among
     /// good ones): Etsy's `bad_lines_seen`.
     pub rejected_samples: u64,
+    /// collectd: what the packet decoder read and refused.
+    pub collectd: collectd::DecodeStats,
+    /// collectd: value lists refused by the types table, by [`TypesReject`].
+    pub collectd_types_rejects: [u64; TypesReject::COUNT],
 }
 
 impl DecodeCounts {
@@ -51,6 +65,9 @@ pub enum Decoder {
     Statsd,
     /// Any line, routed by the key a regex cuts out of it.
     Regex(RegexLine),
+    /// collectd's binary protocol, one datagram at a time
+    /// ([`CollectdDecoder::decode`]); never framed as lines.
+    Collectd(Box<CollectdDecoder>),
 }
 
 impl Decoder {
@@ -68,6 +85,13 @@ impl Decoder {
     ) -> usize {
         match self {
             Decoder::Statsd => decode_statsd(buf, end, line_bytes_max, skipping, counts, emit),
+            Decoder::Collectd(_) => {
+                debug_assert!(
+                    false,
+                    "collectd datagrams go through CollectdDecoder::decode"
+                );
+                buf.len()
+            }
             _ => {
                 let mut on_line =
                     |line: &'b [u8], counts: &mut DecodeCounts| self.line(line, counts, emit);
@@ -112,6 +136,7 @@ impl Decoder {
                 Err(_) => Err(Reject::NoMatch),
             },
             Decoder::Statsd => unreachable!("statsd frames its own lines"),
+            Decoder::Collectd(_) => unreachable!("collectd datagrams are not lines"),
         };
         match parsed {
             Ok(p) => {
@@ -277,6 +302,223 @@ fn statsd_line<'b>(line: &'b [u8], counts: &mut DecodeCounts, emit: &mut impl Fn
     }
 }
 
+/// Points a collectd decode hands over at once: as many as the pipeline routes together.
+pub const COLLECTD_BATCH: usize = 16;
+
+/// Longest identifier: five strings of at most 127 bytes and their four separators.
+const IDENTIFIER_BYTES_MAX: usize = 5 * (NAME_BYTES_MAX - 1) + 4;
+
+/// Why a decoded value list was refused by the listener's types table (collectd refuses
+/// the same ones at dispatch). A closed set, so counters are an array.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TypesReject {
+    /// The type is not in the listener's `types_db` files.
+    UnknownType = 0,
+    /// The number of values is not the type's number of data sources.
+    ValueCount,
+}
+
+impl TypesReject {
+    /// Number of reasons.
+    pub const COUNT: usize = 2;
+    /// Every reason, in counter order.
+    pub const ALL: [TypesReject; TypesReject::COUNT] =
+        [TypesReject::UnknownType, TypesReject::ValueCount];
+
+    /// The reason as it appears in stats.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TypesReject::UnknownType => "unknown_type",
+            TypesReject::ValueCount => "value_count",
+        }
+    }
+}
+
+const _: () = assert!(TypesReject::ValueCount as usize + 1 == TypesReject::COUNT);
+
+/// A collectd listener's decoder: collectd's acceptance rules (security level, auth
+/// file) and the types table value lists are checked against.
+#[derive(Debug, Clone)]
+pub struct CollectdDecoder {
+    packets: collectd::Decoder,
+    types: Arc<TypesDb>,
+    /// Where the identifiers of a batch are written (reused from datagram to datagram).
+    idents: Box<[[u8; IDENTIFIER_BYTES_MAX]; COLLECTD_BATCH]>,
+    /// The table came from `types_db` files, so a type not in it is refused, as collectd
+    /// refuses it. With the built-in table an unknown type is passed on as received (its
+    /// receivers judge it) and only a wrong number of values is refused.
+    types_complete: bool,
+}
+
+impl CollectdDecoder {
+    /// A decoder with collectd's `Listen` semantics for `security`, checking value lists
+    /// against `types` (`types_complete`: it came from `types_db` files).
+    pub fn new(
+        security: collectd::Security,
+        types: Arc<TypesDb>,
+        types_complete: bool,
+    ) -> CollectdDecoder {
+        CollectdDecoder {
+            packets: collectd::Decoder::new(security),
+            types,
+            idents: Box::new([[0; IDENTIFIER_BYTES_MAX]; COLLECTD_BATCH]),
+            types_complete,
+        }
+    }
+
+    /// Decodes one datagram (decrypting it in place), handing its value lists to
+    /// `emit_batch` as points, up to [`COLLECTD_BATCH`] at a time, in order. A point's
+    /// name is the value list's identifier and its key the host. Notifications are
+    /// counted, not relayed. Returns the value lists handed over.
+    pub fn decode<'d>(
+        &mut self,
+        datagram: &'d mut [u8],
+        counts: &mut DecodeCounts,
+        emit_batch: &mut impl FnMut(&[Point<'_>]),
+    ) -> usize {
+        let CollectdDecoder {
+            packets,
+            types,
+            idents,
+            types_complete,
+        } = self;
+        let mut batch = IdentBatch::new(idents);
+        let mut handed = 0;
+        let types = &**types;
+        let complete = *types_complete;
+        let rejects = &mut counts.collectd_types_rejects;
+        let mut sink = |r: Record<'d>| {
+            let Record::Values(vl) = r else {
+                return;
+            };
+            let sources = match types.get(vl.type_) {
+                Some(ds) if ds.len() != vl.values.len() => {
+                    rejects[TypesReject::ValueCount as usize] += 1;
+                    return;
+                }
+                Some(ds) => Some(ds),
+                None if complete => {
+                    rejects[TypesReject::UnknownType as usize] += 1;
+                    return;
+                }
+                None => None,
+            };
+            batch.push(vl, sources);
+            handed += 1;
+            if batch.len == COLLECTD_BATCH {
+                batch.emit(emit_batch);
+            }
+        };
+        packets.decode(datagram, &mut sink);
+        batch.emit(emit_batch);
+        let stats = packets.take_stats();
+        add_decode_stats(&mut counts.collectd, &stats);
+        handed
+    }
+}
+
+fn add_decode_stats(a: &mut collectd::DecodeStats, b: &collectd::DecodeStats) {
+    a.packets += b.packets;
+    a.value_lists += b.value_lists;
+    a.notifications += b.notifications;
+    a.signatures_unverified += b.signatures_unverified;
+    for (x, y) in a.rejects.iter_mut().zip(&b.rejects) {
+        *x += y;
+    }
+}
+
+/// Value lists waiting to be handed over, each with its identifier written out.
+struct IdentBatch<'b, 's> {
+    vls: [ValueList<'b>; COLLECTD_BATCH],
+    sources: [Option<&'b [DataSource]>; COLLECTD_BATCH],
+    idents: &'s mut [[u8; IDENTIFIER_BYTES_MAX]; COLLECTD_BATCH],
+    /// Identifier length and host length of each.
+    lens: [(u16, u16); COLLECTD_BATCH],
+    len: usize,
+}
+
+const EMPTY_VL: ValueList<'static> = ValueList {
+    host: &[],
+    plugin: &[],
+    plugin_instance: &[],
+    type_: &[],
+    type_instance: &[],
+    time: CdTime(0),
+    interval: CdTime(0),
+    values: Values::EMPTY,
+};
+
+impl<'b, 's> IdentBatch<'b, 's> {
+    fn new(idents: &'s mut [[u8; IDENTIFIER_BYTES_MAX]; COLLECTD_BATCH]) -> IdentBatch<'b, 's> {
+        IdentBatch {
+            vls: [EMPTY_VL; COLLECTD_BATCH],
+            sources: [None; COLLECTD_BATCH],
+            idents,
+            lens: [(0, 0); COLLECTD_BATCH],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, vl: ValueList<'b>, sources: Option<&'b [DataSource]>) {
+        debug_assert!(self.len < COLLECTD_BATCH);
+        let i = self.len;
+        let n = write_identifier_into(&mut self.idents[i], vl.identity());
+        self.lens[i] = (n as u16, vl.host.len() as u16);
+        self.vls[i] = vl;
+        self.sources[i] = sources;
+        self.len += 1;
+    }
+
+    /// Hands the batch over as points borrowing it, and empties it.
+    fn emit(&mut self, emit_batch: &mut impl FnMut(&[Point<'_>])) {
+        if self.len == 0 {
+            return;
+        }
+        let mut points = [Point::EMPTY; COLLECTD_BATCH];
+        for (i, p) in points.iter_mut().enumerate().take(self.len) {
+            let (n, host) = self.lens[i];
+            let name = &self.idents[i][..n as usize];
+            *p = Point {
+                name,
+                key: &name[..host as usize],
+                line: &[],
+                value: Value::Collectd(point::Collectd {
+                    vl: &self.vls[i],
+                    sources: self.sources[i],
+                }),
+            };
+        }
+        emit_batch(&points[..self.len]);
+        self.len = 0;
+    }
+}
+
+/// Writes collectd's identifier (`host/plugin[-pi]/type[-ti]`) into `out`; returns its
+/// length. The decoder bounds each string to 127 bytes, so it always fits.
+fn write_identifier_into(out: &mut [u8; IDENTIFIER_BYTES_MAX], id: [&[u8]; 5]) -> usize {
+    let mut at = 0;
+    let mut put = |s: &[u8]| {
+        out[at..at + s.len()].copy_from_slice(s);
+        at += s.len();
+    };
+    let [host, plugin, pinst, type_, tinst] = id;
+    put(host);
+    put(b"/");
+    put(plugin);
+    if !pinst.is_empty() {
+        put(b"-");
+        put(pinst);
+    }
+    put(b"/");
+    put(type_);
+    if !tinst.is_empty() {
+        put(b"-");
+        put(tinst);
+    }
+    at
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,6 +547,7 @@ mod tests {
                         String::from_utf8_lossy(p.line)
                     ),
                     Value::Line => format!("r {}", String::from_utf8_lossy(p.key)),
+                    Value::Collectd(_) => unreachable!("not a line format"),
                 };
                 out.push(v);
             };
@@ -373,5 +616,111 @@ mod tests {
         let (out, c) = run(&Decoder::Regex(re), &[(b"k1 rest\nnomatch\n", End::More)]);
         assert_eq!(out, ["r k1"]);
         assert_eq!(c.rejected_lines[Reject::NoMatch as usize], 1);
+    }
+
+    /// Vector C of shared/reference/collectd.md: 7 value lists, accepted by collectd 5.12.
+    const VECTOR_C: &str = "00000016746573742e686f73742e6578616d706c65000008000c1ac04a70400000000009000c0000000280000000000200086370750000030006300000040008637075000005000969646c65000006000f00010200000000000030390005000975736572000006000f000102000000000000002a000200096c6f6164000003000500000400096c6f6164000005000500000600210003010101000000000000d03f000000000000e03f000000000000f83f0002000e696e74657266616365000003000965746830000004000e69665f6f637465747300000600180002020200000000000003e800000000000007d00002000b6d656d6f72790000030005000004000b6d656d6f7279000005000975736564000006000f00010100000000004a93400001000c000000006b0129c10000000c6f6c6474696d65000002000b7467706c7567000004000c636f756e7465720000050005000006000f00010000000000000000070004000d6162736f6c757465000006000f0001030000000000000009";
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// Points as `name|key|sources|batch`, and the counts.
+    fn collectd(types: TypesDb, complete: bool, packet: &[u8]) -> (Vec<String>, DecodeCounts) {
+        let mut d = CollectdDecoder::new(collectd::Security::default(), Arc::new(types), complete);
+        let mut counts = DecodeCounts::default();
+        let mut out = Vec::new();
+        let mut batches = 0;
+        let mut buf = packet.to_vec();
+        let n = d.decode(&mut buf, &mut counts, &mut |ps: &[Point<'_>]| {
+            batches += 1;
+            for p in ps {
+                let Value::Collectd(c) = p.value else {
+                    panic!("not collectd")
+                };
+                assert!(p.line.is_empty());
+                assert_eq!(c.vl.host, p.key);
+                let ds: Vec<&str> = c
+                    .sources
+                    .map(|d| d.iter().map(|s| s.name.as_str()).collect())
+                    .unwrap_or_default();
+                out.push(format!(
+                    "{}|{}|{}|{batches}",
+                    String::from_utf8_lossy(p.name),
+                    String::from_utf8_lossy(p.key),
+                    ds.join(",")
+                ));
+            }
+        });
+        assert_eq!(n, out.len());
+        (out, counts)
+    }
+
+    #[test]
+    fn collectd_value_lists_become_points_named_by_identifier_keyed_by_host() {
+        let (out, c) = collectd(TypesDb::builtin(), false, &hex(VECTOR_C));
+        assert_eq!(
+            out,
+            [
+                "test.host.example/cpu-0/cpu-idle|test.host.example|value|1",
+                "test.host.example/cpu-0/cpu-user|test.host.example|value|1",
+                "test.host.example/load/load|test.host.example|shortterm,midterm,longterm|1",
+                "test.host.example/interface-eth0/if_octets|test.host.example|rx,tx|1",
+                "test.host.example/memory/memory-used|test.host.example|value|1",
+                "oldtime/tgplug/counter|oldtime|value|1",
+                "oldtime/tgplug/absolute|oldtime|value|1",
+            ]
+        );
+        assert_eq!((c.collectd.packets, c.collectd.value_lists), (1, 7));
+    }
+
+    #[test]
+    fn collectd_types_table_refuses_as_collectd_does() {
+        // A complete table without `cpu`: refused; `load` with one data source: refused.
+        let db = TypesDb::parse("load shortterm:GAUGE:0:U\nif_octets rx:DERIVE:0:U, tx:DERIVE:0:U\nmemory value:GAUGE:0:U\ncounter value:COUNTER:U:U\nabsolute value:ABSOLUTE:0:U\n").unwrap();
+        let (out, c) = collectd(db.clone(), true, &hex(VECTOR_C));
+        assert_eq!(out.len(), 4, "{out:?}");
+        assert_eq!(c.collectd_types_rejects, [2, 1]);
+        // The same table as a built-in one: unknown types pass, without sources.
+        let (out, c) = collectd(db, false, &hex(VECTOR_C));
+        assert_eq!(out.len(), 6, "{out:?}");
+        assert!(out[0].ends_with("|test.host.example||1"), "{out:?}");
+        assert_eq!(c.collectd_types_rejects, [0, 1]);
+    }
+
+    #[test]
+    fn collectd_batches_hold_at_most_sixteen() {
+        // 40 value lists of 120-byte host names: 3 batches, identifiers intact.
+        let host = "h".repeat(120);
+        let values = [collectd::Value::Gauge(1.0)];
+        let mut enc = collectd::Encoder::new(collectd::EncoderConfig {
+            max_packet_bytes: 65535,
+            ..Default::default()
+        });
+        let mut packet = Vec::new();
+        let tis: Vec<String> = (0..40).map(|i| format!("{i:0>100}")).collect();
+        for ti in &tis {
+            let vl = ValueList {
+                host: host.as_bytes(),
+                plugin: b"p",
+                plugin_instance: b"",
+                type_: b"gauge",
+                type_instance: ti.as_bytes(),
+                time: CdTime::from_secs(1),
+                interval: CdTime::from_secs(10),
+                values: Values::from_slice(&values),
+            };
+            enc.push(&vl, &mut |p: &[u8]| packet = p.to_vec()).unwrap();
+        }
+        enc.flush(&mut |p: &[u8]| packet = p.to_vec());
+        let (out, _) = collectd(TypesDb::builtin(), false, &packet);
+        assert_eq!(out.len(), 40);
+        for (i, line) in out.iter().enumerate() {
+            let want = format!("{host}/p/gauge-{}|{host}|value|{}", tis[i], i / 16 + 1);
+            assert_eq!(line, &want);
+        }
     }
 }

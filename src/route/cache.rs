@@ -54,18 +54,13 @@ impl FingerprintTable {
         }
     }
 
-    /// The fingerprint of a name, the length of the prefix of it that is hashed, whether
-    /// it is cleansed and where it came from: everything a routing decision depends on.
+    /// The fingerprint of a name, the length of the prefix of it that is hashed, its form
+    /// (cleansed or not, collectd identifier) and where it came from: everything a
+    /// routing decision depends on.
     #[inline]
-    pub fn fingerprint(
-        &self,
-        name: &[u8],
-        key_len: usize,
-        cleanse: bool,
-        origin: u32,
-    ) -> Fingerprint {
+    pub fn fingerprint(&self, name: &[u8], key_len: usize, form: u8, origin: u32) -> Fingerprint {
         let lo = self.hash_lo.hash_one(name);
-        let hi = self.hash_hi.hash_one((name, key_len, cleanse, origin));
+        let hi = self.hash_hi.hash_one((name, key_len, form, origin));
         Fingerprint {
             lo,
             hi: if lo == 0 && hi == 0 { 1 } else { hi },
@@ -182,7 +177,7 @@ mod tests {
         let mut t = FingerprintTable::new(10_000);
         let names: Vec<String> = (0..10_000).map(|i| format!("a.b.c{i}")).collect();
         for (i, n) in names.iter().enumerate() {
-            let fp = t.fingerprint(n.as_bytes(), n.len(), false, 0);
+            let fp = t.fingerprint(n.as_bytes(), n.len(), 0, 0);
             t.prefetch(fp);
             assert_eq!(t.get(fp), None);
             assert!(t.insert(fp, i as u32));
@@ -190,26 +185,23 @@ mod tests {
         assert_eq!(t.len(), 10_000);
         for (i, n) in names.iter().enumerate() {
             assert_eq!(
-                t.get(t.fingerprint(n.as_bytes(), n.len(), false, 0)),
+                t.get(t.fingerprint(n.as_bytes(), n.len(), 0, 0)),
                 Some(i as u32),
                 "{n}"
             );
         }
         assert!(
-            !t.insert(t.fingerprint(b"one.more", 8, false, 0), 1),
+            !t.insert(t.fingerprint(b"one.more", 8, 0, 0), 1),
             "full at names_max"
         );
         t.clear();
         assert!(t.is_empty());
-        assert_eq!(t.get(t.fingerprint(b"a.b.c1", 6, false, 0)), None);
+        assert_eq!(t.get(t.fingerprint(b"a.b.c1", 6, 0, 0)), None);
         assert_ne!(
-            t.fingerprint(b"a;b", 1, false, 0),
-            t.fingerprint(b"a;b", 3, false, 0)
+            t.fingerprint(b"a;b", 1, 0, 0),
+            t.fingerprint(b"a;b", 3, 0, 0)
         );
-        assert_ne!(
-            t.fingerprint(b"a", 1, false, 0),
-            t.fingerprint(b"a", 1, true, 0)
-        );
+        assert_ne!(t.fingerprint(b"a", 1, 0, 0), t.fingerprint(b"a", 1, 1, 0));
         assert!(FingerprintTable::new(0)
             .get(Fingerprint { lo: 1, hi: 1 })
             .is_none());

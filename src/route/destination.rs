@@ -1,7 +1,7 @@
 //! The destination table: every socket or file a writer delivers to, deduplicated across
 //! clusters, so one member listed in two clusters shares one queue and one connection.
 
-use crate::config::{ClusterKind, Config, FileSink, Member};
+use crate::config::{ClusterKind, Config, FileSink, Member, OutputFormat};
 
 /// Index into the destination table; the same on every shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -30,6 +30,8 @@ pub struct Destination {
     pub name: String,
     /// How it is reached.
     pub kind: DestinationKind,
+    /// What it receives (its cluster's `format`).
+    pub format: OutputFormat,
 }
 
 /// All destinations of a config, and for each cluster the destination of each member.
@@ -76,11 +78,12 @@ impl DestinationTable {
         let mut retired = self.retired.clone();
         let mut used = vec![false; destinations.len()];
         let mut full = false;
-        let mut intern = |name: String, kind: DestinationKind| -> DestId {
+        let mut intern = |name: String, kind: DestinationKind, format: &OutputFormat| -> DestId {
+            // A destination whose format changed is a new one: its encoder is new.
             let found = destinations
                 .iter()
                 .zip(&retired)
-                .position(|(d, &r)| !r && d.name == name);
+                .position(|(d, &r)| !r && d.name == name && d.format == *format);
             let i = match found {
                 Some(i) => i,
                 None => {
@@ -88,7 +91,11 @@ impl DestinationTable {
                         full = true;
                         return DestId(0);
                     }
-                    destinations.push(Destination { name, kind });
+                    destinations.push(Destination {
+                        name,
+                        kind,
+                        format: format.clone(),
+                    });
                     retired.push(false);
                     used.push(false);
                     destinations.len() - 1
@@ -105,12 +112,13 @@ impl DestinationTable {
                     vec![intern(
                         format!("file:{}", f.path.display()),
                         DestinationKind::File(f.clone()),
+                        &c.format,
                     )]
                 }
                 _ => c
                     .members
                     .iter()
-                    .map(|m| intern(m.address_key(), DestinationKind::Net(m.clone())))
+                    .map(|m| intern(m.address_key(), DestinationKind::Net(m.clone()), &c.format))
                     .collect(),
             })
             .collect();

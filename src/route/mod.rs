@@ -16,7 +16,7 @@ use std::collections::HashMap;
 pub use cache::Fingerprint;
 use cache::FingerprintTable;
 
-use crate::config::{Action, ClusterKind, Config, OnDown};
+use crate::config::{Action, ClusterKey, ClusterKind, Config, OnDown};
 use crate::point::Origin;
 use crate::protocol::graphite;
 pub use destination::{DestId, Destination, DestinationKind, DestinationTable};
@@ -50,6 +50,58 @@ pub fn rule_labels(cfg: &Config) -> Vec<String> {
                 .map(|a| format!("aggregate[{}].send_to", a.name)),
         )
         .collect()
+}
+
+/// How rules and rings read a point's name; part of every routing decision (and of its
+/// fingerprint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NameForm {
+    /// As given: statsd, regex lines, graphite with `cleanse_names = false`, cadent's own
+    /// lines. Rings hash the name or its untagged prefix, as their kind does.
+    Plain,
+    /// Graphite, cleansed as carbon-c-relay does before rules and rings see it.
+    Cleansed,
+    /// A collectd value list: the name is its identifier, the key its host, and each
+    /// hashing cluster hashes the host or the identifier, as its `key` says.
+    Collectd,
+}
+
+impl NameForm {
+    /// One number per form, for the route cache's fingerprint.
+    fn code(self) -> u8 {
+        match self {
+            NameForm::Plain => 0,
+            NameForm::Cleansed => 1,
+            NameForm::Collectd => 2,
+        }
+    }
+}
+
+/// What evaluation hashes for one point.
+#[derive(Debug, Clone, Copy)]
+enum Keying {
+    /// The name as it stands.
+    Whole,
+    /// The name up to its first `;` (graphite tags).
+    Untagged,
+    /// A collectd identifier whose first `host_len` bytes are its host.
+    Collectd { host_len: usize },
+}
+
+impl Keying {
+    /// The key rings hash in `current`, the name as rules left it (`rewritten`: a rewrite
+    /// changed it, so a collectd host is read back from it: the text before its first `/`).
+    fn key(self, current: &[u8], rewritten: bool) -> &[u8] {
+        match self {
+            Keying::Whole => current,
+            Keying::Untagged => graphite::hash_key(current),
+            Keying::Collectd { host_len } if !rewritten => &current[..host_len],
+            Keying::Collectd { .. } => {
+                let end = memchr::memchr(b'/', current).unwrap_or(current.len());
+                &current[..end]
+            }
+        }
+    }
 }
 
 /// A hash ring of one of the ring kinds; all share `route_into`'s shape.
@@ -157,21 +209,31 @@ pub struct CompiledCluster {
     pub members: Vec<DestId>,
     /// The members as configured (to rebuild a statsd ring from the live ones).
     config_members: Vec<crate::config::Member>,
+    /// What it hashes of a collectd value list.
+    collectd_key: ClusterKey,
 }
 
 impl CompiledCluster {
     /// Appends the destinations of `key` (replica order) to `out`, skipping ones already
-    /// there. `alive` says which destinations are up (by [`DestId`]); `scratch` is reused.
+    /// there. `collectd`: `name` is a collectd identifier and `key` its host, and the
+    /// cluster's `key` picks which is hashed. `alive` says which destinations are up (by
+    /// [`DestId`]); `scratch` is reused.
     fn destinations_into(
         &self,
         name: &[u8],
         key: &[u8],
+        collectd: bool,
         alive: &[bool],
         scratch: &mut Vec<usize>,
         out: &mut Vec<DestId>,
     ) {
         let live = |m: usize| alive.get(self.members[m].index()).copied().unwrap_or(true);
         let n = self.members.len();
+        let key = match (collectd, self.collectd_key) {
+            (false, _) => key,
+            (true, ClusterKey::Host) => key,
+            (true, ClusterKey::Identifier) => name,
+        };
         match &self.route {
             ClusterRoute::Ring {
                 ring,
@@ -179,7 +241,8 @@ impl CompiledCluster {
                 reroute,
                 live_ring,
             } => {
-                let key = ring.key(name, key);
+                // A collectd key is hashed whole, whatever the ring's kind.
+                let key = if collectd { key } else { ring.key(name, key) };
                 let wanted = ring.wanted(*replication);
                 if !*reroute || (0..n).all(live) {
                     ring.route_into(key, wanted, scratch);
@@ -495,6 +558,56 @@ pub struct Router {
     rewritten: Rewritten,
     /// Destinations that are up, by [`DestId`]; routing around the others.
     alive: Vec<bool>,
+    /// The collectd hosts each destination was given (bounded).
+    hosts_seen: HostsSeen,
+}
+
+/// The collectd hosts routed to each destination, as routing decisions were made (each
+/// host is recorded when one of its identifiers is evaluated, which a route cache hit
+/// skips; a new topology starts empty): what `/tiers` shows. At most `hosts_max` hosts
+/// per destination are kept; past it hosts are counted, not kept.
+#[derive(Debug, Clone, Default)]
+pub struct HostsSeen {
+    hosts_max: usize,
+    /// By [`DestId`]: the hosts kept, and how many more were not.
+    by_dest: Vec<(HostSet, u64)>,
+}
+
+type HostSet = std::collections::HashSet<Box<[u8]>, ahash::RandomState>;
+
+impl HostsSeen {
+    fn new(hosts_max: usize) -> HostsSeen {
+        HostsSeen {
+            hosts_max,
+            by_dest: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, host: &[u8], dests: impl Iterator<Item = DestId>) {
+        for d in dests {
+            if self.by_dest.len() <= d.index() {
+                self.by_dest.resize_with(d.index() + 1, Default::default);
+            }
+            let (set, more) = &mut self.by_dest[d.index()];
+            if set.contains(host) {
+                continue;
+            }
+            if set.len() < self.hosts_max {
+                set.insert(host.into());
+            } else {
+                *more += 1;
+            }
+        }
+    }
+
+    /// The hosts kept for `d` and the count of others seen (an upper bound: a host not
+    /// kept is counted each time one of its identifiers is evaluated).
+    pub fn of(&self, d: DestId) -> (Vec<&[u8]>, u64) {
+        match self.by_dest.get(d.index()) {
+            Some((set, more)) => (set.iter().map(|h| &**h).collect(), *more),
+            None => (Vec::new(), 0),
+        }
+    }
 }
 
 impl Router {
@@ -532,6 +645,7 @@ impl Router {
                     route,
                     members: members.clone(),
                     config_members: c.members.clone(),
+                    collectd_key: c.collectd_key(),
                 }
             })
             .collect();
@@ -586,6 +700,7 @@ impl Router {
             scratch_name: Vec::with_capacity(256),
             rewritten: Rewritten::default(),
             alive: vec![true; table.destinations.len()],
+            hosts_seen: HostsSeen::new(cfg.server.tiers_hosts_max),
         }
     }
 
@@ -655,28 +770,30 @@ impl Router {
         rule_hits: &mut [u64],
     ) -> (Verdict, &[Target]) {
         let origin = Origin::Listener(0);
-        let fp = self.fingerprint(name, key, false, origin);
-        let d = self.route_fingerprinted(fp, name, key, false, origin, rule_hits);
+        let fp = self.fingerprint(name, key, NameForm::Plain, origin);
+        let d = self.route_fingerprinted(fp, name, key, NameForm::Plain, origin, rule_hits);
         (d.verdict, d.targets)
     }
 
     /// The route cache's fingerprint of a metric, for [`prefetch`](Self::prefetch) and
     /// [`route_fingerprinted`](Self::route_fingerprinted). A decision depends on the name
     /// (rules), on the prefix of it the rings hash (`key`: the untagged part for graphite,
-    /// the whole name for statsd), on whether it is cleansed and on where it came from
-    /// (routes with `from`), so all go into it.
+    /// the whole name for statsd, the host of a collectd identifier), on its form
+    /// (cleansed or not, collectd) and on where it came from (routes with `from`), so all
+    /// go into it. Two hosts sending the same plugin and type have different identifiers,
+    /// so never share a decision.
     #[inline]
     pub fn fingerprint(
         &self,
         name: &[u8],
         key: &[u8],
-        cleanse: bool,
+        form: NameForm,
         origin: Origin,
     ) -> Fingerprint {
         debug_assert!(name.starts_with(key));
         self.cache
             .by_name
-            .fingerprint(name, key.len(), cleanse, origin.code())
+            .fingerprint(name, key.len(), form.code(), origin.code())
     }
 
     /// Starts loading the cache slot of a name that will be routed soon. Routing a batch
@@ -686,21 +803,24 @@ impl Router {
         self.cache.by_name.prefetch(fp);
     }
 
-    /// [`route`](Self::route) with the fingerprint already computed, and with
-    /// carbon-c-relay's cleansing of graphite names when `cleanse` is set: a name that
-    /// needs it is routed as cleansed, and the decision says so. Whether a name needs it
-    /// is remembered with the decision, so a cache hit costs no check.
+    /// [`route`](Self::route) with the fingerprint already computed, for a name of
+    /// `form`: with carbon-c-relay's cleansing of graphite names ([`NameForm::Cleansed`]),
+    /// a name that needs it is routed as cleansed, and the decision says so (whether a
+    /// name needs it is remembered with the decision, so a cache hit costs no check); a
+    /// collectd identifier ([`NameForm::Collectd`]) is hashed by host or identifier as
+    /// each cluster's `key` says.
     #[inline]
     pub fn route_fingerprinted(
         &mut self,
         fp: Fingerprint,
         name: &[u8],
         key: &[u8],
-        cleanse: bool,
+        form: NameForm,
         origin: Origin,
         rule_hits: &mut [u64],
     ) -> Decision<'_> {
         debug_assert_eq!(rule_hits.len(), self.rules.len());
+        let cleanse = form == NameForm::Cleansed;
         if let Some(id) = self.cache.by_name.get(fp) {
             let plan = &self.cache.plans[id as usize];
             for &r in plan.rules.iter() {
@@ -735,16 +855,26 @@ impl Router {
             };
         }
         let cleansed = cleanse && !graphite::is_clean(name);
-        let key_cut = key.len() < name.len();
+        let keying = match form {
+            NameForm::Collectd => Keying::Collectd {
+                host_len: key.len(),
+            },
+            _ if cleansed || key.len() < name.len() => Keying::Untagged,
+            _ => Keying::Whole,
+        };
         let verdict = if cleansed {
             let mut clean = std::mem::take(&mut self.scratch_name);
             graphite::cleanse(name, &mut clean);
-            let verdict = self.evaluate(&clean, true, origin);
+            let verdict = self.evaluate(&clean, keying, origin);
             self.scratch_name = clean;
             verdict
         } else {
-            self.evaluate(name, key_cut, origin)
+            self.evaluate(name, keying, origin)
         };
+        if form == NameForm::Collectd && verdict == Verdict::Routed {
+            self.hosts_seen
+                .record(key, self.scratch_targets.iter().filter_map(|t| t.dest()));
+        }
         for &r in &self.scratch_rules {
             rule_hits[r as usize] += 1;
         }
@@ -769,9 +899,9 @@ impl Router {
     }
 
     /// Evaluates the rules and rings for one name from `origin`, into the scratch
-    /// vectors. `key_cut`: rings hash the name cut at its first `;` (graphite tags),
-    /// else the whole name.
-    fn evaluate(&mut self, name: &[u8], key_cut: bool, origin: Origin) -> Verdict {
+    /// vectors; `keying` says what of it the rings hash.
+    fn evaluate(&mut self, name: &[u8], keying: Keying, origin: Origin) -> Verdict {
+        let collectd = matches!(keying, Keying::Collectd { .. });
         self.scratch_rules.clear();
         self.scratch_targets.clear();
         self.scratch_stages.clear();
@@ -787,11 +917,7 @@ impl Router {
             }
             let stage = self.rewritten.used as u8;
             let current = self.rewritten.current(name);
-            let key = if key_cut {
-                graphite::hash_key(current)
-            } else {
-                current
-            };
+            let key = keying.key(current, self.rewritten.used > 0);
             match &rule.action {
                 RuleAction::Drop => {
                     dropped = true;
@@ -811,6 +937,7 @@ impl Router {
                         self.clusters[c].destinations_into(
                             current,
                             key,
+                            collectd,
                             &self.alive,
                             &mut self.scratch,
                             &mut self.scratch_cluster,
@@ -842,17 +969,31 @@ impl Router {
         }
     }
 
-    /// The destinations of `key` in one cluster, in replica order (for `cadent hash` and
-    /// `/hashcheck`).
+    /// The destinations of `key` in one cluster, in replica order (for `cadent hash`,
+    /// `/hashcheck` and `/lookup`). `collectd`: `name` is a collectd identifier (or a bare
+    /// host) and `key` its host.
     pub fn cluster_destinations(
         &mut self,
         cluster: usize,
         name: &[u8],
         key: &[u8],
+        collectd: bool,
         out: &mut Vec<DestId>,
     ) {
         out.clear();
-        self.clusters[cluster].destinations_into(name, key, &self.alive, &mut self.scratch, out);
+        self.clusters[cluster].destinations_into(
+            name,
+            key,
+            collectd,
+            &self.alive,
+            &mut self.scratch,
+            out,
+        );
+    }
+
+    /// The collectd hosts routed to each destination (see [`HostsSeen`]).
+    pub fn hosts_seen(&self) -> &HostsSeen {
+        &self.hosts_seen
     }
 }
 
@@ -1166,12 +1307,12 @@ mod tests {
         );
         let mut hits = vec![0; r.rule_count()];
         for round in 0..2 {
-            let fp = r.fingerprint(b"a.x;t=1", b"a.x", false, Origin::Listener(0));
+            let fp = r.fingerprint(b"a.x;t=1", b"a.x", NameForm::Plain, Origin::Listener(0));
             let d = r.route_fingerprinted(
                 fp,
                 b"a.x;t=1",
                 b"a.x",
-                false,
+                NameForm::Plain,
                 Origin::Listener(0),
                 &mut hits,
             );
@@ -1193,5 +1334,104 @@ mod tests {
             assert_eq!(d.names, [b"b.x;t=1".to_vec()], "round {round}");
         }
         assert_eq!(hits, [2, 2, 2]);
+    }
+
+    /// Routes a collectd identifier (host = text before the first `/`), through the cache.
+    fn collectd_dests(r: &mut Router, id: &str) -> Vec<usize> {
+        let host = id.split('/').next().unwrap();
+        let mut hits = vec![0; r.rule_count()];
+        let fp = r.fingerprint(
+            id.as_bytes(),
+            host.as_bytes(),
+            NameForm::Collectd,
+            Origin::Listener(0),
+        );
+        let d = r.route_fingerprinted(
+            fp,
+            id.as_bytes(),
+            host.as_bytes(),
+            NameForm::Collectd,
+            Origin::Listener(0),
+            &mut hits,
+        );
+        d.targets
+            .iter()
+            .map(|t| t.dest().unwrap().index())
+            .collect()
+    }
+
+    #[test]
+    fn collectd_host_keyed_clusters_keep_a_host_together_identifier_keyed_spread_it() {
+        for kind in [
+            "coco",
+            "carbon_ch",
+            "fnv1a_ch",
+            "jump_fnv1a_ch",
+            "statsd_hashring",
+            "any_of",
+        ] {
+            for key in ["host", "identifier"] {
+                let (mut r, _) = router(&cluster_config(kind, &format!("key = \"{key}\""), 4));
+                let mut members_of_host = std::collections::HashSet::new();
+                for round in 0..2 {
+                    for i in 0..200 {
+                        let id = format!("web01/plugin{i}/gauge-x");
+                        let d = collectd_dests(&mut r, &id);
+                        assert_eq!(d.len(), 1);
+                        members_of_host.insert(d[0]);
+                        // The same plugin and type from another host: its own decision,
+                        // never the cached one of web01.
+                        let other = format!("db02/plugin{i}/gauge-x");
+                        let want = {
+                            let mut out = Vec::new();
+                            let k: &[u8] = if key == "host" {
+                                b"db02"
+                            } else {
+                                other.as_bytes()
+                            };
+                            r.cluster_destinations(0, other.as_bytes(), k, true, &mut out);
+                            out[0].index()
+                        };
+                        assert_eq!(
+                            collectd_dests(&mut r, &other),
+                            [want],
+                            "{kind} {key} {round}"
+                        );
+                    }
+                }
+                if key == "host" {
+                    assert_eq!(members_of_host.len(), 1, "{kind}: one member per host");
+                } else {
+                    assert!(
+                        members_of_host.len() >= 3,
+                        "{kind}: spread {members_of_host:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn coco_clusters_are_host_keyed_and_place_the_host_as_coco_does() {
+        let cfg = Config::parse(&cluster_config("coco", "", 2)).unwrap();
+        assert!(cfg.clusters[0].host_keyed());
+        let (mut r, _) = router(&cluster_config("coco", "", 2));
+        // Coco 1.0.1's placement of the host, whatever the rest of the identifier.
+        // (shared/reference/cadent-coco.md section 4: Coco's placement depends on the
+        // member count and order only.)
+        for (host, member) in [
+            ("host.example.org", 0),
+            ("alice", 0),
+            ("bob", 0),
+            ("web-01", 1),
+        ] {
+            let id = format!("{host}/cpu-0/cpu-idle");
+            assert_eq!(collectd_dests(&mut r, &id), [member], "{host}");
+        }
+        let seen = r.hosts_seen();
+        let (h0, more0) = seen.of(DestId(0));
+        let (h1, more1) = seen.of(DestId(1));
+        assert_eq!(h0.len() + h1.len(), 4);
+        assert_eq!(more0 + more1, 0);
     }
 }

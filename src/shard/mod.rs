@@ -28,7 +28,7 @@ use crate::config::{Config, ListenUrl, Listener, Transport};
 use crate::ingest::{self, bind, ReadOptions, StreamListener};
 use crate::output::{self, writer::WriterOptions, Outputs};
 use crate::point::Origin;
-use crate::protocol::decode::Decoder;
+use crate::protocol::decode::{CollectdDecoder, Decoder};
 use crate::route::{DestId, Destination, DestinationKind, DestinationTable, Router};
 use crate::telemetry::{Registry, ShardCounters};
 use aggregate::{AggStage, AggState, FlushProgress};
@@ -113,6 +113,11 @@ pub enum ControlMsg {
         /// Where the shard answers.
         reply: tokio::sync::mpsc::UnboundedSender<(usize, aggregate::StatsdAnswer)>,
     },
+    /// `/tiers`: the collectd hosts this shard routed to each destination.
+    HostsSeen {
+        /// Where the shard answers: (shard, per destination id: hosts kept, hosts more).
+        reply: tokio::sync::mpsc::UnboundedSender<(usize, HostsSeenAnswer)>,
+    },
     /// Graphite lines to route from `origin` (cadent's self-metrics).
     Inject {
         /// Where they come from.
@@ -121,6 +126,10 @@ pub enum ControlMsg {
         lines: Vec<u8>,
     },
 }
+
+/// A shard's answer to [`ControlMsg::HostsSeen`]: per destination id, the hosts it
+/// keeps and how many more it saw.
+pub type HostsSeenAnswer = Vec<(Vec<Vec<u8>>, u64)>;
 
 /// Messages a shard inbox holds before the control thread must retry.
 const INBOX_MESSAGES_MAX: usize = 64;
@@ -359,6 +368,17 @@ async fn run(
                     let answer = core.borrow_mut().aggs.answer(&aggregator, &query);
                     let _ = reply.send((id, answer));
                 }
+                ControlMsg::HostsSeen { reply } => {
+                    let c = core.borrow();
+                    let seen = c.router.hosts_seen();
+                    let answer = (0..c.outputs.len())
+                        .map(|d| {
+                            let (hosts, more) = seen.of(DestId(d as u16));
+                            (hosts.into_iter().map(<[u8]>::to_vec).collect(), more)
+                        })
+                        .collect();
+                    let _ = reply.send((id, answer));
+                }
                 ControlMsg::Inject { origin, lines } => {
                     core.borrow_mut().route_lines(origin, &lines);
                 }
@@ -465,6 +485,14 @@ impl Shard {
                         crate::protocol::regex_line::RegexLine::new(re, l.time_layout.as_deref())
                             .map_err(|e| format!("listen {:?}: {e}", l.name))?,
                     )
+                }
+                crate::config::Format::Collectd => {
+                    let c = l.collectd.as_ref().expect("validated: collectd settings");
+                    Decoder::Collectd(Box::new(CollectdDecoder::new(
+                        c.security(),
+                        c.types.clone(),
+                        c.types_complete(),
+                    )))
                 }
             };
             let input = Input {
@@ -784,6 +812,8 @@ impl Drop for RunningListener {
 fn health(shard: usize, core: &Rc<RefCell<Core>>, dest: DestId, up: bool) {
     let mut c = core.borrow_mut();
     c.router.set_alive(dest, up);
+    // A UDP writer cannot tell a dead member by itself: it holds while health says down.
+    c.outputs.set_down(dest, !up);
     if up {
         return;
     }
@@ -848,7 +878,7 @@ fn spawn_writer(
             glommio::spawn_local(output::writer::run_tcp(q, m.clone(), name, opts)).detach()
         }
         DestinationKind::Net(m) => {
-            glommio::spawn_local(output::writer::run_udp(q, m.clone(), name)).detach()
+            glommio::spawn_local(output::writer::run_udp(q, m.clone(), name, opts)).detach()
         }
         DestinationKind::File(f) => {
             glommio::spawn_local(output::file::run(q, f.clone(), shard)).detach()
@@ -890,8 +920,13 @@ fn publish(id: usize, core: &Rc<RefCell<Core>>, registry: &Registry, force: bool
         mesh,
         ..
     } = &mut *c;
-    for (slot, q) in counters.destinations.iter_mut().zip(outputs.queues()) {
-        *slot = q.counters();
+    for (d, slot) in counters
+        .destinations
+        .iter_mut()
+        .enumerate()
+        .take(outputs.len())
+    {
+        *slot = outputs.counters(d);
     }
     for (slot, a) in counters.aggregators.iter_mut().zip(&aggs.aggs) {
         slot.clone_from(&a.counters);

@@ -6,9 +6,9 @@
 use crate::ingest::ListenerStats;
 use crate::output::Outputs;
 use crate::point::{self, Origin, Point, Value};
-use crate::protocol::decode::{DecodeCounts, Decoder, End};
+use crate::protocol::decode::{DecodeCounts, Decoder, End, TypesReject};
 use crate::protocol::graphite;
-use crate::route::{Fingerprint, Router, Target, Verdict};
+use crate::route::{Fingerprint, NameForm, Router, Target, Verdict};
 use crate::shard::aggregate::AggStage;
 use crate::shard::mesh::ShardMesh;
 use crate::telemetry::ShardCounters;
@@ -56,6 +56,9 @@ impl std::fmt::Debug for Core {
 /// Points decoded before they are routed together: enough for the cache slots prefetched
 /// at decode time to arrive before their lookups, few enough to stay in L1.
 const ROUTE_BATCH_POINTS: usize = 16;
+
+// A collectd decoder's batch is routed as one.
+const _: () = assert!(crate::protocol::decode::COLLECTD_BATCH <= ROUTE_BATCH_POINTS);
 
 /// Unix time now, in milliseconds.
 pub fn unix_ms() -> i64 {
@@ -112,6 +115,11 @@ impl Core {
         let origin = Origin::Listener(listener as u16);
         let statsd = matches!(input.decoder, Decoder::Statsd);
         let (line_bytes_max, cleanse) = (input.line_bytes_max, input.cleanse_names);
+        let form = if cleanse {
+            NameForm::Cleansed
+        } else {
+            NameForm::Plain
+        };
         let Core {
             router,
             outputs,
@@ -139,7 +147,7 @@ impl Core {
             counters,
             cleansed,
             forwards,
-            cleanse,
+            form,
             origin,
             now_s,
         };
@@ -147,7 +155,7 @@ impl Core {
             [(Point::EMPTY, Fingerprint::ZERO); ROUTE_BATCH_POINTS];
         let mut batched = 0;
         let mut emit = |p: Point<'b>| {
-            let fp = ctx.router.fingerprint(p.name, p.key, cleanse, origin);
+            let fp = ctx.router.fingerprint(p.name, p.key, form, origin);
             ctx.router.prefetch(fp);
             batch[batched] = (p, fp);
             batched += 1;
@@ -168,6 +176,81 @@ impl Core {
             i.bad += counts.rejected_samples;
         }
         consumed
+    }
+
+    /// Processes one datagram read by `listener`: a collectd packet (decrypted in place,
+    /// hence `mut`) for a collectd listener, whole lines for the others.
+    pub fn process_datagram(&mut self, listener: usize, buf: &mut [u8]) {
+        let collectd = matches!(
+            self.inputs.get(listener),
+            Some(Some(Input {
+                decoder: Decoder::Collectd(_),
+                ..
+            }))
+        );
+        if !collectd {
+            let mut skipping = false;
+            self.process(listener, buf, &mut skipping, End::Datagram);
+            return;
+        }
+        let origin = Origin::Listener(listener as u16);
+        let Core {
+            router,
+            outputs,
+            aggs,
+            mesh,
+            counters,
+            cleansed,
+            counts,
+            forwards,
+            inputs,
+            ..
+        } = self;
+        let Some(Some(Input {
+            decoder: Decoder::Collectd(decoder),
+            ..
+        })) = inputs.get_mut(listener)
+        else {
+            unreachable!("checked above");
+        };
+        counts.clear();
+        let now_s = if aggs.aggs.is_empty() {
+            0
+        } else {
+            unix_ms() / 1000
+        };
+        let (dropped, unrouted) = (counters.routing.dropped_by_rule, counters.routing.unrouted);
+        let mut ctx = RouteCtx {
+            router,
+            outputs,
+            aggs,
+            mesh,
+            counters,
+            cleansed,
+            forwards,
+            form: NameForm::Collectd,
+            origin,
+            now_s,
+        };
+        let handed = decoder.decode(buf, counts, &mut |points: &[Point<'_>]| {
+            let mut batch = [(Point::EMPTY, Fingerprint::ZERO); ROUTE_BATCH_POINTS];
+            for (slot, p) in batch.iter_mut().zip(points) {
+                let fp = ctx
+                    .router
+                    .fingerprint(p.name, p.key, NameForm::Collectd, origin);
+                ctx.router.prefetch(fp);
+                *slot = (*p, fp);
+            }
+            route_batch(&batch[..points.len()], &mut ctx);
+        });
+        let dropped = ctx.counters.routing.dropped_by_rule - dropped;
+        let unrouted = ctx.counters.routing.unrouted - unrouted;
+        let l = &mut ctx.counters.listeners[listener];
+        l.add_decoded(counts);
+        let c = &mut l.collectd.counters;
+        c.routed += handed as u64 - dropped - unrouted;
+        c.dropped_by_rule += dropped;
+        c.unrouted += unrouted;
     }
 
     /// Routes graphite lines cadent wrote itself (an aggregator's flush, self-metrics):
@@ -192,7 +275,7 @@ impl Core {
             counters,
             cleansed,
             forwards,
-            cleanse: false,
+            form: NameForm::Plain,
             origin,
             now_s: unix_ms() / 1000,
         };
@@ -203,7 +286,9 @@ impl Core {
             let Some(p) = trusted_line(line) else {
                 continue;
             };
-            let fp = ctx.router.fingerprint(p.name, p.key, false, origin);
+            let fp = ctx
+                .router
+                .fingerprint(p.name, p.key, NameForm::Plain, origin);
             ctx.router.prefetch(fp);
             batch[batched] = (p, fp);
             batched += 1;
@@ -241,7 +326,7 @@ struct RouteCtx<'c> {
     counters: &'c mut ShardCounters,
     cleansed: &'c mut Vec<u8>,
     forwards: &'c mut Vec<(u16, usize)>,
-    cleanse: bool,
+    form: NameForm,
     origin: Origin,
     now_s: i64,
 }
@@ -254,7 +339,7 @@ fn route_batch(batch: &[(Point<'_>, Fingerprint)], ctx: &mut RouteCtx<'_>) {
             *fp,
             p.name,
             p.key,
-            ctx.cleanse,
+            ctx.form,
             ctx.origin,
             &mut ctx.counters.rules_matched,
         );
@@ -297,12 +382,12 @@ fn route_batch(batch: &[(Point<'_>, Fingerprint)], ctx: &mut RouteCtx<'_>) {
         for &(a, i) in &forwards {
             let p = &batch[i].0;
             let origin = Origin::Aggregator(a);
-            let fp = ctx.router.fingerprint(p.name, p.key, ctx.cleanse, origin);
+            let fp = ctx.router.fingerprint(p.name, p.key, ctx.form, origin);
             let d = ctx.router.route_fingerprinted(
                 fp,
                 p.name,
                 p.key,
-                ctx.cleanse,
+                ctx.form,
                 origin,
                 &mut ctx.counters.rules_matched,
             );
@@ -334,6 +419,21 @@ impl ListenerStats {
         self.counters.rejected_samples += c.rejected_samples;
         for (a, b) in self.rejected_lines.iter_mut().zip(&c.rejected_lines) {
             *a += b;
+        }
+        let d = &c.collectd;
+        if d.packets > 0 {
+            let s = &mut self.collectd;
+            let refused: u64 = c.collectd_types_rejects.iter().sum();
+            s.counters.packets += d.packets;
+            s.counters.value_lists += d.value_lists - refused;
+            s.counters.notifications_ignored += d.notifications;
+            s.counters.signatures_unverified += d.signatures_unverified;
+            for (a, b) in s.rejects.iter_mut().zip(&d.rejects) {
+                *a += b;
+            }
+            for r in TypesReject::ALL {
+                s.types_rejects[r as usize] += c.collectd_types_rejects[r as usize];
+            }
         }
     }
 }
@@ -399,5 +499,199 @@ mod tests {
         assert_eq!(l.rejected_lines[Reject::MissingFields as usize], 1);
         assert_eq!((c.routing.dropped_by_rule, c.routing.unrouted), (1, 1));
         assert_eq!(c.rules_matched, vec![1, 3]);
+    }
+
+    fn core_for(cfg: &Config) -> Core {
+        let table = DestinationTable::from_config(cfg);
+        let router = Router::new(cfg, &table, &[]);
+        let outputs = Outputs::new(&table, &cfg.output, 0);
+        let counters = ShardCounters::new(1, router.rule_count(), table.destinations.len(), 0);
+        let mesh = mesh::links(1, 1024, 4096).pop().unwrap();
+        let mut core = Core::new(router, outputs, AggStage::new(0, 1), mesh, counters);
+        let l = &cfg.listeners[0];
+        let c = l.collectd.as_ref().unwrap();
+        core.set_input(
+            0,
+            Input {
+                decoder: Decoder::Collectd(Box::new(
+                    crate::protocol::decode::CollectdDecoder::new(
+                        c.security(),
+                        c.types.clone(),
+                        c.types_complete(),
+                    ),
+                )),
+                line_bytes_max: l.line_bytes_max,
+                cleanse_names: false,
+            },
+        );
+        core
+    }
+
+    /// Value lists of `hosts` hosts x 3 plugins x 2 types, packed as a sender packs them.
+    fn collectd_packets(hosts: usize) -> (Vec<Vec<u8>>, Vec<String>) {
+        use crate::protocol::collectd::{self as cd, CdTime, ValueList, Values};
+        let mut enc = cd::Encoder::new(cd::EncoderConfig::default());
+        let mut packets = Vec::new();
+        let mut ids = Vec::new();
+        let v = [cd::Value::Gauge(1.5)];
+        for h in 0..hosts {
+            for p in ["cpu", "vmem", "disk"] {
+                for t in ["gauge-a", "gauge-b"] {
+                    let host = format!("host{h:03}");
+                    let (type_, tinst) = t.split_once('-').unwrap();
+                    let vl = ValueList {
+                        host: host.as_bytes(),
+                        plugin: p.as_bytes(),
+                        plugin_instance: b"",
+                        type_: type_.as_bytes(),
+                        type_instance: tinst.as_bytes(),
+                        time: CdTime::from_secs(1_700_000_000),
+                        interval: CdTime::from_secs(10),
+                        values: Values::from_slice(&v),
+                    };
+                    ids.push(format!("{host}/{p}/{t}"));
+                    enc.push(&vl, &mut |b: &[u8]| packets.push(b.to_vec()))
+                        .unwrap();
+                }
+            }
+        }
+        enc.flush(&mut |b: &[u8]| packets.push(b.to_vec()));
+        (packets, ids)
+    }
+
+    /// Every identifier in the collectd packets queued for `d`, and the packet count.
+    fn identifiers_sent(core: &Core, d: DestId, max_bytes: usize) -> (Vec<String>, usize) {
+        use crate::protocol::collectd::{self as cd, Record};
+        let q = core.outputs.queue(d);
+        let mut out = Vec::new();
+        let mut packets = 0;
+        while let Some(mut b) = q.pop() {
+            assert!(b.data.len() <= max_bytes, "one packet per batch");
+            packets += 1;
+            let mut dec = cd::Decoder::new(cd::Security::default());
+            let mut n = 0;
+            dec.decode(&mut b.data, &mut |r| {
+                if let Record::Values(vl) = r {
+                    let mut id = Vec::new();
+                    cd::write_identifier(&mut id, vl.identity());
+                    out.push(String::from_utf8(id).unwrap());
+                    n += 1;
+                }
+            });
+            assert_eq!(n, b.lines, "a batch counts its value lists");
+            assert_eq!(dec.stats().rejected_total(), 0);
+        }
+        (out, packets)
+    }
+
+    #[test]
+    fn collectd_through_the_core_reaches_one_member_of_every_tier() {
+        let cfg = Config::parse(
+            r#"
+            [[listen]]
+            name = "collectd"
+            url = "udp://127.0.0.1:0"
+            format = "collectd"
+            [[cluster]]
+            name = "shortterm"
+            kind = "coco"
+            key = "host"
+            format = "collectd"
+            members = ["udp://127.0.0.1:1", "udp://127.0.0.1:2"]
+            [[cluster]]
+            name = "midterm"
+            kind = "carbon_ch"
+            format = "collectd"
+            packet_bytes_max = 1024
+            members = ["udp://127.0.0.1:3=a", "udp://127.0.0.1:4=b", "udp://127.0.0.1:5=c"]
+            [[route]]
+            match = { regex = "/(vmem|irq|entropy|users)/" }
+            action = "drop"
+            [[route]]
+            match = { all = true }
+            send_to = ["shortterm", "midterm"]
+        "#,
+        )
+        .unwrap();
+        let mut core = core_for(&cfg);
+        let (packets, ids) = collectd_packets(40);
+        for p in &packets {
+            let mut p = p.clone();
+            core.process_datagram(0, &mut p);
+        }
+        core.outputs.seal_all();
+        let want: Vec<&String> = ids.iter().filter(|i| !i.contains("/vmem/")).collect();
+        // Each tier: every kept value list once, all of a host's at one member, the
+        // member the cluster's ring names for the host.
+        for (tier, members, max) in [(0, 0..2u16, 1452), (1, 2..5u16, 1024)] {
+            let mut got = Vec::new();
+            let mut owner = std::collections::HashMap::new();
+            for m in members {
+                let (sent, packets) = identifiers_sent(&core, DestId(m), max);
+                assert!(
+                    packets < sent.len() / 10,
+                    "full packets: {packets} for {}",
+                    sent.len()
+                );
+                for id in sent {
+                    let host = id.split('/').next().unwrap().to_string();
+                    assert_eq!(*owner.entry(host.clone()).or_insert(m), m, "{host}");
+                    let mut dests = Vec::new();
+                    core.router.cluster_destinations(
+                        tier,
+                        host.as_bytes(),
+                        host.as_bytes(),
+                        true,
+                        &mut dests,
+                    );
+                    assert_eq!(dests, [DestId(m)], "{host}: the ring's member");
+                    got.push(id);
+                }
+            }
+            got.sort();
+            let mut w: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+            w.sort();
+            assert_eq!(got, w, "tier {tier}");
+        }
+        let c = &core.counters.listeners[0].collectd.counters;
+        assert_eq!(c.packets, packets.len() as u64);
+        assert_eq!(c.value_lists, ids.len() as u64);
+        assert_eq!((c.routed, c.dropped_by_rule, c.unrouted), (160, 80, 0));
+    }
+
+    #[test]
+    fn collectd_to_graphite_lines_named_as_write_graphite_names_them() {
+        let cfg = Config::parse(
+            r#"
+            [[listen]]
+            name = "collectd"
+            url = "udp://127.0.0.1:0"
+            format = "collectd"
+            [[cluster]]
+            name = "carbon"
+            kind = "forward"
+            prefix = "collectd."
+            store_rates = false
+            members = ["127.0.0.1:2003"]
+            [[route]]
+            match = { regex = "^host000/" }
+            send_to = ["carbon"]
+        "#,
+        )
+        .unwrap();
+        let mut core = core_for(&cfg);
+        let (packets, _) = collectd_packets(2);
+        for p in &packets {
+            core.process_datagram(0, &mut p.clone());
+        }
+        core.outputs.seal_all();
+        let b = core.outputs.queue(DestId(0)).pop().unwrap();
+        let text = String::from_utf8(b.data).unwrap();
+        assert_eq!(b.lines, 6);
+        assert!(
+            text.starts_with("collectd.host000.cpu.gauge-a 1.5 1700000000\r\n"),
+            "{text}"
+        );
+        assert_eq!(core.counters.listeners[0].collectd.counters.unrouted, 6);
     }
 }

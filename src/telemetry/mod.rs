@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{json, Map, Value};
 
-pub use crate::ingest::{ListenerCounters, ListenerStats};
+pub use crate::ingest::{CollectdCounters, CollectdStats, ListenerCounters, ListenerStats};
 pub use crate::output::DestinationCounters;
 use crate::protocol::Reject;
 pub use crate::route::RouteCounters;
@@ -89,6 +89,8 @@ impl ShardCounters {
 pub struct Labels {
     /// Listener names, by id.
     pub listeners: Vec<String>,
+    /// By listener id: a collectd listener (its collectd counters are shown).
+    pub collectd_listeners: Vec<bool>,
     /// Route names, by rule index.
     pub rules: Vec<String>,
     /// Destination names, by id.
@@ -218,6 +220,7 @@ impl Registry {
                 }
             }
         }
+        collectd_families(&mut out, &labels, &shards);
         header(
             &mut out,
             "route_matched",
@@ -277,6 +280,15 @@ impl Registry {
                 l.rejected_lines.iter().sum(),
             );
         }
+        for (i, (name, l)) in labels.listeners.iter().zip(&total.listeners).enumerate() {
+            if labels.collectd_listeners.get(i).copied().unwrap_or(false) {
+                let c = &l.collectd;
+                c.counters
+                    .each(|f, v| line(&["listeners", name, "collectd", f.name], v));
+                let rejected = c.rejects.iter().chain(&c.types_rejects).sum();
+                line(&["listeners", name, "collectd", "rejected"], rejected);
+            }
+        }
         for (name, n) in labels.rules.iter().zip(&total.rules_matched) {
             line(&["routes", name, "matched"], *n);
         }
@@ -294,7 +306,7 @@ impl Registry {
 /// One snapshot as `/stats` JSON.
 fn summary_json(labels: &Labels, c: &ShardCounters) -> Value {
     let mut listeners = Map::new();
-    for (name, l) in labels.listeners.iter().zip(&c.listeners) {
+    for (i, (name, l)) in labels.listeners.iter().zip(&c.listeners).enumerate() {
         let mut m = l.counters.to_json();
         let mut rejected = Map::new();
         for r in Reject::ALL {
@@ -305,6 +317,9 @@ fn summary_json(labels: &Labels, c: &ShardCounters) -> Value {
             json!(l.rejected_lines.iter().sum::<u64>()),
         );
         m.insert("rejected_by_reason".into(), Value::Object(rejected));
+        if labels.collectd_listeners.get(i).copied().unwrap_or(false) {
+            m.insert("collectd".into(), collectd_json(&l.collectd));
+        }
         listeners.insert(name.clone(), Value::Object(m));
     }
     let mut routes = Map::new();
@@ -332,6 +347,84 @@ fn summary_json(labels: &Labels, c: &ShardCounters) -> Value {
     }
     v.insert("mesh".into(), Value::Object(c.mesh.to_json()));
     Value::Object(v)
+}
+
+/// `/metrics` families of the collectd listeners: `cadent_collectd_<field>` and
+/// `cadent_collectd_rejected` by reason.
+fn collectd_families(out: &mut String, labels: &Labels, shards: &[ShardCounters]) {
+    let is_collectd = |i: usize| labels.collectd_listeners.get(i).copied().unwrap_or(false);
+    if !(0..labels.listeners.len()).any(is_collectd) {
+        return;
+    }
+    for (k, f) in CollectdCounters::FIELDS.iter().enumerate() {
+        header(
+            out,
+            &format!("collectd_{}", f.name),
+            &help_text(f.help),
+            f.kind.as_str(),
+        );
+        for (s, c) in shards.iter().enumerate() {
+            for (i, (name, l)) in labels.listeners.iter().zip(&c.listeners).enumerate() {
+                if is_collectd(i) {
+                    let _ = writeln!(
+                        out,
+                        "cadent_collectd_{}{{listener=\"{}\",shard=\"{s}\"}} {}",
+                        f.name,
+                        escape(name),
+                        l.collectd.counters.values()[k]
+                    );
+                }
+            }
+        }
+    }
+    header(
+        out,
+        "collectd_rejected",
+        "collectd packets or parts refused, and value lists refused by the types table, by reason.",
+        "counter",
+    );
+    for (s, c) in shards.iter().enumerate() {
+        for (i, (name, l)) in labels.listeners.iter().zip(&c.listeners).enumerate() {
+            if !is_collectd(i) {
+                continue;
+            }
+            let reasons = crate::protocol::collectd::Reject::ALL
+                .iter()
+                .map(|r| (r.as_str(), l.collectd.rejects[*r as usize]))
+                .chain(
+                    crate::protocol::decode::TypesReject::ALL
+                        .iter()
+                        .map(|r| (r.as_str(), l.collectd.types_rejects[*r as usize])),
+                );
+            for (reason, v) in reasons {
+                let _ = writeln!(
+                    out,
+                    "cadent_collectd_rejected{{listener=\"{}\",reason=\"{reason}\",shard=\"{s}\"}} {v}",
+                    escape(name)
+                );
+            }
+        }
+    }
+}
+
+/// A collectd listener's counters, with its packet rejects and types-table rejects by
+/// reason.
+fn collectd_json(c: &CollectdStats) -> Value {
+    let mut m = c.counters.to_json();
+    let mut packets = Map::new();
+    for r in crate::protocol::collectd::Reject::ALL {
+        packets.insert(r.as_str().into(), json!(c.rejects[r as usize]));
+    }
+    let mut types = Map::new();
+    for r in crate::protocol::decode::TypesReject::ALL {
+        types.insert(r.as_str().into(), json!(c.types_rejects[r as usize]));
+    }
+    m.insert("rejected_by_reason".into(), Value::Object(packets));
+    m.insert(
+        "rejected_value_lists_by_reason".into(),
+        Value::Object(types),
+    );
+    Value::Object(m)
 }
 
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {
@@ -460,6 +553,7 @@ mod tests {
     #[test]
     fn self_metric_lines_and_metrics_text_come_from_the_same_fields() {
         let labels = Labels {
+            collectd_listeners: vec![false],
             listeners: vec!["in".into()],
             rules: vec!["route[0]".into()],
             destinations: vec!["tcp://127.0.0.1:2003".into()],

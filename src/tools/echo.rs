@@ -4,7 +4,9 @@
 //! SIMD newline count over large reads (256 KiB on TCP), so the sink stays cheap next to
 //! the relay under test. A line is counted when its `\n` arrives, so a line split across
 //! reads counts once; bytes after the last `\n` of a TCP connection at EOF, or of a UDP
-//! datagram, count as one more line.
+//! datagram, count as one more line. With `--format collectd` a UDP datagram is a
+//! collectd packet and its value lists are counted as lines (signed packets counted
+//! unverified, as a collectd receiver without an auth file takes them).
 //!
 //! Output contract (stable, parsed by `bench/relay.py`):
 //! - every `--interval-ms`, one status line on stderr (unless `--quiet`);
@@ -57,6 +59,19 @@ pub struct EchoArgs {
     /// No periodic status line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// What a UDP datagram holds: `lines`, or `collectd` (one packet; its value lists
+    /// are counted as lines).
+    #[arg(long, default_value = "lines")]
+    pub format: EchoFormat,
+}
+
+/// What `cadent echo` counts in a UDP datagram.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EchoFormat {
+    /// Newline-terminated lines.
+    Lines,
+    /// A collectd packet: its value lists.
+    Collectd,
 }
 
 /// Counts of one address, shared by its accept and connection threads.
@@ -159,12 +174,12 @@ pub fn run(args: EchoArgs) -> io::Result<()> {
         let bound = bind(endpoint)
             .map_err(|e| io::Error::new(e.kind(), format!("echo: listen {name}: {e}")))?;
         let (c, label) = (Arc::clone(&counts), name.clone());
-        let print = args.print;
+        let (print, format) = (args.print, args.format);
         std::thread::Builder::new()
             .name(format!("echo-{name}"))
             .spawn(move || match bound {
                 Bound::Tcp(l) => accept_loop(l, c, label, print),
-                Bound::Udp(s) => udp_loop(s, &c, &label, print),
+                Bound::Udp(s) => udp_loop(s, &c, &label, print, format),
             })?;
         addresses.push((name, counts));
     }
@@ -255,8 +270,12 @@ fn bind(endpoint: Endpoint) -> io::Result<Bound> {
         }
         Transport::Udp => {
             let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-            // Best effort: a smaller buffer only means earlier kernel drops.
+            // Best effort: a smaller buffer only means earlier kernel drops (and past
+            // net.core.rmem_max only with CAP_NET_ADMIN).
             let _ = s.set_recv_buffer_size(UDP_RCVBUF_BYTES);
+            if s.recv_buffer_size().unwrap_or(0) < UDP_RCVBUF_BYTES {
+                crate::ingest::bind::force_recv_buffer(&s, UDP_RCVBUF_BYTES);
+            }
             s.bind(&endpoint.addr.into())?;
             Ok(Bound::Udp(s.into()))
         }
@@ -333,11 +352,29 @@ fn print_open_line(name: &str, carry: &mut Vec<u8>) {
     }
 }
 
+/// Value lists in one collectd packet.
+fn collectd_value_lists(dec: &mut crate::protocol::collectd::Decoder, datagram: &mut [u8]) -> u64 {
+    let mut n = 0;
+    dec.decode(datagram, &mut |r| {
+        if let crate::protocol::collectd::Record::Values(_) = r {
+            n += 1;
+        }
+    });
+    n
+}
+
 /// Receives for the life of the process.
-fn udp_loop(socket: UdpSocket, counts: &Counts, name: &str, print: bool) {
+fn udp_loop(socket: UdpSocket, counts: &Counts, name: &str, print: bool, format: EchoFormat) {
     let mut buf = vec![0u8; UDP_READ_BYTES];
+    let mut dec = crate::protocol::collectd::Decoder::default();
     loop {
         match socket.recv(&mut buf) {
+            Ok(n) if format == EchoFormat::Collectd => {
+                counts.datagrams.fetch_add(1, Ordering::Relaxed);
+                counts.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                let vls = collectd_value_lists(&mut dec, &mut buf[..n]);
+                counts.lines.fetch_add(vls, Ordering::Relaxed);
+            }
             Ok(n) => {
                 let datagram = &buf[..n];
                 counts.datagrams.fetch_add(1, Ordering::Relaxed);
@@ -423,6 +460,37 @@ mod tests {
         check_stream(&[b"a 1 2", b"\n", b"b"], 2);
         check_stream(&[b"\n\n"], 2);
         check_stream(&[], 0);
+    }
+
+    #[test]
+    fn collectd_packets_count_their_value_lists() {
+        use crate::protocol::collectd::{self as cd, CdTime, ValueList, Values};
+        let v = [cd::Value::Gauge(1.0)];
+        let mut enc = cd::Encoder::new(cd::EncoderConfig::default());
+        let mut packets = Vec::new();
+        for i in 0..100u64 {
+            let host = format!("h{}", i % 7);
+            let vl = ValueList {
+                host: host.as_bytes(),
+                plugin: b"p",
+                plugin_instance: b"",
+                type_: b"gauge",
+                type_instance: b"",
+                time: CdTime::from_secs(1 + i),
+                interval: CdTime::from_secs(10),
+                values: Values::from_slice(&v),
+            };
+            enc.push(&vl, &mut |p: &[u8]| packets.push(p.to_vec()))
+                .unwrap();
+        }
+        enc.flush(&mut |p: &[u8]| packets.push(p.to_vec()));
+        assert!(packets.len() > 1);
+        let mut dec = cd::Decoder::default();
+        let n: u64 = packets
+            .iter_mut()
+            .map(|p| collectd_value_lists(&mut dec, p))
+            .sum();
+        assert_eq!(n, 100);
     }
 
     #[test]

@@ -406,3 +406,172 @@ fn write_graphite_names_match_collectd() {
     );
     assert!(expected.iter().all(|e| e.len() > 30));
 }
+
+/// write_graphite's options as a cluster's keys.
+fn cluster_keys(o: &GraphiteOptions) -> String {
+    format!(
+        "prefix = {:?}\npostfix = {:?}\nescape_character = {:?}\nseparate_instances = {}\n\
+         always_append_ds = {}\npreserve_separator = {}\ndrop_duplicate_fields = {}\n\
+         reverse_host = {}\nuse_tags = {}\nstore_rates = {}\n",
+        o.prefix,
+        o.postfix,
+        (o.escape_character as char).to_string(),
+        o.separate_instances,
+        o.always_append_ds,
+        o.preserve_separator,
+        o.drop_duplicate_fields,
+        o.reverse_host,
+        o.use_tags,
+        o.store_rates,
+    )
+}
+
+/// Reads every socket until each has at least `want[i]` lines, then a little longer.
+fn gather(sockets: &[UdpSocket], want: &[usize]) -> Vec<Vec<Vec<u8>>> {
+    let mut got: Vec<Vec<Vec<u8>>> = vec![Vec::new(); sockets.len()];
+    let mut buf = vec![0u8; 65_536];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut settle: Option<Instant> = None;
+    while Instant::now() < deadline {
+        let mut any = false;
+        for (i, s) in sockets.iter().enumerate() {
+            while let Ok(n) = s.recv(&mut buf) {
+                got[i].extend(lines_of(&buf[..n]));
+                any = true;
+            }
+        }
+        let all = got.iter().zip(want).all(|(g, w)| g.len() >= *w);
+        if all && settle.is_none() {
+            settle = Some(Instant::now() + Duration::from_millis(1500));
+        }
+        if settle.is_some_and(|s| Instant::now() > s) {
+            break;
+        }
+        if !any {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for g in &mut got {
+        g.sort();
+    }
+    got
+}
+
+fn udp_sockets(n: usize) -> Vec<UdpSocket> {
+    (0..n)
+        .map(|_| {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        })
+        .collect()
+}
+
+/// The same packets to a real collectd 5.12 (network Listen -> write_graphite) and to
+/// `cadent serve` (a collectd listener -> clusters with `format = "graphite"` and the same
+/// options): the graphite lines each writes are the same, byte for byte.
+#[test]
+fn cadent_graphite_output_equals_write_graphite() {
+    assert!(
+        Path::new(COLLECTD).exists() && Path::new(TYPES_DB).exists(),
+        "collectd 5.12 is not installed ({COLLECTD}, {TYPES_DB}); run scripts/install-peers.sh"
+    );
+    let combos = combos();
+    let dir = temp_dir("collectd-graphite-serve");
+    let collectd_port = free_port();
+    let theirs = udp_sockets(combos.len());
+    let ours = udp_sockets(combos.len());
+    let mut config = format!(
+        "Hostname \"rx\"\nFQDNLookup false\nBaseDir \"{d}\"\nPIDFile \"{d}/collectd.pid\"\n\
+         Interval 1\nTypesDB \"{TYPES_DB}\"\nAutoLoadPlugin false\n\
+         LoadPlugin logfile\n<Plugin logfile>\n  LogLevel info\n  File \"{d}/collectd.log\"\n</Plugin>\n\
+         LoadPlugin network\n<Plugin network>\n  Listen \"127.0.0.1\" \"{collectd_port}\"\n</Plugin>\n\
+         <LoadPlugin write_graphite>\n  FlushInterval 1\n</LoadPlugin>\n<Plugin write_graphite>\n",
+        d = dir.display()
+    );
+    for (c, s) in combos.iter().zip(&theirs) {
+        config += &format!(
+            "<Node \"{}\">\nHost \"127.0.0.1\"\nPort \"{}\"\nProtocol \"udp\"\n{}\n</Node>\n",
+            c.name,
+            s.local_addr().unwrap().port(),
+            c.config
+        );
+    }
+    config += "</Plugin>\n";
+    let daemon = Collectd::start(&dir, &config);
+
+    let cadent_port = free_port();
+    let mut text = format!(
+        "[server]\nadmin_listen = \"ADMIN\"\nshards = 1\n[output]\nflush_interval_ms = 50\n\
+         [[listen]]\nname = \"collectd\"\nurl = \"udp://127.0.0.1:{cadent_port}\"\n\
+         format = \"collectd\"\ntypes_db = [\"{TYPES_DB}\"]\n"
+    );
+    let mut names = Vec::new();
+    for (c, s) in combos.iter().zip(&ours) {
+        text += &format!(
+            "[[cluster]]\nname = \"{}\"\nkind = \"forward\"\nformat = \"graphite\"\n\
+             members = [\"udp://{}\"]\n{}",
+            c.name,
+            s.local_addr().unwrap(),
+            cluster_keys(&c.options)
+        );
+        names.push(format!("{:?}", c.name));
+    }
+    text += &format!(
+        "[[route]]\nmatch = {{ all = true }}\nfrom = [\"collectd\"]\nsend_to = [{}]\n",
+        names.join(", ")
+    );
+    let cadent = crate::support::Cadent::start("collectd-graphite-serve", &text);
+
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for round in &rounds(1795238337) {
+        let mut enc = Encoder::new(EncoderConfig::default());
+        let mut packets = Vec::new();
+        for vl in round {
+            enc.push(&vl.as_value_list(), &mut |p: &[u8]| {
+                packets.push(p.to_vec())
+            })
+            .unwrap();
+        }
+        enc.flush(&mut |p: &[u8]| packets.push(p.to_vec()));
+        for p in &packets {
+            tx.send_to(p, format!("127.0.0.1:{collectd_port}")).unwrap();
+            tx.send_to(p, format!("127.0.0.1:{cadent_port}")).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let want: Vec<usize> = vec![30; combos.len()];
+    let got_theirs = gather(&theirs, &want);
+    let got_ours = gather(&ours, &want);
+    let log = daemon.log_text();
+    drop(daemon);
+    for ((c, t), o) in combos.iter().zip(&got_theirs).zip(&got_ours) {
+        assert!(
+            t.len() > 30,
+            "{}: collectd wrote {} lines\n{log}",
+            c.name,
+            t.len()
+        );
+        let only = |a: &[Vec<u8>], b: &[Vec<u8>]| -> Vec<String> {
+            a.iter()
+                .filter(|l| !b.contains(l))
+                .map(|l| String::from_utf8_lossy(l).into_owned())
+                .collect()
+        };
+        assert!(
+            t == o,
+            "{}: collectd {} lines, cadent {}\nonly collectd: {:?}\nonly cadent: {:?}\ncadent log:\n{}",
+            c.name,
+            t.len(),
+            o.len(),
+            only(t, o),
+            only(o, t),
+            cadent.log()
+        );
+    }
+    // What collectd refuses at dispatch, cadent's listener refused and counted.
+    let s = &cadent.stats()["listeners"]["collectd"]["collectd"];
+    let refused = &s["rejected_value_lists_by_reason"];
+    assert_eq!(refused["unknown_type"], 6, "{s}");
+    assert_eq!(refused["value_count"], 3, "{s}");
+}

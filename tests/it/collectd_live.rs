@@ -61,7 +61,7 @@ impl Drop for Stoppable {
 
 /// Every row of the csv files under `root` as `identifier time values...` (identifiers as
 /// the dump prints them), sorted, duplicates kept.
-fn csv_rows(root: &Path) -> Vec<String> {
+pub(crate) fn csv_rows(root: &Path) -> Vec<String> {
     let mut rows = Vec::new();
     let Ok(hosts) = std::fs::read_dir(root) else {
         return rows;

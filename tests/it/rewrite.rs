@@ -307,12 +307,13 @@ fn chain_in_config_order_matches_crelay() {
         .map(|n| {
             let name = n.as_bytes();
             // As c-relay's -t mode: no cleansing, and the whole name is the key.
-            let fp = router.fingerprint(name, name, false, cadent::point::Origin::Listener(0));
+            let plain = cadent::route::NameForm::Plain;
+            let fp = router.fingerprint(name, name, plain, cadent::point::Origin::Listener(0));
             let d = router.route_fingerprinted(
                 fp,
                 name,
                 name,
-                false,
+                plain,
                 cadent::point::Origin::Listener(0),
                 &mut hits,
             );

@@ -184,6 +184,11 @@ impl Decoder {
         &self.stats
     }
 
+    /// Counters so far, and zero them (a caller adding them up elsewhere).
+    pub fn take_stats(&mut self) -> DecodeStats {
+        std::mem::take(&mut self.stats)
+    }
+
     /// Decodes one datagram, calling `sink` with each record in order. Encrypted parts
     /// are decrypted in place, so `packet` is altered. Records already given to `sink`
     /// stand when a later part is malformed.

@@ -150,7 +150,28 @@ impl Encoder {
         vl: &ValueList<'_>,
         sink: &mut F,
     ) -> Result<(), EncodeReject> {
-        if let Err(r) = check(vl) {
+        self.push_inner(vl, true, sink)
+    }
+
+    /// [`push`](Self::push) for a value list the [`Decoder`](super::Decoder) made: its
+    /// strings were read up to their NUL and bounded to 127 bytes, so they are not
+    /// checked again (asserted in debug builds).
+    pub fn push_decoded<F: FnMut(&[u8])>(
+        &mut self,
+        vl: &ValueList<'_>,
+        sink: &mut F,
+    ) -> Result<(), EncodeReject> {
+        debug_assert!(check_strings(vl, [true; 5]).is_ok());
+        self.push_inner(vl, false, sink)
+    }
+
+    fn push_inner<F: FnMut(&[u8])>(
+        &mut self,
+        vl: &ValueList<'_>,
+        check: bool,
+        sink: &mut F,
+    ) -> Result<(), EncodeReject> {
+        if let Err(r) = check_complete(vl) {
             self.stats.rejects[r as usize] += 1;
             return Err(r);
         }
@@ -159,9 +180,26 @@ impl Encoder {
             return Err(EncodeReject::TooBig);
         }
         let mut plan = self.plan(vl);
+        // Only strings that are written need checking: an unchanged one was checked
+        // when it was written into this packet.
+        let strings_ok = |changed| {
+            if check {
+                check_strings(vl, changed)
+            } else {
+                Ok(())
+            }
+        };
+        if let Err(r) = strings_ok(plan.1) {
+            self.stats.rejects[r as usize] += 1;
+            return Err(r);
+        }
         if self.buf.len() + plan.0 > self.max_packet_bytes {
             self.flush(sink);
             plan = self.plan(vl);
+            if let Err(r) = strings_ok(plan.1) {
+                self.stats.rejects[r as usize] += 1;
+                return Err(r);
+            }
         }
         let (need, changed) = plan;
         let before = self.buf.len();
@@ -327,21 +365,26 @@ fn bytes_alone(vl: &ValueList<'_>) -> usize {
     6 + 9 * vl.values.len() + strings + numbers
 }
 
-/// What no receiver would take.
-fn check(vl: &ValueList<'_>) -> Result<(), EncodeReject> {
+/// What no receiver would take, strings aside.
+fn check_complete(vl: &ValueList<'_>) -> Result<(), EncodeReject> {
     if vl.host.is_empty() || vl.plugin.is_empty() || vl.type_.is_empty() || vl.time.0 == 0 {
         return Err(EncodeReject::Incomplete);
     }
-    for s in vl.identity() {
+    if vl.values.is_empty() {
+        return Err(EncodeReject::NoValues);
+    }
+    Ok(())
+}
+
+/// The identity strings to be written (`changed`) that no receiver would take whole.
+fn check_strings(vl: &ValueList<'_>, changed: [bool; 5]) -> Result<(), EncodeReject> {
+    for (s, _) in vl.identity().iter().zip(changed).filter(|(_, c)| *c) {
         if s.len() >= NAME_BYTES_MAX {
             return Err(EncodeReject::StringTooLong);
         }
         if memchr::memchr(0, s).is_some() {
             return Err(EncodeReject::StringHasNul);
         }
-    }
-    if vl.values.is_empty() {
-        return Err(EncodeReject::NoValues);
     }
     Ok(())
 }

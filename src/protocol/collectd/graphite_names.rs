@@ -114,6 +114,9 @@ pub struct GraphiteStats {
     pub lines: u64,
     /// Series with rate state.
     pub series: u64,
+    /// New series not given rate state because `series_max` series have it: their
+    /// counter and derive rates are written as unknown (`nan`), as for a first sample.
+    pub series_full: u64,
     /// Value lists refused, indexed by `GraphiteReject as usize`.
     pub rejects: [u64; GraphiteReject::COUNT],
 }
@@ -131,6 +134,8 @@ struct RateState {
 pub struct GraphiteNamer {
     options: GraphiteOptions,
     rates: HashMap<Vec<u8>, RateState>,
+    /// Series rate state is kept for, at most.
+    series_max: usize,
     /// Reused buffers: the series key and the escaped name parts.
     key: Vec<u8>,
     parts: [Vec<u8>; 5],
@@ -158,6 +163,7 @@ impl GraphiteNamer {
         Ok(GraphiteNamer {
             options,
             rates: HashMap::new(),
+            series_max: usize::MAX,
             key: Vec::new(),
             parts: Default::default(),
             tmp_plugin: Vec::new(),
@@ -166,6 +172,12 @@ impl GraphiteNamer {
             num: Vec::new(),
             stats: GraphiteStats::default(),
         })
+    }
+
+    /// Keeps rate state (`store_rates`) for at most `series_max` series: a new series
+    /// past it is written as a first sample is, and counted in `series_full`.
+    pub fn set_series_max(&mut self, series_max: usize) {
+        self.series_max = series_max;
     }
 
     /// The options in force.
@@ -193,10 +205,20 @@ impl GraphiteNamer {
         vl: &ValueList<'_>,
         out: &mut Vec<u8>,
     ) -> Result<usize, GraphiteReject> {
-        let ident = vl.identity();
-        let Some(ds) = types.get(ident[TYPE]) else {
+        let Some(ds) = types.get(vl.type_) else {
             return Err(self.reject(GraphiteReject::UnknownType));
         };
+        self.write_sources(ds, vl, out)
+    }
+
+    /// [`write`](Self::write) with the data sources of `vl`'s type already looked up.
+    pub fn write_sources(
+        &mut self,
+        ds: &[DataSource],
+        vl: &ValueList<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, GraphiteReject> {
+        let ident = vl.identity();
         if ds.len() != vl.values.len() {
             return Err(self.reject(GraphiteReject::ValueCount));
         }
@@ -277,8 +299,12 @@ impl GraphiteNamer {
                     });
                 }
                 self.rate_buf.extend_from_slice(&state.rates);
-                self.rates.insert(self.key.clone(), state);
-                self.stats.series += 1;
+                if self.rates.len() < self.series_max {
+                    self.rates.insert(self.key.clone(), state);
+                    self.stats.series += 1;
+                } else {
+                    self.stats.series_full += 1;
+                }
             }
             Some(state) => {
                 // collectd refuses an update that is not newer ("value too old") but

@@ -141,6 +141,9 @@ enum ValuesRepr<'a> {
 }
 
 impl<'a> Values<'a> {
+    /// No values.
+    pub const EMPTY: Values<'static> = Values(ValuesRepr::Slice(&[]));
+
     /// Values a producer built.
     pub fn from_slice(values: &'a [Value]) -> Values<'a> {
         Values(ValuesRepr::Slice(values))

@@ -77,7 +77,19 @@ impl fmt::Debug for TypesDb {
     }
 }
 
+/// The types cadent knows without a `types_db` file: the definitions collectd 5.12's
+/// types.db gives the types of its commonly loaded plugins (cpu, load, memory, interface,
+/// disk, df, processes, swap, users, entropy, irq, vmem, uptime, ...) and the generic
+/// ones (`gauge`, `derive`, `counter`, `absolute`, the types collectd-tg sends). Name the
+/// full file with a listener's `types_db` for anything else.
+const BUILTIN: &str = include_str!("types_builtin.db");
+
 impl TypesDb {
+    /// The built-in table ([`BUILTIN`]).
+    pub fn builtin() -> TypesDb {
+        TypesDb::parse(BUILTIN).expect("the built-in table parses")
+    }
+
     /// Reads a whole types.db text.
     pub fn parse(text: &str) -> Result<TypesDb, TypesDbError> {
         let mut db = TypesDb::default();
@@ -188,6 +200,33 @@ mod tests {
         assert_eq!((rx.ds_type, rx.min), (DsType::Derive, 0.0));
         assert!(rx.max.is_nan());
         assert!(db.get(b"nope").is_none());
+    }
+
+    #[test]
+    fn builtin_table_has_the_common_types() {
+        let db = TypesDb::builtin();
+        assert!(db.len() >= 90, "{}", db.len());
+        let g = DsType::Gauge;
+        let s = |n: &str| n.to_string();
+        assert_eq!(
+            names(&db, "load"),
+            [(s("shortterm"), g), (s("midterm"), g), (s("longterm"), g)]
+        );
+        assert_eq!(names(&db, "derive"), [(s("value"), DsType::Derive)]);
+        assert_eq!(names(&db, "gauge"), [(s("value"), g)]);
+        // Where the installed file exists, every built-in type is defined as it has it.
+        if let Ok(text) = std::fs::read_to_string("/usr/share/collectd/types.db") {
+            let full = TypesDb::parse(&text).unwrap();
+            let bits = |v: &[DataSource]| -> Vec<(String, DsType, u64, u64)> {
+                v.iter()
+                    .map(|d| (d.name.clone(), d.ds_type, d.min.to_bits(), d.max.to_bits()))
+                    .collect()
+            };
+            for (name, sources) in &db.types {
+                let theirs = full.types.get(name).map(|v| bits(v));
+                assert_eq!(theirs, Some(bits(sources)), "{name:?}");
+            }
+        }
     }
 
     #[test]
