@@ -242,7 +242,7 @@ pub fn serve_until_signal(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let outcome = rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -257,6 +257,7 @@ pub fn serve_until_signal(
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         started(&state);
         tokio::spawn(control.clone().probe_loop());
+        tokio::spawn(control.clone().reclaim_loop());
         tokio::spawn(control.clone().telemetry_loop());
         let app = routes(state).into_make_service_with_connect_info::<SocketAddr>();
         let server = std::future::IntoFuture::into_future(axum::serve(listener, app));
@@ -277,7 +278,11 @@ pub fn serve_until_signal(
                 }
             }
         }
-    })
+    });
+    // Probes, reloads and requests in flight are dropped, and a blocking name lookup is
+    // not waited for: shutdown must not hang on the control plane.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    outcome
 }
 
 #[cfg(test)]

@@ -343,6 +343,9 @@ pub struct Output {
     pub reconnect_backoff_max_ms: u64,
     /// Largest UDP datagram a writer sends (lines are packed up to it).
     pub udp_datagram_bytes_max: usize,
+    /// Destinations live or still draining after their removal, at most; a change that
+    /// would pass it is refused (each costs a queue and a writer on every shard).
+    pub destinations_max: usize,
 }
 
 /// A validated configuration.
@@ -553,6 +556,25 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
             ),
         ));
     }
+    let distinct: std::collections::HashSet<String> = clusters
+        .iter()
+        .flat_map(|c| {
+            c.members
+                .iter()
+                .map(|m| m.address_key())
+                .chain(c.file.iter().map(|f| format!("file:{}", f.path.display())))
+        })
+        .collect();
+    if distinct.len() > output.destinations_max {
+        errs.push(ConfigError::new(
+            "output.destinations_max",
+            format!(
+                "{} is below the {} distinct destinations the clusters list",
+                output.destinations_max,
+                distinct.len()
+            ),
+        ));
+    }
     if listeners.is_empty() && errs.is_empty() {
         errs.push(ConfigError::new(
             "listen",
@@ -694,6 +716,13 @@ fn read_output(t: &Table, errs: &mut Vec<ConfigError>) -> Output {
         reconnect_backoff_min_ms: r.uint("reconnect_backoff_min_ms", 100, 1, 60_000, errs),
         reconnect_backoff_max_ms: r.uint("reconnect_backoff_max_ms", 5_000, 1, 600_000, errs),
         udp_datagram_bytes_max: r.uint("udp_datagram_bytes_max", 1_400, 64, 65_507, errs) as usize,
+        destinations_max: r.uint(
+            "destinations_max",
+            16_384,
+            1,
+            crate::route::DESTINATION_IDS_MAX as u64,
+            errs,
+        ) as usize,
     };
     if out.reconnect_backoff_min_ms > out.reconnect_backoff_max_ms {
         errs.push(ConfigError::new(

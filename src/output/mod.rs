@@ -12,7 +12,8 @@ use std::rc::Rc;
 use crate::config::{Output, Transport};
 use crate::point::Point;
 use crate::protocol::encode::Encoder;
-use crate::route::{DestId, DestinationKind, DestinationTable};
+use crate::route::{DestId, DestState, DestinationKind, DestinationTable};
+use crate::telemetry::set::CounterSet;
 pub use queue::{Batch, DestQueue};
 
 crate::counter_set! {
@@ -53,7 +54,11 @@ crate::counter_set! {
 /// queue behind it.
 #[derive(Debug)]
 struct Slot {
+    /// The occupant of the id this slot serves (see [`DestinationTable`]).
+    serial: u64,
     encoder: Encoder,
+    /// Empty with no capacity until the first line: an idle destination holds no batch
+    /// buffer.
     open: Vec<u8>,
     open_lines: u32,
     /// Seal at this many bytes (`flush_bytes`, or the datagram size for UDP).
@@ -61,10 +66,29 @@ struct Slot {
     queue: Rc<DestQueue>,
 }
 
+/// What [`Outputs::apply`] did to a destination id, for the shard to follow with its
+/// writers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotChange {
+    /// A new occupant: it needs a writer.
+    Added(DestId),
+    /// Retired: its queue was closed; its writer drains it and stops.
+    Retired(DestId),
+    /// Listed again while draining: its queue is open again; it needs a writer if the
+    /// old one has stopped.
+    Revived(DestId),
+    /// Freed: its counters went into the reclaimed totals and its slot is gone.
+    Reclaimed(DestId),
+}
+
 /// The shard's side of every destination: append lines, seal batches, hand them to writers.
 #[derive(Debug)]
 pub struct Outputs {
-    slots: Vec<Slot>,
+    /// By [`DestId`]; `None` for a free id.
+    slots: Vec<Option<Slot>>,
+    /// The counters of every reclaimed destination, summed: what they did stays counted
+    /// after their slots are gone.
+    reclaimed: DestinationCounters,
     /// Headroom a reader needs before it reads again: one read's worth of lines.
     headroom_bytes: usize,
     /// Batch and queue bounds, for destinations added at run time.
@@ -75,32 +99,86 @@ impl Outputs {
     /// Queues for every destination of the table, bounded by `cfg.queue_bytes_max` each.
     pub fn new(table: &DestinationTable, cfg: &Output, headroom_bytes: usize) -> Outputs {
         let mut out = Outputs {
-            slots: Vec::with_capacity(table.destinations.len()),
+            slots: Vec::with_capacity(table.len()),
+            reclaimed: DestinationCounters::default(),
             headroom_bytes,
             cfg: cfg.clone(),
         };
-        out.extend(table);
+        out.apply(table);
         out
     }
 
-    /// Adds a slot (batch and queue) for each destination `table` has beyond ours: the
-    /// table only ever grows, so existing queues are untouched.
-    pub fn extend(&mut self, table: &DestinationTable) {
-        for d in &table.destinations[self.slots.len().min(table.destinations.len())..] {
-            let seal_bytes = match &d.kind {
-                DestinationKind::Net(m) if m.transport == Transport::Udp => {
-                    self.cfg.udp_datagram_bytes_max
-                }
-                _ => self.cfg.flush_bytes,
-            };
-            self.slots.push(Slot {
-                encoder: Encoder::Plaintext,
-                open: Vec::with_capacity(seal_bytes),
-                open_lines: 0,
-                seal_bytes,
-                queue: Rc::new(DestQueue::new(self.cfg.queue_bytes_max)),
-            });
+    fn slot(&self, serial: u64, kind: &DestinationKind) -> Slot {
+        let seal_bytes = match kind {
+            DestinationKind::Net(m) if m.transport == Transport::Udp => {
+                self.cfg.udp_datagram_bytes_max
+            }
+            _ => self.cfg.flush_bytes,
+        };
+        Slot {
+            serial,
+            encoder: Encoder::Plaintext,
+            open: Vec::new(),
+            open_lines: 0,
+            seal_bytes,
+            queue: Rc::new(DestQueue::new(self.cfg.queue_bytes_max)),
         }
+    }
+
+    /// Follows the table: a slot for each new occupant, retired ones closed, revived
+    /// ones reopened, freed ones dropped with their counters kept in the reclaimed
+    /// totals. Returns what changed, in id order.
+    pub fn apply(&mut self, table: &DestinationTable) -> Vec<SlotChange> {
+        let mut changes = Vec::new();
+        if self.slots.len() < table.len() {
+            self.slots.resize_with(table.len(), || None);
+        }
+        for i in 0..table.len() {
+            let d = DestId(i as u16);
+            let want = table.get(d);
+            let stale = match (&self.slots[i], want) {
+                (Some(s), Some(w)) => s.serial != w.serial,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if stale {
+                self.reclaim(d);
+                changes.push(SlotChange::Reclaimed(d));
+            }
+            let Some(w) = want else { continue };
+            if self.slots[i].is_none() {
+                self.slots[i] = Some(self.slot(w.serial, &w.kind));
+                changes.push(SlotChange::Added(d));
+            }
+            let slot = self.slots[i].as_mut().expect("filled above");
+            match (table.states[i], slot.queue.is_closed()) {
+                (DestState::Live, true) => {
+                    slot.queue.reopen();
+                    changes.push(SlotChange::Revived(d));
+                }
+                (DestState::Retired { .. }, false) => {
+                    self.retire(d);
+                    changes.push(SlotChange::Retired(d));
+                }
+                _ => {}
+            }
+        }
+        changes
+    }
+
+    /// Drops a freed destination's slot, keeping its counters in the reclaimed totals.
+    /// Only drained destinations are freed; anything still queued is counted as lost at
+    /// shutdown (it cannot happen while the control thread frees only drained ones).
+    fn reclaim(&mut self, d: DestId) {
+        let Some(slot) = self.slots[d.index()].take() else {
+            return;
+        };
+        debug_assert!(slot.open_lines == 0 && slot.queue.bytes() == 0);
+        slot.queue.discard_at_shutdown();
+        let mut c = slot.queue.counters();
+        c.queued_lines += u64::from(slot.open_lines);
+        c.dropped_lines_shutdown += u64::from(slot.open_lines);
+        self.reclaimed.add(&c);
     }
 
     /// A destination went down and its cluster routes around it: its open batch is
@@ -110,7 +188,9 @@ impl Outputs {
         if targets.is_empty() {
             return 0;
         }
-        let slot = &mut self.slots[d.index()];
+        let Some(slot) = self.slots[d.index()].as_mut() else {
+            return 0;
+        };
         if slot.open_lines > 0 {
             seal(slot);
         }
@@ -118,7 +198,9 @@ impl Outputs {
         let mut moved = 0;
         for (i, b) in batches.into_iter().enumerate() {
             moved += u64::from(b.lines);
-            self.slots[targets[i % targets.len()].index()].queue.push(b);
+            if let Some(t) = self.slots[targets[i % targets.len()].index()].as_ref() {
+                t.queue.push(b);
+            }
         }
         moved
     }
@@ -129,12 +211,12 @@ impl Outputs {
         self.headroom_bytes = headroom_bytes;
     }
 
-    /// Number of destinations (retired ones included).
+    /// Number of destination ids (retired and free ones included).
     pub fn len(&self) -> usize {
         self.slots.len()
     }
 
-    /// True with no destinations.
+    /// True with no destination ids.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
@@ -143,7 +225,9 @@ impl Outputs {
     /// its writer delivers what is queued and stops. The router no longer sends to it.
     /// Retiring a retired destination does nothing.
     pub fn retire(&mut self, d: DestId) {
-        let slot = &mut self.slots[d.index()];
+        let Some(slot) = self.slots[d.index()].as_mut() else {
+            return;
+        };
         if slot.queue.is_closed() {
             return;
         }
@@ -153,9 +237,9 @@ impl Outputs {
         slot.queue.close();
     }
 
-    /// The queue of a destination (for its writer).
-    pub fn queue(&self, d: DestId) -> Rc<DestQueue> {
-        self.slots[d.index()].queue.clone()
+    /// The queue of a destination (for its writer); `None` for a free id.
+    pub fn queue(&self, d: DestId) -> Option<Rc<DestQueue>> {
+        self.slots[d.index()].as_ref().map(|s| s.queue.clone())
     }
 
     /// Encodes a point under `name` into destination `d`'s open batch (`as_received`:
@@ -163,13 +247,20 @@ impl Outputs {
     /// the record would not fit and after if it is full.
     #[inline]
     pub fn append(&mut self, d: DestId, p: &Point<'_>, name: &[u8], as_received: bool) {
-        let slot = &mut self.slots[d.index()];
+        // The router names only live destinations, and a live id has a slot.
+        let Some(slot) = self.slots[d.index()].as_mut() else {
+            debug_assert!(false, "append to free destination {d:?}");
+            return;
+        };
         let len = slot.encoder.encoded_len(p, name, as_received);
         if len == 0 {
             return;
         }
         if slot.open_lines > 0 && slot.open.len() + len > slot.seal_bytes {
             seal(slot);
+        }
+        if slot.open.capacity() == 0 {
+            slot.open = slot.queue.buffer(slot.seal_bytes);
         }
         slot.open_lines += slot.encoder.encode(p, name, as_received, &mut slot.open);
         if slot.open.len() >= slot.seal_bytes {
@@ -179,7 +270,7 @@ impl Outputs {
 
     /// Seals every partly filled batch (the `flush_interval_ms` tick and shutdown).
     pub fn seal_all(&mut self) {
-        for slot in &mut self.slots {
+        for slot in self.slots.iter_mut().flatten() {
             if slot.open_lines > 0 {
                 seal(slot);
             }
@@ -187,31 +278,48 @@ impl Outputs {
     }
 
     /// True when a live destination's queue is too full to take another read's worth.
+    /// Retired destinations (closed queues) take no more lines, so they never stall.
     pub fn congested(&self) -> bool {
         self.slots
             .iter()
-            .any(|s| s.queue.congested(self.headroom_bytes + s.open.len()))
+            .flatten()
+            .any(|s| !s.queue.is_closed() && s.queue.congested(self.headroom_bytes + s.open.len()))
     }
 
     /// A reader waited `stall_ms_max` and the queues are still full: the congested ones
     /// stop stalling readers until they drain (their overflow is dropped and counted).
     pub fn spend_stalls(&self) {
-        for s in &self.slots {
+        for s in self.slots.iter().flatten() {
             if s.queue.congested(self.headroom_bytes + s.open.len()) {
                 s.queue.spend_stall();
             }
         }
     }
 
-    /// Every queue, in destination order.
+    /// Every queue, in destination order (free ids have none).
     pub fn queues(&self) -> impl Iterator<Item = &Rc<DestQueue>> {
-        self.slots.iter().map(|s| &s.queue)
+        self.slots.iter().flatten().map(|s| &s.queue)
+    }
+
+    /// Each destination's counters by id (zeroes for a free id), into `out`.
+    pub fn counters_into(&self, out: &mut Vec<DestinationCounters>) {
+        out.resize(self.slots.len(), DestinationCounters::default());
+        for (o, s) in out.iter_mut().zip(&self.slots) {
+            *o = s
+                .as_ref()
+                .map_or_else(DestinationCounters::default, |s| s.queue.counters());
+        }
+    }
+
+    /// The counters of every reclaimed destination, summed.
+    pub fn reclaimed(&self) -> &DestinationCounters {
+        &self.reclaimed
     }
 }
 
 fn seal(slot: &mut Slot) {
-    let fresh = slot.queue.buffer(slot.seal_bytes);
-    let data = std::mem::replace(&mut slot.open, fresh);
+    // The next buffer is taken at the next line, so an idle destination holds none.
+    let data = std::mem::take(&mut slot.open);
     let lines = std::mem::take(&mut slot.open_lines);
     slot.queue.push(Batch { data, lines });
 }
@@ -256,7 +364,7 @@ mod tests {
             out.append(DestId(0), &p, p.name, true);
         }
         // 40 lines of 19 bytes = 760 > 512: one batch sealed at the line that would overflow.
-        let q = out.queue(DestId(0));
+        let q = out.queue(DestId(0)).unwrap();
         let b = q.pop().unwrap();
         assert!(b.data.len() <= 512 && b.data.ends_with(b"\n"));
         assert_eq!(b.data.len(), b.lines as usize * 19);

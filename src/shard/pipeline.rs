@@ -388,7 +388,7 @@ mod tests {
         // At the end of a stream the same kind of unterminated line is refused.
         core.process(0, b"ok.d 3 19", &mut skipping, End::Stream);
         core.outputs.seal_all();
-        let b = core.outputs.queue(DestId(0)).pop().unwrap();
+        let b = core.outputs.queue(DestId(0)).unwrap().pop().unwrap();
         assert_eq!(b.data, b"ok.a 1 17\nok._x_ 5 17\nok.c 2 18\n");
         let c = &core.counters;
         let l = &c.listeners[0];
