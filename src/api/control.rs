@@ -309,7 +309,8 @@ impl Control {
                 Some(i) if !i.is_empty() => format!("{server}={i}"),
                 _ => server.to_string(),
             };
-        let member = Member::parse(&spec).map_err(|e| Refused::new(400, e))?;
+        let bound = self.topology().config.server.member_instance_bytes_max;
+        let member = Member::parse_bounded(&spec, bound).map_err(|e| Refused::new(400, e))?;
         self.change_members(cluster, |members| {
             members.push(member.clone());
             Ok(format!(

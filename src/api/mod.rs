@@ -125,10 +125,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-#[derive(Deserialize, Default)]
-struct MemberForm {
-    server: Option<String>,
-    instance: Option<String>,
+/// The fields of a membership request.
+#[derive(Deserialize, Default, Debug)]
+pub struct MemberForm {
+    /// `[proto://]host:port[=instance]`.
+    pub server: Option<String>,
+    /// The instance, when not in `server`.
+    pub instance: Option<String>,
 }
 
 /// The body as JSON (`{"server": .., "instance": ..}`) or as a urlencoded form.
@@ -137,6 +140,12 @@ fn member_form(headers: &HeaderMap, body: &[u8]) -> Result<MemberForm, String> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
+    parse_member_request(json, body)
+}
+
+/// Reads a `POST /cluster/NAME/members` body: JSON when `json`, else a urlencoded form
+/// (strict `%XX` escapes, known fields only). What the fuzz target `admin_member` drives.
+pub fn parse_member_request(json: bool, body: &[u8]) -> Result<MemberForm, String> {
     if json {
         return serde_json::from_slice(body).map_err(|e| format!("bad JSON body: {e}"));
     }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use toml::Table;
 
 pub use aggregate::{Aggregate, AggregateKind, CarbonAggregate, StatsdAggregate};
-pub use endpoint::{parse_socket_addr, ListenUrl, Member, Transport};
+pub use endpoint::{parse_socket_addr, ListenUrl, Member, Transport, MEMBER_INSTANCE_BYTES_MAX};
 use reader::TableReader;
 
 /// The configuration `cadent serve` runs when no `--config` is given.
@@ -90,6 +90,9 @@ pub struct Server {
     /// Cross-shard mesh: partly filled batches are sent, and arrived ones applied, at
     /// least this often.
     pub mesh_interval_ms: u64,
+    /// Longest cluster member instance (`host:port=instance`), in bytes; in the config
+    /// and in membership requests alike.
+    pub member_instance_bytes_max: usize,
 }
 
 /// `[telemetry]`: cadent's own counters as graphite lines, routed like any input.
@@ -492,7 +495,7 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
     let clusters: Vec<Cluster> = cluster_ts
         .iter()
         .enumerate()
-        .map(|(i, t)| read_cluster(t, i, errs))
+        .map(|(i, t)| read_cluster(t, i, server.member_instance_bytes_max, errs))
         .collect();
     check_unique(clusters.iter().map(|c| c.name.as_str()), "cluster", errs);
     let aggregates: Vec<aggregate::Aggregate> = aggregate_ts
@@ -677,6 +680,13 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
     let mesh_queue_bytes_max =
         r.uint("mesh_queue_bytes_max", 8 << 20, 64 << 10, 4 << 30, errs) as usize;
     let mesh_interval_ms = r.uint("mesh_interval_ms", 5, 1, 1_000, errs);
+    let member_instance_bytes_max = r.uint(
+        "member_instance_bytes_max",
+        256,
+        1,
+        endpoint::MEMBER_INSTANCE_BYTES_MAX as u64,
+        errs,
+    ) as usize;
     if mesh_queue_bytes_max < 2 * mesh_batch_bytes {
         errs.push(ConfigError::new(
             r.key_path("mesh_queue_bytes_max"),
@@ -701,6 +711,7 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
         mesh_batch_bytes,
         mesh_queue_bytes_max,
         mesh_interval_ms,
+        member_instance_bytes_max,
     }
 }
 
@@ -829,7 +840,12 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
     }
 }
 
-fn read_cluster(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Cluster {
+fn read_cluster(
+    t: &Table,
+    i: usize,
+    instance_bytes_max: usize,
+    errs: &mut Vec<ConfigError>,
+) -> Cluster {
     let mut r = TableReader::new(t, format!("cluster[{i}]"));
     let name = r.req_str("name", errs);
     if name.is_empty() && t.contains_key("name") {
@@ -874,7 +890,7 @@ fn read_cluster(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Cluster {
     let diverse_replicas = r.boolean("diverse_replicas", true, errs);
     let mut members = Vec::with_capacity(member_strs.len());
     for (j, m) in member_strs.iter().enumerate() {
-        match Member::parse(m) {
+        match Member::parse_bounded(m, instance_bytes_max) {
             Ok(m) => members.push(m),
             Err(e) => errs.push(ConfigError::new(
                 format!("{}[{j}]", r.key_path("members")),

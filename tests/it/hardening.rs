@@ -518,3 +518,101 @@ fn reload(c: &Cadent, listen: u16, members: &[String]) {
     });
     assert!(ok, "reload to {members:?} not applied:\n{}", c.log());
 }
+
+/// Runs `cadent ARGS` to its end (bounded): exit code and stderr.
+fn cadent_cli(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(crate::support::cadent_bin())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            return (status.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (None, "still running after 20 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn check_refuses_an_endless_config_file() {
+    let (code, err) = cadent_cli(&["check", "--config", "/dev/zero"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("larger than"), "{err}");
+}
+
+#[test]
+fn serve_with_the_admin_port_taken_announces_and_binds_nothing() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = taken.local_addr().unwrap().to_string();
+    let listen = free_port();
+    let dir = crate::support::temp_dir("admintaken");
+    let path = dir.join("cadent.toml");
+    let text = config(listen, &["127.0.0.1:9=a".to_string()], "").replace("ADMIN", &admin);
+    std::fs::write(&path, text).unwrap();
+    let (code, err) = cadent_cli(&["serve", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("server.admin_listen"), "{err}");
+    assert!(!err.contains("serving"), "{err}");
+    assert!(
+        !err.contains("topology committed"),
+        "data listeners were bound:\n{err}"
+    );
+}
+
+#[test]
+fn a_name_that_cleansing_leaves_without_a_path_is_rejected() {
+    let sink = Sink::start();
+    let listen = free_port();
+    let c = Cadent::start("nopath", &config(listen, &[format!("{}=a", sink.addr)], ""));
+    send_tcp(
+        &format!("127.0.0.1:{listen}"),
+        b".;a=b 1 1700000000\n;a=b 1 1700000000\nok.x 1 1700000000\n",
+    );
+    assert!(wait_until(Duration::from_secs(10), || sink.total() == 1));
+    assert!(wait_until(Duration::from_secs(5), || {
+        n(&c.stats()["listeners"]["in"]["rejected_by_reason"]["bad_name"]) == 2
+    }));
+    assert_eq!(
+        sink.lines().keys().collect::<Vec<_>>(),
+        ["ok.x 1 1700000000"]
+    );
+}
+
+#[test]
+fn member_instances_are_bounded_and_free_of_control_bytes() {
+    let sink = Sink::start();
+    let listen = free_port();
+    let c = Cadent::start(
+        "instance",
+        &config(listen, &[format!("{}=a", sink.addr)], ""),
+    );
+    let other = format!("127.0.0.1:{}", free_port());
+    for (instance, want) in [
+        ("z%0Aevil".to_string(), "control character"),
+        ("x".repeat(300), "server.member_instance_bytes_max (256)"),
+    ] {
+        let (status, body) = http_request(
+            &c.admin,
+            "POST",
+            "/cluster/c/members",
+            &format!("server={other}&instance={instance}"),
+        );
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains(want), "{body}");
+        assert!(
+            body.len() < 400,
+            "the refusal echoes the input: {} bytes",
+            body.len()
+        );
+    }
+}
