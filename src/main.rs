@@ -213,9 +213,10 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     })?;
     shard::probe_listeners(&cfg)?;
     let shards = shard::shard_count(&cfg);
+    let stream_fds_max = check_fds(&cfg, shards);
     let registry = Registry::new(Labels::default(), shards);
     let process_cfg = Arc::new(cfg.clone());
-    let handles = shard::spawn(process_cfg, registry.clone())?;
+    let handles = shard::spawn(process_cfg, registry.clone(), stream_fds_max)?;
     let control = Control::new(
         handles.iter().map(|h| h.sender()).collect(),
         registry.clone(),
@@ -302,6 +303,41 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         anyhow::bail!("a shard failed");
     }
     Ok(())
+}
+
+/// Checks what the config can use against `RLIMIT_NOFILE`, raising the soft limit as far
+/// as the hard one allows, and says so when it is still short; returns each shard's
+/// share of descriptors for stream connections (past it they are refused, so the admin
+/// API, probes and writers keep `server.reserved_fds`).
+fn check_fds(cfg: &Config, shards: usize) -> usize {
+    use cadent::ingest::fds;
+    let wanted = fds::plan(cfg, shards, u64::MAX).needed;
+    let limit = match fds::raise_nofile(wanted) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise RLIMIT_NOFILE");
+            fds::nofile().map_or(1024, |(soft, _)| soft)
+        }
+    };
+    let plan = fds::plan(cfg, shards, limit);
+    if limit < plan.needed {
+        tracing::warn!(
+            limit,
+            hard_limit = fds::nofile().map_or(0, |(_, h)| h),
+            needed = plan.needed,
+            shards,
+            listener_connections = plan.connections,
+            destination_fds = plan.destinations,
+            fixed_fds = plan.fixed,
+            reserved_fds = plan.reserved,
+            connections_per_shard = plan.stream_fds_max_per_shard,
+            "RLIMIT_NOFILE is below what shards x connections_max plus destinations, \
+             listeners and server.reserved_fds can use: past connections_per_shard a \
+             shard refuses connections (counted in connections_refused). Raise the hard \
+             limit (ulimit -Hn, LimitNOFILE=) or lower listen[].connections_max"
+        );
+    }
+    plan.stream_fds_max_per_shard
 }
 
 /// What shutdown waits beyond `server.shutdown_timeout_ms` for shards to publish their

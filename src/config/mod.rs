@@ -93,6 +93,9 @@ pub struct Server {
     /// Longest cluster member instance (`host:port=instance`), in bytes; in the config
     /// and in membership requests alike.
     pub member_instance_bytes_max: usize,
+    /// File descriptors kept out of the listeners' reach for the admin API, health
+    /// probes, writers' reconnects and files: connections past the rest are refused.
+    pub reserved_fds: usize,
 }
 
 /// `[telemetry]`: cadent's own counters as graphite lines, routed like any input.
@@ -153,6 +156,8 @@ pub struct Listener {
     pub read_buffer_bytes: usize,
     /// Open TCP/unix connections per shard on this listener; more are refused and counted.
     pub connections_max: usize,
+    /// A stream connection that sends nothing this long is closed (0: never).
+    pub idle_timeout_ms: u64,
     /// `SO_RCVBUF` asked of the kernel (0 leaves the kernel default).
     pub socket_receive_buffer_bytes: usize,
     /// Graphite: rewrite names as carbon-c-relay does before routing them.
@@ -680,6 +685,7 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
     let mesh_queue_bytes_max =
         r.uint("mesh_queue_bytes_max", 8 << 20, 64 << 10, 4 << 30, errs) as usize;
     let mesh_interval_ms = r.uint("mesh_interval_ms", 5, 1, 1_000, errs);
+    let reserved_fds = r.uint("reserved_fds", 256, 16, 1 << 20, errs) as usize;
     let member_instance_bytes_max = r.uint(
         "member_instance_bytes_max",
         256,
@@ -712,6 +718,7 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
         mesh_queue_bytes_max,
         mesh_interval_ms,
         member_instance_bytes_max,
+        reserved_fds,
     }
 }
 
@@ -784,6 +791,7 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
     let read_buffer_bytes =
         r.uint("read_buffer_bytes", 64 * 1024, 4 * 1024, 16 << 20, errs) as usize;
     let connections_max = r.uint("connections_max", 1024, 1, 1 << 20, errs) as usize;
+    let idle_timeout_ms = r.uint("idle_timeout_ms", 120_000, 0, 86_400_000, errs);
     let socket_receive_buffer_bytes =
         r.uint("socket_receive_buffer_bytes", 4 << 20, 0, 1 << 30, errs) as usize;
     let cleanse_present = t.contains_key("cleanse_names");
@@ -833,6 +841,7 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
         line_bytes_max,
         read_buffer_bytes,
         connections_max,
+        idle_timeout_ms,
         socket_receive_buffer_bytes,
         cleanse_names,
         regex,

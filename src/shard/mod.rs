@@ -211,8 +211,13 @@ pub fn probe_listener(l: &Listener) -> std::io::Result<Option<SocketAddr>> {
 }
 
 /// Starts `shards` empty shards (they run nothing until the first topology is
-/// committed). `config` gives the process-wide settings (`[server]`, `[output]`).
-pub fn spawn(config: Arc<Config>, registry: Arc<Registry>) -> anyhow::Result<Vec<ShardHandle>> {
+/// committed). `config` gives the process-wide settings (`[server]`, `[output]`);
+/// `stream_fds_max` bounds each shard's open stream connections (see [`ingest::fds`]).
+pub fn spawn(
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+    stream_fds_max: usize,
+) -> anyhow::Result<Vec<ShardHandle>> {
     let shards = shard_count(&config);
     let cpus = available_cpus();
     let meshes = mesh::links(
@@ -235,7 +240,7 @@ pub fn spawn(config: Arc<Config>, registry: Arc<Registry>) -> anyhow::Result<Vec
             .name(&format!("shard-{id}"))
             .io_memory(config.server.io_memory_bytes)
             .spawn(move || async move {
-                run(id, cfg, mesh, registry, inbox2, stop2).await;
+                run(id, cfg, mesh, registry, inbox2, stop2, stream_fds_max).await;
             })
             .map_err(|e| anyhow::anyhow!("cannot start shard {id} on cpu {cpu}: {e}"))?;
         handles.push(ShardHandle {
@@ -289,6 +294,7 @@ async fn run(
     registry: Arc<Registry>,
     inbox: Arc<ArrayQueue<ControlMsg>>,
     stop: Arc<AtomicBool>,
+    stream_fds_max: usize,
 ) {
     let shards = mesh.shards();
     let empty = Topology::empty(cfg.clone());
@@ -302,6 +308,7 @@ async fn run(
         mesh,
         counters,
     )));
+    core.borrow_mut().stream_fds_max = stream_fds_max;
     let mut shard = Shard {
         id,
         topology: empty,

@@ -38,6 +38,12 @@ pub struct Core {
     pub counters: ShardCounters,
     /// Set at shutdown: readers stop after the buffer in hand.
     pub draining: bool,
+    /// Stream connections this shard may hold open over all its listeners: its share of
+    /// the process's file descriptors once the control plane's and writers' are set
+    /// aside (`server.reserved_fds`).
+    pub stream_fds_max: usize,
+    /// Stream connections open now.
+    pub stream_fds_open: usize,
     /// By listener id: how its bytes are read.
     inputs: Vec<Option<Input>>,
     /// Where a name that needs cleansing is rewritten for output.
@@ -80,6 +86,8 @@ impl Core {
             mesh,
             counters,
             draining: false,
+            stream_fds_max: usize::MAX,
+            stream_fds_open: 0,
             inputs: Vec::new(),
             cleansed: Vec::with_capacity(256),
             counts: DecodeCounts::default(),

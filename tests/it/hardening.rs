@@ -616,3 +616,79 @@ fn member_instances_are_bounded_and_free_of_control_bytes() {
         );
     }
 }
+
+#[test]
+fn fd_exhaustion_refuses_connections_and_keeps_the_control_plane() {
+    // 256 descriptors: after the fixed ones, the destination's and 64 reserved, each of
+    // the 2 shards may hold ~60 connections. 400 held connections must be refused past
+    // that, counted as refused (not as read errors), while /stats, the probes and the
+    // writer keep working.
+    let sink = Sink::start();
+    let listen = free_port();
+    let text = config(listen, &[format!("{}=a", sink.addr)], "")
+        .replace("shards = 2", "shards = 2\nreserved_fds = 64");
+    let c = Cadent::start_limited("fds", &text, &[], Some(256));
+    assert!(c.log().contains("RLIMIT_NOFILE is below"), "{}", c.log());
+    let addr = format!("127.0.0.1:{listen}");
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        if let Ok(s) = std::net::TcpStream::connect(&addr) {
+            held.push(s);
+        }
+    }
+    let listener = |c: &Cadent| c.stats()["listeners"]["in"].clone();
+    assert!(wait_until(Duration::from_secs(10), || {
+        let l = listener(&c);
+        n(&l["connections_accepted"]) + n(&l["connections_refused"]) >= 400
+    }));
+    let l = listener(&c);
+    assert!(n(&l["connections_refused"]) >= 250, "{l}");
+    assert!(n(&l["connections_open"]) <= 130, "{l}");
+    assert_eq!(n(&l["accept_errors"]), 0, "{l}");
+    assert_eq!(n(&l["read_errors"]), 0, "{l}");
+    // The control plane answers and the destination stays up.
+    let started = Instant::now();
+    assert!(http_get(&c.admin, "/stats").is_some());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    let servers = http_get(&c.admin, "/servers").unwrap();
+    assert!(servers.contains("\"state\":\"up\""), "{servers}");
+    // Once the crowd leaves, a sender gets in and its lines go through.
+    drop(held);
+    assert!(wait_until(Duration::from_secs(10), || n(
+        &listener(&c)["connections_open"]
+    ) == 0));
+    send_tcp(&addr, &lines("after", 0, 100));
+    assert!(wait_until(Duration::from_secs(10), || sink.total() == 100));
+}
+
+#[test]
+fn idle_connections_are_closed_after_idle_timeout_ms() {
+    let sink = Sink::start();
+    let listen = free_port();
+    let text = config(listen, &[format!("{}=a", sink.addr)], "").replace(
+        "format = \"graphite\"",
+        "format = \"graphite\"\nconnections_max = 2\nidle_timeout_ms = 300",
+    );
+    let c = Cadent::start("idle", &text);
+    let addr = format!("127.0.0.1:{listen}");
+    // Four idle connections fill both shards' connections_max.
+    let held: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let listener = |c: &Cadent| c.stats()["listeners"]["in"].clone();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let l = listener(&c);
+            n(&l["connections_idle_closed"]) >= n(&l["connections_accepted"])
+                && n(&l["connections_accepted"]) > 0
+                && n(&l["connections_open"]) == 0
+        }),
+        "{}",
+        listener(&c)
+    );
+    // The room they held is free again.
+    send_tcp(&addr, &lines("fresh", 0, 50));
+    assert!(wait_until(Duration::from_secs(10), || sink.total() == 50));
+    drop(held);
+}

@@ -59,21 +59,47 @@ impl Cadent {
 
     /// [`start`](Self::start) with extra environment variables.
     pub fn start_with_env(tag: &str, config: &str, env: &[(&str, &str)]) -> Cadent {
+        Cadent::start_limited(tag, config, env, None)
+    }
+
+    /// [`start_with_env`](Self::start_with_env), with `RLIMIT_NOFILE` (soft and hard)
+    /// set to `nofile` in the child when given.
+    pub fn start_limited(
+        tag: &str,
+        config: &str,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Cadent {
         let dir = temp_dir(tag);
         let admin = format!("127.0.0.1:{}", free_port());
         let text = config.replace("ADMIN", &admin);
         let path = dir.join("cadent.toml");
         std::fs::write(&path, text).unwrap();
         let log = std::fs::File::create(dir.join("cadent.log")).unwrap();
-        let child = Command::new(cadent_bin())
-            .args(["serve", "--config"])
+        let mut cmd = Command::new(cadent_bin());
+        cmd.args(["serve", "--config"])
             .arg(&path)
             .envs(env.iter().copied())
             .current_dir(&dir)
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start cadent");
+            .stderr(log);
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit(2) only, between fork and exec: async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let r = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().expect("start cadent");
         let mut c = Cadent {
             child: Some(child),
             admin,
