@@ -38,6 +38,10 @@ crate::counter_set! {
         dropped_by_rule: counter,
         /// Metrics no route matched (dropped).
         unrouted: counter,
+        /// cadent's own counters routed as graphite lines (`[telemetry]`): with the
+        /// listeners' parsed lines and the aggregators' flushed ones, what routing was
+        /// handed.
+        self_metric_lines: counter,
     }
 }
 

@@ -211,6 +211,9 @@ impl Core {
             let Some(p) = trusted_line(line) else {
                 continue;
             };
+            if origin == Origin::Telemetry {
+                ctx.counters.routing.self_metric_lines += 1;
+            }
             let fp = ctx.router.fingerprint(p.name, p.key, false, origin);
             ctx.router.prefetch(fp);
             batch[batched] = (p, fp);

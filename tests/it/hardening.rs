@@ -17,12 +17,13 @@ fn n(v: &Value) -> u64 {
 }
 
 /// The accounting identities over one `/stats`: every listener's received lines are
-/// parsed or rejected; every parsed line is routed to a destination (counted once where
-/// routing put it, offloaded lines once more where they moved), dropped by a rule or
-/// unrouted; and every line a destination queued was sent, dropped with a reason or
-/// offloaded. The last holds once queues are empty, so callers wait for it.
+/// parsed or rejected; every parsed line (and self-metric line) is routed to a
+/// destination (counted once where routing put it, offloaded lines once more where they
+/// moved), dropped by a rule or unrouted; and every line a destination queued was sent,
+/// dropped with a reason or offloaded. The last holds once queues are empty, so callers
+/// wait for it. (No aggregators: their lines are counted by theirs.)
 pub fn accounting(stats: &Value) -> Result<(), String> {
-    let mut parsed = 0;
+    let mut parsed = n(&stats["self_metric_lines"]);
     for (name, l) in stats["listeners"].as_object().ok_or("no listeners")? {
         let (r, p, j) = (
             n(&l["received_lines"]),
