@@ -3,15 +3,17 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use cadent::api::{self, AdminState, Control};
 use cadent::config::{Config, DEFAULT_CONFIG};
+use cadent::output::DestinationCounters;
 use cadent::route::{DestinationTable, Router};
-use cadent::shard::{self, ControlMsg};
+use cadent::shard;
+use cadent::telemetry::set::CounterSet;
 use cadent::telemetry::{Labels, Registry};
 use cadent::tools;
 
@@ -120,6 +122,8 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: a log file gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -221,9 +225,10 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     })?;
     shard::probe_listeners(&cfg)?;
     let shards = shard::shard_count(&cfg);
+    let stream_fds_max = check_fds(&cfg, shards);
     let registry = Registry::new(Labels::default(), shards);
     let process_cfg = Arc::new(cfg.clone());
-    let handles = shard::spawn(process_cfg, registry.clone())?;
+    let handles = shard::spawn(process_cfg, registry.clone(), stream_fds_max)?;
     let control = Control::new(
         handles.iter().map(|h| h.sender()).collect(),
         registry.clone(),
@@ -241,6 +246,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         .as_ref()
         .map_or("(embedded default)".into(), |p| p.display().to_string());
     let admin_addr = cfg.server.admin_listen;
+    let shutdown_bound = Duration::from_millis(cfg.server.shutdown_timeout_ms) + SHUTDOWN_GRACE;
     let outcome = api::serve_until_signal(state, admin, cfg, |s| {
         tracing::info!(
             shards,
@@ -252,33 +258,112 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     });
     let started = Instant::now();
     for h in &handles {
-        h.send(ControlMsg::Shutdown);
+        h.shutdown();
     }
-    let mut failed = false;
+    // Each shard drains for at most shutdown_timeout_ms. The process waits that plus a
+    // grace, then exits whatever a shard is doing, saying which ones did not finish.
+    let (tx, rx) = std::sync::mpsc::channel();
     for h in handles {
-        if let Err(e) = h.join() {
-            tracing::error!("{e}");
-            failed = true;
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let id = h.id;
+            let _ = tx.send((id, h.join()));
+        });
+    }
+    drop(tx);
+    let mut failed = false;
+    let mut stopped = vec![false; shards];
+    let deadline = started + shutdown_bound;
+    while stopped.iter().any(|s| !s) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((id, result)) => {
+                stopped[id] = true;
+                if let Err(e) = result {
+                    tracing::error!("{e}");
+                    failed = true;
+                }
+            }
+            Err(_) => break,
         }
     }
-    log_totals(&registry);
+    let total = log_totals(&registry);
+    let stuck: Vec<usize> = (0..shards).filter(|&i| !stopped[i]).collect();
     let signal = outcome?;
     tracing::info!(
         signal,
         elapsed_ms = started.elapsed().as_millis() as u64,
+        dropped_lines_shutdown = total.dropped_lines_shutdown,
+        lines_left_queued = total.queued_lines.saturating_sub(
+            total.sent_lines
+                + total.dropped_lines_queue_full
+                + total.dropped_lines_shutdown
+                + total.dropped_lines_write_failed
+                + total.offloaded_lines
+        ),
+        shards_not_stopped = ?stuck,
         "stopped"
     );
+    if !stuck.is_empty() {
+        tracing::error!(
+            shards = ?stuck,
+            bound_ms = shutdown_bound.as_millis() as u64,
+            "shards did not stop within server.shutdown_timeout_ms plus the grace; exiting \
+             without them (what they still held is lost; their last published counts are above)"
+        );
+        std::process::exit(1);
+    }
     if failed {
         anyhow::bail!("a shard failed");
     }
     Ok(())
 }
 
+/// Checks what the config can use against `RLIMIT_NOFILE`, raising the soft limit as far
+/// as the hard one allows, and says so when it is still short; returns each shard's
+/// share of descriptors for stream connections (past it they are refused, so the admin
+/// API, probes and writers keep `server.reserved_fds`).
+fn check_fds(cfg: &Config, shards: usize) -> usize {
+    use cadent::ingest::fds;
+    let wanted = fds::plan(cfg, shards, u64::MAX).needed;
+    let limit = match fds::raise_nofile(wanted) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise RLIMIT_NOFILE");
+            fds::nofile().map_or(1024, |(soft, _)| soft)
+        }
+    };
+    let plan = fds::plan(cfg, shards, limit);
+    if limit < plan.needed {
+        tracing::warn!(
+            limit,
+            hard_limit = fds::nofile().map_or(0, |(_, h)| h),
+            needed = plan.needed,
+            shards,
+            listener_connections = plan.connections,
+            destination_fds = plan.destinations,
+            fixed_fds = plan.fixed,
+            reserved_fds = plan.reserved,
+            connections_per_shard = plan.stream_fds_max_per_shard,
+            "RLIMIT_NOFILE is below what shards x connections_max plus destinations, \
+             listeners and server.reserved_fds can use: past connections_per_shard a \
+             shard refuses connections (counted in connections_refused). Raise the hard \
+             limit (ulimit -Hn, LimitNOFILE=) or lower listen[].connections_max"
+        );
+    }
+    plan.stream_fds_max_per_shard
+}
+
+/// What shutdown waits beyond `server.shutdown_timeout_ms` for shards to publish their
+/// last counts and end, before the process exits without them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// The admin API is gone by the time shards have drained, so the final counts go to the
 /// log: what was received, what each destination got, and every loss.
-fn log_totals(registry: &Registry) {
+fn log_totals(registry: &Registry) -> DestinationCounters {
     let total = Registry::total(&registry.per_shard());
     let labels = &registry.labels();
+    let mut all = total.reclaimed.clone();
     for (name, l) in labels.listeners.iter().zip(&total.listeners) {
         tracing::info!(
             listener = %name,
@@ -288,7 +373,17 @@ fn log_totals(registry: &Registry) {
             "final listener totals"
         );
     }
-    for (name, d) in labels.destinations.iter().zip(&total.destinations) {
+    let reclaimed = Some(cadent::telemetry::RECLAIMED.to_string());
+    for (name, d) in labels
+        .destinations
+        .iter()
+        .zip(&total.destinations)
+        .chain(std::iter::once((&reclaimed, &total.reclaimed)))
+    {
+        let Some(name) = name else { continue };
+        if !std::ptr::eq(d, &total.reclaimed) {
+            all.add(d);
+        }
         tracing::info!(
             destination = %name,
             queued_lines = d.queued_lines,
@@ -314,4 +409,5 @@ fn log_totals(registry: &Registry) {
         mesh_dropped_records_full = total.mesh.dropped_records_full,
         "final routing totals"
     );
+    all
 }

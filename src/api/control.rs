@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::config::{Config, Health, Member, Transport};
 use crate::output::health::{Evidence, State, Tracker};
-use crate::route::{DestId, DestinationKind, Router};
+use crate::route::{DestId, DestState, DestinationKind, Router};
 use crate::shard::{ControlMsg, ShardSender, Topology};
 use crate::telemetry::{Labels, Registry};
 
@@ -38,6 +38,8 @@ struct Inner {
     topology: Topology,
     /// By destination id.
     health: Vec<Tracker>,
+    /// By destination id: the serial of the occupant `health` is about.
+    serials: Vec<u64>,
     /// The control thread's router, for `/hashcheck` and `cadent hash`-style answers.
     router: Router,
     /// Writer failures (connect failures + write errors) seen at the last probe round.
@@ -75,6 +77,19 @@ const SHARD_SEND_PATIENCE: Duration = Duration::from_secs(5);
 /// How long a change waits for every shard to answer its `Prepare`.
 const PREPARE_PATIENCE: Duration = Duration::from_secs(10);
 
+/// How often drained destinations are looked for and reclaimed.
+const RECLAIM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Names for a log line: all of a few, or the first ones and how many more.
+fn few(names: &[&str]) -> String {
+    const SHOWN: usize = 8;
+    if names.len() <= SHOWN {
+        format!("{names:?}")
+    } else {
+        format!("{:?} and {} more", &names[..SHOWN], names.len() - SHOWN)
+    }
+}
+
 impl Control {
     /// Control over running (empty) shards; [`apply_config`](Self::apply_config) gives
     /// them their first topology.
@@ -93,6 +108,7 @@ impl Control {
             inner: Mutex::new(Inner {
                 topology: empty,
                 health: Vec::new(),
+                serials: Vec::new(),
                 router,
                 writer_failures: Vec::new(),
                 health_cfg,
@@ -361,7 +377,8 @@ impl Control {
                 Some(i) if !i.is_empty() => format!("{server}={i}"),
                 _ => server.to_string(),
             };
-        let member = Member::parse(&spec).map_err(|e| Refused::new(400, e))?;
+        let bound = self.topology().config.server.member_instance_bytes_max;
+        let member = Member::parse_bounded(&spec, bound).map_err(|e| Refused::new(400, e))?;
         self.change_members(cluster, |members| {
             members.push(member.clone());
             Ok(format!(
@@ -542,29 +559,44 @@ impl Control {
                 },
             )
             .collect();
-        let table = old.table.evolve(&cfg).map_err(|e| Refused::new(409, e))?;
-        let added: Vec<&str> = table.destinations[old.table.destinations.len()..]
-            .iter()
-            .map(|d| d.name.as_str())
-            .collect();
-        let retired: Vec<&str> = table
-            .retired
-            .iter()
-            .enumerate()
-            .filter(|&(d, &r)| r && !old.table.retired.get(d).copied().unwrap_or(false))
-            .map(|(d, _)| table.destinations[d].name.as_str())
-            .collect();
+        // Retired destinations every shard has drained are freed with this change.
+        let reclaim = self.reclaimable(&old);
+        let epoch = old.epoch + 1;
+        let table = old
+            .table
+            .evolve(&cfg, epoch, &reclaim)
+            .map_err(|e| Refused::new(409, e.to_string()))?;
+        let (mut added, mut retired, mut revived) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..table.len() {
+            let d = DestId(i as u16);
+            let (was, now) = (old.table.states.get(i).copied(), table.states[i]);
+            let new_occupant = table.serial(d).is_some() && table.serial(d) != old.table.serial(d);
+            match (was, now) {
+                _ if new_occupant => added.push(table.destinations[i].name.as_str()),
+                (Some(DestState::Live), DestState::Retired { .. }) => {
+                    retired.push(table.destinations[i].name.as_str())
+                }
+                (Some(DestState::Retired { .. }), DestState::Live) => {
+                    revived.push(table.destinations[i].name.as_str())
+                }
+                _ => {}
+            }
+        }
         let summary = format!(
-            "{} clusters, {} routes, {} aggregators; destinations added {:?}, retired {:?}; \
-             listeners started {started}, stopped {stopped}, failed {failed:?}",
+            "{} clusters, {} routes, {} aggregators; destinations added {}, retired {}, \
+             listed again {}, reclaimed {}, live or draining {}; listeners started \
+             {started}, stopped {stopped}, failed {failed:?}",
             cfg.clusters.len(),
             cfg.routes.len(),
             cfg.aggregates.len(),
-            added,
-            retired
+            few(&added),
+            few(&retired),
+            few(&revived),
+            reclaim.len(),
+            table.occupied(),
         );
         let topology = Topology {
-            epoch: old.epoch + 1,
+            epoch,
             config: Arc::new(cfg),
             table: Arc::new(table),
             listener_ids,
@@ -572,7 +604,6 @@ impl Control {
             aggregator_ids,
         };
         // Every shard prepares; only then does any of them route by it.
-        let epoch = topology.epoch;
         let refusals = self
             .ask_all(
                 |ack| ControlMsg::Prepare {
@@ -609,14 +640,28 @@ impl Control {
         }
         {
             let mut inner = self.lock();
-            let n = topology.table.destinations.len();
+            let n = topology.table.len();
             inner.health.resize(n, Tracker::new());
+            inner.serials.resize(n, 0);
             inner.writer_failures.resize(n, 0);
+            // A new occupant of an id starts with fresh health and counters.
+            for d in 0..n {
+                let serial = topology.table.serial(DestId(d as u16)).unwrap_or(0);
+                if inner.serials[d] != serial {
+                    inner.serials[d] = serial;
+                    inner.health[d] = Tracker::new();
+                    inner.writer_failures[d] = 0;
+                }
+            }
             inner.health_cfg = topology.config.health.clone();
             let mut router = Router::new(&topology.config, &topology.table, &topology.listener_ids);
-            for (d, h) in inner.health.iter().enumerate() {
-                router.set_alive(DestId(d as u16), h.state.is_up());
-            }
+            let alive: Vec<(DestId, bool)> = inner
+                .health
+                .iter()
+                .enumerate()
+                .map(|(d, h)| (DestId(d as u16), h.state.is_up()))
+                .collect();
+            router.set_alive_many(&alive);
             inner.router = router;
             inner.listener_labels = labels.clone();
             inner.bound = bound;
@@ -633,11 +678,8 @@ impl Control {
             listeners: labels,
             collectd_listeners,
             rules: crate::route::rule_labels(&topology.config),
-            destinations: topology
-                .table
-                .destinations
-                .iter()
-                .map(|d| d.name.clone())
+            destinations: (0..topology.table.len())
+                .map(|d| topology.table.get(DestId(d as u16)).map(|d| d.name.clone()))
                 .collect(),
             aggregators: topology
                 .config
@@ -648,6 +690,52 @@ impl Control {
         });
         tracing::info!(%summary, epoch, "topology committed");
         Ok(summary)
+    }
+
+    /// The retired destinations of `topology` that every shard has reported drained
+    /// while routing by an epoch at or after their retirement: no shard's router, route
+    /// cache, queue or writer refers to them any more, so their ids may be freed.
+    fn reclaimable(&self, topology: &Topology) -> Vec<DestId> {
+        let shards = self.registry.per_shard();
+        if shards.len() < self.shards.len() || shards.is_empty() {
+            return Vec::new();
+        }
+        (0..topology.table.len())
+            .filter_map(|d| match topology.table.states[d] {
+                DestState::Retired { epoch } => shards
+                    .iter()
+                    .all(|s| s.epoch >= epoch && s.drained.get(d).copied().unwrap_or(false))
+                    .then_some(DestId(d as u16)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Frees drained destinations: each second, if some retired destination has drained
+    /// on every shard and no other change is under way, the running config is applied
+    /// again, which frees them (their slots, buffers and counters go; the counters into
+    /// the reclaimed totals). Runs forever.
+    pub async fn reclaim_loop(self: Arc<Self>) {
+        let mut wait = RECLAIM_INTERVAL;
+        loop {
+            tokio::time::sleep(wait).await;
+            let topology = self.topology();
+            if self.reclaimable(&topology).is_empty() {
+                continue;
+            }
+            let Ok(_serial) = self.changes.try_lock() else {
+                continue;
+            };
+            let cfg = (*self.topology().config).clone();
+            match self.apply(cfg, false).await {
+                Ok(_) => wait = RECLAIM_INTERVAL,
+                Err(e) => {
+                    // A shard refused: try again later, less often.
+                    tracing::debug!(error = %e.message, "reclaim not applied");
+                    wait = (wait * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
     }
 
     /// Sends `make(ack)` to every shard and waits for every answer for `epoch` (up to
@@ -754,17 +842,17 @@ impl Control {
             let (interval, timeout, targets) = {
                 let inner = self.lock();
                 let t = &inner.topology.table;
-                let targets: Vec<(usize, Member)> = t
+                let targets: Vec<(usize, u64, Member)> = t
                     .destinations
                     .iter()
                     .enumerate()
-                    .filter(|&(d, _)| !t.retired[d])
+                    .filter(|&(d, _)| t.is_live(DestId(d as u16)))
                     .filter_map(|(d, dest)| match (&dest.kind, &dest.format) {
                         (DestinationKind::Net(m), _) if m.transport == Transport::Tcp => {
-                            Some((d, m.clone()))
+                            Some((d, dest.serial, m.clone()))
                         }
                         (DestinationKind::Net(m), crate::config::OutputFormat::Collectd(_)) => {
-                            Some((d, m.clone()))
+                            Some((d, dest.serial, m.clone()))
                         }
                         _ => None,
                     })
@@ -777,28 +865,37 @@ impl Control {
             };
             tokio::time::sleep(interval).await;
             let mut probes = tokio::task::JoinSet::new();
-            for (d, m) in targets {
-                probes.spawn(async move { (d, probe(&m, timeout).await) });
+            for (d, serial, m) in targets {
+                probes.spawn(async move { (d, serial, probe(&m, timeout).await) });
             }
             let mut results = Vec::new();
             while let Some(r) = probes.join_next().await {
                 results.extend(r.ok());
             }
-            for (dest, up) in self.observe(&results) {
-                let _ = self.broadcast(|| ControlMsg::Health { dest, up }).await;
+            // One message per round, however many destinations changed: a thousand
+            // members going down together must not flood the shards' inboxes.
+            let changes = self.observe(&results);
+            if !changes.is_empty() {
+                let _ = self
+                    .broadcast(|| ControlMsg::Health {
+                        changes: changes.clone(),
+                    })
+                    .await;
             }
         }
     }
 
-    /// Takes one round of probe results (destination, connected) with the writers'
-    /// failures since the last round; returns the routing changes to tell the shards.
-    fn observe(&self, results: &[(usize, bool)]) -> Vec<(DestId, bool)> {
+    /// Takes one round of probe results (destination, serial of its occupant when
+    /// probed, connected) with the writers' failures since the last round; returns the
+    /// routing changes to tell the shards. Results about an earlier occupant of an id
+    /// are dropped.
+    fn observe(&self, results: &[(usize, u64, bool)]) -> Vec<(DestId, u64, bool)> {
         let total = Registry::total(&self.registry.per_shard());
         let mut inner = self.lock();
         let down_after = inner.health_cfg.down_after_failures;
         let mut changes = Vec::new();
-        for &(d, probe_ok) in results {
-            if d >= inner.health.len() {
+        for &(d, serial, probe_ok) in results {
+            if d >= inner.health.len() || inner.serials[d] != serial {
                 continue;
             }
             let failures = total
@@ -826,7 +923,7 @@ impl Control {
             let dest = DestId(d as u16);
             if inner.router.alive().get(d).copied().unwrap_or(true) != state.is_up() {
                 inner.router.set_alive(dest, state.is_up());
-                changes.push((dest, state.is_up()));
+                changes.push((dest, serial, state.is_up()));
             }
         }
         changes

@@ -134,10 +134,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-#[derive(Deserialize, Default)]
-struct MemberForm {
-    server: Option<String>,
-    instance: Option<String>,
+/// The fields of a membership request.
+#[derive(Deserialize, Default, Debug)]
+pub struct MemberForm {
+    /// `[proto://]host:port[=instance]`.
+    pub server: Option<String>,
+    /// The instance, when not in `server`.
+    pub instance: Option<String>,
 }
 
 /// The body as JSON (`{"server": .., "instance": ..}`) or as a urlencoded form.
@@ -146,6 +149,12 @@ fn member_form(headers: &HeaderMap, body: &[u8]) -> Result<MemberForm, String> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
+    parse_member_request(json, body)
+}
+
+/// Reads a `POST /cluster/NAME/members` body: JSON when `json`, else a urlencoded form
+/// (strict `%XX` escapes, known fields only). What the fuzz target `admin_member` drives.
+pub fn parse_member_request(json: bool, body: &[u8]) -> Result<MemberForm, String> {
     if json {
         return serde_json::from_slice(body).map_err(|e| format!("bad JSON body: {e}"));
     }
@@ -251,7 +260,7 @@ pub fn serve_until_signal(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let outcome = rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -276,6 +285,7 @@ pub fn serve_until_signal(
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         started(&state);
         tokio::spawn(control.clone().probe_loop());
+        tokio::spawn(control.clone().reclaim_loop());
         tokio::spawn(control.clone().telemetry_loop());
         if let Some(l) = noodle {
             let app = noodle::routes(state.clone());
@@ -304,7 +314,11 @@ pub fn serve_until_signal(
                 }
             }
         }
-    })
+    });
+    // Probes, reloads and requests in flight are dropped, and a blocking name lookup is
+    // not waited for: shutdown must not hang on the control plane.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    outcome
 }
 
 #[cfg(test)]

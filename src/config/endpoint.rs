@@ -84,9 +84,36 @@ pub struct Member {
     pub instance: Option<String>,
 }
 
+/// The most `server.member_instance_bytes_max` may allow.
+pub const MEMBER_INSTANCE_BYTES_MAX: usize = 4096;
+
+/// `s` for an error message: at most 64 characters of it, so a megabyte of input is not
+/// echoed back.
+fn shown(s: &str) -> String {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => format!("{:?}... ({} bytes)", &s[..i], s.len()),
+        None => format!("{s:?}"),
+    }
+}
+
 impl Member {
-    /// Parses `[proto://]host:port[=instance]`.
+    /// Parses `[proto://]host:port[=instance]` with instances up to
+    /// [`MEMBER_INSTANCE_BYTES_MAX`].
     pub fn parse(s: &str) -> Result<Member, String> {
+        Member::parse_bounded(s, MEMBER_INSTANCE_BYTES_MAX)
+    }
+
+    /// Parses `[proto://]host:port[=instance]`; an instance longer than
+    /// `instance_bytes_max` (`server.member_instance_bytes_max`), or a host or instance
+    /// holding a control character (a newline would split the lines `cadent hash` and
+    /// the logs print), is refused.
+    pub fn parse_bounded(s: &str, instance_bytes_max: usize) -> Result<Member, String> {
+        if let Some(c) = s.chars().find(|c| c.is_control()) {
+            return Err(format!(
+                "{}: holds the control character {c:?} (not allowed in a host or instance)",
+                shown(s)
+            ));
+        }
         let (transport, rest) = match split_scheme(s)? {
             Some((t, rest)) => (t, rest),
             None => (Transport::Tcp, s),
@@ -94,13 +121,21 @@ impl Member {
         let (hostport, instance) = match rest.split_once('=') {
             Some((hp, inst)) => {
                 if inst.is_empty() {
-                    return Err(format!("{s:?}: empty instance after '='"));
+                    return Err(format!("{}: empty instance after '='", shown(s)));
+                }
+                if inst.len() > instance_bytes_max {
+                    return Err(format!(
+                        "{}: the instance is {} bytes, over server.member_instance_bytes_max \
+                         ({instance_bytes_max})",
+                        shown(s),
+                        inst.len()
+                    ));
                 }
                 (hp, Some(inst.to_string()))
             }
             None => (rest, None),
         };
-        let (host, port) = split_host_port(hostport).map_err(|e| format!("{s:?}: {e}"))?;
+        let (host, port) = split_host_port(hostport).map_err(|e| format!("{}: {e}", shown(s)))?;
         Ok(Member {
             transport,
             host: host.to_string(),
@@ -135,7 +170,9 @@ fn split_scheme(s: &str) -> Result<Option<(Transport, &str)>, String> {
         Some(("tcp", rest)) => Ok(Some((Transport::Tcp, rest))),
         Some(("udp", rest)) => Ok(Some((Transport::Udp, rest))),
         Some((other, _)) => Err(format!(
-            "{s:?}: unknown scheme {other:?} (expected tcp:// or udp://)"
+            "{}: unknown scheme {} (expected tcp:// or udp://)",
+            shown(s),
+            shown(other)
         )),
     }
 }
@@ -154,6 +191,22 @@ fn split_host_port(s: &str) -> Result<(&str, u16), String> {
     if host.is_empty() {
         return Err("empty host".into());
     }
+    // An IP literal (IPv6 in brackets) or a host name: anything else could not be
+    // reached, and would not read back the same from `cadent hash` (fuzz target
+    // admin_member).
+    let name_ok = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+    let bracketed = s.starts_with('[');
+    if bracketed && host.parse::<std::net::Ipv6Addr>().is_err() {
+        return Err(format!("{} is not an IPv6 address", shown(host)));
+    }
+    if !bracketed && !name_ok {
+        return Err(format!(
+            "{} is neither an IPv4 address nor a host name (IPv6 goes in brackets)",
+            shown(host)
+        ));
+    }
     let port: u16 = port
         .parse()
         .map_err(|_| format!("bad port {port:?} (expected 1-65535)"))?;
@@ -167,6 +220,13 @@ fn split_host_port(s: &str) -> Result<(&str, u16), String> {
 pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
+    }
+    // A fuzzed config must never make the resolver send a query.
+    if cfg!(fuzzing) {
+        return Err(format!(
+            "{}: not an address (names are not resolved when fuzzing)",
+            shown(s)
+        ));
     }
     use std::net::ToSocketAddrs;
     let mut it = s
@@ -193,9 +253,43 @@ mod tests {
         assert_eq!((m.transport, m.host.as_str()), (Transport::Udp, "::1"));
         assert_eq!(m.display_hash(), "[::1]:2003=x");
         assert_eq!(Member::parse(&m.display_hash()).unwrap().host, "::1");
-        for bad in ["127.0.0.1", "http://a:1", "a:0", "a:99999", ":1", "a:1="] {
+        for bad in [
+            "127.0.0.1",
+            "http://a:1",
+            "a:0",
+            "a:99999",
+            ":1",
+            "a:1=",
+            "serv^r]::91",
+            "[nothex]:91",
+            "::1:2003",
+            "a b:1",
+        ] {
             assert!(Member::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn member_instances_are_bounded_and_hold_no_control_bytes() {
+        let e = Member::parse("127.0.0.1:2003=a\nb").unwrap_err();
+        assert!(e.contains("control character '\\n'"), "{e}");
+        assert!(Member::parse("127.0.0.1:2003=a\tb").is_err());
+        assert!(Member::parse("a\rb:2003").is_err());
+        let long = format!("127.0.0.1:2003={}", "x".repeat(2_000_000));
+        let e = Member::parse_bounded(&long, 256).unwrap_err();
+        assert!(e.contains("server.member_instance_bytes_max (256)"), "{e}");
+        assert!(
+            e.len() < 300,
+            "the error echoes the input: {} bytes",
+            e.len()
+        );
+        assert!(Member::parse_bounded(&format!("h:1={}", "x".repeat(256)), 256).is_ok());
+        assert!(Member::parse_bounded(&format!("h:1={}", "x".repeat(257)), 256).is_err());
+        // Non-ASCII that is not a control character is an instance like any other.
+        assert_eq!(
+            Member::parse("h:1=caché").unwrap().instance.as_deref(),
+            Some("caché")
+        );
     }
 
     #[test]

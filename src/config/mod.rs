@@ -17,7 +17,7 @@ use toml::Table;
 
 pub use aggregate::{Aggregate, AggregateKind, CarbonAggregate, StatsdAggregate};
 pub use collectd::{ClusterKey, CollectdListen, CollectdSend, GraphiteOut, OutputFormat};
-pub use endpoint::{parse_socket_addr, ListenUrl, Member, Transport};
+pub use endpoint::{parse_socket_addr, ListenUrl, Member, Transport, MEMBER_INSTANCE_BYTES_MAX};
 use reader::TableReader;
 
 /// The configuration `cadent serve` runs when no `--config` is given.
@@ -94,6 +94,12 @@ pub struct Server {
     pub mesh_interval_ms: u64,
     /// `/tiers`: collectd hosts kept per destination per shard (more are counted).
     pub tiers_hosts_max: usize,
+    /// Longest cluster member instance (`host:port=instance`), in bytes; in the config
+    /// and in membership requests alike.
+    pub member_instance_bytes_max: usize,
+    /// File descriptors kept out of the listeners' reach for the admin API, health
+    /// probes, writers' reconnects and files: connections past the rest are refused.
+    pub reserved_fds: usize,
 }
 
 /// `[telemetry]`: cadent's own counters as graphite lines, routed like any input.
@@ -157,6 +163,8 @@ pub struct Listener {
     pub read_buffer_bytes: usize,
     /// Open TCP/unix connections per shard on this listener; more are refused and counted.
     pub connections_max: usize,
+    /// A stream connection that sends nothing this long is closed (0: never).
+    pub idle_timeout_ms: u64,
     /// `SO_RCVBUF` asked of the kernel (0 leaves the kernel default).
     pub socket_receive_buffer_bytes: usize,
     /// Graphite: rewrite names as carbon-c-relay does before routing them.
@@ -375,6 +383,9 @@ pub struct Output {
     pub reconnect_backoff_max_ms: u64,
     /// Largest UDP datagram a writer sends (lines are packed up to it).
     pub udp_datagram_bytes_max: usize,
+    /// Destinations live or still draining after their removal, at most; a change that
+    /// would pass it is refused (each costs a queue and a writer on every shard).
+    pub destinations_max: usize,
 }
 
 /// A validated configuration.
@@ -561,7 +572,7 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
     let clusters: Vec<Cluster> = cluster_ts
         .iter()
         .enumerate()
-        .map(|(i, t)| read_cluster(t, i, errs))
+        .map(|(i, t)| read_cluster(t, i, server.member_instance_bytes_max, errs))
         .collect();
     check_unique(clusters.iter().map(|c| c.name.as_str()), "cluster", errs);
     check_shared_members(&clusters, errs);
@@ -624,6 +635,25 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
             format!(
                 "{} is below 2 x (largest read_buffer_bytes {read_max} + flush_bytes {}) = {needed}",
                 output.queue_bytes_max, output.flush_bytes
+            ),
+        ));
+    }
+    let distinct: std::collections::HashSet<String> = clusters
+        .iter()
+        .flat_map(|c| {
+            c.members
+                .iter()
+                .map(|m| m.address_key())
+                .chain(c.file.iter().map(|f| format!("file:{}", f.path.display())))
+        })
+        .collect();
+    if distinct.len() > output.destinations_max {
+        errs.push(ConfigError::new(
+            "output.destinations_max",
+            format!(
+                "{} is below the {} distinct destinations the clusters list",
+                output.destinations_max,
+                distinct.len()
             ),
         ));
     }
@@ -775,6 +805,14 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
         r.uint("mesh_queue_bytes_max", 8 << 20, 64 << 10, 4 << 30, errs) as usize;
     let mesh_interval_ms = r.uint("mesh_interval_ms", 5, 1, 1_000, errs);
     let tiers_hosts_max = r.uint("tiers_hosts_max", 1_000, 0, 1 << 24, errs) as usize;
+    let reserved_fds = r.uint("reserved_fds", 256, 16, 1 << 20, errs) as usize;
+    let member_instance_bytes_max = r.uint(
+        "member_instance_bytes_max",
+        256,
+        1,
+        endpoint::MEMBER_INSTANCE_BYTES_MAX as u64,
+        errs,
+    ) as usize;
     if mesh_queue_bytes_max < 2 * mesh_batch_bytes {
         errs.push(ConfigError::new(
             r.key_path("mesh_queue_bytes_max"),
@@ -800,6 +838,8 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
         mesh_queue_bytes_max,
         mesh_interval_ms,
         tiers_hosts_max,
+        member_instance_bytes_max,
+        reserved_fds,
     }
 }
 
@@ -815,6 +855,13 @@ fn read_output(t: &Table, errs: &mut Vec<ConfigError>) -> Output {
         reconnect_backoff_min_ms: r.uint("reconnect_backoff_min_ms", 100, 1, 60_000, errs),
         reconnect_backoff_max_ms: r.uint("reconnect_backoff_max_ms", 5_000, 1, 600_000, errs),
         udp_datagram_bytes_max: r.uint("udp_datagram_bytes_max", 1_400, 64, 65_507, errs) as usize,
+        destinations_max: r.uint(
+            "destinations_max",
+            16_384,
+            1,
+            crate::route::DESTINATION_IDS_MAX as u64,
+            errs,
+        ) as usize,
     };
     if out.reconnect_backoff_min_ms > out.reconnect_backoff_max_ms {
         errs.push(ConfigError::new(
@@ -866,6 +913,7 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
     let read_buffer_bytes =
         r.uint("read_buffer_bytes", 64 * 1024, 4 * 1024, 16 << 20, errs) as usize;
     let connections_max = r.uint("connections_max", 1024, 1, 1 << 20, errs) as usize;
+    let idle_timeout_ms = r.uint("idle_timeout_ms", 120_000, 0, 86_400_000, errs);
     // collectd senders burst a whole interval at once, and the protocol is UDP only.
     let receive_default = if format == Format::Collectd {
         16 << 20
@@ -933,6 +981,7 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
         line_bytes_max,
         read_buffer_bytes,
         connections_max,
+        idle_timeout_ms,
         socket_receive_buffer_bytes,
         cleanse_names,
         regex,
@@ -941,7 +990,12 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
     }
 }
 
-fn read_cluster(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Cluster {
+fn read_cluster(
+    t: &Table,
+    i: usize,
+    instance_bytes_max: usize,
+    errs: &mut Vec<ConfigError>,
+) -> Cluster {
     let mut r = TableReader::new(t, format!("cluster[{i}]"));
     let name = r.req_str("name", errs);
     if name.is_empty() && t.contains_key("name") {
@@ -999,7 +1053,7 @@ fn read_cluster(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Cluster {
     let format = collectd::read_output_format(&mut r, t, errs);
     let mut members = Vec::with_capacity(member_strs.len());
     for (j, m) in member_strs.iter().enumerate() {
-        match Member::parse(m) {
+        match Member::parse_bounded(m, instance_bytes_max) {
             Ok(m) => members.push(m),
             Err(e) => errs.push(ConfigError::new(
                 format!("{}[{j}]", r.key_path("members")),

@@ -3,6 +3,7 @@
 //! Readers hand buffers to the shard's [`Core`].
 
 pub mod bind;
+pub mod fds;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -34,11 +35,17 @@ crate::counter_set! {
         datagrams: counter,
         /// Connections accepted.
         connections_accepted: counter,
-        /// Connections refused at connections_max.
+        /// Connections refused: at connections_max, or past the shard's share of the
+        /// process's file descriptors (the rest is kept for the control plane and
+        /// writers).
         connections_refused: counter,
+        /// Connections closed after idle_timeout_ms without a byte.
+        connections_idle_closed: counter,
+        /// Accepts that failed (EMFILE and the like); not read errors.
+        accept_errors: counter,
         /// Connections open now.
         connections_open: gauge,
-        /// Read and accept errors.
+        /// Read and receive errors.
         read_errors: counter,
         /// Reads delayed by a full destination queue.
         stalls: counter,
@@ -129,6 +136,8 @@ pub struct ReadOptions {
     pub connections_max: usize,
     /// Longest wait for a congested destination before reading on.
     pub stall_max: Duration,
+    /// A connection that sends nothing this long is closed (`None`: never).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl ReadOptions {
@@ -140,6 +149,7 @@ impl ReadOptions {
             read_buffer_bytes: l.read_buffer_bytes,
             connections_max: l.connections_max,
             stall_max,
+            idle_timeout: (l.idle_timeout_ms > 0).then(|| Duration::from_millis(l.idle_timeout_ms)),
         }
     }
 }
@@ -153,7 +163,10 @@ pub enum StreamListener {
 }
 
 /// Accepts connections until the task is dropped; each connection gets its own task.
+/// A connection past `connections_max`, or past the shard's share of file descriptors
+/// (`Core::stream_fds_max`), is closed at once and counted as refused.
 pub async fn accept_loop(core: Rc<RefCell<Core>>, listener: StreamListener, opts: ReadOptions) {
+    let mut last_warning: Option<Instant> = None;
     loop {
         let accepted = match &listener {
             StreamListener::Tcp(l) => l.accept().await.map(Conn::Tcp),
@@ -164,32 +177,46 @@ pub async fn accept_loop(core: Rc<RefCell<Core>>, listener: StreamListener, opts
             Err(e) => {
                 core.borrow_mut().counters.listeners[opts.listener]
                     .counters
-                    .read_errors += 1;
-                tracing::debug!(error = %e, "accept failed");
-                // EMFILE and friends: back off instead of spinning.
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                    .accept_errors += 1;
+                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    last_warning = Some(Instant::now());
+                    tracing::warn!(error = %e, "accept failed (out of file descriptors? see server.reserved_fds)");
+                }
+                // EMFILE and friends: the connection stays in the backlog, so accepting
+                // again at once fails again. Back off.
+                glommio::timer::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         {
             let mut c = core.borrow_mut();
+            let over_fds = c.stream_fds_open >= c.stream_fds_max;
             let lc = &mut c.counters.listeners[opts.listener].counters;
-            if lc.connections_open as usize >= opts.connections_max {
+            if lc.connections_open as usize >= opts.connections_max || over_fds {
                 lc.connections_refused += 1;
                 continue; // dropping `conn` closes it
             }
             lc.connections_accepted += 1;
             lc.connections_open += 1;
+            c.stream_fds_open += 1;
         }
         let core = core.clone();
         glommio::spawn_local(async move {
-            match conn {
-                Conn::Tcp(s) => read_stream(&core, s, opts).await,
-                Conn::Unix(s) => read_stream(&core, s, opts).await,
+            let idle = match conn {
+                Conn::Tcp(s) => {
+                    // glommio arms the timer only when a read would wait: free under load.
+                    let _ = s.set_read_timeout(opts.idle_timeout);
+                    read_stream(&core, s, opts, None).await
+                }
+                Conn::Unix(s) => read_stream(&core, s, opts, opts.idle_timeout).await,
+            };
+            let mut c = core.borrow_mut();
+            c.stream_fds_open -= 1;
+            let lc = &mut c.counters.listeners[opts.listener].counters;
+            lc.connections_open -= 1;
+            if idle {
+                lc.connections_idle_closed += 1;
             }
-            core.borrow_mut().counters.listeners[opts.listener]
-                .counters
-                .connections_open -= 1;
         })
         .detach();
     }
@@ -200,8 +227,15 @@ enum Conn {
     Unix(glommio::net::UnixStream),
 }
 
-/// Reads one connection to its end. A connection that errors only ends itself.
-async fn read_stream<S: AsyncRead + Unpin>(core: &Rc<RefCell<Core>>, mut s: S, opts: ReadOptions) {
+/// Reads one connection to its end. A connection that errors only ends itself. Returns
+/// true when it was closed for sending nothing for `idle_timeout_ms` (a read timeout of
+/// the socket, or `idle` here for sockets that have none).
+async fn read_stream<S: AsyncRead + Unpin>(
+    core: &Rc<RefCell<Core>>,
+    mut s: S,
+    opts: ReadOptions,
+    idle: Option<Duration>,
+) -> bool {
     // A kept partial line is at most line_bytes_max + 1 bytes; the buffer always has room
     // for more, so a read of 0 bytes means end of stream and nothing else.
     let mut buf = vec![0u8; opts.read_buffer_bytes.max(opts.line_bytes_max + 2)];
@@ -209,15 +243,27 @@ async fn read_stream<S: AsyncRead + Unpin>(core: &Rc<RefCell<Core>>, mut s: S, o
     let mut skipping = false;
     loop {
         wait_while_congested(core, &opts).await;
-        let n = match s.read(&mut buf[filled..]).await {
+        let read = s.read(&mut buf[filled..]);
+        let result = match idle {
+            None => read.await,
+            Some(d) => {
+                futures_lite::future::or(read, async {
+                    glommio::timer::sleep(d).await;
+                    Err(std::io::ErrorKind::TimedOut.into())
+                })
+                .await
+            }
+        };
+        let n = match result {
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return true,
             Err(e) => {
                 // A reset mid-line: the partial line is not trusted, so it is not sent.
                 core.borrow_mut().counters.listeners[opts.listener]
                     .counters
                     .read_errors += 1;
                 tracing::debug!(error = %e, "read failed");
-                return;
+                return false;
             }
         };
         let eof = n == 0;
@@ -236,7 +282,7 @@ async fn read_stream<S: AsyncRead + Unpin>(core: &Rc<RefCell<Core>>, mut s: S, o
         buf.copy_within(used..filled, 0);
         filled -= used;
         if eof || draining {
-            return;
+            return false;
         }
         // Under load the next recv succeeds without suspending, so without this the
         // reader would run until the socket is empty while writers wait: queues would

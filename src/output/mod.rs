@@ -13,7 +13,8 @@ use crate::config::{Output, OutputFormat, Transport};
 use crate::point::Point;
 use crate::protocol::collectd::EncoderConfig;
 use crate::protocol::encode::Encoder;
-use crate::route::{DestId, Destination, DestinationKind, DestinationTable};
+use crate::route::{DestId, DestState, Destination, DestinationKind, DestinationTable};
+use crate::telemetry::set::CounterSet;
 pub use queue::{Batch, DestQueue};
 
 crate::counter_set! {
@@ -66,6 +67,8 @@ crate::counter_set! {
 /// queue behind it.
 #[derive(Debug)]
 struct Slot {
+    /// The occupant of the id this slot serves (see [`DestinationTable`]).
+    serial: u64,
     encoder: Encoder,
     open: Open,
     queue: Rc<DestQueue>,
@@ -73,7 +76,8 @@ struct Slot {
     udp: bool,
 }
 
-/// The batch being filled.
+/// The batch being filled. Empty with no capacity until its first record: an idle
+/// destination holds no batch buffer.
 #[derive(Debug)]
 struct Open {
     data: Vec<u8>,
@@ -83,12 +87,18 @@ struct Open {
 }
 
 impl Open {
-    /// Queues the batch (it holds records) and starts a fresh one.
+    /// Queues the batch (it holds records); the next buffer is taken at the next record.
     fn seal(&mut self, queue: &DestQueue) {
-        let fresh = queue.buffer(self.seal_bytes);
-        let data = std::mem::replace(&mut self.data, fresh);
+        let data = std::mem::take(&mut self.data);
         let lines = std::mem::take(&mut self.records);
         queue.push(Batch { data, lines });
+    }
+
+    /// A buffer to append to (taken from the queue's pool at the first record).
+    fn reserve(&mut self, queue: &DestQueue) {
+        if self.data.capacity() == 0 {
+            self.data = queue.buffer(self.seal_bytes);
+        }
     }
 
     /// Records were appended from byte `before` on: seal the batch before them when they
@@ -113,6 +123,7 @@ impl Open {
     /// A whole packet from a packet encoder: a batch of its own.
     fn packet(&mut self, packet: &[u8], records: u32, queue: &DestQueue) {
         debug_assert_eq!(self.records, 0, "packets are sealed as they come");
+        self.reserve(queue);
         self.data.extend_from_slice(packet);
         self.records = records;
         self.seal(queue);
@@ -137,16 +148,6 @@ impl Slot {
     }
 }
 
-/// The shard's side of every destination: append lines, seal batches, hand them to writers.
-#[derive(Debug)]
-pub struct Outputs {
-    slots: Vec<Slot>,
-    /// Headroom a reader needs before it reads again: one read's worth of lines.
-    headroom_bytes: usize,
-    /// Batch and queue bounds, for destinations added at run time.
-    cfg: Output,
-}
-
 /// The encoder a destination's format asks for.
 fn encoder_for(d: &Destination) -> Encoder {
     match &d.format {
@@ -158,49 +159,132 @@ fn encoder_for(d: &Destination) -> Encoder {
     }
 }
 
+/// What [`Outputs::apply`] did to a destination id, for the shard to follow with its
+/// writers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotChange {
+    /// A new occupant: it needs a writer.
+    Added(DestId),
+    /// Retired: its queue was closed; its writer drains it and stops.
+    Retired(DestId),
+    /// Listed again while draining: its queue is open again; it needs a writer if the
+    /// old one has stopped.
+    Revived(DestId),
+    /// Freed: its counters went into the reclaimed totals and its slot is gone.
+    Reclaimed(DestId),
+}
+
+/// The shard's side of every destination: append lines, seal batches, hand them to writers.
+#[derive(Debug)]
+pub struct Outputs {
+    /// By [`DestId`]; `None` for a free id.
+    slots: Vec<Option<Slot>>,
+    /// The counters of every reclaimed destination, summed: what they did stays counted
+    /// after their slots are gone.
+    reclaimed: DestinationCounters,
+    /// Headroom a reader needs before it reads again: one read's worth of lines.
+    headroom_bytes: usize,
+    /// Batch and queue bounds, for destinations added at run time.
+    cfg: Output,
+}
+
 impl Outputs {
     /// Queues for every destination of the table, bounded by `cfg.queue_bytes_max` each.
     pub fn new(table: &DestinationTable, cfg: &Output, headroom_bytes: usize) -> Outputs {
         let mut out = Outputs {
-            slots: Vec::with_capacity(table.destinations.len()),
+            slots: Vec::with_capacity(table.len()),
+            reclaimed: DestinationCounters::default(),
             headroom_bytes,
             cfg: cfg.clone(),
         };
-        out.extend(table);
+        out.apply(table);
         out
     }
 
-    /// Adds a slot (batch and queue) for each destination `table` has beyond ours: the
-    /// table only ever grows, so existing queues are untouched.
-    pub fn extend(&mut self, table: &DestinationTable) {
-        for d in &table.destinations[self.slots.len().min(table.destinations.len())..] {
-            let udp = matches!(&d.kind, DestinationKind::Net(m) if m.transport == Transport::Udp);
-            let seal_bytes = if udp {
-                self.cfg.udp_datagram_bytes_max
-            } else {
-                self.cfg.flush_bytes
-            };
-            self.slots.push(Slot {
-                encoder: encoder_for(d),
-                open: Open {
-                    data: Vec::with_capacity(seal_bytes),
-                    records: 0,
-                    seal_bytes,
-                },
-                queue: Rc::new(DestQueue::new(self.cfg.queue_bytes_max)),
-                udp,
-            });
+    fn slot(&self, d: &Destination) -> Slot {
+        let udp = matches!(&d.kind, DestinationKind::Net(m) if m.transport == Transport::Udp);
+        let seal_bytes = if udp {
+            self.cfg.udp_datagram_bytes_max
+        } else {
+            self.cfg.flush_bytes
+        };
+        Slot {
+            serial: d.serial,
+            encoder: encoder_for(d),
+            open: Open {
+                data: Vec::new(),
+                records: 0,
+                seal_bytes,
+            },
+            queue: Rc::new(DestQueue::new(self.cfg.queue_bytes_max)),
+            udp,
         }
     }
 
     /// Health says destination `d` is down (or up again): a UDP member's writer holds
     /// its batches while it is down (a TCP writer finds out by itself).
     pub fn set_down(&mut self, d: DestId, down: bool) {
-        if let Some(s) = self.slots.get(d.index()) {
+        if let Some(Some(s)) = self.slots.get(d.index()) {
             if s.udp {
                 s.queue.set_held(down);
             }
         }
+    }
+
+    /// Follows the table: a slot for each new occupant, retired ones closed, revived
+    /// ones reopened, freed ones dropped with their counters kept in the reclaimed
+    /// totals. Returns what changed, in id order.
+    pub fn apply(&mut self, table: &DestinationTable) -> Vec<SlotChange> {
+        let mut changes = Vec::new();
+        if self.slots.len() < table.len() {
+            self.slots.resize_with(table.len(), || None);
+        }
+        for i in 0..table.len() {
+            let d = DestId(i as u16);
+            let want = table.get(d);
+            let stale = match (&self.slots[i], want) {
+                (Some(s), Some(w)) => s.serial != w.serial,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if stale {
+                self.reclaim(d);
+                changes.push(SlotChange::Reclaimed(d));
+            }
+            let Some(w) = want else { continue };
+            if self.slots[i].is_none() {
+                self.slots[i] = Some(self.slot(w));
+                changes.push(SlotChange::Added(d));
+            }
+            let slot = self.slots[i].as_mut().expect("filled above");
+            match (table.states[i], slot.queue.is_closed()) {
+                (DestState::Live, true) => {
+                    slot.queue.reopen();
+                    changes.push(SlotChange::Revived(d));
+                }
+                (DestState::Retired { .. }, false) => {
+                    self.retire(d);
+                    changes.push(SlotChange::Retired(d));
+                }
+                _ => {}
+            }
+        }
+        changes
+    }
+
+    /// Drops a freed destination's slot, keeping its counters in the reclaimed totals.
+    /// Only drained destinations are freed; anything still queued is counted as lost at
+    /// shutdown (it cannot happen while the control thread frees only drained ones).
+    fn reclaim(&mut self, d: DestId) {
+        let Some(slot) = self.slots[d.index()].take() else {
+            return;
+        };
+        debug_assert!(slot.open.records == 0 && slot.queue.bytes() == 0);
+        slot.queue.discard_at_shutdown();
+        let mut c = slot.queue.counters();
+        c.queued_lines += u64::from(slot.open.records);
+        c.dropped_lines_shutdown += u64::from(slot.open.records);
+        self.reclaimed.add(&c);
     }
 
     /// A destination went down and its cluster routes around it: its open batch is
@@ -210,13 +294,17 @@ impl Outputs {
         if targets.is_empty() {
             return 0;
         }
-        let slot = &mut self.slots[d.index()];
+        let Some(slot) = self.slots[d.index()].as_mut() else {
+            return 0;
+        };
         slot.seal_all();
         let batches = slot.queue.take_all();
         let mut moved = 0;
         for (i, b) in batches.into_iter().enumerate() {
             moved += u64::from(b.lines);
-            self.slots[targets[i % targets.len()].index()].queue.push(b);
+            if let Some(t) = self.slots[targets[i % targets.len()].index()].as_ref() {
+                t.queue.push(b);
+            }
         }
         moved
     }
@@ -227,12 +315,12 @@ impl Outputs {
         self.headroom_bytes = headroom_bytes;
     }
 
-    /// Number of destinations (retired ones included).
+    /// Number of destination ids (retired and free ones included).
     pub fn len(&self) -> usize {
         self.slots.len()
     }
 
-    /// True with no destinations.
+    /// True with no destination ids.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
@@ -241,7 +329,9 @@ impl Outputs {
     /// its writer delivers what is queued and stops. The router no longer sends to it.
     /// Retiring a retired destination does nothing.
     pub fn retire(&mut self, d: DestId) {
-        let slot = &mut self.slots[d.index()];
+        let Some(slot) = self.slots[d.index()].as_mut() else {
+            return;
+        };
         if slot.queue.is_closed() {
             return;
         }
@@ -249,9 +339,9 @@ impl Outputs {
         slot.queue.close();
     }
 
-    /// The queue of a destination (for its writer).
-    pub fn queue(&self, d: DestId) -> Rc<DestQueue> {
-        self.slots[d.index()].queue.clone()
+    /// The queue of a destination (for its writer); `None` for a free id.
+    pub fn queue(&self, d: DestId) -> Option<Rc<DestQueue>> {
+        self.slots[d.index()].as_ref().map(|s| s.queue.clone())
     }
 
     /// Encodes a point under `name` into destination `d`'s open batch (`as_received`:
@@ -260,14 +350,20 @@ impl Outputs {
     /// destination's format cannot carry is counted.
     #[inline]
     pub fn append(&mut self, d: DestId, p: &Point<'_>, name: &[u8], as_received: bool) {
-        let Slot {
+        // The router names only live destinations, and a live id has a slot.
+        let Some(Slot {
             encoder,
             open,
             queue,
             ..
-        } = &mut self.slots[d.index()];
+        }) = self.slots[d.index()].as_mut()
+        else {
+            debug_assert!(false, "append to free destination {d:?}");
+            return;
+        };
         let done = match encoder {
             Encoder::Plaintext(t) => {
+                open.reserve(queue);
                 let before = open.data.len();
                 t.encode(p, name, as_received, &mut open.data).map(|n| {
                     if n > 0 {
@@ -286,41 +382,51 @@ impl Outputs {
 
     /// Seals every partly filled batch (the `flush_interval_ms` tick and shutdown).
     pub fn seal_all(&mut self) {
-        for slot in &mut self.slots {
+        for slot in self.slots.iter_mut().flatten() {
             slot.seal_all();
         }
     }
 
     /// True when a live destination's queue is too full to take another read's worth.
+    /// Retired destinations (closed queues) take no more lines, so they never stall.
     pub fn congested(&self) -> bool {
-        self.slots
-            .iter()
-            .any(|s| s.queue.congested(self.headroom_bytes + s.open.data.len()))
+        self.slots.iter().flatten().any(|s| {
+            !s.queue.is_closed() && s.queue.congested(self.headroom_bytes + s.open.data.len())
+        })
     }
 
     /// A reader waited `stall_ms_max` and the queues are still full: the congested ones
     /// stop stalling readers until they drain (their overflow is dropped and counted).
     pub fn spend_stalls(&self) {
-        for s in &self.slots {
+        for s in self.slots.iter().flatten() {
             if s.queue.congested(self.headroom_bytes + s.open.data.len()) {
                 s.queue.spend_stall();
             }
         }
     }
 
-    /// Every queue, in destination order.
+    /// Every queue, in destination order (free ids have none).
     pub fn queues(&self) -> impl Iterator<Item = &Rc<DestQueue>> {
-        self.slots.iter().map(|s| &s.queue)
+        self.slots.iter().flatten().map(|s| &s.queue)
     }
 
-    /// Destination `d`'s counters: its queue's, with its encoder's.
-    pub fn counters(&self, d: usize) -> DestinationCounters {
-        let s = &self.slots[d];
-        let mut c = s.queue.counters();
-        if let Encoder::Plaintext(t) = &s.encoder {
-            c.store_rates_series_full = t.series_full();
+    /// Each destination's counters by id (zeroes for a free id), into `out`.
+    pub fn counters_into(&self, out: &mut Vec<DestinationCounters>) {
+        out.resize(self.slots.len(), DestinationCounters::default());
+        for (o, s) in out.iter_mut().zip(&self.slots) {
+            *o = s.as_ref().map_or_else(DestinationCounters::default, |s| {
+                let mut c = s.queue.counters();
+                if let Encoder::Plaintext(t) = &s.encoder {
+                    c.store_rates_series_full = t.series_full();
+                }
+                c
+            });
         }
-        c
+    }
+
+    /// The counters of every reclaimed destination, summed.
+    pub fn reclaimed(&self) -> &DestinationCounters {
+        &self.reclaimed
     }
 }
 
@@ -364,7 +470,7 @@ mod tests {
             out.append(DestId(0), &p, p.name, true);
         }
         // 40 lines of 19 bytes = 760 > 512: one batch sealed at the line that would overflow.
-        let q = out.queue(DestId(0));
+        let q = out.queue(DestId(0)).unwrap();
         let b = q.pop().unwrap();
         assert!(b.data.len() <= 512 && b.data.ends_with(b"\n"));
         assert_eq!(b.data.len(), b.lines as usize * 19);

@@ -183,6 +183,12 @@ impl DestQueue {
         }
     }
 
+    /// Takes batches again after [`close`](Self::close) (a retired destination listed
+    /// again before it was reclaimed).
+    pub fn reopen(&self) {
+        self.closed.set(false);
+    }
+
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
         self.closed.get()

@@ -239,7 +239,15 @@ fn decode_statsd<'b>(
         End::Stream => {
             if !*skipping && !rest.is_empty() {
                 counts.received_lines += 1;
-                counts.rejected_lines[Reject::Unterminated as usize] += 1;
+                // Too long before unterminated, as when the stream is read in pieces (a
+                // piece holding more than the bound is refused as too long at once): the
+                // reason must not depend on where reads split (fuzz target decode_statsd).
+                let reason = if rest.len() > line_bytes_max {
+                    Reject::LineTooLong
+                } else {
+                    Reject::Unterminated
+                };
+                counts.rejected_lines[reason as usize] += 1;
             }
             *skipping = false;
             buf.len()
@@ -721,6 +729,51 @@ mod tests {
         for (i, line) in out.iter().enumerate() {
             let want = format!("{host}/p/gauge-{}|{host}|value|{}", tis[i], i / 16 + 1);
             assert_eq!(line, &want);
+        }
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    /// Found by the fuzz target decode_statsd: a stream ending in a line longer than the
+    /// bound was "unterminated" read whole and "too long" read in two pieces.
+    #[test]
+    fn an_overlong_unterminated_tail_is_too_long_wherever_the_stream_splits() {
+        let body: &[u8] = b"\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc@w:\x00\xc5\xcf\x00\x83c";
+        for d in [Decoder::Statsd, Decoder::Graphite] {
+            let mut reasons = Vec::new();
+            for cut in [0, 10, body.len()] {
+                let mut counts = DecodeCounts::default();
+                let mut skipping = false;
+                let mut pending = body[..cut].to_vec();
+                let used = d.decode(
+                    &pending,
+                    End::More,
+                    20,
+                    &mut skipping,
+                    &mut counts,
+                    &mut |_| {},
+                );
+                pending.drain(..used);
+                pending.extend_from_slice(&body[cut..]);
+                d.decode(
+                    &pending,
+                    End::Stream,
+                    20,
+                    &mut skipping,
+                    &mut counts,
+                    &mut |_| {},
+                );
+                assert_eq!(counts.received_lines, 1, "{d:?} cut {cut}");
+                reasons.push(counts.rejected_lines);
+            }
+            assert!(
+                reasons.iter().all(|r| *r == reasons[0]),
+                "{d:?}: {reasons:?}"
+            );
+            assert_eq!(reasons[0][Reject::LineTooLong as usize], 1, "{d:?}");
         }
     }
 }

@@ -47,9 +47,8 @@ fn parse_normal(line: &[u8]) -> Option<Line<'_>> {
     let sp1 = line[..sp2].iter().rposition(|&b| b == b' ')?;
     let (name, value, timestamp) = (&line[..sp1], &line[sp1 + 1..sp2], &line[sp2 + 1..]);
     let ok = !name.is_empty()
-        && name[0] != b';'
         && ascii_name(name)
-        && !only_dots(name)
+        && !no_path(name)
         && is_plain_number(value)
         && is_plain_number(timestamp)
         && timestamp[0] != b'-';
@@ -60,10 +59,16 @@ fn parse_normal(line: &[u8]) -> Option<Line<'_>> {
     })
 }
 
-/// `.`, `..`, ...: no path at all (carbon-c-relay would forward it as an empty name).
+/// No path at all: nothing but dots (`...`), or dots and then the tags (`;a=b`,
+/// `.;a=b`). carbon-c-relay's cleansing drops leading dots, so `.;a=b` would go out as
+/// `;a=b`, which is itself refused: such a name is refused whether or not the listener
+/// cleanses, one reason for one shape.
 #[inline]
-fn only_dots(name: &[u8]) -> bool {
-    name.iter().all(|&b| b == b'.')
+fn no_path(name: &[u8]) -> bool {
+    match name.iter().position(|&b| b != b'.') {
+        None => true,
+        Some(i) => name[i] == b';',
+    }
 }
 
 /// Every byte printable ASCII and not a blank. Branch-free so it vectorises.
@@ -101,7 +106,7 @@ fn parse_general(line: &[u8]) -> Result<Line<'_>, Reject> {
     if next_field(line, &mut at).is_some() {
         return Err(Reject::TooManyFields);
     }
-    if !valid_name(name) || name[0] == b';' || only_dots(name) {
+    if !valid_name(name) || no_path(name) {
         return Err(Reject::BadName);
     }
     if !is_number(value) {
@@ -253,6 +258,11 @@ mod tests {
         check("a\u{1}b 1 2", Err(Reject::BadName));
         check(";x=1 1 2", Err(Reject::BadName));
         check("... 1 2", Err(Reject::BadName));
+        // Cleansing would leave no path: refused as `;x=1` is.
+        check(".;a=b 1 2", Err(Reject::BadName));
+        check("..;a=b 1 2", Err(Reject::BadName));
+        check(" .;a=b  1 2", Err(Reject::BadName));
+        check(".a;b=c 1 2", Ok((".a;b=c", "1", "2")));
         assert_eq!(parse(b"\xff\xfe 1 2"), Err(Reject::BadName));
         check("a.b 1e3 1.7e9", Ok(("a.b", "1e3", "1.7e9")));
         check("a.b .5 5.", Ok(("a.b", ".5", "5.")));

@@ -228,6 +228,10 @@ mod tests {
         assert_eq!(ok("1|c|@+1"), Err(Reject::BadSampleRate));
         assert_eq!(ok("1|c|T1700000000"), Err(Reject::BadSampleRate));
         assert_eq!(ok("1|c|c"), Err(Reject::BadSampleRate));
+        // The shapes issue 14's hostile test sent, as Etsy's grammar reads them.
+        assert_eq!(ok("++1|g"), Err(Reject::BadValue));
+        assert_eq!(ok("1|c|@0.5|@0.5"), Ok((Value::Counter(1.0), 0.5)));
+        assert!(ok("1|c|T").is_err() && ok("1|c|Tanything").is_err());
         assert_eq!(
             ok("+3|g"),
             Ok((

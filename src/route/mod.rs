@@ -19,7 +19,10 @@ use cache::FingerprintTable;
 use crate::config::{Action, ClusterKey, ClusterKind, Config, OnDown};
 use crate::point::Origin;
 use crate::protocol::graphite;
-pub use destination::{DestId, Destination, DestinationKind, DestinationTable};
+pub use destination::{
+    DestId, DestState, Destination, DestinationKind, DestinationTable, TooManyDestinations,
+    DESTINATION_IDS_MAX,
+};
 use rewrite::Rewrite;
 use ring::{CarbonRing, RingMember};
 use ring_coco::CocoRing;
@@ -35,6 +38,10 @@ crate::counter_set! {
         dropped_by_rule: counter,
         /// Metrics no route matched (dropped).
         unrouted: counter,
+        /// cadent's own counters routed as graphite lines (`[telemetry]`): with the
+        /// listeners' parsed lines and the aggregators' flushed ones, what routing was
+        /// handed.
+        self_metric_lines: counter,
     }
 }
 
@@ -712,11 +719,24 @@ impl Router {
     /// Marks a destination up or down. Decisions depend on it, so a change empties the
     /// route cache (it refills from the next lines).
     pub fn set_alive(&mut self, d: DestId, up: bool) {
-        if self.alive.len() <= d.index() {
-            self.alive.resize(d.index() + 1, true);
+        self.set_alive_many(&[(d, up)]);
+    }
+
+    /// Marks several destinations up or down at once (a round of health checks): the
+    /// cache is emptied and live rings rebuilt once, not once per destination, so a
+    /// thousand members going down together costs one rebuild.
+    pub fn set_alive_many(&mut self, changes: &[(DestId, bool)]) {
+        let mut changed = false;
+        for &(d, up) in changes {
+            if self.alive.len() <= d.index() {
+                self.alive.resize(d.index() + 1, true);
+            }
+            if self.alive[d.index()] != up {
+                self.alive[d.index()] = up;
+                changed = true;
+            }
         }
-        if self.alive[d.index()] != up {
-            self.alive[d.index()] = up;
+        if changed {
             self.cache.by_name.clear();
             for c in &mut self.clusters {
                 c.rebuild_live_ring(&self.alive);

@@ -13,10 +13,11 @@ pub mod aggregate;
 pub mod mesh;
 pub mod pipeline;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,10 +27,10 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::{Config, ListenUrl, Listener, Transport};
 use crate::ingest::{self, bind, ReadOptions, StreamListener};
-use crate::output::{self, writer::WriterOptions, Outputs};
+use crate::output::{self, writer::WriterOptions, Outputs, SlotChange};
 use crate::point::Origin;
 use crate::protocol::decode::{CollectdDecoder, Decoder};
-use crate::route::{DestId, Destination, DestinationKind, DestinationTable, Router};
+use crate::route::{DestId, DestState, Destination, DestinationKind, DestinationTable, Router};
 use crate::telemetry::{Registry, ShardCounters};
 use aggregate::{AggStage, AggState, FlushProgress};
 use mesh::ShardMesh;
@@ -76,8 +77,6 @@ pub type PrepareAck = (usize, u64, Result<(), String>);
 /// A message from the control thread to a shard.
 #[derive(Debug)]
 pub enum ControlMsg {
-    /// Stop accepting, flush, exit.
-    Shutdown,
     /// Get ready to route by a new topology, and answer on `ack`.
     Prepare {
         /// The topology.
@@ -97,12 +96,10 @@ pub enum ControlMsg {
         /// The prepared topology's epoch.
         epoch: u64,
     },
-    /// A destination went up or down (health checks); routing follows.
+    /// Destinations went up or down (one round of health checks); routing follows.
     Health {
-        /// The destination.
-        dest: DestId,
-        /// Up (true) or down.
-        up: bool,
+        /// (destination, the serial of its occupant when judged, up).
+        changes: Vec<(DestId, u64, bool)>,
     },
     /// The statsd management console asks statsd aggregator `aggregator`.
     StatsdQuery {
@@ -139,6 +136,8 @@ pub struct ShardHandle {
     /// Shard number.
     pub id: usize,
     inbox: Arc<ArrayQueue<ControlMsg>>,
+    /// Set to stop the shard: a flag, not a message, so a full inbox cannot lose it.
+    stop: Arc<AtomicBool>,
     join: glommio::ExecutorJoinHandle<()>,
 }
 
@@ -167,6 +166,12 @@ impl ShardHandle {
     /// Sends a message; the shard sees it on its next tick. False when the inbox is full.
     pub fn send(&self, msg: ControlMsg) -> bool {
         self.inbox.push(msg).is_ok()
+    }
+
+    /// Asks the shard to stop accepting, flush within `shutdown_timeout_ms` and exit; it
+    /// sees this on its next tick whatever its inbox holds.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
     }
 
     /// Waits for the shard's thread to end.
@@ -215,8 +220,13 @@ pub fn probe_listener(l: &Listener) -> std::io::Result<Option<SocketAddr>> {
 }
 
 /// Starts `shards` empty shards (they run nothing until the first topology is
-/// committed). `config` gives the process-wide settings (`[server]`, `[output]`).
-pub fn spawn(config: Arc<Config>, registry: Arc<Registry>) -> anyhow::Result<Vec<ShardHandle>> {
+/// committed). `config` gives the process-wide settings (`[server]`, `[output]`);
+/// `stream_fds_max` bounds each shard's open stream connections (see [`ingest::fds`]).
+pub fn spawn(
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+    stream_fds_max: usize,
+) -> anyhow::Result<Vec<ShardHandle>> {
     let shards = shard_count(&config);
     let cpus = available_cpus();
     let meshes = mesh::links(
@@ -227,16 +237,27 @@ pub fn spawn(config: Arc<Config>, registry: Arc<Registry>) -> anyhow::Result<Vec
     let mut handles = Vec::with_capacity(shards);
     for (id, mesh) in meshes.into_iter().enumerate() {
         let inbox = Arc::new(ArrayQueue::new(INBOX_MESSAGES_MAX));
-        let (cfg, registry, inbox2) = (config.clone(), registry.clone(), inbox.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (cfg, registry, inbox2, stop2) = (
+            config.clone(),
+            registry.clone(),
+            inbox.clone(),
+            stop.clone(),
+        );
         let cpu = cpus[id % cpus.len()];
         let join = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{id}"))
             .io_memory(config.server.io_memory_bytes)
             .spawn(move || async move {
-                run(id, cfg, mesh, registry, inbox2).await;
+                run(id, cfg, mesh, registry, inbox2, stop2, stream_fds_max).await;
             })
             .map_err(|e| anyhow::anyhow!("cannot start shard {id} on cpu {cpu}: {e}"))?;
-        handles.push(ShardHandle { id, inbox, join });
+        handles.push(ShardHandle {
+            id,
+            inbox,
+            stop,
+            join,
+        });
     }
     Ok(handles)
 }
@@ -263,7 +284,8 @@ struct Shard {
     id: usize,
     topology: Topology,
     listeners: HashMap<usize, RunningListener>,
-    writers: Vec<glommio::task::JoinHandle<()>>,
+    /// By destination id: its writer task (none for a free id).
+    writers: Vec<Option<WriterTask>>,
     aggregator_tasks: HashMap<u16, glommio::task::JoinHandle<()>>,
     prepared: Option<Prepared>,
     opts: WriterOptions,
@@ -280,6 +302,8 @@ async fn run(
     mesh: ShardMesh,
     registry: Arc<Registry>,
     inbox: Arc<ArrayQueue<ControlMsg>>,
+    stop: Arc<AtomicBool>,
+    stream_fds_max: usize,
 ) {
     let shards = mesh.shards();
     let empty = Topology::empty(cfg.clone());
@@ -293,6 +317,7 @@ async fn run(
         mesh,
         counters,
     )));
+    core.borrow_mut().stream_fds_max = stream_fds_max;
     let mut shard = Shard {
         id,
         topology: empty,
@@ -338,14 +363,15 @@ async fn run(
         glommio::timer::sleep(tick).await;
         since_stats += tick;
         if since_stats >= stats_every {
-            publish(id, &core, &registry, false);
+            shard.publish(&core, &registry, false);
             since_stats = Duration::ZERO;
         }
-        let mut shutdown = false;
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
         while let Some(msg) = inbox.pop() {
             match msg {
-                ControlMsg::Shutdown => shutdown = true,
-                ControlMsg::Health { dest, up } => health(id, &core, dest, up),
+                ControlMsg::Health { changes } => shard.health(&core, &changes),
                 ControlMsg::Prepare { topology, ack } => {
                     let epoch = topology.epoch;
                     let result = shard.prepare(*topology, &core);
@@ -354,6 +380,9 @@ async fn run(
                 ControlMsg::Commit { epoch, ack } => {
                     let result = shard.commit(epoch, &core);
                     let _ = ack.send((id, epoch, result));
+                    // Counters and drained ids by the new topology at once: the control
+                    // thread names destinations by it as soon as every shard committed.
+                    shard.publish(&core, &registry, false);
                 }
                 ControlMsg::Abort { epoch } => {
                     if shard.prepared.as_ref().map(|p| p.topology.epoch) == Some(epoch) {
@@ -383,9 +412,6 @@ async fn run(
                     core.borrow_mut().route_lines(origin, &lines);
                 }
             }
-        }
-        if shutdown {
-            break;
         }
     }
 
@@ -419,8 +445,8 @@ async fn run(
     let writers = std::mem::take(&mut shard.writers);
     let drained = future::or(
         async {
-            for w in writers {
-                w.await;
+            for w in writers.into_iter().flatten() {
+                w.join.await;
             }
             true
         },
@@ -446,7 +472,7 @@ async fn run(
             q.discard_at_shutdown();
         }
     }
-    publish(id, &core, &registry, true);
+    shard.publish(&core, &registry, true);
 }
 
 /// Sends the open mesh batches and applies every record that arrived.
@@ -460,6 +486,70 @@ fn drain_mesh(c: &mut Core) {
 }
 
 impl Shard {
+    /// Destinations went up or down: routing follows, and when one went down and its
+    /// clusters can take its lines anywhere (any_of, failover), its queue moves to them.
+    /// A change judged about an earlier occupant of an id is ignored.
+    fn health(&self, core: &Rc<RefCell<Core>>, changes: &[(DestId, u64, bool)]) {
+        let table = &self.topology.table;
+        let current: Vec<(DestId, bool)> = changes
+            .iter()
+            .filter(|&&(d, serial, _)| table.serial(d) == Some(serial))
+            .map(|&(d, _, up)| (d, up))
+            .collect();
+        let mut c = core.borrow_mut();
+        c.router.set_alive_many(&current);
+        for &(dest, up) in &current {
+            // A UDP writer cannot tell a dead member by itself: it holds while health
+            // says down.
+            c.outputs.set_down(dest, !up);
+            if up {
+                continue;
+            }
+            if let Some(targets) = c.router.offload_targets(dest) {
+                let moved = c.outputs.offload(dest, &targets);
+                if moved > 0 {
+                    tracing::info!(
+                        shard = self.id,
+                        destination = dest.index(),
+                        lines = moved,
+                        "moved the queue of a down destination to live members"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Publishes the shard's counters, with its epoch and the retired destinations it
+    /// has drained (their queues closed and empty, their writers stopped).
+    fn publish(&self, core: &Rc<RefCell<Core>>, registry: &Registry, force: bool) {
+        let mut c = core.borrow_mut();
+        c.aggs.refresh_gauges();
+        let Core {
+            outputs,
+            counters,
+            aggs,
+            mesh,
+            ..
+        } = &mut *c;
+        outputs.counters_into(&mut counters.destinations);
+        counters.reclaimed.clone_from(outputs.reclaimed());
+        counters.epoch = self.topology.epoch;
+        let table = &self.topology.table;
+        counters.drained.clear();
+        counters.drained.extend((0..table.len()).map(|d| {
+            matches!(table.states[d], DestState::Retired { .. })
+                && self
+                    .writers
+                    .get(d)
+                    .is_some_and(|w| w.as_ref().is_none_or(|w| w.done.get()))
+        }));
+        for (slot, a) in counters.aggregators.iter_mut().zip(&aggs.aggs) {
+            slot.clone_from(&a.counters);
+        }
+        counters.mesh = mesh.counters.clone();
+        registry.publish(self.id, counters, force);
+    }
+
     /// Builds what `topo` needs that can fail; keeps it until commit or abort.
     fn prepare(&mut self, topo: Topology, core: &Rc<RefCell<Core>>) -> Result<(), String> {
         if self.fail_prepare && self.topology.epoch > 0 {
@@ -467,9 +557,20 @@ impl Shard {
         }
         let cfg = &topo.config;
         let mut router = Router::new(cfg, &topo.table, &topo.listener_ids);
-        for (d, &up) in core.borrow().router.alive().iter().enumerate() {
-            router.set_alive(DestId(d as u16), up);
-        }
+        // Health carries over for the same occupant of an id, never to a new one.
+        let carried: Vec<(DestId, bool)> = core
+            .borrow()
+            .router
+            .alive()
+            .iter()
+            .enumerate()
+            .map(|(d, &up)| (DestId(d as u16), up))
+            .filter(|&(d, _)| {
+                topo.table.serial(d).is_some()
+                    && topo.table.serial(d) == self.topology.table.serial(d)
+            })
+            .collect();
+        router.set_alive_many(&carried);
         let mut listeners = Vec::new();
         for (i, l) in cfg.listeners.iter().enumerate() {
             let id = topo.listener_ids[i];
@@ -619,21 +720,31 @@ impl Shard {
             drop(self.aggregator_tasks.remove(&task));
         }
         c.router = router;
-        // Destinations: new ones get queues and writers, removed ones retire.
-        let before = c.outputs.len();
-        c.outputs.extend(&topology.table);
-        for d in before..topology.table.destinations.len() {
-            let q = c.outputs.queue(DestId(d as u16));
-            self.writers.push(spawn_writer(
-                self.id,
-                &topology.table.destinations[d],
-                q,
-                self.opts,
-            ));
+        // Destinations: new ones get queues and writers, removed ones retire, listed
+        // again ones reopen, drained ones the control thread freed are dropped.
+        if self.writers.len() < topology.table.len() {
+            self.writers.resize_with(topology.table.len(), || None);
         }
-        for (d, &retired) in topology.table.retired.iter().enumerate() {
-            if retired {
-                c.outputs.retire(DestId(d as u16));
+        for change in c.outputs.apply(&topology.table) {
+            match change {
+                SlotChange::Added(d) => {
+                    let q = c.outputs.queue(d).expect("added");
+                    let dest = topology.table.get(d).expect("added");
+                    self.writers[d.index()] = Some(spawn_writer(self.id, dest, q, self.opts));
+                }
+                SlotChange::Revived(d) => {
+                    // Its writer may still be draining (it goes on), or have stopped.
+                    if self.writers[d.index()]
+                        .as_ref()
+                        .is_none_or(|w| w.done.get())
+                    {
+                        let q = c.outputs.queue(d).expect("revived");
+                        let dest = topology.table.get(d).expect("revived");
+                        self.writers[d.index()] = Some(spawn_writer(self.id, dest, q, self.opts));
+                    }
+                }
+                SlotChange::Reclaimed(d) => self.writers[d.index()] = None,
+                SlotChange::Retired(_) => {}
             }
         }
         let headroom = cfg
@@ -648,7 +759,7 @@ impl Shard {
         counters.rules_matched.resize(rules, 0);
         counters
             .destinations
-            .resize(topology.table.destinations.len(), Default::default());
+            .resize(topology.table.len(), Default::default());
         counters
             .aggregators
             .resize(cfg.aggregates.len(), Default::default());
@@ -807,29 +918,6 @@ impl Drop for RunningListener {
     }
 }
 
-/// A destination went up or down: routing follows, and when it went down and its
-/// clusters can take its lines anywhere (any_of, failover), its queue moves to them.
-fn health(shard: usize, core: &Rc<RefCell<Core>>, dest: DestId, up: bool) {
-    let mut c = core.borrow_mut();
-    c.router.set_alive(dest, up);
-    // A UDP writer cannot tell a dead member by itself: it holds while health says down.
-    c.outputs.set_down(dest, !up);
-    if up {
-        return;
-    }
-    if let Some(targets) = c.router.offload_targets(dest) {
-        let moved = c.outputs.offload(dest, &targets);
-        if moved > 0 {
-            tracing::info!(
-                shard,
-                destination = dest.index(),
-                lines = moved,
-                "moved the queue of a down destination to live members"
-            );
-        }
-    }
-}
-
 /// Starts a listener on this shard from the socket prepared for it (tcp, udp), or binds
 /// its unix socket (shard 0 only). `None` when this shard has no part in it.
 fn start_listener(
@@ -866,24 +954,44 @@ fn start_listener(
     }))
 }
 
+/// A destination's writer on this shard.
+struct WriterTask {
+    join: glommio::task::JoinHandle<()>,
+    /// Set when the writer has stopped for good (its queue closed and drained).
+    done: Rc<Cell<bool>>,
+}
+
+/// Starts the writer of `dest`. It runs until its queue is closed and empty; if the
+/// queue was reopened meanwhile (the destination was listed again), it starts over.
 fn spawn_writer(
     shard: usize,
     dest: &Destination,
     q: Rc<output::DestQueue>,
     opts: WriterOptions,
-) -> glommio::task::JoinHandle<()> {
+) -> WriterTask {
     let name = dest.name.clone();
-    match &dest.kind {
-        DestinationKind::Net(m) if m.transport == Transport::Tcp => {
-            glommio::spawn_local(output::writer::run_tcp(q, m.clone(), name, opts)).detach()
+    let kind = dest.kind.clone();
+    let done = Rc::new(Cell::new(false));
+    let done2 = done.clone();
+    let join = glommio::spawn_local(async move {
+        loop {
+            match &kind {
+                DestinationKind::Net(m) if m.transport == Transport::Tcp => {
+                    output::writer::run_tcp(q.clone(), m.clone(), name.clone(), opts).await
+                }
+                DestinationKind::Net(m) => {
+                    output::writer::run_udp(q.clone(), m.clone(), name.clone(), opts).await
+                }
+                DestinationKind::File(f) => output::file::run(q.clone(), f.clone(), shard).await,
+            }
+            if q.is_closed() {
+                break;
+            }
         }
-        DestinationKind::Net(m) => {
-            glommio::spawn_local(output::writer::run_udp(q, m.clone(), name, opts)).detach()
-        }
-        DestinationKind::File(f) => {
-            glommio::spawn_local(output::file::run(q, f.clone(), shard)).detach()
-        }
-    }
+        done2.set(true);
+    })
+    .detach();
+    WriterTask { join, done }
 }
 
 fn bind_unix(path: &std::path::Path) -> std::io::Result<glommio::net::UnixListener> {
@@ -908,29 +1016,4 @@ fn bind_unix(path: &std::path::Path) -> std::io::Result<glommio::net::UnixListen
         }
     }
     glommio::net::UnixListener::bind(path).map_err(std::io::Error::from)
-}
-
-fn publish(id: usize, core: &Rc<RefCell<Core>>, registry: &Registry, force: bool) {
-    let mut c = core.borrow_mut();
-    c.aggs.refresh_gauges();
-    let Core {
-        outputs,
-        counters,
-        aggs,
-        mesh,
-        ..
-    } = &mut *c;
-    for (d, slot) in counters
-        .destinations
-        .iter_mut()
-        .enumerate()
-        .take(outputs.len())
-    {
-        *slot = outputs.counters(d);
-    }
-    for (slot, a) in counters.aggregators.iter_mut().zip(&aggs.aggs) {
-        slot.clone_from(&a.counters);
-    }
-    counters.mesh = mesh.counters.clone();
-    registry.publish(id, counters, force);
 }

@@ -38,6 +38,12 @@ pub struct Core {
     pub counters: ShardCounters,
     /// Set at shutdown: readers stop after the buffer in hand.
     pub draining: bool,
+    /// Stream connections this shard may hold open over all its listeners: its share of
+    /// the process's file descriptors once the control plane's and writers' are set
+    /// aside (`server.reserved_fds`).
+    pub stream_fds_max: usize,
+    /// Stream connections open now.
+    pub stream_fds_open: usize,
     /// By listener id: how its bytes are read.
     inputs: Vec<Option<Input>>,
     /// Where a name that needs cleansing is rewritten for output.
@@ -83,6 +89,8 @@ impl Core {
             mesh,
             counters,
             draining: false,
+            stream_fds_max: usize::MAX,
+            stream_fds_open: 0,
             inputs: Vec::new(),
             cleansed: Vec::with_capacity(256),
             counts: DecodeCounts::default(),
@@ -286,6 +294,9 @@ impl Core {
             let Some(p) = trusted_line(line) else {
                 continue;
             };
+            if origin == Origin::Telemetry {
+                ctx.counters.routing.self_metric_lines += 1;
+            }
             let fp = ctx
                 .router
                 .fingerprint(p.name, p.key, NameForm::Plain, origin);
@@ -489,7 +500,7 @@ mod tests {
         // At the end of a stream the same kind of unterminated line is refused.
         core.process(0, b"ok.d 3 19", &mut skipping, End::Stream);
         core.outputs.seal_all();
-        let b = core.outputs.queue(DestId(0)).pop().unwrap();
+        let b = core.outputs.queue(DestId(0)).unwrap().pop().unwrap();
         assert_eq!(b.data, b"ok.a 1 17\nok._x_ 5 17\nok.c 2 18\n");
         let c = &core.counters;
         let l = &c.listeners[0];
@@ -562,7 +573,7 @@ mod tests {
     /// Every identifier in the collectd packets queued for `d`, and the packet count.
     fn identifiers_sent(core: &Core, d: DestId, max_bytes: usize) -> (Vec<String>, usize) {
         use crate::protocol::collectd::{self as cd, Record};
-        let q = core.outputs.queue(d);
+        let q = core.outputs.queue(d).expect("destination is live");
         let mut out = Vec::new();
         let mut packets = 0;
         while let Some(mut b) = q.pop() {
@@ -685,7 +696,7 @@ mod tests {
             core.process_datagram(0, &mut p.clone());
         }
         core.outputs.seal_all();
-        let b = core.outputs.queue(DestId(0)).pop().unwrap();
+        let b = core.outputs.queue(DestId(0)).unwrap().pop().unwrap();
         let text = String::from_utf8(b.data).unwrap();
         assert_eq!(b.lines, 6);
         assert!(

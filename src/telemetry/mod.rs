@@ -31,8 +31,16 @@ pub struct ShardCounters {
     pub rules_matched: Vec<u64>,
     /// Routing outcomes.
     pub routing: RouteCounters,
-    /// By destination id.
+    /// By destination id (zeroes for a free id).
     pub destinations: Vec<DestinationCounters>,
+    /// Every reclaimed destination's counters, summed (shown as destination
+    /// [`RECLAIMED`]): what removed destinations did stays counted.
+    pub reclaimed: DestinationCounters,
+    /// The topology epoch the shard routes by (not summed).
+    pub epoch: u64,
+    /// By destination id: retired in the shard's topology, its queue closed and empty
+    /// and its writer stopped, so the control thread may free the id (not summed).
+    pub drained: Vec<bool>,
     /// By aggregator index.
     pub aggregators: Vec<AggregatorCounters>,
     /// Cross-shard traffic.
@@ -52,6 +60,9 @@ impl ShardCounters {
             rules_matched: vec![0; rules],
             routing: RouteCounters::default(),
             destinations: vec![DestinationCounters::default(); destinations],
+            reclaimed: DestinationCounters::default(),
+            epoch: 0,
+            drained: Vec::new(),
             aggregators: vec![AggregatorCounters::default(); aggregators],
             mesh: MeshCounters::default(),
         }
@@ -79,6 +90,7 @@ impl ShardCounters {
         }
         self.routing.add(&o.routing);
         set::add_all(&mut self.destinations, &o.destinations);
+        self.reclaimed.add(&o.reclaimed);
         set::add_all(&mut self.aggregators, &o.aggregators);
         self.mesh.add(&o.mesh);
     }
@@ -93,8 +105,8 @@ pub struct Labels {
     pub collectd_listeners: Vec<bool>,
     /// Route names, by rule index.
     pub rules: Vec<String>,
-    /// Destination names, by id.
-    pub destinations: Vec<String>,
+    /// Destination names, by id; `None` for a free id (nothing is rendered for it).
+    pub destinations: Vec<Option<String>>,
     /// Aggregator names, by index.
     pub aggregators: Vec<String>,
 }
@@ -237,13 +249,14 @@ impl Registry {
             }
         }
         shard_families(&mut out, "", &shards, |c| &c.routing);
+        let (names, per_shard) = destination_items(&labels, &shards);
         item_families(
             &mut out,
             "destination_",
             "destination",
-            &labels.destinations,
-            &shards,
-            |c| &c.destinations,
+            &names,
+            &per_shard,
+            |c| c.as_slice(),
         );
         item_families(
             &mut out,
@@ -293,7 +306,8 @@ impl Registry {
             line(&["routes", name, "matched"], *n);
         }
         total.routing.each(|f, v| line(&["routing", f.name], v));
-        for (name, d) in labels.destinations.iter().zip(&total.destinations) {
+        let (names, items) = destination_items(&labels, std::slice::from_ref(&total));
+        for (name, d) in names.iter().zip(&items[0]) {
             d.each(|f, v| line(&["destinations", name, f.name], v));
         }
         for (name, a) in labels.aggregators.iter().zip(&total.aggregators) {
@@ -335,12 +349,13 @@ fn summary_json(labels: &Labels, c: &ShardCounters) -> Value {
                 .collect(),
         )
     };
-    let dests: Vec<_> = c.destinations.iter().map(|d| d.to_json()).collect();
+    let (dest_names, dest_items) = destination_items(labels, std::slice::from_ref(c));
+    let dests: Vec<_> = dest_items[0].iter().map(|d| d.to_json()).collect();
     let aggs: Vec<_> = c.aggregators.iter().map(|a| a.to_json()).collect();
     let mut v = Map::new();
     v.insert("listeners".into(), Value::Object(listeners));
     v.insert("routes".into(), Value::Object(routes));
-    v.insert("destinations".into(), items(&labels.destinations, &dests));
+    v.insert("destinations".into(), items(&dest_names, &dests));
     v.insert("aggregators".into(), items(&labels.aggregators, &aggs));
     for (k, x) in c.routing.to_json() {
         v.insert(k, x);
@@ -427,6 +442,36 @@ fn collectd_json(c: &CollectdStats) -> Value {
     Value::Object(m)
 }
 
+/// The name under which the summed counters of reclaimed destinations are shown (no
+/// destination name can take it: those start with `tcp://`, `udp://` or `file:`).
+pub const RECLAIMED: &str = "reclaimed";
+
+/// The destinations to render, by shard: every occupied id with its name, then
+/// [`RECLAIMED`]; free ids are left out.
+fn destination_items(
+    labels: &Labels,
+    shards: &[ShardCounters],
+) -> (Vec<String>, Vec<Vec<DestinationCounters>>) {
+    let ids: Vec<(usize, &String)> = labels
+        .destinations
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| n.as_ref().map(|n| (i, n)))
+        .collect();
+    let mut names: Vec<String> = ids.iter().map(|(_, n)| (*n).clone()).collect();
+    names.push(RECLAIMED.into());
+    let items = shards
+        .iter()
+        .map(|c| {
+            ids.iter()
+                .map(|&(i, _)| c.destinations.get(i).cloned().unwrap_or_default())
+                .chain(std::iter::once(c.reclaimed.clone()))
+                .collect()
+        })
+        .collect();
+    (names, items)
+}
+
 fn header(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# HELP cadent_{name} {help}");
     let _ = writeln!(out, "# TYPE cadent_{name} {kind}");
@@ -437,13 +482,13 @@ fn help_text(help: &str) -> String {
 }
 
 /// One family per field of `T`: `cadent_PREFIXfield{LABEL="name",shard="s"} v`.
-fn item_families<T: CounterSet>(
+fn item_families<S, T: CounterSet>(
     out: &mut String,
     prefix: &str,
     label: &str,
     names: &[String],
-    shards: &[ShardCounters],
-    items: impl Fn(&ShardCounters) -> &[T],
+    shards: &[S],
+    items: impl Fn(&S) -> &[T],
 ) {
     for (i, f) in T::FIELDS.iter().enumerate() {
         header(
@@ -556,7 +601,7 @@ mod tests {
             collectd_listeners: vec![false],
             listeners: vec!["in".into()],
             rules: vec!["route[0]".into()],
-            destinations: vec!["tcp://127.0.0.1:2003".into()],
+            destinations: vec![Some("tcp://127.0.0.1:2003".into())],
             aggregators: vec!["statsd".into()],
         };
         let r = Registry::new(labels, 1);

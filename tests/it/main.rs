@@ -13,6 +13,7 @@ mod collectd_tiers;
 mod crelay;
 mod delivery;
 mod e2e;
+mod hardening;
 mod noodle;
 mod pickle;
 mod read_api;

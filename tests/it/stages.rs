@@ -249,9 +249,12 @@ aggregate = "statsd"
         total("stats.timers.lat.count"),
         cadent.log()
     );
-    let stats = cadent.stats();
-    assert_eq!(
-        stats["listeners"]["statsd_tcp"]["rejected_by_reason"]["unterminated"],
-        1
+    // The counters are published every stats_interval_ms: a flush can come first.
+    assert!(
+        wait_until(Duration::from_secs(5), || cadent.stats()["listeners"]
+            ["statsd_tcp"]["rejected_by_reason"]["unterminated"]
+            == 1),
+        "{}",
+        cadent.stats()["listeners"]
     );
 }

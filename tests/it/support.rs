@@ -59,6 +59,17 @@ impl Cadent {
 
     /// [`start`](Self::start) with extra environment variables.
     pub fn start_with_env(tag: &str, config: &str, env: &[(&str, &str)]) -> Cadent {
+        Cadent::start_limited(tag, config, env, None)
+    }
+
+    /// [`start_with_env`](Self::start_with_env), with `RLIMIT_NOFILE` (soft and hard)
+    /// set to `nofile` in the child when given.
+    pub fn start_limited(
+        tag: &str,
+        config: &str,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Cadent {
         let dir = temp_dir(tag);
         let admin = format!("127.0.0.1:{}", free_port());
         let mut text = config.replace("ADMIN", &admin);
@@ -70,15 +81,30 @@ impl Cadent {
         let path = dir.join("cadent.toml");
         std::fs::write(&path, text).unwrap();
         let log = std::fs::File::create(dir.join("cadent.log")).unwrap();
-        let child = Command::new(cadent_bin())
-            .args(["serve", "--config"])
+        let mut cmd = Command::new(cadent_bin());
+        cmd.args(["serve", "--config"])
             .arg(&path)
             .envs(env.iter().copied())
             .current_dir(&dir)
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start cadent");
+            .stderr(log);
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit(2) only, between fork and exec: async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let r = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().expect("start cadent");
         let mut c = Cadent {
             child: Some(child),
             admin,
@@ -119,6 +145,43 @@ impl Cadent {
         // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
         unsafe {
             libc::kill(pid, sig);
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Resident memory now (kB, from /proc).
+    pub fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the exit: its code, or None if the
+    /// process was still running then (it is killed).
+    pub fn stop_within(mut self, limit: Duration) -> Option<i32> {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return Some(s.code().unwrap_or(-1));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
