@@ -268,6 +268,9 @@ pub struct Cluster {
     pub on_down: OnDown,
     /// `carbon_ch_python`: replicas skip hosts already chosen (carbon's DIVERSE_REPLICAS).
     pub diverse_replicas: bool,
+    /// Disk spool per member (over all shards), overriding `output.spool_bytes_max`;
+    /// `Some(0)`: its members never spool.
+    pub spool_bytes_max: Option<u64>,
 }
 
 /// What a route matches on the metric name.
@@ -343,6 +346,15 @@ pub struct Output {
     pub reconnect_backoff_max_ms: u64,
     /// Largest UDP datagram a writer sends (lines are packed up to it).
     pub udp_datagram_bytes_max: usize,
+    /// Where TCP destinations spool what they cannot take (one directory per destination
+    /// and shard below it); `None` (`spool_dir = ""`): no spool.
+    pub spool_dir: Option<PathBuf>,
+    /// Disk per destination (over all shards), framing included; clusters may override.
+    pub spool_bytes_max: u64,
+    /// Group commit: a spool syncs what was appended at least this often.
+    pub spool_fsync_interval_ms: u64,
+    /// A spool segment file is sealed at this size.
+    pub spool_segment_bytes: u64,
 }
 
 /// A validated configuration.
@@ -694,6 +706,19 @@ fn read_output(t: &Table, errs: &mut Vec<ConfigError>) -> Output {
         reconnect_backoff_min_ms: r.uint("reconnect_backoff_min_ms", 100, 1, 60_000, errs),
         reconnect_backoff_max_ms: r.uint("reconnect_backoff_max_ms", 5_000, 1, 600_000, errs),
         udp_datagram_bytes_max: r.uint("udp_datagram_bytes_max", 1_400, 64, 65_507, errs) as usize,
+        spool_dir: match r.str_or("spool_dir", "./data/spool", errs) {
+            d if d.is_empty() => None,
+            d => Some(PathBuf::from(d)),
+        },
+        spool_bytes_max: r.uint("spool_bytes_max", 1 << 30, 0, 1 << 50, errs),
+        spool_fsync_interval_ms: r.uint("spool_fsync_interval_ms", 200, 1, 60_000, errs),
+        spool_segment_bytes: r.uint(
+            "spool_segment_bytes",
+            crate::output::spool::Limits::SEGMENT_BYTES_DEFAULT,
+            crate::output::spool::Limits::SEGMENT_BYTES_MIN,
+            crate::output::spool::Limits::SEGMENT_BYTES_MAX,
+            errs,
+        ),
     };
     if out.reconnect_backoff_min_ms > out.reconnect_backoff_max_ms {
         errs.push(ConfigError::new(
@@ -843,6 +868,9 @@ fn read_cluster(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Cluster {
     let diverse_present = t.contains_key("diverse_replicas");
     // carbon's own default (conf.py DIVERSE_REPLICAS = True).
     let diverse_replicas = r.boolean("diverse_replicas", true, errs);
+    let spool_bytes_max = t
+        .contains_key("spool_bytes_max")
+        .then(|| r.uint("spool_bytes_max", 0, 0, 1 << 50, errs));
     let mut members = Vec::with_capacity(member_strs.len());
     for (j, m) in member_strs.iter().enumerate() {
         match Member::parse(m) {
@@ -874,6 +902,12 @@ fn read_cluster(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Cluster {
                     r.key_path("path"),
                     "is required for kind = \"file\"",
                 )),
+            }
+            if spool_bytes_max.is_some() {
+                errs.push(ConfigError::new(
+                    r.key_path("spool_bytes_max"),
+                    "applies to tcp members only (a file cluster does not spool)",
+                ));
             }
         }
         Some(k) => {
@@ -925,6 +959,7 @@ fn read_cluster(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Cluster {
         file,
         on_down,
         diverse_replicas,
+        spool_bytes_max,
     }
 }
 

@@ -5,11 +5,12 @@ pub mod file;
 pub mod health;
 pub mod queue;
 pub mod spool;
+pub mod spooler;
 pub mod writer;
 
 use std::rc::Rc;
 
-use crate::config::{Output, Transport};
+use crate::config::{Config, Output, Transport};
 use crate::point::Point;
 use crate::protocol::encode::Encoder;
 use crate::route::{DestId, DestinationKind, DestinationTable};
@@ -20,15 +21,21 @@ crate::counter_set! {
     pub struct DestinationCounters {
         /// Lines (records) put into this destination's batches.
         queued_lines: counter,
-        /// Lines the kernel (socket or file) accepted.
+        /// Lines delivered: for TCP, the peer's kernel acknowledged every byte of them;
+        /// for UDP and files, the kernel took them.
         sent_lines: counter,
-        /// Bytes written.
+        /// Bytes delivered (as `sent_lines`).
         sent_bytes: counter,
         /// Writes (syscalls or datagrams) that carried them.
         writes: counter,
-        /// Lines dropped: the queue was over queue_bytes_max (oldest first).
+        /// Lines written to a TCP connection that died before the peer acknowledged them,
+        /// and so written again after reconnecting: the sink may have them twice.
+        resent_lines: counter,
+        /// Lines dropped: memory over queue_bytes_max with no usable spool, or the
+        /// hand-off to a spool that cannot keep up (oldest first).
         dropped_lines_queue_full: counter,
-        /// Lines dropped: still queued when the shutdown deadline passed.
+        /// Lines dropped: still queued when the shutdown deadline passed (with a spool,
+        /// only what the spool could not take).
         dropped_lines_shutdown: counter,
         /// Lines dropped: a UDP datagram or file write failed (a TCP batch's unwritten
         /// part is retried instead).
@@ -36,16 +43,52 @@ crate::counter_set! {
         /// Lines moved to live members of the cluster when the destination went down
         /// (any_of, failover): delivered elsewhere, not lost.
         offloaded_lines: counter,
-        /// Failed writes (TCP: the unwritten part is sent again after reconnecting).
+        /// Failed writes, resets and writes the peer did not acknowledge within
+        /// write_timeout_ms (TCP: what was not acknowledged is sent again after
+        /// reconnecting).
         write_errors: counter,
         /// Successful connects.
         connects: counter,
         /// Failed connects.
         connect_failures: counter,
-        /// Bytes queued now.
+        /// Lines appended to the disk spool.
+        spooled_lines: counter,
+        /// Payload bytes appended to the disk spool.
+        spooled_bytes: counter,
+        /// Spooled lines read back and delivered.
+        replayed_lines: counter,
+        /// Lines dropped: the spool was over its cap, so its oldest segment went.
+        dropped_lines_spool_full: counter,
+        /// Lines lost to a spool I/O error: appended, not yet committed, when a write or
+        /// sync failed (an over-count if some of it reached the disk).
+        dropped_lines_spool_error: counter,
+        /// Damaged spool records skipped at replay (bad checksum, impossible header).
+        spool_records_corrupt: counter,
+        /// Every byte written to the spool's files: headers, frames, payloads, ledger.
+        spool_bytes_written: counter,
+        /// Failed spool file operations.
+        spool_io_errors: counter,
+        /// Bytes queued in memory now.
         queue_bytes: gauge,
+        /// Bytes written to the connection that the peer has not acknowledged yet.
+        unacked_bytes: gauge,
         /// 1 while connected.
         connected: gauge,
+        /// How long the writer has had data outstanding with no acknowledgement from the
+        /// peer, in milliseconds (0 while it makes progress or has nothing to send).
+        stalled_ms: max,
+        /// 1 while new batches go to the spool (the destination cannot take them).
+        spooling: gauge,
+        /// 1 while the spool takes nothing after an I/O error (memory only, drops counted).
+        spool_failed: gauge,
+        /// Bytes in the spool's files now, framing included (what spool_bytes_max bounds).
+        spool_bytes: gauge,
+        /// Lines in the spool not yet delivered.
+        spool_lines: gauge,
+        /// Age of the oldest undelivered spooled line, in milliseconds (0: none).
+        spool_oldest_age_ms: max,
+        /// Spooled lines delivered per second, over the last stats interval.
+        replay_lines_per_s: gauge,
     }
 }
 
@@ -59,6 +102,8 @@ struct Slot {
     /// Seal at this many bytes (`flush_bytes`, or the datagram size for UDP).
     seal_bytes: usize,
     queue: Rc<DestQueue>,
+    /// Its spool's cap over all shards (0: no spool).
+    spool_bytes_max: u64,
 }
 
 /// The shard's side of every destination: append lines, seal batches, hand them to writers.
@@ -72,35 +117,60 @@ pub struct Outputs {
 }
 
 impl Outputs {
-    /// Queues for every destination of the table, bounded by `cfg.queue_bytes_max` each.
+    /// Queues for every destination of the table, bounded by `cfg.queue_bytes_max` each
+    /// (no spools: see [`extend`](Self::extend)).
     pub fn new(table: &DestinationTable, cfg: &Output, headroom_bytes: usize) -> Outputs {
         let mut out = Outputs {
             slots: Vec::with_capacity(table.destinations.len()),
             headroom_bytes,
             cfg: cfg.clone(),
         };
-        out.extend(table);
+        out.extend(table, None);
         out
     }
 
     /// Adds a slot (batch and queue) for each destination `table` has beyond ours: the
-    /// table only ever grows, so existing queues are untouched.
-    pub fn extend(&mut self, table: &DestinationTable) {
-        for d in &table.destinations[self.slots.len().min(table.destinations.len())..] {
+    /// table only ever grows, so existing queues are untouched. With `config`, TCP
+    /// destinations get a spool when [`spool_bytes_max`] says so.
+    pub fn extend(&mut self, table: &DestinationTable, config: Option<&Config>) {
+        for i in self.slots.len().min(table.destinations.len())..table.destinations.len() {
+            let d = &table.destinations[i];
             let seal_bytes = match &d.kind {
                 DestinationKind::Net(m) if m.transport == Transport::Udp => {
                     self.cfg.udp_datagram_bytes_max
                 }
                 _ => self.cfg.flush_bytes,
             };
+            let spool = config.map_or(0, |c| spool_bytes_max(c, table, DestId(i as u16)));
+            let queue = if spool > 0 {
+                DestQueue::with_spool(self.cfg.queue_bytes_max)
+            } else {
+                DestQueue::new(self.cfg.queue_bytes_max)
+            };
             self.slots.push(Slot {
                 encoder: Encoder::Plaintext,
                 open: Vec::with_capacity(seal_bytes),
                 open_lines: 0,
                 seal_bytes,
-                queue: Rc::new(DestQueue::new(self.cfg.queue_bytes_max)),
+                queue: Rc::new(queue),
+                spool_bytes_max: spool,
             });
         }
+    }
+
+    /// The spool cap of destination `d` over all shards (0: it has no spool).
+    pub fn spool_bytes_max(&self, d: DestId) -> u64 {
+        self.slots[d.index()].spool_bytes_max
+    }
+
+    /// Destination `d` is down and nothing else can take its lines: its open batch is
+    /// sealed and everything it holds in memory goes behind its spool (if it has one).
+    pub fn spill(&mut self, d: DestId) {
+        let slot = &mut self.slots[d.index()];
+        if slot.open_lines > 0 {
+            seal(slot);
+        }
+        slot.queue.spill();
     }
 
     /// A destination went down and its cluster routes around it: its open batch is
@@ -209,11 +279,30 @@ impl Outputs {
     }
 }
 
+/// The spool cap of destination `d` over all shards: `output.spool_bytes_max`, or the
+/// largest override of the clusters listing it (so `0` only when every one says 0); 0
+/// without `output.spool_dir` and for UDP and file destinations, which never spool.
+pub fn spool_bytes_max(cfg: &Config, table: &DestinationTable, d: DestId) -> u64 {
+    let tcp = matches!(&table.destinations[d.index()].kind,
+        DestinationKind::Net(m) if m.transport == Transport::Tcp);
+    if !tcp || cfg.output.spool_dir.is_none() {
+        return 0;
+    }
+    table
+        .cluster_members
+        .iter()
+        .zip(&cfg.clusters)
+        .filter(|(members, _)| members.contains(&d))
+        .map(|(_, c)| c.spool_bytes_max.unwrap_or(cfg.output.spool_bytes_max))
+        .max()
+        .unwrap_or(0)
+}
+
 fn seal(slot: &mut Slot) {
     let fresh = slot.queue.buffer(slot.seal_bytes);
     let data = std::mem::replace(&mut slot.open, fresh);
     let lines = std::mem::take(&mut slot.open_lines);
-    slot.queue.push(Batch { data, lines });
+    slot.queue.push(Batch::new(data, lines));
 }
 
 #[cfg(test)]

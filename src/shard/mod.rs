@@ -253,8 +253,12 @@ enum Bound {
 struct Shard {
     id: usize,
     topology: Topology,
+    /// Shards in the process (each gets `spool_bytes_max / shards` of a spool cap).
+    shards: usize,
     listeners: HashMap<usize, RunningListener>,
     writers: Vec<glommio::task::JoinHandle<()>>,
+    /// The spool tasks of destinations that have a spool.
+    spoolers: Vec<glommio::task::JoinHandle<()>>,
     aggregator_tasks: HashMap<u16, glommio::task::JoinHandle<()>>,
     prepared: Option<Prepared>,
     opts: WriterOptions,
@@ -286,9 +290,11 @@ async fn run(
     )));
     let mut shard = Shard {
         id,
+        shards,
         topology: empty,
         listeners: HashMap::new(),
         writers: Vec::new(),
+        spoolers: Vec::new(),
         aggregator_tasks: HashMap::new(),
         prepared: None,
         opts: WriterOptions::from(&cfg.output),
@@ -392,33 +398,40 @@ async fn run(
         }
         c.outputs.seal_all();
         for q in c.outputs.queues() {
-            q.close();
+            q.close_for_shutdown();
         }
     }
+    // Writers deliver what memory holds (a destination with a spool stops at its memory
+    // queue's end: the spool keeps the rest for the next start) until the deadline;
+    // then every writer still running hands back what its sink has not acknowledged and
+    // stops, and each spool task's last round spools what memory holds.
     let deadline = Duration::from_millis(cfg.server.shutdown_timeout_ms);
     let writers = std::mem::take(&mut shard.writers);
-    let drained = future::or(
-        async {
-            for w in writers {
-                w.await;
-            }
-            true
-        },
-        async {
-            glommio::timer::sleep(deadline).await;
-            false
-        },
-    )
-    .await;
-    if !drained {
+    if !join_within(writers, deadline, || {
+        for q in core.borrow().outputs.queues() {
+            q.request_stop();
+        }
+    })
+    .await
+    {
         tracing::warn!(
             shard = id,
-            "shutdown deadline passed with data still queued (counted as dropped_lines_shutdown)"
+            "writers did not stop after the shutdown deadline"
         );
     }
-    // Whatever is left (the deadline passed, or a reader appended after the queues
-    // closed and their writers finished) will not be delivered: count it. No await
-    // separates this from the executor's end, so nothing can be appended after it.
+    for q in core.borrow().outputs.queues() {
+        q.finish_spool();
+    }
+    let spoolers = std::mem::take(&mut shard.spoolers);
+    if !join_within(spoolers, deadline, || {}).await {
+        tracing::warn!(
+            shard = id,
+            "spools did not finish writing within the shutdown deadline"
+        );
+    }
+    // Whatever is left (no spool, or the spool failed, or a reader appended after the
+    // queues closed) will not be delivered: count it. No await separates this from the
+    // executor's end, so nothing can be appended after it.
     {
         let mut c = core.borrow_mut();
         c.outputs.seal_all();
@@ -427,6 +440,40 @@ async fn run(
         }
     }
     publish(id, &core, &registry, true);
+}
+
+/// Awaits `tasks` for up to `deadline`; if it passes, calls `hurry` (which tells them to
+/// stop) and gives them as long again. Returns whether all ended.
+async fn join_within(
+    tasks: Vec<glommio::task::JoinHandle<()>>,
+    deadline: Duration,
+    hurry: impl FnOnce(),
+) -> bool {
+    let mut pending: std::collections::VecDeque<_> = tasks.into();
+    let mut hurry = Some(hurry);
+    for round in 0..2 {
+        if round == 1 {
+            hurry.take().expect("once")();
+        }
+        let joined = future::or(
+            async {
+                while let Some(t) = pending.front_mut() {
+                    t.await;
+                    pending.pop_front();
+                }
+                true
+            },
+            async {
+                glommio::timer::sleep(deadline).await;
+                false
+            },
+        )
+        .await;
+        if joined {
+            return true;
+        }
+    }
+    false
 }
 
 /// Sends the open mesh batches and applies every record that arrived.
@@ -593,17 +640,33 @@ impl Shard {
             drop(self.aggregator_tasks.remove(&task));
         }
         c.router = router;
-        // Destinations: new ones get queues and writers, removed ones retire.
+        // Destinations: new ones get queues, writers and spool tasks, removed ones
+        // retire.
         let before = c.outputs.len();
-        c.outputs.extend(&topology.table);
+        c.outputs.extend(&topology.table, Some(&cfg));
         for d in before..topology.table.destinations.len() {
-            let q = c.outputs.queue(DestId(d as u16));
-            self.writers.push(spawn_writer(
-                self.id,
-                &topology.table.destinations[d],
-                q,
-                self.opts,
-            ));
+            let id = DestId(d as u16);
+            let q = c.outputs.queue(id);
+            let dest = &topology.table.destinations[d];
+            self.writers
+                .push(spawn_writer(self.id, dest, q.clone(), self.opts));
+            let cap = c.outputs.spool_bytes_max(id);
+            if let (true, Some(root)) = (cap > 0, &cfg.output.spool_dir) {
+                let settings = output::spooler::SpoolSettings {
+                    name: dest.name.clone(),
+                    dir: output::spool::destination_dir(root, &dest.name, self.id),
+                    limits: output::spool::Limits::new(
+                        cap / self.shards as u64,
+                        cfg.output.spool_segment_bytes,
+                    ),
+                    fsync_interval: Duration::from_millis(cfg.output.spool_fsync_interval_ms),
+                };
+                self.spoolers
+                    .push(glommio::spawn_local(output::spooler::run(q, settings)).detach());
+            }
+        }
+        for (d, q) in c.outputs.queues().enumerate() {
+            q.set_routed_around(c.router.offload_targets(DestId(d as u16)).is_some());
         }
         for (d, &retired) in topology.table.retired.iter().enumerate() {
             if retired {
@@ -781,24 +844,29 @@ impl Drop for RunningListener {
     }
 }
 
-/// A destination went up or down: routing follows, and when it went down and its
-/// clusters can take its lines anywhere (any_of, failover), its queue moves to them.
+/// A destination went up or down: routing follows. When it went down and its clusters
+/// can take its lines anywhere (any_of, failover), its queue moves to them; otherwise
+/// what it holds in memory goes to its spool (when it has one).
 fn health(shard: usize, core: &Rc<RefCell<Core>>, dest: DestId, up: bool) {
     let mut c = core.borrow_mut();
     c.router.set_alive(dest, up);
     if up {
         return;
     }
-    if let Some(targets) = c.router.offload_targets(dest) {
-        let moved = c.outputs.offload(dest, &targets);
-        if moved > 0 {
-            tracing::info!(
-                shard,
-                destination = dest.index(),
-                lines = moved,
-                "moved the queue of a down destination to live members"
-            );
+    match c.router.offload_targets(dest) {
+        Some(targets) if !targets.is_empty() => {
+            let moved = c.outputs.offload(dest, &targets);
+            if moved > 0 {
+                tracing::info!(
+                    shard,
+                    destination = dest.index(),
+                    lines = moved,
+                    "moved the queue of a down destination to live members"
+                );
+            }
         }
+        // Nothing else can take its lines: what it holds in memory goes to its spool.
+        _ => c.outputs.spill(dest),
     }
 }
 

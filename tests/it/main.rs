@@ -14,6 +14,7 @@ mod e2e;
 mod pickle;
 mod rewrite;
 mod rings;
+mod spool;
 mod spool_tools;
 mod statsd_console;
 mod statsd_etsy;

@@ -1,0 +1,380 @@
+//! The spool task of one destination on one shard: it appends what the queue hands it
+//! (see the mode switch in [`queue`](super::queue)), commits every
+//! `spool_fsync_interval_ms`, and reads the spool back for the writer while the
+//! destination is connected.
+//!
+//! Every spool call may block on the disk, so none runs on the shard's executor: each
+//! round runs on the shard's blocking helper thread (`glommio::executor().spawn_blocking`,
+//! one thread per shard), the [`Spool`] moving there and back. Readers never wait for it:
+//! they push into the queue, whose tail is bounded in memory. One destination's round may
+//! wait behind another destination's round of the same shard on the helper thread; it
+//! never holds up a reader or a writer.
+//!
+//! A spool that fails (ENOSPC, EIO, EACCES) takes no more appends: the queue falls back to
+//! memory with drops counted, what the spool had committed is still replayed, and once it
+//! is empty the task reopens it every [`REOPEN_INTERVAL`] (recovery trims any partial
+//! write) until it takes appends again.
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+
+use super::queue::{Batch, DestQueue, SpoolJob, SpoolOutcome, SpoolState};
+use super::spool::io::{FsIo, SpoolIo};
+use super::spool::{Limits, RecoveryReport, Spool, SpoolCounters, SpoolError};
+
+/// Where and how a destination spools on one shard.
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    /// The destination's name (for logs).
+    pub name: String,
+    /// Its spool directory on this shard (`spool::destination_dir`).
+    pub dir: PathBuf,
+    /// This shard's share of the cap, and the segment size.
+    pub limits: Limits,
+    /// Group commit interval.
+    pub fsync_interval: Duration,
+}
+
+/// How often a failed spool, once empty, is reopened.
+pub const REOPEN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long replay waits after a failed read before it tries again.
+const READ_RETRY: Duration = Duration::from_secs(1);
+
+/// What one round did, besides what goes back to the queue.
+#[derive(Debug, Default)]
+pub struct Round {
+    /// For the queue.
+    pub outcome: SpoolOutcome,
+    /// Buffers of appended batches, for reuse.
+    pub recycled: Vec<Vec<u8>>,
+    /// The error that failed the spool, or a failed read.
+    pub error: Option<SpoolError>,
+    /// A read failed (the spool did not fail; replay retries later).
+    pub read_failed: bool,
+    /// Whether the round committed.
+    pub committed: bool,
+    /// Records appended.
+    pub appended: u64,
+    /// Records acked.
+    pub acked: u32,
+    /// Lines of batches too large for a segment, dropped (counted as spool-full drops).
+    pub too_large_lines: u64,
+}
+
+/// One round of spool I/O, synchronous (the blocking helper runs it; tests run it
+/// directly over a simulated disk): ack what was delivered, append the job's batches in
+/// order (stopping at the first failure), commit when `commit` (or when replay has read
+/// everything committed and more was appended), and read back up to `job.read_bytes`.
+pub fn run_round<Io: SpoolIo>(
+    spool: &mut Spool<Io>,
+    job: SpoolJob,
+    now_ms: u64,
+    commit: bool,
+) -> Round {
+    let mut r = Round::default();
+    let in_flight = spool.stats().in_flight_records;
+    debug_assert!(
+        u64::from(job.acks) <= in_flight,
+        "acks beyond what was read"
+    );
+    r.acked = job.acks.min(in_flight as u32);
+    spool.ack(r.acked);
+    let mut appends = job.appends.into_iter();
+    while let Some(b) = appends.next() {
+        match spool.append(&b.data, b.lines, now_ms) {
+            Ok(()) => {
+                r.appended += 1;
+                r.recycled.push(b.data);
+            }
+            Err(SpoolError::RecordTooLarge { bytes, max }) => {
+                // Only a spool cap far below flush_bytes gets here (config says so).
+                tracing::warn!(bytes, max, "batch larger than a spool segment; dropped");
+                r.too_large_lines += u64::from(b.lines);
+                r.recycled.push(b.data);
+            }
+            Err(e) => {
+                r.outcome.unappended.push(b);
+                r.outcome.unappended.extend(appends.by_ref());
+                r.error = Some(e);
+                break;
+            }
+        }
+    }
+    if commit {
+        r.committed = true;
+        if let Err(e) = spool.commit() {
+            r.error.get_or_insert(e);
+        }
+    }
+    if job.read_bytes > 0 {
+        let mut buf = Vec::with_capacity(job.read_bytes.min(super::queue::REPLAY_READ_BYTES));
+        let mut read = spool.read(job.read_bytes, &mut buf);
+        if matches!(read, Ok(b) if b.records == 0) && unread(spool) && !r.committed {
+            // Replay caught up with the committed end: commit what was appended since,
+            // so the writer gets it now rather than an interval later.
+            r.committed = true;
+            match spool.commit() {
+                Ok(()) => read = spool.read(job.read_bytes, &mut buf),
+                Err(e) => {
+                    r.error.get_or_insert(e);
+                }
+            }
+        }
+        match read {
+            Ok(b) if b.records > 0 => {
+                r.outcome.replay = Some(Batch {
+                    data: buf,
+                    lines: b.lines,
+                    records: b.records,
+                })
+            }
+            Ok(_) => {}
+            Err(e) => {
+                r.read_failed = true;
+                r.error.get_or_insert(e);
+            }
+        }
+    }
+    r.outcome.unread = unread(spool);
+    r.outcome.failed = spool.is_failed();
+    r
+}
+
+/// Whether the spool holds records the writer has not been handed.
+fn unread<Io: SpoolIo>(spool: &Spool<Io>) -> bool {
+    let st = spool.stats();
+    st.records > st.in_flight_records
+}
+
+/// Publishes a spool's counters and gauges into the destination's counters; `base` holds
+/// the totals of earlier instances of this spool (reopened after a failure).
+pub fn publish<Io: SpoolIo>(q: &DestQueue, spool: Option<&Spool<Io>>, base: &SpoolCounters) {
+    let (c, st) = match spool {
+        Some(s) => (s.counters().clone(), s.stats()),
+        None => Default::default(),
+    };
+    q.count(|d| {
+        d.spooled_lines = base.spooled_lines + c.spooled_lines;
+        d.spooled_bytes = base.spooled_bytes + c.spooled_bytes;
+        d.dropped_lines_spool_full = base.dropped_lines_spool_full + c.dropped_lines_spool_full;
+        d.dropped_lines_spool_error = base.dropped_lines_io_error + c.dropped_lines_io_error;
+        d.spool_records_corrupt = base.records_corrupt + c.records_corrupt;
+        d.spool_bytes_written = base.bytes_written + c.bytes_written;
+        d.spool_io_errors = base.io_errors + c.io_errors;
+        d.spool_bytes = st.bytes;
+        d.spool_lines = st.lines;
+    });
+    q.set_spool_oldest_ms(st.oldest_ms);
+}
+
+fn add_counters(base: &mut SpoolCounters, c: &SpoolCounters) {
+    base.spooled_lines += c.spooled_lines;
+    base.spooled_bytes += c.spooled_bytes;
+    base.dropped_lines_spool_full += c.dropped_lines_spool_full;
+    base.dropped_lines_io_error += c.dropped_lines_io_error;
+    base.records_corrupt += c.records_corrupt;
+    base.bytes_written += c.bytes_written;
+    base.io_errors += c.io_errors;
+}
+
+/// Runs `f` on the shard's blocking helper thread.
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    glommio::executor().spawn_blocking(f).await
+}
+
+fn open(s: &SpoolSettings) -> Result<(Spool<FsIo>, RecoveryReport), SpoolError> {
+    Spool::open(FsIo, &s.dir, s.limits)
+}
+
+fn log_recovery(s: &SpoolSettings, report: &RecoveryReport) {
+    if report.is_clean() {
+        if report.records > 0 {
+            tracing::info!(destination = %s.name, dir = %s.dir.display(), %report, "spool recovered");
+        }
+    } else {
+        tracing::warn!(destination = %s.name, dir = %s.dir.display(), %report, "spool recovered with damage");
+    }
+}
+
+/// Drives the spool of `q` until the queue is closed and everything delivered, or the
+/// shard's final round ([`DestQueue::finish_spool`]) has spooled what memory held.
+pub async fn run(q: Rc<DestQueue>, settings: SpoolSettings) {
+    let s = settings;
+    let mut spool: Option<Spool<FsIo>> = None;
+    let mut base = SpoolCounters::default();
+    let mut failed_at: Option<Instant> = None;
+    // What a previous run left goes first: open it now if there is one; otherwise the
+    // spool is created when something first needs it.
+    let s2 = s.clone();
+    let found =
+        blocking(move || super::spool::is_spool_dir(&FsIo, &s2.dir).then(|| open(&s2))).await;
+    match found {
+        Some(Ok((sp, report))) => {
+            log_recovery(&s, &report);
+            q.spool_returned(SpoolOutcome {
+                unread: report.records > 0,
+                ..Default::default()
+            });
+            spool = Some(sp);
+        }
+        Some(Err(e)) => {
+            tracing::error!(destination = %s.name, error = %e, "cannot open the spool; memory only until it can be reopened");
+            failed_at = Some(Instant::now());
+            base.io_errors += 1;
+            q.spool_returned(SpoolOutcome {
+                failed: true,
+                ..Default::default()
+            });
+        }
+        None => q.spool_returned(SpoolOutcome::default()),
+    }
+    publish(&q, spool.as_ref(), &base);
+
+    let mut last_commit = Instant::now();
+    let mut dirty = false;
+    let mut replay_paused_until: Option<Instant> = None;
+    let mut logged = Instant::now() - Duration::from_secs(60);
+    loop {
+        // Sleep until there is work, a commit falls due, or a retry is due.
+        if !q.finishing_spool() && !q.spool_idle_done() && !q.spool_job_ready() {
+            // Acks arrive without waking the task: they wait for the next commit tick.
+            let commit_at = spool.is_some().then(|| last_commit + s.fsync_interval);
+            let reopen_at = failed_at.map(|t| t + REOPEN_INTERVAL);
+            let wake_at = [commit_at, reopen_at, replay_paused_until]
+                .into_iter()
+                .flatten()
+                .min();
+            let now = Instant::now();
+            match wake_at {
+                Some(t) if t <= now => {}
+                Some(t) => future::or(q.spool_wanted(), glommio::timer::sleep(t - now)).await,
+                None => q.spool_wanted().await,
+            }
+        }
+        let now = Instant::now();
+        if replay_paused_until.is_some_and(|t| now >= t) {
+            replay_paused_until = None;
+            q.pause_replay(false);
+        }
+        let finishing = q.finishing_spool();
+        let last = finishing || q.spool_idle_done();
+
+        // A failed spool, emptied: reopen it (recovery trims what the failure left).
+        if let Some(t) = failed_at {
+            let empty = spool.as_ref().is_none_or(|sp| sp.is_empty()) && !q.has_acks();
+            if empty && now >= t + REOPEN_INTERVAL && !last {
+                if let Some(old) = spool.take() {
+                    add_counters(&mut base, old.counters());
+                }
+                let s2 = s.clone();
+                match blocking(move || open(&s2)).await {
+                    Ok((sp, report)) => {
+                        log_recovery(&s, &report);
+                        tracing::info!(destination = %s.name, "spool reopened: it takes data again");
+                        spool = Some(sp);
+                        failed_at = None;
+                        q.spool_reopened();
+                    }
+                    Err(e) => {
+                        base.io_errors += 1;
+                        if logged.elapsed() >= Duration::from_secs(10) {
+                            logged = Instant::now();
+                            tracing::warn!(destination = %s.name, error = %e, "spool still cannot be reopened");
+                        }
+                        failed_at = Some(now);
+                    }
+                }
+                publish(&q, spool.as_ref(), &base);
+                continue;
+            }
+        }
+
+        let job = q.take_spool_job(finishing);
+        let commit_due = now >= last_commit + s.fsync_interval;
+        if !(dirty || job.acks > 0) && commit_due {
+            // Nothing to commit: the next tick is an interval from now.
+            last_commit = now;
+        }
+        let commit_due = commit_due && (dirty || job.acks > 0);
+        if job.is_empty() && !commit_due && !last {
+            continue;
+        }
+        if spool.is_none() && job.appends.is_empty() {
+            // Nothing was ever spooled here (or the spool could not be opened): nothing
+            // to ack, commit or read.
+            if last {
+                break;
+            }
+            q.spool_returned(SpoolOutcome::default());
+            continue;
+        }
+        let commit = commit_due || last;
+        let s2 = s.clone();
+        let sp = spool.take();
+        let now_ms = crate::shard::pipeline::unix_ms() as u64;
+        let (sp, round) = blocking(move || {
+            let sp = match sp {
+                Some(sp) => Ok(sp),
+                None => open(&s2).map(|(sp, report)| {
+                    log_recovery(&s2, &report);
+                    sp
+                }),
+            };
+            match sp {
+                Ok(mut sp) => {
+                    let r = run_round(&mut sp, job, now_ms, commit);
+                    (Some(sp), r)
+                }
+                Err(e) => {
+                    let mut r = Round::default();
+                    r.outcome.unappended = job.appends;
+                    r.outcome.failed = true;
+                    r.error = Some(e);
+                    (None, r)
+                }
+            }
+        })
+        .await;
+        spool = sp;
+        if round.committed {
+            last_commit = Instant::now();
+            dirty = false;
+        } else if round.appended > 0 || round.acked > 0 {
+            dirty = true;
+        }
+        base.dropped_lines_spool_full += round.too_large_lines;
+        for b in round.recycled {
+            q.recycle(b);
+        }
+        if round.read_failed {
+            replay_paused_until = Some(Instant::now() + READ_RETRY);
+            q.pause_replay(true);
+        }
+        let failed_now = round.outcome.failed && q.spool_state() == SpoolState::Usable;
+        if let Some(e) = &round.error {
+            if spool.is_none() {
+                base.io_errors += 1;
+            }
+            if failed_now || logged.elapsed() >= Duration::from_secs(10) {
+                logged = Instant::now();
+                if failed_now {
+                    tracing::error!(destination = %s.name, error = %e, no_space = e.is_no_space(), "spool failed: memory only (drops counted) until it can be reopened");
+                } else {
+                    tracing::warn!(destination = %s.name, error = %e, "spool error");
+                }
+            }
+        }
+        if failed_now {
+            failed_at = Some(Instant::now());
+        }
+        q.spool_returned(round.outcome);
+        publish(&q, spool.as_ref(), &base);
+        if last {
+            break;
+        }
+    }
+}
