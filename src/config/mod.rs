@@ -726,6 +726,15 @@ fn read_output(t: &Table, errs: &mut Vec<ConfigError>) -> Output {
             "is larger than output.reconnect_backoff_max_ms",
         ));
     }
+    let record_bytes = out.flush_bytes as u64
+        + crate::output::spool::format::RECORD_OVERHEAD_BYTES as u64
+        + crate::output::spool::format::SEGMENT_HEADER_BYTES as u64;
+    if out.spool_dir.is_some() && out.spool_segment_bytes < record_bytes {
+        errs.push(ConfigError::new(
+            "output.spool_segment_bytes",
+            format!("cannot hold a batch: at least flush_bytes + 56 = {record_bytes}"),
+        ));
+    }
     if out.flush_bytes > out.queue_bytes_max {
         errs.push(ConfigError::new(
             "output.flush_bytes",
@@ -1318,6 +1327,61 @@ mod tests {
         assert!(c.listeners.len() >= 3);
         let documented = include_str!("../../configs/cadent.toml");
         Config::parse(documented).unwrap();
+    }
+
+    #[test]
+    fn the_spool_keys_read_as_the_issue_wrote_them() {
+        let c = Config::parse(
+            r#"
+            [output]
+            spool_dir = "./data/spool"
+            spool_bytes_max = 1073741824
+            spool_fsync_interval_ms = 200
+            [[listen]]
+            name = "g"
+            url = "tcp://127.0.0.1:0"
+            format = "graphite"
+            [[cluster]]
+            name = "caches"
+            kind = "carbon_ch"
+            members = ["tcp://10.0.0.1:2003", "tcp://10.0.0.2:2003"]
+            spool_bytes_max = 4294967296
+            [[cluster]]
+            name = "never"
+            kind = "any_of"
+            members = ["tcp://10.0.0.3:2003", "udp://10.0.0.4:2003"]
+            spool_bytes_max = 0
+            [[cluster]]
+            name = "default"
+            kind = "forward"
+            members = ["tcp://10.0.0.5:2003", "tcp://10.0.0.3:2003"]
+            [[route]]
+            match = { all = true }
+            send_to = ["caches"]
+        "#,
+        )
+        .unwrap();
+        assert_eq!(c.output.spool_dir, Some(PathBuf::from("./data/spool")));
+        assert_eq!(c.output.spool_bytes_max, 1 << 30);
+        assert_eq!(c.output.spool_fsync_interval_ms, 200);
+        assert_eq!(c.clusters[0].spool_bytes_max, Some(4 << 30));
+        assert_eq!(c.clusters[1].spool_bytes_max, Some(0));
+        let t = crate::route::DestinationTable::from_config(&c);
+        let cap = |addr: &str| {
+            let d = t.destinations.iter().position(|d| d.name == addr).unwrap();
+            crate::output::spool_bytes_max(&c, &t, crate::route::DestId(d as u16))
+        };
+        assert_eq!(cap("tcp://10.0.0.1:2003"), 4 << 30);
+        assert_eq!(cap("tcp://10.0.0.5:2003"), 1 << 30);
+        // In a cluster that never spools and one with the default: the largest wins.
+        assert_eq!(cap("tcp://10.0.0.3:2003"), 1 << 30);
+        assert_eq!(cap("udp://10.0.0.4:2003"), 0, "udp never spools");
+        let mut off = c.clone();
+        off.output.spool_dir = None;
+        assert_eq!(
+            crate::output::spool_bytes_max(&off, &t, crate::route::DestId(0)),
+            0
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //! is empty the task reopens it every [`REOPEN_INTERVAL`] (recovery trims any partial
 //! write) until it takes appends again.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -200,10 +202,36 @@ fn log_recovery(s: &SpoolSettings, report: &RecoveryReport) {
     }
 }
 
+/// The spool directories a shard's spool tasks have open: a member removed and added
+/// again gets a new destination (and task) for the same directory, which waits for the
+/// old task to finish delivering it.
+pub type OpenSpools = Rc<RefCell<HashSet<PathBuf>>>;
+
+/// Holds a directory in [`OpenSpools`] while a task uses it.
+struct DirHold(OpenSpools, PathBuf);
+
+impl Drop for DirHold {
+    fn drop(&mut self) {
+        self.0.borrow_mut().remove(&self.1);
+    }
+}
+
+/// How often a spool task looks whether the directory it needs is free yet.
+const DIR_WAIT: Duration = Duration::from_millis(100);
+
 /// Drives the spool of `q` until the queue is closed and everything delivered, or the
 /// shard's final round ([`DestQueue::finish_spool`]) has spooled what memory held.
-pub async fn run(q: Rc<DestQueue>, settings: SpoolSettings) {
+pub async fn run(q: Rc<DestQueue>, settings: SpoolSettings, open_spools: OpenSpools) {
     let s = settings;
+    // Until then the queue stays in spool mode: pushes wait in its (bounded) tail.
+    while open_spools.borrow().contains(&s.dir) {
+        if q.finishing_spool() {
+            return;
+        }
+        glommio::timer::sleep(DIR_WAIT).await;
+    }
+    open_spools.borrow_mut().insert(s.dir.clone());
+    let _hold = DirHold(open_spools, s.dir.clone());
     let mut spool: Option<Spool<FsIo>> = None;
     let mut base = SpoolCounters::default();
     let mut failed_at: Option<Instant> = None;

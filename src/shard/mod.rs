@@ -259,6 +259,8 @@ struct Shard {
     writers: Vec<glommio::task::JoinHandle<()>>,
     /// The spool tasks of destinations that have a spool.
     spoolers: Vec<glommio::task::JoinHandle<()>>,
+    /// The spool directories those tasks hold.
+    open_spools: output::spooler::OpenSpools,
     aggregator_tasks: HashMap<u16, glommio::task::JoinHandle<()>>,
     prepared: Option<Prepared>,
     opts: WriterOptions,
@@ -295,6 +297,7 @@ async fn run(
         listeners: HashMap::new(),
         writers: Vec::new(),
         spoolers: Vec::new(),
+        open_spools: Default::default(),
         aggregator_tasks: HashMap::new(),
         prepared: None,
         opts: WriterOptions::from(&cfg.output),
@@ -661,8 +664,8 @@ impl Shard {
                     ),
                     fsync_interval: Duration::from_millis(cfg.output.spool_fsync_interval_ms),
                 };
-                self.spoolers
-                    .push(glommio::spawn_local(output::spooler::run(q, settings)).detach());
+                let task = output::spooler::run(q, settings, self.open_spools.clone());
+                self.spoolers.push(glommio::spawn_local(task).detach());
             }
         }
         for (d, q) in c.outputs.queues().enumerate() {
