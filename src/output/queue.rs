@@ -301,26 +301,28 @@ impl DestQueue {
         publish_bytes(s);
     }
 
-    /// Takes every queued batch (not those a writer holds), counting their lines as
-    /// offloaded: the destination is down and its cluster delivers them elsewhere.
-    /// Replayed batches are acked in the spool (they are delivered elsewhere now); what
-    /// the spool holds unread stays for the destination's return.
+    /// Takes the queued memory batches (not those a writer holds), counting their lines as
+    /// offloaded: the destination is down and its cluster delivers them elsewhere. What is
+    /// in its spool (and replayed batches, and a memory batch queued between them) stays
+    /// for the destination's return.
     pub fn take_all(&self) -> Vec<Batch> {
         let mut guard = self.state.borrow_mut();
         let s = &mut *guard;
-        let mut taken: Vec<Batch> = s.ready.drain(..).collect();
+        let keep = s
+            .ready
+            .iter()
+            .rposition(|b| b.records > 0)
+            .map_or(0, |i| i + 1);
+        let mut taken: Vec<Batch> = s.ready.drain(keep..).collect();
         taken.extend(s.tail.drain(..));
-        for b in &mut taken {
-            s.acks += std::mem::take(&mut b.records);
+        for b in &taken {
+            debug_assert_eq!(b.records, 0);
             s.counters.offloaded_lines += u64::from(b.lines);
         }
-        s.ready_bytes = 0;
+        s.ready_bytes = s.ready.iter().map(|b| b.data.len()).sum();
         s.tail_bytes = 0;
         publish_bytes(s);
         self.stall_spent.set(false);
-        if s.acks > 0 {
-            wake(&mut s.spool_waker);
-        }
         taken
     }
 
@@ -677,19 +679,17 @@ impl DestQueue {
             ..Default::default()
         };
         if final_round {
-            // Replayed batches at the front are dropped from memory (the spool replays them
-            // next start); the rest is spooled behind what the spool holds.
-            if s.mode == Mode::Memory {
-                enter_spool(s);
+            // Replayed batches are dropped from memory, not acked: the spool replays them
+            // at the next start. Memory batches are spooled behind what the spool holds
+            // (a batch a lost connection put back between replayed ones comes back after
+            // them: the one case where shutdown reorders).
+            for b in s.ready.drain(..) {
+                if b.records == 0 {
+                    job.appends.push(b);
+                }
             }
-            let keep = s.ready.iter().take_while(|b| b.records > 0).count();
-            for mut b in s.ready.drain(..).skip(keep) {
-                s.acks += std::mem::take(&mut b.records);
-                job.appends.push(b);
-            }
-            s.ready.clear();
             s.ready_bytes = 0;
-            job.acks += std::mem::take(&mut s.acks);
+            s.mode = Mode::Spool;
             job.appends.extend(s.tail.drain(..));
             s.tail_bytes = 0;
         }
@@ -745,17 +745,22 @@ impl DestQueue {
     }
 }
 
-/// Memory mode to spool mode: every batch of `ready` but the replayed ones at its front
-/// (still in the spool, and first in line) moves to the tail, in order. A replayed batch
-/// behind a memory batch moves too: it is acked in the spool and spooled again behind
-/// it, in the same commit, so order holds and nothing is replayed twice.
+/// Memory mode to spool mode: the memory batches at the end of `ready` (after its last
+/// replayed batch) move to the tail, in order. Replayed batches stay (they are in the
+/// spool, in flight, and acked in order), and so does a memory batch between two of them
+/// (one a lost connection put back ahead of spooled data): it is older than what follows
+/// it, so it cannot go behind the spool.
 fn enter_spool(s: &mut State) {
-    let keep = s.ready.iter().take_while(|b| b.records > 0).count();
+    let keep = s
+        .ready
+        .iter()
+        .rposition(|b| b.records > 0)
+        .map_or(0, |i| i + 1);
     let moved: Vec<Batch> = s.ready.drain(keep..).collect();
-    for mut b in moved.into_iter().rev() {
+    for b in moved.into_iter().rev() {
+        debug_assert_eq!(b.records, 0);
         s.ready_bytes -= b.data.len();
         s.tail_bytes += b.data.len();
-        s.acks += std::mem::take(&mut b.records);
         s.tail.push_front(b);
     }
     s.mode = Mode::Spool;
