@@ -19,9 +19,10 @@
 //! (`cadent blast --sequence`); per address the sink keeps a bitmap of those seen, adds
 //! `unique` and `duplicates` to the stats, and at exit writes the bitmap to
 //! `DIR/<port>.bits` (little-endian u64 words, bit N = number N arrived), so runs of a
-//! sink that was stopped and started again can be merged. `--graceful`: at SIGTERM, stop
-//! accepting, half-close every connection and read each to its end (at most 10 s), so
-//! everything the sink's kernel acknowledged is counted (a killed sink loses it).
+//! sink that was stopped and started again can be merged. `--graceful-ms N`: at SIGTERM,
+//! stop accepting, half-close every connection and read each until the sender closes it
+//! (at most N ms), so everything the sink's kernel acknowledged is counted (a killed sink
+//! loses it).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read as _, Write as _};
@@ -69,9 +70,10 @@ pub struct EchoArgs {
     /// write each address's bitmap here at exit.
     #[arg(long)]
     pub sequence_dir: Option<PathBuf>,
-    /// At SIGTERM, stop accepting and read every connection to its end before exiting.
-    #[arg(long)]
-    pub graceful: bool,
+    /// At SIGTERM, stop accepting, half-close every connection and read each for up to
+    /// this long (to its end if the sender closes sooner) before exiting; 0 = exit at once.
+    #[arg(long, default_value_t = 0)]
+    pub graceful_ms: u64,
 }
 
 /// Counts of one address, shared by its accept and connection threads.
@@ -290,15 +292,16 @@ pub fn run(args: EchoArgs) -> io::Result<()> {
         last_at = now;
     }
 
-    if args.graceful {
+    if args.graceful_ms > 0 {
         CLOSING.store(true, Ordering::Relaxed);
         let closing_at = Instant::now();
+        let bound = Duration::from_millis(args.graceful_ms);
         for (_, c) in &addresses {
             let conns = std::mem::take(&mut *c.conns.lock().unwrap_or_else(|e| e.into_inner()));
             for (stream, reader) in conns {
                 let _ = stream.shutdown(std::net::Shutdown::Write);
-                // Bounded: the reader ends at EOF, or 10 s after the half-close.
-                while !reader.is_finished() && closing_at.elapsed() < Duration::from_secs(10) {
+                // Bounded: the reader ends at EOF, or `bound` after the half-close.
+                while !reader.is_finished() && closing_at.elapsed() < bound {
                     std::thread::sleep(POLL);
                 }
             }
