@@ -830,3 +830,94 @@ fn what_a_sink_never_acknowledged_is_delivered_when_a_working_one_is_back() {
     assert!(counter(&d, "resent_lines") > 0, "{d}");
     assert_eq!(c.stop(), 0);
 }
+
+#[test]
+fn a_member_removed_while_spooling_still_gets_its_spool_and_a_left_spool_is_reported() {
+    let live = Sink::start();
+    let gone_port = free_port();
+    let gone = format!("127.0.0.1:{gone_port}");
+    let listen = free_port();
+    let config = fan_out_config(
+        listen,
+        &[&live.addr, &gone, &format!("127.0.0.1:{}", free_port())],
+    )
+    .replace("shards = 2", "shards = 1");
+    let c = Cadent::start("spool-retire", &config);
+    let mut tx = Sender::connect(&format!("127.0.0.1:{listen}"), "fan");
+    tx.send(5_000);
+    let n = tx.next;
+    assert!(wait_until(Duration::from_secs(20), || counter(
+        &dest(&c, &gone),
+        "spooled_lines"
+    ) == n));
+    // Removed at run time: what it spooled is still delivered to it; later lines are not.
+    let (st, body) = crate::support::http_request(
+        &c.admin,
+        "DELETE",
+        &format!("/cluster/fan/members/{gone}"),
+        "",
+    );
+    assert_eq!(st, 200, "{body}");
+    tx.send(5_000);
+    let m = tx.next;
+    assert!(wait_until(Duration::from_secs(20), || coverage(
+        &live, "fan", m
+    )
+    .0 == m));
+    let sink = Sink::start_at(&gone);
+    assert!(
+        wait_until(Duration::from_secs(20), || coverage(&sink, "fan", m).0 == n),
+        "{} of {n}:\n{}",
+        coverage(&sink, "fan", m).0,
+        c.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        coverage(&sink, "fan", m).0,
+        n,
+        "nothing sent after its removal"
+    );
+    drop(sink);
+    drop(tx);
+    let dir = c.dir.clone();
+    assert_eq!(c.stop(), 0);
+
+    // Spools the config no longer owns (the removed member's, and the never-reached third
+    // member's, with its lines still in it) are reported at startup, and left alone.
+    let third = fan_third(&config);
+    let only_live = config.replace(
+        &format!("\"{}\", \"{gone}\", \"{third}\"", live.addr),
+        &format!("\"{}\"", live.addr),
+    );
+    assert_ne!(only_live, config);
+    let left = dir
+        .join("spool")
+        .join(cadent::output::spool::escape_name(&format!(
+            "tcp://{third}"
+        )))
+        .join("shard-0");
+    assert!(left.join("ledger").exists(), "{}", left.display());
+    let c = Cadent::start_in(dir, &only_live);
+    let status = http_get(&c.admin, "/ops/status").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let orphans: Vec<String> = v["orphan_spools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(orphans.len(), 2, "{status}");
+    assert!(orphans.iter().any(|o| o.ends_with(&format!(
+        "{}/shard-0",
+        cadent::output::spool::escape_name(&format!("tcp://{third}"))
+    ))));
+    assert!(left.join("ledger").exists(), "not deleted");
+    assert!(c.log().contains("spool left by a config"), "{}", c.log());
+    assert_eq!(c.stop(), 0);
+}
+
+/// The third member of a `fan_out_config`.
+fn fan_third(config: &str) -> String {
+    let members = config.split("members = [").nth(1).unwrap();
+    members.split('"').nth(5).unwrap().to_string()
+}
