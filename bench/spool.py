@@ -248,7 +248,7 @@ def one_run(relay, mode, args, out_dir, procs):
                 for k, s in enumerate(sinks):
                     if k == KILLED and mode == "kill":
                         continue
-                    at = sent_at(progress, row["lines"][k])
+                    at = sent_at(progress, row["lines"][k], args.rate)
                     if at is not None:
                         lag_max[k] = max(lag_max[k], now - at)
             if relay == "cadent":
@@ -394,9 +394,10 @@ def read_progress(stream, t0, progress):
                 progress.append((time.monotonic() - t0, int(m[1])))
 
 
-def sent_at(progress, lines):
-    """When blast had sent `lines` lines (linear between its progress reports); the
-    sink's stats are up to 100 ms older than that, so the lag is over-stated, not under."""
+def sent_at(progress, lines, rate):
+    """When blast had sent `lines` lines: linear between its progress reports, and past the
+    last one extrapolated at the offered rate. The sink's stats are up to 100 ms older
+    than the moment they are compared with, so a lag is over-stated, never under."""
     snap = list(progress)
     if not snap or lines < snap[0][1]:
         return None  # before blast's first report: nothing to compare with
@@ -405,7 +406,8 @@ def sent_at(progress, lines):
             if n2 == n1:
                 return t2
             return t1 + (t2 - t1) * (lines - n1) / (n2 - n1)
-    return snap[-1][0]
+    t, n = snap[-1]
+    return t + (lines - n) / rate
 
 
 def print_summary(results, out):

@@ -1,12 +1,11 @@
 //! Network writers: one task per destination per shard, draining its queue over TCP
 //! (reconnecting with backoff) or UDP (one datagram per batch).
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-
-use std::collections::VecDeque;
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpStream, UdpSocket};
@@ -161,14 +160,17 @@ impl Conn {
             let have = acked.saturating_sub(start).min(b.data.len() as u64) as usize;
             if let Some(i) = memchr::memrchr(b'\n', &b.data[..have]) {
                 let cut = i + 1;
+                if cut == b.data.len() {
+                    q.complete(b.lines, cut, b.records);
+                    q.recycle(b.data);
+                    continue;
+                }
+                // The spool records stay with the rest: acked once it is delivered.
                 let lines = memchr::memchr_iter(b'\n', &b.data[..cut]).count() as u32;
                 q.complete(lines, cut, 0);
                 b.data.drain(..cut);
                 b.lines -= lines;
                 start += cut as u64;
-            }
-            if b.lines == 0 {
-                continue;
             }
             let sent = written.saturating_sub(start).min(b.data.len() as u64) as usize;
             resent += memchr::memchr_iter(b'\n', &b.data[..sent]).count() as u64;

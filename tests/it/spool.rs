@@ -349,6 +349,15 @@ fn dropped_all(d: &serde_json::Value) -> u64 {
     counter(d, "dropped_lines_spool_full") + counter(d, "dropped_lines_queue_full")
 }
 
+/// `config` listening on a fresh port instead of `listen` (a restart: the old port may
+/// have been taken by some outgoing connection meanwhile; only the spool must stay).
+fn relisten(config: &str, listen: u16) -> String {
+    config.replace(
+        &format!("127.0.0.1:{listen}\""),
+        &format!("127.0.0.1:{}\"", free_port()),
+    )
+}
+
 fn one_sink_config(listen: u16, addr: &str, extra_output: &str) -> String {
     format!(
         r#"
@@ -400,7 +409,7 @@ fn kill_9_while_spooling_loses_nothing_committed() {
     drop(tx);
     let dir = c.kill9();
 
-    let c = Cadent::start_in(dir, &config);
+    let c = Cadent::start_in(dir, &relisten(&config, listen));
     let sink = Sink::start_at(&addr);
     assert!(
         wait_until(Duration::from_secs(30), || coverage(&sink, "k9", n).0 == n),
@@ -441,7 +450,7 @@ fn sigterm_leaves_the_queue_in_the_spool_for_the_next_start() {
         started.elapsed() < Duration::from_secs(4),
         "a dead sink with a spool does not hold shutdown for the deadline"
     );
-    let c = Cadent::start_in(dir, &config);
+    let c = Cadent::start_in(dir, &relisten(&config, listen));
     let sink = Sink::start_at(&addr);
     assert!(
         wait_until(Duration::from_secs(30), || coverage(&sink, "term", n).0
@@ -530,7 +539,7 @@ fn damage_is_skipped_and_counted_and_the_rest_delivered() {
     std::fs::write(last, &bytes[..off + len - 10]).unwrap();
     lost.extend(ids);
 
-    let c = Cadent::start_in(dir, &config);
+    let c = Cadent::start_in(dir, &relisten(&config, listen));
     let sink = Sink::start_at(&addr);
     let want = n - lost.len() as u64;
     assert!(
@@ -897,7 +906,7 @@ fn a_member_removed_while_spooling_still_gets_its_spool_and_a_left_spool_is_repo
         )))
         .join("shard-0");
     assert!(left.join("ledger").exists(), "{}", left.display());
-    let c = Cadent::start_in(dir, &only_live);
+    let c = Cadent::start_in(dir, &relisten(&only_live, listen));
     let status = http_get(&c.admin, "/ops/status").unwrap();
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
     let orphans: Vec<String> = v["orphan_spools"]
