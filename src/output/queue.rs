@@ -283,11 +283,6 @@ impl DestQueue {
         Some(b)
     }
 
-    /// Puts back a batch the writer could not finish, at the front, so order is kept.
-    pub fn unpop(&self, batch: Batch) {
-        self.requeue(vec![batch]);
-    }
-
     /// Puts back batches the writer could not deliver (a connection died before the
     /// peer acknowledged them), at the front, in their order.
     pub fn requeue(&self, batches: Vec<Batch>) {
@@ -813,7 +808,7 @@ mod tests {
         assert_eq!((c.queued_lines, c.dropped_lines_queue_full), (110, 60));
         assert_eq!(q.pop().unwrap().lines, 30);
         let b = q.pop().unwrap();
-        q.unpop(b);
+        q.requeue(vec![b]);
         assert_eq!(q.pop().unwrap().lines, 20);
         assert!(q.pop().is_none());
     }

@@ -237,10 +237,11 @@ pub fn run(args: EchoArgs) -> io::Result<()> {
             .map_err(|e| io::Error::new(e.kind(), format!("echo: listen {name}: {e}")))?;
         let (c, label) = (Arc::clone(&counts), name.clone());
         let print = args.print;
+        let graceful = args.graceful_ms > 0;
         std::thread::Builder::new()
             .name(format!("echo-{name}"))
             .spawn(move || match bound {
-                Bound::Tcp(l) => accept_loop(l, c, label, print),
+                Bound::Tcp(l) => accept_loop(l, c, label, print, graceful),
                 Bound::Udp(s) => udp_loop(s, &c, &label, print),
             })?;
         addresses.push((name, counts));
@@ -367,10 +368,17 @@ fn bind(endpoint: Endpoint) -> io::Result<Bound> {
 
 /// Accepts until a graceful stop (or for the life of the process); one thread per
 /// connection.
-fn accept_loop(listener: TcpListener, counts: Arc<Counts>, name: String, print: bool) {
+fn accept_loop(
+    listener: TcpListener,
+    counts: Arc<Counts>,
+    name: String,
+    print: bool,
+    graceful: bool,
+) {
     let name: Arc<str> = name.into();
-    // Non-blocking, so a graceful stop can close the listener (the port then refuses).
-    let _ = listener.set_nonblocking(true);
+    // With a graceful stop, non-blocking (polled every 2 ms), so the stop can close the
+    // listener (the port then refuses); otherwise blocking, costing nothing while idle.
+    let _ = listener.set_nonblocking(graceful);
     while !CLOSING.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
