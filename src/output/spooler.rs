@@ -223,12 +223,16 @@ const DIR_WAIT: Duration = Duration::from_millis(100);
 /// shard's final round ([`DestQueue::finish_spool`]) has spooled what memory held.
 pub async fn run(q: Rc<DestQueue>, settings: SpoolSettings, open_spools: OpenSpools) {
     let s = settings;
-    // Until then the queue stays in spool mode: pushes wait in its (bounded) tail.
-    while open_spools.borrow().contains(&s.dir) {
-        if q.finishing_spool() {
-            return;
+    if open_spools.borrow().contains(&s.dir) {
+        // A retired destination of the same name is still delivering its spool. This one
+        // runs from memory meanwhile (what it must spool waits in its bounded tail).
+        q.spool_returned(SpoolOutcome::default());
+        while open_spools.borrow().contains(&s.dir) {
+            if q.finishing_spool() {
+                return;
+            }
+            glommio::timer::sleep(DIR_WAIT).await;
         }
-        glommio::timer::sleep(DIR_WAIT).await;
     }
     open_spools.borrow_mut().insert(s.dir.clone());
     let _hold = DirHold(open_spools, s.dir.clone());
@@ -269,8 +273,10 @@ pub async fn run(q: Rc<DestQueue>, settings: SpoolSettings, open_spools: OpenSpo
     loop {
         // Sleep until there is work, a commit falls due, or a retry is due.
         if !q.finishing_spool() && !q.spool_idle_done() && !q.spool_job_ready() {
-            // Acks arrive without waking the task: they wait for the next commit tick.
-            let commit_at = spool.is_some().then(|| last_commit + s.fsync_interval);
+            // Acks arrive without waking the task: they wait for the next commit tick. A
+            // closed (retired) queue is looked at every tick too, to see it is done.
+            let commit_at =
+                (spool.is_some() || q.is_closed()).then(|| last_commit + s.fsync_interval);
             let reopen_at = failed_at.map(|t| t + REOPEN_INTERVAL);
             let wake_at = [commit_at, reopen_at, replay_paused_until]
                 .into_iter()
