@@ -559,6 +559,24 @@ fn damage_is_skipped_and_counted_and_the_rest_delivered() {
     assert_eq!(c.stop(), 0);
 }
 
+/// Waits (bounded) until the destination's spool has failed, and checks `/ops/status` says
+/// the process is degraded, naming it.
+fn assert_spool_failed(c: &Cadent, addr: &str, within: Duration) {
+    assert!(
+        wait_until(within, || counter(&dest(c, addr), "spool_failed") == 1),
+        "{}",
+        dest(c, addr)
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&http_get(&c.admin, "/ops/status").unwrap()).unwrap();
+    assert_eq!(status["status"], "degraded", "{status}");
+    assert_eq!(
+        status["spool_failed"][0],
+        format!("tcp://{addr}"),
+        "{status}"
+    );
+}
+
 #[test]
 fn an_unwritable_spool_directory_falls_back_to_memory() {
     let sink_port = free_port();
@@ -573,16 +591,7 @@ fn an_unwritable_spool_directory_falls_back_to_memory() {
     let mut tx = Sender::connect(&format!("127.0.0.1:{listen}"), "ro");
     tx.send(2_000);
     let n = tx.next;
-    assert!(
-        wait_until(Duration::from_secs(10), || counter(
-            &dest(&c, &addr),
-            "spool_failed"
-        ) == 1),
-        "{}",
-        dest(&c, &addr)
-    );
-    let status = http_get(&c.admin, "/ops/status").unwrap();
-    assert!(status.contains("spool_failed"), "{status}");
+    assert_spool_failed(&c, &addr, Duration::from_secs(10));
     // The process is up, and what memory held is delivered once the sink is back.
     let sink = Sink::start_at(&addr);
     assert!(wait_until(Duration::from_secs(20), || coverage(
@@ -624,16 +633,7 @@ fn a_full_disk_is_counted_and_survived() {
     let mut tx = Sender::connect(&format!("127.0.0.1:{listen}"), "full");
     tx.send(40_000);
     let n = tx.next;
-    assert!(
-        wait_until(Duration::from_secs(20), || counter(
-            &dest(&c, &addr),
-            "spool_failed"
-        ) == 1),
-        "{}",
-        dest(&c, &addr)
-    );
-    let status = http_get(&c.admin, "/ops/status").unwrap();
-    assert!(status.contains("spool_failed"), "{status}");
+    assert_spool_failed(&c, &addr, Duration::from_secs(20));
     let sink = Sink::start_at(&addr);
     assert!(
         wait_until(Duration::from_secs(30), || {
