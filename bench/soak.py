@@ -13,8 +13,8 @@ wrong at once, for --minutes (default 30), all on 127.0.0.1.
 
 RSS is sampled every 10 s; at the end the load stops, queues drain, and every accounting
 identity of /stats is checked (received = parsed + rejected per listener; per
-destination, the reclaimed one included, queued = sent + dropped + offloaded; parsed =
-routed). Prints a JSON summary; exits 1 if an identity fails or RSS grew after warm-up by
+destination, the reclaimed one included, queued + recovered = sent + dropped + offloaded
++ spooled; parsed = routed). Prints a JSON summary; exits 1 if an identity fails or RSS grew after warm-up by
 more than --rss-growth-mb.
 
     bench/soak.py --cadent target/release/cadent --minutes 30
@@ -99,9 +99,12 @@ def accounting(stats):
     routed = stats.get("unrouted", 0) + stats.get("dropped_by_rule", 0)
     for name, d in stats["destinations"].items():
         out = (d["sent_lines"] + d["dropped_lines_queue_full"] + d["dropped_lines_shutdown"]
-               + d["dropped_lines_write_failed"] + d["offloaded_lines"])
-        if d["queued_lines"] != out:
-            fails.append(f"destination {name}: queued {d['queued_lines']} != accounted {out}")
+               + d["dropped_lines_write_failed"] + d["offloaded_lines"]
+               + d.get("dropped_lines_spool_full", 0) + d.get("dropped_lines_spool_error", 0)
+               + d.get("spool_lines", 0))
+        queued = d["queued_lines"] + d.get("recovered_lines", 0)
+        if queued != out:
+            fails.append(f"destination {name}: queued + recovered {queued} != accounted {out}")
         routed += d["queued_lines"] - d["offloaded_lines"]
     if parsed != routed:
         fails.append(f"parsed {parsed} != routed {routed}")

@@ -241,6 +241,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         started: Instant::now(),
         lookups: Default::default(),
         noodle: Default::default(),
+        orphan_spools: orphan_spools(&cfg, shards),
     });
     let config_name = path
         .as_ref()
@@ -358,6 +359,43 @@ fn check_fds(cfg: &Config, shards: usize) -> usize {
 /// last counts and end, before the process exits without them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// The spool directories under `output.spool_dir` that no destination of `cfg` on one of
+/// `shards` shards owns: left by an earlier config (or more shards). Each is logged, and
+/// none is deleted: inspect it with `cadent spool inspect`, then remove it by hand.
+fn orphan_spools(cfg: &Config, shards: usize) -> Vec<String> {
+    use cadent::output::spool;
+    let Some(root) = &cfg.output.spool_dir else {
+        return Vec::new();
+    };
+    let Ok(dirs) = spool::find_spools(&spool::io::FsIo, root) else {
+        return Vec::new();
+    };
+    let table = cadent::route::DestinationTable::from_config(cfg);
+    let mut orphans = Vec::new();
+    for dir in dirs {
+        let owned = spool::spool_owner(root, &dir).is_some_and(|(name, shard)| {
+            shard < shards
+                && table.destinations.iter().enumerate().any(|(d, dest)| {
+                    dest.name == name
+                        && cadent::output::spool_bytes_max(
+                            cfg,
+                            &table,
+                            cadent::route::DestId(d as u16),
+                        ) > 0
+                })
+        });
+        if !owned {
+            tracing::warn!(
+                dir = %dir.display(),
+                "spool left by a config that no longer has its destination (or shard): \
+                 not replayed, not deleted; see `cadent spool inspect`"
+            );
+            orphans.push(dir.display().to_string());
+        }
+    }
+    orphans
+}
+
 /// The admin API is gone by the time shards have drained, so the final counts go to the
 /// log: what was received, what each destination got, and every loss.
 fn log_totals(registry: &Registry) -> DestinationCounters {
@@ -391,6 +429,12 @@ fn log_totals(registry: &Registry) -> DestinationCounters {
             dropped_lines_queue_full = d.dropped_lines_queue_full,
             dropped_lines_shutdown = d.dropped_lines_shutdown,
             dropped_lines_write_failed = d.dropped_lines_write_failed,
+            spooled_lines = d.spooled_lines,
+            replayed_lines = d.replayed_lines,
+            spool_lines = d.spool_lines,
+            dropped_lines_spool_full = d.dropped_lines_spool_full,
+            dropped_lines_spool_error = d.dropped_lines_spool_error,
+            resent_lines = d.resent_lines,
             "final destination totals"
         );
     }

@@ -898,11 +898,14 @@ impl Control {
             if d >= inner.health.len() || inner.serials[d] != serial {
                 continue;
             }
-            let failures = total
-                .destinations
-                .get(d)
-                .map_or(0, |c| c.connect_failures + c.write_errors);
-            let writer_failed = failures > inner.writer_failures[d];
+            let (failures, stalled_ms) = total.destinations.get(d).map_or((0, 0), |c| {
+                (c.connect_failures + c.write_errors, c.stalled_ms)
+            });
+            // A writer that has had data outstanding a whole interval without the peer
+            // acknowledging any (it accepts, but does not read) fails the interval too,
+            // though its write timeout has not struck yet.
+            let writer_failed = failures > inner.writer_failures[d]
+                || stalled_ms >= inner.health_cfg.probe_interval_ms;
             inner.writer_failures[d] = failures;
             let e = Evidence {
                 probe_ok,

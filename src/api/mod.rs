@@ -38,6 +38,9 @@ pub struct AdminState {
     pub lookups: coco::Lookups,
     /// Noodle's counters.
     pub noodle: noodle::NoodleStats,
+    /// Spool directories found at startup that no configured destination owns (left by
+    /// an earlier config): reported, never deleted.
+    pub orphan_spools: Vec<String>,
 }
 
 /// The admin routes.
@@ -57,12 +60,25 @@ pub fn routes(state: Arc<AdminState>) -> Http {
 }
 
 async fn status(State(s): State<Arc<AdminState>>) -> Json<serde_json::Value> {
+    // A destination whose spool failed (full disk, I/O error) runs memory-only, with
+    // drops counted: the process is up, but degraded.
+    let total = Registry::total(&s.registry.per_shard());
+    let labels = s.registry.labels();
+    let spool_failed: Vec<&String> = labels
+        .destinations
+        .iter()
+        .zip(&total.destinations)
+        .filter(|(_, d)| d.spool_failed > 0)
+        .filter_map(|(name, _)| name.as_ref())
+        .collect();
     Json(json!({
-        "status": "ok",
+        "status": if spool_failed.is_empty() { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": s.started.elapsed().as_secs(),
         "shards": s.shards,
         "listeners": s.control.bound(),
+        "spool_failed": spool_failed,
+        "orphan_spools": s.orphan_spools,
     }))
 }
 

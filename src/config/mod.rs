@@ -290,6 +290,9 @@ pub struct Cluster {
     pub key: Option<ClusterKey>,
     /// What the members receive (`format`), with that format's settings.
     pub format: OutputFormat,
+    /// Disk spool per member (over all shards), overriding `output.spool_bytes_max`;
+    /// `Some(0)`: its members never spool.
+    pub spool_bytes_max: Option<u64>,
 }
 
 impl Cluster {
@@ -386,6 +389,15 @@ pub struct Output {
     /// Destinations live or still draining after their removal, at most; a change that
     /// would pass it is refused (each costs a queue and a writer on every shard).
     pub destinations_max: usize,
+    /// Where TCP destinations spool what they cannot take (one directory per destination
+    /// and shard below it); `None` (`spool_dir = ""`): no spool.
+    pub spool_dir: Option<PathBuf>,
+    /// Disk per destination (over all shards), framing included; clusters may override.
+    pub spool_bytes_max: u64,
+    /// Group commit: a spool syncs what was appended at least this often.
+    pub spool_fsync_interval_ms: u64,
+    /// A spool segment file is sealed at this size.
+    pub spool_segment_bytes: u64,
 }
 
 /// A validated configuration.
@@ -862,11 +874,33 @@ fn read_output(t: &Table, errs: &mut Vec<ConfigError>) -> Output {
             crate::route::DESTINATION_IDS_MAX as u64,
             errs,
         ) as usize,
+        spool_dir: match r.str_or("spool_dir", "./data/spool", errs) {
+            d if d.is_empty() => None,
+            d => Some(PathBuf::from(d)),
+        },
+        spool_bytes_max: r.uint("spool_bytes_max", 1 << 30, 0, 1 << 50, errs),
+        spool_fsync_interval_ms: r.uint("spool_fsync_interval_ms", 200, 1, 60_000, errs),
+        spool_segment_bytes: r.uint(
+            "spool_segment_bytes",
+            crate::output::spool::Limits::SEGMENT_BYTES_DEFAULT,
+            crate::output::spool::Limits::SEGMENT_BYTES_MIN,
+            crate::output::spool::Limits::SEGMENT_BYTES_MAX,
+            errs,
+        ),
     };
     if out.reconnect_backoff_min_ms > out.reconnect_backoff_max_ms {
         errs.push(ConfigError::new(
             "output.reconnect_backoff_min_ms",
             "is larger than output.reconnect_backoff_max_ms",
+        ));
+    }
+    let record_bytes = out.flush_bytes as u64
+        + crate::output::spool::format::RECORD_OVERHEAD_BYTES as u64
+        + crate::output::spool::format::SEGMENT_HEADER_BYTES as u64;
+    if out.spool_dir.is_some() && out.spool_segment_bytes < record_bytes {
+        errs.push(ConfigError::new(
+            "output.spool_segment_bytes",
+            format!("cannot hold a batch: at least flush_bytes + 56 = {record_bytes}"),
         ));
     }
     if out.flush_bytes > out.queue_bytes_max {
@@ -1051,6 +1085,9 @@ fn read_cluster(
         }
     };
     let format = collectd::read_output_format(&mut r, t, errs);
+    let spool_bytes_max = t
+        .contains_key("spool_bytes_max")
+        .then(|| r.uint("spool_bytes_max", 0, 0, 1 << 50, errs));
     let mut members = Vec::with_capacity(member_strs.len());
     for (j, m) in member_strs.iter().enumerate() {
         match Member::parse_bounded(m, instance_bytes_max) {
@@ -1082,6 +1119,12 @@ fn read_cluster(
                     r.key_path("path"),
                     "is required for kind = \"file\"",
                 )),
+            }
+            if spool_bytes_max.is_some() {
+                errs.push(ConfigError::new(
+                    r.key_path("spool_bytes_max"),
+                    "applies to tcp members only (a file cluster does not spool)",
+                ));
             }
         }
         Some(k) => {
@@ -1151,6 +1194,7 @@ fn read_cluster(
         diverse_replicas,
         key,
         format,
+        spool_bytes_max,
     }
 }
 
@@ -1519,6 +1563,61 @@ mod tests {
         assert!(c.listeners.len() >= 3);
         let documented = include_str!("../../configs/cadent.toml");
         Config::parse(documented).unwrap();
+    }
+
+    #[test]
+    fn the_spool_keys_read_as_the_issue_wrote_them() {
+        let c = Config::parse(
+            r#"
+            [output]
+            spool_dir = "./data/spool"
+            spool_bytes_max = 1073741824
+            spool_fsync_interval_ms = 200
+            [[listen]]
+            name = "g"
+            url = "tcp://127.0.0.1:0"
+            format = "graphite"
+            [[cluster]]
+            name = "caches"
+            kind = "carbon_ch"
+            members = ["tcp://10.0.0.1:2003", "tcp://10.0.0.2:2003"]
+            spool_bytes_max = 4294967296
+            [[cluster]]
+            name = "never"
+            kind = "any_of"
+            members = ["tcp://10.0.0.3:2003", "udp://10.0.0.4:2003"]
+            spool_bytes_max = 0
+            [[cluster]]
+            name = "default"
+            kind = "forward"
+            members = ["tcp://10.0.0.5:2003", "tcp://10.0.0.3:2003"]
+            [[route]]
+            match = { all = true }
+            send_to = ["caches"]
+        "#,
+        )
+        .unwrap();
+        assert_eq!(c.output.spool_dir, Some(PathBuf::from("./data/spool")));
+        assert_eq!(c.output.spool_bytes_max, 1 << 30);
+        assert_eq!(c.output.spool_fsync_interval_ms, 200);
+        assert_eq!(c.clusters[0].spool_bytes_max, Some(4 << 30));
+        assert_eq!(c.clusters[1].spool_bytes_max, Some(0));
+        let t = crate::route::DestinationTable::from_config(&c);
+        let cap = |addr: &str| {
+            let d = t.destinations.iter().position(|d| d.name == addr).unwrap();
+            crate::output::spool_bytes_max(&c, &t, crate::route::DestId(d as u16))
+        };
+        assert_eq!(cap("tcp://10.0.0.1:2003"), 4 << 30);
+        assert_eq!(cap("tcp://10.0.0.5:2003"), 1 << 30);
+        // In a cluster that never spools and one with the default: the largest wins.
+        assert_eq!(cap("tcp://10.0.0.3:2003"), 1 << 30);
+        assert_eq!(cap("udp://10.0.0.4:2003"), 0, "udp never spools");
+        let mut off = c.clone();
+        off.output.spool_dir = None;
+        assert_eq!(
+            crate::output::spool_bytes_max(&off, &t, crate::route::DestId(0)),
+            0
+        );
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub async fn run(queue: Rc<DestQueue>, sink: FileSink, shard: usize) {
         match f.write_at(batch.data, *pos).await {
             Ok(n) if n as u64 == len => {
                 *pos += len;
-                queue.complete(lines, len as usize);
+                queue.complete(lines, len as usize, 0);
             }
             Ok(_) | Err(_) => {
                 queue.fail(lines);

@@ -5,11 +5,12 @@ pub mod file;
 pub mod health;
 pub mod queue;
 pub mod spool;
+pub mod spooler;
 pub mod writer;
 
 use std::rc::Rc;
 
-use crate::config::{Output, OutputFormat, Transport};
+use crate::config::{Config, Output, OutputFormat, Transport};
 use crate::point::Point;
 use crate::protocol::collectd::EncoderConfig;
 use crate::protocol::encode::Encoder;
@@ -23,15 +24,21 @@ crate::counter_set! {
         /// Lines (records: collectd value lists for a collectd destination) put into this
         /// destination's batches.
         queued_lines: counter,
-        /// Lines the kernel (socket or file) accepted.
+        /// Lines delivered: for TCP, the peer's kernel acknowledged every byte of them;
+        /// for UDP and files, the kernel took them.
         sent_lines: counter,
-        /// Bytes written.
+        /// Bytes delivered (as `sent_lines`).
         sent_bytes: counter,
         /// Writes (syscalls or datagrams) that carried them.
         writes: counter,
-        /// Lines dropped: the queue was over queue_bytes_max (oldest first).
+        /// Lines written to a TCP connection that died before the peer acknowledged them,
+        /// and so written again after reconnecting: the sink may have them twice.
+        resent_lines: counter,
+        /// Lines dropped: memory over queue_bytes_max with no usable spool, or the
+        /// hand-off to a spool that cannot keep up (oldest first).
         dropped_lines_queue_full: counter,
-        /// Lines dropped: still queued when the shutdown deadline passed.
+        /// Lines dropped: still queued when the shutdown deadline passed (with a spool,
+        /// only what the spool could not take).
         dropped_lines_shutdown: counter,
         /// Lines dropped: a UDP datagram or file write failed (a TCP batch's unwritten
         /// part is retried instead).
@@ -47,19 +54,61 @@ crate::counter_set! {
         /// collectd series written to graphite with an unknown rate (`nan`) because the
         /// destination keeps rate state for store_rates_series_max series already.
         store_rates_series_full: counter,
-        /// Failed writes (TCP: the unwritten part is sent again after reconnecting).
+        /// Failed writes, resets and writes the peer did not acknowledge within
+        /// write_timeout_ms (TCP: what was not acknowledged is sent again after
+        /// reconnecting).
         write_errors: counter,
         /// Successful connects.
         connects: counter,
         /// Failed connects.
         connect_failures: counter,
-        /// Bytes queued now.
+        /// Lines appended to the disk spool.
+        spooled_lines: counter,
+        /// Payload bytes appended to the disk spool.
+        spooled_bytes: counter,
+        /// Spooled lines read back and delivered.
+        replayed_lines: counter,
+        /// Lines found in the spool when this destination's spool task opened it: left by
+        /// an earlier run, or by an earlier destination of the same name that was removed
+        /// while unreachable. They are delivered (or dropped) like the others, so
+        /// queued + recovered = sent + dropped + offloaded + what the queue and the spool
+        /// hold.
+        recovered_lines: counter,
+        /// Lines dropped: the spool was over its cap, so its oldest segment went.
+        dropped_lines_spool_full: counter,
+        /// Lines lost to a spool I/O error: appended, not yet committed, when a write or
+        /// sync failed (an over-count if some of it reached the disk).
+        dropped_lines_spool_error: counter,
+        /// Damaged spool records skipped at replay (bad checksum, impossible header).
+        spool_records_corrupt: counter,
+        /// Every byte written to the spool's files: headers, frames, payloads, ledger.
+        spool_bytes_written: counter,
+        /// Failed spool file operations.
+        spool_io_errors: counter,
+        /// Bytes queued in memory now.
         queue_bytes: gauge,
+        /// Bytes written to the connection that the peer has not acknowledged yet.
+        unacked_bytes: gauge,
         /// 1 while connected.
         connected: gauge,
         /// 1 while health has the destination down and its writer holds its batches
         /// (UDP members).
         held: gauge,
+        /// How long the writer has had data outstanding with no acknowledgement from the
+        /// peer, in milliseconds (0 while it makes progress or has nothing to send).
+        stalled_ms: max,
+        /// 1 while new batches go to the spool (the destination cannot take them).
+        spooling: gauge,
+        /// 1 while the spool takes nothing after an I/O error (memory only, drops counted).
+        spool_failed: gauge,
+        /// Bytes in the spool's files now, framing included (what spool_bytes_max bounds).
+        spool_bytes: gauge,
+        /// Lines in the spool not yet delivered.
+        spool_lines: gauge,
+        /// Age of the oldest undelivered spooled line, in milliseconds (0: none).
+        spool_oldest_age_ms: max,
+        /// Spooled lines delivered per second, over the last stats interval.
+        replay_lines_per_s: gauge,
     }
 }
 
@@ -74,6 +123,8 @@ struct Slot {
     queue: Rc<DestQueue>,
     /// A UDP member: its writer cannot tell it is down, so health holds its batches.
     udp: bool,
+    /// Its spool's cap over all shards (0: no spool).
+    spool_bytes_max: u64,
 }
 
 /// The batch being filled. Empty with no capacity until its first record: an idle
@@ -91,7 +142,7 @@ impl Open {
     fn seal(&mut self, queue: &DestQueue) {
         let data = std::mem::take(&mut self.data);
         let lines = std::mem::take(&mut self.records);
-        queue.push(Batch { data, lines });
+        queue.push(Batch::new(data, lines));
     }
 
     /// A buffer to append to (taken from the queue's pool at the first record).
@@ -111,7 +162,7 @@ impl Open {
             self.data.truncate(before);
             let data = std::mem::replace(&mut self.data, fresh);
             let lines = std::mem::replace(&mut self.records, records);
-            queue.push(Batch { data, lines });
+            queue.push(Batch::new(data, lines));
         } else {
             self.records += records;
         }
@@ -189,7 +240,8 @@ pub struct Outputs {
 }
 
 impl Outputs {
-    /// Queues for every destination of the table, bounded by `cfg.queue_bytes_max` each.
+    /// Queues for every destination of the table, bounded by `cfg.queue_bytes_max` each
+    /// (no spools: see [`apply`](Self::apply)).
     pub fn new(table: &DestinationTable, cfg: &Output, headroom_bytes: usize) -> Outputs {
         let mut out = Outputs {
             slots: Vec::with_capacity(table.len()),
@@ -197,11 +249,11 @@ impl Outputs {
             headroom_bytes,
             cfg: cfg.clone(),
         };
-        out.apply(table);
+        out.apply(table, None);
         out
     }
 
-    fn slot(&self, d: &Destination) -> Slot {
+    fn slot(&self, d: &Destination, spool_bytes_max: u64) -> Slot {
         let udp = matches!(&d.kind, DestinationKind::Net(m) if m.transport == Transport::Udp);
         let seal_bytes = if udp {
             self.cfg.udp_datagram_bytes_max
@@ -216,8 +268,13 @@ impl Outputs {
                 records: 0,
                 seal_bytes,
             },
-            queue: Rc::new(DestQueue::new(self.cfg.queue_bytes_max)),
+            queue: Rc::new(if spool_bytes_max > 0 {
+                DestQueue::with_spool(self.cfg.queue_bytes_max)
+            } else {
+                DestQueue::new(self.cfg.queue_bytes_max)
+            }),
             udp,
+            spool_bytes_max,
         }
     }
 
@@ -233,8 +290,9 @@ impl Outputs {
 
     /// Follows the table: a slot for each new occupant, retired ones closed, revived
     /// ones reopened, freed ones dropped with their counters kept in the reclaimed
-    /// totals. Returns what changed, in id order.
-    pub fn apply(&mut self, table: &DestinationTable) -> Vec<SlotChange> {
+    /// totals. Returns what changed, in id order. With `config`, a new TCP destination
+    /// gets a spool when [`spool_bytes_max`] says so.
+    pub fn apply(&mut self, table: &DestinationTable, config: Option<&Config>) -> Vec<SlotChange> {
         let mut changes = Vec::new();
         if self.slots.len() < table.len() {
             self.slots.resize_with(table.len(), || None);
@@ -253,7 +311,8 @@ impl Outputs {
             }
             let Some(w) = want else { continue };
             if self.slots[i].is_none() {
-                self.slots[i] = Some(self.slot(w));
+                let spool = config.map_or(0, |c| spool_bytes_max(c, table, d));
+                self.slots[i] = Some(self.slot(w, spool));
                 changes.push(SlotChange::Added(d));
             }
             let slot = self.slots[i].as_mut().expect("filled above");
@@ -285,6 +344,23 @@ impl Outputs {
         c.queued_lines += u64::from(slot.open.records);
         c.dropped_lines_shutdown += u64::from(slot.open.records);
         self.reclaimed.add(&c);
+    }
+
+    /// The spool cap of destination `d` over all shards (0: it has no spool, or no slot).
+    pub fn spool_bytes_max(&self, d: DestId) -> u64 {
+        self.slots
+            .get(d.index())
+            .and_then(Option::as_ref)
+            .map_or(0, |s| s.spool_bytes_max)
+    }
+
+    /// Destination `d` is down and nothing else can take its lines: its open batch is
+    /// sealed and everything it holds in memory goes behind its spool (if it has one).
+    pub fn spill(&mut self, d: DestId) {
+        if let Some(slot) = self.slots.get_mut(d.index()).and_then(Option::as_mut) {
+            slot.seal_all();
+            slot.queue.spill();
+        }
     }
 
     /// A destination went down and its cluster routes around it: its open batch is
@@ -428,6 +504,25 @@ impl Outputs {
     pub fn reclaimed(&self) -> &DestinationCounters {
         &self.reclaimed
     }
+}
+
+/// The spool cap of destination `d` over all shards: `output.spool_bytes_max`, or the
+/// largest override of the clusters listing it (so `0` only when every one says 0); 0
+/// without `output.spool_dir` and for UDP and file destinations, which never spool.
+pub fn spool_bytes_max(cfg: &Config, table: &DestinationTable, d: DestId) -> u64 {
+    let tcp = matches!(table.get(d).map(|x| &x.kind),
+        Some(DestinationKind::Net(m)) if m.transport == Transport::Tcp);
+    if !tcp || cfg.output.spool_dir.is_none() {
+        return 0;
+    }
+    table
+        .cluster_members
+        .iter()
+        .zip(&cfg.clusters)
+        .filter(|(members, _)| members.contains(&d))
+        .map(|(_, c)| c.spool_bytes_max.unwrap_or(cfg.output.spool_bytes_max))
+        .max()
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Network writers: one task per destination per shard, draining its queue over TCP
 //! (reconnecting with backoff) or UDP (one datagram per batch).
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -73,77 +74,275 @@ impl RateLimitedLog {
     }
 }
 
-/// Drains `queue` to a TCP member until the queue is closed and empty.
+/// Smallest and largest pause between looks at what the peer acknowledged, while
+/// nothing is left to write.
+const ACK_POLL_MIN: Duration = Duration::from_millis(1);
+const ACK_POLL_MAX: Duration = Duration::from_millis(50);
+
+/// One TCP connection and what was written on it that the peer has not acknowledged.
+struct Conn {
+    stream: TcpStream,
+    /// Bytes written on this connection.
+    written: u64,
+    /// Bytes the peer's kernel acknowledged.
+    acked: u64,
+    /// Batches written and not wholly acknowledged, each with the offset just past it.
+    window: VecDeque<(Batch, u64)>,
+    /// When the peer last acknowledged something new (or the window last became
+    /// non-empty).
+    progress_at: Instant,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            written: 0,
+            acked: 0,
+            window: VecDeque::new(),
+            progress_at: Instant::now(),
+        }
+    }
+
+    /// Looks at what the peer has acknowledged (`SIOCOUTQ`: what the kernel still holds
+    /// unacknowledged) and completes every batch it acknowledged whole. Returns whether
+    /// anything new was acknowledged.
+    fn poll_acks(&mut self, q: &DestQueue) -> bool {
+        let progressed = match unacked_bytes(&self.stream) {
+            Ok(outq) => {
+                let acked = self.written.saturating_sub(outq);
+                let new = acked > self.acked;
+                if new {
+                    self.acked = acked;
+                    self.progress_at = Instant::now();
+                }
+                new
+            }
+            Err(_) => false,
+        };
+        while self
+            .window
+            .front()
+            .is_some_and(|(_, end)| *end <= self.acked)
+        {
+            let (b, _) = self.window.pop_front().expect("non-empty");
+            q.complete(b.lines, b.data.len(), b.records);
+            q.recycle(b.data);
+        }
+        self.publish(q);
+        progressed
+    }
+
+    fn publish(&self, q: &DestQueue) {
+        let unacked = self.written - self.acked;
+        q.count(|c| c.unacked_bytes = unacked);
+        q.set_stalled_since((unacked > 0 || !self.window.is_empty()).then_some(self.progress_at));
+    }
+
+    /// Gives up the connection: the whole lines the peer acknowledged count as sent; the
+    /// rest (the line a partial acknowledgement cut, whole) goes back to the front of the
+    /// queue, to be sent again after reconnecting, its written lines counted as resent.
+    /// `partial`: the batch being written when the connection failed, with its offset.
+    fn give_back(mut self, q: &DestQueue, partial: Option<(Batch, u64)>) {
+        self.poll_acks(q);
+        let (acked, written) = (self.acked, self.written);
+        let mut back = Vec::with_capacity(self.window.len() + 1);
+        let mut resent = 0u64;
+        let window = std::mem::take(&mut self.window);
+        let all = window
+            .into_iter()
+            .map(|(b, end)| {
+                let start = end - b.data.len() as u64;
+                (b, start)
+            })
+            .chain(partial);
+        for (mut b, mut start) in all {
+            let have = acked.saturating_sub(start).min(b.data.len() as u64) as usize;
+            if let Some(i) = memchr::memrchr(b'\n', &b.data[..have]) {
+                let cut = i + 1;
+                if cut == b.data.len() {
+                    q.complete(b.lines, cut, b.records);
+                    q.recycle(b.data);
+                    continue;
+                }
+                // The spool records stay with the rest: acked once it is delivered.
+                let lines = memchr::memchr_iter(b'\n', &b.data[..cut]).count() as u32;
+                q.complete(lines, cut, 0);
+                b.data.drain(..cut);
+                b.lines -= lines;
+                start += cut as u64;
+            }
+            let sent = written.saturating_sub(start).min(b.data.len() as u64) as usize;
+            resent += memchr::memchr_iter(b'\n', &b.data[..sent]).count() as u64;
+            back.push(b);
+        }
+        q.count(|c| {
+            c.resent_lines += resent;
+            c.unacked_bytes = 0;
+        });
+        q.set_stalled_since(None);
+        q.requeue(back);
+        // The stream closes normally: a reset would also destroy what the peer's kernel
+        // acknowledged and its process has not read yet.
+    }
+}
+
+/// Bytes the kernel holds for this socket that the peer has not acknowledged
+/// (`SIOCOUTQ`: unsent plus sent-but-unacknowledged).
+fn unacked_bytes(s: &TcpStream) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: ioctl(2) SIOCOUTQ (= TIOCOUTQ) on the stream's own open fd writes one int
+    // into `n`, which lives on our stack for the call.
+    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.max(0) as u64)
+}
+
+/// Sleeps `d`, or less if the queue is told to stop.
+async fn pause(queue: &DestQueue, d: Duration) {
+    futures_lite::future::or(glommio::timer::sleep(d), queue.stopped()).await;
+}
+
+/// Drains `queue` to a TCP member until the queue is closed and empty (what it wrote
+/// acknowledged by the peer), or it is told to stop (what was not acknowledged goes back
+/// to the queue). A line counts as sent once the peer's kernel acknowledged its bytes;
+/// what a dead connection had not acknowledged is sent again on the next one.
 pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: WriterOptions) {
-    let mut conn: Option<TcpStream> = None;
+    let mut conn: Option<Conn> = None;
     let mut backoff = opts.backoff_min;
+    let mut ack_wait = ACK_POLL_MIN;
     let mut log = RateLimitedLog {
         last: None,
         every: Duration::from_secs(10),
     };
-    while queue.ready().await {
-        let stream = match conn.as_mut() {
-            Some(s) => s,
-            None => match connect(&member, opts.connect_timeout).await {
-                Ok(s) => {
+    loop {
+        let holding = conn.as_ref().is_some_and(|c| !c.window.is_empty());
+        if queue.stop_requested() || (!holding && !queue.ready().await) {
+            break;
+        }
+        if conn.is_none() {
+            let attempt = futures_lite::future::or(
+                async { Some(connect(&member, opts.connect_timeout).await) },
+                async {
+                    queue.stopped().await;
+                    None
+                },
+            )
+            .await;
+            match attempt {
+                None => break,
+                Some(Ok(s)) => {
                     queue.set_live(true);
                     queue.count(|c| c.connects += 1);
                     tracing::info!(destination = %name, "connected");
-                    conn.insert(s)
+                    conn = Some(Conn::new(s));
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     queue.count(|c| c.connect_failures += 1);
+                    queue.writer_failed();
                     if log.ready() {
                         tracing::warn!(destination = %name, error = %e, "connect failed; retrying with backoff");
                     }
-                    if queue.is_closed() {
-                        // Shutting down and the sink is gone: nothing more will be delivered.
-                        queue.discard_at_shutdown();
-                        return;
+                    if queue.abandon_unreachable() {
+                        // Shutting down (or removed) and the sink is gone: the spool keeps
+                        // what is queued, or without one it is lost (counted).
+                        queue.abandon();
+                        break;
                     }
-                    glommio::timer::sleep(backoff).await;
+                    pause(&queue, backoff).await;
                     backoff = (backoff * 2).min(opts.backoff_max);
                     continue;
                 }
-            },
-        };
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
         // A write into a connection the peer has closed still succeeds (the kernel takes
         // the bytes, then the peer answers RST): look before writing, so a sink that
-        // accepts and hangs up is not fed batches that vanish.
-        if peer_closed(stream) {
-            queue.set_live(false);
-            conn = None;
+        // accepts and hangs up is found at once. Nothing it did not acknowledge is lost:
+        // it goes back to the queue.
+        if peer_closed(&c.stream) {
+            queue.count(|c| c.write_errors += 1);
+            conn.take().expect("connected").give_back(&queue, None);
+            queue.writer_failed();
             if log.ready() {
                 tracing::warn!(destination = %name, "peer closed the connection; reconnecting");
             }
-            glommio::timer::sleep(backoff).await;
+            pause(&queue, backoff).await;
             backoff = (backoff * 2).min(opts.backoff_max);
             continue;
         }
-        let Some(batch) = queue.pop() else { continue };
-        match write_batch(stream, &batch.data, opts.write_timeout).await {
-            Ok(()) => {
-                queue.complete(batch.lines, batch.data.len());
-                queue.recycle(batch.data);
-                backoff = opts.backoff_min;
+        if let Some(batch) = queue.pop() {
+            let start = c.written;
+            if c.window.is_empty() {
+                c.progress_at = Instant::now();
             }
-            Err((written, e)) => {
-                queue.count(|c| c.write_errors += 1);
-                queue.set_live(false);
-                conn = None;
-                if log.ready() {
-                    tracing::warn!(destination = %name, error = %e, "write failed; reconnecting");
+            match write_batch(&mut c.stream, &batch.data, opts.write_timeout, &queue).await {
+                Ok(()) => {
+                    c.written += batch.data.len() as u64;
+                    let end = c.written;
+                    c.window.push_back((batch, end));
+                    queue.count(|c| c.writes += 1);
+                    if c.poll_acks(&queue) {
+                        backoff = opts.backoff_min;
+                    }
                 }
-                queue.unpop(resume_after(batch, written, &queue));
-                glommio::timer::sleep(backoff).await;
-                backoff = (backoff * 2).min(opts.backoff_max);
+                Err((written, e)) => {
+                    c.written += written as u64;
+                    conn.take()
+                        .expect("connected")
+                        .give_back(&queue, Some((batch, start)));
+                    if queue.stop_requested() {
+                        break;
+                    }
+                    queue.count(|c| c.write_errors += 1);
+                    queue.writer_failed();
+                    if log.ready() {
+                        tracing::warn!(destination = %name, error = %e, "write failed; reconnecting");
+                    }
+                    pause(&queue, backoff).await;
+                    backoff = (backoff * 2).min(opts.backoff_max);
+                }
             }
+            continue;
+        }
+        // Nothing to write: wait for the peer to acknowledge what it holds (or for the
+        // next batch, or a stop).
+        futures_lite::future::or(
+            glommio::timer::sleep(ack_wait),
+            futures_lite::future::or(queue.batch_ready(), queue.stopped()),
+        )
+        .await;
+        if c.poll_acks(&queue) {
+            ack_wait = ACK_POLL_MIN;
+            backoff = opts.backoff_min;
+        } else {
+            ack_wait = (ack_wait * 2).min(ACK_POLL_MAX);
+        }
+        if !c.window.is_empty() && c.progress_at.elapsed() >= opts.write_timeout {
+            // It accepts but takes nothing (a zero window): a failure, as a write that
+            // makes no progress is. What it holds unacknowledged is sent again.
+            queue.count(|c| c.write_errors += 1);
+            conn.take().expect("connected").give_back(&queue, None);
+            queue.writer_failed();
+            if log.ready() {
+                tracing::warn!(destination = %name, "peer acknowledged nothing for write_timeout_ms; reconnecting");
+            }
+            pause(&queue, backoff).await;
+            backoff = (backoff * 2).min(opts.backoff_max);
         }
     }
-    if let Some(mut s) = conn {
-        let _ = s.close().await;
+    if let Some(mut c) = conn {
+        if c.window.is_empty() {
+            let _ = c.stream.close().await;
+        } else {
+            c.give_back(&queue, None);
+        }
     }
     queue.set_live(false);
+    queue.set_stalled_since(None);
 }
 
 async fn connect(member: &Member, timeout: Duration) -> io::Result<TcpStream> {
@@ -184,12 +383,13 @@ fn peer_closed(s: &TcpStream) -> bool {
 
 /// Writes all of `data` within `timeout`; on failure says how many bytes the kernel
 /// took. A sink that accepts but stops reading fails here instead of holding the writer
-/// forever. One timer per batch: glommio's per-write timeouts cost ~7% of the relay's
-/// CPU at a fixed rate.
+/// forever, and a stop request ends the write at once. One timer per batch: glommio's
+/// per-write timeouts cost ~7% of the relay's CPU at a fixed rate.
 async fn write_batch(
     s: &mut TcpStream,
     data: &[u8],
     timeout: Duration,
+    queue: &DestQueue,
 ) -> Result<(), (usize, io::Error)> {
     let written = std::cell::Cell::new(0usize);
     let write = async {
@@ -209,32 +409,16 @@ async fn write_batch(
             "write made no progress",
         ))
     };
-    // If the deadline wins, the write in flight is cancelled: what it had sent is unknown,
-    // so the batch resumes from the last line known written (a line may arrive twice).
-    futures_lite::future::or(write, deadline)
+    let stop = async {
+        queue.stopped().await;
+        Err(io::Error::new(io::ErrorKind::Interrupted, "stopping"))
+    };
+    // If the deadline or a stop wins, the write in flight is cancelled: what it had
+    // handed the kernel is unknown, so the offset counts only what completed; what the
+    // peer acknowledged decides what is sent again (a line may arrive twice).
+    futures_lite::future::or(write, futures_lite::future::or(deadline, stop))
         .await
         .map_err(|e| (written.get(), e))
-}
-
-/// The part of a batch still to send after `written` bytes went out on a connection that
-/// then failed: lines wholly written count as sent, the line cut in half is sent again
-/// whole (the peer dropped its half when the connection died).
-fn resume_after(batch: Batch, written: usize, queue: &DestQueue) -> Batch {
-    let cut = match memchr::memrchr(b'\n', &batch.data[..written.min(batch.data.len())]) {
-        Some(i) => i + 1,
-        None => return batch,
-    };
-    let sent_lines = memchr::memchr_iter(b'\n', &batch.data[..cut]).count() as u32;
-    queue.count(|c| {
-        c.sent_lines += u64::from(sent_lines);
-        c.sent_bytes += cut as u64;
-    });
-    let mut data = batch.data;
-    data.drain(..cut);
-    Batch {
-        data,
-        lines: batch.lines - sent_lines,
-    }
 }
 
 /// Drains `queue` to a UDP member, one datagram per batch (batches are sealed at
@@ -310,13 +494,13 @@ pub async fn run_udp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
         let Some(batch) = queue.pop() else { continue };
         match s.send(&batch.data).await.map_err(io::Error::from) {
             Ok(_) => {
-                queue.complete(batch.lines, batch.data.len());
+                queue.complete(batch.lines, batch.data.len(), 0);
                 queue.recycle(batch.data);
             }
             Err(e) if unreachable(&e) => {
                 // Not sent: keep it, and stop sending until the member answers.
                 queue.count(|c| c.write_errors += 1);
-                queue.unpop(batch);
+                queue.requeue(vec![batch]);
                 queue.set_live(false);
                 refused = true;
                 if log.ready() {

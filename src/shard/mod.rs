@@ -283,9 +283,18 @@ enum Bound {
 struct Shard {
     id: usize,
     topology: Topology,
+    /// Shards in the process (each gets `spool_bytes_max / shards` of a spool cap).
+    shards: usize,
     listeners: HashMap<usize, RunningListener>,
     /// By destination id: its writer task (none for a free id).
     writers: Vec<Option<WriterTask>>,
+    /// By destination id: the spool task of a destination that has a spool.
+    spoolers: Vec<Option<SpoolerTask>>,
+    /// The spool directories those tasks hold.
+    open_spools: output::spooler::OpenSpools,
+    /// Destinations listed again while their spool task was ending (it gave up on the
+    /// removed destination): a new task starts once it has ended.
+    spool_restarts: Vec<DestId>,
     aggregator_tasks: HashMap<u16, glommio::task::JoinHandle<()>>,
     prepared: Option<Prepared>,
     opts: WriterOptions,
@@ -320,9 +329,13 @@ async fn run(
     core.borrow_mut().stream_fds_max = stream_fds_max;
     let mut shard = Shard {
         id,
+        shards,
         topology: empty,
         listeners: HashMap::new(),
         writers: Vec::new(),
+        spoolers: Vec::new(),
+        open_spools: Default::default(),
+        spool_restarts: Vec::new(),
         aggregator_tasks: HashMap::new(),
         prepared: None,
         opts: WriterOptions::from(&cfg.output),
@@ -369,6 +382,7 @@ async fn run(
         if stop.load(Ordering::Acquire) {
             break;
         }
+        shard.restart_spoolers(&core);
         while let Some(msg) = inbox.pop() {
             match msg {
                 ControlMsg::Health { changes } => shard.health(&core, &changes),
@@ -438,33 +452,45 @@ async fn run(
         }
         c.outputs.seal_all();
         for q in c.outputs.queues() {
-            q.close();
+            q.close_for_shutdown();
         }
     }
+    // Writers deliver what memory holds (a destination with a spool stops at its memory
+    // queue's end: the spool keeps the rest for the next start) until the deadline;
+    // then every writer still running hands back what its sink has not acknowledged and
+    // stops, and each spool task's last round spools what memory holds.
     let deadline = Duration::from_millis(cfg.server.shutdown_timeout_ms);
     let writers = std::mem::take(&mut shard.writers);
-    let drained = future::or(
-        async {
-            for w in writers.into_iter().flatten() {
-                w.join.await;
-            }
-            true
-        },
-        async {
-            glommio::timer::sleep(deadline).await;
-            false
-        },
-    )
-    .await;
-    if !drained {
+    let writers: Vec<_> = writers.into_iter().flatten().map(|w| w.join).collect();
+    if !join_within(writers, deadline, || {
+        for q in core.borrow().outputs.queues() {
+            q.request_stop();
+        }
+    })
+    .await
+    {
         tracing::warn!(
             shard = id,
-            "shutdown deadline passed with data still queued (counted as dropped_lines_shutdown)"
+            "writers did not stop after the shutdown deadline"
         );
     }
-    // Whatever is left (the deadline passed, or a reader appended after the queues
-    // closed and their writers finished) will not be delivered: count it. No await
-    // separates this from the executor's end, so nothing can be appended after it.
+    for q in core.borrow().outputs.queues() {
+        q.finish_spool();
+    }
+    let spoolers: Vec<_> = std::mem::take(&mut shard.spoolers)
+        .into_iter()
+        .flatten()
+        .map(|t| t.join)
+        .collect();
+    if !join_within(spoolers, deadline, || {}).await {
+        tracing::warn!(
+            shard = id,
+            "spools did not finish writing within the shutdown deadline"
+        );
+    }
+    // Whatever is left (no spool, or the spool failed, or a reader appended after the
+    // queues closed) will not be delivered: count it. No await separates this from the
+    // executor's end, so nothing can be appended after it.
     {
         let mut c = core.borrow_mut();
         c.outputs.seal_all();
@@ -473,6 +499,40 @@ async fn run(
         }
     }
     shard.publish(&core, &registry, true);
+}
+
+/// Awaits `tasks` for up to `deadline`; if it passes, calls `hurry` (which tells them to
+/// stop) and gives them as long again. Returns whether all ended.
+async fn join_within(
+    tasks: Vec<glommio::task::JoinHandle<()>>,
+    deadline: Duration,
+    hurry: impl FnOnce(),
+) -> bool {
+    let mut pending: std::collections::VecDeque<_> = tasks.into();
+    let mut hurry = Some(hurry);
+    for round in 0..2 {
+        if round == 1 {
+            hurry.take().expect("once")();
+        }
+        let joined = future::or(
+            async {
+                while let Some(t) = pending.front_mut() {
+                    t.await;
+                    pending.pop_front();
+                }
+                true
+            },
+            async {
+                glommio::timer::sleep(deadline).await;
+                false
+            },
+        )
+        .await;
+        if joined {
+            return true;
+        }
+    }
+    false
 }
 
 /// Sends the open mesh batches and applies every record that arrived.
@@ -505,18 +565,83 @@ impl Shard {
             if up {
                 continue;
             }
-            if let Some(targets) = c.router.offload_targets(dest) {
-                let moved = c.outputs.offload(dest, &targets);
-                if moved > 0 {
-                    tracing::info!(
-                        shard = self.id,
-                        destination = dest.index(),
-                        lines = moved,
-                        "moved the queue of a down destination to live members"
-                    );
+            match c.router.offload_targets(dest) {
+                Some(targets) if !targets.is_empty() => {
+                    let moved = c.outputs.offload(dest, &targets);
+                    if moved > 0 {
+                        tracing::info!(
+                            shard = self.id,
+                            destination = dest.index(),
+                            lines = moved,
+                            "moved the queue of a down destination to live members"
+                        );
+                    }
                 }
+                // Nothing else can take its lines: what it holds in memory goes to its
+                // spool (when it has one).
+                _ => c.outputs.spill(dest),
             }
         }
+    }
+
+    /// Starts a spool task for each destination listed again while its last one was
+    /// ending, once it has ended.
+    fn restart_spoolers(&mut self, core: &Rc<RefCell<Core>>) {
+        if self.spool_restarts.is_empty() {
+            return;
+        }
+        let c = core.borrow();
+        let cfg = self.topology.config.clone();
+        let pending = std::mem::take(&mut self.spool_restarts);
+        for d in pending {
+            let (Some(q), Some(dest)) = (c.outputs.queue(d), self.topology.table.get(d)) else {
+                continue;
+            };
+            if !self.topology.table.is_live(d) {
+                continue;
+            }
+            if self.spoolers[d.index()]
+                .as_ref()
+                .is_some_and(|t| !t.done.get())
+            {
+                self.spool_restarts.push(d);
+                continue;
+            }
+            q.restart_spool();
+            self.spoolers[d.index()] =
+                self.spawn_spooler(&cfg, dest, q, c.outputs.spool_bytes_max(d), false);
+        }
+    }
+
+    /// Starts the spool task of `dest` when it has a spool (`cap` over all shards).
+    fn spawn_spooler(
+        &self,
+        cfg: &Config,
+        dest: &Destination,
+        q: Rc<output::DestQueue>,
+        cap: u64,
+        inherit: bool,
+    ) -> Option<SpoolerTask> {
+        let root = cfg.output.spool_dir.as_ref().filter(|_| cap > 0)?;
+        let settings = output::spooler::SpoolSettings {
+            name: dest.name.clone(),
+            dir: output::spool::destination_dir(root, &dest.name, self.id),
+            limits: output::spool::Limits::new(
+                cap / self.shards as u64,
+                cfg.output.spool_segment_bytes,
+            ),
+            fsync_interval: Duration::from_millis(cfg.output.spool_fsync_interval_ms),
+            inherit,
+        };
+        let done = Rc::new(Cell::new(false));
+        let done2 = done.clone();
+        let open = self.open_spools.clone();
+        let join = glommio::spawn_local(async move {
+            output::spooler::run(q, settings, open).await;
+            done2.set(true);
+        })
+        .detach();
+        Some(SpoolerTask { join, done })
     }
 
     /// Publishes the shard's counters, with its epoch and the retired destinations it
@@ -542,6 +667,10 @@ impl Shard {
                     .writers
                     .get(d)
                     .is_some_and(|w| w.as_ref().is_none_or(|w| w.done.get()))
+                && self
+                    .spoolers
+                    .get(d)
+                    .is_none_or(|t| t.as_ref().is_none_or(|t| t.done.get()))
         }));
         for (slot, a) in counters.aggregators.iter_mut().zip(&aggs.aggs) {
             slot.clone_from(&a.counters);
@@ -720,31 +849,66 @@ impl Shard {
             drop(self.aggregator_tasks.remove(&task));
         }
         c.router = router;
-        // Destinations: new ones get queues and writers, removed ones retire, listed
-        // again ones reopen, drained ones the control thread freed are dropped.
+        // Destinations: new ones get queues, writers and spool tasks, removed ones
+        // retire, listed again ones reopen, drained ones the control thread freed are
+        // dropped.
         if self.writers.len() < topology.table.len() {
             self.writers.resize_with(topology.table.len(), || None);
         }
-        for change in c.outputs.apply(&topology.table) {
+        if self.spoolers.len() < topology.table.len() {
+            self.spoolers.resize_with(topology.table.len(), || None);
+        }
+        for change in c.outputs.apply(&topology.table, Some(&cfg)) {
             match change {
                 SlotChange::Added(d) => {
                     let q = c.outputs.queue(d).expect("added");
                     let dest = topology.table.get(d).expect("added");
-                    self.writers[d.index()] = Some(spawn_writer(self.id, dest, q, self.opts));
+                    self.writers[d.index()] =
+                        Some(spawn_writer(self.id, dest, q.clone(), self.opts));
+                    self.spoolers[d.index()] =
+                        self.spawn_spooler(&cfg, dest, q, c.outputs.spool_bytes_max(d), true);
                 }
                 SlotChange::Revived(d) => {
-                    // Its writer may still be draining (it goes on), or have stopped.
+                    // Its writer and spool task may still be draining (they go on), or
+                    // have stopped.
+                    let q = c.outputs.queue(d).expect("revived");
+                    let dest = topology.table.get(d).expect("revived");
                     if self.writers[d.index()]
                         .as_ref()
                         .is_none_or(|w| w.done.get())
                     {
-                        let q = c.outputs.queue(d).expect("revived");
-                        let dest = topology.table.get(d).expect("revived");
-                        self.writers[d.index()] = Some(spawn_writer(self.id, dest, q, self.opts));
+                        self.writers[d.index()] =
+                            Some(spawn_writer(self.id, dest, q.clone(), self.opts));
+                    }
+                    match &self.spoolers[d.index()] {
+                        Some(t) if !t.done.get() => {
+                            if q.finishing_spool() {
+                                self.spool_restarts.push(d);
+                            }
+                        }
+                        _ => {
+                            q.restart_spool();
+                            self.spoolers[d.index()] = self.spawn_spooler(
+                                &cfg,
+                                dest,
+                                q,
+                                c.outputs.spool_bytes_max(d),
+                                false,
+                            );
+                        }
                     }
                 }
-                SlotChange::Reclaimed(d) => self.writers[d.index()] = None,
+                SlotChange::Reclaimed(d) => {
+                    self.writers[d.index()] = None;
+                    self.spoolers[d.index()] = None;
+                }
                 SlotChange::Retired(_) => {}
+            }
+        }
+        for d in 0..topology.table.len() {
+            let d = DestId(d as u16);
+            if let Some(q) = c.outputs.queue(d) {
+                q.set_routed_around(c.router.offload_targets(d).is_some());
             }
         }
         let headroom = cfg
@@ -958,6 +1122,14 @@ fn start_listener(
 struct WriterTask {
     join: glommio::task::JoinHandle<()>,
     /// Set when the writer has stopped for good (its queue closed and drained).
+    done: Rc<Cell<bool>>,
+}
+
+/// A destination's spool task on this shard.
+struct SpoolerTask {
+    join: glommio::task::JoinHandle<()>,
+    /// Set when the task has ended (its queue closed and everything delivered, or the
+    /// shard's final round done).
     done: Rc<Cell<bool>>,
 }
 

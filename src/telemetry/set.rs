@@ -15,7 +15,8 @@
 //!
 //! Every field is a plain `u64` the owning stage increments; the doc comment is the help
 //! text `/metrics` prints. Sums over shards add every field (a gauge summed over shards is
-//! the process's value: bytes queued, connections open).
+//! the process's value: bytes queued, connections open), except a `max` gauge, whose
+//! process value is the largest shard's (the age of the oldest spooled record).
 
 /// Whether a field only grows or goes up and down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +25,8 @@ pub enum Kind {
     Counter,
     /// Goes up and down (Prometheus `gauge`).
     Gauge,
+    /// A gauge combined over shards by taking the largest (an age, a duration).
+    Max,
 }
 
 impl Kind {
@@ -31,7 +34,7 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
+            Kind::Gauge | Kind::Max => "gauge",
         }
     }
 }
@@ -53,7 +56,7 @@ pub trait CounterSet: Clone + Default + std::fmt::Debug {
     const FIELDS: &'static [Field];
     /// Field values, in [`FIELDS`](Self::FIELDS) order.
     fn values(&self) -> Vec<u64>;
-    /// Adds every field of `other` (sums over shards).
+    /// Adds every field of `other` (sums over shards; `max` fields take the larger).
     fn add(&mut self, other: &Self);
     /// Each field with its value.
     fn each(&self, mut f: impl FnMut(&'static Field, u64)) {
@@ -71,8 +74,8 @@ pub trait CounterSet: Clone + Default + std::fmt::Debug {
     }
 }
 
-/// Declares a [`CounterSet`]: a struct of `pub u64` fields, each `name: counter` or
-/// `name: gauge` with its doc comment as help text.
+/// Declares a [`CounterSet`]: a struct of `pub u64` fields, each `name: counter`,
+/// `name: gauge` or `name: max` with its doc comment as help text.
 #[macro_export]
 macro_rules! counter_set {
     (
@@ -99,12 +102,15 @@ macro_rules! counter_set {
                 vec![ $( self.$field ),* ]
             }
             fn add(&mut self, other: &Self) {
-                $( self.$field += other.$field; )*
+                $( $crate::counter_set!(@add $kind self.$field, other.$field); )*
             }
         }
     };
     (@kind counter) => { $crate::telemetry::set::Kind::Counter };
     (@kind gauge) => { $crate::telemetry::set::Kind::Gauge };
+    (@kind max) => { $crate::telemetry::set::Kind::Max };
+    (@add max $a:expr, $b:expr) => { $a = $a.max($b) };
+    (@add $kind:ident $a:expr, $b:expr) => { $a += $b };
     (@help $first:literal $($rest:literal)*) => { concat!($first $(, "\n", $rest)*) };
 }
 
@@ -131,22 +137,28 @@ mod tests {
             /// Second, a gauge.
             /// Two lines of help.
             b: gauge,
+            /// The largest over shards.
+            c: max,
         }
     }
 
     #[test]
     fn fields_values_and_sums() {
-        assert_eq!(Two::FIELDS.len(), 2);
+        assert_eq!(Two::FIELDS.len(), 3);
+        assert_eq!(Two::FIELDS[2].kind.as_str(), "gauge");
         assert_eq!(Two::FIELDS[1].kind, Kind::Gauge);
         assert_eq!(
             Two::FIELDS[1].help.trim(),
             "Second, a gauge.\n Two lines of help."
         );
-        let mut x = Two { a: 1, b: 2 };
-        x.add(&Two { a: 10, b: 20 });
-        assert_eq!(x.values(), [11, 22]);
-        let mut v = vec![Two { a: 1, b: 1 }];
-        add_all(&mut v, &[Two { a: 1, b: 1 }, Two { a: 5, b: 5 }]);
-        assert_eq!(v, [Two { a: 2, b: 2 }, Two { a: 5, b: 5 }]);
+        let mut x = Two { a: 1, b: 2, c: 7 };
+        x.add(&Two { a: 10, b: 20, c: 3 });
+        assert_eq!(x.values(), [11, 22, 7]);
+        let mut v = vec![Two { a: 1, b: 1, c: 1 }];
+        add_all(
+            &mut v,
+            &[Two { a: 1, b: 1, c: 4 }, Two { a: 5, b: 5, c: 5 }],
+        );
+        assert_eq!(v, [Two { a: 2, b: 2, c: 4 }, Two { a: 5, b: 5, c: 5 }]);
     }
 }

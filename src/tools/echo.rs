@@ -16,13 +16,22 @@
 //! - at exit (SIGTERM, SIGINT or `--duration-s`), on stdout, one line per address then the
 //!   total: `echo: addr=URL lines=N bytes=M connections=C datagrams=D` and
 //!   `echo: total_lines=N total_bytes=M elapsed_s=X`; exit status 0.
+//!
+//! `--sequence-dir DIR` (TCP): each line's second field is read as a sequence number
+//! (`cadent blast --sequence`); per address the sink keeps a bitmap of those seen, adds
+//! `unique` and `duplicates` to the stats, and at exit writes the bitmap to
+//! `DIR/<port>.bits` (little-endian u64 words, bit N = number N arrived), so runs of a
+//! sink that was stopped and started again can be merged. `--graceful-ms N`: at SIGTERM,
+//! stop accepting, half-close every connection and read each until the sender closes it
+//! (at most N ms), so everything the sink's kernel acknowledged is counted (a killed sink
+//! loses it).
 
 use std::collections::BTreeMap;
 use std::io::{self, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::Endpoint;
@@ -63,6 +72,14 @@ pub struct EchoArgs {
     /// are counted as lines).
     #[arg(long, default_value = "lines")]
     pub format: EchoFormat,
+    /// TCP: count sequence numbers (each line's second field), losses and duplicates;
+    /// write each address's bitmap here at exit.
+    #[arg(long)]
+    pub sequence_dir: Option<PathBuf>,
+    /// At SIGTERM, stop accepting, half-close every connection and read each for up to
+    /// this long (to its end if the sender closes sooner) before exiting; 0 = exit at once.
+    #[arg(long, default_value_t = 0)]
+    pub graceful_ms: u64,
 }
 
 /// What `cadent echo` counts in a UDP datagram.
@@ -81,6 +98,40 @@ struct Counts {
     bytes: AtomicU64,
     connections: AtomicU64,
     datagrams: AtomicU64,
+    /// `--sequence-dir`: sequence numbers seen.
+    seen: Option<Mutex<Bitmap>>,
+    /// Open connections (`--graceful` half-closes them) and their reader threads.
+    conns: Mutex<Vec<(TcpStream, std::thread::JoinHandle<()>)>>,
+}
+
+/// Sequence numbers seen, one bit each, with the counts of first and repeated arrivals.
+#[derive(Default, Debug)]
+struct Bitmap {
+    words: Vec<u64>,
+    unique: u64,
+    duplicates: u64,
+}
+
+/// Largest sequence number tracked (a bitmap of 64 MiB); larger ones count as unique.
+const SEQUENCE_MAX: u64 = 1 << 29;
+
+impl Bitmap {
+    fn add(&mut self, n: u64) {
+        if n >= SEQUENCE_MAX {
+            self.unique += 1;
+            return;
+        }
+        let (w, b) = ((n / 64) as usize, n % 64);
+        if w >= self.words.len() {
+            self.words.resize((w + 1).next_power_of_two(), 0);
+        }
+        if self.words[w] & (1 << b) != 0 {
+            self.duplicates += 1;
+        } else {
+            self.words[w] |= 1 << b;
+            self.unique += 1;
+        }
+    }
 }
 
 /// A copy of `Counts` at one instant.
@@ -90,18 +141,41 @@ struct Snapshot {
     bytes: u64,
     connections: u64,
     datagrams: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unique: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicates: Option<u64>,
 }
 
 impl Counts {
     fn snapshot(&self) -> Snapshot {
+        let (unique, duplicates) = match &self.seen {
+            Some(m) => {
+                let b = m.lock().unwrap_or_else(|e| e.into_inner());
+                (Some(b.unique), Some(b.duplicates))
+            }
+            None => (None, None),
+        };
         Snapshot {
             lines: self.lines.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
             datagrams: self.datagrams.load(Ordering::Relaxed),
+            unique,
+            duplicates,
         }
     }
 }
+
+/// The sequence number of a `name N ...` line: its second field.
+fn sequence_of(line: &[u8]) -> Option<u64> {
+    let mut fields = line.split(|&b| b == b' ');
+    fields.next()?;
+    std::str::from_utf8(fields.next()?).ok()?.parse().ok()
+}
+
+/// Set at a graceful stop: accept loops stop accepting (their listeners close).
+static CLOSING: AtomicBool = AtomicBool::new(false);
 
 /// Set by SIGTERM/SIGINT; the main loop polls it.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -169,16 +243,20 @@ pub fn run(args: EchoArgs) -> io::Result<()> {
     install_signal_handlers()?;
     let mut addresses = Vec::with_capacity(args.listen.len());
     for &endpoint in &args.listen {
-        let counts = Arc::new(Counts::default());
+        let counts = Arc::new(Counts {
+            seen: args.sequence_dir.as_ref().map(|_| Mutex::default()),
+            ..Default::default()
+        });
         let name = endpoint.to_string();
         let bound = bind(endpoint)
             .map_err(|e| io::Error::new(e.kind(), format!("echo: listen {name}: {e}")))?;
         let (c, label) = (Arc::clone(&counts), name.clone());
         let (print, format) = (args.print, args.format);
+        let graceful = args.graceful_ms > 0;
         std::thread::Builder::new()
             .name(format!("echo-{name}"))
             .spawn(move || match bound {
-                Bound::Tcp(l) => accept_loop(l, c, label, print),
+                Bound::Tcp(l) => accept_loop(l, c, label, print, graceful),
                 Bound::Udp(s) => udp_loop(s, &c, &label, print, format),
             })?;
         addresses.push((name, counts));
@@ -230,10 +308,35 @@ pub fn run(args: EchoArgs) -> io::Result<()> {
         last_at = now;
     }
 
+    if args.graceful_ms > 0 {
+        CLOSING.store(true, Ordering::Relaxed);
+        let closing_at = Instant::now();
+        let bound = Duration::from_millis(args.graceful_ms);
+        for (_, c) in &addresses {
+            let conns = std::mem::take(&mut *c.conns.lock().unwrap_or_else(|e| e.into_inner()));
+            for (stream, reader) in conns {
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                // Bounded: the reader ends at EOF, or `bound` after the half-close.
+                while !reader.is_finished() && closing_at.elapsed() < bound {
+                    std::thread::sleep(POLL);
+                }
+            }
+        }
+    }
     let elapsed = start.elapsed().as_secs_f64();
     let snaps: Vec<Snapshot> = addresses.iter().map(|(_, c)| c.snapshot()).collect();
     if let Some(path) = &args.stats_file {
         write_stats(path, &addresses, &snaps, elapsed)?;
+    }
+    if let Some(dir) = &args.sequence_dir {
+        std::fs::create_dir_all(dir)?;
+        for ((name, c), endpoint) in addresses.iter().zip(&args.listen) {
+            let Some(seen) = &c.seen else { continue };
+            let b = seen.lock().unwrap_or_else(|e| e.into_inner());
+            let bytes: Vec<u8> = b.words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            std::fs::write(dir.join(format!("{}.bits", endpoint.addr.port())), bytes)
+                .map_err(|e| io::Error::new(e.kind(), format!("echo: {name}: bitmap: {e}")))?;
+        }
     }
     let mut out = io::stdout().lock();
     for ((name, _), s) in addresses.iter().zip(&snaps) {
@@ -282,20 +385,42 @@ fn bind(endpoint: Endpoint) -> io::Result<Bound> {
     }
 }
 
-/// Accepts for the life of the process; one thread per connection.
-fn accept_loop(listener: TcpListener, counts: Arc<Counts>, name: String, print: bool) {
+/// Accepts until a graceful stop (or for the life of the process); one thread per
+/// connection.
+fn accept_loop(
+    listener: TcpListener,
+    counts: Arc<Counts>,
+    name: String,
+    print: bool,
+    graceful: bool,
+) {
     let name: Arc<str> = name.into();
-    loop {
+    // With a graceful stop, non-blocking (polled every 2 ms), so the stop can close the
+    // listener (the port then refuses); otherwise blocking, costing nothing while idle.
+    let _ = listener.set_nonblocking(graceful);
+    while !CLOSING.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
+                let _ = stream.set_nonblocking(false);
                 counts.connections.fetch_add(1, Ordering::Relaxed);
                 let (c, n) = (Arc::clone(&counts), Arc::clone(&name));
+                let handle = stream.try_clone();
                 let spawned = std::thread::Builder::new()
                     .name("echo-conn".into())
                     .spawn(move || read_connection(stream, &c, &n, print));
-                if let Err(e) = spawned {
-                    eprintln!("echo: {name}: cannot start a connection thread: {e}");
+                match (spawned, handle) {
+                    (Ok(reader), Ok(handle)) => {
+                        let mut conns = counts.conns.lock().unwrap_or_else(|e| e.into_inner());
+                        conns.retain(|(_, r)| !r.is_finished());
+                        conns.push((handle, reader));
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        eprintln!("echo: {name}: cannot start a connection thread: {e}")
+                    }
                 }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(2))
             }
             Err(e) => {
                 eprintln!("echo: {name}: accept: {e}");
@@ -310,6 +435,7 @@ fn read_connection(mut stream: TcpStream, counts: &Counts, name: &str, print: bo
     let mut buf = vec![0u8; TCP_READ_BYTES];
     let mut open = false;
     let mut carry = Vec::new();
+    let mut seq_carry = Vec::new();
     // Bounded by the peer: ends at EOF or on error.
     loop {
         let n = match stream.read(&mut buf) {
@@ -322,6 +448,14 @@ fn read_connection(mut stream: TcpStream, counts: &Counts, name: &str, print: bo
         open = ends_open;
         counts.lines.fetch_add(lines, Ordering::Relaxed);
         counts.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(seen) = &counts.seen {
+            let mut b = seen.lock().unwrap_or_else(|e| e.into_inner());
+            split_lines(&mut seq_carry, &buf[..n], |line| {
+                if let Some(s) = sequence_of(line) {
+                    b.add(s);
+                }
+            });
+        }
         if print {
             print_lines(name, &mut carry, &buf[..n]);
         }
@@ -501,6 +635,19 @@ mod tests {
     }
 
     #[test]
+    fn sequences_count_unique_and_duplicate_arrivals() {
+        let mut b = Bitmap::default();
+        for n in [5, 0, 70, 5, 1 << 20, 70] {
+            b.add(n);
+        }
+        assert_eq!((b.unique, b.duplicates), (4, 2));
+        assert_eq!(b.words[0], (1 << 5) | 1);
+        assert_eq!(b.words[1], 1 << 6);
+        assert_eq!(sequence_of(b"seq.m3 12345 1700000000"), Some(12345));
+        assert_eq!(sequence_of(b"garbage"), None);
+    }
+
+    #[test]
     fn split_lines_joins_reads() {
         let mut carry = Vec::new();
         let mut got: Vec<String> = Vec::new();
@@ -560,12 +707,14 @@ mod tests {
                 bytes: 30,
                 connections: 1,
                 datagrams: 0,
+                ..Default::default()
             },
             Snapshot {
                 lines: 4,
                 bytes: 40,
                 connections: 0,
                 datagrams: 2,
+                ..Default::default()
             },
         ];
         let v: serde_json::Value = serde_json::from_str(&stats_json(&names, &snaps, 1.5)).unwrap();

@@ -57,6 +57,15 @@ fn broken_configs_are_rejected_naming_the_key() {
         (format!("{BASE_LISTEN}{BASE_CLUSTER}[[route]]\nmatch = {{ all = true }}\naction = \"explode\"\n"), "route[0].action"),
         (format!("{BASE_LISTEN}[output]\nflush_bytes = 1\n"), "output.flush_bytes"),
         (format!("{BASE_LISTEN}[output]\nreconnect_backoff_min_ms = 9000\nreconnect_backoff_max_ms = 10\n"), "output.reconnect_backoff_min_ms"),
+        (format!("{BASE_LISTEN}[output]\nspool_fsync_interval_ms = 0\n"), "output.spool_fsync_interval_ms"),
+        (format!("{BASE_LISTEN}[output]\nspool_segment_bytes = 100\n"), "output.spool_segment_bytes"),
+        (format!("{BASE_LISTEN}[output]\nspool_segment_bytes = 8192\n"), "output.spool_segment_bytes: cannot hold a batch"),
+        (format!("{BASE_LISTEN}[output]\nspool_dir = 1\n"), "output.spool_dir: expected a string"),
+        (format!("{BASE_LISTEN}{BASE_CLUSTER}spool_bytes_max = -1\n"), "cluster[0].spool_bytes_max"),
+        (
+            format!("{BASE_LISTEN}[[cluster]]\nname = \"f\"\nkind = \"file\"\npath = \"x.log\"\nspool_bytes_max = 1\n"),
+            "cluster[0].spool_bytes_max: applies to tcp members only",
+        ),
         ("[server\nshards = 1\n".into(), "(syntax)"),
         ("[server]\nshards = 1\n".into(), "listen: no [[listen]]"),
     ];

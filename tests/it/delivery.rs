@@ -109,6 +109,9 @@ stats_interval_ms = 50
 [output]
 flush_interval_ms = 60000
 flush_bytes = 1048576
+# Memory only: the shutdown flush waits for the sink (with a spool, a sink not yet
+# connected at SIGTERM would get its lines from the spool at the next start).
+spool_dir = ""
 reconnect_backoff_min_ms = 20
 reconnect_backoff_max_ms = 200
 [[listen]]

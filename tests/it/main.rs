@@ -19,6 +19,7 @@ mod pickle;
 mod read_api;
 mod rewrite;
 mod rings;
+mod spool;
 mod spool_tools;
 mod stages;
 mod statsd_console;

@@ -16,12 +16,29 @@ use cadent::route::ring::RingMember;
 use cadent::tools::SplitMix64;
 
 /// A port that was free a moment ago (bound with port 0, then released).
+/// A port nothing listens on now, TCP and UDP. Taken below the kernel's ephemeral range
+/// (32768 and up here), walking from a place that depends on the process, so the
+/// outgoing connections of other tests (which take ephemeral ports) cannot take it
+/// between this call and the bind of whatever the test starts on it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU64 = AtomicU64::new(u64::MAX);
+    let _ = NEXT.compare_exchange(
+        u64::MAX,
+        u64::from(std::process::id()) * 7919 % u64::from(SPAN),
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + (NEXT.fetch_add(1, Ordering::Relaxed) % u64::from(SPAN)) as u32) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 /// A fresh temporary directory for one test.
@@ -59,18 +76,23 @@ impl Cadent {
 
     /// [`start`](Self::start) with extra environment variables.
     pub fn start_with_env(tag: &str, config: &str, env: &[(&str, &str)]) -> Cadent {
-        Cadent::start_limited(tag, config, env, None)
+        Cadent::start_limited(temp_dir(tag), config, env, None)
+    }
+
+    /// As [`start`](Self::start), in `dir` (a restart where a previous run left its
+    /// spool).
+    pub fn start_in(dir: PathBuf, config: &str) -> Cadent {
+        Cadent::start_limited(dir, config, &[], None)
     }
 
     /// [`start_with_env`](Self::start_with_env), with `RLIMIT_NOFILE` (soft and hard)
     /// set to `nofile` in the child when given.
     pub fn start_limited(
-        tag: &str,
+        dir: PathBuf,
         config: &str,
         env: &[(&str, &str)],
         nofile: Option<u64>,
     ) -> Cadent {
-        let dir = temp_dir(tag);
         let admin = format!("127.0.0.1:{}", free_port());
         let mut text = config.replace("ADMIN", &admin);
         // cadent's own counters are routed like any input once a minute; tests that
@@ -80,7 +102,11 @@ impl Cadent {
         }
         let path = dir.join("cadent.toml");
         std::fs::write(&path, text).unwrap();
-        let log = std::fs::File::create(dir.join("cadent.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("cadent.log"))
+            .unwrap();
         let mut cmd = Command::new(cadent_bin());
         cmd.args(["serve", "--config"])
             .arg(&path)
@@ -190,6 +216,15 @@ impl Cadent {
         self.dir.join("cadent.toml")
     }
 
+    /// Kills the process with SIGKILL (no shutdown at all) and reaps it; returns its
+    /// directory for a restart.
+    pub fn kill9(mut self) -> PathBuf {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        self.dir.clone()
+    }
+
     /// Sends SIGTERM and returns the exit code (bounded wait).
     pub fn stop(mut self) -> i32 {
         let mut child = self.child.take().unwrap();
@@ -251,14 +286,32 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> Option<(u16, String
     Some((status, body.to_string()))
 }
 
-/// A TCP sink that keeps every line it receives, by line.
+/// Each connection's lines in arrival order, connections in accept order.
+type Connections = Arc<Mutex<Vec<Arc<Mutex<Vec<String>>>>>>;
+
+/// A TCP sink that keeps every line it receives, by line, and each connection's lines in
+/// arrival order.
 pub struct Sink {
     /// `127.0.0.1:port`.
     pub addr: String,
     lines: Arc<Mutex<HashMap<String, u32>>>,
+    /// Each connection's lines, in accept order.
+    conns: Connections,
     total: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    /// Graceful stop: stop accepting, half-close every connection and read it to its end.
+    closing: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// What a sink's reader threads share.
+#[derive(Clone)]
+struct SinkShared {
+    lines: Arc<Mutex<HashMap<String, u32>>>,
+    conns: Connections,
+    total: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    closing: Arc<AtomicBool>,
 }
 
 impl Sink {
@@ -272,35 +325,43 @@ impl Sink {
         let l = TcpListener::bind(addr).unwrap();
         l.set_nonblocking(true).unwrap();
         let addr = l.local_addr().unwrap().to_string();
-        let lines = Arc::new(Mutex::new(HashMap::new()));
-        let total = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (lines2, total2, stop2) = (lines.clone(), total.clone(), stop.clone());
+        let shared = SinkShared {
+            lines: Arc::new(Mutex::new(HashMap::new())),
+            conns: Arc::new(Mutex::new(Vec::new())),
+            total: Arc::new(AtomicU64::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+            closing: Arc::new(AtomicBool::new(false)),
+        };
+        let sh = shared.clone();
         let thread = std::thread::spawn(move || {
             let mut readers = Vec::new();
-            while !stop2.load(Ordering::Relaxed) {
+            while !sh.stop.load(Ordering::Relaxed) && !sh.closing.load(Ordering::Relaxed) {
                 match l.accept() {
                     Ok((s, _)) => {
                         s.set_nonblocking(false).unwrap();
                         s.set_read_timeout(Some(Duration::from_millis(200)))
                             .unwrap();
-                        let (lines, total, stop) = (lines2.clone(), total2.clone(), stop2.clone());
-                        readers.push(std::thread::spawn(move || {
-                            read_lines(s, &lines, &total, &stop)
-                        }));
+                        let order = Arc::new(Mutex::new(Vec::new()));
+                        sh.conns.lock().unwrap().push(order.clone());
+                        let sh = sh.clone();
+                        readers.push(std::thread::spawn(move || read_lines(s, &sh, &order)));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
+            // Closing: the port refuses connections from now on.
+            drop(l);
             for r in readers {
                 let _ = r.join();
             }
         });
         Sink {
             addr,
-            lines,
-            total,
-            stop,
+            lines: shared.lines,
+            conns: shared.conns,
+            total: shared.total,
+            stop: shared.stop,
+            closing: shared.closing,
             thread: Some(thread),
         }
     }
@@ -314,17 +375,41 @@ impl Sink {
     pub fn lines(&self) -> HashMap<String, u32> {
         self.lines.lock().unwrap().clone()
     }
+
+    /// Each connection's lines in arrival order, connections in accept order.
+    pub fn connections(&self) -> Vec<Vec<String>> {
+        self.conns
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.lock().unwrap().clone())
+            .collect()
+    }
+
+    /// A sink that goes away without losing what it was sent: it stops accepting (the
+    /// port refuses connections), half-closes each connection and reads it to the end
+    /// (bounded), so every byte its kernel acknowledged is counted. (Dropping a sink
+    /// instead loses what its kernel holds unread, as a killed process would.)
+    pub fn stop_gracefully(&mut self) {
+        self.closing.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
-fn read_lines(
-    mut s: TcpStream,
-    lines: &Mutex<HashMap<String, u32>>,
-    total: &AtomicU64,
-    stop: &AtomicBool,
-) {
+fn read_lines(mut s: TcpStream, sh: &SinkShared, order: &Mutex<Vec<String>>) {
     let mut buf = vec![0u8; 1 << 16];
     let mut pending: Vec<u8> = Vec::new();
+    let mut half_closed: Option<Instant> = None;
     loop {
+        if half_closed.is_none() && sh.closing.load(Ordering::Relaxed) {
+            let _ = s.shutdown(Shutdown::Write);
+            half_closed = Some(Instant::now());
+        }
+        if half_closed.is_some_and(|t| t.elapsed() > Duration::from_secs(10)) {
+            break;
+        }
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
@@ -332,19 +417,22 @@ fn read_lines(
                 let Some(last) = pending.iter().rposition(|&b| b == b'\n') else {
                     continue;
                 };
-                let mut map = lines.lock().unwrap();
+                let mut map = sh.lines.lock().unwrap();
+                let mut seq = order.lock().unwrap();
                 let mut count = 0;
                 for l in pending[..last].split(|&b| b == b'\n') {
-                    *map.entry(String::from_utf8_lossy(l).into_owned())
-                        .or_insert(0) += 1;
+                    let line = String::from_utf8_lossy(l).into_owned();
+                    *map.entry(line.clone()).or_insert(0) += 1;
+                    seq.push(line);
                     count += 1;
                 }
+                drop(seq);
                 drop(map);
-                total.fetch_add(count, Ordering::Relaxed);
+                sh.total.fetch_add(count, Ordering::Relaxed);
                 pending.drain(..=last);
                 // A stopped sink dies at once, even while lines keep coming (a dead sink
                 // under load, in tests that kill one).
-                if stop.load(Ordering::Relaxed) {
+                if sh.stop.load(Ordering::Relaxed) {
                     break;
                 }
             }
@@ -352,7 +440,7 @@ fn read_lines(
                 if e.kind() == std::io::ErrorKind::WouldBlock
                     || e.kind() == std::io::ErrorKind::TimedOut =>
             {
-                if stop.load(Ordering::Relaxed) {
+                if sh.stop.load(Ordering::Relaxed) {
                     break;
                 }
             }

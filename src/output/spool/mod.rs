@@ -127,12 +127,14 @@
 //!
 //! Every method that touches a file may block on the disk: `open`, `append` (when the
 //! write buffer fills, a segment rotates or the cap drops one), `commit`, `read` and `ack`'s
-//! later `commit`. `ack`, `rewind`, `stats` and `counters` are memory only. The intended
-//! wiring: one spool per destination per shard, owned by a helper thread per shard (or a
-//! glommio `spawn_blocking` per call) that receives batches the queue cannot hold, appends
-//! them, commits on the fsync interval, and hands back `read` batches to the shard's
-//! writer task, which acks them when written. All I/O goes through [`io::SpoolIo`], so an
-//! io_uring implementation can replace [`io::FsIo`] without touching this logic.
+//! later `commit`. `ack`, `rewind`, `stats` and `counters` are memory only. The wiring
+//! ([`spooler`](super::spooler)): one spool per destination per shard, owned by a spool
+//! task that runs each round (acks, appends of what the queue could not hold, a commit
+//! every fsync interval, a read for the writer) on the shard's blocking helper thread
+//! (glommio `spawn_blocking`); the writer reports replayed batches delivered once the
+//! sink acknowledged them, and the next round acks them. All I/O goes through
+//! [`io::SpoolIo`], so an io_uring implementation can replace [`io::FsIo`] without
+//! touching this logic.
 
 pub mod format;
 pub mod io;
