@@ -49,6 +49,8 @@ struct Inner {
     bound: Vec<String>,
     /// The next aggregator id to hand out.
     next_aggregator_id: u16,
+    /// The next store id to hand out.
+    next_store_id: u16,
 }
 
 /// The running topology and destination health, shared by the admin handlers, the
@@ -99,6 +101,7 @@ impl Control {
                 listener_labels: Vec::new(),
                 bound: Vec::new(),
                 next_aggregator_id: 0,
+                next_store_id: 0,
             }),
             changes: tokio::sync::Mutex::new(()),
             shards,
@@ -465,6 +468,52 @@ impl Control {
                 },
             )
             .collect();
+        // Stores: the same name and path keep their id (and their cache); their shared
+        // limits are kept unless a limit changed. A new one reads back the spill its path
+        // holds.
+        let mut next_store_id = self.lock().next_store_id;
+        let now_ms = crate::shard::pipeline::unix_ms() as u64;
+        let mut store_ids = Vec::with_capacity(cfg.stores.len());
+        let mut store_shared = Vec::with_capacity(cfg.stores.len());
+        for st in &cfg.stores {
+            let crate::config::StoreKind::Whisper(w) = &st.kind;
+            let same = old.config.stores.iter().position(|o| {
+                let crate::config::StoreKind::Whisper(ow) = &o.kind;
+                o.name == st.name && ow.path == w.path
+            });
+            match same {
+                Some(k) => {
+                    store_ids.push(old.store_ids[k]);
+                    let crate::config::StoreKind::Whisper(ow) = &old.config.stores[k].kind;
+                    let keep = ow.writes_per_second == w.writes_per_second
+                        && ow.creates_per_minute == w.creates_per_minute;
+                    store_shared.push(if keep {
+                        old.store_shared[k].clone()
+                    } else {
+                        Arc::new(crate::shard::store::StoreShared::new(
+                            st,
+                            self.shards.len(),
+                            Vec::new(),
+                            now_ms,
+                        ))
+                    });
+                }
+                None => {
+                    next_store_id = next_store_id.wrapping_add(1);
+                    store_ids.push(next_store_id);
+                    let restore = crate::store::spill::list(&w.path);
+                    if !restore.is_empty() {
+                        tracing::info!(store = %st.name, files = restore.len(), "reading back the spill of a previous run");
+                    }
+                    store_shared.push(Arc::new(crate::shard::store::StoreShared::new(
+                        st,
+                        self.shards.len(),
+                        restore,
+                        now_ms,
+                    )));
+                }
+            }
+        }
         let table = old.table.evolve(&cfg).map_err(|e| Refused::new(409, e))?;
         let added: Vec<&str> = table.destinations[old.table.destinations.len()..]
             .iter()
@@ -493,6 +542,8 @@ impl Control {
             listener_ids,
             listener_addrs,
             aggregator_ids,
+            store_ids,
+            store_shared,
         };
         // Every shard prepares; only then does any of them route by it.
         let epoch = topology.epoch;
@@ -544,6 +595,7 @@ impl Control {
             inner.listener_labels = labels.clone();
             inner.bound = bound;
             inner.next_aggregator_id = next_id;
+            inner.next_store_id = next_store_id;
             inner.topology = topology.clone();
         }
         self.registry.set_labels(Labels {
@@ -560,6 +612,12 @@ impl Control {
                 .aggregates
                 .iter()
                 .map(|a| a.name.clone())
+                .collect(),
+            stores: topology
+                .config
+                .stores
+                .iter()
+                .map(|s| s.name.clone())
                 .collect(),
         });
         tracing::info!(%summary, epoch, "topology committed");

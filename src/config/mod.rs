@@ -6,6 +6,7 @@
 mod aggregate;
 mod endpoint;
 mod reader;
+mod store;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -17,6 +18,7 @@ use toml::Table;
 pub use aggregate::{Aggregate, AggregateKind, CarbonAggregate, StatsdAggregate};
 pub use endpoint::{parse_socket_addr, ListenUrl, Member, Transport};
 use reader::TableReader;
+pub use store::{RulesFile, Store, StoreKind, WhisperStore};
 
 /// The configuration `cadent serve` runs when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../configs/default.toml");
@@ -283,13 +285,22 @@ pub enum Match {
     All,
 }
 
+/// What `send_to` names: a cluster or a store (they share one namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sink {
+    /// Index into [`Config::clusters`].
+    Cluster(usize),
+    /// Index into [`Config::stores`].
+    Store(usize),
+}
+
 /// What a matching route does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Drop the metric (counted per rule).
     Drop,
-    /// Send to these clusters (indexes into [`Config::clusters`]).
-    SendTo(Vec<usize>),
+    /// Send to these clusters and stores.
+    SendTo(Vec<Sink>),
     /// Hand to this aggregator (index into [`Config::aggregates`]).
     Aggregate(usize),
 }
@@ -362,6 +373,8 @@ pub struct Config {
     pub health: Health,
     /// `[[aggregate]]`, in order.
     pub aggregates: Vec<Aggregate>,
+    /// `[[store]]`, in order.
+    pub stores: Vec<Store>,
     /// `[telemetry]`.
     pub telemetry: Telemetry,
 }
@@ -460,6 +473,41 @@ impl Config {
     pub fn aggregate_index(&self, name: &str) -> Option<usize> {
         self.aggregates.iter().position(|a| a.name == name)
     }
+
+    /// Index of the store named `name`.
+    pub fn store_index(&self, name: &str) -> Option<usize> {
+        self.stores.iter().position(|s| s.name == name)
+    }
+}
+
+/// Resolves a `send_to` list against the clusters and stores; `path` is its key path.
+pub(crate) fn resolve_send_to(
+    names: &[String],
+    clusters: &[Cluster],
+    stores: &[Store],
+    path: &str,
+    errs: &mut Vec<ConfigError>,
+) -> Vec<Sink> {
+    let mut out = Vec::with_capacity(names.len());
+    for (j, c) in names.iter().enumerate() {
+        let sink = clusters
+            .iter()
+            .position(|cl| &cl.name == c)
+            .map(Sink::Cluster)
+            .or_else(|| stores.iter().position(|s| &s.name == c).map(Sink::Store));
+        match sink {
+            Some(s) if out.contains(&s) => errs.push(ConfigError::new(
+                format!("{path}[{j}]"),
+                format!("{c:?} is listed twice"),
+            )),
+            Some(s) => out.push(s),
+            None => errs.push(ConfigError::new(
+                format!("{path}[{j}]"),
+                format!("no [[cluster]] or [[store]] is named {c:?}"),
+            )),
+        }
+    }
+    out
 }
 
 fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
@@ -471,6 +519,7 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
     let listen_ts = top.tables("listen", errs);
     let cluster_ts = top.tables("cluster", errs);
     let aggregate_ts = top.tables("aggregate", errs);
+    let store_ts = top.tables("store", errs);
     let route_ts = top.tables("route", errs);
     top.finish(errs);
 
@@ -492,10 +541,45 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
         .map(|(i, t)| read_cluster(t, i, errs))
         .collect();
     check_unique(clusters.iter().map(|c| c.name.as_str()), "cluster", errs);
+    let stores: Vec<Store> = store_ts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| store::read_store(t, i, errs))
+        .collect();
+    check_unique(stores.iter().map(|s| s.name.as_str()), "store", errs);
+    for (i, s) in stores.iter().enumerate() {
+        if clusters.iter().any(|c| c.name == s.name) {
+            errs.push(ConfigError::new(
+                format!("store[{i}].name"),
+                format!(
+                    "{:?} is also a [[cluster]]; send_to names either, so they must differ",
+                    s.name
+                ),
+            ));
+        }
+        let StoreKind::Whisper(w) = &s.kind;
+        if let Some(k) = stores[..i].iter().position(|o| {
+            let StoreKind::Whisper(ow) = &o.kind;
+            ow.path == w.path
+        }) {
+            errs.push(ConfigError::new(
+                format!("store[{i}].path"),
+                format!("is store[{k}]'s path too; a whisper file has exactly one writer"),
+            ));
+        }
+        if let Some(a) = w.carbonlink_listen {
+            if a == server.admin_listen {
+                errs.push(ConfigError::new(
+                    format!("store[{i}].carbonlink_listen"),
+                    "is server.admin_listen",
+                ));
+            }
+        }
+    }
     let aggregates: Vec<aggregate::Aggregate> = aggregate_ts
         .iter()
         .enumerate()
-        .map(|(i, t)| aggregate::read_aggregate(t, i, &clusters, errs))
+        .map(|(i, t)| aggregate::read_aggregate(t, i, &clusters, &stores, errs))
         .collect();
     check_unique(
         aggregates.iter().map(|a| a.name.as_str()),
@@ -505,7 +589,7 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
     let routes: Vec<Route> = route_ts
         .iter()
         .enumerate()
-        .map(|(i, t)| read_route(t, i, &clusters, &aggregates, &listeners, errs))
+        .map(|(i, t)| read_route(t, i, &clusters, &stores, &aggregates, &listeners, errs))
         .collect();
     for (i, a) in aggregates.iter().enumerate() {
         let claimed = routes.iter().any(|r| {
@@ -567,6 +651,7 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
         output,
         health,
         aggregates,
+        stores,
         telemetry,
     }
 }
@@ -1002,6 +1087,7 @@ fn read_route(
     t: &Table,
     i: usize,
     clusters: &[Cluster],
+    stores: &[Store],
     aggregates: &[Aggregate],
     listeners: &[Listener],
     errs: &mut Vec<ConfigError>,
@@ -1048,20 +1134,7 @@ fn read_route(
     let rewrite = r
         .table("rewrite", errs)
         .map(|rt| read_rewrite(rt, &r.key_path("rewrite"), errs));
-    let mut targets = Vec::with_capacity(send_to.len());
-    for (j, c) in send_to.iter().enumerate() {
-        match clusters.iter().position(|cl| &cl.name == c) {
-            Some(idx) if targets.contains(&idx) => errs.push(ConfigError::new(
-                format!("{}[{j}]", r.key_path("send_to")),
-                format!("cluster {c:?} is listed twice"),
-            )),
-            Some(idx) => targets.push(idx),
-            None => errs.push(ConfigError::new(
-                format!("{}[{j}]", r.key_path("send_to")),
-                format!("no [[cluster]] is named {c:?}"),
-            )),
-        }
-    }
+    let targets = resolve_send_to(&send_to, clusters, stores, &r.key_path("send_to"), errs);
     if let Some(a) = &aggregate_name {
         let at = r.key_path("aggregate");
         if t.contains_key("send_to") {
@@ -1145,7 +1218,7 @@ fn read_route(
             } else if send_to.is_empty() {
                 errs.push(ConfigError::new(
                     r.key_path("send_to"),
-                    "must name at least one cluster",
+                    "must name at least one cluster or store",
                 ));
             }
             Action::SendTo(targets)

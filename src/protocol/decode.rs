@@ -286,6 +286,12 @@ mod tests {
                         String::from_utf8_lossy(p.line)
                     ),
                     Value::Line => format!("r {}", String::from_utf8_lossy(p.key)),
+                    Value::Numeric(n) => format!(
+                        "n {} {} {}",
+                        String::from_utf8_lossy(p.name),
+                        n.value,
+                        n.timestamp
+                    ),
                 };
                 out.push(v);
             };

@@ -21,6 +21,16 @@ impl Encoder {
     #[inline]
     pub fn encoded_len(&self, p: &Point<'_>, name: &[u8], as_received: bool) -> usize {
         match self {
+            Encoder::Plaintext if matches!(p.value, Value::Numeric(_)) => {
+                let Value::Numeric(n) = p.value else {
+                    unreachable!()
+                };
+                let (v, t) = (
+                    NumberText::value(n.value),
+                    NumberText::timestamp(n.timestamp),
+                );
+                name.len() + 1 + v.len + 1 + t.len + 1
+            }
             Encoder::Plaintext => {
                 let pieces = plaintext_pieces(p, name, as_received);
                 let len: usize = pieces.iter().map(|x| x.len()).sum();
@@ -39,6 +49,18 @@ impl Encoder {
     #[inline]
     pub fn encode(&self, p: &Point<'_>, name: &[u8], as_received: bool, out: &mut Vec<u8>) -> u32 {
         match self {
+            Encoder::Plaintext if matches!(p.value, Value::Numeric(_)) => {
+                let Value::Numeric(n) = p.value else {
+                    unreachable!()
+                };
+                out.extend_from_slice(name);
+                out.push(b' ');
+                out.extend_from_slice(NumberText::value(n.value).as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(NumberText::timestamp(n.timestamp).as_bytes());
+                out.push(b'\n');
+                1
+            }
             Encoder::Plaintext => {
                 let pieces = plaintext_pieces(p, name, as_received);
                 if pieces[0].is_empty() {
@@ -69,6 +91,47 @@ fn plaintext_pieces<'a>(p: &Point<'a>, name: &'a [u8], as_received: bool) -> [&'
         // statsd: the new name, then the line after it as received.
         Value::Statsd(_) => [name, &p.line[p.name.len()..], &[], &[], &[]],
         Value::Graphite(g) => [name, b" ", g.value, b" ", g.timestamp],
+        // Written by `encode` itself (numbers need formatting).
+        Value::Numeric(_) => [&[], &[], &[], &[], &[]],
+    }
+}
+
+/// A number as plaintext writes it, on the stack: a value as Rust's shortest round-trip
+/// form (`1.5`, `1e300`), a timestamp as an integer when it is one.
+struct NumberText {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl NumberText {
+    fn value(v: f64) -> NumberText {
+        let mut t = NumberText {
+            buf: [0; 32],
+            len: 0,
+        };
+        let mut w = &mut t.buf[..];
+        let _ = std::io::Write::write_fmt(&mut w, format_args!("{v:?}"));
+        t.len = 32 - w.len();
+        t
+    }
+
+    fn timestamp(ts: f64) -> NumberText {
+        if ts.fract() == 0.0 && ts.abs() < 9.0e15 {
+            let mut t = NumberText {
+                buf: [0; 32],
+                len: 0,
+            };
+            let mut w = &mut t.buf[..];
+            let _ = std::io::Write::write_fmt(&mut w, format_args!("{}", ts as i64));
+            t.len = 32 - w.len();
+            t
+        } else {
+            NumberText::value(ts)
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 

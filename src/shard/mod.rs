@@ -12,6 +12,7 @@
 pub mod aggregate;
 pub mod mesh;
 pub mod pipeline;
+pub mod store;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ use crate::telemetry::{Registry, ShardCounters};
 use aggregate::{AggStage, AggState, FlushProgress};
 use mesh::ShardMesh;
 use pipeline::{unix_ms, Core, Input};
+use store::{StoreShared, StoreStage, StoreState};
 
 /// What shards route by: a validated config, its destination table, and the ids that
 /// stay stable across changes (listeners, aggregators). The control thread builds a new
@@ -54,6 +56,12 @@ pub struct Topology {
     /// For each aggregator of the config: its stable id (the same aggregator, by name and
     /// settings, keeps it; mesh records name it).
     pub aggregator_ids: Vec<u16>,
+    /// For each store of the config: its stable id (the same name and path keep it, and
+    /// with it their cache; mesh records name it).
+    pub store_ids: Vec<u16>,
+    /// For each store of the config: its process-wide parts (rate limits, the spill to
+    /// read back).
+    pub store_shared: Vec<Arc<StoreShared>>,
 }
 
 impl Topology {
@@ -66,6 +74,8 @@ impl Topology {
             listener_ids: Vec::new(),
             listener_addrs: Vec::new(),
             aggregator_ids: Vec::new(),
+            store_ids: Vec::new(),
+            store_shared: Vec::new(),
         }
     }
 }
@@ -112,6 +122,15 @@ pub enum ControlMsg {
         query: aggregate::StatsdQuery,
         /// Where the shard answers.
         reply: tokio::sync::mpsc::UnboundedSender<(usize, aggregate::StatsdAnswer)>,
+    },
+    /// The read API asks store `query.store` for the cached points of names this shard
+    /// owns; the shard answers with their points, in the order asked.
+    StoreQuery {
+        /// The question.
+        query: store::StoreQuery,
+        /// Where the shard answers: (shard, points per name).
+        reply:
+            tokio::sync::mpsc::UnboundedSender<(usize, Vec<Vec<crate::store::cache::CachedPoint>>)>,
     },
     /// Graphite lines to route from `origin` (cadent's self-metrics).
     Inject {
@@ -256,6 +275,8 @@ struct Shard {
     listeners: HashMap<usize, RunningListener>,
     writers: Vec<glommio::task::JoinHandle<()>>,
     aggregator_tasks: HashMap<u16, glommio::task::JoinHandle<()>>,
+    /// By store id: its writer tasks (dropping one cancels it).
+    store_tasks: HashMap<u16, Vec<glommio::Task<()>>>,
     prepared: Option<Prepared>,
     opts: WriterOptions,
     stall_max: Duration,
@@ -281,6 +302,7 @@ async fn run(
         router,
         outputs,
         AggStage::new(id, shards),
+        StoreStage::new(id, shards),
         mesh,
         counters,
     )));
@@ -290,6 +312,7 @@ async fn run(
         listeners: HashMap::new(),
         writers: Vec::new(),
         aggregator_tasks: HashMap::new(),
+        store_tasks: HashMap::new(),
         prepared: None,
         opts: WriterOptions::from(&cfg.output),
         stall_max: Duration::from_millis(cfg.output.stall_ms_max),
@@ -321,8 +344,8 @@ async fn run(
             }
         })
     });
-    // The tick: publish counters and read the inbox.
-    let tick = Duration::from_millis(cfg.server.stats_interval_ms).min(Duration::from_millis(50));
+    // The tick: publish counters and read the inbox (often: the read API waits on it).
+    let tick = Duration::from_millis(cfg.server.stats_interval_ms).min(Duration::from_millis(5));
     let stats_every = Duration::from_millis(cfg.server.stats_interval_ms);
     let mut since_stats = Duration::ZERO;
     loop {
@@ -362,6 +385,19 @@ async fn run(
                 ControlMsg::Inject { origin, lines } => {
                     core.borrow_mut().route_lines(origin, &lines);
                 }
+                ControlMsg::StoreQuery { query, reply } => {
+                    let mut c = core.borrow_mut();
+                    let s = c
+                        .stores
+                        .stores
+                        .iter()
+                        .position(|s| s.config.name == query.store);
+                    let answer = match s {
+                        Some(s) => c.stores.answer(s, &query.names),
+                        None => vec![Vec::new(); query.names.len()],
+                    };
+                    let _ = reply.send((id, answer));
+                }
             }
         }
         if shutdown {
@@ -396,18 +432,23 @@ async fn run(
         }
     }
     let deadline = Duration::from_millis(cfg.server.shutdown_timeout_ms);
+    let started = std::time::Instant::now();
     let writers = std::mem::take(&mut shard.writers);
-    let drained = future::or(
-        async {
-            for w in writers {
-                w.await;
-            }
-            true
-        },
-        async {
-            glommio::timer::sleep(deadline).await;
-            false
-        },
+    let store_tasks = std::mem::take(&mut shard.store_tasks);
+    let (drained, ()) = future::zip(
+        future::or(
+            async {
+                for w in writers {
+                    w.await;
+                }
+                true
+            },
+            async {
+                glommio::timer::sleep(deadline).await;
+                false
+            },
+        ),
+        drain_stores(&core, store_tasks, deadline, started),
     )
     .await;
     if !drained {
@@ -435,9 +476,47 @@ fn drain_mesh(c: &mut Core) {
     for from in 0..c.mesh.shards() {
         while let Some(batch) = c.mesh.receive(from) {
             for (_, tag, payload) in batch.records_from(0) {
-                c.aggs.apply_record(from, tag, payload);
+                match tag {
+                    store::TAG_STORE => c.stores.apply_record(payload),
+                    _ => c.aggs.apply_record(from, tag, payload),
+                }
             }
         }
+    }
+}
+
+/// Shutdown of the stores: the writers go on (within their limits) until the cache is
+/// empty or the spill's reserve of the deadline is reached, applying what other shards
+/// still hand over; then they stop and what is left is spilled for the next start.
+async fn drain_stores(
+    core: &Rc<RefCell<Core>>,
+    tasks: HashMap<u16, Vec<glommio::Task<()>>>,
+    deadline: Duration,
+    started: std::time::Instant,
+) {
+    if core.borrow().stores.stores.is_empty() {
+        return;
+    }
+    // The spill is one sequential write per store; keep a fifth of the deadline for it.
+    let write_until = deadline - (deadline / 5).min(Duration::from_secs(2));
+    loop {
+        {
+            let mut c = core.borrow_mut();
+            drain_mesh(&mut c);
+            if c.stores.cached_points() == 0 {
+                break;
+            }
+        }
+        if started.elapsed() >= write_until {
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    drop(tasks);
+    drain_mesh(&mut core.borrow_mut());
+    let stores = core.borrow().stores.stores.len();
+    for s in 0..stores {
+        store::spill(core, s).await;
     }
 }
 
@@ -677,8 +756,77 @@ impl Shard {
             };
             self.aggregator_tasks.insert(id, task);
         }
+        self.commit_stores(&topology, core);
         self.topology = topology;
         Ok(())
+    }
+
+    /// Stores: the same id keeps its cache (and takes the new settings), new ones start
+    /// empty (and read back a previous run's spill), removed ones spill what they hold.
+    /// Each has `writes_in_flight_max` writer tasks.
+    fn commit_stores(&mut self, topology: &Topology, core: &Rc<RefCell<Core>>) {
+        let cfg = &topology.config;
+        let shards = core.borrow().stores.me().1;
+        let mut c = core.borrow_mut();
+        let mut old: Vec<StoreState> = std::mem::take(&mut c.stores.stores);
+        let mut next = Vec::with_capacity(cfg.stores.len());
+        let mut fresh = Vec::new();
+        for (i, sc) in cfg.stores.iter().enumerate() {
+            let id = topology.store_ids[i];
+            let shared = topology.store_shared[i].clone();
+            match old.iter().position(|o| o.id == id) {
+                Some(k) => {
+                    let mut st = old.remove(k);
+                    st.reconfigure(sc.clone(), shared, shards);
+                    next.push(st);
+                }
+                None => {
+                    next.push(StoreState::new(id, sc.clone(), shared.clone(), shards));
+                    fresh.push((id, shared));
+                }
+            }
+        }
+        let gone = old;
+        c.stores.stores = next;
+        c.counters
+            .stores
+            .resize(cfg.stores.len(), Default::default());
+        drop(c);
+        for st in gone {
+            drop(self.store_tasks.remove(&st.id));
+            // Its points go to its spill, read back when a store with its path runs
+            // again.
+            let me = core.borrow().stores.me().0;
+            glommio::spawn_local(store::spill_removed(st, me)).detach();
+        }
+        for (id, shared) in fresh {
+            if !shared.restore.is_empty() {
+                glommio::spawn_local(store::restore(core.clone(), id, shared)).detach();
+            }
+        }
+        // (A spawned task runs at once: no borrow may be held while spawning.)
+        let wanted: Vec<(u16, usize)> = core
+            .borrow()
+            .stores
+            .stores
+            .iter()
+            .map(|st| {
+                let crate::config::StoreKind::Whisper(w) = &st.config.kind;
+                (st.id, w.writes_in_flight_max)
+            })
+            .collect();
+        for (id, workers) in wanted {
+            let tasks = self.store_tasks.entry(id).or_default();
+            // Workers past the new count end themselves; missing ones start.
+            tasks.truncate(workers);
+            for worker in tasks.len()..workers {
+                tasks.push(glommio::spawn_local(store::writer(
+                    core.clone(),
+                    id,
+                    worker,
+                )));
+            }
+        }
     }
 }
 
@@ -885,10 +1033,12 @@ fn bind_unix(path: &std::path::Path) -> std::io::Result<glommio::net::UnixListen
 fn publish(id: usize, core: &Rc<RefCell<Core>>, registry: &Registry, force: bool) {
     let mut c = core.borrow_mut();
     c.aggs.refresh_gauges();
+    c.stores.refresh_gauges();
     let Core {
         outputs,
         counters,
         aggs,
+        stores,
         mesh,
         ..
     } = &mut *c;
@@ -897,6 +1047,12 @@ fn publish(id: usize, core: &Rc<RefCell<Core>>, registry: &Registry, force: bool
     }
     for (slot, a) in counters.aggregators.iter_mut().zip(&aggs.aggs) {
         slot.clone_from(&a.counters);
+    }
+    counters
+        .stores
+        .resize(stores.stores.len(), Default::default());
+    for (slot, s) in counters.stores.iter_mut().zip(&stores.stores) {
+        slot.clone_from(&s.counters);
     }
     counters.mesh = mesh.counters.clone();
     registry.publish(id, counters, force);

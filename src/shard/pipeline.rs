@@ -11,6 +11,7 @@ use crate::protocol::graphite;
 use crate::route::{Fingerprint, Router, Target, Verdict};
 use crate::shard::aggregate::AggStage;
 use crate::shard::mesh::ShardMesh;
+use crate::shard::store::StoreStage;
 use crate::telemetry::ShardCounters;
 
 /// What the pipeline needs to know about a listener: its decoder and bounds.
@@ -32,6 +33,8 @@ pub struct Core {
     pub outputs: Outputs,
     /// This shard's aggregators.
     pub aggs: AggStage,
+    /// This shard's stores.
+    pub stores: StoreStage,
     /// This shard's ends of the cross-shard channels.
     pub mesh: ShardMesh,
     /// This shard's counters.
@@ -65,11 +68,12 @@ pub fn unix_ms() -> i64 {
 }
 
 impl Core {
-    /// A core over a router, outputs, aggregators and mesh, with zeroed counters.
+    /// A core over a router, outputs, aggregators, stores and mesh, with zeroed counters.
     pub fn new(
         router: Router,
         outputs: Outputs,
         aggs: AggStage,
+        stores: StoreStage,
         mesh: ShardMesh,
         counters: ShardCounters,
     ) -> Core {
@@ -77,6 +81,7 @@ impl Core {
             router,
             outputs,
             aggs,
+            stores,
             mesh,
             counters,
             draining: false,
@@ -116,6 +121,7 @@ impl Core {
             router,
             outputs,
             aggs,
+            stores,
             mesh,
             counters,
             cleansed,
@@ -126,15 +132,17 @@ impl Core {
         } = self;
         let decoder = &inputs[listener].as_ref().expect("checked above").decoder;
         counts.clear();
-        let now_s = if aggs.aggs.is_empty() {
+        let now_ms = if aggs.aggs.is_empty() && stores.stores.is_empty() {
             0
         } else {
-            unix_ms() / 1000
+            unix_ms()
         };
+        let now_s = now_ms / 1000;
         let mut ctx = RouteCtx {
             router,
             outputs,
             aggs,
+            stores,
             mesh,
             counters,
             cleansed,
@@ -142,6 +150,7 @@ impl Core {
             cleanse,
             origin,
             now_s,
+            now_f: now_ms as f64 / 1000.0,
         };
         let mut batch: [(Point<'b>, Fingerprint); ROUTE_BATCH_POINTS] =
             [(Point::EMPTY, Fingerprint::ZERO); ROUTE_BATCH_POINTS];
@@ -178,23 +187,27 @@ impl Core {
             router,
             outputs,
             aggs,
+            stores,
             mesh,
             counters,
             cleansed,
             forwards,
             ..
         } = self;
+        let now_ms = unix_ms();
         let mut ctx = RouteCtx {
             router,
             outputs,
             aggs,
+            stores,
             mesh,
             counters,
             cleansed,
             forwards,
             cleanse: false,
             origin,
-            now_s: unix_ms() / 1000,
+            now_s: now_ms / 1000,
+            now_f: now_ms as f64 / 1000.0,
         };
         let mut batch: [(Point<'_>, Fingerprint); ROUTE_BATCH_POINTS] =
             [(Point::EMPTY, Fingerprint::ZERO); ROUTE_BATCH_POINTS];
@@ -237,6 +250,7 @@ struct RouteCtx<'c> {
     router: &'c mut Router,
     outputs: &'c mut Outputs,
     aggs: &'c mut AggStage,
+    stores: &'c mut StoreStage,
     mesh: &'c mut ShardMesh,
     counters: &'c mut ShardCounters,
     cleansed: &'c mut Vec<u8>,
@@ -244,6 +258,8 @@ struct RouteCtx<'c> {
     cleanse: bool,
     origin: Origin,
     now_s: i64,
+    /// Now in seconds with a fraction (carbon's `time.time()` for `-1` timestamps).
+    now_f: f64,
 }
 
 /// Routes a batch in order and hands each point to its targets.
@@ -283,6 +299,9 @@ fn route_batch(batch: &[(Point<'_>, Fingerprint)], ctx: &mut RouteCtx<'_>) {
                                 ctx.forwards.push((a, i));
                             }
                         }
+                        Target::Store(s) => {
+                            ctx.stores.take(s as usize, p, name, ctx.now_f, ctx.mesh)
+                        }
                     }
                 }
             }
@@ -309,14 +328,18 @@ fn route_batch(batch: &[(Point<'_>, Fingerprint)], ctx: &mut RouteCtx<'_>) {
                 continue;
             }
             for (j, &t) in d.targets.iter().enumerate() {
-                if let Target::Dest(dest) = t {
-                    let name = match d.stages.get(j).copied().unwrap_or(0) {
-                        0 if d.cleansed && !d.cleansed_name.is_empty() => d.cleansed_name,
-                        0 => p.name,
-                        k => d.names[k as usize - 1].as_slice(),
-                    };
-                    let as_received = name == p.name && !d.cleansed;
-                    ctx.outputs.append(dest, p, name, as_received);
+                let name = match d.stages.get(j).copied().unwrap_or(0) {
+                    0 if d.cleansed && !d.cleansed_name.is_empty() => d.cleansed_name,
+                    0 => p.name,
+                    k => d.names[k as usize - 1].as_slice(),
+                };
+                match t {
+                    Target::Dest(dest) => {
+                        let as_received = name == p.name && !d.cleansed;
+                        ctx.outputs.append(dest, p, name, as_received);
+                    }
+                    Target::Store(s) => ctx.stores.take(s as usize, p, name, ctx.now_f, ctx.mesh),
+                    Target::Aggregator(_) => {}
                 }
             }
         }
@@ -371,7 +394,14 @@ mod tests {
         let outputs = Outputs::new(&table, &cfg.output, 0);
         let counters = ShardCounters::new(1, router.rule_count(), 1, 0);
         let mesh = mesh::links(1, 1024, 4096).pop().unwrap();
-        let mut core = Core::new(router, outputs, AggStage::new(0, 1), mesh, counters);
+        let mut core = Core::new(
+            router,
+            outputs,
+            AggStage::new(0, 1),
+            StoreStage::new(0, 1),
+            mesh,
+            counters,
+        );
         core.set_input(
             0,
             Input {

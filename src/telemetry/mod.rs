@@ -19,6 +19,7 @@ use crate::protocol::Reject;
 pub use crate::route::RouteCounters;
 pub use crate::shard::aggregate::AggregatorCounters;
 pub use crate::shard::mesh::MeshCounters;
+pub use crate::shard::store::StoreCounters;
 use set::CounterSet;
 
 /// Everything one shard counts.
@@ -35,6 +36,8 @@ pub struct ShardCounters {
     pub destinations: Vec<DestinationCounters>,
     /// By aggregator index.
     pub aggregators: Vec<AggregatorCounters>,
+    /// By store index.
+    pub stores: Vec<StoreCounters>,
     /// Cross-shard traffic.
     pub mesh: MeshCounters,
 }
@@ -53,6 +56,7 @@ impl ShardCounters {
             routing: RouteCounters::default(),
             destinations: vec![DestinationCounters::default(); destinations],
             aggregators: vec![AggregatorCounters::default(); aggregators],
+            stores: Vec::new(),
             mesh: MeshCounters::default(),
         }
     }
@@ -80,6 +84,7 @@ impl ShardCounters {
         self.routing.add(&o.routing);
         set::add_all(&mut self.destinations, &o.destinations);
         set::add_all(&mut self.aggregators, &o.aggregators);
+        set::add_all(&mut self.stores, &o.stores);
         self.mesh.add(&o.mesh);
     }
 }
@@ -95,6 +100,8 @@ pub struct Labels {
     pub destinations: Vec<String>,
     /// Aggregator names, by index.
     pub aggregators: Vec<String>,
+    /// Store names, by index.
+    pub stores: Vec<String>,
 }
 
 /// The published copies of every shard's counters.
@@ -165,6 +172,10 @@ impl Registry {
             if c.aggregators.len() < labels.aggregators.len() {
                 c.aggregators
                     .resize(labels.aggregators.len(), AggregatorCounters::default());
+            }
+            if c.stores.len() < labels.stores.len() {
+                c.stores
+                    .resize(labels.stores.len(), StoreCounters::default());
             }
         }
         *self.labels.write().unwrap_or_else(|e| e.into_inner()) = labels;
@@ -250,6 +261,9 @@ impl Registry {
             &shards,
             |c| &c.aggregators,
         );
+        item_families(&mut out, "store_", "store", &labels.stores, &shards, |c| {
+            &c.stores
+        });
         shard_families(&mut out, "mesh_", &shards, |c| &c.mesh);
         out
     }
@@ -287,6 +301,9 @@ impl Registry {
         for (name, a) in labels.aggregators.iter().zip(&total.aggregators) {
             a.each(|f, v| line(&["aggregators", name, f.name], v));
         }
+        for (name, st) in labels.stores.iter().zip(&total.stores) {
+            st.each(|f, v| line(&["stores", name, f.name], v));
+        }
         total.mesh.each(|f, v| line(&["mesh", f.name], v));
     }
 }
@@ -322,11 +339,13 @@ fn summary_json(labels: &Labels, c: &ShardCounters) -> Value {
     };
     let dests: Vec<_> = c.destinations.iter().map(|d| d.to_json()).collect();
     let aggs: Vec<_> = c.aggregators.iter().map(|a| a.to_json()).collect();
+    let stores: Vec<_> = c.stores.iter().map(|a| a.to_json()).collect();
     let mut v = Map::new();
     v.insert("listeners".into(), Value::Object(listeners));
     v.insert("routes".into(), Value::Object(routes));
     v.insert("destinations".into(), items(&labels.destinations, &dests));
     v.insert("aggregators".into(), items(&labels.aggregators, &aggs));
+    v.insert("stores".into(), items(&labels.stores, &stores));
     for (k, x) in c.routing.to_json() {
         v.insert(k, x);
     }
@@ -464,6 +483,7 @@ mod tests {
             rules: vec!["route[0]".into()],
             destinations: vec!["tcp://127.0.0.1:2003".into()],
             aggregators: vec!["statsd".into()],
+            stores: vec!["whisper".into()],
         };
         let r = Registry::new(labels, 1);
         let mut c = ShardCounters::new(1, 1, 1, 1);
