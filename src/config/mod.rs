@@ -124,6 +124,8 @@ pub enum Format {
     Statsd,
     /// Any line; the key to route by is cut out by the listener's `regex`.
     Regex,
+    /// carbon's pickle protocol: length-prefixed pickled lists of datapoints.
+    Pickle,
 }
 
 impl Format {
@@ -133,6 +135,7 @@ impl Format {
             Format::Graphite => "graphite",
             Format::Statsd => "statsd",
             Format::Regex => "regex",
+            Format::Pickle => "pickle",
         }
     }
 }
@@ -160,6 +163,9 @@ pub struct Listener {
     pub regex: Option<String>,
     /// Regex format: Go reference-time layout (or `unix`) of the Timestamp group.
     pub time_layout: Option<String>,
+    /// Pickle format: the largest frame (carbon's MAX_LENGTH); a larger one ends the
+    /// connection's use.
+    pub frame_bytes_max: usize,
 }
 
 /// Ring or fan-out kind of a cluster.
@@ -816,11 +822,12 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
         "graphite" => Format::Graphite,
         "statsd" => Format::Statsd,
         "regex" => Format::Regex,
+        "pickle" => Format::Pickle,
         "" => Format::Graphite,
         other => {
             errs.push(ConfigError::new(
                 r.key_path("format"),
-                format!("unknown format {other:?} (expected graphite, statsd or regex)"),
+                format!("unknown format {other:?} (expected graphite, statsd, regex or pickle)"),
             ));
             Format::Graphite
         }
@@ -864,6 +871,26 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
             "applies to format = \"regex\" only",
         ));
     }
+    let frame_present = t.contains_key("frame_bytes_max");
+    let frame_bytes_max = r.uint(
+        "frame_bytes_max",
+        crate::protocol::pickle::FRAME_BYTES_MAX_DEFAULT as u64,
+        64,
+        1 << 30,
+        errs,
+    ) as usize;
+    if frame_present && format != Format::Pickle {
+        errs.push(ConfigError::new(
+            r.key_path("frame_bytes_max"),
+            "applies to format = \"pickle\" only",
+        ));
+    }
+    if format == Format::Pickle && matches!(url, ListenUrl::Inet(Transport::Udp, _)) {
+        errs.push(ConfigError::new(
+            r.key_path("url"),
+            "pickle frames come over a stream (tcp:// or unix://)",
+        ));
+    }
     if line_bytes_max >= read_buffer_bytes {
         errs.push(ConfigError::new(
             r.key_path("line_bytes_max"),
@@ -882,6 +909,7 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
         cleanse_names,
         regex,
         time_layout,
+        frame_bytes_max,
     }
 }
 

@@ -29,6 +29,9 @@ crate::counter_set! {
         /// statsd samples refused (Etsy's bad_lines_seen), in bad lines and among good
         /// samples of a line.
         rejected_samples: counter,
+        /// Pickle frames dropped whole (not carbon's data, over frame_bytes_max, cut
+        /// short); their points are not counted as lines.
+        rejected_frames: counter,
         /// UDP datagrams received.
         datagrams: counter,
         /// Connections accepted.
@@ -84,7 +87,13 @@ impl ReadOptions {
     pub fn new(index: usize, l: &Listener, stall_max: Duration) -> ReadOptions {
         ReadOptions {
             listener: index,
-            line_bytes_max: l.line_bytes_max,
+            // A pickle frame is read whole: the buffer holds the largest.
+            line_bytes_max: match l.format {
+                crate::config::Format::Pickle => {
+                    l.frame_bytes_max + crate::protocol::pickle::HEADER_BYTES
+                }
+                _ => l.line_bytes_max,
+            },
             read_buffer_bytes: l.read_buffer_bytes,
             connections_max: l.connections_max,
             stall_max,

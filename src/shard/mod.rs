@@ -540,6 +540,9 @@ impl Shard {
             let decoder = match l.format {
                 crate::config::Format::Graphite => Decoder::Graphite,
                 crate::config::Format::Statsd => Decoder::Statsd,
+                crate::config::Format::Pickle => Decoder::Pickle {
+                    frame_bytes_max: l.frame_bytes_max,
+                },
                 crate::config::Format::Regex => {
                     let re = l.regex.as_deref().unwrap_or_default();
                     Decoder::Regex(

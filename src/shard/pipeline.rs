@@ -46,6 +46,8 @@ pub struct Core {
     /// Where a name that needs cleansing is rewritten for output.
     cleansed: Vec<u8>,
     counts: DecodeCounts,
+    /// The pickle machine of pickle listeners (one frame at a time on a shard).
+    pickle_vm: crate::protocol::pickle::Decoder,
     /// Points an aggregator passes on (carbon's inputs), routed after their batch.
     forwards: Vec<(u16, usize)>,
 }
@@ -88,6 +90,7 @@ impl Core {
             inputs: Vec::new(),
             cleansed: Vec::with_capacity(256),
             counts: DecodeCounts::default(),
+            pickle_vm: crate::protocol::pickle::Decoder::default(),
             forwards: Vec::new(),
         }
     }
@@ -115,6 +118,9 @@ impl Core {
             return buf.len();
         };
         let origin = Origin::Listener(listener as u16);
+        if matches!(input.decoder, Decoder::Pickle { .. }) {
+            return self.process_pickle(listener, buf, skipping, end);
+        }
         let statsd = matches!(input.decoder, Decoder::Statsd);
         let (line_bytes_max, cleanse) = (input.line_bytes_max, input.cleanse_names);
         let Core {
@@ -176,6 +182,58 @@ impl Core {
             i.lines += counts.received_lines;
             i.bad += counts.rejected_samples;
         }
+        consumed
+    }
+
+    /// [`process`](Self::process) for a pickle listener: whole frames, each point routed
+    /// as it is unpickled (a point may borrow from the pickle machine).
+    fn process_pickle(
+        &mut self,
+        listener: usize,
+        buf: &[u8],
+        skipping: &mut bool,
+        end: End,
+    ) -> usize {
+        let Core {
+            router,
+            outputs,
+            aggs,
+            stores,
+            mesh,
+            counters,
+            cleansed,
+            counts,
+            forwards,
+            inputs,
+            pickle_vm,
+            ..
+        } = self;
+        let decoder = &inputs[listener]
+            .as_ref()
+            .expect("checked by process")
+            .decoder;
+        counts.clear();
+        let now_ms = unix_ms();
+        let mut ctx = RouteCtx {
+            router,
+            outputs,
+            aggs,
+            stores,
+            mesh,
+            counters,
+            cleansed,
+            forwards,
+            cleanse: false,
+            origin: Origin::Listener(listener as u16),
+            now_s: now_ms / 1000,
+            now_f: now_ms as f64 / 1000.0,
+        };
+        let mut emit = |p: Point<'_>| {
+            let fp = ctx.router.fingerprint(p.name, p.key, false, ctx.origin);
+            route_batch(&[(p, fp)], &mut ctx);
+        };
+        let consumed = decoder.decode_pickle(pickle_vm, buf, end, skipping, counts, &mut emit);
+        ctx.counters.listeners[listener].add_decoded(counts);
         consumed
     }
 
@@ -354,6 +412,7 @@ impl ListenerStats {
         self.counters.received_lines += c.received_lines;
         self.counters.parsed_lines += c.parsed_lines;
         self.counters.rejected_samples += c.rejected_samples;
+        self.counters.rejected_frames += c.rejected_frames.iter().sum::<u64>();
         for (a, b) in self.rejected_lines.iter_mut().zip(&c.rejected_lines) {
             *a += b;
         }

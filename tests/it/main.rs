@@ -22,6 +22,7 @@ mod statsd_console;
 mod statsd_etsy;
 mod statsd_mgmt;
 mod statsd_serve;
+mod store_carbon;
 mod support;
 mod whisper_cli;
 mod whisper_diff;

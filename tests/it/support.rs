@@ -15,6 +15,26 @@ use std::time::{Duration, Instant};
 use cadent::route::ring::RingMember;
 use cadent::tools::SplitMix64;
 
+/// Runs `scripts/install-peers.sh` once per test run (idempotent: it installs only
+/// what is missing). Tests that need a peer call it rather than skip.
+pub fn install_peers() {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-peers.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run scripts/install-peers.sh");
+        assert!(
+            out.status.success(),
+            "scripts/install-peers.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
 /// A port that was free a moment ago (bound with port 0, then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -59,7 +79,24 @@ impl Cadent {
 
     /// [`start`](Self::start) with extra environment variables.
     pub fn start_with_env(tag: &str, config: &str, env: &[(&str, &str)]) -> Cadent {
-        let dir = temp_dir(tag);
+        Cadent::start_in(temp_dir(tag), config, env, &[])
+    }
+
+    /// [`start`](Self::start) with files written beside the config first (name, text).
+    pub fn start_with_files(tag: &str, config: &str, files: &[(&str, &str)]) -> Cadent {
+        Cadent::start_in(temp_dir(tag), config, &[], files)
+    }
+
+    /// Starts cadent in `dir` (its working directory), with `files` written there first.
+    pub fn start_in(
+        dir: PathBuf,
+        config: &str,
+        env: &[(&str, &str)],
+        files: &[(&str, &str)],
+    ) -> Cadent {
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
         let admin = format!("127.0.0.1:{}", free_port());
         let text = config.replace("ADMIN", &admin);
         let path = dir.join("cadent.toml");
