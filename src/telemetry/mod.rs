@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{json, Map, Value};
 
+pub use crate::api::read::ReadCounters;
 pub use crate::ingest::{ListenerCounters, ListenerStats};
 pub use crate::output::DestinationCounters;
 use crate::protocol::Reject;
@@ -109,6 +110,8 @@ pub struct Labels {
 pub struct Registry {
     labels: RwLock<Labels>,
     shards: Vec<Mutex<ShardCounters>>,
+    /// The read API's (control thread; no shard touches it).
+    read: Mutex<ReadCounters>,
 }
 
 impl Registry {
@@ -123,7 +126,18 @@ impl Registry {
         Arc::new(Registry {
             labels: RwLock::new(labels),
             shards: (0..shards).map(|_| Mutex::new(zero.clone())).collect(),
+            read: Mutex::new(ReadCounters::default()),
         })
+    }
+
+    /// Updates the read API's counters (control thread only).
+    pub fn read_counters(&self, f: impl FnOnce(&mut ReadCounters)) {
+        f(&mut self.read.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// A copy of the read API's counters.
+    pub fn read_snapshot(&self) -> ReadCounters {
+        self.read.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Publishes a shard's counters. Never blocks: if the control thread is reading this
@@ -198,6 +212,7 @@ impl Registry {
         let shards = self.per_shard();
         let total = Registry::total(&shards);
         let mut v = summary_json(&labels, &total);
+        v["read_api"] = Value::Object(self.read_snapshot().to_json());
         v["shards"] = Value::Array(shards.iter().map(|c| summary_json(&labels, c)).collect());
         v
     }
@@ -265,6 +280,16 @@ impl Registry {
             &c.stores
         });
         shard_families(&mut out, "mesh_", &shards, |c| &c.mesh);
+        let read = self.read_snapshot();
+        for (f, v) in ReadCounters::FIELDS.iter().zip(read.values()) {
+            header(
+                &mut out,
+                &format!("read_{}", f.name),
+                &help_text(f.help),
+                f.kind.as_str(),
+            );
+            let _ = writeln!(out, "cadent_read_{} {v}", f.name);
+        }
         out
     }
 
@@ -305,6 +330,8 @@ impl Registry {
             st.each(|f, v| line(&["stores", name, f.name], v));
         }
         total.mesh.each(|f, v| line(&["mesh", f.name], v));
+        self.read_snapshot()
+            .each(|f, v| line(&["read_api", f.name], v));
     }
 }
 

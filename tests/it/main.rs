@@ -24,6 +24,7 @@ mod statsd_mgmt;
 mod statsd_serve;
 mod store_bad;
 mod store_carbon;
+mod store_graphite_web;
 mod store_throttle;
 mod support;
 mod whisper_cli;

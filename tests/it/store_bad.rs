@@ -226,3 +226,63 @@ fn a_full_disk_is_counted_and_the_points_wait_for_room() {
     assert_eq!(tree.as_object().unwrap().len(), names.len(), "{tree}");
     drop(c);
 }
+
+#[test]
+fn read_api_bounds_and_corrupt_files() {
+    let port = free_port();
+    let dir = temp_dir("store-bad-read");
+    let root = dir.join("data/whisper");
+    let now = unix_now();
+    let names: Vec<String> = (0..40).map(|i| format!("r.h{i:02}.v")).collect();
+    store_driver(json!({
+        "cmd": "create", "root": root, "names": names,
+        "archives": [[60, 1440]], "points": [[now - 120, 1.0]],
+    }));
+    std::fs::write(root.join("r/h05/corrupt.wsp"), b"garbage, not whisper").unwrap();
+    let cfg = config(port, "./data/whisper").replace(
+        "create_mode = \"fallocate\"",
+        "create_mode = \"fallocate\"\nread_series_max = 30\nread_response_bytes_max = 4096",
+    );
+    let c = Cadent::start_in(dir, &cfg, &[], &[]);
+    let get = |path: &str| crate::support::http_request(&c.admin, "GET", path, "");
+    // Everything, and a globstar: more than read_series_max series.
+    for q in [
+        "/metrics/find/?query=r.*.*&format=json",
+        "/render?target=r.*.v&from=-10min",
+        "/metrics/expand?query=**",
+    ] {
+        let (status, body) = get(q);
+        assert_eq!(status, 422, "{q}: {body}");
+        assert!(body.contains("read_series_max"), "{q}: {body}");
+    }
+    // Under the series bound but over the response bound.
+    let (status, body) = get("/render?target=r.h{0,1}*.v&from=-1d&format=json");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("read_response_bytes_max"), "{body}");
+    // A corrupt file is left out of a find with intervals and of a render, and counted.
+    let (status, body) = get("/metrics/find/?query=r.h05.*&format=json");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("r.h05.v") && !body.contains("corrupt"),
+        "{body}"
+    );
+    let (status, body) = get("/render?target=r.h05.*&from=-10min&format=json");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("r.h05.v") && !body.contains("corrupt"),
+        "{body}"
+    );
+    let read = &c.stats()["read_api"];
+    assert_eq!(read["corrupt_files"], 2, "{read}");
+    assert_eq!(read["refused_too_many_series"], 3, "{read}");
+    assert_eq!(read["refused_response_too_large"], 1, "{read}");
+    // Bad requests are 400s.
+    for q in [
+        "/render?target=sumSeries(r.*)",
+        "/render",
+        "/render?target=a&from=yesterday",
+        "/metrics/find/?query=r.*&format=xml",
+    ] {
+        assert_eq!(get(q).0, 400, "{q}");
+    }
+}

@@ -8,6 +8,9 @@ One JSON request on stdin, one JSON answer on stdout.
   by fetch's own rule: from = now - retention + 1), values as floats or None.
 - {"cmd": "compare", "a": DIR, "b": DIR, "now": N}: both trees as above and their
   differences: files only in one, and per file the first differing field.
+- {"cmd": "create", "root": DIR, "names": [...], "archives": [[spp, points], ...],
+   "points": [[ts, value], ...]}: whisper.create then whisper.update_many for each name
+  (carbon's layout: dots are directories).
 """
 
 import json
@@ -101,6 +104,14 @@ def main():
     req = json.load(sys.stdin)
     if req["cmd"] == "tree":
         ans = tree(req["root"], req["now"])
+    elif req["cmd"] == "create":
+        for name in req["names"]:
+            path = os.path.join(req["root"], *name.split(".")) + ".wsp"
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            whisper.create(path, [tuple(a) for a in req["archives"]])
+            if req.get("points"):
+                whisper.update_many(path, [tuple(p) for p in req["points"]])
+        ans = {"created": len(req["names"])}
     elif req["cmd"] == "compare":
         ans = compare(req["a"], req["b"], req["now"])
     else:
