@@ -166,6 +166,8 @@ pub struct Listener {
     /// Pickle format: the largest frame (carbon's MAX_LENGTH); a larger one ends the
     /// connection's use.
     pub frame_bytes_max: usize,
+    /// HTTP listeners: the largest request body; a larger one is refused with 413.
+    pub body_bytes_max: usize,
 }
 
 /// Ring or fan-out kind of a cluster.
@@ -885,6 +887,21 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
             "applies to format = \"pickle\" only",
         ));
     }
+    let body_present = t.contains_key("body_bytes_max");
+    let body_bytes_max = r.uint("body_bytes_max", 8 << 20, 1 << 10, 1 << 30, errs) as usize;
+    let http = matches!(url, ListenUrl::Http(..));
+    if body_present && !http {
+        errs.push(ConfigError::new(
+            r.key_path("body_bytes_max"),
+            "applies to http:// listeners only",
+        ));
+    }
+    if http && format == Format::Pickle {
+        errs.push(ConfigError::new(
+            r.key_path("format"),
+            "an http:// listener takes lines (graphite, statsd or regex), not pickle",
+        ));
+    }
     if format == Format::Pickle && matches!(url, ListenUrl::Inet(Transport::Udp, _)) {
         errs.push(ConfigError::new(
             r.key_path("url"),
@@ -910,6 +927,7 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
         regex,
         time_layout,
         frame_bytes_max,
+        body_bytes_max,
     }
 }
 
@@ -1360,7 +1378,7 @@ fn check_unique<'a>(
 
 fn check_listen_addresses(listeners: &[Listener], errs: &mut Vec<ConfigError>) {
     for (i, l) in listeners.iter().enumerate() {
-        if let ListenUrl::Inet(_, a) = &l.url {
+        if let Some(a) = l.url.socket_addr() {
             if a.port() == 0 {
                 continue;
             }

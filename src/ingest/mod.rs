@@ -3,6 +3,7 @@
 //! Readers hand buffers to the shard's [`Core`].
 
 pub mod bind;
+pub mod http;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -44,6 +45,9 @@ crate::counter_set! {
         read_errors: counter,
         /// Reads delayed by a full destination queue.
         stalls: counter,
+        /// HTTP requests refused (wrong path or method, no length, body over
+        /// body_bytes_max, bad head); the connection is closed.
+        http_refused: counter,
     }
 }
 
@@ -205,7 +209,7 @@ async fn read_stream<S: AsyncRead + Unpin>(core: &Rc<RefCell<Core>>, mut s: S, o
 /// Backpressure: while a live destination's queue is full, wait (bounded) for its writer
 /// instead of reading more and making the queue drop. Dead destinations never stall, and a
 /// queue that stays full past `stall_ms_max` stops stalling anyone until it drains.
-async fn wait_while_congested(core: &Rc<RefCell<Core>>, opts: &ReadOptions) {
+pub(crate) async fn wait_while_congested(core: &Rc<RefCell<Core>>, opts: &ReadOptions) {
     if opts.stall_max.is_zero() || !core.borrow().outputs.congested() {
         return;
     }

@@ -220,6 +220,7 @@ pub fn probe_listeners(cfg: &Config) -> anyhow::Result<Vec<Option<SocketAddr>>> 
 pub fn probe_listener(l: &Listener) -> std::io::Result<Option<SocketAddr>> {
     match &l.url {
         ListenUrl::Inet(t, addr) => bind::probe(*addr, *t == Transport::Tcp).map(Some),
+        ListenUrl::Http(addr, _) => bind::probe(*addr, true).map(Some),
         ListenUrl::Unix(_) => Ok(None),
     }
 }
@@ -557,10 +558,12 @@ impl Shard {
                 cleanse_names: l.cleanse_names,
             };
             let bound = match (&l.url, topo.listener_addrs[i]) {
-                (ListenUrl::Inet(Transport::Tcp, _), Some(a)) => Some(Bound::Tcp(
-                    bind::tcp(a, l.socket_receive_buffer_bytes)
-                        .map_err(|e| format!("listen {:?} {}: {e}", l.name, l.url))?,
-                )),
+                (ListenUrl::Inet(Transport::Tcp, _) | ListenUrl::Http(..), Some(a)) => {
+                    Some(Bound::Tcp(
+                        bind::tcp(a, l.socket_receive_buffer_bytes)
+                            .map_err(|e| format!("listen {:?} {}: {e}", l.name, l.url))?,
+                    ))
+                }
                 (ListenUrl::Inet(Transport::Udp, _), Some(a)) => Some(Bound::Udp(
                     bind::udp(a, l.socket_receive_buffer_bytes)
                         .map_err(|e| format!("listen {:?} {}: {e}", l.name, l.url))?,
@@ -963,6 +966,14 @@ fn start_listener(
     ro: ReadOptions,
 ) -> std::io::Result<Option<RunningListener>> {
     let (task, unix_path) = match (bound, &l.url) {
+        (Some(Bound::Tcp(s)), ListenUrl::Http(_, path)) => {
+            let http = ingest::http::HttpOptions {
+                path: path.clone(),
+                body_bytes_max: l.body_bytes_max,
+            };
+            let accept = ingest::http::accept_loop(core.clone(), s, ro, http);
+            (glommio::spawn_local(accept), None)
+        }
         (Some(Bound::Tcp(s)), _) => {
             let accept = ingest::accept_loop(core.clone(), StreamListener::Tcp(s), ro);
             (glommio::spawn_local(accept), None)

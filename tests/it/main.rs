@@ -12,6 +12,7 @@ mod collectd_replay;
 mod crelay;
 mod delivery;
 mod e2e;
+mod http_lines;
 mod pickle;
 mod read_api;
 mod rewrite;
