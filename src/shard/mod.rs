@@ -276,8 +276,9 @@ struct Shard {
     listeners: HashMap<usize, RunningListener>,
     writers: Vec<glommio::task::JoinHandle<()>>,
     aggregator_tasks: HashMap<u16, glommio::task::JoinHandle<()>>,
-    /// By store id: its writer tasks (dropping one cancels it).
-    store_tasks: HashMap<u16, Vec<glommio::Task<()>>>,
+    /// By store id: its writes-in-flight bound and its dispatcher (dropping the task
+    /// cancels it).
+    store_tasks: HashMap<u16, (usize, glommio::Task<()>)>,
     prepared: Option<Prepared>,
     opts: WriterOptions,
     stall_max: Duration,
@@ -491,7 +492,7 @@ fn drain_mesh(c: &mut Core) {
 /// still hand over; then they stop and what is left is spilled for the next start.
 async fn drain_stores(
     core: &Rc<RefCell<Core>>,
-    tasks: HashMap<u16, Vec<glommio::Task<()>>>,
+    tasks: HashMap<u16, (usize, glommio::Task<()>)>,
     deadline: Duration,
     started: std::time::Instant,
 ) {
@@ -821,16 +822,15 @@ impl Shard {
                 (st.id, w.writes_in_flight_max)
             })
             .collect();
-        for (id, workers) in wanted {
-            let tasks = self.store_tasks.entry(id).or_default();
-            // Workers past the new count end themselves; missing ones start.
-            tasks.truncate(workers);
-            for worker in tasks.len()..workers {
-                tasks.push(glommio::spawn_local(store::writer(
-                    core.clone(),
-                    id,
-                    worker,
-                )));
+        for (id, in_flight) in wanted {
+            match self.store_tasks.get(&id) {
+                Some((n, _)) if *n == in_flight => {}
+                _ => {
+                    // New, or its in-flight bound changed: a fresh dispatcher (dropping
+                    // the old one cancels it; its running writes finish).
+                    let task = glommio::spawn_local(store::dispatcher(core.clone(), id, in_flight));
+                    self.store_tasks.insert(id, (in_flight, task));
+                }
             }
         }
     }

@@ -356,10 +356,10 @@ pub struct StoreQuery {
     pub names: Vec<String>,
 }
 
-/// How long an idle writer sleeps before it looks at the cache again.
+/// How long an idle dispatcher sleeps before it looks at the cache again.
 const IDLE_MS: u64 = 20;
 
-/// A write a writer took from the cache.
+/// A write taken from the cache.
 struct Taken {
     job: cache::Job,
     name: String,
@@ -367,6 +367,7 @@ struct Taken {
     no_file: bool,
     shared: Arc<StoreShared>,
     points: usize,
+    update: Vec<(i64, f64)>,
 }
 
 enum Pick {
@@ -375,16 +376,20 @@ enum Pick {
     Write(Taken),
 }
 
-/// One writer of store `id` on this shard (worker `worker` of `writes_in_flight_max`):
-/// takes the next name (carbon's `sorted` order), waits for the write token (and, for a
-/// name without a file, takes a create token or puts the name back to wait for one),
-/// writes through io_uring and confirms. Ends when the store goes or the worker is no
-/// longer wanted.
-pub async fn writer(core: Rc<RefCell<Core>>, id: u16, worker: usize) {
-    let mut scratch = Scratch::new();
-    let mut update: Vec<(i64, f64)> = Vec::new();
+/// The writer of store `id` on this shard: takes the next name in carbon's `sorted`
+/// order whenever fewer than `in_flight_max` writes run, and runs each write as its own
+/// task (io_uring keeps them all busy). Ends when the store goes (a reload changing
+/// `writes_in_flight_max` starts a new one).
+pub async fn dispatcher(core: Rc<RefCell<Core>>, id: u16, in_flight_max: usize) {
+    let slots = Rc::new(glommio::sync::Semaphore::new(in_flight_max as u64));
+    // One write at a time waits on the process-wide limit; the others wait here,
+    // parked, rather than each polling the clock.
+    let gate = Rc::new(glommio::sync::Semaphore::new(1));
     let mut sort: Vec<CachedPoint> = Vec::new();
     loop {
+        let Ok(permit) = slots.acquire_static_permit(1).await else {
+            return;
+        };
         let now_ms = unix_ms();
         let pick = {
             let mut c = core.borrow_mut();
@@ -392,100 +397,109 @@ pub async fn writer(core: Rc<RefCell<Core>>, id: u16, worker: usize) {
                 None => Pick::Gone,
                 Some(s) => {
                     let st = &mut c.stores.stores[s];
-                    let StoreKind::Whisper(w) = &st.config.kind;
-                    if worker >= w.writes_in_flight_max {
-                        Pick::Gone
-                    } else {
-                        let creates_open = st.shared.creates.available(now_ms as u64);
-                        match st.cache.next(now_ms, creates_open) {
-                            None => Pick::Idle,
-                            Some(job) => {
-                                cache::to_update(st.cache.job_points(job), &mut update, &mut sort);
-                                let (name, path) = st.cache.job_name(job);
-                                Pick::Write(Taken {
-                                    job,
-                                    name: String::from_utf8_lossy(name).into_owned(),
-                                    path: path.clone(),
-                                    no_file: st.cache.job_no_file(job),
-                                    shared: st.shared.clone(),
-                                    points: st.cache.job_points(job).len(),
-                                })
-                            }
+                    let creates_open = st.shared.creates.available(now_ms as u64);
+                    match st.cache.next(now_ms, creates_open) {
+                        None => Pick::Idle,
+                        Some(job) => {
+                            let mut update = Vec::new();
+                            cache::to_update(st.cache.job_points(job), &mut update, &mut sort);
+                            let (name, path) = st.cache.job_name(job);
+                            Pick::Write(Taken {
+                                job,
+                                name: String::from_utf8_lossy(name).into_owned(),
+                                path: path.clone(),
+                                no_file: st.cache.job_no_file(job),
+                                shared: st.shared.clone(),
+                                points: st.cache.job_points(job).len(),
+                                update,
+                            })
                         }
                     }
                 }
             }
         };
-        let t = match pick {
+        match pick {
             Pick::Gone => return,
             Pick::Idle => {
+                drop(permit);
                 glommio::timer::sleep(Duration::from_millis(IDLE_MS)).await;
-                continue;
             }
-            Pick::Write(t) => t,
-        };
-        let outcome = write_one(&core, id, &t, &update, &mut scratch).await;
-        let mut c = core.borrow_mut();
-        let Some(s) = c.stores.by_id(id) else {
-            return;
-        };
-        let st = &mut c.stores.stores[s];
-        let now = unix_ms();
-        let confirm = match outcome {
-            Written::Done { created, cost } => {
-                let k = &mut st.counters;
-                k.updates += 1;
-                k.updated_points += update.len() as u64;
-                k.creates += u64::from(created);
-                k.read_ops += u64::from(cost.reads);
-                k.write_ops += u64::from(cost.writes);
-                Outcome::Written
+            Pick::Write(t) => {
+                let (core, gate) = (core.clone(), gate.clone());
+                glommio::spawn_local(async move {
+                    write_task(&core, id, t, &gate).await;
+                    drop(permit);
+                })
+                .detach();
             }
-            Written::NoCreateToken => {
-                st.counters.throttled_creates += 1;
-                Outcome::Retry {
+        }
+    }
+}
+
+/// One write: through io_uring, then confirmed to the cache.
+async fn write_task(core: &Rc<RefCell<Core>>, id: u16, t: Taken, gate: &glommio::sync::Semaphore) {
+    let mut scratch = Scratch::new();
+    let outcome = write_one(core, id, &t, gate, &mut scratch).await;
+    let mut c = core.borrow_mut();
+    let Some(s) = c.stores.by_id(id) else {
+        return;
+    };
+    let st = &mut c.stores.stores[s];
+    let now = unix_ms();
+    let confirm = match outcome {
+        Written::Done { created, cost } => {
+            let k = &mut st.counters;
+            k.updates += 1;
+            k.updated_points += t.update.len() as u64;
+            k.creates += u64::from(created);
+            k.read_ops += u64::from(cost.reads);
+            k.write_ops += u64::from(cost.writes);
+            Outcome::Written
+        }
+        Written::NoCreateToken => {
+            st.counters.throttled_creates += 1;
+            Outcome::Retry {
+                retry_at_ms: now,
+                no_file: true,
+            }
+        }
+        Written::Failed { error, creating } => {
+            let retry = |ms: i64| Outcome::Retry {
+                retry_at_ms: now + ms,
+                no_file: false,
+            };
+            match error {
+                WriteError::NoFile => Outcome::Retry {
                     retry_at_ms: now,
                     no_file: true,
+                },
+                WriteError::Busy => {
+                    st.counters.lock_busy += 1;
+                    retry(100)
+                }
+                WriteError::Corrupt(c) => {
+                    st.counters.dropped_points_corrupt_file += t.points as u64;
+                    log_failure(st, &t, &c.to_string(), now);
+                    Outcome::Dropped
+                }
+                WriteError::Invalid(e) => {
+                    st.counters.dropped_points_bad_schema += t.points as u64;
+                    log_failure(st, &t, &e, now);
+                    Outcome::Dropped
+                }
+                e @ (WriteError::Io(_) | WriteError::Unsettled) => {
+                    if creating {
+                        st.counters.create_errors += 1;
+                    } else {
+                        st.counters.write_errors += 1;
+                    }
+                    log_failure(st, &t, &e.to_string(), now);
+                    retry(RETRY_AFTER_ERROR_MS)
                 }
             }
-            Written::Failed { error, creating } => {
-                let retry = |ms: i64| Outcome::Retry {
-                    retry_at_ms: now + ms,
-                    no_file: false,
-                };
-                match error {
-                    WriteError::NoFile => Outcome::Retry {
-                        retry_at_ms: now,
-                        no_file: true,
-                    },
-                    WriteError::Busy => {
-                        st.counters.lock_busy += 1;
-                        retry(100)
-                    }
-                    WriteError::Corrupt(c) => {
-                        st.counters.dropped_points_corrupt_file += t.points as u64;
-                        log_failure(st, &t, &c.to_string(), now);
-                        Outcome::Dropped
-                    }
-                    WriteError::Invalid(e) => {
-                        st.counters.dropped_points_bad_schema += t.points as u64;
-                        log_failure(st, &t, &e, now);
-                        Outcome::Dropped
-                    }
-                    e @ (WriteError::Io(_) | WriteError::Unsettled) => {
-                        if creating {
-                            st.counters.create_errors += 1;
-                        } else {
-                            st.counters.write_errors += 1;
-                        }
-                        log_failure(st, &t, &e.to_string(), now);
-                        retry(RETRY_AFTER_ERROR_MS)
-                    }
-                }
-            }
-        };
-        st.cache.confirm(t.job, confirm);
-    }
+        }
+    };
+    st.cache.confirm(t.job, confirm);
 }
 
 /// A name whose write failed is tried again after this long.
@@ -510,16 +524,19 @@ enum Written {
     Failed { error: WriteError, creating: bool },
 }
 
-/// Waits for a token of `limit`; true when it had to wait.
-async fn token(limit: &RateLimit) -> bool {
-    let mut waited = false;
+/// Waits for a token of `limit`, behind the shard's `gate` (one waiter polls the
+/// clock, the others are parked); true when it had to wait.
+async fn token(limit: &RateLimit, gate: &glommio::sync::Semaphore) -> bool {
+    if limit.try_take(unix_ms() as u64).is_ok() {
+        return false;
+    }
+    let Ok(_turn) = gate.acquire_permit(1).await else {
+        return true;
+    };
     loop {
         match limit.try_take(unix_ms() as u64) {
-            Ok(()) => return waited,
-            Err(ms) => {
-                waited = true;
-                glommio::timer::sleep(Duration::from_millis(ms)).await;
-            }
+            Ok(()) => return true,
+            Err(ms) => glommio::timer::sleep(Duration::from_millis(ms)).await,
         }
     }
 }
@@ -528,9 +545,10 @@ async fn write_one(
     core: &Rc<RefCell<Core>>,
     id: u16,
     t: &Taken,
-    update: &[(i64, f64)],
+    gate: &glommio::sync::Semaphore,
     scratch: &mut Scratch,
 ) -> Written {
+    let update = &t.update;
     let file = if t.no_file {
         None
     } else {
@@ -547,7 +565,7 @@ async fn write_one(
     let waited;
     let result = match file {
         Some(file) => {
-            waited = token(&t.shared.writes).await;
+            waited = token(&t.shared.writes, gate).await;
             let r = uring::update_file(&file, update, unix_ms() / 1000, scratch).await;
             let closed = uring::close(file).await;
             match (r, closed) {
@@ -560,7 +578,7 @@ async fn write_one(
             if t.shared.creates.try_take(unix_ms() as u64).is_err() {
                 return Written::NoCreateToken;
             }
-            waited = token(&t.shared.writes).await;
+            waited = token(&t.shared.writes, gate).await;
             let new = {
                 let c = core.borrow();
                 match c.stores.by_id(id) {

@@ -90,7 +90,16 @@ pub struct Cache {
     points: u64,
     points_max: u64,
     inflight_points: u64,
+    /// When the queue was last rebuilt and found nothing (unix ms, and whether creates
+    /// were open): no rebuild before `REBUILD_IDLE_MS` after that, so idle polling does
+    /// not walk every name.
+    idle_since: Option<(i64, bool)>,
+    /// The earliest `not_before_ms` among names waiting only for their retry time.
+    next_retry_ms: i64,
 }
+
+/// After a rebuild found nothing ready, the next waits this long.
+const REBUILD_IDLE_MS: i64 = 10;
 
 impl Cache {
     /// An empty cache bounded at `points_max` points.
@@ -103,6 +112,8 @@ impl Cache {
             points: 0,
             points_max,
             inflight_points: 0,
+            idle_since: None,
+            next_retry_ms: i64::MAX,
         }
     }
 
@@ -233,7 +244,14 @@ impl Cache {
                 }
             }
             if round == 0 {
+                if let Some((at, open)) = self.idle_since {
+                    let soon = now_ms.saturating_sub(at) < REBUILD_IDLE_MS;
+                    if open == creates_open && soon && now_ms < self.next_retry_ms {
+                        return None;
+                    }
+                }
                 self.rebuild_queue(now_ms, creates_open);
+                self.idle_since = self.queue.is_empty().then_some((now_ms, creates_open));
             }
         }
         None
@@ -250,9 +268,15 @@ impl Cache {
 
     fn rebuild_queue(&mut self, now_ms: i64, creates_open: bool) {
         self.queue.clear();
+        self.next_retry_ms = i64::MAX;
         for id in self.by_name.values().copied() {
             if self.ready(id, now_ms, creates_open) {
                 self.queue.push(id);
+            } else {
+                let s = &self.slots[id as usize];
+                if !s.writing && !s.points.is_empty() && s.not_before_ms > now_ms {
+                    self.next_retry_ms = self.next_retry_ms.min(s.not_before_ms);
+                }
             }
         }
         // Ascending by points, popped from the back: the largest first. Ties by name,
@@ -322,6 +346,10 @@ impl Cache {
                 s.no_file = no_file;
             }
         }
+        if matches!(outcome, Outcome::Retry { .. }) {
+            self.idle_since = None;
+        }
+        let s = &mut self.slots[id as usize];
         if s.points.is_empty() && s.inflight.is_empty() {
             s.live = false;
             let name = std::mem::take(&mut s.name);
