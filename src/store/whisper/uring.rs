@@ -144,9 +144,13 @@ pub async fn update_file(
     scratch: &mut Scratch,
 ) -> Result<Cost, WriteError> {
     lock(file)?;
-    let (len, head) =
-        futures_lite::future::zip(file.file_size(), file.read_at(0, HEAD_BYTES)).await;
-    let (len, head) = (len.map_err(io_err)?, head.map_err(io_err)?);
+    // A read shorter than asked is the whole file: its length needs no statx.
+    let head = file.read_at(0, HEAD_BYTES).await.map_err(io_err)?;
+    let len = if head.len() < HEAD_BYTES {
+        head.len() as u64
+    } else {
+        file.file_size().await.map_err(io_err)?
+    };
     let mut cost = Cost {
         reads: 1,
         ..Cost::default()
