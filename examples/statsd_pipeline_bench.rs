@@ -15,6 +15,7 @@ use cadent::route::{DestinationTable, Router};
 use cadent::shard::aggregate::AggStage;
 use cadent::shard::mesh;
 use cadent::shard::pipeline::{Core, Input};
+use cadent::shard::store::StoreStage;
 use cadent::telemetry::ShardCounters;
 use cadent::tools::SplitMix64;
 
@@ -66,7 +67,14 @@ fn main() {
             let mut aggs = AggStage::new(me, shards);
             let a = aggs.build(1, &cfg.aggregates[0], 0).expect("aggregator");
             aggs.aggs.push(a);
-            let mut c = Core::new(router, outputs, aggs, m, counters);
+            let mut c = Core::new(
+                router,
+                outputs,
+                aggs,
+                StoreStage::new(me, shards),
+                m,
+                counters,
+            );
             c.set_input(
                 0,
                 Input {
@@ -117,7 +125,8 @@ fn main() {
             c.mesh.send_all();
             for from in 0..shards {
                 while let Some(b) = c.mesh.receive(from) {
-                    c.aggs.apply_batch(from, &b);
+                    let Core { aggs, stores, .. } = c;
+                    aggs.apply_batch(from, &b, &mut |p| stores.apply_record(p));
                 }
             }
         }

@@ -6,6 +6,7 @@
 #   protocol and write_graphite reference (tests/it/collectd_*.rs).
 #   carbon 1.1.10 (PyPI): python carbon's ConsistentHashRing (carbon_ch_python) and
 #   carbon-aggregator (graphite aggregation reference).
+#   graphite-web 1.1.10 (PyPI, in .peers/graphite-web-venv): the read API's client.
 #   statsd 0.9.0 and hashring 3.2.0 (npm, into .peers/node): Etsy statsd, the statsd
 #   aggregation reference, and the ring of its proxy (statsd_hashring).
 set -euo pipefail
@@ -43,3 +44,17 @@ if ! node -e 'process.exit(require(process.argv[1]+"/node_modules/statsd/package
 fi
 
 echo "install-peers: carbon-c-relay $(carbon-c-relay -v 2>&1 | head -1 | tr -s ' ' | cut -c1-60)" >&2
+
+# graphite-web 1.1.10 (PyPI) in its own virtualenv, .peers/graphite-web-venv (ignored by
+# git), so its Django 2.2 and urllib3 1.x do not touch the system's packages; with
+# whisper 1.1.10 beside it for its local reads. msgpack-python is deliberately not
+# installed: graphite-web 1.1.10's msgpack cluster path needs its vendored umsgpack
+# (msgpack-python >= 1.0 refuses its `encoding=` argument). The read API's cluster and
+# CarbonLink client (tests/it/store_graphite_web.rs, bench/store.py).
+gweb_venv="$(cd "$(dirname "$0")/.." && pwd)/.peers/graphite-web-venv"
+if ! "$gweb_venv/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("graphite-web") != "1.1.10")' 2>/dev/null; then
+    echo "install-peers: graphite-web 1.1.10 into $gweb_venv" >&2
+    python3 -m venv "$gweb_venv"
+    GRAPHITE_NO_PREFIX=1 "$gweb_venv/bin/pip" install --quiet --disable-pip-version-check \
+        'graphite-web==1.1.10' 'Django>=2.2,<2.3' 'urllib3<2' 'whisper==1.1.10'
+fi

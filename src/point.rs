@@ -40,6 +40,8 @@ pub enum Value<'a> {
     Graphite(Graphite<'a>),
     /// One sample of a statsd line.
     Statsd(Statsd<'a>),
+    /// Numbers a binary protocol carried (carbon's pickle): timestamp and value.
+    Numeric(Numeric),
     /// A line routed by a key cut out of it; no value of its own.
     Line,
     /// A collectd value list.
@@ -56,6 +58,38 @@ pub struct Collectd<'a> {
     /// listener's table does not have the type (passed on as received; a graphite
     /// destination cannot name it and counts it).
     pub sources: Option<&'a [DataSource]>,
+}
+
+/// A datapoint as numbers, as carbon's pickle receiver makes them (`float()` of each).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Numeric {
+    /// Seconds since the epoch (`-1`: now, as in plaintext).
+    pub timestamp: f64,
+    /// The value (finite: the decoder skips NaN, as carbon, and infinities).
+    pub value: f64,
+}
+
+impl Value<'_> {
+    /// carbon's datapoint for a graphite or pickle point: `(float(timestamp),
+    /// float(value))`, a timestamp whose `int()` is -1 replaced by `now_s` (carbon's
+    /// `MetricReceiver.metricReceived`). `None` for statsd samples, lines and collectd value lists.
+    #[inline]
+    pub fn datapoint(&self, now_s: f64) -> Option<(f64, f64)> {
+        let (ts, v) = match self {
+            Value::Graphite(g) => (
+                crate::protocol::parse_f64(g.timestamp)?,
+                crate::protocol::parse_f64(g.value)?,
+            ),
+            Value::Numeric(n) => (n.timestamp, n.value),
+            // A value list has data sources, named only by write_graphite's rules.
+            Value::Statsd(_) | Value::Line | Value::Collectd(_) => return None,
+        };
+        Some(if ts.trunc() == -1.0 {
+            (now_s, v)
+        } else {
+            (ts, v)
+        })
+    }
 }
 
 /// Graphite's value and timestamp, validated as numbers at decode.

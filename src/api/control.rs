@@ -51,6 +51,8 @@ struct Inner {
     bound: Vec<String>,
     /// The next aggregator id to hand out.
     next_aggregator_id: u16,
+    /// The next store id to hand out.
+    next_store_id: u16,
 }
 
 /// The running topology and destination health, shared by the admin handlers, the
@@ -63,6 +65,13 @@ pub struct Control {
     /// Running statsd consoles: address -> (aggregator, task).
     consoles:
         Mutex<std::collections::HashMap<std::net::SocketAddr, (String, tokio::task::AbortHandle)>>,
+    /// Running CarbonLink listeners: address -> (store, its root, task).
+    carbonlinks: Mutex<
+        std::collections::HashMap<
+            std::net::SocketAddr,
+            (String, PathBuf, tokio::task::AbortHandle),
+        >,
+    >,
     started_unix_s: i64,
     /// Serialises changes, so every shard sees them in one order.
     changes: tokio::sync::Mutex<()>,
@@ -73,6 +82,9 @@ pub struct Control {
 
 /// How long a change waits for a shard whose inbox is full before giving up on it.
 const SHARD_SEND_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long a read waits for the shards' cache answers.
+const CACHE_QUERY_PATIENCE: Duration = Duration::from_secs(5);
 
 /// How long a change waits for every shard to answer its `Prepare`.
 const PREPARE_PATIENCE: Duration = Duration::from_secs(10);
@@ -104,6 +116,7 @@ impl Control {
         Arc::new(Control {
             console_health: Mutex::new(Default::default()),
             consoles: Mutex::new(Default::default()),
+            carbonlinks: Mutex::new(Default::default()),
             started_unix_s: crate::shard::pipeline::unix_ms() / 1000,
             inner: Mutex::new(Inner {
                 topology: empty,
@@ -115,6 +128,7 @@ impl Control {
                 listener_labels: Vec::new(),
                 bound: Vec::new(),
                 next_aggregator_id: 0,
+                next_store_id: 0,
             }),
             changes: tokio::sync::Mutex::new(()),
             shards,
@@ -158,6 +172,131 @@ impl Control {
             }
         }
         answers
+    }
+
+    /// The cached points of `names` in store `store` (by name), asked of the shards
+    /// that own them; one list per name, in the order asked (empty where none, or where
+    /// a shard did not answer in time).
+    pub async fn ask_cache(
+        &self,
+        store: &str,
+        names: &[String],
+    ) -> Vec<Vec<crate::store::cache::CachedPoint>> {
+        let shards = self.shards.len();
+        let mut by_shard: Vec<(Vec<String>, Vec<usize>)> = vec![(Vec::new(), Vec::new()); shards];
+        for (i, n) in names.iter().enumerate() {
+            let key = crate::store::whisper::path::normalize(n).unwrap_or_else(|| n.clone());
+            let to = crate::shard::aggregate::owner(key.as_bytes(), shards);
+            by_shard[to].0.push(key);
+            by_shard[to].1.push(i);
+        }
+        let mut out = vec![Vec::new(); names.len()];
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut asked = 0;
+        let mut index: Vec<Vec<usize>> = vec![Vec::new(); shards];
+        for (shard, (keys, idx)) in by_shard.into_iter().enumerate() {
+            if keys.is_empty() {
+                continue;
+            }
+            let mut msg = ControlMsg::StoreQuery {
+                query: crate::shard::store::StoreQuery {
+                    store: store.to_string(),
+                    names: keys,
+                },
+                reply: tx.clone(),
+            };
+            let deadline = tokio::time::Instant::now() + CACHE_QUERY_PATIENCE;
+            loop {
+                match self.shards[shard].try_send(msg) {
+                    Ok(()) => {
+                        asked += 1;
+                        index[shard] = idx;
+                        break;
+                    }
+                    Err(back) if tokio::time::Instant::now() < deadline => {
+                        msg = back;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        drop(tx);
+        let deadline = tokio::time::Instant::now() + CACHE_QUERY_PATIENCE;
+        while asked > 0 {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((shard, points))) => {
+                    asked -= 1;
+                    for (i, p) in index[shard].iter().zip(points) {
+                        out[*i] = p;
+                    }
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+
+    /// Updates the read API's counters.
+    pub fn count_read(&self, f: impl FnOnce(&mut crate::api::read::ReadCounters)) {
+        self.registry.read_counters(f);
+    }
+
+    /// Starts the CarbonLink listeners the running config's stores ask for and stops the
+    /// others. `strict`: one that cannot bind is an error (startup); otherwise logged.
+    fn sync_carbonlinks(self: &Arc<Self>, strict: bool) -> Result<(), String> {
+        let wanted: Vec<(std::net::SocketAddr, String, PathBuf)> = self
+            .topology()
+            .config
+            .stores
+            .iter()
+            .filter_map(|s| {
+                let crate::config::StoreKind::Whisper(w) = &s.kind;
+                w.carbonlink_listen
+                    .map(|a| (a, s.name.clone(), w.path.clone()))
+            })
+            .collect();
+        let mut running = self.carbonlinks.lock().unwrap_or_else(|e| e.into_inner());
+        running.retain(|addr, (name, root, task)| {
+            let keep = wanted
+                .iter()
+                .any(|(a, n, r)| a == addr && n == name && r == root);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (addr, name, root) in wanted {
+            if running.contains_key(&addr) {
+                continue;
+            }
+            let bound = std::net::TcpListener::bind(addr)
+                .and_then(|l| {
+                    l.set_nonblocking(true)?;
+                    Ok(l)
+                })
+                .and_then(tokio::net::TcpListener::from_std);
+            match bound {
+                Ok(l) => {
+                    let task = tokio::spawn(super::carbonlink_listen::serve(
+                        self.clone(),
+                        l,
+                        name.clone(),
+                        root.clone(),
+                    ));
+                    running.insert(addr, (name, root, task.abort_handle()));
+                }
+                Err(e) if strict => {
+                    return Err(format!(
+                        "store {name:?} carbonlink_listen {addr}: cannot bind: {e}"
+                    ))
+                }
+                Err(e) => {
+                    tracing::error!(store = %name, %addr, error = %e, "cannot serve CarbonLink")
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Starts the statsd consoles the running config asks for and stops the others.
@@ -468,6 +607,7 @@ impl Control {
         }
         let summary = self.apply(cfg, false).await.map_err(|r| r.message)?;
         let _ = self.sync_consoles(false);
+        let _ = self.sync_carbonlinks(false);
         Ok(summary)
     }
 
@@ -477,6 +617,7 @@ impl Control {
         let _serial = self.changes.lock().await;
         let summary = self.apply(cfg, true).await.map_err(|r| r.message)?;
         self.sync_consoles(true)?;
+        self.sync_carbonlinks(true)?;
         Ok(summary)
     }
 
@@ -559,6 +700,52 @@ impl Control {
                 },
             )
             .collect();
+        // Stores: the same name and path keep their id (and their cache); their shared
+        // limits are kept unless a limit changed. A new one reads back the spill its path
+        // holds.
+        let mut next_store_id = self.lock().next_store_id;
+        let now_ms = crate::shard::pipeline::unix_ms() as u64;
+        let mut store_ids = Vec::with_capacity(cfg.stores.len());
+        let mut store_shared = Vec::with_capacity(cfg.stores.len());
+        for st in &cfg.stores {
+            let crate::config::StoreKind::Whisper(w) = &st.kind;
+            let same = old.config.stores.iter().position(|o| {
+                let crate::config::StoreKind::Whisper(ow) = &o.kind;
+                o.name == st.name && ow.path == w.path
+            });
+            match same {
+                Some(k) => {
+                    store_ids.push(old.store_ids[k]);
+                    let crate::config::StoreKind::Whisper(ow) = &old.config.stores[k].kind;
+                    let keep = ow.writes_per_second == w.writes_per_second
+                        && ow.creates_per_minute == w.creates_per_minute;
+                    store_shared.push(if keep {
+                        old.store_shared[k].clone()
+                    } else {
+                        Arc::new(crate::shard::store::StoreShared::new(
+                            st,
+                            self.shards.len(),
+                            Vec::new(),
+                            now_ms,
+                        ))
+                    });
+                }
+                None => {
+                    next_store_id = next_store_id.wrapping_add(1);
+                    store_ids.push(next_store_id);
+                    let restore = crate::store::spill::list(&w.path);
+                    if !restore.is_empty() {
+                        tracing::info!(store = %st.name, files = restore.len(), "reading back the spill of a previous run");
+                    }
+                    store_shared.push(Arc::new(crate::shard::store::StoreShared::new(
+                        st,
+                        self.shards.len(),
+                        restore,
+                        now_ms,
+                    )));
+                }
+            }
+        }
         // Retired destinations every shard has drained are freed with this change.
         let reclaim = self.reclaimable(&old);
         let epoch = old.epoch + 1;
@@ -602,6 +789,8 @@ impl Control {
             listener_ids,
             listener_addrs,
             aggregator_ids,
+            store_ids,
+            store_shared,
         };
         // Every shard prepares; only then does any of them route by it.
         let refusals = self
@@ -666,6 +855,7 @@ impl Control {
             inner.listener_labels = labels.clone();
             inner.bound = bound;
             inner.next_aggregator_id = next_id;
+            inner.next_store_id = next_store_id;
             inner.topology = topology.clone();
         }
         let mut collectd_listeners = vec![false; labels.len()];
@@ -686,6 +876,12 @@ impl Control {
                 .aggregates
                 .iter()
                 .map(|a| a.name.clone())
+                .collect(),
+            stores: topology
+                .config
+                .stores
+                .iter()
+                .map(|s| s.name.clone())
                 .collect(),
         });
         tracing::info!(%summary, epoch, "topology committed");

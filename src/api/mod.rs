@@ -2,9 +2,11 @@
 //! the bridge to shards. It never runs on a shard core and shards never wait on it.
 
 pub mod carbonlink;
+pub mod carbonlink_listen;
 pub mod coco;
 pub mod control;
 pub mod noodle;
+pub mod read;
 pub mod read_format;
 pub mod statsd_console;
 
@@ -56,6 +58,12 @@ pub fn routes(state: Arc<AdminState>) -> Http {
         .route("/servers", get(servers))
         .route("/cluster/{name}/members", post(add_member))
         .route("/cluster/{name}/members/{server}", delete(remove_member))
+        .route("/metrics/find", get(read::find).post(read::find))
+        .route("/metrics/find/", get(read::find).post(read::find))
+        .route("/metrics/expand", get(read::expand).post(read::expand))
+        .route("/metrics/expand/", get(read::expand).post(read::expand))
+        .route("/render", get(read::render).post(read::render))
+        .route("/render/", get(read::render).post(read::render))
         .with_state(state)
 }
 
@@ -188,7 +196,7 @@ pub fn parse_member_request(json: bool, body: &[u8]) -> Result<MemberForm, Strin
     Ok(form)
 }
 
-fn percent_decode(s: &str) -> Result<String, String> {
+pub(crate) fn percent_decode(s: &str) -> Result<String, String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

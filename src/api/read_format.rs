@@ -60,7 +60,6 @@ use std::fmt::Write as _;
 use crate::protocol::pickle::Writer;
 use crate::store::whisper::find::{Node, NodeKind};
 use crate::store::whisper::render::Series;
-use crate::tools::pyfmt::py_repr;
 
 /// A response format of `/metrics/find` and `/render`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -531,7 +530,7 @@ pub fn render_json(
                 Some(v) if v.is_infinite() => {
                     out.extend_from_slice(if v > 0.0 { b"1e9999" } else { b"-1e9999" })
                 }
-                Some(v) => out.extend_from_slice(py_repr(v).as_bytes()),
+                Some(v) => crate::tools::pyfmt::py_repr_into(out, v),
             }
             let _ = write!(Json(out), ", {ts}]");
         }

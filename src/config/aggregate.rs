@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use toml::{Table, Value};
 
 use super::reader::TableReader;
-use super::{parse_socket_addr, Cluster, ConfigError};
+use super::{parse_socket_addr, Cluster, ConfigError, Sink, Store};
 use crate::aggregate::carbon::{CarbonConfig, Rules, TimestampAt};
 use crate::aggregate::statsd::{Bin, HistogramRule, StatsdConfig, TagMode};
 
@@ -17,10 +17,9 @@ use crate::aggregate::statsd::{Bin, HistogramRule, StatsdConfig, TagMode};
 pub struct Aggregate {
     /// Name routes and stats use.
     pub name: String,
-    /// Clusters (indexes into `Config::clusters`) that get what the aggregator flushes
-    /// (and, for carbon, its forwarded inputs) when no route with `from` naming it
-    /// claims them.
-    pub send_to: Vec<usize>,
+    /// Clusters and stores that get what the aggregator flushes (and, for carbon, its
+    /// forwarded inputs) when no route with `from` naming it claims them.
+    pub send_to: Vec<Sink>,
     /// The kind with its settings.
     pub kind: AggregateKind,
 }
@@ -98,6 +97,7 @@ pub(super) fn read_aggregate(
     t: &Table,
     i: usize,
     clusters: &[Cluster],
+    stores: &[Store],
     errs: &mut Vec<ConfigError>,
 ) -> Aggregate {
     let mut r = TableReader::new(t, format!("aggregate[{i}]"));
@@ -107,7 +107,13 @@ pub(super) fn read_aggregate(
     }
     let kind_s = r.req_str("kind", errs);
     let send_to_names = r.strings("send_to", errs);
-    let send_to = super::cluster_indexes(&send_to_names, clusters, &r.key_path("send_to"), errs);
+    let send_to = super::resolve_send_to(
+        &send_to_names,
+        clusters,
+        stores,
+        &r.key_path("send_to"),
+        errs,
+    );
     let kind = match kind_s.as_str() {
         "statsd" => AggregateKind::Statsd(Box::new(read_statsd(&mut r, errs))),
         "carbon" => AggregateKind::Carbon(read_carbon(&mut r, errs)),

@@ -23,13 +23,17 @@ impl Transport {
     }
 }
 
-/// Where a listener binds: `tcp://host:port`, `udp://host:port` or `unix:///path`.
+/// Where a listener binds: `tcp://host:port`, `udp://host:port`, `unix:///path` or
+/// `http://host:port/path`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListenUrl {
     /// An IP socket; every shard binds its own `SO_REUSEPORT` socket on it.
     Inet(Transport, SocketAddr),
     /// A unix stream socket; one shard owns it (AF_UNIX has no `SO_REUSEPORT`).
     Unix(PathBuf),
+    /// Lines in the bodies of HTTP POSTs to this path, on a TCP socket every shard binds
+    /// (`SO_REUSEPORT`).
+    Http(SocketAddr, String),
 }
 
 impl ListenUrl {
@@ -38,7 +42,16 @@ impl ListenUrl {
     pub fn bound(&self, addr: Option<SocketAddr>) -> String {
         match (self, addr) {
             (ListenUrl::Inet(t, _), Some(a)) => ListenUrl::Inet(*t, a).to_string(),
+            (ListenUrl::Http(_, p), Some(a)) => ListenUrl::Http(a, p.clone()).to_string(),
             (u, _) => u.to_string(),
+        }
+    }
+
+    /// The IP address it binds, if it binds one.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        match self {
+            ListenUrl::Inet(_, a) | ListenUrl::Http(a, _) => Some(*a),
+            ListenUrl::Unix(_) => None,
         }
     }
 
@@ -52,8 +65,16 @@ impl ListenUrl {
             }
             return Ok(ListenUrl::Unix(PathBuf::from(path)));
         }
+        if let Some(rest) = s.strip_prefix("http://") {
+            let (hostport, path) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, "/"),
+            };
+            let addr = parse_socket_addr(hostport).map_err(|e| format!("{s:?}: {e}"))?;
+            return Ok(ListenUrl::Http(addr, path.to_string()));
+        }
         let (transport, rest) = split_scheme(s)?
-            .ok_or_else(|| format!("{s:?}: needs a scheme: tcp://, udp:// or unix://"))?;
+            .ok_or_else(|| format!("{s:?}: needs a scheme: tcp://, udp://, unix:// or http://"))?;
         let addr = parse_socket_addr(rest).map_err(|e| format!("{s:?}: {e}"))?;
         Ok(ListenUrl::Inet(transport, addr))
     }
@@ -64,6 +85,7 @@ impl fmt::Display for ListenUrl {
         match self {
             ListenUrl::Inet(t, a) => write!(f, "{}://{a}", t.scheme()),
             ListenUrl::Unix(p) => write!(f, "unix://{}", p.display()),
+            ListenUrl::Http(a, p) => write!(f, "http://{a}{p}"),
         }
     }
 }
@@ -304,6 +326,14 @@ mod tests {
             ListenUrl::parse("unix:///tmp/x.sock").unwrap(),
             ListenUrl::Unix(_)
         ));
+        let h = ListenUrl::parse("http://127.0.0.1:2005/lines").unwrap();
+        assert_eq!(h.to_string(), "http://127.0.0.1:2005/lines");
+        assert_eq!(
+            ListenUrl::parse("http://127.0.0.1:2005")
+                .unwrap()
+                .to_string(),
+            "http://127.0.0.1:2005/"
+        );
         for bad in [
             "127.0.0.1:2003",
             "unix://rel",

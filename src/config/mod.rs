@@ -7,6 +7,7 @@ mod aggregate;
 mod collectd;
 mod endpoint;
 mod reader;
+mod store;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -19,6 +20,7 @@ pub use aggregate::{Aggregate, AggregateKind, CarbonAggregate, StatsdAggregate};
 pub use collectd::{ClusterKey, CollectdListen, CollectdSend, GraphiteOut, OutputFormat};
 pub use endpoint::{parse_socket_addr, ListenUrl, Member, Transport, MEMBER_INSTANCE_BYTES_MAX};
 use reader::TableReader;
+pub use store::{RulesFile, Store, StoreKind, WhisperStore};
 
 /// The configuration `cadent serve` runs when no `--config` is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../configs/default.toml");
@@ -134,6 +136,8 @@ pub enum Format {
     Regex,
     /// collectd's binary network protocol (UDP datagrams).
     Collectd,
+    /// carbon's pickle protocol: length-prefixed pickled lists of datapoints.
+    Pickle,
 }
 
 impl Format {
@@ -144,6 +148,7 @@ impl Format {
             Format::Statsd => "statsd",
             Format::Regex => "regex",
             Format::Collectd => "collectd",
+            Format::Pickle => "pickle",
         }
     }
 }
@@ -175,6 +180,11 @@ pub struct Listener {
     pub time_layout: Option<String>,
     /// collectd format (and only it): security level, auth file, types table.
     pub collectd: Option<CollectdListen>,
+    /// Pickle format: the largest frame (carbon's MAX_LENGTH); a larger one ends the
+    /// connection's use.
+    pub frame_bytes_max: usize,
+    /// HTTP listeners: the largest request body; a larger one is refused with 413.
+    pub body_bytes_max: usize,
 }
 
 /// Ring or fan-out kind of a cluster.
@@ -326,13 +336,22 @@ pub enum Match {
     All,
 }
 
+/// What `send_to` names: a cluster or a store (they share one namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sink {
+    /// Index into [`Config::clusters`].
+    Cluster(usize),
+    /// Index into [`Config::stores`].
+    Store(usize),
+}
+
 /// What a matching route does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Drop the metric (counted per rule).
     Drop,
-    /// Send to these clusters (indexes into [`Config::clusters`]).
-    SendTo(Vec<usize>),
+    /// Send to these clusters and stores.
+    SendTo(Vec<Sink>),
     /// Hand to this aggregator (index into [`Config::aggregates`]).
     Aggregate(usize),
 }
@@ -417,6 +436,8 @@ pub struct Config {
     pub health: Health,
     /// `[[aggregate]]`, in order.
     pub aggregates: Vec<Aggregate>,
+    /// `[[store]]`, in order.
+    pub stores: Vec<Store>,
     /// `[telemetry]`.
     pub telemetry: Telemetry,
     /// `[noodle]`: the Visage proxy, when configured.
@@ -437,31 +458,6 @@ pub struct Noodle {
     pub timeout_ms: u64,
     /// Largest upstream answer read; a larger one is answered 502.
     pub response_bytes_max: usize,
-}
-
-/// The indexes of the clusters `names` lists (at `path`), each once; unknown and repeated
-/// names are errors.
-pub(crate) fn cluster_indexes(
-    names: &[String],
-    clusters: &[Cluster],
-    path: &str,
-    errs: &mut Vec<ConfigError>,
-) -> Vec<usize> {
-    let mut out = Vec::with_capacity(names.len());
-    for (j, c) in names.iter().enumerate() {
-        match clusters.iter().position(|cl| &cl.name == c) {
-            Some(idx) if out.contains(&idx) => errs.push(ConfigError::new(
-                format!("{path}[{j}]"),
-                format!("cluster {c:?} is listed twice"),
-            )),
-            Some(idx) => out.push(idx),
-            None => errs.push(ConfigError::new(
-                format!("{path}[{j}]"),
-                format!("no [[cluster]] is named {c:?}"),
-            )),
-        }
-    }
-    out
 }
 
 /// The aggregator a route's `from` entry names (`aggregate:NAME`), if it names one.
@@ -554,6 +550,41 @@ impl Config {
     pub fn aggregate_index(&self, name: &str) -> Option<usize> {
         self.aggregates.iter().position(|a| a.name == name)
     }
+
+    /// Index of the store named `name`.
+    pub fn store_index(&self, name: &str) -> Option<usize> {
+        self.stores.iter().position(|s| s.name == name)
+    }
+}
+
+/// Resolves a `send_to` list against the clusters and stores; `path` is its key path.
+pub(crate) fn resolve_send_to(
+    names: &[String],
+    clusters: &[Cluster],
+    stores: &[Store],
+    path: &str,
+    errs: &mut Vec<ConfigError>,
+) -> Vec<Sink> {
+    let mut out = Vec::with_capacity(names.len());
+    for (j, c) in names.iter().enumerate() {
+        let sink = clusters
+            .iter()
+            .position(|cl| &cl.name == c)
+            .map(Sink::Cluster)
+            .or_else(|| stores.iter().position(|s| &s.name == c).map(Sink::Store));
+        match sink {
+            Some(s) if out.contains(&s) => errs.push(ConfigError::new(
+                format!("{path}[{j}]"),
+                format!("{c:?} is listed twice"),
+            )),
+            Some(s) => out.push(s),
+            None => errs.push(ConfigError::new(
+                format!("{path}[{j}]"),
+                format!("no [[cluster]] or [[store]] is named {c:?}"),
+            )),
+        }
+    }
+    out
 }
 
 fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
@@ -565,6 +596,7 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
     let listen_ts = top.tables("listen", errs);
     let cluster_ts = top.tables("cluster", errs);
     let aggregate_ts = top.tables("aggregate", errs);
+    let store_ts = top.tables("store", errs);
     let route_ts = top.tables("route", errs);
     let noodle_t = top.table("noodle", errs);
     top.finish(errs);
@@ -589,10 +621,45 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
     check_unique(clusters.iter().map(|c| c.name.as_str()), "cluster", errs);
     check_shared_members(&clusters, errs);
     let noodle = noodle_t.map(|t| read_noodle(t, &clusters, errs));
+    let stores: Vec<Store> = store_ts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| store::read_store(t, i, errs))
+        .collect();
+    check_unique(stores.iter().map(|s| s.name.as_str()), "store", errs);
+    for (i, s) in stores.iter().enumerate() {
+        if clusters.iter().any(|c| c.name == s.name) {
+            errs.push(ConfigError::new(
+                format!("store[{i}].name"),
+                format!(
+                    "{:?} is also a [[cluster]]; send_to names either, so they must differ",
+                    s.name
+                ),
+            ));
+        }
+        let StoreKind::Whisper(w) = &s.kind;
+        if let Some(k) = stores[..i].iter().position(|o| {
+            let StoreKind::Whisper(ow) = &o.kind;
+            ow.path == w.path
+        }) {
+            errs.push(ConfigError::new(
+                format!("store[{i}].path"),
+                format!("is store[{k}]'s path too; a whisper file has exactly one writer"),
+            ));
+        }
+        if let Some(a) = w.carbonlink_listen {
+            if a == server.admin_listen {
+                errs.push(ConfigError::new(
+                    format!("store[{i}].carbonlink_listen"),
+                    "is server.admin_listen",
+                ));
+            }
+        }
+    }
     let aggregates: Vec<aggregate::Aggregate> = aggregate_ts
         .iter()
         .enumerate()
-        .map(|(i, t)| aggregate::read_aggregate(t, i, &clusters, errs))
+        .map(|(i, t)| aggregate::read_aggregate(t, i, &clusters, &stores, errs))
         .collect();
     check_unique(
         aggregates.iter().map(|a| a.name.as_str()),
@@ -602,7 +669,7 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
     let routes: Vec<Route> = route_ts
         .iter()
         .enumerate()
-        .map(|(i, t)| read_route(t, i, &clusters, &aggregates, &listeners, errs))
+        .map(|(i, t)| read_route(t, i, &clusters, &stores, &aggregates, &listeners, errs))
         .collect();
     for (i, a) in aggregates.iter().enumerate() {
         let claimed = routes.iter().any(|r| {
@@ -683,6 +750,7 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
         output,
         health,
         aggregates,
+        stores,
         telemetry,
         noodle,
     }
@@ -934,11 +1002,14 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
         "statsd" => Format::Statsd,
         "regex" => Format::Regex,
         "collectd" => Format::Collectd,
+        "pickle" => Format::Pickle,
         "" => Format::Graphite,
         other => {
             errs.push(ConfigError::new(
                 r.key_path("format"),
-                format!("unknown format {other:?} (expected graphite, statsd, regex or collectd)"),
+                format!(
+                    "unknown format {other:?} (expected graphite, statsd, regex, collectd or pickle)"
+                ),
             ));
             Format::Graphite
         }
@@ -994,6 +1065,41 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
             "applies to format = \"regex\" only",
         ));
     }
+    let frame_present = t.contains_key("frame_bytes_max");
+    let frame_bytes_max = r.uint(
+        "frame_bytes_max",
+        crate::protocol::pickle::FRAME_BYTES_MAX_DEFAULT as u64,
+        64,
+        1 << 30,
+        errs,
+    ) as usize;
+    if frame_present && format != Format::Pickle {
+        errs.push(ConfigError::new(
+            r.key_path("frame_bytes_max"),
+            "applies to format = \"pickle\" only",
+        ));
+    }
+    let body_present = t.contains_key("body_bytes_max");
+    let body_bytes_max = r.uint("body_bytes_max", 8 << 20, 1 << 10, 1 << 30, errs) as usize;
+    let http = matches!(url, ListenUrl::Http(..));
+    if body_present && !http {
+        errs.push(ConfigError::new(
+            r.key_path("body_bytes_max"),
+            "applies to http:// listeners only",
+        ));
+    }
+    if http && format == Format::Pickle {
+        errs.push(ConfigError::new(
+            r.key_path("format"),
+            "an http:// listener takes lines (graphite, statsd or regex), not pickle",
+        ));
+    }
+    if format == Format::Pickle && matches!(url, ListenUrl::Inet(Transport::Udp, _)) {
+        errs.push(ConfigError::new(
+            r.key_path("url"),
+            "pickle frames come over a stream (tcp:// or unix://)",
+        ));
+    }
     if line_bytes_max >= read_buffer_bytes {
         errs.push(ConfigError::new(
             r.key_path("line_bytes_max"),
@@ -1021,6 +1127,8 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
         regex,
         time_layout,
         collectd,
+        frame_bytes_max,
+        body_bytes_max,
     }
 }
 
@@ -1272,6 +1380,7 @@ fn read_route(
     t: &Table,
     i: usize,
     clusters: &[Cluster],
+    stores: &[Store],
     aggregates: &[Aggregate],
     listeners: &[Listener],
     errs: &mut Vec<ConfigError>,
@@ -1318,7 +1427,7 @@ fn read_route(
     let rewrite = r
         .table("rewrite", errs)
         .map(|rt| read_rewrite(rt, &r.key_path("rewrite"), errs));
-    let targets = cluster_indexes(&send_to, clusters, &r.key_path("send_to"), errs);
+    let targets = resolve_send_to(&send_to, clusters, stores, &r.key_path("send_to"), errs);
     if let Some(a) = &aggregate_name {
         let at = r.key_path("aggregate");
         if t.contains_key("send_to") {
@@ -1402,7 +1511,7 @@ fn read_route(
             } else if send_to.is_empty() {
                 errs.push(ConfigError::new(
                     r.key_path("send_to"),
-                    "must name at least one cluster",
+                    "must name at least one cluster or store",
                 ));
             }
             Action::SendTo(targets)
@@ -1539,7 +1648,7 @@ fn check_shared_members(clusters: &[Cluster], errs: &mut Vec<ConfigError>) {
 
 fn check_listen_addresses(listeners: &[Listener], errs: &mut Vec<ConfigError>) {
     for (i, l) in listeners.iter().enumerate() {
-        if let ListenUrl::Inet(_, a) = &l.url {
+        if let Some(a) = l.url.socket_addr() {
             if a.port() == 0 {
                 continue;
             }

@@ -36,7 +36,7 @@ pub fn plan(cfg: &Config, shards: usize, limit: u64) -> FdPlan {
     let mut connections = 0;
     for l in &cfg.listeners {
         let (copies, stream) = match &l.url {
-            ListenUrl::Inet(Transport::Tcp, _) => (shards_n, true),
+            ListenUrl::Inet(Transport::Tcp, _) | ListenUrl::Http(..) => (shards_n, true),
             ListenUrl::Inet(Transport::Udp, _) => (shards_n, false),
             // AF_UNIX has no SO_REUSEPORT: one shard owns it.
             ListenUrl::Unix(_) => (1, true),

@@ -4,6 +4,7 @@
 
 pub mod bind;
 pub mod fds;
+pub mod http;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -31,6 +32,9 @@ crate::counter_set! {
         /// statsd samples refused (Etsy's bad_lines_seen), in bad lines and among good
         /// samples of a line.
         rejected_samples: counter,
+        /// Pickle frames dropped whole (not carbon's data, over frame_bytes_max, cut
+        /// short); their points are not counted as lines.
+        rejected_frames: counter,
         /// UDP datagrams received.
         datagrams: counter,
         /// Connections accepted.
@@ -49,6 +53,9 @@ crate::counter_set! {
         read_errors: counter,
         /// Reads delayed by a full destination queue.
         stalls: counter,
+        /// HTTP requests refused (wrong path or method, no length, body over
+        /// body_bytes_max, bad head); the connection is closed.
+        http_refused: counter,
     }
 }
 
@@ -145,7 +152,13 @@ impl ReadOptions {
     pub fn new(index: usize, l: &Listener, stall_max: Duration) -> ReadOptions {
         ReadOptions {
             listener: index,
-            line_bytes_max: l.line_bytes_max,
+            // A pickle frame is read whole: the buffer holds the largest.
+            line_bytes_max: match l.format {
+                crate::config::Format::Pickle => {
+                    l.frame_bytes_max + crate::protocol::pickle::HEADER_BYTES
+                }
+                _ => l.line_bytes_max,
+            },
             read_buffer_bytes: l.read_buffer_bytes,
             connections_max: l.connections_max,
             stall_max,
@@ -294,7 +307,7 @@ async fn read_stream<S: AsyncRead + Unpin>(
 /// Backpressure: while a live destination's queue is full, wait (bounded) for its writer
 /// instead of reading more and making the queue drop. Dead destinations never stall, and a
 /// queue that stays full past `stall_ms_max` stops stalling anyone until it drains.
-async fn wait_while_congested(core: &Rc<RefCell<Core>>, opts: &ReadOptions) {
+pub(crate) async fn wait_while_congested(core: &Rc<RefCell<Core>>, opts: &ReadOptions) {
     if opts.stall_max.is_zero() || !core.borrow().outputs.congested() {
         return;
     }

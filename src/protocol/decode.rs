@@ -16,6 +16,7 @@ use std::sync::Arc;
 use super::collectd::types_db::{DataSource, TypesDb};
 use super::collectd::{self, CdTime, Record, ValueList, Values, NAME_BYTES_MAX};
 use super::lines::{self, Piece};
+use super::pickle::{self, Framed};
 use super::regex_line::{self, RegexLine};
 use super::{graphite, statsd, Reject};
 use crate::point::{self, Point, Value};
@@ -47,6 +48,9 @@ pub struct DecodeCounts {
     pub collectd: collectd::DecodeStats,
     /// collectd: value lists refused by the types table, by [`TypesReject`].
     pub collectd_types_rejects: [u64; TypesReject::COUNT],
+    /// Pickle frames dropped whole (a pickle that does not load as carbon's data, a
+    /// frame over the bound, a stream cut mid-frame), by [`pickle::Reject`] reason.
+    pub rejected_frames: [u64; pickle::Reject::COUNT],
 }
 
 impl DecodeCounts {
@@ -68,6 +72,13 @@ pub enum Decoder {
     /// collectd's binary protocol, one datagram at a time
     /// ([`CollectdDecoder::decode`]); never framed as lines.
     Collectd(Box<CollectdDecoder>),
+    /// carbon's pickle receiver: length-prefixed frames of `[(name, (ts, value)), ...]`
+    /// ([`decode_pickle`](Self::decode_pickle)).
+    Pickle {
+        /// Largest frame; a larger one ends the stream's use (carbon drops the
+        /// connection).
+        frame_bytes_max: usize,
+    },
 }
 
 impl Decoder {
@@ -92,6 +103,7 @@ impl Decoder {
                 );
                 buf.len()
             }
+            Decoder::Pickle { .. } => unreachable!("pickle frames go through decode_pickle"),
             _ => {
                 let mut on_line =
                     |line: &'b [u8], counts: &mut DecodeCounts| self.line(line, counts, emit);
@@ -135,7 +147,9 @@ impl Decoder {
                 Err(regex_line::BAD_TIMESTAMP) => Err(Reject::BadTimestamp),
                 Err(_) => Err(Reject::NoMatch),
             },
-            Decoder::Statsd => unreachable!("statsd frames its own lines"),
+            Decoder::Statsd | Decoder::Pickle { .. } => {
+                unreachable!("statsd and pickle frame their own input")
+            }
             Decoder::Collectd(_) => unreachable!("collectd datagrams are not lines"),
         };
         match parsed {
@@ -144,6 +158,72 @@ impl Decoder {
                 emit(p);
             }
             Err(r) => counts.rejected_lines[r as usize] += 1,
+        }
+    }
+}
+
+impl Decoder {
+    /// carbon's pickle frames: each whole frame of `buf` is unpickled by `vm` (a data-only
+    /// pickle machine, kept between calls so it allocates only while frames grow) and
+    /// its points handed to `emit` as [`Value::Numeric`], each with carbon's checks (see
+    /// `protocol::pickle`). Returns the bytes consumed; a partial frame waits for more.
+    /// A frame over the bound sets `skipping`: the rest of the stream is discarded, as
+    /// carbon drops such a connection. A stream that ends mid-frame refuses the frame.
+    /// Points count as lines (received = parsed + skipped), frames that do not load as
+    /// `rejected_frames`.
+    pub fn decode_pickle(
+        &self,
+        vm: &mut pickle::Decoder,
+        buf: &[u8],
+        end: End,
+        skipping: &mut bool,
+        counts: &mut DecodeCounts,
+        emit: &mut dyn for<'p> FnMut(Point<'p>),
+    ) -> usize {
+        let Decoder::Pickle { frame_bytes_max } = *self else {
+            unreachable!("a pickle listener's decoder")
+        };
+        if *skipping {
+            return buf.len();
+        }
+        let mut at = 0;
+        loop {
+            match pickle::split_frame(&buf[at..], frame_bytes_max) {
+                Framed::Frame { pickle, consumed } => {
+                    at += consumed;
+                    let decoded = vm.decode(pickle, |p| {
+                        emit(Point {
+                            name: p.name,
+                            key: graphite::hash_key(p.name),
+                            line: &[],
+                            value: Value::Numeric(point::Numeric {
+                                timestamp: p.timestamp,
+                                value: p.value,
+                            }),
+                        })
+                    });
+                    match decoded {
+                        Ok(d) => {
+                            counts.received_lines += (d.points + d.skipped) as u64;
+                            counts.parsed_lines += d.points as u64;
+                            counts.rejected_lines[Reject::BadValue as usize] += d.skipped as u64;
+                        }
+                        Err(r) => counts.rejected_frames[r as usize] += 1,
+                    }
+                }
+                Framed::Need(_) => {
+                    if end != End::More && at < buf.len() {
+                        counts.rejected_frames[pickle::Reject::Truncated as usize] += 1;
+                        return buf.len();
+                    }
+                    return at;
+                }
+                Framed::TooLarge(_) => {
+                    counts.rejected_frames[pickle::Reject::TooLarge as usize] += 1;
+                    *skipping = true;
+                    return buf.len();
+                }
+            }
         }
     }
 }
@@ -556,6 +636,12 @@ mod tests {
                     ),
                     Value::Line => format!("r {}", String::from_utf8_lossy(p.key)),
                     Value::Collectd(_) => unreachable!("not a line format"),
+                    Value::Numeric(n) => format!(
+                        "n {} {} {}",
+                        String::from_utf8_lossy(p.name),
+                        n.value,
+                        n.timestamp
+                    ),
                 };
                 out.push(v);
             };

@@ -108,6 +108,15 @@ impl Plaintext {
                 Err(GraphiteReject::ValueCount) => Err(Unencodable::BadValueList),
             };
         }
+        if let Value::Numeric(n) = p.value {
+            out.extend_from_slice(name);
+            out.push(b' ');
+            out.extend_from_slice(NumberText::value(n.value).as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(NumberText::timestamp(n.timestamp).as_bytes());
+            out.push(b'\n');
+            return Ok(1);
+        }
         let pieces = plaintext_pieces(p, name, as_received);
         if pieces[0].is_empty() {
             return Ok(0);
@@ -187,6 +196,47 @@ fn plaintext_pieces<'a>(p: &Point<'a>, name: &'a [u8], as_received: bool) -> [&'
         Value::Graphite(g) => [name, b" ", g.value, b" ", g.timestamp],
         // Named by write_graphite's rules before it gets here.
         Value::Collectd(_) => [&[], &[], &[], &[], &[]],
+        // Written by `encode` itself (numbers need formatting).
+        Value::Numeric(_) => [&[], &[], &[], &[], &[]],
+    }
+}
+
+/// A number as plaintext writes it, on the stack: a value as Rust's shortest round-trip
+/// form (`1.5`, `1e300`), a timestamp as an integer when it is one.
+struct NumberText {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl NumberText {
+    fn value(v: f64) -> NumberText {
+        let mut t = NumberText {
+            buf: [0; 32],
+            len: 0,
+        };
+        let mut w = &mut t.buf[..];
+        let _ = std::io::Write::write_fmt(&mut w, format_args!("{v:?}"));
+        t.len = 32 - w.len();
+        t
+    }
+
+    fn timestamp(ts: f64) -> NumberText {
+        if ts.fract() == 0.0 && ts.abs() < 9.0e15 {
+            let mut t = NumberText {
+                buf: [0; 32],
+                len: 0,
+            };
+            let mut w = &mut t.buf[..];
+            let _ = std::io::Write::write_fmt(&mut w, format_args!("{}", ts as i64));
+            t.len = 32 - w.len();
+            t
+        } else {
+            NumberText::value(ts)
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 pub use cache::Fingerprint;
 use cache::FingerprintTable;
 
-use crate::config::{Action, ClusterKey, ClusterKind, Config, OnDown};
+use crate::config::{Action, ClusterKey, ClusterKind, Config, OnDown, Sink};
 use crate::point::Origin;
 use crate::protocol::graphite;
 pub use destination::{
@@ -380,6 +380,9 @@ pub enum Target {
     /// An aggregator (index into the config's `[[aggregate]]`), on the shard that owns
     /// the point's name.
     Aggregator(u16),
+    /// A store (index into the config's `[[store]]`), on the shard that owns the
+    /// point's name (each whisper file has one writer).
+    Store(u16),
 }
 
 impl Target {
@@ -387,7 +390,7 @@ impl Target {
     pub fn dest(self) -> Option<DestId> {
         match self {
             Target::Dest(d) => Some(d),
-            Target::Aggregator(_) => None,
+            Target::Aggregator(_) | Target::Store(_) => None,
         }
     }
 }
@@ -507,7 +510,7 @@ impl RouteCache {
 #[derive(Debug, Clone)]
 enum RuleAction {
     Drop,
-    Clusters(Vec<usize>),
+    SendTo(Vec<Sink>),
     Aggregate(u16),
 }
 
@@ -677,7 +680,7 @@ impl Router {
                     .map(|rw| Rewrite::compile(&rw.regex, &rw.into).expect("validated by config")),
                 action: match &r.action {
                     Action::Drop => RuleAction::Drop,
-                    Action::SendTo(c) => RuleAction::Clusters(c.clone()),
+                    Action::SendTo(c) => RuleAction::SendTo(c.clone()),
                     Action::Aggregate(a) => RuleAction::Aggregate(*a as u16),
                 },
                 from: (!r.from.is_empty()).then(|| r.from.iter().filter_map(origin_of).collect()),
@@ -689,7 +692,7 @@ impl Router {
             rules.push(Rule {
                 matcher: Matcher::compile(&crate::config::Match::All),
                 rewrite: None,
-                action: RuleAction::Clusters(agg.send_to.clone()),
+                action: RuleAction::SendTo(agg.send_to.clone()),
                 from: Some(vec![Origin::Aggregator(a as u16).code()]),
                 continue_matching: false,
             });
@@ -951,8 +954,20 @@ impl Router {
                         stage,
                     );
                 }
-                RuleAction::Clusters(clusters) => {
-                    for &c in clusters {
+                RuleAction::SendTo(sinks) => {
+                    for &sink in sinks {
+                        let c = match sink {
+                            Sink::Cluster(c) => c,
+                            Sink::Store(s) => {
+                                push_target(
+                                    &mut self.scratch_targets,
+                                    &mut self.scratch_stages,
+                                    Target::Store(s as u16),
+                                    stage,
+                                );
+                                continue;
+                            }
+                        };
                         self.scratch_cluster.clear();
                         self.clusters[c].destinations_into(
                             current,

@@ -462,7 +462,13 @@ impl AggStage {
 
     /// Applies the records of a batch that arrived from shard `from`, in order, starting
     /// to load each statsd key's index entry a few records ahead.
-    pub fn apply_batch(&mut self, from: usize, batch: &crate::shard::mesh::MeshBatch) {
+    /// Store records (`store::TAG_STORE`) go to `store`.
+    pub fn apply_batch(
+        &mut self,
+        from: usize,
+        batch: &crate::shard::mesh::MeshBatch,
+        store: &mut impl FnMut(&[u8]),
+    ) {
         const AHEAD: usize = 8;
         let mut ahead = batch.records_from(0);
         for _ in 0..AHEAD {
@@ -474,6 +480,10 @@ impl AggStage {
         for (_, tag, payload) in batch.records_from(0) {
             if let Some((_, t, p)) = ahead.next() {
                 self.prefetch_record(t, p);
+            }
+            if tag == crate::shard::store::TAG_STORE {
+                store(payload);
+                continue;
             }
             self.apply_record(from, tag, payload);
         }

@@ -12,6 +12,7 @@
 pub mod aggregate;
 pub mod mesh;
 pub mod pipeline;
+pub mod store;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -35,6 +36,7 @@ use crate::telemetry::{Registry, ShardCounters};
 use aggregate::{AggStage, AggState, FlushProgress};
 use mesh::ShardMesh;
 use pipeline::{unix_ms, Core, Input};
+use store::{StoreShared, StoreStage, StoreState};
 
 /// What shards route by: a validated config, its destination table, and the ids that
 /// stay stable across changes (listeners, aggregators). The control thread builds a new
@@ -55,6 +57,12 @@ pub struct Topology {
     /// For each aggregator of the config: its stable id (the same aggregator, by name and
     /// settings, keeps it; mesh records name it).
     pub aggregator_ids: Vec<u16>,
+    /// For each store of the config: its stable id (the same name and path keep it, and
+    /// with it their cache; mesh records name it).
+    pub store_ids: Vec<u16>,
+    /// For each store of the config: its process-wide parts (rate limits, the spill to
+    /// read back).
+    pub store_shared: Vec<Arc<StoreShared>>,
 }
 
 impl Topology {
@@ -67,6 +75,8 @@ impl Topology {
             listener_ids: Vec::new(),
             listener_addrs: Vec::new(),
             aggregator_ids: Vec::new(),
+            store_ids: Vec::new(),
+            store_shared: Vec::new(),
         }
     }
 }
@@ -114,6 +124,15 @@ pub enum ControlMsg {
     HostsSeen {
         /// Where the shard answers: (shard, per destination id: hosts kept, hosts more).
         reply: tokio::sync::mpsc::UnboundedSender<(usize, HostsSeenAnswer)>,
+    },
+    /// The read API asks store `query.store` for the cached points of names this shard
+    /// owns; the shard answers with their points, in the order asked.
+    StoreQuery {
+        /// The question.
+        query: store::StoreQuery,
+        /// Where the shard answers: (shard, points per name).
+        reply:
+            tokio::sync::mpsc::UnboundedSender<(usize, Vec<Vec<crate::store::cache::CachedPoint>>)>,
     },
     /// Graphite lines to route from `origin` (cadent's self-metrics).
     Inject {
@@ -215,6 +234,7 @@ pub fn probe_listeners(cfg: &Config) -> anyhow::Result<Vec<Option<SocketAddr>>> 
 pub fn probe_listener(l: &Listener) -> std::io::Result<Option<SocketAddr>> {
     match &l.url {
         ListenUrl::Inet(t, addr) => bind::probe(*addr, *t == Transport::Tcp).map(Some),
+        ListenUrl::Http(addr, _) => bind::probe(*addr, true).map(Some),
         ListenUrl::Unix(_) => Ok(None),
     }
 }
@@ -296,6 +316,9 @@ struct Shard {
     /// removed destination): a new task starts once it has ended.
     spool_restarts: Vec<DestId>,
     aggregator_tasks: HashMap<u16, glommio::task::JoinHandle<()>>,
+    /// By store id: its writes-in-flight bound and its dispatcher (dropping the task
+    /// cancels it).
+    store_tasks: HashMap<u16, (usize, glommio::Task<()>)>,
     prepared: Option<Prepared>,
     opts: WriterOptions,
     stall_max: Duration,
@@ -323,6 +346,7 @@ async fn run(
         router,
         outputs,
         AggStage::new(id, shards),
+        StoreStage::new(id, shards),
         mesh,
         counters,
     )));
@@ -337,6 +361,7 @@ async fn run(
         open_spools: Default::default(),
         spool_restarts: Vec::new(),
         aggregator_tasks: HashMap::new(),
+        store_tasks: HashMap::new(),
         prepared: None,
         opts: WriterOptions::from(&cfg.output),
         stall_max: Duration::from_millis(cfg.output.stall_ms_max),
@@ -368,8 +393,8 @@ async fn run(
             }
         })
     });
-    // The tick: publish counters and read the inbox.
-    let tick = Duration::from_millis(cfg.server.stats_interval_ms).min(Duration::from_millis(50));
+    // The tick: publish counters and read the inbox (often: the read API waits on it).
+    let tick = Duration::from_millis(cfg.server.stats_interval_ms).min(Duration::from_millis(5));
     let stats_every = Duration::from_millis(cfg.server.stats_interval_ms);
     let mut since_stats = Duration::ZERO;
     loop {
@@ -425,6 +450,19 @@ async fn run(
                 ControlMsg::Inject { origin, lines } => {
                     core.borrow_mut().route_lines(origin, &lines);
                 }
+                ControlMsg::StoreQuery { query, reply } => {
+                    let mut c = core.borrow_mut();
+                    let s = c
+                        .stores
+                        .stores
+                        .iter()
+                        .position(|s| s.config.name == query.store);
+                    let answer = match s {
+                        Some(s) => c.stores.answer(s, &query.names),
+                        None => vec![Vec::new(); query.names.len()],
+                    };
+                    let _ = reply.send((id, answer));
+                }
             }
         }
     }
@@ -460,15 +498,20 @@ async fn run(
     // then every writer still running hands back what its sink has not acknowledged and
     // stops, and each spool task's last round spools what memory holds.
     let deadline = Duration::from_millis(cfg.server.shutdown_timeout_ms);
+    let started = std::time::Instant::now();
     let writers = std::mem::take(&mut shard.writers);
     let writers: Vec<_> = writers.into_iter().flatten().map(|w| w.join).collect();
-    if !join_within(writers, deadline, || {
-        for q in core.borrow().outputs.queues() {
-            q.request_stop();
-        }
-    })
-    .await
-    {
+    let store_tasks = std::mem::take(&mut shard.store_tasks);
+    let (drained, ()) = future::zip(
+        join_within(writers, deadline, || {
+            for q in core.borrow().outputs.queues() {
+                q.request_stop();
+            }
+        }),
+        drain_stores(&core, store_tasks, deadline, started),
+    )
+    .await;
+    if !drained {
         tracing::warn!(
             shard = id,
             "writers did not stop after the shutdown deadline"
@@ -540,8 +583,44 @@ fn drain_mesh(c: &mut Core) {
     c.mesh.send_all();
     for from in 0..c.mesh.shards() {
         while let Some(batch) = c.mesh.receive(from) {
-            c.aggs.apply_batch(from, &batch);
+            let Core { aggs, stores, .. } = &mut *c;
+            aggs.apply_batch(from, &batch, &mut |payload| stores.apply_record(payload));
         }
+    }
+}
+
+/// Shutdown of the stores: the writers go on (within their limits) until the cache is
+/// empty or the spill's reserve of the deadline is reached, applying what other shards
+/// still hand over; then they stop and what is left is spilled for the next start.
+async fn drain_stores(
+    core: &Rc<RefCell<Core>>,
+    tasks: HashMap<u16, (usize, glommio::Task<()>)>,
+    deadline: Duration,
+    started: std::time::Instant,
+) {
+    if core.borrow().stores.stores.is_empty() {
+        return;
+    }
+    // The spill is one sequential write per store; keep a fifth of the deadline for it.
+    let write_until = deadline - (deadline / 5).min(Duration::from_secs(2));
+    loop {
+        {
+            let mut c = core.borrow_mut();
+            drain_mesh(&mut c);
+            if c.stores.cached_points() == 0 {
+                break;
+            }
+        }
+        if started.elapsed() >= write_until {
+            break;
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    drop(tasks);
+    drain_mesh(&mut core.borrow_mut());
+    let stores = core.borrow().stores.stores.len();
+    for s in 0..stores {
+        store::spill(core, s).await;
     }
 }
 
@@ -649,10 +728,12 @@ impl Shard {
     fn publish(&self, core: &Rc<RefCell<Core>>, registry: &Registry, force: bool) {
         let mut c = core.borrow_mut();
         c.aggs.refresh_gauges();
+        c.stores.refresh_gauges();
         let Core {
             outputs,
             counters,
             aggs,
+            stores,
             mesh,
             ..
         } = &mut *c;
@@ -674,6 +755,12 @@ impl Shard {
         }));
         for (slot, a) in counters.aggregators.iter_mut().zip(&aggs.aggs) {
             slot.clone_from(&a.counters);
+        }
+        counters
+            .stores
+            .resize(stores.stores.len(), Default::default());
+        for (slot, s) in counters.stores.iter_mut().zip(&stores.stores) {
+            slot.clone_from(&s.counters);
         }
         counters.mesh = mesh.counters.clone();
         registry.publish(self.id, counters, force);
@@ -709,6 +796,9 @@ impl Shard {
             let decoder = match l.format {
                 crate::config::Format::Graphite => Decoder::Graphite,
                 crate::config::Format::Statsd => Decoder::Statsd,
+                crate::config::Format::Pickle => Decoder::Pickle {
+                    frame_bytes_max: l.frame_bytes_max,
+                },
                 crate::config::Format::Regex => {
                     let re = l.regex.as_deref().unwrap_or_default();
                     Decoder::Regex(
@@ -731,10 +821,12 @@ impl Shard {
                 cleanse_names: l.cleanse_names,
             };
             let bound = match (&l.url, topo.listener_addrs[i]) {
-                (ListenUrl::Inet(Transport::Tcp, _), Some(a)) => Some(Bound::Tcp(
-                    bind::tcp(a, l.socket_receive_buffer_bytes)
-                        .map_err(|e| format!("listen {:?} {}: {e}", l.name, l.url))?,
-                )),
+                (ListenUrl::Inet(Transport::Tcp, _) | ListenUrl::Http(..), Some(a)) => {
+                    Some(Bound::Tcp(
+                        bind::tcp(a, l.socket_receive_buffer_bytes)
+                            .map_err(|e| format!("listen {:?} {}: {e}", l.name, l.url))?,
+                    ))
+                }
                 (ListenUrl::Inet(Transport::Udp, _), Some(a)) => Some(Bound::Udp(
                     bind::udp(a, l.socket_receive_buffer_bytes)
                         .map_err(|e| format!("listen {:?} {}: {e}", l.name, l.url))?,
@@ -978,8 +1070,76 @@ impl Shard {
             };
             self.aggregator_tasks.insert(id, task);
         }
+        self.commit_stores(&topology, core);
         self.topology = topology;
         Ok(())
+    }
+
+    /// Stores: the same id keeps its cache (and takes the new settings), new ones start
+    /// empty (and read back a previous run's spill), removed ones spill what they hold.
+    /// Each has `writes_in_flight_max` writer tasks.
+    fn commit_stores(&mut self, topology: &Topology, core: &Rc<RefCell<Core>>) {
+        let cfg = &topology.config;
+        let shards = core.borrow().stores.me().1;
+        let mut c = core.borrow_mut();
+        let mut old: Vec<StoreState> = std::mem::take(&mut c.stores.stores);
+        let mut next = Vec::with_capacity(cfg.stores.len());
+        let mut fresh = Vec::new();
+        for (i, sc) in cfg.stores.iter().enumerate() {
+            let id = topology.store_ids[i];
+            let shared = topology.store_shared[i].clone();
+            match old.iter().position(|o| o.id == id) {
+                Some(k) => {
+                    let mut st = old.remove(k);
+                    st.reconfigure(sc.clone(), shared, shards);
+                    next.push(st);
+                }
+                None => {
+                    next.push(StoreState::new(id, sc.clone(), shared.clone(), shards));
+                    fresh.push((id, shared));
+                }
+            }
+        }
+        let gone = old;
+        c.stores.stores = next;
+        c.counters
+            .stores
+            .resize(cfg.stores.len(), Default::default());
+        drop(c);
+        for st in gone {
+            drop(self.store_tasks.remove(&st.id));
+            // Its points go to its spill, read back when a store with its path runs
+            // again.
+            let me = core.borrow().stores.me().0;
+            glommio::spawn_local(store::spill_removed(st, me)).detach();
+        }
+        for (id, shared) in fresh {
+            if !shared.restore.is_empty() {
+                glommio::spawn_local(store::restore(core.clone(), id, shared)).detach();
+            }
+        }
+        // (A spawned task runs at once: no borrow may be held while spawning.)
+        let wanted: Vec<(u16, usize)> = core
+            .borrow()
+            .stores
+            .stores
+            .iter()
+            .map(|st| {
+                let crate::config::StoreKind::Whisper(w) = &st.config.kind;
+                (st.id, w.writes_in_flight_max)
+            })
+            .collect();
+        for (id, in_flight) in wanted {
+            match self.store_tasks.get(&id) {
+                Some((n, _)) if *n == in_flight => {}
+                _ => {
+                    // New, or its in-flight bound changed: a fresh dispatcher (dropping
+                    // the old one cancels it; its running writes finish).
+                    let task = glommio::spawn_local(store::dispatcher(core.clone(), id, in_flight));
+                    self.store_tasks.insert(id, (in_flight, task));
+                }
+            }
+        }
     }
 }
 
@@ -1092,6 +1252,14 @@ fn start_listener(
     ro: ReadOptions,
 ) -> std::io::Result<Option<RunningListener>> {
     let (task, unix_path) = match (bound, &l.url) {
+        (Some(Bound::Tcp(s)), ListenUrl::Http(_, path)) => {
+            let http = ingest::http::HttpOptions {
+                path: path.clone(),
+                body_bytes_max: l.body_bytes_max,
+            };
+            let accept = ingest::http::accept_loop(core.clone(), s, ro, http);
+            (glommio::spawn_local(accept), None)
+        }
         (Some(Bound::Tcp(s)), _) => {
             let accept = ingest::accept_loop(core.clone(), StreamListener::Tcp(s), ro);
             (glommio::spawn_local(accept), None)

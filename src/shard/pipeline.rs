@@ -11,6 +11,7 @@ use crate::protocol::graphite;
 use crate::route::{Fingerprint, NameForm, Router, Target, Verdict};
 use crate::shard::aggregate::AggStage;
 use crate::shard::mesh::ShardMesh;
+use crate::shard::store::StoreStage;
 use crate::telemetry::ShardCounters;
 
 /// What the pipeline needs to know about a listener: its decoder and bounds.
@@ -32,6 +33,8 @@ pub struct Core {
     pub outputs: Outputs,
     /// This shard's aggregators.
     pub aggs: AggStage,
+    /// This shard's stores.
+    pub stores: StoreStage,
     /// This shard's ends of the cross-shard channels.
     pub mesh: ShardMesh,
     /// This shard's counters.
@@ -49,6 +52,8 @@ pub struct Core {
     /// Where a name that needs cleansing is rewritten for output.
     cleansed: Vec<u8>,
     counts: DecodeCounts,
+    /// The pickle machine of pickle listeners (one frame at a time on a shard).
+    pickle_vm: crate::protocol::pickle::Decoder,
     /// Points an aggregator passes on (carbon's inputs), routed after their batch.
     forwards: Vec<(u16, usize)>,
 }
@@ -74,11 +79,12 @@ pub fn unix_ms() -> i64 {
 }
 
 impl Core {
-    /// A core over a router, outputs, aggregators and mesh, with zeroed counters.
+    /// A core over a router, outputs, aggregators, stores and mesh, with zeroed counters.
     pub fn new(
         router: Router,
         outputs: Outputs,
         aggs: AggStage,
+        stores: StoreStage,
         mesh: ShardMesh,
         counters: ShardCounters,
     ) -> Core {
@@ -86,6 +92,7 @@ impl Core {
             router,
             outputs,
             aggs,
+            stores,
             mesh,
             counters,
             draining: false,
@@ -94,6 +101,7 @@ impl Core {
             inputs: Vec::new(),
             cleansed: Vec::with_capacity(256),
             counts: DecodeCounts::default(),
+            pickle_vm: crate::protocol::pickle::Decoder::default(),
             forwards: Vec::new(),
         }
     }
@@ -121,6 +129,9 @@ impl Core {
             return buf.len();
         };
         let origin = Origin::Listener(listener as u16);
+        if matches!(input.decoder, Decoder::Pickle { .. }) {
+            return self.process_pickle(listener, buf, skipping, end);
+        }
         let statsd = matches!(input.decoder, Decoder::Statsd);
         let (line_bytes_max, cleanse) = (input.line_bytes_max, input.cleanse_names);
         let form = if cleanse {
@@ -132,6 +143,7 @@ impl Core {
             router,
             outputs,
             aggs,
+            stores,
             mesh,
             counters,
             cleansed,
@@ -142,15 +154,17 @@ impl Core {
         } = self;
         let decoder = &inputs[listener].as_ref().expect("checked above").decoder;
         counts.clear();
-        let now_s = if aggs.aggs.is_empty() {
+        let now_ms = if aggs.aggs.is_empty() && stores.stores.is_empty() {
             0
         } else {
-            unix_ms() / 1000
+            unix_ms()
         };
+        let now_s = now_ms / 1000;
         let mut ctx = RouteCtx {
             router,
             outputs,
             aggs,
+            stores,
             mesh,
             counters,
             cleansed,
@@ -158,6 +172,7 @@ impl Core {
             form,
             origin,
             now_s,
+            now_f: now_ms as f64 / 1000.0,
         };
         let mut batch: [(Point<'b>, Fingerprint); ROUTE_BATCH_POINTS] =
             [(Point::EMPTY, Fingerprint::ZERO); ROUTE_BATCH_POINTS];
@@ -206,6 +221,7 @@ impl Core {
             router,
             outputs,
             aggs,
+            stores,
             mesh,
             counters,
             cleansed,
@@ -222,23 +238,25 @@ impl Core {
             unreachable!("checked above");
         };
         counts.clear();
-        let now_s = if aggs.aggs.is_empty() {
+        let now_ms = if aggs.aggs.is_empty() && stores.stores.is_empty() {
             0
         } else {
-            unix_ms() / 1000
+            unix_ms()
         };
         let (dropped, unrouted) = (counters.routing.dropped_by_rule, counters.routing.unrouted);
         let mut ctx = RouteCtx {
             router,
             outputs,
             aggs,
+            stores,
             mesh,
             counters,
             cleansed,
             forwards,
             form: NameForm::Collectd,
             origin,
-            now_s,
+            now_s: now_ms / 1000,
+            now_f: now_ms as f64 / 1000.0,
         };
         let handed = decoder.decode(buf, counts, &mut |points: &[Point<'_>]| {
             let mut batch = [(Point::EMPTY, Fingerprint::ZERO); ROUTE_BATCH_POINTS];
@@ -261,6 +279,60 @@ impl Core {
         c.unrouted += unrouted;
     }
 
+    /// [`process`](Self::process) for a pickle listener: whole frames, each point routed
+    /// as it is unpickled (a point may borrow from the pickle machine).
+    fn process_pickle(
+        &mut self,
+        listener: usize,
+        buf: &[u8],
+        skipping: &mut bool,
+        end: End,
+    ) -> usize {
+        let Core {
+            router,
+            outputs,
+            aggs,
+            stores,
+            mesh,
+            counters,
+            cleansed,
+            counts,
+            forwards,
+            inputs,
+            pickle_vm,
+            ..
+        } = self;
+        let decoder = &inputs[listener]
+            .as_ref()
+            .expect("checked by process")
+            .decoder;
+        counts.clear();
+        let now_ms = unix_ms();
+        let mut ctx = RouteCtx {
+            router,
+            outputs,
+            aggs,
+            stores,
+            mesh,
+            counters,
+            cleansed,
+            forwards,
+            form: NameForm::Plain,
+            origin: Origin::Listener(listener as u16),
+            now_s: now_ms / 1000,
+            now_f: now_ms as f64 / 1000.0,
+        };
+        let mut emit = |p: Point<'_>| {
+            let fp = ctx
+                .router
+                .fingerprint(p.name, p.key, NameForm::Plain, ctx.origin);
+            route_batch(&[(p, fp)], &mut ctx);
+        };
+        let consumed = decoder.decode_pickle(pickle_vm, buf, end, skipping, counts, &mut emit);
+        ctx.counters.listeners[listener].add_decoded(counts);
+        consumed
+    }
+
     /// Routes graphite lines cadent wrote itself (an aggregator's flush, self-metrics):
     /// `name value timestamp\n` each, trusted (values such as `NaN` that Etsy writes go
     /// out as written), from `origin`.
@@ -269,23 +341,27 @@ impl Core {
             router,
             outputs,
             aggs,
+            stores,
             mesh,
             counters,
             cleansed,
             forwards,
             ..
         } = self;
+        let now_ms = unix_ms();
         let mut ctx = RouteCtx {
             router,
             outputs,
             aggs,
+            stores,
             mesh,
             counters,
             cleansed,
             forwards,
             form: NameForm::Plain,
             origin,
-            now_s: unix_ms() / 1000,
+            now_s: now_ms / 1000,
+            now_f: now_ms as f64 / 1000.0,
         };
         let mut batch: [(Point<'_>, Fingerprint); ROUTE_BATCH_POINTS] =
             [(Point::EMPTY, Fingerprint::ZERO); ROUTE_BATCH_POINTS];
@@ -333,6 +409,7 @@ struct RouteCtx<'c> {
     router: &'c mut Router,
     outputs: &'c mut Outputs,
     aggs: &'c mut AggStage,
+    stores: &'c mut StoreStage,
     mesh: &'c mut ShardMesh,
     counters: &'c mut ShardCounters,
     cleansed: &'c mut Vec<u8>,
@@ -340,6 +417,8 @@ struct RouteCtx<'c> {
     form: NameForm,
     origin: Origin,
     now_s: i64,
+    /// Now in seconds with a fraction (carbon's `time.time()` for `-1` timestamps).
+    now_f: f64,
 }
 
 /// Routes a batch in order and hands each point to its targets.
@@ -379,6 +458,9 @@ fn route_batch(batch: &[(Point<'_>, Fingerprint)], ctx: &mut RouteCtx<'_>) {
                                 ctx.forwards.push((a, i));
                             }
                         }
+                        Target::Store(s) => {
+                            ctx.stores.take(s as usize, p, name, ctx.now_f, ctx.mesh)
+                        }
                     }
                 }
             }
@@ -406,14 +488,18 @@ fn route_batch(batch: &[(Point<'_>, Fingerprint)], ctx: &mut RouteCtx<'_>) {
                 continue;
             }
             for (j, &t) in d.targets.iter().enumerate() {
-                if let Target::Dest(dest) = t {
-                    let name = match d.stages.get(j).copied().unwrap_or(0) {
-                        0 if d.cleansed && !d.cleansed_name.is_empty() => d.cleansed_name,
-                        0 => p.name,
-                        k => d.names[k as usize - 1].as_slice(),
-                    };
-                    let as_received = name == p.name && !d.cleansed;
-                    ctx.outputs.append(dest, p, name, as_received);
+                let name = match d.stages.get(j).copied().unwrap_or(0) {
+                    0 if d.cleansed && !d.cleansed_name.is_empty() => d.cleansed_name,
+                    0 => p.name,
+                    k => d.names[k as usize - 1].as_slice(),
+                };
+                match t {
+                    Target::Dest(dest) => {
+                        let as_received = name == p.name && !d.cleansed;
+                        ctx.outputs.append(dest, p, name, as_received);
+                    }
+                    Target::Store(s) => ctx.stores.take(s as usize, p, name, ctx.now_f, ctx.mesh),
+                    Target::Aggregator(_) => {}
                 }
             }
         }
@@ -428,6 +514,7 @@ impl ListenerStats {
         self.counters.received_lines += c.received_lines;
         self.counters.parsed_lines += c.parsed_lines;
         self.counters.rejected_samples += c.rejected_samples;
+        self.counters.rejected_frames += c.rejected_frames.iter().sum::<u64>();
         for (a, b) in self.rejected_lines.iter_mut().zip(&c.rejected_lines) {
             *a += b;
         }
@@ -483,7 +570,14 @@ mod tests {
         let outputs = Outputs::new(&table, &cfg.output, 0);
         let counters = ShardCounters::new(1, router.rule_count(), 1, 0);
         let mesh = mesh::links(1, 1024, 4096).pop().unwrap();
-        let mut core = Core::new(router, outputs, AggStage::new(0, 1), mesh, counters);
+        let mut core = Core::new(
+            router,
+            outputs,
+            AggStage::new(0, 1),
+            StoreStage::new(0, 1),
+            mesh,
+            counters,
+        );
         core.set_input(
             0,
             Input {
@@ -518,7 +612,14 @@ mod tests {
         let outputs = Outputs::new(&table, &cfg.output, 0);
         let counters = ShardCounters::new(1, router.rule_count(), table.destinations.len(), 0);
         let mesh = mesh::links(1, 1024, 4096).pop().unwrap();
-        let mut core = Core::new(router, outputs, AggStage::new(0, 1), mesh, counters);
+        let mut core = Core::new(
+            router,
+            outputs,
+            AggStage::new(0, 1),
+            StoreStage::new(0, 1),
+            mesh,
+            counters,
+        );
         let l = &cfg.listeners[0];
         let c = l.collectd.as_ref().unwrap();
         core.set_input(

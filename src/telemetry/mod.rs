@@ -13,12 +13,14 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{json, Map, Value};
 
+pub use crate::api::read::ReadCounters;
 pub use crate::ingest::{CollectdCounters, CollectdStats, ListenerCounters, ListenerStats};
 pub use crate::output::DestinationCounters;
 use crate::protocol::Reject;
 pub use crate::route::RouteCounters;
 pub use crate::shard::aggregate::AggregatorCounters;
 pub use crate::shard::mesh::MeshCounters;
+pub use crate::shard::store::StoreCounters;
 use set::CounterSet;
 
 /// Everything one shard counts.
@@ -43,6 +45,8 @@ pub struct ShardCounters {
     pub drained: Vec<bool>,
     /// By aggregator index.
     pub aggregators: Vec<AggregatorCounters>,
+    /// By store index.
+    pub stores: Vec<StoreCounters>,
     /// Cross-shard traffic.
     pub mesh: MeshCounters,
 }
@@ -64,6 +68,7 @@ impl ShardCounters {
             epoch: 0,
             drained: Vec::new(),
             aggregators: vec![AggregatorCounters::default(); aggregators],
+            stores: Vec::new(),
             mesh: MeshCounters::default(),
         }
     }
@@ -92,6 +97,7 @@ impl ShardCounters {
         set::add_all(&mut self.destinations, &o.destinations);
         self.reclaimed.add(&o.reclaimed);
         set::add_all(&mut self.aggregators, &o.aggregators);
+        set::add_all(&mut self.stores, &o.stores);
         self.mesh.add(&o.mesh);
     }
 }
@@ -109,6 +115,8 @@ pub struct Labels {
     pub destinations: Vec<Option<String>>,
     /// Aggregator names, by index.
     pub aggregators: Vec<String>,
+    /// Store names, by index.
+    pub stores: Vec<String>,
 }
 
 /// The published copies of every shard's counters.
@@ -116,6 +124,8 @@ pub struct Labels {
 pub struct Registry {
     labels: RwLock<Labels>,
     shards: Vec<Mutex<ShardCounters>>,
+    /// The read API's (control thread; no shard touches it).
+    read: Mutex<ReadCounters>,
 }
 
 impl Registry {
@@ -130,7 +140,18 @@ impl Registry {
         Arc::new(Registry {
             labels: RwLock::new(labels),
             shards: (0..shards).map(|_| Mutex::new(zero.clone())).collect(),
+            read: Mutex::new(ReadCounters::default()),
         })
+    }
+
+    /// Updates the read API's counters (control thread only).
+    pub fn read_counters(&self, f: impl FnOnce(&mut ReadCounters)) {
+        f(&mut self.read.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// A copy of the read API's counters.
+    pub fn read_snapshot(&self) -> ReadCounters {
+        self.read.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Publishes a shard's counters. Never blocks: if the control thread is reading this
@@ -180,6 +201,10 @@ impl Registry {
                 c.aggregators
                     .resize(labels.aggregators.len(), AggregatorCounters::default());
             }
+            if c.stores.len() < labels.stores.len() {
+                c.stores
+                    .resize(labels.stores.len(), StoreCounters::default());
+            }
         }
         *self.labels.write().unwrap_or_else(|e| e.into_inner()) = labels;
     }
@@ -201,6 +226,7 @@ impl Registry {
         let shards = self.per_shard();
         let total = Registry::total(&shards);
         let mut v = summary_json(&labels, &total);
+        v["read_api"] = Value::Object(self.read_snapshot().to_json());
         v["shards"] = Value::Array(shards.iter().map(|c| summary_json(&labels, c)).collect());
         v
     }
@@ -266,7 +292,20 @@ impl Registry {
             &shards,
             |c| &c.aggregators,
         );
+        item_families(&mut out, "store_", "store", &labels.stores, &shards, |c| {
+            &c.stores
+        });
         shard_families(&mut out, "mesh_", &shards, |c| &c.mesh);
+        let read = self.read_snapshot();
+        for (f, v) in ReadCounters::FIELDS.iter().zip(read.values()) {
+            header(
+                &mut out,
+                &format!("read_{}", f.name),
+                &help_text(f.help),
+                f.kind.as_str(),
+            );
+            let _ = writeln!(out, "cadent_read_{} {v}", f.name);
+        }
         out
     }
 
@@ -313,7 +352,12 @@ impl Registry {
         for (name, a) in labels.aggregators.iter().zip(&total.aggregators) {
             a.each(|f, v| line(&["aggregators", name, f.name], v));
         }
+        for (name, st) in labels.stores.iter().zip(&total.stores) {
+            st.each(|f, v| line(&["stores", name, f.name], v));
+        }
         total.mesh.each(|f, v| line(&["mesh", f.name], v));
+        self.read_snapshot()
+            .each(|f, v| line(&["read_api", f.name], v));
     }
 }
 
@@ -352,11 +396,13 @@ fn summary_json(labels: &Labels, c: &ShardCounters) -> Value {
     let (dest_names, dest_items) = destination_items(labels, std::slice::from_ref(c));
     let dests: Vec<_> = dest_items[0].iter().map(|d| d.to_json()).collect();
     let aggs: Vec<_> = c.aggregators.iter().map(|a| a.to_json()).collect();
+    let stores: Vec<_> = c.stores.iter().map(|a| a.to_json()).collect();
     let mut v = Map::new();
     v.insert("listeners".into(), Value::Object(listeners));
     v.insert("routes".into(), Value::Object(routes));
     v.insert("destinations".into(), items(&dest_names, &dests));
     v.insert("aggregators".into(), items(&labels.aggregators, &aggs));
+    v.insert("stores".into(), items(&labels.stores, &stores));
     for (k, x) in c.routing.to_json() {
         v.insert(k, x);
     }
@@ -603,6 +649,7 @@ mod tests {
             rules: vec!["route[0]".into()],
             destinations: vec![Some("tcp://127.0.0.1:2003".into())],
             aggregators: vec!["statsd".into()],
+            stores: vec!["whisper".into()],
         };
         let r = Registry::new(labels, 1);
         let mut c = ShardCounters::new(1, 1, 1, 1);

@@ -30,7 +30,9 @@ impl FromStr for Endpoint {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match ListenUrl::parse(s.trim())? {
             ListenUrl::Inet(transport, addr) => Ok(Endpoint { transport, addr }),
-            ListenUrl::Unix(_) => Err(format!("{s:?}: expected tcp:// or udp://")),
+            ListenUrl::Unix(_) | ListenUrl::Http(..) => {
+                Err(format!("{s:?}: expected tcp:// or udp://"))
+            }
         }
     }
 }

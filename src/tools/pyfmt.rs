@@ -24,6 +24,20 @@ pub fn py_repr(x: f64) -> String {
     }
 }
 
+/// [`py_repr`] appended to `out`, without allocating for the values most series hold:
+/// in `[1e-4, 1e16)` (and zero) Python's repr and Rust's `{:?}` are the same text (the
+/// shortest round-trip digits, in positional form, `.0` on whole numbers); elsewhere
+/// the general path.
+pub fn py_repr_into(out: &mut Vec<u8>, x: f64) {
+    let a = x.abs();
+    if x.is_finite() && x != 0.0 && (1e-4..1e16).contains(&a) {
+        use std::io::Write as _;
+        let _ = write!(out, "{x:?}");
+    } else {
+        out.extend_from_slice(py_repr(x).as_bytes());
+    }
+}
+
 /// Python's spelling of NaN (never signed, also through `%`) and the infinities, or
 /// `None` for a finite `x`.
 fn non_finite(x: f64) -> Option<&'static str> {
@@ -108,6 +122,29 @@ pub fn c_g_width(x: f64, width: usize, precision: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fast_repr_is_the_general_one() {
+        let mut rng = crate::tools::SplitMix64(7);
+        let mut buf = Vec::new();
+        for i in 0..200_000u64 {
+            let bits = rng.next_u64();
+            let x = match i % 4 {
+                0 => f64::from_bits(bits),
+                1 => (bits % 10_000_000) as f64 / 1000.0,
+                2 => (bits >> 11) as f64 * 1e-12,
+                _ => ((bits % 2_000_000) as f64 - 1e6) * 10f64.powi((i % 40) as i32 - 20),
+            };
+            buf.clear();
+            py_repr_into(&mut buf, x);
+            assert_eq!(std::str::from_utf8(&buf).unwrap(), py_repr(x), "{x:e}");
+        }
+        for x in [1e-4, 9.999e15, 1e16, -1e-4, 0.0, -0.0, 0.1, 123.0, -5.5] {
+            buf.clear();
+            py_repr_into(&mut buf, x);
+            assert_eq!(std::str::from_utf8(&buf).unwrap(), py_repr(x), "{x:e}");
+        }
+    }
 
     /// Expected strings printed by CPython 3.11 (`repr(x)`, `'%g' % x`, `'%10.35g' % x`).
     #[test]

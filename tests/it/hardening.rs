@@ -636,7 +636,7 @@ fn fd_exhaustion_refuses_connections_and_keeps_the_control_plane() {
     let listen = free_port();
     let text = config(listen, &[format!("{}=a", sink.addr)], "")
         .replace("shards = 2", "shards = 2\nreserved_fds = 64");
-    let c = Cadent::start_limited(temp_dir("fds"), &text, &[], Some(256));
+    let c = Cadent::start_limited(temp_dir("fds"), &text, &[], &[], Some(256));
     assert!(c.log().contains("RLIMIT_NOFILE is below"), "{}", c.log());
     let addr = format!("127.0.0.1:{listen}");
     let mut held = Vec::new();

@@ -160,13 +160,19 @@ send_to = ["{to}"]
     assert!(wait_until(Duration::from_secs(10), || a.total() == 800));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(b.total(), 0, "no shard routes by the refused topology");
-    let stats = cadent.stats();
-    let per_shard: Vec<u64> = stats["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["listeners"]["in"]["parsed_lines"].as_u64().unwrap())
-        .collect();
+    let per_shard = || -> Vec<u64> {
+        cadent.stats()["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["listeners"]["in"]["parsed_lines"].as_u64().unwrap())
+            .collect()
+    };
+    // The counters are published every stats_interval_ms.
+    wait_until(Duration::from_secs(5), || {
+        per_shard().iter().sum::<u64>() == 800
+    });
+    let per_shard = per_shard();
     assert!(
         per_shard.iter().all(|&n| n > 0),
         "both shards read: {per_shard:?}"

@@ -15,6 +15,26 @@ use std::time::{Duration, Instant};
 use cadent::route::ring::RingMember;
 use cadent::tools::SplitMix64;
 
+/// Runs `scripts/install-peers.sh` once per test run (idempotent: it installs only
+/// what is missing). Tests that need a peer call it rather than skip.
+pub fn install_peers() {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-peers.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run scripts/install-peers.sh");
+        assert!(
+            out.status.success(),
+            "scripts/install-peers.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
 /// A port that was free a moment ago (bound with port 0, then released).
 /// A port nothing listens on now, TCP and UDP. Taken below the kernel's ephemeral range
 /// (32768 and up here), walking from a place that depends on the process, so the
@@ -76,23 +96,33 @@ impl Cadent {
 
     /// [`start`](Self::start) with extra environment variables.
     pub fn start_with_env(tag: &str, config: &str, env: &[(&str, &str)]) -> Cadent {
-        Cadent::start_limited(temp_dir(tag), config, env, None)
+        Cadent::start_limited(temp_dir(tag), config, env, &[], None)
+    }
+
+    /// [`start`](Self::start) with files written beside the config first (name, text).
+    pub fn start_with_files(tag: &str, config: &str, files: &[(&str, &str)]) -> Cadent {
+        Cadent::start_limited(temp_dir(tag), config, &[], files, None)
     }
 
     /// As [`start`](Self::start), in `dir` (a restart where a previous run left its
-    /// spool).
+    /// spool or its store).
     pub fn start_in(dir: PathBuf, config: &str) -> Cadent {
-        Cadent::start_limited(dir, config, &[], None)
+        Cadent::start_limited(dir, config, &[], &[], None)
     }
 
-    /// [`start_with_env`](Self::start_with_env), with `RLIMIT_NOFILE` (soft and hard)
-    /// set to `nofile` in the child when given.
+    /// Starts cadent in `dir` (its working directory), with extra environment
+    /// variables, `files` written there first (name, text), and `RLIMIT_NOFILE` (soft
+    /// and hard) set to `nofile` in the child when given.
     pub fn start_limited(
         dir: PathBuf,
         config: &str,
         env: &[(&str, &str)],
+        files: &[(&str, &str)],
         nofile: Option<u64>,
     ) -> Cadent {
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
         let admin = format!("127.0.0.1:{}", free_port());
         let mut text = config.replace("ADMIN", &admin);
         // cadent's own counters are routed like any input once a minute; tests that

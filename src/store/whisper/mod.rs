@@ -1,6 +1,7 @@
 //! Whisper, graphite's fixed-size round-robin file format, byte-identical to python
 //! whisper 1.1.x. The format logic (`format`) does its reads and writes through a small
-//! I/O interface (`io`), so the io_uring writer can drive it later; `rules` chooses the
+//! I/O interface (`io`), which `staged` implements over what `uring` fetched so the
+//! io_uring writer drives it; `rules` chooses the
 //! retention and aggregation of new files as carbon does, and `path` maps names to files.
 //! For the read API, `find` walks a root for a glob and `render` reads a series, merges the
 //! cache over it and reads or sets a file's aggregation method.
@@ -11,3 +12,5 @@ pub mod io;
 pub mod path;
 pub mod render;
 pub mod rules;
+pub mod staged;
+pub mod uring;

@@ -102,7 +102,7 @@ pub fn metric_path(root: &Path, name: &str) -> Result<PathBuf, &'static str> {
 /// the tags sorted as `;k=v` strings, a `name` tag dropped and, for a repeated
 /// tag, the last value kept. `None` where carbon's parse fails and it keeps the
 /// raw name, or where nothing changes.
-fn normalize(name: &str) -> Option<String> {
+pub fn normalize(name: &str) -> Option<String> {
     let mut segments = name.split(';');
     let metric = segments.next().unwrap_or("");
     let sanitized = metric.trim_start_matches('~');

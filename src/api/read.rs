@@ -1,0 +1,650 @@
+//! The read API on the admin listener, as graphite-web's cluster peers and go-carbon's
+//! carbonserver answer it: `/metrics/find`, `/metrics/expand` and `/render` (raw series,
+//! no functions) over the first `[[store]]`'s whisper tree and its cache, in
+//! graphite-web 1.1.10's shapes (`read_format`). graphite-web with `CLUSTER_SERVERS`
+//! pointing here runs its functions over these series; Grafana points at graphite-web,
+//! or straight here for raw series.
+//!
+//! Everything runs on the control thread: file walks and reads on tokio's blocking pool,
+//! the cache by message to the shards that own the names (answered on their tick), so a
+//! read never blocks a shard's data path. Bounds: a query matching more than
+//! `read_series_max` series (or walking more than `read_dirs_max` directories) is
+//! refused with 422, a response over `read_response_bytes_max` with 422 too, each with a
+//! message saying which bound.
+//!
+//! Parameters come from the query string and, for POST, a urlencoded body (graphite-web
+//! merges `request.GET` and `request.POST`). Times (`from`, `until`, `now`) are epoch
+//! seconds or graphite's relative forms (`now`, `-1h`, `now-30min`, ...).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::read_format::{self, Format, RenderSeries, CONSOLIDATION_DEFAULT};
+use super::AdminState;
+use crate::config::{StoreKind, WhisperStore};
+use crate::store::glob::{Glob, GlobLimits};
+use crate::store::whisper::find::{self, FindOptions, Node, NodeKind};
+use crate::store::whisper::path::metric_path;
+use crate::store::whisper::render::{self, FetchError, Series};
+
+crate::counter_set! {
+    /// Counters of the read API (control thread).
+    pub struct ReadCounters {
+        /// /metrics/find requests.
+        find_requests: counter,
+        /// /metrics/expand requests.
+        expand_requests: counter,
+        /// /render requests.
+        render_requests: counter,
+        /// CarbonLink requests answered.
+        carbonlink_requests: counter,
+        /// CarbonLink frames that were not a request (connection closed, as carbon).
+        carbonlink_bad_requests: counter,
+        /// Requests refused as malformed (400).
+        bad_requests: counter,
+        /// Requests refused by read_series_max or read_dirs_max (422).
+        refused_too_many_series: counter,
+        /// Requests refused by read_response_bytes_max (422).
+        refused_response_too_large: counter,
+        /// Series rendered.
+        series_rendered: counter,
+        /// Cache points merged into rendered series.
+        cache_points_merged: counter,
+        /// Whisper files skipped because their header does not read.
+        corrupt_files: counter,
+        /// Directories or files that could not be read.
+        unreadable: counter,
+    }
+}
+
+/// Query and body parameters, in order.
+#[derive(Debug, Default)]
+pub(crate) struct Params(Vec<(String, String)>);
+
+impl Params {
+    pub(crate) fn parse(
+        query: Option<&str>,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Params, String> {
+        let mut p = Vec::new();
+        if let Some(q) = query {
+            parse_into(q, &mut p)?;
+        }
+        let form = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        if form && !body.is_empty() {
+            let text =
+                std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_string())?;
+            parse_into(text, &mut p)?;
+        }
+        Ok(Params(p))
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        // graphite-web's QueryDict.get: the last value.
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn all(&self, key: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        self.get(key)
+            .is_some_and(|v| v.parse::<i64>().unwrap_or(0) != 0)
+    }
+}
+
+fn parse_into(text: &str, out: &mut Vec<(String, String)>) -> Result<(), String> {
+    for pair in text.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        out.push((super::percent_decode(k)?, super::percent_decode(v)?));
+    }
+    Ok(())
+}
+
+/// A refusal: status and message.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, format!("{}\n", self.1)).into_response()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> Refusal {
+    Refusal(StatusCode::BAD_REQUEST, msg.into())
+}
+
+/// The store reads are served from: the first `[[store]]`.
+fn read_store(s: &AdminState) -> Result<(String, WhisperStore), Refusal> {
+    let topo = s.control.topology();
+    match topo.config.stores.first() {
+        Some(st) => {
+            let StoreKind::Whisper(w) = &st.kind;
+            Ok((st.name.clone(), (**w).clone()))
+        }
+        None => Err(Refusal(
+            StatusCode::NOT_FOUND,
+            "no [[store]] is configured: nothing to read".into(),
+        )),
+    }
+}
+
+fn unix_now() -> i64 {
+    crate::shard::pipeline::unix_ms() / 1000
+}
+
+/// graphite's at-time, the forms graphite clients send: epoch seconds, `now`, and
+/// `[now]-N<unit>` / `[now]+N<unit>` (s, min, h, d, w, mon, y and their long names).
+pub fn parse_at_time(s: &str, now: i64) -> Result<i64, String> {
+    let t = s.trim();
+    if let Ok(v) = t.parse::<i64>() {
+        return Ok(v);
+    }
+    if let Ok(v) = t.parse::<f64>() {
+        if v.is_finite() {
+            return Ok(v as i64);
+        }
+    }
+    let rest = t.strip_prefix("now").unwrap_or(t);
+    if rest.is_empty() {
+        return Ok(now);
+    }
+    let (sign, rest) = match rest.as_bytes()[0] {
+        b'-' => (-1, &rest[1..]),
+        b'+' => (1, &rest[1..]),
+        _ => {
+            return Err(format!(
+                "{s:?} is not a time (epoch seconds, now, -1h, ...)"
+            ))
+        }
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let n: i64 = rest[..digits]
+        .parse()
+        .map_err(|_| format!("{s:?}: no number in the offset"))?;
+    let unit = match &rest[digits..] {
+        "s" | "sec" | "secs" | "second" | "seconds" => 1,
+        "min" | "mins" | "minute" | "minutes" => 60,
+        "h" | "hour" | "hours" => 3600,
+        "d" | "day" | "days" => 86_400,
+        "w" | "week" | "weeks" => 7 * 86_400,
+        "mon" | "month" | "months" => 30 * 86_400,
+        "y" | "year" | "years" => 365 * 86_400,
+        u => return Err(format!("{s:?}: unknown unit {u:?}")),
+    };
+    Ok(now + sign * n.saturating_mul(unit))
+}
+
+fn ensure_ascii(headers: &HeaderMap) -> bool {
+    // graphite-web's json_response_for: ensure_ascii unless the client accepts more.
+    match headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(a) => a == "application/json",
+    }
+}
+
+fn jsonp(params: &Params, body: Vec<u8>) -> (Option<&str>, Vec<u8>) {
+    match params.get("jsonp").filter(|j| !j.is_empty()) {
+        Some(cb) => {
+            let mut out = Vec::with_capacity(body.len() + cb.len() + 2);
+            out.extend_from_slice(cb.as_bytes());
+            out.push(b'(');
+            out.extend_from_slice(&body);
+            out.push(b')');
+            (Some("text/javascript"), out)
+        }
+        None => (None, body),
+    }
+}
+
+fn respond(content_type: &str, body: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, content_type.to_string())], body).into_response()
+}
+
+fn count(s: &AdminState, f: impl FnOnce(&mut ReadCounters)) {
+    s.registry.read_counters(f);
+}
+
+/// The nodes matching each query, found on the blocking pool.
+async fn find_all(
+    s: &AdminState,
+    store: &WhisperStore,
+    queries: &[String],
+    leaves_only: bool,
+    intervals: bool,
+    now: i64,
+) -> Result<Vec<Vec<Node>>, Refusal> {
+    let mut globs = Vec::with_capacity(queries.len());
+    for q in queries {
+        globs.push(
+            Glob::compile(q, &GlobLimits::default())
+                .map_err(|e| bad(format!("query {q:?}: {e}")))?,
+        );
+    }
+    let root = store.path.clone();
+    let opts = FindOptions {
+        now,
+        leaves_only,
+        intervals,
+        series_max: store.read_series_max,
+        dirs_max: store.read_dirs_max,
+    };
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut all = Vec::with_capacity(globs.len());
+        let mut total = 0usize;
+        for g in &globs {
+            let found = find::find(&root, g, &opts)?;
+            total += found.nodes.len();
+            if total > opts.series_max {
+                return Err(find::FindError::TooManySeries {
+                    max: opts.series_max,
+                });
+            }
+            all.push(found);
+        }
+        Ok(all)
+    })
+    .await
+    .map_err(|e| {
+        Refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("find failed: {e}"),
+        )
+    })?;
+    match joined {
+        Ok(all) => {
+            let (corrupt, unreadable) = all.iter().fold((0, 0), |(c, u), f| {
+                (c + f.stats.corrupt_files, u + f.stats.unreadable)
+            });
+            count(s, |c| {
+                c.corrupt_files += corrupt as u64;
+                c.unreadable += unreadable as u64;
+            });
+            Ok(all.into_iter().map(|f| f.nodes).collect())
+        }
+        Err(e) => {
+            count(s, |c| c.refused_too_many_series += 1);
+            Err(Refusal(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "{e} (read_series_max {}, read_dirs_max {}): narrow the query",
+                    store.read_series_max, store.read_dirs_max
+                ),
+            ))
+        }
+    }
+}
+
+fn too_large(s: &AdminState, e: read_format::ResponseTooLarge) -> Refusal {
+    count(s, |c| c.refused_response_too_large += 1);
+    Refusal(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!("{e} (read_response_bytes_max): ask for fewer series or a shorter time"),
+    )
+}
+
+/// `/metrics/find/`.
+pub async fn find(
+    State(s): State<Arc<AdminState>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    count(&s, |c| c.find_requests += 1);
+    match find_inner(&s, q.as_deref(), &headers, &body).await {
+        Ok(r) => r,
+        Err(r) => {
+            if r.0 == StatusCode::BAD_REQUEST {
+                count(&s, |c| c.bad_requests += 1);
+            }
+            r.into_response()
+        }
+    }
+}
+
+async fn find_inner(
+    s: &AdminState,
+    q: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Refusal> {
+    let p = Params::parse(q, headers, body).map_err(bad)?;
+    let (_, store) = read_store(s)?;
+    let queries: Vec<String> = p.all("query").into_iter().map(str::to_string).collect();
+    if queries.is_empty() {
+        return Err(bad("missing ?query="));
+    }
+    let now = match p.get("now") {
+        Some(n) => parse_at_time(n, unix_now()).map_err(bad)?,
+        None => unix_now(),
+    };
+    let format = p.get("format").unwrap_or("treejson");
+    let leaves_only = p.flag("leavesOnly");
+    let tree = format == "treejson";
+    let fmt = match format {
+        "treejson" => None,
+        f => Some(Format::from_name(f).ok_or_else(|| {
+            bad(format!(
+                "format {f:?}: expected treejson, json, pickle or msgpack"
+            ))
+        })?),
+    };
+    let found = find_all(s, &store, &queries, leaves_only, !tree, now).await?;
+    let mut nodes: Vec<Node> = found.into_iter().flatten().collect();
+    nodes.sort_by(|a, b| (&a.path, a.is_leaf()).cmp(&(&b.path, b.is_leaf())));
+    nodes.dedup_by(|a, b| a.path == b.path && a.is_leaf() == b.is_leaf());
+    let max = store.read_response_bytes_max;
+    let ascii = ensure_ascii(headers);
+    let mut out = Vec::new();
+    let encoded = match fmt {
+        None => read_format::find_treejson(
+            &nodes,
+            &queries[0],
+            p.flag("wildcards"),
+            ascii,
+            &mut out,
+            max,
+        ),
+        Some(Format::Json) => read_format::find_json(&nodes, ascii, &mut out, max),
+        Some(Format::Pickle) => read_format::find_pickle(&nodes, &mut out, max),
+        Some(Format::Msgpack) => read_format::find_msgpack(&nodes, &mut out, max),
+    };
+    encoded.map_err(|e| too_large(s, e))?;
+    let ct = fmt.map_or("application/json", Format::content_type);
+    let (wrapped, out) = if matches!(fmt, None | Some(Format::Json)) {
+        jsonp(&p, out)
+    } else {
+        (None, out)
+    };
+    Ok(respond(wrapped.unwrap_or(ct), out))
+}
+
+/// `/metrics/expand/`.
+pub async fn expand(
+    State(s): State<Arc<AdminState>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    count(&s, |c| c.expand_requests += 1);
+    let r = async {
+        let p = Params::parse(q.as_deref(), &headers, &body).map_err(bad)?;
+        let (_, store) = read_store(&s)?;
+        let queries: Vec<String> = p.all("query").into_iter().map(str::to_string).collect();
+        if queries.is_empty() {
+            return Err(bad("missing ?query="));
+        }
+        let leaves_only = p.flag("leavesOnly");
+        let found = find_all(&s, &store, &queries, leaves_only, false, unix_now()).await?;
+        let pairs: Vec<(&str, &[Node])> = queries
+            .iter()
+            .map(String::as_str)
+            .zip(found.iter().map(Vec::as_slice))
+            .collect();
+        let mut out = Vec::new();
+        read_format::expand_json(
+            &pairs,
+            leaves_only,
+            p.flag("groupByExpr"),
+            ensure_ascii(&headers),
+            &mut out,
+            store.read_response_bytes_max,
+        )
+        .map_err(|e| too_large(&s, e))?;
+        let (wrapped, out) = jsonp(&p, out);
+        Ok(respond(wrapped.unwrap_or("application/json"), out))
+    }
+    .await;
+    r.unwrap_or_else(|r: Refusal| {
+        if r.0 == StatusCode::BAD_REQUEST {
+            count(&s, |c| c.bad_requests += 1);
+        }
+        r.into_response()
+    })
+}
+
+/// One series to render: its name, the target that found it, its file.
+struct Wanted {
+    name: String,
+    target: usize,
+    file: Option<PathBuf>,
+}
+
+/// `/render/`: raw series (no functions), graphite-web's pickle, msgpack or json.
+pub async fn render(
+    State(s): State<Arc<AdminState>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    count(&s, |c| c.render_requests += 1);
+    match render_inner(&s, q.as_deref(), &headers, &body).await {
+        Ok(r) => r,
+        Err(r) => {
+            if r.0 == StatusCode::BAD_REQUEST {
+                count(&s, |c| c.bad_requests += 1);
+            }
+            r.into_response()
+        }
+    }
+}
+
+async fn render_inner(
+    s: &AdminState,
+    q: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Refusal> {
+    let p = Params::parse(q, headers, body).map_err(bad)?;
+    let (store_name, store) = read_store(s)?;
+    let targets: Vec<String> = p.all("target").into_iter().map(str::to_string).collect();
+    if targets.is_empty() {
+        return Err(bad("missing ?target="));
+    }
+    if let Some(t) = targets.iter().find(|t| t.contains('(')) {
+        return Err(bad(format!(
+            "target {t:?}: functions are graphite-web's; cadent serves raw series (point \
+             graphite-web's CLUSTER_SERVERS here to apply functions)"
+        )));
+    }
+    let f = p.get("format").unwrap_or("json");
+    let format = Format::from_name(f)
+        .ok_or_else(|| bad(format!("format {f:?}: expected json, pickle or msgpack")))?;
+    let now = match p.get("now") {
+        Some(n) => parse_at_time(n, unix_now()).map_err(bad)?,
+        None => unix_now(),
+    };
+    let from = match p.get("from") {
+        Some(f) => parse_at_time(f, now).map_err(bad)?,
+        None => now - 86_400,
+    };
+    let until = match p.get("until") {
+        Some(u) => parse_at_time(u, now).map_err(bad)?,
+        None => now,
+    };
+    if from >= until {
+        return Err(bad(format!("from ({from}) is not before until ({until})")));
+    }
+    let x_files_factor = match p.get("xFilesFactor") {
+        Some(x) => x
+            .parse::<f64>()
+            .map_err(|_| bad(format!("xFilesFactor {x:?}")))?,
+        None => 0.0,
+    };
+    // Leaves: a literal target is its own leaf (its file may not exist yet: the cache
+    // may hold it); a glob is found.
+    let mut wanted: Vec<Wanted> = Vec::new();
+    let mut globs = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        let g = Glob::compile(t, &GlobLimits::default())
+            .map_err(|e| bad(format!("target {t:?}: {e}")))?;
+        if g.is_literal() && !t.contains(';') {
+            wanted.push(Wanted {
+                name: t.clone(),
+                target: i,
+                file: metric_path(&store.path, t).ok(),
+            });
+        } else {
+            globs.push((i, t.clone()));
+        }
+    }
+    if !globs.is_empty() {
+        let queries: Vec<String> = globs.iter().map(|(_, t)| t.clone()).collect();
+        let found = find_all(s, &store, &queries, true, false, now).await?;
+        for ((i, _), nodes) in globs.iter().zip(found) {
+            for n in nodes {
+                if let NodeKind::Leaf(leaf) = n.kind {
+                    wanted.push(Wanted {
+                        name: n.path,
+                        target: *i,
+                        file: Some(leaf.file),
+                    });
+                }
+            }
+        }
+    }
+    if wanted.len() > store.read_series_max {
+        count(s, |c| c.refused_too_many_series += 1);
+        return Err(Refusal(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "the targets match {} series, more than read_series_max {}: narrow them",
+                wanted.len(),
+                store.read_series_max
+            ),
+        ));
+    }
+    // Files on the blocking pool; the cache from the owner shards, meanwhile.
+    let files: Vec<Option<PathBuf>> = wanted.iter().map(|w| w.file.clone()).collect();
+    let fetching = tokio::task::spawn_blocking(move || {
+        files
+            .iter()
+            .map(|f| match f {
+                Some(f) => render::fetch_file(f, from, until, now),
+                None => Err(FetchError::NotFound),
+            })
+            .collect::<Vec<_>>()
+    });
+    let names: Vec<String> = wanted.iter().map(|w| w.name.clone()).collect();
+    let cached = s.control.ask_cache(&store_name, &names).await;
+    let fetched = fetching.await.map_err(|e| {
+        Refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("render failed: {e}"),
+        )
+    })?;
+    let mut series: Vec<(usize, String, Series)> = Vec::with_capacity(wanted.len());
+    let (mut corrupt, mut merged) = (0u64, 0u64);
+    for ((w, f), points) in wanted.iter().zip(fetched).zip(&cached) {
+        let points: Vec<(i64, f64)> = points.iter().map(|&(t, v)| (t as i64, v)).collect();
+        match f {
+            Ok(Some(mut f)) => {
+                merged += f.merge_cache(&points) as u64;
+                series.push((w.target, w.name.clone(), f.series));
+            }
+            Ok(None) => {}
+            Err(FetchError::NotFound) if !points.is_empty() => {
+                // Only in the cache: whisper's window at the step its file will have.
+                let step = i64::from(
+                    store
+                        .schemas
+                        .rules
+                        .retentions_for(&w.name)
+                        .first()
+                        .map_or(60, |r| r.seconds_per_point),
+                );
+                let mut sr = Series::empty(from, until.min(now).max(from), step);
+                merged += sr.overlay(&points) as u64;
+                series.push((w.target, w.name.clone(), sr));
+            }
+            Err(FetchError::Corrupt(_)) => corrupt += 1,
+            Err(_) => {}
+        }
+    }
+    // graphite-web orders a target's series by path.
+    series.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let rendered: Vec<RenderSeries<'_>> = series
+        .iter()
+        .map(|(t, name, sr)| RenderSeries {
+            name,
+            path_expression: &targets[*t],
+            series: sr,
+            consolidation_func: CONSOLIDATION_DEFAULT,
+            x_files_factor,
+        })
+        .collect();
+    count(s, |c| {
+        c.series_rendered += rendered.len() as u64;
+        c.cache_points_merged += merged;
+        c.corrupt_files += corrupt;
+    });
+    let max = store.read_response_bytes_max;
+    let mut out = Vec::new();
+    match format {
+        Format::Pickle => read_format::render_pickle(&rendered, &mut out, max),
+        Format::Msgpack => read_format::render_msgpack(&rendered, &mut out, max),
+        Format::Json => read_format::render_json(&rendered, p.flag("noNullPoints"), &mut out, max),
+    }
+    .map_err(|e| too_large(s, e))?;
+    let (wrapped, out) = if format == Format::Json {
+        jsonp(&p, out)
+    } else {
+        (None, out)
+    };
+    Ok(respond(wrapped.unwrap_or(format.content_type()), out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_times() {
+        let now = 1_700_000_000;
+        for (s, want) in [
+            ("1699990000", Ok(1_699_990_000)),
+            ("now", Ok(now)),
+            ("-1h", Ok(now - 3600)),
+            ("now-30min", Ok(now - 1800)),
+            ("-2d", Ok(now - 172_800)),
+            ("+5s", Ok(now + 5)),
+            ("1699990000.7", Ok(1_699_990_000)),
+        ] {
+            assert_eq!(parse_at_time(s, now), want, "{s}");
+        }
+        assert!(parse_at_time("-1fortnight", now).is_err());
+        assert!(parse_at_time("yesterday", now).is_err());
+    }
+
+    #[test]
+    fn params_merge_query_and_form_body() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
+        let p =
+            Params::parse(Some("target=a.b&format=json"), &h, b"target=c.%2A&from=-1h").unwrap();
+        assert_eq!(p.all("target"), ["a.b", "c.*"]);
+        assert_eq!(p.get("from"), Some("-1h"));
+        assert!(Params::parse(Some("x=%zz"), &HeaderMap::new(), b"").is_err());
+    }
+}

@@ -1,0 +1,543 @@
+//! The write-back cache of one store on one shard: the points of the names this shard
+//! owns that are not on disk yet, and the order they are written in.
+//!
+//! Points are kept as carbon's `MetricCache` keeps them: per name, with their timestamp
+//! as received (a float: carbon keys its cache by `float(timestamp)`), in arrival order.
+//! A write takes every point of one name; the writer sorts them by timestamp and keeps
+//! the last of equal timestamps, as carbon's `pop` and `dict(datapoints)` do, so the
+//! update_many calls are carbon's.
+//!
+//! **Write order** is carbon's `CACHE_WRITE_STRATEGY = sorted` (its default): a loop
+//! over the cache, names with the most points first, every name once per loop; names
+//! that get points while the loop runs wait for the next loop. Largest-first is what
+//! makes a throttled writer efficient (the most points per `update_many`, the one cost
+//! that counts on disk), and the loop bounds how long any name waits: nothing starves,
+//! which carbon's `max` strategy cannot promise. (`timesorted`, oldest first, spends
+//! the same writes on fewer points.)
+//!
+//! **In flight.** Points handed to a write stay visible to readers until the write is
+//! confirmed (go-carbon's `notConfirmed`): a query sees the points in flight, then the
+//! newer ones. A failed write puts its points back in front of the newer ones, so the
+//! newest value for a timestamp still wins.
+//!
+//! **Bound.** `points_max` points (in flight included); past it a new point is refused
+//! and the caller counts it. A repeated timestamp counts until it is written (carbon
+//! counts it once: a bound, not an accounting, is what is promised here).
+//!
+//! No I/O, no clock: `now_ms` comes in where it matters.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// One cached point: (timestamp as received, value).
+pub type CachedPoint = (f64, f64);
+
+/// Why a point was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The cache holds `points_max` points.
+    Full,
+}
+
+#[derive(Debug)]
+struct Slot {
+    name: Box<[u8]>,
+    path: PathBuf,
+    points: Vec<CachedPoint>,
+    inflight: Vec<CachedPoint>,
+    writing: bool,
+    /// Not written before this time (after a failure, or while it waits for a file
+    /// creation), unix ms.
+    not_before_ms: i64,
+    /// The last open found no file: it waits for a create token.
+    no_file: bool,
+    live: bool,
+}
+
+/// A write taken from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Job {
+    /// The slot (give it back to [`Cache::confirm`]).
+    pub slot: u32,
+}
+
+/// How a write ended, for [`Cache::confirm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// On disk: the points leave the cache.
+    Written,
+    /// Not written and not to be (a corrupt file): the points leave the cache; the
+    /// caller counts them.
+    Dropped,
+    /// Not written; try again not before `retry_at_ms`. `no_file`: there was no file
+    /// and no create token (the name waits for one).
+    Retry {
+        /// Earliest next try, unix ms.
+        retry_at_ms: i64,
+        /// The name has no file yet.
+        no_file: bool,
+    },
+}
+
+/// One store's cache on one shard.
+#[derive(Debug)]
+pub struct Cache {
+    by_name: HashMap<Box<[u8]>, u32, ahash::RandomState>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// This loop's order, popped from the back (so the largest is last).
+    queue: Vec<u32>,
+    points: u64,
+    points_max: u64,
+    inflight_points: u64,
+    /// When the queue was last rebuilt and found nothing (unix ms, and whether creates
+    /// were open): no rebuild before `REBUILD_IDLE_MS` after that, so idle polling does
+    /// not walk every name.
+    idle_since: Option<(i64, bool)>,
+    /// The earliest `not_before_ms` among names waiting only for their retry time.
+    next_retry_ms: i64,
+}
+
+/// After a rebuild found nothing ready, the next waits this long.
+const REBUILD_IDLE_MS: i64 = 10;
+
+impl Cache {
+    /// An empty cache bounded at `points_max` points.
+    pub fn new(points_max: u64) -> Cache {
+        Cache {
+            by_name: HashMap::with_hasher(ahash::RandomState::new()),
+            slots: Vec::new(),
+            free: Vec::new(),
+            queue: Vec::new(),
+            points: 0,
+            points_max,
+            inflight_points: 0,
+            idle_since: None,
+            next_retry_ms: i64::MAX,
+        }
+    }
+
+    /// Changes the bound (a reload); points above it stay until written.
+    pub fn set_points_max(&mut self, points_max: u64) {
+        self.points_max = points_max;
+    }
+
+    /// Points held, in flight included.
+    pub fn points(&self) -> u64 {
+        self.points
+    }
+
+    /// Points handed to writes not confirmed yet.
+    pub fn inflight_points(&self) -> u64 {
+        self.inflight_points
+    }
+
+    /// Names held.
+    pub fn names(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// The slot of `name`, if cached.
+    pub fn find(&self, name: &[u8]) -> Option<u32> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Adds a point to a cached name.
+    #[inline]
+    pub fn push(&mut self, slot: u32, point: CachedPoint) -> Result<(), Refused> {
+        if self.points >= self.points_max {
+            return Err(Refused::Full);
+        }
+        self.points += 1;
+        self.slots[slot as usize].points.push(point);
+        Ok(())
+    }
+
+    /// Adds a name (its file at `path`) with its first point; the caller checked it is
+    /// absent.
+    pub fn insert(
+        &mut self,
+        name: &[u8],
+        path: PathBuf,
+        point: CachedPoint,
+    ) -> Result<u32, Refused> {
+        if self.points >= self.points_max {
+            return Err(Refused::Full);
+        }
+        debug_assert!(self.find(name).is_none());
+        let slot = Slot {
+            name: name.into(),
+            path,
+            points: Vec::new(),
+            inflight: Vec::new(),
+            writing: false,
+            not_before_ms: 0,
+            no_file: false,
+            live: true,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                let old = &mut self.slots[id as usize];
+                // Keep the freed slot's buffers.
+                let (mut points, mut inflight) = (
+                    std::mem::take(&mut old.points),
+                    std::mem::take(&mut old.inflight),
+                );
+                points.clear();
+                inflight.clear();
+                *old = Slot {
+                    points,
+                    inflight,
+                    ..slot
+                };
+                id
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.by_name.insert(name.into(), id);
+        self.push(id, point).map(|()| id)
+    }
+
+    /// Puts points back in front of a name's newer ones (restored from a previous run's
+    /// spill, so anything received since wins), creating the name if needed. Returns
+    /// how many were refused because the cache is full.
+    pub fn restore(
+        &mut self,
+        name: &[u8],
+        path: impl FnOnce() -> PathBuf,
+        points: &[CachedPoint],
+    ) -> usize {
+        let room = self.points_max.saturating_sub(self.points) as usize;
+        let take = points.len().min(room);
+        if take == 0 {
+            return points.len();
+        }
+        let id = match self.find(name) {
+            Some(id) => id,
+            None => match self.insert(name, path(), points[0]) {
+                Ok(id) => {
+                    // insert counted and pushed the first point; undo, then add all.
+                    self.slots[id as usize].points.clear();
+                    self.points -= 1;
+                    id
+                }
+                Err(Refused::Full) => return points.len(),
+            },
+        };
+        let s = &mut self.slots[id as usize];
+        s.points.splice(0..0, points[..take].iter().copied());
+        self.points += take as u64;
+        points.len() - take
+    }
+
+    /// The next name to write at `now_ms` under carbon's `sorted` strategy, or `None`
+    /// when nothing is ready. `creates_open`: a name with no file may be tried (a create
+    /// token may be had).
+    pub fn next(&mut self, now_ms: i64, creates_open: bool) -> Option<Job> {
+        for round in 0..2 {
+            while let Some(id) = self.queue.pop() {
+                if self.ready(id, now_ms, creates_open) {
+                    return Some(self.take(id));
+                }
+            }
+            if round == 0 {
+                if let Some((at, open)) = self.idle_since {
+                    let soon = now_ms.saturating_sub(at) < REBUILD_IDLE_MS;
+                    if open == creates_open && soon && now_ms < self.next_retry_ms {
+                        return None;
+                    }
+                }
+                self.rebuild_queue(now_ms, creates_open);
+                self.idle_since = self.queue.is_empty().then_some((now_ms, creates_open));
+            }
+        }
+        None
+    }
+
+    fn ready(&self, id: u32, now_ms: i64, creates_open: bool) -> bool {
+        let s = &self.slots[id as usize];
+        s.live
+            && !s.writing
+            && !s.points.is_empty()
+            && s.not_before_ms <= now_ms
+            && (creates_open || !s.no_file)
+    }
+
+    fn rebuild_queue(&mut self, now_ms: i64, creates_open: bool) {
+        self.queue.clear();
+        self.next_retry_ms = i64::MAX;
+        for id in self.by_name.values().copied() {
+            if self.ready(id, now_ms, creates_open) {
+                self.queue.push(id);
+            } else {
+                let s = &self.slots[id as usize];
+                if !s.writing && !s.points.is_empty() && s.not_before_ms > now_ms {
+                    self.next_retry_ms = self.next_retry_ms.min(s.not_before_ms);
+                }
+            }
+        }
+        // Ascending by points, popped from the back: the largest first. Ties by name,
+        // so the order is the same on every run.
+        let slots = &self.slots;
+        self.queue.sort_unstable_by(|&a, &b| {
+            let (a, b) = (&slots[a as usize], &slots[b as usize]);
+            a.points
+                .len()
+                .cmp(&b.points.len())
+                .then_with(|| b.name.cmp(&a.name))
+        });
+    }
+
+    fn take(&mut self, id: u32) -> Job {
+        let s = &mut self.slots[id as usize];
+        debug_assert!(s.inflight.is_empty());
+        std::mem::swap(&mut s.points, &mut s.inflight);
+        s.writing = true;
+        self.inflight_points += s.inflight.len() as u64;
+        Job { slot: id }
+    }
+
+    /// The name and file of a job.
+    pub fn job_name(&self, job: Job) -> (&[u8], &PathBuf) {
+        let s = &self.slots[job.slot as usize];
+        (&s.name, &s.path)
+    }
+
+    /// Whether the job's name had no file at its last try (it waited for a create).
+    pub fn job_no_file(&self, job: Job) -> bool {
+        self.slots[job.slot as usize].no_file
+    }
+
+    /// Whether any point waits that is not in flight.
+    pub fn has_waiting(&self) -> bool {
+        self.points > self.inflight_points
+    }
+
+    /// The points of a job, in arrival order.
+    pub fn job_points(&self, job: Job) -> &[CachedPoint] {
+        &self.slots[job.slot as usize].inflight
+    }
+
+    /// Ends a job.
+    pub fn confirm(&mut self, job: Job, outcome: Outcome) {
+        let id = job.slot;
+        let s = &mut self.slots[id as usize];
+        debug_assert!(s.writing);
+        s.writing = false;
+        let n = s.inflight.len() as u64;
+        self.inflight_points -= n;
+        match outcome {
+            Outcome::Written | Outcome::Dropped => {
+                s.inflight.clear();
+                s.no_file = false;
+                self.points -= n;
+            }
+            Outcome::Retry {
+                retry_at_ms,
+                no_file,
+            } => {
+                // The older points go in front of any that came meanwhile.
+                s.inflight.append(&mut s.points);
+                std::mem::swap(&mut s.points, &mut s.inflight);
+                s.not_before_ms = retry_at_ms;
+                s.no_file = no_file;
+            }
+        }
+        if matches!(outcome, Outcome::Retry { .. }) {
+            self.idle_since = None;
+        }
+        let s = &mut self.slots[id as usize];
+        if s.points.is_empty() && s.inflight.is_empty() {
+            s.live = false;
+            let name = std::mem::take(&mut s.name);
+            self.by_name.remove(&name);
+            self.free.push(id);
+        }
+    }
+
+    /// The cached points of `name` (in flight first, then newer), in arrival order.
+    pub fn query(&self, name: &[u8], out: &mut Vec<CachedPoint>) {
+        if let Some(id) = self.find(name) {
+            let s = &self.slots[id as usize];
+            out.extend_from_slice(&s.inflight);
+            out.extend_from_slice(&s.points);
+        }
+    }
+
+    /// Every name with its points (in flight first), for the spill at shutdown.
+    pub fn each(&self, mut f: impl FnMut(&[u8], &[CachedPoint], &[CachedPoint])) {
+        for &id in self.by_name.values() {
+            let s = &self.slots[id as usize];
+            f(&s.name, &s.inflight, &s.points);
+        }
+    }
+
+    /// Bytes the cache holds, estimated from capacities.
+    pub fn bytes_estimate(&self) -> u64 {
+        let per_point = std::mem::size_of::<CachedPoint>();
+        let slots: usize = self
+            .slots
+            .iter()
+            .map(|s| {
+                std::mem::size_of::<Slot>()
+                    + s.name.len()
+                    + s.path.as_os_str().len()
+                    + (s.points.capacity() + s.inflight.capacity()) * per_point
+            })
+            .sum();
+        (slots + self.by_name.capacity() * (16 + 4 + 8) + self.queue.capacity() * 4) as u64
+    }
+}
+
+/// The points of one write as whisper's `update_many` gets them from carbon: sorted by
+/// timestamp (stable), the last of equal timestamps kept (`dict(datapoints)`), each
+/// timestamp truncated to whole seconds (`int(t)` in whisper).
+pub fn to_update(points: &[CachedPoint], out: &mut Vec<(i64, f64)>, sort: &mut Vec<CachedPoint>) {
+    sort.clear();
+    sort.extend_from_slice(points);
+    sort.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out.clear();
+    for (i, &(ts, v)) in sort.iter().enumerate() {
+        if sort.get(i + 1).is_some_and(|n| n.0 == ts) {
+            continue; // a later point has the same timestamp: it wins
+        }
+        out.push((ts as i64, v));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(c: &mut Cache, name: &str, ts: f64, v: f64) -> Result<(), Refused> {
+        match c.find(name.as_bytes()) {
+            Some(s) => c.push(s, (ts, v)),
+            None => c
+                .insert(name.as_bytes(), PathBuf::from(name), (ts, v))
+                .map(|_| ()),
+        }
+    }
+
+    fn written(c: &mut Cache, now: i64) -> Vec<(String, usize)> {
+        let mut out = Vec::new();
+        while let Some(j) = c.next(now, true) {
+            let (n, _) = c.job_name(j);
+            out.push((
+                String::from_utf8(n.to_vec()).unwrap(),
+                c.job_points(j).len(),
+            ));
+            c.confirm(j, Outcome::Written);
+        }
+        out
+    }
+
+    #[test]
+    fn largest_first_each_name_once_per_loop() {
+        let mut c = Cache::new(100);
+        for (name, n) in [("a", 1), ("b", 3), ("c", 2)] {
+            for i in 0..n {
+                add(&mut c, name, i as f64, 1.0).unwrap();
+            }
+        }
+        let j = c.next(0, true).unwrap();
+        assert_eq!(c.job_name(j).0, b"b");
+        // Points that come for b while it is written wait for the next loop.
+        add(&mut c, "b", 10.0, 2.0).unwrap();
+        c.confirm(j, Outcome::Written);
+        assert_eq!(
+            written(&mut c, 0),
+            [("c".into(), 2), ("a".into(), 1), ("b".into(), 1)]
+        );
+        assert_eq!((c.points(), c.names()), (0, 0));
+        assert!(c.next(0, true).is_none());
+    }
+
+    #[test]
+    fn in_flight_points_stay_visible_and_a_retry_keeps_newer_points_last() {
+        let mut c = Cache::new(100);
+        add(&mut c, "x", 1.0, 1.0).unwrap();
+        add(&mut c, "x", 2.0, 2.0).unwrap();
+        let j = c.next(0, true).unwrap();
+        add(&mut c, "x", 1.0, 9.0).unwrap();
+        let mut q = Vec::new();
+        c.query(b"x", &mut q);
+        assert_eq!(q, [(1.0, 1.0), (2.0, 2.0), (1.0, 9.0)]);
+        assert_eq!(c.inflight_points(), 2);
+        c.confirm(
+            j,
+            Outcome::Retry {
+                retry_at_ms: 1000,
+                no_file: false,
+            },
+        );
+        q.clear();
+        c.query(b"x", &mut q);
+        assert_eq!(q, [(1.0, 1.0), (2.0, 2.0), (1.0, 9.0)]);
+        // Not before its retry time.
+        assert!(c.next(999, true).is_none());
+        let j = c.next(1000, true).unwrap();
+        let mut up = Vec::new();
+        to_update(c.job_points(j), &mut up, &mut Vec::new());
+        assert_eq!(up, [(1, 9.0), (2, 2.0)]);
+        c.confirm(j, Outcome::Written);
+        assert_eq!(c.points(), 0);
+    }
+
+    #[test]
+    fn bounded_and_names_without_files_wait_for_creates() {
+        let mut c = Cache::new(3);
+        add(&mut c, "a", 1.0, 1.0).unwrap();
+        add(&mut c, "a", 2.0, 1.0).unwrap();
+        add(&mut c, "b", 1.0, 1.0).unwrap();
+        assert_eq!(add(&mut c, "c", 1.0, 1.0), Err(Refused::Full));
+        assert_eq!(add(&mut c, "a", 3.0, 1.0), Err(Refused::Full));
+        let j = c.next(0, true).unwrap();
+        assert_eq!(c.job_name(j).0, b"a");
+        c.confirm(
+            j,
+            Outcome::Retry {
+                retry_at_ms: 0,
+                no_file: true,
+            },
+        );
+        // While creates are closed, only b (which has a file) is written.
+        assert_eq!(written_closed(&mut c), ["b"]);
+        assert_eq!(written(&mut c, 0), [("a".into(), 2)]);
+    }
+
+    fn written_closed(c: &mut Cache) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(j) = c.next(0, false) {
+            out.push(String::from_utf8(c.job_name(j).0.to_vec()).unwrap());
+            c.confirm(j, Outcome::Written);
+        }
+        out
+    }
+
+    #[test]
+    fn restore_goes_in_front_and_respects_the_bound() {
+        let mut c = Cache::new(4);
+        add(&mut c, "a", 5.0, 5.0).unwrap();
+        assert_eq!(c.restore(b"a", || "a".into(), &[(5.0, 1.0), (4.0, 4.0)]), 0);
+        assert_eq!(c.restore(b"b", || "b".into(), &[(1.0, 1.0), (2.0, 2.0)]), 1);
+        let mut q = Vec::new();
+        c.query(b"a", &mut q);
+        assert_eq!(q, [(5.0, 1.0), (4.0, 4.0), (5.0, 5.0)]);
+        let mut up = Vec::new();
+        to_update(&q, &mut up, &mut Vec::new());
+        assert_eq!(up, [(4, 4.0), (5, 5.0)]);
+        assert_eq!(c.points(), 4);
+    }
+
+    #[test]
+    fn fractional_timestamps_sort_as_floats_like_carbon() {
+        // carbon keys its cache by float: 10.7 and 10.3 are two points; sorted, both
+        // become 10 for whisper, which keeps the first (10.3's value).
+        let mut up = Vec::new();
+        to_update(&[(10.7, 7.0), (10.3, 3.0)], &mut up, &mut Vec::new());
+        assert_eq!(up, [(10, 3.0), (10, 7.0)]);
+    }
+}

@@ -1,0 +1,298 @@
+//! A real graphite-web 1.1.10 (PyPI, `.peers/graphite-web-venv`, driven through Django's
+//! test client by `gweb_driver.py`) against cadent's read API and CarbonLink:
+//! - with `CLUSTER_SERVERS` pointing at cadent (pickle, and `?format=msgpack`),
+//!   `/metrics/find` and `/render` (json, functions included: sumSeries, summarize,
+//!   averageSeries, maxSeries with alias, several targets) answer exactly what
+//!   graphite-web answers reading the same whisper files itself;
+//! - graphite-web reading the files itself with `CARBONLINK_HOSTS` at cadent sees the
+//!   points only cadent's cache holds (and without it, does not).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::store_carbon::{store_driver, unix_now};
+use crate::support::{free_port, install_peers, run_peer, send_tcp, temp_dir, wait_until, Cadent};
+
+/// graphite-web's python (its virtualenv, made by scripts/install-peers.sh).
+fn gweb_python() -> std::path::PathBuf {
+    install_peers();
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join(".peers/graphite-web-venv/bin/python");
+    assert!(
+        py.is_file(),
+        "{} (scripts/install-peers.sh makes it)",
+        py.display()
+    );
+    py
+}
+
+/// graphite-web's answers to `requests` with these settings.
+fn graphite_web(
+    whisper_dir: Option<&Path>,
+    cluster: &[String],
+    carbonlink: &[String],
+    requests: &[Value],
+) -> Vec<Value> {
+    let py = gweb_python();
+    let tmp = temp_dir("gweb");
+    let input = tmp.join("request.json");
+    std::fs::write(
+        &input,
+        json!({
+            "tmp": tmp,
+            "whisper_dir": whisper_dir,
+            "cluster": cluster,
+            "carbonlink": carbonlink,
+            "requests": requests,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut cmd = Command::new(&py);
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/gweb_driver.py"));
+    let out = run_peer(cmd, &input, &tmp, "gweb", Duration::from_secs(120));
+    let answers: Vec<Value> = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("graphite-web driver: {e}\n{}", out.stderr));
+    assert_eq!(answers.len(), requests.len());
+    let _ = std::fs::remove_dir_all(&tmp);
+    answers
+}
+
+fn req(path: &str, params: &[(&str, &str)]) -> Value {
+    json!({"path": path, "params": params})
+}
+
+/// A body as JSON, find intervals left out: graphite-web's own come from the clock and
+/// file mtimes as floats, a cluster peer's as whole seconds.
+fn body(answer: &Value) -> Value {
+    let mut v: Value = serde_json::from_str(answer["body"].as_str().unwrap())
+        .unwrap_or_else(|e| panic!("{e}: {answer}"));
+    if let Some(nodes) = v.as_array_mut() {
+        for n in nodes {
+            if let Some(o) = n.as_object_mut() {
+                o.remove("intervals");
+            }
+        }
+    }
+    v
+}
+
+fn store_config(port: u16, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+admin_listen = "ADMIN"
+shards = 2
+[telemetry]
+prefix = ""
+[[listen]]
+name = "plain"
+url = "tcp://127.0.0.1:{port}"
+format = "graphite"
+[[store]]
+name = "whisper"
+kind = "whisper"
+path = "./data/whisper"
+create_mode = "sparse"
+{extra}
+[[route]]
+match = {{ all = true }}
+send_to = ["whisper"]
+"#
+    )
+}
+
+#[test]
+fn graphite_web_with_cadent_as_cluster_server_answers_as_on_the_files() {
+    let port = free_port();
+    let c = Cadent::start(
+        "store-gweb-cluster",
+        &store_config(port, "writes_per_second = 0\ncreates_per_minute = 0"),
+    );
+    let now = unix_now();
+    let mut text = String::new();
+    let mut points = 0;
+    for h in 1..=4 {
+        for k in 0..40i64 {
+            let ts = now - 60 * k;
+            text.push_str(&format!(
+                "servers.web{h}.cpu.user {} {ts}\n",
+                h * 10 + k % 7
+            ));
+            text.push_str(&format!("servers.web{h}.cpu.sys {}.5 {ts}\n", h + k % 3));
+            for d in ["sda", "sdb"] {
+                if k % 5 != 0 {
+                    text.push_str(&format!(
+                        "servers.web{h}.disk.{d}.reads.count {} {ts}\n",
+                        k * h
+                    ));
+                    points += 1;
+                }
+            }
+            points += 2;
+        }
+    }
+    send_tcp(&format!("127.0.0.1:{port}"), text.as_bytes());
+    let written = wait_until(Duration::from_secs(30), || {
+        let st = &c.stats()["stores"]["whisper"];
+        st["points_cached"].as_u64() == Some(points) && st["cache_points"] == 0
+    });
+    assert!(written, "{}", c.stats()["stores"]["whisper"]);
+    let (from, until) = ((now - 2700).to_string(), (now - 90).to_string());
+    let window = [("from", from.as_str()), ("until", until.as_str())];
+    let render = |targets: &[&str]| {
+        let mut p: Vec<(&str, &str)> = targets.iter().map(|t| ("target", *t)).collect();
+        p.extend_from_slice(&window);
+        p.push(("format", "json"));
+        req("/render", &p)
+    };
+    let requests = vec![
+        req(
+            "/metrics/find/",
+            &[("query", "servers.*"), ("format", "json")],
+        ),
+        req(
+            "/metrics/find/",
+            &[("query", "servers.web1.*.*"), ("format", "json")],
+        ),
+        req("/metrics/find/", &[("query", "servers.*.cpu.*")]),
+        req(
+            "/metrics/find/",
+            &[("query", "servers.web{1,3}.disk.*"), ("format", "json")],
+        ),
+        req(
+            "/metrics/expand/",
+            &[("query", "servers.*.cpu.*"), ("leavesOnly", "1")],
+        ),
+        render(&["servers.web1.cpu.user"]),
+        render(&["servers.*.cpu.user"]),
+        render(&["sumSeries(servers.*.cpu.user)"]),
+        render(&["summarize(servers.web1.cpu.user,\"10min\",\"sum\")"]),
+        render(&["averageSeries(servers.*.disk.*.reads.count)"]),
+        render(&[
+            "alias(maxSeries(servers.web[12].cpu.*),\"m\")",
+            "servers.web4.cpu.sys",
+        ]),
+        render(&["servers.nothing.here"]),
+    ];
+    let root = c.dir.join("data/whisper");
+    let local = graphite_web(Some(&root), &[], &[], &requests);
+    let pickle = graphite_web(None, std::slice::from_ref(&c.admin), &[], &requests);
+    let msgpack = graphite_web(
+        None,
+        &[format!("{}?format=msgpack", c.admin)],
+        &[],
+        &requests,
+    );
+    for (i, r) in requests.iter().enumerate() {
+        assert_eq!(local[i]["status"], 200, "{r}: {}", local[i]);
+        for (how, cluster) in [("pickle", &pickle[i]), ("msgpack", &msgpack[i])] {
+            assert_eq!(cluster["status"], 200, "{how} {r}: {cluster}");
+            assert_eq!(
+                body(cluster),
+                body(&local[i]),
+                "{how} cluster vs local files, {r}"
+            );
+        }
+    }
+    // The answers are not empty: every render but the last has values.
+    for a in &local[5..11] {
+        let b = body(a);
+        let known = b
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["datapoints"].as_array().unwrap())
+            .filter(|p| !p[0].is_null())
+            .count();
+        assert!(known >= 4, "{a}");
+    }
+    let read = &c.stats()["read_api"];
+    assert!(read["render_requests"].as_u64().unwrap() >= 12, "{read}");
+    assert!(read["find_requests"].as_u64().unwrap() >= 8, "{read}");
+}
+
+#[test]
+fn graphite_web_reading_files_sees_cached_points_over_carbonlink() {
+    let port = free_port();
+    let link = free_port();
+    let dir = temp_dir("store-gweb-carbonlink");
+    let root = dir.join("data/whisper");
+    let names: Vec<String> = (0..60).map(|i| format!("link.n{i:02}.value")).collect();
+    let now = unix_now();
+    // The files exist (python whisper made them, with an old point each).
+    store_driver(json!({
+        "cmd": "create", "root": root, "names": names,
+        "archives": [[60, 10080]], "points": [[now - 1200, 1.0]],
+    }));
+    // One write a second: the new points stay in the cache for a while.
+    let c = Cadent::start_in(
+        dir.clone(),
+        &store_config(
+            port,
+            &format!("writes_per_second = 1\ncarbonlink_listen = \"127.0.0.1:{link}\""),
+        ),
+    );
+    let ts = now - 120;
+    let text: String = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{n} {} {ts}\n", 100 + i))
+        .collect();
+    send_tcp(&format!("127.0.0.1:{port}"), text.as_bytes());
+    assert!(wait_until(Duration::from_secs(10), || {
+        c.stats()["stores"]["whisper"]["points_cached"] == 60
+    }));
+    let (from, until) = ((now - 1800).to_string(), (now - 60).to_string());
+    let requests = vec![req(
+        "/render",
+        &[
+            ("target", "link.*.value"),
+            ("from", &from),
+            ("until", &until),
+            ("format", "json"),
+        ],
+    )];
+    // Without CarbonLink first, while most points are only in the cache; with it, every
+    // point shows, cached or written since.
+    let without = graphite_web(Some(&root), &[], &[], &requests);
+    let carbonlink = [format!("127.0.0.1:{link}:a")];
+    let with_link = graphite_web(Some(&root), &[], &carbonlink, &requests);
+    let slot = ts - ts % 60;
+    let value_at = |answer: &Value, name: &str| -> Option<f64> {
+        body(answer)
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["target"] == name)
+            .and_then(|s| {
+                s["datapoints"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p[1] == slot)
+                    .and_then(|p| p[0].as_f64())
+            })
+    };
+    let mut only_cached = 0;
+    for (i, n) in names.iter().enumerate() {
+        assert_eq!(
+            value_at(&with_link[0], n),
+            Some(100.0 + i as f64),
+            "{n} over CarbonLink: {}",
+            with_link[0]
+        );
+        if value_at(&without[0], n).is_none() {
+            only_cached += 1;
+        }
+    }
+    // Written at one a second: many were still only in the cache.
+    assert!(only_cached >= 20, "{only_cached} of 60 only in the cache");
+    let read = &c.stats()["read_api"];
+    assert!(
+        read["carbonlink_requests"].as_u64().unwrap() >= 60,
+        "{read}"
+    );
+}
