@@ -424,7 +424,7 @@ impl Outputs {
     /// `name` is the point's own, not cleansed or rewritten), sealing the batch before
     /// the record if it would overflow and after it if it is full. A point the
     /// destination's format cannot carry is counted.
-    #[inline]
+    #[inline(always)]
     pub fn append(&mut self, d: DestId, p: &Point<'_>, name: &[u8], as_received: bool) {
         // The router names only live destinations, and a live id has a slot.
         let Some(Slot {
@@ -447,9 +447,7 @@ impl Outputs {
                     }
                 })
             }
-            Encoder::Collectd(c) => {
-                c.push(p, &mut |packet: &[u8], n| open.packet(packet, n, queue))
-            }
+            Encoder::Collectd(c) => push_packet(c, p, open, queue),
         };
         if done.is_err() {
             queue.count(|c| c.dropped_unencodable += 1);
@@ -504,6 +502,17 @@ impl Outputs {
     pub fn reclaimed(&self) -> &DestinationCounters {
         &self.reclaimed
     }
+}
+
+/// A point into a collectd destination's packet (out of line: the line path stays small).
+#[inline(never)]
+fn push_packet(
+    c: &mut crate::protocol::encode::CollectdPackets,
+    p: &Point<'_>,
+    open: &mut Open,
+    queue: &DestQueue,
+) -> Result<(), crate::protocol::encode::Unencodable> {
+    c.push(p, &mut |packet: &[u8], n| open.packet(packet, n, queue))
 }
 
 /// The spool cap of destination `d` over all shards: `output.spool_bytes_max`, or the

@@ -90,7 +90,7 @@ impl Plaintext {
     /// Appends `p` under `name` to `out` (`as_received`: `name` is the point's own, not
     /// cleansed or rewritten); returns the records (lines) written: 0 for the second and
     /// later samples of a statsd line (the line goes out once).
-    #[inline]
+    #[inline(always)]
     pub fn encode(
         &mut self,
         p: &Point<'_>,
@@ -99,14 +99,7 @@ impl Plaintext {
         out: &mut Vec<u8>,
     ) -> Result<u32, Unencodable> {
         if let Value::Collectd(c) = p.value {
-            let Some(ds) = c.sources else {
-                return Err(Unencodable::UnknownType);
-            };
-            return match self.namer.write_sources(ds, c.vl, out) {
-                Ok(n) => Ok(n as u32),
-                Err(GraphiteReject::UnknownType) => Err(Unencodable::UnknownType),
-                Err(GraphiteReject::ValueCount) => Err(Unencodable::BadValueList),
-            };
+            return self.encode_collectd(c, out);
         }
         if let Value::Numeric(n) = p.value {
             out.extend_from_slice(name);
@@ -126,6 +119,24 @@ impl Plaintext {
         }
         out.push(b'\n');
         Ok(1)
+    }
+
+    /// A collectd value list as write_graphite's lines (out of line: the graphite path
+    /// stays small).
+    #[inline(never)]
+    fn encode_collectd(
+        &mut self,
+        c: crate::point::Collectd<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<u32, Unencodable> {
+        let Some(ds) = c.sources else {
+            return Err(Unencodable::UnknownType);
+        };
+        match self.namer.write_sources(ds, c.vl, out) {
+            Ok(n) => Ok(n as u32),
+            Err(GraphiteReject::UnknownType) => Err(Unencodable::UnknownType),
+            Err(GraphiteReject::ValueCount) => Err(Unencodable::BadValueList),
+        }
     }
 
     /// collectd series written with an unknown rate because `store_rates_series_max`

@@ -805,7 +805,7 @@ impl Router {
     /// (cleansed or not, collectd) and on where it came from (routes with `from`), so all
     /// go into it. Two hosts sending the same plugin and type have different identifiers,
     /// so never share a decision.
-    #[inline]
+    #[inline(always)]
     pub fn fingerprint(
         &self,
         name: &[u8],
@@ -832,7 +832,7 @@ impl Router {
     /// name needs it is remembered with the decision, so a cache hit costs no check); a
     /// collectd identifier ([`NameForm::Collectd`]) is hashed by host or identifier as
     /// each cluster's `key` says.
-    #[inline]
+    #[inline(always)]
     pub fn route_fingerprinted(
         &mut self,
         fp: Fingerprint,
@@ -843,7 +843,6 @@ impl Router {
         rule_hits: &mut [u64],
     ) -> Decision<'_> {
         debug_assert_eq!(rule_hits.len(), self.rules.len());
-        let cleanse = form == NameForm::Cleansed;
         if let Some(id) = self.cache.by_name.get(fp) {
             let plan = &self.cache.plans[id as usize];
             for &r in plan.rules.iter() {
@@ -877,6 +876,24 @@ impl Router {
                 },
             };
         }
+        self.route_miss(fp, name, key, form, origin, rule_hits)
+    }
+
+    /// [`route_fingerprinted`](Self::route_fingerprinted) for a name the cache does not
+    /// hold: rules, rings and the cache insert. Kept out of line so the hit path (almost
+    /// every line) stays small enough to inline into the shard's loop.
+    #[cold]
+    #[inline(never)]
+    fn route_miss(
+        &mut self,
+        fp: Fingerprint,
+        name: &[u8],
+        key: &[u8],
+        form: NameForm,
+        origin: Origin,
+        rule_hits: &mut [u64],
+    ) -> Decision<'_> {
+        let cleanse = form == NameForm::Cleansed;
         let cleansed = cleanse && !graphite::is_clean(name);
         let keying = match form {
             NameForm::Collectd => Keying::Collectd {

@@ -388,16 +388,26 @@ async fn run(
         let core = core.clone();
         glommio::spawn_local(async move {
             loop {
-                glommio::timer::sleep(mesh_every).await;
+                // Without aggregators or stores nothing crosses the mesh: look rarely.
+                let idle = {
+                    let c = core.borrow();
+                    c.aggs.aggs.is_empty() && c.stores.stores.is_empty()
+                };
+                glommio::timer::sleep(if idle { IDLE_TICK } else { mesh_every }).await;
                 drain_mesh(&mut core.borrow_mut());
             }
         })
     });
-    // The tick: publish counters and read the inbox (often: the read API waits on it).
-    let tick = Duration::from_millis(cfg.server.stats_interval_ms).min(Duration::from_millis(5));
+    // The tick: publish counters and read the inbox; often while there are stores (the
+    // read API waits on their caches' answers), otherwise at most every IDLE_TICK.
     let stats_every = Duration::from_millis(cfg.server.stats_interval_ms);
     let mut since_stats = Duration::ZERO;
     loop {
+        let tick = if core.borrow().stores.stores.is_empty() {
+            stats_every.min(IDLE_TICK)
+        } else {
+            stats_every.min(STORE_TICK)
+        };
         glommio::timer::sleep(tick).await;
         since_stats += tick;
         if since_stats >= stats_every {
@@ -1285,6 +1295,11 @@ fn start_listener(
         unix_path,
     }))
 }
+
+/// The shard's tick (inbox, counters) and mesh drain when nothing needs them sooner.
+const IDLE_TICK: Duration = Duration::from_millis(50);
+/// The tick while the shard has stores: the read API waits on its cache answers.
+const STORE_TICK: Duration = Duration::from_millis(5);
 
 /// A destination's writer on this shard.
 struct WriterTask {

@@ -106,9 +106,14 @@ fn names_that_cannot_be_files_are_counted_and_corrupt_files_skipped() {
     // plaintext takes it, so a store must refuse it.
     text.push_str(&format!("../../escape 1 {now}\n"));
     send_tcp(&format!("127.0.0.1:{port}"), text.as_bytes());
+    // Every shard's counters published: the owner shards count the drops.
     let settled = wait_until(Duration::from_secs(20), || {
         let st = &c.stats()["stores"]["whisper"];
-        st["cache_points"] == 0 && st["points"].as_u64() == Some(25)
+        st["cache_points"] == 0
+            && st["points"].as_u64() == Some(25)
+            && st["dropped_points_bad_name"].as_u64() == Some(13)
+            && st["dropped_points_corrupt_file"].as_u64() == Some(6)
+            && st["updated_points"].as_u64() == Some(6)
     });
     let st = c.stats()["stores"]["whisper"].clone();
     assert!(settled, "{st}");
