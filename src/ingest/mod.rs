@@ -6,7 +6,7 @@ pub mod bind;
 pub mod fds;
 pub mod http;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -180,6 +180,13 @@ pub enum StreamListener {
 /// (`Core::stream_fds_max`), is closed at once and counted as refused.
 pub async fn accept_loop(core: Rc<RefCell<Core>>, listener: StreamListener, opts: ReadOptions) {
     let mut last_warning: Option<Instant> = None;
+    // TCP connections idle past idle_timeout_ms are found by a sweep, not by a timer on
+    // every read (a read that waits would arm and cancel one each time). The sweep ends
+    // with this loop.
+    let watched: Watched = Rc::default();
+    let _sweeper = opts
+        .idle_timeout
+        .map(|d| glommio::spawn_local(sweep_idle(watched.clone(), d)));
     loop {
         let accepted = match &listener {
             StreamListener::Tcp(l) => l.accept().await.map(Conn::Tcp),
@@ -214,14 +221,24 @@ pub async fn accept_loop(core: Rc<RefCell<Core>>, listener: StreamListener, opts
             c.stream_fds_open += 1;
         }
         let core = core.clone();
+        let watched = watched.clone();
         glommio::spawn_local(async move {
             let idle = match conn {
                 Conn::Tcp(s) => {
-                    // glommio arms the timer only when a read would wait: free under load.
-                    let _ = s.set_read_timeout(opts.idle_timeout);
-                    read_stream(&core, s, opts, None).await
+                    let activity = opts.idle_timeout.map(|_| {
+                        let a = Rc::new(Activity {
+                            fd: std::os::fd::AsRawFd::as_raw_fd(&s),
+                            last: Cell::new(Instant::now()),
+                            idle: Cell::new(false),
+                        });
+                        watched.borrow_mut().push(a.clone());
+                        a
+                    });
+                    read_stream(&core, s, opts, None, activity.as_deref()).await
                 }
-                Conn::Unix(s) => read_stream(&core, s, opts, opts.idle_timeout).await,
+                // glommio's unix streams give no descriptor to shut down: a timer per
+                // read instead.
+                Conn::Unix(s) => read_stream(&core, s, opts, opts.idle_timeout, None).await,
             };
             let mut c = core.borrow_mut();
             c.stream_fds_open -= 1;
@@ -240,14 +257,50 @@ enum Conn {
     Unix(glommio::net::UnixStream),
 }
 
+/// When a TCP connection last read something, for the idle sweep.
+struct Activity {
+    fd: std::os::fd::RawFd,
+    last: Cell<Instant>,
+    /// The sweep shut its reading side down: the end of stream that follows is an idle
+    /// close.
+    idle: Cell<bool>,
+}
+
+/// The open connections of one listener on one shard that the idle sweep watches.
+type Watched = Rc<RefCell<Vec<Rc<Activity>>>>;
+
+/// Every quarter of `idle` (at least 50 ms), shuts down the reading side of each watched
+/// connection that read nothing for `idle`: its pending read ends as an end of stream.
+/// Connections that ended are dropped from the list (their task held the other `Rc`).
+async fn sweep_idle(watched: Watched, idle: Duration) {
+    let every = (idle / 4).max(Duration::from_millis(50));
+    loop {
+        glommio::timer::sleep(every).await;
+        let now = Instant::now();
+        watched.borrow_mut().retain(|a| {
+            if Rc::strong_count(a) == 1 {
+                return false; // its connection ended
+            }
+            if !a.idle.get() && now.duration_since(a.last.get()) >= idle {
+                a.idle.set(true);
+                // SAFETY: shutdown(2) on a descriptor its connection still owns (the
+                // connection's task holds the other Rc until after the socket closed).
+                unsafe { libc::shutdown(a.fd, libc::SHUT_RD) };
+            }
+            true
+        });
+    }
+}
+
 /// Reads one connection to its end. A connection that errors only ends itself. Returns
-/// true when it was closed for sending nothing for `idle_timeout_ms` (a read timeout of
-/// the socket, or `idle` here for sockets that have none).
+/// true when it was closed for sending nothing for `idle_timeout_ms` (found by the sweep
+/// through `activity`, or by a timer of `idle` on each read for sockets without one).
 async fn read_stream<S: AsyncRead + Unpin>(
     core: &Rc<RefCell<Core>>,
     mut s: S,
     opts: ReadOptions,
     idle: Option<Duration>,
+    activity: Option<&Activity>,
 ) -> bool {
     // A kept partial line is at most line_bytes_max + 1 bytes; the buffer always has room
     // for more, so a read of 0 bytes means end of stream and nothing else.
@@ -280,6 +333,9 @@ async fn read_stream<S: AsyncRead + Unpin>(
             }
         };
         let eof = n == 0;
+        if let Some(a) = activity {
+            a.last.set(Instant::now());
+        }
         filled += n;
         let (used, draining) = {
             let mut c = core.borrow_mut();
@@ -295,7 +351,8 @@ async fn read_stream<S: AsyncRead + Unpin>(
         buf.copy_within(used..filled, 0);
         filled -= used;
         if eof || draining {
-            return false;
+            // A partial line the idle close cut off was refused as unterminated above.
+            return eof && activity.is_some_and(|a| a.idle.get());
         }
         // Under load the next recv succeeds without suspending, so without this the
         // reader would run until the socket is empty while writers wait: queues would
