@@ -747,7 +747,7 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
     let mesh_batch_bytes = r.uint("mesh_batch_bytes", 64 << 10, 1 << 10, 16 << 20, errs) as usize;
     let mesh_queue_bytes_max =
         r.uint("mesh_queue_bytes_max", 8 << 20, 64 << 10, 4 << 30, errs) as usize;
-    let mesh_interval_ms = r.uint("mesh_interval_ms", 5, 1, 1_000, errs);
+    let mesh_interval_ms = r.uint("mesh_interval_ms", 20, 1, 1_000, errs);
     if mesh_queue_bytes_max < 2 * mesh_batch_bytes {
         errs.push(ConfigError::new(
             r.key_path("mesh_queue_bytes_max"),

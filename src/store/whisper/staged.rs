@@ -14,10 +14,19 @@
 //!
 //! A file the update creates is known whole: its header, then zeros (every create mode
 //! reads back as zeros), so nothing is fetched.
+//!
+//! Given a descriptor ([`Staged::direct`]), a miss is first read at once with
+//! `preadv2(RWF_NOWAIT)`, which never blocks: it answers from the page cache or says it
+//! would block (then the miss is recorded as above). The range is rounded out to whole
+//! pages, which costs about what a few bytes do and often holds the next read.
 
 use std::io;
+use std::os::unix::io::RawFd;
 
 use super::io::WhisperIo;
+
+/// Direct reads are rounded out to this grain (a page).
+const PAGE_BYTES: u64 = 4096;
 
 /// What an update writes: an allocation (offset, length), then disjoint writes.
 pub type Plan = (Option<(u64, u64)>, Vec<(u64, Vec<u8>)>);
@@ -37,6 +46,10 @@ pub struct Staged {
     allocate: Option<(u64, u64)>,
     /// This run's reads of unfetched bytes.
     missing: Vec<(u64, usize)>,
+    /// A descriptor to read misses from at once (`RWF_NOWAIT`), while it answers.
+    direct: Option<RawFd>,
+    /// Direct reads made.
+    direct_reads: u32,
 }
 
 impl Staged {
@@ -46,6 +59,50 @@ impl Staged {
             disk_len,
             ..Staged::default()
         }
+    }
+
+    /// A view of an existing file of `disk_len` bytes open as `fd`, whose misses are
+    /// read at once when the page cache holds them.
+    pub fn direct(disk_len: u64, fd: RawFd) -> Staged {
+        Staged {
+            disk_len,
+            direct: Some(fd),
+            ..Staged::default()
+        }
+    }
+
+    /// Direct reads made so far.
+    pub fn direct_reads(&self) -> u32 {
+        self.direct_reads
+    }
+
+    /// Reads `[off, end)` (rounded out to pages) at once if the page cache has it.
+    fn read_direct(&mut self, off: u64, end: u64) -> bool {
+        let Some(fd) = self.direct else {
+            return false;
+        };
+        let start = off - off % PAGE_BYTES;
+        let stop = end
+            .div_ceil(PAGE_BYTES)
+            .saturating_mul(PAGE_BYTES)
+            .min(self.disk_len);
+        let mut buf = vec![0u8; (stop - start) as usize];
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: one iovec over `buf`, which lives across the call; RWF_NOWAIT makes
+        // the read return EAGAIN rather than wait for the disk.
+        let n = unsafe { libc::preadv2(fd, &iov, 1, start as libc::off_t, libc::RWF_NOWAIT) };
+        self.direct_reads += 1;
+        if n < 0 || (n as u64) < end.min(self.disk_len) - start {
+            // It would block (or the file shrank): the rest goes the slow way.
+            self.direct = None;
+            return false;
+        }
+        buf.truncate(n as usize);
+        self.fetched(start, buf);
+        true
     }
 
     /// A view of a new, empty file: every byte the engine will write is known.
@@ -188,7 +245,7 @@ impl WhisperIo for Staged {
         buf.fill(0);
         let disk_end = end.min(self.disk_len);
         if off < disk_end {
-            if self.covered(off, disk_end) {
+            if self.covered(off, disk_end) || self.read_direct(off, disk_end) {
                 if let Some((o, b)) = self
                     .known
                     .iter()
