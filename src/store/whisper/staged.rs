@@ -28,6 +28,11 @@ use super::io::WhisperIo;
 /// Direct reads are rounded out to this grain (a page).
 const PAGE_BYTES: u64 = 4096;
 
+/// Writes closer than this are joined into one, the bytes between them rewritten as
+/// they were fetched. Under a page, so the gap only touches pages the writes touch
+/// anyway: a sparse file gets no block it would not have got.
+const GAP_BYTES_MAX: u64 = PAGE_BYTES - 1;
+
 /// What an update writes: an allocation (offset, length), then disjoint writes.
 pub type Plan = (Option<(u64, u64)>, Vec<(u64, Vec<u8>)>);
 
@@ -222,15 +227,48 @@ impl Staged {
             out.push((off, bytes.clone()));
         }
         out.sort_unstable_by_key(|(o, _)| *o);
-        // Join ranges that touch: fewer writes.
+        // Join ranges that touch, or that a short gap of bytes already fetched (and so
+        // rewritten unchanged) separates: one write instead of several. An update's
+        // runs are often a few slots apart (points come every few seconds into 1 or
+        // 2 second slots), and each write costs an io-wq round in the kernel.
         let mut joined: Vec<(u64, Vec<u8>)> = Vec::with_capacity(out.len());
         for (o, b) in out {
-            match joined.last_mut() {
-                Some((jo, jb)) if *jo + jb.len() as u64 == o => jb.extend_from_slice(&b),
-                _ => joined.push((o, b)),
+            if let Some((jo, jb)) = joined.last_mut() {
+                let end = *jo + jb.len() as u64;
+                if end == o
+                    || (o - end <= GAP_BYTES_MAX && self.disk_bytes(end, (o - end) as usize, jb))
+                {
+                    jb.extend_from_slice(&b);
+                    continue;
+                }
             }
+            joined.push((o, b));
         }
         (self.allocate, joined)
+    }
+
+    /// Appends the file's bytes at `[off, off + len)` as fetched (zeros past a created
+    /// file's header); false, appending nothing, when they were not fetched.
+    fn disk_bytes(&self, off: u64, len: usize, out: &mut Vec<u8>) -> bool {
+        let end = off + len as u64;
+        if self.zero_from.is_some_and(|z| off >= z) {
+            out.resize(out.len() + len, 0);
+            return true;
+        }
+        if end > self.disk_len {
+            return false;
+        }
+        match self
+            .known
+            .iter()
+            .find(|(o, b)| *o <= off && end <= *o + b.len() as u64)
+        {
+            Some((o, b)) => {
+                out.extend_from_slice(&b[(off - o) as usize..][..len]);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -387,6 +425,26 @@ mod tests {
         s.read_at(&mut buf, 3).unwrap();
         assert_eq!(&buf, b"abb");
         assert!(s.read_at(&mut [0u8; 4], 20).is_err());
+    }
+
+    #[test]
+    fn writes_a_short_fetched_gap_apart_are_joined() {
+        let mut s = Staged::existing(10_000);
+        s.fetched(0, (0..=255u8).cycle().take(6000).collect());
+        s.write_at(b"ab", 10).unwrap();
+        s.write_at(b"cd", 20).unwrap();
+        // Past what was fetched: not joined.
+        s.write_at(b"ef", 6100).unwrap();
+        // A page or more apart: not joined.
+        s.write_at(b"gh", 20 + 2 + 4096).unwrap();
+        let (_, plan) = s.plan();
+        let mut first = b"ab".to_vec();
+        first.extend(12..20u8);
+        first.extend_from_slice(b"cd");
+        assert_eq!(
+            plan,
+            vec![(10, first), (4118, b"gh".to_vec()), (6100, b"ef".to_vec())]
+        );
     }
 
     #[test]
