@@ -21,7 +21,7 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::config::{Store, StoreKind};
@@ -118,6 +118,9 @@ pub struct StoreShared {
     pub restore_pending: AtomicUsize,
     /// update_many calls per wall-clock second, the whole process (the limit, seen).
     pub updates_by_second: SecondCounts,
+    /// The shards whose cache has points waiting (a bit each): the limit is shared
+    /// among them.
+    pub wanting: AtomicU64,
 }
 
 impl StoreShared {
@@ -130,6 +133,7 @@ impl StoreShared {
             restore,
             restore_pending: AtomicUsize::new(shards),
             updates_by_second: SecondCounts::default(),
+            wanting: AtomicU64::new(0),
         }
     }
 }
@@ -156,6 +160,8 @@ pub struct StoreState {
     update: Vec<(i64, f64)>,
     sort: Vec<CachedPoint>,
     scratch: Scratch,
+    /// When the writer last stepped (unix ms).
+    last_step_ms: i64,
     root: PathBuf,
     last_log_ms: i64,
 }
@@ -185,6 +191,7 @@ impl StoreState {
             update: Vec::new(),
             sort: Vec::new(),
             scratch: Scratch::new(),
+            last_step_ms: 0,
             root,
             last_log_ms: 0,
         }
@@ -309,7 +316,13 @@ impl StoreStage {
             return;
         }
         // carbon's normalized name (tags sorted); allocates only for tagged names.
-        let normalized = std::str::from_utf8(name).ok().and_then(normalize);
+        // A name with no tag and no leading `~` is its own normal form.
+        let plain = name.first() != Some(&b'~') && memchr::memchr(b';', name).is_none();
+        let normalized = if plain {
+            None
+        } else {
+            std::str::from_utf8(name).ok().and_then(normalize)
+        };
         let key = normalized.as_deref().map_or(name, str::as_bytes);
         let to = owner(key, shards);
         if to == me {
@@ -438,8 +451,10 @@ pub async fn dispatcher(core: Rc<RefCell<Core>>, id: u16, in_flight_max: usize) 
             let Some(s) = c.stores.by_id(id) else {
                 return;
             };
+            let me = c.stores.me;
             step(
                 &mut c.stores.stores[s],
+                me,
                 in_flight_max,
                 slow.get(),
                 unix_ms(),
@@ -461,7 +476,7 @@ pub async fn dispatcher(core: Rc<RefCell<Core>>, id: u16, in_flight_max: usize) 
 /// One writer step: confirms the batch's finished updates, takes what the limit allows
 /// now (at most `in_flight_max` in flight, `slow` of them as tasks), starts the updates
 /// that cannot block in the batch and returns the others to run as tasks.
-fn step(st: &mut StoreState, in_flight_max: usize, slow: usize, now: i64) -> Vec<Taken> {
+fn step(st: &mut StoreState, me: usize, in_flight_max: usize, slow: usize, now: i64) -> Vec<Taken> {
     let mut reaped = std::mem::take(&mut st.reaped);
     if let Some(batch) = st.batch.as_mut() {
         batch.reap(|f, r| reaped.push((f, r)));
@@ -492,7 +507,27 @@ fn step(st: &mut StoreState, in_flight_max: usize, slow: usize, now: i64) -> Vec
     let mut tasks = Vec::new();
     let in_batch = st.batch.as_ref().map_or(0, |b| b.in_flight());
     let room = in_flight_max.saturating_sub(in_batch + slow) as u64;
-    if room > 0 && st.cache.has_waiting() {
+    // The limit is shared fairly among the shards with points waiting: each step takes
+    // at most its share of what accrued since the last (a quarter more, for timers
+    // that run late), so one shard's writes cannot starve another's.
+    let bit = 1u64 << (me % 64);
+    let waiting = st.cache.has_waiting();
+    let wanting = if waiting {
+        st.shared.wanting.fetch_or(bit, Ordering::Relaxed) | bit
+    } else {
+        st.shared.wanting.fetch_and(!bit, Ordering::Relaxed) & !bit
+    };
+    let elapsed_ms = (now - st.last_step_ms).clamp(0, 1_000) as u64;
+    st.last_step_ms = now;
+    let per_second = st.shared.writes.per_window();
+    let share = if per_second == 0 {
+        room
+    } else {
+        (per_second * elapsed_ms * 5 / 4).div_ceil(1_000 * u64::from(wanting.count_ones().max(1)))
+            + 1
+    };
+    let room = room.min(share);
+    if room > 0 && waiting {
         let took = st.shared.writes.take_up_to(now as u64, room);
         if took < room {
             st.counters.throttled_writes += 1;

@@ -64,6 +64,8 @@ pub struct Batch<T> {
     noatime: bool,
     /// `openat2` with `RESOLVE_CACHED` works on this kernel.
     cached_open: bool,
+    /// The view each update runs the engine on (its buffers reused).
+    staged: Staged,
     /// Closes that failed since the last [`Batch::take_close_errors`].
     close_errors: u64,
 }
@@ -89,6 +91,7 @@ impl<T> Batch<T> {
             path: Vec::new(),
             noatime: true,
             cached_open: true,
+            staged: Staged::default(),
             close_errors: 0,
         })
     }
@@ -117,9 +120,9 @@ impl<T> Batch<T> {
             Ok(fd) => fd,
             Err(r) => return Err((tag, r)),
         };
-        match prepare(fd, points, now, scratch) {
-            Ok((staged, cost)) => {
-                let (allocate, writes) = staged.plan();
+        match prepare(&mut self.staged, fd, points, now, scratch) {
+            Ok(cost) => {
+                let (allocate, writes) = self.staged.plan();
                 if allocate.is_some() {
                     // Only a create allocates: not for this path.
                     self.close(fd);
@@ -318,11 +321,12 @@ fn unsafe_zeroed_open_how() -> libc::open_how {
 
 /// Locks, sizes and reads what the update needs, and runs the engine once.
 fn prepare(
+    staged: &mut Staged,
     fd: RawFd,
     points: &[(i64, f64)],
     now: i64,
     scratch: &mut Scratch,
-) -> Result<(Staged, Cost), Refused> {
+) -> Result<Cost, Refused> {
     // SAFETY: flock and fstat only read their arguments and write `st`; the descriptor
     // is open for the duration of the calls.
     let rc = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) };
@@ -341,22 +345,21 @@ fn prepare(
     if unsafe { libc::fstat(fd, &mut st) } != 0 {
         return Err(Refused::Failed(WriteError::Io(io::Error::last_os_error())));
     }
-    let mut staged = Staged::direct(st.st_size as u64, fd);
+    staged.reset_direct(st.st_size as u64, fd);
     staged.begin_run();
-    let result = format::read_header(&mut staged)
-        .and_then(|header| format::update_many(&mut staged, &header, points, now, scratch));
+    let result = format::read_header(staged)
+        .and_then(|header| format::update_many(staged, &header, points, now, scratch));
     if !staged.missing().is_empty() {
         return Err(Refused::WouldBlock);
     }
     if let Err(e) = result {
         return Err(Refused::Failed(e.into()));
     }
-    let cost = Cost {
+    Ok(Cost {
         runs: 1,
         reads: staged.direct_reads(),
         writes: 0,
-    };
-    Ok((staged, cost))
+    })
 }
 
 #[cfg(test)]

@@ -55,6 +55,9 @@ pub struct Staged {
     direct: Option<RawFd>,
     /// Direct reads made.
     direct_reads: u32,
+    /// Buffers of earlier updates, reused (a direct read's page is large enough for
+    /// glibc's allocator to consolidate its small bins on every one).
+    spare: Vec<Vec<u8>>,
 }
 
 impl Staged {
@@ -76,6 +79,26 @@ impl Staged {
         }
     }
 
+    /// Makes this view a fresh [`Staged::direct`] one, keeping its buffers for reuse.
+    pub fn reset_direct(&mut self, disk_len: u64, fd: RawFd) {
+        for (_, b) in self.known.drain(..).chain(self.writes.drain(..)) {
+            self.spare.push(b);
+        }
+        self.disk_len = disk_len;
+        self.zero_from = None;
+        self.allocate = None;
+        self.missing.clear();
+        self.direct = Some(fd);
+        self.direct_reads = 0;
+    }
+
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        let mut b = self.spare.pop().unwrap_or_default();
+        b.clear();
+        b.resize(len, 0);
+        b
+    }
+
     /// Direct reads made so far.
     pub fn direct_reads(&self) -> u32 {
         self.direct_reads
@@ -91,7 +114,7 @@ impl Staged {
             .div_ceil(PAGE_BYTES)
             .saturating_mul(PAGE_BYTES)
             .min(self.disk_len);
-        let mut buf = vec![0u8; (stop - start) as usize];
+        let mut buf = self.buffer((stop - start) as usize);
         let iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
@@ -103,6 +126,7 @@ impl Staged {
         if n < 0 || (n as u64) < end.min(self.disk_len) - start {
             // It would block (or the file shrank): the rest goes the slow way.
             self.direct = None;
+            self.spare.push(buf);
             return false;
         }
         buf.truncate(n as usize);
@@ -121,7 +145,9 @@ impl Staged {
 
     /// Starts a run: forgets the last run's writes and misses (fetched bytes stay).
     pub fn begin_run(&mut self) {
-        self.writes.clear();
+        for (_, b) in self.writes.drain(..) {
+            self.spare.push(b);
+        }
         self.allocate = None;
         self.missing.clear();
     }
@@ -172,9 +198,15 @@ impl Staged {
             let (k_off, k) = self.known.remove(i);
             let new_start = start.min(k_off);
             let new_end = end.max(k_off + k.len() as u64);
-            let mut merged = vec![0u8; (new_end - new_start) as usize];
-            merged[(k_off - new_start) as usize..][..k.len()].copy_from_slice(&k);
-            merged[(start - new_start) as usize..][..data.len()].copy_from_slice(&data);
+            // The range that starts first grows to hold the other (no new buffer).
+            let (mut merged, other, other_off) = if k_off <= start {
+                (k, data, start)
+            } else {
+                (data, k, k_off)
+            };
+            merged.resize((new_end - new_start) as usize, 0);
+            merged[(other_off - new_start) as usize..][..other.len()].copy_from_slice(&other);
+            self.spare.push(other);
             start = new_start;
             data = merged;
         }
@@ -308,7 +340,10 @@ impl WhisperIo for Staged {
     }
 
     fn write_at(&mut self, buf: &[u8], off: u64) -> io::Result<()> {
-        self.writes.push((off, buf.to_vec()));
+        let mut b = self.spare.pop().unwrap_or_default();
+        b.clear();
+        b.extend_from_slice(buf);
+        self.writes.push((off, b));
         Ok(())
     }
 
