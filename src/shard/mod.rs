@@ -115,6 +115,13 @@ pub enum ControlMsg {
         /// Up (true) or down.
         up: bool,
     },
+    /// Send every partly filled mesh batch now, then say so: a query that follows
+    /// sees every point any shard read before it (the owner drains its inbound mesh
+    /// before it answers).
+    MeshFlush {
+        /// Where the shard says it has sent.
+        ack: tokio::sync::mpsc::UnboundedSender<usize>,
+    },
     /// The statsd management console asks statsd aggregator `aggregator`.
     StatsdQuery {
         /// The aggregator's name.
@@ -442,11 +449,16 @@ async fn run(
                         shard.prepared = None;
                     }
                 }
+                ControlMsg::MeshFlush { ack } => {
+                    core.borrow_mut().mesh.send_all();
+                    let _ = ack.send(id);
+                }
                 ControlMsg::StatsdQuery {
                     aggregator,
                     query,
                     reply,
                 } => {
+                    drain_mesh(&mut core.borrow_mut());
                     let answer = core.borrow_mut().aggs.answer(&aggregator, &query);
                     let _ = reply.send((id, answer));
                 }
@@ -455,6 +467,7 @@ async fn run(
                 }
                 ControlMsg::StoreQuery { query, reply } => {
                     let mut c = core.borrow_mut();
+                    drain_mesh(&mut c);
                     let s = c
                         .stores
                         .stores
