@@ -481,6 +481,11 @@ fn step(st: &mut StoreState, me: usize, in_flight_max: usize, slow: usize, now: 
     if let Some(batch) = st.batch.as_mut() {
         batch.reap(|f, r| reaped.push((f, r)));
         st.counters.close_errors += batch.take_close_errors();
+        // The finished files' closes go now: a name written again in this step must
+        // not find its own lock still held.
+        if let Err(e) = batch.submit() {
+            tracing::warn!(store = %st.config.name, error = %e, "io_uring submit failed");
+        }
     }
     for (f, r) in reaped.drain(..) {
         let outcome = match r {
