@@ -13,7 +13,8 @@
    the process (utime+stime from /proc, start to end), points written (every point
    sent, checked on a sample of files), update_many calls (cadent's counters, the
    others' self-metrics), points per CPU-second, points per update; for cadent also
-   its update_many calls in each whole second of the steady phase (the limit, exactly).
+   its update_many calls in each whole wall-clock second of the steady phase, as the
+   store counts them (`updates_by_second` in /stats: the limit, exactly).
 2. /render of 100 series over 24 h (100 files of 60s:1d, full): cadent's read API over
    HTTP (keep-alive, one client) against graphite-web 1.1.10 reading the same files
    (Django's test client in-process: no HTTP at all, which favours graphite-web).
@@ -188,22 +189,20 @@ def run_cadent(args, work, whisper):
     proc = Proc([args.cadent, "serve", "--config", "cadent.toml"], d, os.path.join(d, "log"))
     wait_port(admin)
     wait_port(port)
-    per_second = []
     sent = [0]
     sender = threading.Thread(target=send_stream,
                               args=(port, args.names, args.rate, args.seconds, sent))
     cpu0 = cpu_s(proc.p.pid)
     t0 = time.time()
-    sender.start()
     # The limit, second by second, in the steady phase (after one write cycle).
     steady_from = t0 + args.names / args.writes + 5
-    last = None
+    sender.start()
+    # The store counts its update_many calls per wall-clock second (the last minute in
+    # /stats): collected as the run goes, exact, with no sampling lag.
+    by_second = {}
     while sender.is_alive():
-        time.sleep(1 - (time.time() % 1))
-        st = http_json(admin, "/stats")["stores"]["whisper"]
-        if last is not None and time.time() > steady_from:
-            per_second.append(st["updates"] - last)
-        last = st["updates"]
+        time.sleep(5)
+        by_second.update(http_json(admin, "/stats")["stores"]["whisper"]["updates_by_second"])
     sender.join()
     while True:
         st = http_json(admin, "/stats")["stores"]["whisper"]
@@ -223,8 +222,10 @@ def run_cadent(args, work, whisper):
         "read_ops": st["read_ops"],
         "write_ops": st["write_ops"],
         "sample_files_missing_last_points": missing,
-        # The per-second sample lags the writers by up to a stats publication (500 ms).
-        "updates_per_second_steady": per_second[2:-2],
+        # Whole seconds of the steady phase: after one write cycle over every name, until
+        # the stream ends.
+        "updates_per_second_steady": [by_second[k] for k in sorted(by_second)
+                                      if steady_from <= int(k) < t0 + args.seconds - 1],
     }
 
 

@@ -146,12 +146,33 @@ impl Control {
         self.started_unix_s
     }
 
+    /// Has every shard send its partly filled mesh batches (a shard sends them on its
+    /// tick otherwise): a query asked after this sees every point read before it, since
+    /// an owner drains its inbound mesh before it answers.
+    async fn flush_mesh(&self) {
+        if self.shards.len() < 2 {
+            return;
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        if self
+            .broadcast(|| ControlMsg::MeshFlush { ack: tx.clone() })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        drop(tx);
+        let deadline = tokio::time::Instant::now() + CACHE_QUERY_PATIENCE;
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, rx.recv()).await {}
+    }
+
     /// Asks every shard's share of statsd aggregator `name`; answers in shard order.
     pub async fn ask_statsd(
         &self,
         name: &str,
         query: crate::shard::aggregate::StatsdQuery,
     ) -> Vec<crate::shard::aggregate::StatsdAnswer> {
+        self.flush_mesh().await;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let sent = self
             .broadcast(|| ControlMsg::StatsdQuery {
@@ -191,6 +212,7 @@ impl Control {
             by_shard[to].1.push(i);
         }
         let mut out = vec![Vec::new(); names.len()];
+        self.flush_mesh().await;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut asked = 0;
         let mut index: Vec<Vec<usize>> = vec![Vec::new(); shards];

@@ -91,7 +91,29 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<serde_json::Value> {
 }
 
 async fn stats(State(s): State<Arc<AdminState>>) -> Json<serde_json::Value> {
-    Json(s.registry.stats_json())
+    let mut v = s.registry.stats_json();
+    // Each store's update_many calls per wall-clock second over the last minute, the
+    // whole process: the `writes_per_second` limit as it held.
+    let topo = s.control.topology();
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for (store, shared) in topo.config.stores.iter().zip(&topo.store_shared) {
+        if let Some(st) = v
+            .get_mut("stores")
+            .and_then(|x| x.get_mut(&store.name))
+            .and_then(|x| x.as_object_mut())
+        {
+            let seconds: serde_json::Map<String, serde_json::Value> = shared
+                .updates_by_second
+                .last(now_s, 60)
+                .into_iter()
+                .map(|(sec, n)| (sec.to_string(), json!(n)))
+                .collect();
+            st.insert("updates_by_second".into(), seconds.into());
+        }
+    }
+    Json(v)
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {

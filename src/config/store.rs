@@ -83,7 +83,8 @@ pub struct WhisperStore {
     /// Points the cache holds, the whole process (each shard holds its share); past it
     /// new points are dropped and counted.
     pub cache_points_max: u64,
-    /// Writes each shard has in flight at once (io_uring keeps them all busy).
+    /// Writes each shard has in flight at once: a batch starts on every shard tick and
+    /// its completions are read on the next, so it bounds a shard's writes per tick.
     pub writes_in_flight_max: usize,
     /// How new files get their data area.
     pub create_mode: CreateMode,
@@ -170,7 +171,7 @@ fn read_whisper(r: &mut TableReader<'_>, errs: &mut Vec<ConfigError>) -> Whisper
     let writes_per_second = r.uint("writes_per_second", 1_200, 0, 100_000_000, errs);
     let creates_per_minute = r.uint("creates_per_minute", 600, 0, 100_000_000, errs);
     let cache_points_max = r.uint("cache_points_max", 10_000_000, 1_000, 1 << 40, errs);
-    let writes_in_flight_max = r.uint("writes_in_flight_max", 16, 1, 4_096, errs) as usize;
+    let writes_in_flight_max = r.uint("writes_in_flight_max", 256, 1, 4_096, errs) as usize;
     let create_mode = match r.str_or("create_mode", "fallocate", errs).as_str() {
         "fallocate" => CreateMode::Fallocate,
         "sparse" => CreateMode::Sparse,

@@ -1,7 +1,8 @@
 //! Shards: one glommio executor per core, pinned, each owning its sockets, its copy of the
 //! router, its writers, its share of the aggregators' keys and its counters. The control
-//! thread talks to a shard only through its inbox (polled on the shard's tick) and reads
-//! its counters from published copies; shards talk to each other only over the mesh.
+//! thread talks to a shard only through its inbox (a lock-free queue, with a doorbell
+//! that wakes the shard) and reads its counters from published copies; shards talk to
+//! each other only over the mesh.
 //!
 //! A shard starts empty and gets everything it runs from a topology, through the one
 //! path startup and every change share: `Prepare` (build the router, bind new listeners,
@@ -111,6 +112,13 @@ pub enum ControlMsg {
         /// (destination, the serial of its occupant when judged, up).
         changes: Vec<(DestId, u64, bool)>,
     },
+    /// Send every partly filled mesh batch now, then say so: a query that follows
+    /// sees every point any shard read before it (the owner drains its inbound mesh
+    /// before it answers).
+    MeshFlush {
+        /// Where the shard says it has sent.
+        ack: tokio::sync::mpsc::UnboundedSender<usize>,
+    },
     /// The statsd management console asks statsd aggregator `aggregator`.
     StatsdQuery {
         /// The aggregator's name.
@@ -147,28 +155,53 @@ pub enum ControlMsg {
 /// keeps and how many more it saw.
 pub type HostsSeenAnswer = Vec<(Vec<Vec<u8>>, u64)>;
 
+/// The longest shard tick: the mesh, the store writers, sealing and publishing run on
+/// it (each wakeup of a parked shard costs about 50 µs of CPU).
+const TICK_MAX_MS: u64 = 20;
+
 /// Messages a shard inbox holds before the control thread must retry.
 const INBOX_MESSAGES_MAX: usize = 64;
+
+/// A shard's inbox: the messages, and a doorbell (one end of a socket pair, the shard
+/// reads the other through io_uring) so the shard need not poll for them: its tick
+/// can be long while a read API query is answered at once.
+struct Inbox {
+    queue: ArrayQueue<ControlMsg>,
+    bell: std::os::unix::net::UnixStream,
+    /// Set to stop the shard: a flag, not a message, so a full inbox cannot lose it.
+    stop: AtomicBool,
+}
+
+impl Inbox {
+    fn push(&self, msg: ControlMsg) -> Result<(), ControlMsg> {
+        self.queue.push(msg)?;
+        self.ring();
+        Ok(())
+    }
+
+    /// Wakes the shard. Non-blocking: a full socket buffer already holds rings enough.
+    fn ring(&self) {
+        let _ = std::io::Write::write(&mut &self.bell, &[1]);
+    }
+}
 
 /// How the control thread reaches a running shard.
 pub struct ShardHandle {
     /// Shard number.
     pub id: usize,
-    inbox: Arc<ArrayQueue<ControlMsg>>,
-    /// Set to stop the shard: a flag, not a message, so a full inbox cannot lose it.
-    stop: Arc<AtomicBool>,
+    inbox: Arc<Inbox>,
     join: glommio::ExecutorJoinHandle<()>,
 }
 
 /// A clonable way to reach a shard's inbox (the control plane keeps these).
 #[derive(Clone)]
 pub struct ShardSender {
-    inbox: Arc<ArrayQueue<ControlMsg>>,
+    inbox: Arc<Inbox>,
 }
 
 impl ShardSender {
-    /// Sends a message; gives it back when the inbox is full (the shard empties it
-    /// every tick).
+    /// Sends a message; gives it back when the inbox is full (the shard empties it as
+    /// soon as the doorbell wakes it).
     pub fn try_send(&self, msg: ControlMsg) -> Result<(), ControlMsg> {
         self.inbox.push(msg)
     }
@@ -182,7 +215,7 @@ impl ShardHandle {
         }
     }
 
-    /// Sends a message; the shard sees it on its next tick. False when the inbox is full.
+    /// Sends a message; the shard is woken for it. False when the inbox is full.
     pub fn send(&self, msg: ControlMsg) -> bool {
         self.inbox.push(msg).is_ok()
     }
@@ -190,7 +223,8 @@ impl ShardHandle {
     /// Asks the shard to stop accepting, flush within `shutdown_timeout_ms` and exit; it
     /// sees this on its next tick whatever its inbox holds.
     pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::Release);
+        self.inbox.stop.store(true, Ordering::Release);
+        self.inbox.ring();
     }
 
     /// Waits for the shard's thread to end.
@@ -256,28 +290,25 @@ pub fn spawn(
     );
     let mut handles = Vec::with_capacity(shards);
     for (id, mesh) in meshes.into_iter().enumerate() {
-        let inbox = Arc::new(ArrayQueue::new(INBOX_MESSAGES_MAX));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (cfg, registry, inbox2, stop2) = (
-            config.clone(),
-            registry.clone(),
-            inbox.clone(),
-            stop.clone(),
-        );
+        let (bell, bell_shard) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| anyhow::anyhow!("shard {id}: no socket pair for its inbox: {e}"))?;
+        bell.set_nonblocking(true)
+            .map_err(|e| anyhow::anyhow!("shard {id}: inbox doorbell: {e}"))?;
+        let inbox = Arc::new(Inbox {
+            queue: ArrayQueue::new(INBOX_MESSAGES_MAX),
+            bell,
+            stop: AtomicBool::new(false),
+        });
+        let (cfg, registry, inbox2) = (config.clone(), registry.clone(), inbox.clone());
         let cpu = cpus[id % cpus.len()];
         let join = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{id}"))
             .io_memory(config.server.io_memory_bytes)
             .spawn(move || async move {
-                run(id, cfg, mesh, registry, inbox2, stop2, stream_fds_max).await;
+                run(id, cfg, mesh, registry, inbox2, bell_shard, stream_fds_max).await;
             })
             .map_err(|e| anyhow::anyhow!("cannot start shard {id} on cpu {cpu}: {e}"))?;
-        handles.push(ShardHandle {
-            id,
-            inbox,
-            stop,
-            join,
-        });
+        handles.push(ShardHandle { id, inbox, join });
     }
     Ok(handles)
 }
@@ -333,8 +364,8 @@ async fn run(
     cfg: Arc<Config>,
     mesh: ShardMesh,
     registry: Arc<Registry>,
-    inbox: Arc<ArrayQueue<ControlMsg>>,
-    stop: Arc<AtomicBool>,
+    inbox: Arc<Inbox>,
+    bell: std::os::unix::net::UnixStream,
     stream_fds_max: usize,
 ) {
     let shards = mesh.shards();
@@ -371,54 +402,80 @@ async fn run(
             == Some(id),
     };
 
-    // Partly filled batches are sealed every flush_interval_ms, on a timer of their own.
+    // One timer per shard: every wakeup costs the shard tens of microseconds (glommio
+    // parks through io_uring and a membarrier), so the periodic work shares one tick
+    // (at most TICK_MAX_MS, intervals rounded up to whole ticks): the mesh (send what is
+    // open, apply what arrived) every mesh_interval_ms, the store writers' steps,
+    // partly filled batches sealed every flush_interval_ms, counters every
+    // stats_interval_ms. The inbox is read when its doorbell rings.
     let flush_every = Duration::from_millis(cfg.output.flush_interval_ms);
-    let flusher = {
-        let core = core.clone();
+    let mesh_every = Duration::from_millis(cfg.server.mesh_interval_ms);
+    let stats_every = Duration::from_millis(cfg.server.stats_interval_ms);
+    let tick = stats_every
+        .min(mesh_every)
+        .min(Duration::from_millis(TICK_MAX_MS));
+    let (mut since_stats, mut since_mesh, mut since_flush) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let rang = Rc::new(glommio::sync::Semaphore::new(0));
+    let _doorbell = {
+        let rang = rang.clone();
+        // SAFETY: the descriptor is the shard's end of the pair, owned from here on by
+        // the glommio stream.
+        let mut bell = unsafe {
+            use std::os::unix::io::{FromRawFd, IntoRawFd};
+            glommio::net::UnixStream::from_raw_fd(bell.into_raw_fd())
+        };
         glommio::spawn_local(async move {
-            loop {
-                glommio::timer::sleep(flush_every).await;
-                core.borrow_mut().outputs.seal_all();
+            let mut buf = [0u8; 256];
+            while let Ok(n) = futures_lite::AsyncReadExt::read(&mut bell, &mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if rang.available() == 0 {
+                    rang.signal(1);
+                }
             }
         })
     };
-    // The mesh: send what is open, apply what arrived.
-    let mesh_every = Duration::from_millis(cfg.server.mesh_interval_ms);
-    let mesher = (shards > 1).then(|| {
-        let core = core.clone();
-        glommio::spawn_local(async move {
-            loop {
-                // Without aggregators or stores nothing crosses the mesh: look rarely.
-                let idle = {
-                    let c = core.borrow();
-                    c.aggs.aggs.is_empty() && c.stores.stores.is_empty()
-                };
-                glommio::timer::sleep(if idle { IDLE_TICK } else { mesh_every }).await;
-                drain_mesh(&mut core.borrow_mut());
-            }
-        })
-    });
-    // The tick: publish counters and read the inbox; often while there are stores (the
-    // read API waits on their caches' answers), otherwise at most every IDLE_TICK.
-    let stats_every = Duration::from_millis(cfg.server.stats_interval_ms);
-    let mut since_stats = Duration::ZERO;
+    let mut next_tick = std::time::Instant::now() + tick;
     loop {
-        let tick = if core.borrow().stores.stores.is_empty() {
-            stats_every.min(IDLE_TICK)
-        } else {
-            stats_every.min(STORE_TICK)
-        };
-        glommio::timer::sleep(tick).await;
-        since_stats += tick;
-        if since_stats >= stats_every {
-            shard.publish(&core, &registry, false);
-            since_stats = Duration::ZERO;
+        let wait = next_tick.saturating_duration_since(std::time::Instant::now());
+        let _ = future::or(
+            async {
+                let _ = rang.acquire(1).await;
+            },
+            glommio::timer::sleep(wait),
+        )
+        .await;
+        if std::time::Instant::now() >= next_tick {
+            next_tick += tick;
+            since_stats += tick;
+            since_mesh += tick;
+            since_flush += tick;
+            if shards > 1 && since_mesh >= mesh_every {
+                drain_mesh(&mut core.borrow_mut());
+                since_mesh = Duration::ZERO;
+            }
+            if since_flush >= flush_every {
+                core.borrow_mut().outputs.seal_all();
+                since_flush = Duration::ZERO;
+            }
+            core.borrow().stores.beat();
+            if since_stats >= stats_every {
+                shard.publish(&core, &registry, false);
+                since_stats = Duration::ZERO;
+            }
+            // Behind by more than a tick (a long step): start again from now.
+            let now = std::time::Instant::now();
+            if next_tick < now {
+                next_tick = now + tick;
+            }
         }
-        if stop.load(Ordering::Acquire) {
+        if inbox.stop.load(Ordering::Acquire) {
             break;
         }
         shard.restart_spoolers(&core);
-        while let Some(msg) = inbox.pop() {
+        while let Some(msg) = inbox.queue.pop() {
             match msg {
                 ControlMsg::Health { changes } => shard.health(&core, &changes),
                 ControlMsg::Prepare { topology, ack } => {
@@ -438,11 +495,16 @@ async fn run(
                         shard.prepared = None;
                     }
                 }
+                ControlMsg::MeshFlush { ack } => {
+                    core.borrow_mut().mesh.send_all();
+                    let _ = ack.send(id);
+                }
                 ControlMsg::StatsdQuery {
                     aggregator,
                     query,
                     reply,
                 } => {
+                    drain_mesh(&mut core.borrow_mut());
                     let answer = core.borrow_mut().aggs.answer(&aggregator, &query);
                     let _ = reply.send((id, answer));
                 }
@@ -462,6 +524,7 @@ async fn run(
                 }
                 ControlMsg::StoreQuery { query, reply } => {
                     let mut c = core.borrow_mut();
+                    drain_mesh(&mut c);
                     let s = c
                         .stores
                         .stores
@@ -480,14 +543,10 @@ async fn run(
     // Shutdown: stop accepting, let readers finish the buffer in hand, flush the
     // aggregators' open intervals into routing, then drain.
     drop(std::mem::take(&mut shard.listeners));
-    drop(flusher);
     core.borrow_mut().draining = true;
     glommio::timer::sleep(Duration::from_millis(20)).await;
     for (_, t) in shard.aggregator_tasks.drain() {
         drop(t);
-    }
-    if let Some(m) = mesher {
-        drop(m);
     }
     drain_mesh(&mut core.borrow_mut());
     {
@@ -620,10 +679,20 @@ async fn drain_stores(
             if c.stores.cached_points() == 0 {
                 break;
             }
+            c.stores.beat();
         }
         if started.elapsed() >= write_until {
             break;
         }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    // The batched writes in flight finish (their buffers are the kernel's until then)
+    // and are confirmed before the spill.
+    for _ in 0..200 {
+        if !core.borrow().stores.writes_in_flight() {
+            break;
+        }
+        core.borrow().stores.beat();
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
     drop(tasks);
@@ -1295,11 +1364,6 @@ fn start_listener(
         unix_path,
     }))
 }
-
-/// The shard's tick (inbox, counters) and mesh drain when nothing needs them sooner.
-const IDLE_TICK: Duration = Duration::from_millis(50);
-/// The tick while the shard has stores: the read API waits on its cache answers.
-const STORE_TICK: Duration = Duration::from_millis(5);
 
 /// A destination's writer on this shard.
 struct WriterTask {

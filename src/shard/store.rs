@@ -21,9 +21,8 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::config::{Store, StoreKind};
 use crate::point::Point;
@@ -32,7 +31,8 @@ use crate::shard::mesh::{put_str16, Reader, ShardMesh};
 use crate::shard::pipeline::{unix_ms, Core};
 use crate::store::cache::{self, Cache, CachedPoint, Outcome, Refused};
 use crate::store::spill;
-use crate::store::throttle::RateLimit;
+use crate::store::throttle::{RateLimit, SecondCounts};
+use crate::store::whisper::batch::{self, Batch};
 use crate::store::whisper::format::Scratch;
 use crate::store::whisper::path::{metric_path, normalize};
 use crate::store::whisper::uring::{self, NewFile, WriteError};
@@ -81,6 +81,8 @@ crate::counter_set! {
         read_ops: counter,
         /// io_uring write and fallocate operations.
         write_ops: counter,
+        /// Closes of written files that failed (the writes were done).
+        close_errors: counter,
         /// Points written to the spill at shutdown (the deadline came first).
         spilled_points: counter,
         /// Points lost because the spill could not be written.
@@ -114,6 +116,11 @@ pub struct StoreShared {
     pub restore: Vec<PathBuf>,
     /// Shards that have not read them yet; the last one removes them.
     pub restore_pending: AtomicUsize,
+    /// update_many calls per wall-clock second, the whole process (the limit, seen).
+    pub updates_by_second: SecondCounts,
+    /// The shards whose cache has points waiting (a bit each): the limit is shared
+    /// among them.
+    pub wanting: AtomicU64,
 }
 
 impl StoreShared {
@@ -125,6 +132,8 @@ impl StoreShared {
             creates: RateLimit::per_minute(w.creates_per_minute, now_ms),
             restore,
             restore_pending: AtomicUsize::new(shards),
+            updates_by_second: SecondCounts::default(),
+            wanting: AtomicU64::new(0),
         }
     }
 }
@@ -141,6 +150,18 @@ pub struct StoreState {
     pub cache: Cache,
     /// Its counters on this shard.
     pub counters: StoreCounters,
+    /// Signalled once per shard tick: the writer's step.
+    pub beat: Rc<glommio::sync::Semaphore>,
+    /// Updates whose writes are in flight (`None` where no io_uring could be made:
+    /// then every write runs as a task).
+    batch: Option<Batch<Flight>>,
+    /// Buffers the writer reuses.
+    reaped: Vec<(Flight, Result<uring::Cost, WriteError>)>,
+    update: Vec<(i64, f64)>,
+    sort: Vec<CachedPoint>,
+    scratch: Scratch,
+    /// When the writer last stepped (unix ms).
+    last_step_ms: i64,
     root: PathBuf,
     last_log_ms: i64,
 }
@@ -151,12 +172,26 @@ impl StoreState {
         let StoreKind::Whisper(w) = &config.kind;
         let root = w.path.clone();
         let cache = Cache::new(w.cache_points_max.div_ceil(shards as u64));
+        let batch = match Batch::new(w.writes_in_flight_max) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(store = %config.name, error = %e, "no io_uring for batched writes: every write runs as a task");
+                None
+            }
+        };
         StoreState {
             id,
             config,
             shared,
             cache,
             counters: StoreCounters::default(),
+            beat: Rc::new(glommio::sync::Semaphore::new(0)),
+            batch,
+            reaped: Vec::new(),
+            update: Vec::new(),
+            sort: Vec::new(),
+            scratch: Scratch::new(),
+            last_step_ms: 0,
             root,
             last_log_ms: 0,
         }
@@ -281,7 +316,13 @@ impl StoreStage {
             return;
         }
         // carbon's normalized name (tags sorted); allocates only for tagged names.
-        let normalized = std::str::from_utf8(name).ok().and_then(normalize);
+        // A name with no tag and no leading `~` is its own normal form.
+        let plain = name.first() != Some(&b'~') && memchr::memchr(b';', name).is_none();
+        let normalized = if plain {
+            None
+        } else {
+            std::str::from_utf8(name).ok().and_then(normalize)
+        };
         let key = normalized.as_deref().map_or(name, str::as_bytes);
         let to = owner(key, shards);
         if to == me {
@@ -345,6 +386,22 @@ impl StoreStage {
     pub fn cached_points(&self) -> u64 {
         self.stores.iter().map(|s| s.cache.points()).sum()
     }
+
+    /// Wakes every store's writer for its step (once per shard tick).
+    pub fn beat(&self) {
+        for st in &self.stores {
+            if st.beat.available() == 0 {
+                st.beat.signal(1);
+            }
+        }
+    }
+
+    /// Whether any store has batched writes in flight.
+    pub fn writes_in_flight(&self) -> bool {
+        self.stores
+            .iter()
+            .any(|s| s.batch.as_ref().is_some_and(|b| b.in_flight() > 0))
+    }
 }
 
 /// A question from the control thread to the owner shard of some names.
@@ -356,104 +413,240 @@ pub struct StoreQuery {
     pub names: Vec<String>,
 }
 
-/// How long an idle dispatcher sleeps before it looks at the cache again.
-const IDLE_MS: u64 = 20;
-
-/// A write taken from the cache.
+/// A write that runs as its own task, through glommio's files (`uring`): a create, or an
+/// update that would have blocked in the batch.
 struct Taken {
     job: cache::Job,
     name: String,
     path: PathBuf,
     no_file: bool,
-    shared: Arc<StoreShared>,
     points: usize,
     update: Vec<(i64, f64)>,
 }
 
-enum Pick {
-    Gone,
-    Idle,
-    Write(Taken),
+/// An update in the batch: what its completion confirms.
+pub struct Flight {
+    job: cache::Job,
+    points: u32,
+    update_len: u32,
 }
 
-/// The writer of store `id` on this shard: takes the next name in carbon's `sorted`
-/// order whenever fewer than `in_flight_max` writes run, and runs each write as its own
-/// task (io_uring keeps them all busy). Ends when the store goes (a reload changing
-/// `writes_in_flight_max` starts a new one).
+/// The writer of store `id` on this shard: one [`step`] per shard tick (the tick loop
+/// signals the store's `beat`, so the writer wakes with the shard and never on its own).
+/// Ends when the store goes (a reload changing `writes_in_flight_max` starts a new one).
 pub async fn dispatcher(core: Rc<RefCell<Core>>, id: u16, in_flight_max: usize) {
-    let slots = Rc::new(glommio::sync::Semaphore::new(in_flight_max as u64));
-    // One write at a time waits on the process-wide limit; the others wait here,
-    // parked, rather than each polling the clock.
-    let gate = Rc::new(glommio::sync::Semaphore::new(1));
-    let mut sort: Vec<CachedPoint> = Vec::new();
+    let Some(beat) = ({
+        let c = core.borrow();
+        c.stores.by_id(id).map(|s| c.stores.stores[s].beat.clone())
+    }) else {
+        return;
+    };
+    let slow = Rc::new(std::cell::Cell::new(0usize));
     loop {
-        let Ok(permit) = slots.acquire_static_permit(1).await else {
+        if beat.acquire(1).await.is_err() {
             return;
-        };
-        let now_ms = unix_ms();
-        let pick = {
+        }
+        let spawn = {
             let mut c = core.borrow_mut();
-            match c.stores.by_id(id) {
-                None => Pick::Gone,
-                Some(s) => {
-                    let st = &mut c.stores.stores[s];
-                    let creates_open = st.shared.creates.available(now_ms as u64);
-                    match st.cache.next(now_ms, creates_open) {
-                        None => Pick::Idle,
-                        Some(job) => {
-                            let mut update = Vec::new();
-                            cache::to_update(st.cache.job_points(job), &mut update, &mut sort);
-                            let (name, path) = st.cache.job_name(job);
-                            Pick::Write(Taken {
-                                job,
-                                name: String::from_utf8_lossy(name).into_owned(),
-                                path: path.clone(),
-                                no_file: st.cache.job_no_file(job),
-                                shared: st.shared.clone(),
-                                points: st.cache.job_points(job).len(),
-                                update,
-                            })
-                        }
-                    }
-                }
-            }
+            let Some(s) = c.stores.by_id(id) else {
+                return;
+            };
+            let me = c.stores.me;
+            step(
+                &mut c.stores.stores[s],
+                me,
+                in_flight_max,
+                slow.get(),
+                unix_ms(),
+            )
         };
-        match pick {
-            Pick::Gone => return,
-            Pick::Idle => {
-                drop(permit);
-                glommio::timer::sleep(Duration::from_millis(IDLE_MS)).await;
-            }
-            Pick::Write(t) => {
-                let (core, gate) = (core.clone(), gate.clone());
-                glommio::spawn_local(async move {
-                    write_task(&core, id, t, &gate).await;
-                    drop(permit);
-                })
-                .detach();
-            }
+        // (A spawned task runs at once: no borrow may be held while spawning.)
+        for t in spawn {
+            let (core, slow) = (core.clone(), slow.clone());
+            slow.set(slow.get() + 1);
+            glommio::spawn_local(async move {
+                write_task(&core, id, t).await;
+                slow.set(slow.get() - 1);
+            })
+            .detach();
         }
     }
 }
 
-/// One write: through io_uring, then confirmed to the cache.
-async fn write_task(core: &Rc<RefCell<Core>>, id: u16, t: Taken, gate: &glommio::sync::Semaphore) {
+/// One writer step: confirms the batch's finished updates, takes what the limit allows
+/// now (at most `in_flight_max` in flight, `slow` of them as tasks), starts the updates
+/// that cannot block in the batch and returns the others to run as tasks.
+fn step(st: &mut StoreState, me: usize, in_flight_max: usize, slow: usize, now: i64) -> Vec<Taken> {
+    let mut reaped = std::mem::take(&mut st.reaped);
+    if let Some(batch) = st.batch.as_mut() {
+        batch.reap(|f, r| reaped.push((f, r)));
+        st.counters.close_errors += batch.take_close_errors();
+        // The finished files' closes go now: a name written again in this step must
+        // not find its own lock still held.
+        if let Err(e) = batch.submit() {
+            tracing::warn!(store = %st.config.name, error = %e, "io_uring submit failed");
+        }
+    }
+    for (f, r) in reaped.drain(..) {
+        let outcome = match r {
+            Ok(cost) => Written::Done {
+                created: false,
+                cost,
+            },
+            Err(error) => Written::Failed {
+                error,
+                creating: false,
+            },
+        };
+        finish(
+            st,
+            f.job,
+            f.points as usize,
+            f.update_len as usize,
+            None,
+            outcome,
+            now,
+        );
+    }
+    st.reaped = reaped;
+    let mut tasks = Vec::new();
+    let in_batch = st.batch.as_ref().map_or(0, |b| b.in_flight());
+    let room = in_flight_max.saturating_sub(in_batch + slow) as u64;
+    // The limit is shared fairly among the shards with points waiting: each step takes
+    // at most its share of what accrued since the last (a quarter more, for timers
+    // that run late), so one shard's writes cannot starve another's.
+    let bit = 1u64 << (me % 64);
+    let waiting = st.cache.has_waiting();
+    let wanting = if waiting {
+        st.shared.wanting.fetch_or(bit, Ordering::Relaxed) | bit
+    } else {
+        st.shared.wanting.fetch_and(!bit, Ordering::Relaxed) & !bit
+    };
+    let elapsed_ms = (now - st.last_step_ms).clamp(0, 1_000) as u64;
+    st.last_step_ms = now;
+    let per_second = st.shared.writes.per_window();
+    let share = if per_second == 0 {
+        room
+    } else {
+        (per_second * elapsed_ms * 5 / 4).div_ceil(1_000 * u64::from(wanting.count_ones().max(1)))
+            + 1
+    };
+    let room = room.min(share);
+    if room > 0 && waiting {
+        let took = st.shared.writes.take_up_to(now as u64, room);
+        if took < room {
+            st.counters.throttled_writes += 1;
+        }
+        let mut creates_open = st.shared.creates.available(now as u64);
+        let mut used = 0;
+        for _ in 0..took {
+            let Some(job) = st.cache.next(now, creates_open) else {
+                break;
+            };
+            cache::to_update(st.cache.job_points(job), &mut st.update, &mut st.sort);
+            let points = st.cache.job_points(job).len();
+            let no_file = st.cache.job_no_file(job);
+            if no_file && st.shared.creates.try_take(now as u64).is_err() {
+                creates_open = false;
+                finish(st, job, points, 0, None, Written::NoCreateToken, now);
+                continue;
+            }
+            used += 1;
+            let slow_path = match (no_file, st.batch.as_mut()) {
+                (false, Some(b)) => {
+                    let flight = Flight {
+                        job,
+                        points: points as u32,
+                        update_len: st.update.len() as u32,
+                    };
+                    let path = st.cache.job_name(job).1;
+                    match b.update(path, &st.update, now / 1000, &mut st.scratch, flight) {
+                        Ok(()) => false,
+                        Err((_, batch::Refused::WouldBlock)) => true,
+                        Err((_, batch::Refused::Failed(error))) => {
+                            // Nothing was written: the token goes back.
+                            used -= 1;
+                            let outcome = Written::Failed {
+                                error,
+                                creating: false,
+                            };
+                            finish(st, job, points, 0, None, outcome, now);
+                            false
+                        }
+                    }
+                }
+                _ => true,
+            };
+            if slow_path {
+                let (name, path) = st.cache.job_name(job);
+                tasks.push(Taken {
+                    job,
+                    name: String::from_utf8_lossy(name).into_owned(),
+                    path: path.clone(),
+                    no_file,
+                    points,
+                    update: st.update.clone(),
+                });
+            }
+        }
+        st.shared.writes.give_back(took - used);
+    }
+    if let Some(batch) = st.batch.as_mut() {
+        if let Err(e) = batch.submit() {
+            tracing::warn!(store = %st.config.name, error = %e, "io_uring submit failed");
+        }
+    }
+    tasks
+}
+
+/// A write as a task: through io_uring on the shard's ring, then confirmed to the cache.
+async fn write_task(core: &Rc<RefCell<Core>>, id: u16, t: Taken) {
     let mut scratch = Scratch::new();
-    let outcome = write_one(core, id, &t, gate, &mut scratch).await;
+    let outcome = write_one(core, id, &t, &mut scratch).await;
     let mut c = core.borrow_mut();
     let Some(s) = c.stores.by_id(id) else {
         return;
     };
     let st = &mut c.stores.stores[s];
-    let now = unix_ms();
+    if let Written::Failed {
+        error: WriteError::NoFile | WriteError::Busy,
+        ..
+    } = outcome
+    {
+        // Nothing was written (no file yet, or another process holds it): the token
+        // goes back, as the batch's refusals do.
+        st.shared.writes.give_back(1);
+    }
+    finish(
+        st,
+        t.job,
+        t.points,
+        t.update.len(),
+        Some((&t.name, &t.path)),
+        outcome,
+        unix_ms(),
+    );
+}
+
+/// Ends a write: its counters, and the cache told what became of its points.
+fn finish(
+    st: &mut StoreState,
+    job: cache::Job,
+    points: usize,
+    update_len: usize,
+    named: Option<(&str, &Path)>,
+    outcome: Written,
+    now: i64,
+) {
     let confirm = match outcome {
         Written::Done { created, cost } => {
             let k = &mut st.counters;
             k.updates += 1;
-            k.updated_points += t.update.len() as u64;
+            k.updated_points += update_len as u64;
             k.creates += u64::from(created);
             k.read_ops += u64::from(cost.reads);
             k.write_ops += u64::from(cost.writes);
+            st.shared.updates_by_second.add((now / 1000) as u64, 1);
             Outcome::Written
         }
         Written::NoCreateToken => {
@@ -478,13 +671,13 @@ async fn write_task(core: &Rc<RefCell<Core>>, id: u16, t: Taken, gate: &glommio:
                     retry(100)
                 }
                 WriteError::Corrupt(c) => {
-                    st.counters.dropped_points_corrupt_file += t.points as u64;
-                    log_failure(st, &t, &c.to_string(), now);
+                    st.counters.dropped_points_corrupt_file += points as u64;
+                    log_failure(st, job, named, &c.to_string(), now);
                     Outcome::Dropped
                 }
                 WriteError::Invalid(e) => {
-                    st.counters.dropped_points_bad_schema += t.points as u64;
-                    log_failure(st, &t, &e, now);
+                    st.counters.dropped_points_bad_schema += points as u64;
+                    log_failure(st, job, named, &e, now);
                     Outcome::Dropped
                 }
                 e @ (WriteError::Io(_) | WriteError::Unsettled) => {
@@ -493,25 +686,38 @@ async fn write_task(core: &Rc<RefCell<Core>>, id: u16, t: Taken, gate: &glommio:
                     } else {
                         st.counters.write_errors += 1;
                     }
-                    log_failure(st, &t, &e.to_string(), now);
+                    log_failure(st, job, named, &e.to_string(), now);
                     retry(RETRY_AFTER_ERROR_MS)
                 }
             }
         }
     };
-    st.cache.confirm(t.job, confirm);
+    st.cache.confirm(job, confirm);
 }
 
 /// A name whose write failed is tried again after this long.
 const RETRY_AFTER_ERROR_MS: i64 = 1_000;
 
-fn log_failure(st: &mut StoreState, t: &Taken, error: &str, now: i64) {
+fn log_failure(
+    st: &mut StoreState,
+    job: cache::Job,
+    named: Option<(&str, &Path)>,
+    error: &str,
+    now: i64,
+) {
     if now - st.last_log_ms >= LOG_EVERY_MS {
         st.last_log_ms = now;
+        let (name, path) = match named {
+            Some((n, p)) => (n.to_string(), p.to_path_buf()),
+            None => {
+                let (n, p) = st.cache.job_name(job);
+                (String::from_utf8_lossy(n).into_owned(), p.clone())
+            }
+        };
         tracing::warn!(
             store = %st.config.name,
-            name = %t.name,
-            file = %t.path.display(),
+            name = %name,
+            file = %path.display(),
             error,
             "whisper write failed (logged once per {LOG_EVERY_MS} ms; counted in the store's counters)"
         );
@@ -524,80 +730,27 @@ enum Written {
     Failed { error: WriteError, creating: bool },
 }
 
-/// Waits for a token of `limit`, behind the shard's `gate` (one waiter polls the
-/// clock, the others are parked); true when it had to wait.
-async fn token(limit: &RateLimit, gate: &glommio::sync::Semaphore) -> bool {
-    if limit.try_take(unix_ms() as u64).is_ok() {
-        return false;
-    }
-    let Ok(_turn) = gate.acquire_permit(1).await else {
-        return true;
-    };
-    loop {
-        match limit.try_take(unix_ms() as u64) {
-            Ok(()) => return true,
-            Err(ms) => glommio::timer::sleep(Duration::from_millis(ms)).await,
-        }
-    }
-}
-
-async fn write_one(
-    core: &Rc<RefCell<Core>>,
-    id: u16,
-    t: &Taken,
-    gate: &glommio::sync::Semaphore,
-    scratch: &mut Scratch,
-) -> Written {
+/// A slow write: its tokens were taken by the step that handed it over.
+async fn write_one(core: &Rc<RefCell<Core>>, id: u16, t: &Taken, scratch: &mut Scratch) -> Written {
     let update = &t.update;
-    let file = if t.no_file {
-        None
+    let result = if t.no_file {
+        let new = {
+            let c = core.borrow();
+            match c.stores.by_id(id) {
+                Some(s) => c.stores.stores[s].new_file(&t.name),
+                None => return Written::NoCreateToken,
+            }
+        };
+        uring::create(&t.path, &new, update, unix_ms() / 1000, scratch)
+            .await
+            .map(|cost| (true, cost))
+            .map_err(|e| (e, true))
     } else {
-        match uring::open(&t.path).await {
-            Ok(f) => f,
-            Err(e) => {
-                return Written::Failed {
-                    error: WriteError::Io(e),
-                    creating: false,
-                }
-            }
-        }
+        uring::update(&t.path, update, unix_ms() / 1000, scratch)
+            .await
+            .map(|cost| (false, cost))
+            .map_err(|e| (e, false))
     };
-    let waited;
-    let result = match file {
-        Some(file) => {
-            waited = token(&t.shared.writes, gate).await;
-            let r = uring::update_file(&file, update, unix_ms() / 1000, scratch).await;
-            let closed = uring::close(file).await;
-            match (r, closed) {
-                (Ok(cost), Ok(())) => Ok((false, cost)),
-                (Err(e), _) => Err((e, false)),
-                (Ok(_), Err(e)) => Err((WriteError::Io(e), false)),
-            }
-        }
-        None => {
-            if t.shared.creates.try_take(unix_ms() as u64).is_err() {
-                return Written::NoCreateToken;
-            }
-            waited = token(&t.shared.writes, gate).await;
-            let new = {
-                let c = core.borrow();
-                match c.stores.by_id(id) {
-                    Some(s) => c.stores.stores[s].new_file(&t.name),
-                    None => return Written::NoCreateToken,
-                }
-            };
-            uring::create(&t.path, &new, update, unix_ms() / 1000, scratch)
-                .await
-                .map(|cost| (true, cost))
-                .map_err(|e| (e, true))
-        }
-    };
-    if waited {
-        let mut c = core.borrow_mut();
-        if let Some(s) = c.stores.by_id(id) {
-            c.stores.stores[s].counters.throttled_writes += 1;
-        }
-    }
     match result {
         Ok((created, cost)) => Written::Done { created, cost },
         Err((error, creating)) => Written::Failed { error, creating },

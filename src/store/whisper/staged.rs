@@ -14,10 +14,24 @@
 //!
 //! A file the update creates is known whole: its header, then zeros (every create mode
 //! reads back as zeros), so nothing is fetched.
+//!
+//! Given a descriptor ([`Staged::direct`]), a miss is first read at once with
+//! `preadv2(RWF_NOWAIT)`, which never blocks: it answers from the page cache or says it
+//! would block (then the miss is recorded as above). The range is rounded out to whole
+//! pages, which costs about what a few bytes do and often holds the next read.
 
 use std::io;
+use std::os::unix::io::RawFd;
 
 use super::io::WhisperIo;
+
+/// Direct reads are rounded out to this grain (a page).
+const PAGE_BYTES: u64 = 4096;
+
+/// Writes closer than this are joined into one, the bytes between them rewritten as
+/// they were fetched. Under a page, so the gap only touches pages the writes touch
+/// anyway: a sparse file gets no block it would not have got.
+const GAP_BYTES_MAX: u64 = PAGE_BYTES - 1;
 
 /// What an update writes: an allocation (offset, length), then disjoint writes.
 pub type Plan = (Option<(u64, u64)>, Vec<(u64, Vec<u8>)>);
@@ -37,6 +51,13 @@ pub struct Staged {
     allocate: Option<(u64, u64)>,
     /// This run's reads of unfetched bytes.
     missing: Vec<(u64, usize)>,
+    /// A descriptor to read misses from at once (`RWF_NOWAIT`), while it answers.
+    direct: Option<RawFd>,
+    /// Direct reads made.
+    direct_reads: u32,
+    /// Buffers of earlier updates, reused (a direct read's page is large enough for
+    /// glibc's allocator to consolidate its small bins on every one).
+    spare: Vec<Vec<u8>>,
 }
 
 impl Staged {
@@ -46,6 +67,71 @@ impl Staged {
             disk_len,
             ..Staged::default()
         }
+    }
+
+    /// A view of an existing file of `disk_len` bytes open as `fd`, whose misses are
+    /// read at once when the page cache holds them.
+    pub fn direct(disk_len: u64, fd: RawFd) -> Staged {
+        Staged {
+            disk_len,
+            direct: Some(fd),
+            ..Staged::default()
+        }
+    }
+
+    /// Makes this view a fresh [`Staged::direct`] one, keeping its buffers for reuse.
+    pub fn reset_direct(&mut self, disk_len: u64, fd: RawFd) {
+        for (_, b) in self.known.drain(..).chain(self.writes.drain(..)) {
+            self.spare.push(b);
+        }
+        self.disk_len = disk_len;
+        self.zero_from = None;
+        self.allocate = None;
+        self.missing.clear();
+        self.direct = Some(fd);
+        self.direct_reads = 0;
+    }
+
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        let mut b = self.spare.pop().unwrap_or_default();
+        b.clear();
+        b.resize(len, 0);
+        b
+    }
+
+    /// Direct reads made so far.
+    pub fn direct_reads(&self) -> u32 {
+        self.direct_reads
+    }
+
+    /// Reads `[off, end)` (rounded out to pages) at once if the page cache has it.
+    fn read_direct(&mut self, off: u64, end: u64) -> bool {
+        let Some(fd) = self.direct else {
+            return false;
+        };
+        let start = off - off % PAGE_BYTES;
+        let stop = end
+            .div_ceil(PAGE_BYTES)
+            .saturating_mul(PAGE_BYTES)
+            .min(self.disk_len);
+        let mut buf = self.buffer((stop - start) as usize);
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: one iovec over `buf`, which lives across the call; RWF_NOWAIT makes
+        // the read return EAGAIN rather than wait for the disk.
+        let n = unsafe { libc::preadv2(fd, &iov, 1, start as libc::off_t, libc::RWF_NOWAIT) };
+        self.direct_reads += 1;
+        if n < 0 || (n as u64) < end.min(self.disk_len) - start {
+            // It would block (or the file shrank): the rest goes the slow way.
+            self.direct = None;
+            self.spare.push(buf);
+            return false;
+        }
+        buf.truncate(n as usize);
+        self.fetched(start, buf);
+        true
     }
 
     /// A view of a new, empty file: every byte the engine will write is known.
@@ -59,7 +145,9 @@ impl Staged {
 
     /// Starts a run: forgets the last run's writes and misses (fetched bytes stay).
     pub fn begin_run(&mut self) {
-        self.writes.clear();
+        for (_, b) in self.writes.drain(..) {
+            self.spare.push(b);
+        }
         self.allocate = None;
         self.missing.clear();
     }
@@ -110,9 +198,15 @@ impl Staged {
             let (k_off, k) = self.known.remove(i);
             let new_start = start.min(k_off);
             let new_end = end.max(k_off + k.len() as u64);
-            let mut merged = vec![0u8; (new_end - new_start) as usize];
-            merged[(k_off - new_start) as usize..][..k.len()].copy_from_slice(&k);
-            merged[(start - new_start) as usize..][..data.len()].copy_from_slice(&data);
+            // The range that starts first grows to hold the other (no new buffer).
+            let (mut merged, other, other_off) = if k_off <= start {
+                (k, data, start)
+            } else {
+                (data, k, k_off)
+            };
+            merged.resize((new_end - new_start) as usize, 0);
+            merged[(other_off - new_start) as usize..][..other.len()].copy_from_slice(&other);
+            self.spare.push(other);
             start = new_start;
             data = merged;
         }
@@ -165,15 +259,48 @@ impl Staged {
             out.push((off, bytes.clone()));
         }
         out.sort_unstable_by_key(|(o, _)| *o);
-        // Join ranges that touch: fewer writes.
+        // Join ranges that touch, or that a short gap of bytes already fetched (and so
+        // rewritten unchanged) separates: one write instead of several. An update's
+        // runs are often a few slots apart (points come every few seconds into 1 or
+        // 2 second slots), and each write costs an io-wq round in the kernel.
         let mut joined: Vec<(u64, Vec<u8>)> = Vec::with_capacity(out.len());
         for (o, b) in out {
-            match joined.last_mut() {
-                Some((jo, jb)) if *jo + jb.len() as u64 == o => jb.extend_from_slice(&b),
-                _ => joined.push((o, b)),
+            if let Some((jo, jb)) = joined.last_mut() {
+                let end = *jo + jb.len() as u64;
+                if end == o
+                    || (o - end <= GAP_BYTES_MAX && self.disk_bytes(end, (o - end) as usize, jb))
+                {
+                    jb.extend_from_slice(&b);
+                    continue;
+                }
             }
+            joined.push((o, b));
         }
         (self.allocate, joined)
+    }
+
+    /// Appends the file's bytes at `[off, off + len)` as fetched (zeros past a created
+    /// file's header); false, appending nothing, when they were not fetched.
+    fn disk_bytes(&self, off: u64, len: usize, out: &mut Vec<u8>) -> bool {
+        let end = off + len as u64;
+        if self.zero_from.is_some_and(|z| off >= z) {
+            out.resize(out.len() + len, 0);
+            return true;
+        }
+        if end > self.disk_len {
+            return false;
+        }
+        match self
+            .known
+            .iter()
+            .find(|(o, b)| *o <= off && end <= *o + b.len() as u64)
+        {
+            Some((o, b)) => {
+                out.extend_from_slice(&b[(off - o) as usize..][..len]);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -188,7 +315,7 @@ impl WhisperIo for Staged {
         buf.fill(0);
         let disk_end = end.min(self.disk_len);
         if off < disk_end {
-            if self.covered(off, disk_end) {
+            if self.covered(off, disk_end) || self.read_direct(off, disk_end) {
                 if let Some((o, b)) = self
                     .known
                     .iter()
@@ -213,7 +340,10 @@ impl WhisperIo for Staged {
     }
 
     fn write_at(&mut self, buf: &[u8], off: u64) -> io::Result<()> {
-        self.writes.push((off, buf.to_vec()));
+        let mut b = self.spare.pop().unwrap_or_default();
+        b.clear();
+        b.extend_from_slice(buf);
+        self.writes.push((off, b));
         Ok(())
     }
 
@@ -330,6 +460,26 @@ mod tests {
         s.read_at(&mut buf, 3).unwrap();
         assert_eq!(&buf, b"abb");
         assert!(s.read_at(&mut [0u8; 4], 20).is_err());
+    }
+
+    #[test]
+    fn writes_a_short_fetched_gap_apart_are_joined() {
+        let mut s = Staged::existing(10_000);
+        s.fetched(0, (0..=255u8).cycle().take(6000).collect());
+        s.write_at(b"ab", 10).unwrap();
+        s.write_at(b"cd", 20).unwrap();
+        // Past what was fetched: not joined.
+        s.write_at(b"ef", 6100).unwrap();
+        // A page or more apart: not joined.
+        s.write_at(b"gh", 20 + 2 + 4096).unwrap();
+        let (_, plan) = s.plan();
+        let mut first = b"ab".to_vec();
+        first.extend(12..20u8);
+        first.extend_from_slice(b"cd");
+        assert_eq!(
+            plan,
+            vec![(10, first), (4118, b"gh".to_vec()), (6100, b"ef".to_vec())]
+        );
     }
 
     #[test]
