@@ -231,7 +231,14 @@ pub async fn accept_loop(core: Rc<RefCell<Core>>, listener: StreamListener, opts
                             last: Cell::new(Instant::now()),
                             idle: Cell::new(false),
                         });
-                        watched.borrow_mut().push(a.clone());
+                        let mut w = watched.borrow_mut();
+                        // Ended connections leave their entry until the next sweep:
+                        // under churn, prune before the list would grow, so it stays
+                        // within about twice the connections open at once.
+                        if w.len() >= 64 && w.len() == w.capacity() {
+                            w.retain(|a| Rc::strong_count(a) > 1);
+                        }
+                        w.push(a.clone());
                         a
                     });
                     read_stream(&core, s, opts, None, activity.as_deref()).await
