@@ -133,11 +133,12 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     match Config::parse(&text) {
         Ok(cfg) => {
             println!(
-                "{}: ok ({} listeners, {} clusters, {} aggregators, {} routes)",
+                "{}: ok ({} listeners, {} clusters, {} aggregators, {} stores, {} routes)",
                 path.display(),
                 cfg.listeners.len(),
                 cfg.clusters.len(),
                 cfg.aggregates.len(),
+                cfg.stores.len(),
                 cfg.routes.len()
             );
             Ok(())
