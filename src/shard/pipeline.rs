@@ -139,41 +139,10 @@ impl Core {
         } else {
             NameForm::Plain
         };
-        let Core {
-            router,
-            outputs,
-            aggs,
-            stores,
-            mesh,
-            counters,
-            cleansed,
-            counts,
-            forwards,
-            inputs,
-            ..
-        } = self;
+        let (mut ctx, DecodeState { counts, inputs, .. }) = self.split(form, origin);
         let decoder = &inputs[listener].as_ref().expect("checked above").decoder;
         counts.clear();
-        let now_ms = if aggs.aggs.is_empty() && stores.stores.is_empty() {
-            0
-        } else {
-            unix_ms()
-        };
-        let now_s = now_ms / 1000;
-        let mut ctx = RouteCtx {
-            router,
-            outputs,
-            aggs,
-            stores,
-            mesh,
-            counters,
-            cleansed,
-            forwards,
-            form,
-            origin,
-            now_s,
-            now_f: now_ms as f64 / 1000.0,
-        };
+        let now_s = ctx.now_s;
         let mut batch: [(Point<'b>, Fingerprint); ROUTE_BATCH_POINTS] =
             [(Point::EMPTY, Fingerprint::ZERO); ROUTE_BATCH_POINTS];
         let mut batched = 0;
@@ -217,19 +186,7 @@ impl Core {
             return;
         }
         let origin = Origin::Listener(listener as u16);
-        let Core {
-            router,
-            outputs,
-            aggs,
-            stores,
-            mesh,
-            counters,
-            cleansed,
-            counts,
-            forwards,
-            inputs,
-            ..
-        } = self;
+        let (mut ctx, DecodeState { counts, inputs, .. }) = self.split(NameForm::Collectd, origin);
         let Some(Some(Input {
             decoder: Decoder::Collectd(decoder),
             ..
@@ -238,26 +195,8 @@ impl Core {
             unreachable!("checked above");
         };
         counts.clear();
-        let now_ms = if aggs.aggs.is_empty() && stores.stores.is_empty() {
-            0
-        } else {
-            unix_ms()
-        };
-        let (dropped, unrouted) = (counters.routing.dropped_by_rule, counters.routing.unrouted);
-        let mut ctx = RouteCtx {
-            router,
-            outputs,
-            aggs,
-            stores,
-            mesh,
-            counters,
-            cleansed,
-            forwards,
-            form: NameForm::Collectd,
-            origin,
-            now_s: now_ms / 1000,
-            now_f: now_ms as f64 / 1000.0,
-        };
+        let routing = &ctx.counters.routing;
+        let (dropped, unrouted) = (routing.dropped_by_rule, routing.unrouted);
         let handed = decoder.decode(buf, counts, &mut |points: &[Point<'_>]| {
             let mut batch = [(Point::EMPTY, Fingerprint::ZERO); ROUTE_BATCH_POINTS];
             for (slot, p) in batch.iter_mut().zip(points) {
@@ -288,40 +227,19 @@ impl Core {
         skipping: &mut bool,
         end: End,
     ) -> usize {
-        let Core {
-            router,
-            outputs,
-            aggs,
-            stores,
-            mesh,
-            counters,
-            cleansed,
-            counts,
-            forwards,
-            inputs,
-            pickle_vm,
-            ..
-        } = self;
+        let (
+            mut ctx,
+            DecodeState {
+                counts,
+                inputs,
+                pickle_vm,
+            },
+        ) = self.split(NameForm::Plain, Origin::Listener(listener as u16));
         let decoder = &inputs[listener]
             .as_ref()
             .expect("checked by process")
             .decoder;
         counts.clear();
-        let now_ms = unix_ms();
-        let mut ctx = RouteCtx {
-            router,
-            outputs,
-            aggs,
-            stores,
-            mesh,
-            counters,
-            cleansed,
-            forwards,
-            form: NameForm::Plain,
-            origin: Origin::Listener(listener as u16),
-            now_s: now_ms / 1000,
-            now_f: now_ms as f64 / 1000.0,
-        };
         let mut emit = |p: Point<'_>| {
             let fp = ctx
                 .router
@@ -337,32 +255,7 @@ impl Core {
     /// `name value timestamp\n` each, trusted (values such as `NaN` that Etsy writes go
     /// out as written), from `origin`.
     pub fn route_lines(&mut self, origin: Origin, buf: &[u8]) {
-        let Core {
-            router,
-            outputs,
-            aggs,
-            stores,
-            mesh,
-            counters,
-            cleansed,
-            forwards,
-            ..
-        } = self;
-        let now_ms = unix_ms();
-        let mut ctx = RouteCtx {
-            router,
-            outputs,
-            aggs,
-            stores,
-            mesh,
-            counters,
-            cleansed,
-            forwards,
-            form: NameForm::Plain,
-            origin,
-            now_s: now_ms / 1000,
-            now_f: now_ms as f64 / 1000.0,
-        };
+        let (mut ctx, _) = self.split(NameForm::Plain, origin);
         let mut batch: [(Point<'_>, Fingerprint); ROUTE_BATCH_POINTS] =
             [(Point::EMPTY, Fingerprint::ZERO); ROUTE_BATCH_POINTS];
         let mut batched = 0;
@@ -402,6 +295,60 @@ fn trusted_line(line: &[u8]) -> Option<Point<'_>> {
             timestamp: &line[sp2 + 1..],
         }),
     })
+}
+
+impl Core {
+    /// Borrows the core as routing needs it for points of `form` from `origin`, beside
+    /// the decode state: the one place every entry point gets its context from. The
+    /// clock is read only when an aggregator or a store will want the time.
+    fn split(&mut self, form: NameForm, origin: Origin) -> (RouteCtx<'_>, DecodeState<'_>) {
+        let Core {
+            router,
+            outputs,
+            aggs,
+            stores,
+            mesh,
+            counters,
+            cleansed,
+            counts,
+            forwards,
+            inputs,
+            pickle_vm,
+            ..
+        } = self;
+        let now_ms = if aggs.aggs.is_empty() && stores.stores.is_empty() {
+            0
+        } else {
+            unix_ms()
+        };
+        let ctx = RouteCtx {
+            router,
+            outputs,
+            aggs,
+            stores,
+            mesh,
+            counters,
+            cleansed,
+            forwards,
+            form,
+            origin,
+            now_s: now_ms / 1000,
+            now_f: now_ms as f64 / 1000.0,
+        };
+        let decode = DecodeState {
+            counts,
+            inputs,
+            pickle_vm,
+        };
+        (ctx, decode)
+    }
+}
+
+/// What decoding needs from the core while routing borrows the rest.
+struct DecodeState<'c> {
+    counts: &'c mut DecodeCounts,
+    inputs: &'c mut Vec<Option<Input>>,
+    pickle_vm: &'c mut crate::protocol::pickle::Decoder,
 }
 
 /// What routing a batch needs from the core, borrowed once per buffer.
