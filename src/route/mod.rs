@@ -570,6 +570,21 @@ pub struct Router {
     alive: Vec<bool>,
     /// The collectd hosts each destination was given (bounded).
     hosts_seen: HostsSeen,
+    /// Per (form, origin) asked so far: the decision no name can change, if any (see
+    /// [`Router::constant_route`]).
+    constant: Vec<(NameForm, Origin, Option<u16>)>,
+    /// Those decisions.
+    constant_plans: Vec<ConstantPlan>,
+}
+
+/// A decision that holds for every name from one origin: the rules that apply there all
+/// match every name, rewrite nothing and send only to aggregators and stores (or drop).
+#[derive(Debug, Clone)]
+struct ConstantPlan {
+    verdict: Verdict,
+    rules: Vec<u16>,
+    targets: Vec<Target>,
+    stages: Vec<u8>,
 }
 
 /// The collectd hosts routed to each destination, as routing decisions were made (each
@@ -711,6 +726,75 @@ impl Router {
             rewritten: Rewritten::default(),
             alive: vec![true; table.destinations.len()],
             hosts_seen: HostsSeen::new(cfg.server.tiers_hosts_max),
+            constant: Vec::new(),
+            constant_plans: Vec::new(),
+        }
+    }
+
+    /// Whether every name of `form` from `origin` gets the same decision, and which: then
+    /// [`route_constant`](Self::route_constant) gives it without hashing the name or
+    /// looking it up (a statsd listener whose one route sends everything to an
+    /// aggregator). That holds when each rule that takes `origin`, up to the first that
+    /// stops matching, matches every name, rewrites nothing and sends only to
+    /// aggregators and stores or drops; cleansed and collectd names never qualify (the
+    /// decision records per name whether it was cleansed, and which hosts went where).
+    /// Worked out once per (form, origin) and topology.
+    pub fn constant_route(&mut self, form: NameForm, origin: Origin) -> Option<u16> {
+        if let Some(&(_, _, c)) = self
+            .constant
+            .iter()
+            .find(|(f, o, _)| *f == form && *o == origin)
+        {
+            return c;
+        }
+        let c = self.constant_plan(form, origin);
+        self.constant.push((form, origin, c));
+        c
+    }
+
+    fn constant_plan(&mut self, form: NameForm, origin: Origin) -> Option<u16> {
+        if form != NameForm::Plain {
+            return None;
+        }
+        for rule in self.rules.iter().filter(|r| r.takes(origin)) {
+            let only_local = match &rule.action {
+                RuleAction::Drop | RuleAction::Aggregate(_) => true,
+                RuleAction::SendTo(sinks) => sinks.iter().all(|s| matches!(s, Sink::Store(_))),
+            };
+            if !matches!(rule.matcher, Matcher::All) || rule.rewrite.is_some() || !only_local {
+                return None;
+            }
+            if !rule.continue_matching || matches!(rule.action, RuleAction::Drop) {
+                break;
+            }
+        }
+        // No rule below can look at the name, so any name gives the decision.
+        let verdict = self.evaluate(b"", Keying::Whole, origin);
+        let id = u16::try_from(self.constant_plans.len()).ok()?;
+        self.constant_plans.push(ConstantPlan {
+            verdict,
+            rules: self.scratch_rules.clone(),
+            targets: self.scratch_targets.clone(),
+            stages: self.scratch_stages.clone(),
+        });
+        Some(id)
+    }
+
+    /// The decision [`constant_route`](Self::constant_route) found (`plan` is what it
+    /// returned), counted in `rule_hits` as a routed name's would be.
+    #[inline(always)]
+    pub fn route_constant(&self, plan: u16, rule_hits: &mut [u64]) -> Decision<'_> {
+        let plan = &self.constant_plans[plan as usize];
+        for &r in &plan.rules {
+            rule_hits[r as usize] += 1;
+        }
+        Decision {
+            verdict: plan.verdict,
+            targets: &plan.targets,
+            cleansed: false,
+            cleansed_name: &[],
+            stages: &plan.stages,
+            names: &[],
         }
     }
 
@@ -1137,6 +1221,110 @@ mod tests {
         for cache in [0, 2, 1000] {
             rules_with_cache(cache);
         }
+    }
+
+    #[test]
+    fn constant_routes_are_found_only_where_no_name_can_change_the_decision() {
+        let head = r#"
+            [[listen]]
+            name = "s"
+            url = "udp://127.0.0.1:0"
+            format = "statsd"
+            [[listen]]
+            name = "g"
+            url = "tcp://127.0.0.1:0"
+            format = "graphite"
+            [[cluster]]
+            name = "out"
+            kind = "forward"
+            members = ["127.0.0.1:1"]
+            [[aggregate]]
+            name = "agg"
+            kind = "statsd"
+            send_to = ["out"]
+        "#;
+        let s = Origin::Listener(0);
+        let g = Origin::Listener(1);
+        // Keeps the aggregator in use where the rules under test do not (the config
+        // refuses an aggregator no route feeds); `s` never reaches it.
+        let for_g = "[[route]]\nfrom = [\"g\"]\nmatch = { all = true }\naggregate = \"agg\"\n";
+        // Everything from `s` to the aggregator: constant there, not for `g` (its names
+        // reach the cluster rule below), never for cleansed names.
+        let (mut r, _) = router(&format!(
+            r#"{head}
+            [[route]]
+            from = ["s"]
+            match = {{ all = true }}
+            aggregate = "agg"
+            [[route]]
+            match = {{ prefix = "x." }}
+            send_to = ["out"]
+            "#
+        ));
+        let plan = r
+            .constant_route(NameForm::Plain, s)
+            .expect("constant for s");
+        assert_eq!(
+            r.constant_route(NameForm::Plain, s),
+            Some(plan),
+            "asked twice"
+        );
+        assert_eq!(r.constant_route(NameForm::Plain, g), None);
+        assert_eq!(r.constant_route(NameForm::Cleansed, s), None);
+        assert_eq!(r.constant_route(NameForm::Collectd, s), None);
+        let mut hits = vec![0; r.rule_count()];
+        let d = r.route_constant(plan, &mut hits);
+        assert_eq!(d.verdict, Verdict::Routed);
+        assert_eq!(d.targets, &[Target::Aggregator(0)]);
+        assert_eq!(hits[0], 1);
+        // The same as routing any name through the rules.
+        let (v, t) = {
+            let fp = r.fingerprint(b"any.name", b"any.name", NameForm::Plain, s);
+            let d =
+                r.route_fingerprinted(fp, b"any.name", b"any.name", NameForm::Plain, s, &mut hits);
+            (d.verdict, d.targets.to_vec())
+        };
+        assert_eq!((v, t), (Verdict::Routed, vec![Target::Aggregator(0)]));
+
+        // A rule that looks at the name, rewrites it, or picks cluster members first:
+        // never constant.
+        for first in [
+            r#"match = { prefix = "a." }
+            aggregate = "agg""#,
+            r#"match = { all = true }
+            rewrite = { regex = "^a", into = "b" }
+            aggregate = "agg""#,
+            r#"match = { all = true }
+            send_to = ["out"]"#,
+            r#"match = { all = true }
+            aggregate = "agg"
+            continue = true
+            [[route]]
+            match = { regex = "x" }
+            send_to = ["out"]"#,
+        ] {
+            let (mut r, _) = router(&format!("{head}\n[[route]]\n{first}\n{for_g}"));
+            assert_eq!(r.constant_route(NameForm::Plain, s), None, "{first}");
+        }
+        // A drop in front of everything else, and no rule at all: constant too.
+        let (mut r, _) = router(&format!(
+            "{head}\n[[route]]\nmatch = {{ all = true }}\naction = \"drop\"\n[[route]]\nmatch = {{ prefix = \"a\" }}\nsend_to = [\"out\"]\n{for_g}"
+        ));
+        let plan = r
+            .constant_route(NameForm::Plain, s)
+            .expect("drop is constant");
+        assert_eq!(
+            r.route_constant(plan, &mut vec![0; r.rule_count()]).verdict,
+            Verdict::Dropped
+        );
+        let (mut r, _) = router(&format!("{head}\n{for_g}"));
+        let plan = r
+            .constant_route(NameForm::Plain, s)
+            .expect("no rule is constant");
+        assert_eq!(
+            r.route_constant(plan, &mut vec![0; r.rule_count()]).verdict,
+            Verdict::Unrouted
+        );
     }
 
     fn rules_with_cache(names_max: usize) {

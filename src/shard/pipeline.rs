@@ -143,12 +143,19 @@ impl Core {
         let decoder = &inputs[listener].as_ref().expect("checked above").decoder;
         counts.clear();
         let now_s = ctx.now_s;
+        ctx.constant = ctx.router.constant_route(form, origin);
+        let constant = ctx.constant.is_some();
         let mut batch: [(Point<'b>, Fingerprint); ROUTE_BATCH_POINTS] =
             [(Point::EMPTY, Fingerprint::ZERO); ROUTE_BATCH_POINTS];
         let mut batched = 0;
         let mut emit = |p: Point<'b>| {
-            let fp = ctx.router.fingerprint(p.name, p.key, form, origin);
-            ctx.router.prefetch(fp);
+            let fp = if constant {
+                Fingerprint::ZERO
+            } else {
+                let fp = ctx.router.fingerprint(p.name, p.key, form, origin);
+                ctx.router.prefetch(fp);
+                fp
+            };
             batch[batched] = (p, fp);
             batched += 1;
             if batched == ROUTE_BATCH_POINTS {
@@ -332,6 +339,7 @@ impl Core {
             forwards,
             form,
             origin,
+            constant: None,
             now_s: now_ms / 1000,
             now_f: now_ms as f64 / 1000.0,
         };
@@ -363,6 +371,9 @@ struct RouteCtx<'c> {
     forwards: &'c mut Vec<(u16, usize)>,
     form: NameForm,
     origin: Origin,
+    /// The router's decision for every name of `form` from `origin`, when no name can
+    /// change it: then points are neither fingerprinted nor looked up.
+    constant: Option<u16>,
     now_s: i64,
     /// Now in seconds with a fraction (carbon's `time.time()` for `-1` timestamps).
     now_f: f64,
@@ -372,14 +383,19 @@ struct RouteCtx<'c> {
 #[inline]
 fn route_batch(batch: &[(Point<'_>, Fingerprint)], ctx: &mut RouteCtx<'_>) {
     for (i, (p, fp)) in batch.iter().enumerate() {
-        let d = ctx.router.route_fingerprinted(
-            *fp,
-            p.name,
-            p.key,
-            ctx.form,
-            ctx.origin,
-            &mut ctx.counters.rules_matched,
-        );
+        let d = match ctx.constant {
+            Some(plan) => ctx
+                .router
+                .route_constant(plan, &mut ctx.counters.rules_matched),
+            None => ctx.router.route_fingerprinted(
+                *fp,
+                p.name,
+                p.key,
+                ctx.form,
+                ctx.origin,
+                &mut ctx.counters.rules_matched,
+            ),
+        };
         match d.verdict {
             Verdict::Routed => {
                 // Rare (the router remembers which names need it): the name goes out
