@@ -393,7 +393,7 @@ pub(crate) async fn wait_while_congested(core: &Rc<RefCell<Core>>, opts: &ReadOp
 /// [`UDP_BATCH_DATAGRAMS`] per `recvmmsg`; only an empty socket waits in the reactor.
 pub async fn udp_loop(core: Rc<RefCell<Core>>, sock: UdpSocket, opts: ReadOptions) {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
-    let mut batch = DatagramBatch::new(opts.read_buffer_bytes.max(UDP_SLOT_BYTES_MIN));
+    let mut batch = DatagramBatch::new(UDP_SLOT_BYTES);
     let mut datagrams_since_yield = 0;
     loop {
         let n = match batch.recv_waiting(fd) {
@@ -452,9 +452,9 @@ const UDP_DATAGRAMS_PER_YIELD: u32 = 32;
 /// Datagrams one `recvmmsg` takes at most.
 const UDP_BATCH_DATAGRAMS: usize = 16;
 
-/// The smallest slot per datagram: the largest UDP payload (65,507 bytes over IPv4) fits,
-/// so no datagram is ever truncated.
-const UDP_SLOT_BYTES_MIN: usize = 65_536;
+/// The slot per datagram: the largest UDP payload (65,507 bytes over IPv4) fits, so no
+/// datagram is ever truncated (`read_buffer_bytes` sizes stream buffers only).
+const UDP_SLOT_BYTES: usize = 65_536;
 
 /// [`UDP_BATCH_DATAGRAMS`] receive slots in one zeroed allocation. The allocator maps it
 /// lazily, so a slot costs memory only as far as the datagrams written into it reach
