@@ -172,6 +172,9 @@ pub struct Listener {
     pub idle_timeout_ms: u64,
     /// `SO_RCVBUF` asked of the kernel (0 leaves the kernel default).
     pub socket_receive_buffer_bytes: usize,
+    /// UDP: the longest a busy reader that found its socket empty waits before reading
+    /// again, so one wakeup takes many datagrams (0: it waits for the next datagram).
+    pub datagram_coalesce_us_max: u64,
     /// Graphite: rewrite names as carbon-c-relay does before routing them.
     pub cleanse_names: bool,
     /// Regex format: the regex with a `(?P<Key>...)` group (and `(?P<Timestamp>...)`).
@@ -1032,6 +1035,15 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
         1 << 30,
         errs,
     ) as usize;
+    let datagram_coalesce_us_max = r.uint("datagram_coalesce_us_max", 2_000, 0, 100_000, errs);
+    if t.contains_key("datagram_coalesce_us_max")
+        && !matches!(url, ListenUrl::Inet(Transport::Udp, _))
+    {
+        errs.push(ConfigError::new(
+            r.key_path("datagram_coalesce_us_max"),
+            "applies to udp:// listeners only",
+        ));
+    }
     let cleanse_present = t.contains_key("cleanse_names");
     let cleanse_names = r.boolean("cleanse_names", format == Format::Graphite, errs);
     if cleanse_present && cleanse_names && format != Format::Graphite {
@@ -1123,6 +1135,7 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
         connections_max,
         idle_timeout_ms,
         socket_receive_buffer_bytes,
+        datagram_coalesce_us_max,
         cleanse_names,
         regex,
         time_layout,
@@ -1867,6 +1880,44 @@ mod tests {
             "cluster[2].members[0]",
         ] {
             assert!(paths.contains(&want), "missing {want} in {errs:#?}");
+        }
+    }
+
+    #[test]
+    fn datagram_coalescing_is_a_udp_setting() {
+        let listener = |url: &str, extra: &str| {
+            format!(
+                r#"
+                [[listen]]
+                name = "s"
+                url = "{url}"
+                format = "statsd"
+                {extra}
+                [[cluster]]
+                name = "a"
+                kind = "forward"
+                members = ["127.0.0.1:1"]
+                [[route]]
+                match = {{ all = true }}
+                send_to = ["a"]
+                "#
+            )
+        };
+        let c = Config::parse(&listener("udp://127.0.0.1:8125", "")).unwrap();
+        assert_eq!(c.listeners[0].datagram_coalesce_us_max, 2_000);
+        let c = Config::parse(&listener(
+            "udp://127.0.0.1:8125",
+            "datagram_coalesce_us_max = 0",
+        ))
+        .unwrap();
+        assert_eq!(c.listeners[0].datagram_coalesce_us_max, 0);
+        for (url, extra) in [
+            ("tcp://127.0.0.1:8125", "datagram_coalesce_us_max = 500"),
+            ("udp://127.0.0.1:8125", "datagram_coalesce_us_max = 100001"),
+        ] {
+            let errs = Config::parse(&listener(url, extra)).unwrap_err().0;
+            assert_eq!(errs.len(), 1, "{errs:#?}");
+            assert_eq!(errs[0].path, "listen[0].datagram_coalesce_us_max");
         }
     }
 }

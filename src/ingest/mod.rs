@@ -145,6 +145,8 @@ pub struct ReadOptions {
     pub stall_max: Duration,
     /// A connection that sends nothing this long is closed (`None`: never).
     pub idle_timeout: Option<Duration>,
+    /// UDP: the longest wait of a busy reader for more datagrams ([`Coalesce`]).
+    pub datagram_coalesce_max: Duration,
 }
 
 impl ReadOptions {
@@ -163,6 +165,7 @@ impl ReadOptions {
             connections_max: l.connections_max,
             stall_max,
             idle_timeout: (l.idle_timeout_ms > 0).then(|| Duration::from_millis(l.idle_timeout_ms)),
+            datagram_coalesce_max: Duration::from_micros(l.datagram_coalesce_us_max),
         }
     }
 }
@@ -390,24 +393,35 @@ pub(crate) async fn wait_while_congested(core: &Rc<RefCell<Core>>, opts: &ReadOp
 
 /// Receives datagrams until the task is dropped; each datagram is whole lines, or one
 /// collectd packet. Datagrams already waiting are taken up to
-/// [`UDP_BATCH_DATAGRAMS`] per `recvmmsg`; only an empty socket waits in the reactor.
+/// [`UDP_BATCH_DATAGRAMS`] per `recvmmsg`. When the socket is empty, a busy reader waits
+/// a while for more ([`Coalesce`]); an idle one waits for the next datagram in the
+/// reactor.
 pub async fn udp_loop(core: Rc<RefCell<Core>>, sock: UdpSocket, opts: ReadOptions) {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
     let mut batch = DatagramBatch::new(UDP_SLOT_BYTES);
+    let mut pace = Coalesce::new(opts.datagram_coalesce_max, receive_buffer_bytes(fd));
     let mut datagrams_since_yield = 0;
     loop {
-        let n = match batch.recv_waiting(fd) {
-            Ok(0) => match sock.recv_from(batch.slot(0)).await {
-                Ok((n, _)) => {
-                    batch.lens[0] = n;
-                    1
-                }
-                Err(e) => {
-                    udp_read_error(&core, &opts, &e);
-                    glommio::timer::sleep(Duration::from_millis(1)).await;
+        let waiting = match batch.recv_waiting(fd) {
+            Ok(0) => match pace.empty() {
+                Some(wait) => {
+                    glommio::timer::sleep(wait).await;
                     continue;
                 }
+                None => {
+                    pace.parked(Instant::now());
+                    let got = sock.recv_from(batch.slot(0)).await;
+                    pace.woke(Instant::now());
+                    got.map(|(len, _)| {
+                        batch.lens[0] = len;
+                        1
+                    })
+                    .map_err(|e| e.to_string())
+                }
             },
+            got => got.map_err(|e| e.to_string()),
+        };
+        let n = match waiting {
             Ok(n) => n,
             Err(e) => {
                 udp_read_error(&core, &opts, &e);
@@ -415,6 +429,7 @@ pub async fn udp_loop(core: Rc<RefCell<Core>>, sock: UdpSocket, opts: ReadOption
                 continue;
             }
         };
+        pace.took(&batch.lens[..n]);
         let draining = {
             let mut c = core.borrow_mut();
             for i in 0..n {
@@ -444,6 +459,136 @@ fn udp_read_error(core: &RefCell<Core>, opts: &ReadOptions, e: &dyn std::fmt::Di
         .counters
         .read_errors += 1;
     tracing::debug!(error = %e, "recv failed");
+}
+
+/// How long a UDP reader waits when its socket is empty. Every wakeup of a parked shard
+/// costs tens of microseconds (the scheduler, `io_uring_enter`, the executor), and a
+/// reader that wakes for each datagram spends more on waking than on the datagrams at a
+/// high rate. So a reader that is busy (it read more than one datagram since it last
+/// found the socket empty, or it was woken less than `datagram_coalesce_us_max` after
+/// it parked) sleeps on finding the socket empty and then takes what came meanwhile in
+/// one go. The sleep adapts to the receive buffer: it halves when a round read more
+/// than a quarter of `SO_RCVBUF` (estimated with [`DATAGRAM_OVERHEAD_BYTES`] per
+/// datagram) and doubles, up to `datagram_coalesce_us_max`, when it read less than a
+/// sixteenth. A sleep that brings nothing doubles it too, until a sleep of the maximum
+/// brought nothing: then the reader parks in the reactor until the next datagram and
+/// starts short again. A reader seeing datagrams further apart than the maximum parks
+/// after each, as does every reader with the maximum at 0 or a receive buffer under
+/// [`COALESCE_BUFFER_BYTES_MIN`].
+#[derive(Debug)]
+struct Coalesce {
+    max: Duration,
+    wait: Duration,
+    buffer_bytes: usize,
+    round_bytes: usize,
+    round_datagrams: usize,
+    /// The round began after a sleep (not a wakeup by a datagram).
+    slept: bool,
+    /// The last wakeup by a datagram came less than `max` after the reader parked.
+    frequent: bool,
+    parked_at: Option<Instant>,
+}
+
+/// The first sleep after parking.
+const COALESCE_START: Duration = Duration::from_micros(100);
+/// The shortest sleep, however full the buffer gets.
+const COALESCE_MIN: Duration = Duration::from_micros(25);
+/// The smallest receive buffer (as `SO_RCVBUF` reports it: twice what was asked) a
+/// reader sleeps with: 1 MiB, a 512 KiB request. The kernel's usual default (208 KiB,
+/// reported as 416 KiB) overflows under a burst even with a reader that wakes for every
+/// datagram.
+const COALESCE_BUFFER_BYTES_MIN: usize = 1 << 20;
+
+/// What the kernel charges a datagram's receive buffer beyond its payload (the socket
+/// buffer's bookkeeping), as the coalescing estimates it.
+const DATAGRAM_OVERHEAD_BYTES: usize = 1024;
+
+impl Coalesce {
+    fn new(max: Duration, buffer_bytes: usize) -> Coalesce {
+        // A small buffer has no room for what arrives during a sleep.
+        let max = if buffer_bytes < COALESCE_BUFFER_BYTES_MIN {
+            Duration::ZERO
+        } else {
+            max
+        };
+        Coalesce {
+            max,
+            wait: COALESCE_START.min(max),
+            buffer_bytes,
+            round_bytes: 0,
+            round_datagrams: 0,
+            slept: false,
+            frequent: false,
+            parked_at: None,
+        }
+    }
+
+    /// Datagrams of these lengths were read.
+    fn took(&mut self, lens: &[usize]) {
+        self.round_datagrams += lens.len();
+        self.round_bytes += lens.iter().sum::<usize>() + lens.len() * DATAGRAM_OVERHEAD_BYTES;
+    }
+
+    /// The socket is empty: how long to sleep before reading again, or `None` to park
+    /// until the next datagram (then [`parked`](Self::parked) and
+    /// [`woke`](Self::woke) tell it when). Ends the round.
+    fn empty(&mut self) -> Option<Duration> {
+        let (bytes, datagrams) = (self.round_bytes, self.round_datagrams);
+        (self.round_bytes, self.round_datagrams) = (0, 0);
+        let sleep = !self.max.is_zero()
+            && match datagrams {
+                0 => self.slept && self.wait < self.max,
+                1 => self.slept || self.frequent,
+                _ => true,
+            };
+        if !sleep {
+            self.wait = COALESCE_START.min(self.max);
+            self.slept = false;
+            return None;
+        }
+        if datagrams == 0 || bytes < self.buffer_bytes / 16 {
+            self.wait = (self.wait * 2).min(self.max);
+        } else if bytes > self.buffer_bytes / 4 {
+            self.wait = (self.wait / 2).max(COALESCE_MIN);
+        }
+        self.slept = true;
+        Some(self.wait)
+    }
+
+    /// The reader parks until the next datagram.
+    fn parked(&mut self, now: Instant) {
+        self.parked_at = Some(now);
+    }
+
+    /// A datagram woke the parked reader.
+    fn woke(&mut self, now: Instant) {
+        self.frequent = self
+            .parked_at
+            .is_some_and(|at| now.saturating_duration_since(at) < self.max);
+    }
+}
+
+/// The socket's receive buffer as the kernel accounts it (`SO_RCVBUF`, which reports
+/// the doubled size the kernel charges datagrams against); 0 if it cannot be read,
+/// which keeps the coalescing at its shortest.
+fn receive_buffer_bytes(fd: std::os::fd::RawFd) -> usize {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are valid for the call and sized for an int option.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        v.max(0) as usize
+    } else {
+        0
+    }
 }
 
 /// Datagrams a UDP reader handles before it lets the shard's other tasks run.
@@ -515,5 +660,96 @@ impl DatagramBatch {
             *len = h.msg_len as usize;
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod coalesce_tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_busy_reader_sleeps_longer_until_the_maximum_and_parks_when_nothing_comes() {
+        let mut c = Coalesce::new(2 * MS, 8 << 20);
+        // Woken once, then a batch: busy, so it sleeps, doubling while rounds are light.
+        c.parked(Instant::now());
+        c.woke(Instant::now());
+        c.took(&[1400; 16]);
+        assert_eq!(c.empty(), Some(Duration::from_micros(200)));
+        c.took(&[1400; 20]);
+        assert_eq!(c.empty(), Some(Duration::from_micros(400)));
+        c.took(&[1400; 20]);
+        assert_eq!(c.empty(), Some(Duration::from_micros(800)));
+        c.took(&[1400; 20]);
+        assert_eq!(c.empty(), Some(Duration::from_micros(1600)));
+        c.took(&[1400; 20]);
+        assert_eq!(c.empty(), Some(2 * MS));
+        c.took(&[1400; 20]);
+        assert_eq!(c.empty(), Some(2 * MS), "never past the maximum");
+        // A sleep of the maximum that brought nothing: park, and start short again.
+        assert_eq!(c.empty(), None);
+        c.parked(Instant::now());
+        c.woke(Instant::now());
+        c.took(&[1400; 2]);
+        assert_eq!(c.empty(), Some(Duration::from_micros(200)));
+    }
+
+    #[test]
+    fn a_filling_buffer_halves_the_sleep_down_to_the_floor() {
+        let mut c = Coalesce::new(2 * MS, 1 << 20);
+        for _ in 0..6 {
+            c.took(&[100; 2]);
+            c.empty();
+        }
+        assert_eq!(c.wait, 2 * MS);
+        // More than a quarter of the buffer in one round.
+        let quarter = (1 << 20) / 4 / (1400 + DATAGRAM_OVERHEAD_BYTES) + 1;
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            c.took(&vec![1400; quarter]);
+            waits.push(c.empty().unwrap());
+        }
+        assert_eq!(waits[0], MS);
+        assert_eq!(*waits.last().unwrap(), COALESCE_MIN);
+        // Between a sixteenth and a quarter: kept.
+        let kept = c.wait;
+        c.took(&vec![1400; quarter / 2]);
+        assert_eq!(c.empty(), Some(kept));
+    }
+
+    #[test]
+    fn a_slow_trickle_parks_after_each_datagram_and_zero_never_sleeps() {
+        let mut c = Coalesce::new(2 * MS, 8 << 20);
+        let t0 = Instant::now();
+        c.parked(t0);
+        c.woke(t0 + 10 * MS);
+        c.took(&[1400]);
+        assert_eq!(c.empty(), None, "one datagram after a long park");
+        // A datagram less than the maximum after parking: a rate worth coalescing.
+        c.parked(t0);
+        c.woke(t0 + MS / 2);
+        c.took(&[1400]);
+        assert_eq!(c.empty(), Some(Duration::from_micros(200)));
+
+        let mut off = Coalesce::new(Duration::ZERO, 8 << 20);
+        off.took(&[1400; 16]);
+        assert_eq!(off.empty(), None);
+        // A small (or unreadable) buffer: no sleeping.
+        for bytes in [0, 416 << 10] {
+            let mut small = Coalesce::new(2 * MS, bytes);
+            small.took(&[1400; 16]);
+            assert_eq!(small.empty(), None);
+        }
+        // A buffer that fills in every round ends in a park too, not endless short
+        // sleeps, once the sleeps bring nothing.
+        let mut full = Coalesce::new(2 * MS, COALESCE_BUFFER_BYTES_MIN);
+        full.took(&[60_000; 16]);
+        assert_eq!(full.empty(), Some(COALESCE_START / 2));
+        let mut sleeps = 0;
+        while full.empty().is_some() {
+            sleeps += 1;
+            assert!(sleeps < 16);
+        }
     }
 }
