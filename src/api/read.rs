@@ -301,6 +301,16 @@ fn too_large(s: &AdminState, e: read_format::ResponseTooLarge) -> Refusal {
     )
 }
 
+/// The response to a read request, counting the refusals that were the client's fault.
+fn answer(s: &AdminState, r: Result<Response, Refusal>) -> Response {
+    r.unwrap_or_else(|r| {
+        if r.0 == StatusCode::BAD_REQUEST {
+            count(s, |c| c.bad_requests += 1);
+        }
+        r.into_response()
+    })
+}
+
 /// `/metrics/find/`.
 pub async fn find(
     State(s): State<Arc<AdminState>>,
@@ -309,15 +319,7 @@ pub async fn find(
     body: Bytes,
 ) -> Response {
     count(&s, |c| c.find_requests += 1);
-    match find_inner(&s, q.as_deref(), &headers, &body).await {
-        Ok(r) => r,
-        Err(r) => {
-            if r.0 == StatusCode::BAD_REQUEST {
-                count(&s, |c| c.bad_requests += 1);
-            }
-            r.into_response()
-        }
-    }
+    answer(&s, find_inner(&s, q.as_deref(), &headers, &body).await)
 }
 
 async fn find_inner(
@@ -436,15 +438,7 @@ pub async fn render(
     body: Bytes,
 ) -> Response {
     count(&s, |c| c.render_requests += 1);
-    match render_inner(&s, q.as_deref(), &headers, &body).await {
-        Ok(r) => r,
-        Err(r) => {
-            if r.0 == StatusCode::BAD_REQUEST {
-                count(&s, |c| c.bad_requests += 1);
-            }
-            r.into_response()
-        }
-    }
+    answer(&s, render_inner(&s, q.as_deref(), &headers, &body).await)
 }
 
 async fn render_inner(
