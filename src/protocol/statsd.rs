@@ -171,7 +171,14 @@ pub fn parse_sample(chunk: &[u8]) -> Result<Sample<'_>, Reject> {
             js_to_number(&r[1..1 + run])
         }
     };
-    let value = match js_trim(kind) {
+    // Etsy trims the type before it compares it; a bare type (every real one) has
+    // nothing to trim.
+    let kind = if kind.len() <= 2 && kind.iter().all(u8::is_ascii_lowercase) {
+        kind
+    } else {
+        js_trim(kind)
+    };
+    let value = match kind {
         b"ms" => Value::Timer(num),
         b"g" => Value::Gauge {
             value: num,
