@@ -93,6 +93,7 @@ pub async fn run(queue: Rc<DestQueue>, sink: FileSink, shard: usize) {
             Ok(n) if n as u64 == len => {
                 *pos += len;
                 queue.complete(lines, len as usize, 0);
+                queue.count(|c| c.writes += 1);
             }
             Ok(_) | Err(_) => {
                 queue.fail(lines);

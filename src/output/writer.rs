@@ -495,6 +495,7 @@ pub async fn run_udp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
         match s.send(&batch.data).await.map_err(io::Error::from) {
             Ok(_) => {
                 queue.complete(batch.lines, batch.data.len(), 0);
+                queue.count(|c| c.writes += 1);
                 queue.recycle(batch.data);
             }
             Err(e) if unreachable(&e) => {

@@ -92,6 +92,31 @@ send_to = ["udp"]
         1
     );
     assert_eq!(stats["listeners"]["unix"]["parsed_lines"], 100);
+    // Each datagram sent is a write, as each TCP write is (the counters are published
+    // every stats_interval_ms, so wait for the ones that saw the sends).
+    let udp_counters = || {
+        let stats = cadent.stats();
+        let (_, d) = stats["destinations"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .find(|(name, _)| name.starts_with("udp://"))
+            .expect("the udp member in /stats");
+        (
+            d["writes"].as_u64().unwrap(),
+            d["sent_lines"].as_u64().unwrap(),
+            d["queued_lines"].as_u64().unwrap(),
+        )
+    };
+    assert!(wait_until(Duration::from_secs(10), || {
+        let (_, sent, queued) = udp_counters();
+        sent == queued
+    }));
+    let (writes, sent, _) = udp_counters();
+    assert!(
+        writes > 0 && writes <= sent,
+        "{writes} writes for {sent} lines"
+    );
     assert_eq!(cadent.stop(), 0);
     assert!(!sock.exists(), "the unix socket file is removed at exit");
 }
