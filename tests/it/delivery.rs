@@ -321,9 +321,24 @@ send_to = ["healthy"]
         stalls <= 3,
         "readers stalled {stalls} times for a stuck sink"
     );
-    let d = &stats["destinations"][format!("tcp://{stuck_addr}")];
-    assert_eq!(d["queued_lines"].as_u64().unwrap(), (LINES / 4 * 3) as u64);
-    eprintln!("stuck destination: {d}");
+    // Counters are published every stats_interval_ms: wait for the snapshot that saw
+    // the last buffer routed.
+    let stuck_queued = || {
+        cadent.stats()["destinations"][format!("tcp://{stuck_addr}")]["queued_lines"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || stuck_queued()
+            == (LINES / 4 * 3) as u64),
+        "stuck destination queued {} of {}",
+        stuck_queued(),
+        LINES / 4 * 3
+    );
+    eprintln!(
+        "stuck destination: {}",
+        cadent.stats()["destinations"][format!("tcp://{stuck_addr}")]
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(cadent);
     holder.join().unwrap();
