@@ -292,12 +292,7 @@ impl Control {
             if running.contains_key(&addr) {
                 continue;
             }
-            let bound = std::net::TcpListener::bind(addr)
-                .and_then(|l| {
-                    l.set_nonblocking(true)?;
-                    Ok(l)
-                })
-                .and_then(tokio::net::TcpListener::from_std);
+            let bound = bind_tokio(addr);
             match bound {
                 Ok(l) => {
                     let task = tokio::spawn(super::carbonlink_listen::serve(
@@ -348,12 +343,7 @@ impl Control {
             if running.contains_key(&addr) {
                 continue;
             }
-            let bound = std::net::TcpListener::bind(addr)
-                .and_then(|l| {
-                    l.set_nonblocking(true)?;
-                    Ok(l)
-                })
-                .and_then(tokio::net::TcpListener::from_std);
+            let bound = bind_tokio(addr);
             match bound {
                 Ok(l) => {
                     let task =
@@ -1203,4 +1193,12 @@ fn member_matches(m: &Member, server: &str) -> bool {
         || server == with_scheme
         || server == m.display_hash()
         || server == format!("{}://{}", m.transport.scheme(), m.display_hash())
+}
+
+/// A TCP listener on `addr` for the control thread's tokio runtime (CarbonLink, the statsd
+/// consoles).
+fn bind_tokio(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(l)
 }
