@@ -1,12 +1,21 @@
-//! Shared by the `decode_*` targets: one `Decoder` variant fed any bytes as a stream,
-//! whole and cut in two at a point the input picks, and as one datagram. Whatever the
-//! cut, the same points and counts come out; every received line is parsed or
+//! Shared by the `decode_*` targets: a decoder fed any bytes as a stream, whole and cut
+//! in two at a point the input picks (and, for line decoders, as one datagram). Whatever
+//! the cut, the same points and counts come out; every received line is parsed or
 //! rejected; nothing panics.
+#![allow(dead_code)] // each target uses what it needs
 use cadent::protocol::decode::{DecodeCounts, Decoder, End};
 
-type Seen = (Vec<String>, DecodeCounts);
+pub type Seen = (Vec<String>, DecodeCounts);
 
-fn run(decoder: &Decoder, chunks: &[&[u8]], end: End, max: usize) -> Seen {
+/// One call of a decoder on `pending` (what is buffered, read up to `End`), with the
+/// stream's skipping flag, adding each point it emits to the list as `{:?}`. Returns the
+/// bytes it used.
+pub type Decode<'a> =
+    dyn FnMut(&[u8], End, &mut bool, &mut DecodeCounts, &mut Vec<String>) -> usize + 'a;
+
+/// Feeds `chunks` to `decode` as a stream that ends with `end`; checks every call's
+/// counts add up and that the end consumes everything. Returns the points and counts.
+pub fn run(decode: &mut Decode<'_>, chunks: &[&[u8]], end: End) -> Seen {
     let mut points = Vec::new();
     let mut total = DecodeCounts::default();
     let mut pending: Vec<u8> = Vec::new();
@@ -15,13 +24,12 @@ fn run(decoder: &Decoder, chunks: &[&[u8]], end: End, max: usize) -> Seen {
         pending.extend_from_slice(c);
         let last = i + 1 == chunks.len();
         let mut counts = DecodeCounts::default();
-        let used = decoder.decode(
+        let used = decode(
             &pending,
             if last { end } else { End::More },
-            max,
             &mut skipping,
             &mut counts,
-            &mut |p| points.push(format!("{p:?}")),
+            &mut points,
         );
         assert!(used <= pending.len());
         assert_eq!(
@@ -35,22 +43,35 @@ fn run(decoder: &Decoder, chunks: &[&[u8]], end: End, max: usize) -> Seen {
         for (a, b) in total.rejected_lines.iter_mut().zip(&counts.rejected_lines) {
             *a += b;
         }
+        for (a, b) in total.rejected_frames.iter_mut().zip(&counts.rejected_frames) {
+            *a += b;
+        }
         pending.drain(..used);
     }
     assert!(pending.is_empty(), "the end of a stream consumes everything");
     (points, total)
 }
 
+/// The stream's body and where to cut it: byte 0 is the caller's (a bound), byte 1 picks
+/// the cut. `None` for inputs too short to say.
+pub fn body_and_cut(data: &[u8]) -> Option<(&[u8], usize)> {
+    let body = data.get(2..)?;
+    Some((body, (data[1] as usize * body.len()) / 255))
+}
+
 /// Checks `decoder` on `data`: byte 0 picks the line bound, byte 1 the cut.
 pub fn check(decoder: &Decoder, data: &[u8]) {
-    if data.len() < 2 {
+    let Some((body, cut)) = body_and_cut(data) else {
         return;
-    }
+    };
     let max = 8 + data[0] as usize % 120;
-    let body = &data[2..];
-    let cut = (data[1] as usize * body.len()) / 255;
-    let whole = run(decoder, &[body], End::Stream, max);
-    let split = run(decoder, &[&body[..cut], &body[cut..]], End::Stream, max);
+    let mut decode = |pending: &[u8], end, skipping: &mut bool, counts: &mut _, points: &mut Vec<String>| {
+        decoder.decode(pending, end, max, skipping, counts, &mut |p| {
+            points.push(format!("{p:?}"))
+        })
+    };
+    let whole = run(&mut decode, &[body], End::Stream);
+    let split = run(&mut decode, &[&body[..cut], &body[cut..]], End::Stream);
     assert_eq!(whole, split, "cut at {cut}");
-    run(decoder, &[body], End::Datagram, max);
+    run(&mut decode, &[body], End::Datagram);
 }
