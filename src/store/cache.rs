@@ -20,13 +20,21 @@
 //! newer ones. A failed write puts its points back in front of the newer ones, so the
 //! newest value for a timestamp still wins.
 //!
+//! **Written names stay until the next loop.** A name whose points were all written keeps
+//! its slot (name, file path, buffers) until the next loop starts: a name that gets a new
+//! point before then (every name of a steady stream, when the writer is throttled) is
+//! not looked up, validated, allocated and freed again once per write. The loop's start
+//! frees every slot still empty, so what is kept is at most one loop's writes.
+//!
 //! **Bound.** `points_max` points (in flight included); past it a new point is refused
 //! and the caller counts it. A repeated timestamp counts until it is written (carbon
 //! counts it once: a bound, not an accounting, is what is promised here).
 //!
 //! No I/O, no clock: `now_ms` comes in where it matters.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 
 /// One cached point: (timestamp as received, value).
@@ -39,9 +47,88 @@ pub enum Refused {
     Full,
 }
 
+/// Bytes of a name kept inside its key (and slot); longer names go behind a pointer.
+const NAME_INLINE_BYTES: usize = 46;
+
+/// A cached name: short names (most) inline, so a lookup compares the bytes in the
+/// table itself instead of following a pointer to them (a cache miss per point, on a
+/// table of every name the shard writes), and adding a name allocates nothing. Hashes
+/// and compares as its bytes, so the table is searched with a plain `&[u8]`.
+#[derive(Clone)]
+enum NameKey {
+    Inline {
+        len: u8,
+        bytes: [u8; NAME_INLINE_BYTES],
+    },
+    Heap(Box<[u8]>),
+}
+
+impl NameKey {
+    fn new(name: &[u8]) -> NameKey {
+        if name.len() <= NAME_INLINE_BYTES {
+            let mut bytes = [0u8; NAME_INLINE_BYTES];
+            bytes[..name.len()].copy_from_slice(name);
+            NameKey::Inline {
+                len: name.len() as u8,
+                bytes,
+            }
+        } else {
+            NameKey::Heap(name.into())
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            NameKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            NameKey::Heap(b) => b,
+        }
+    }
+
+    /// Bytes held behind a pointer.
+    fn heap_bytes(&self) -> usize {
+        match self {
+            NameKey::Inline { .. } => 0,
+            NameKey::Heap(b) => b.len(),
+        }
+    }
+}
+
+impl Default for NameKey {
+    fn default() -> NameKey {
+        NameKey::new(b"")
+    }
+}
+
+impl std::fmt::Debug for NameKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl Borrow<[u8]> for NameKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl Hash for NameKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `[u8]` hashes: `Borrow` requires it.
+        self.as_bytes().hash(state);
+    }
+}
+
+impl PartialEq for NameKey {
+    fn eq(&self, other: &NameKey) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for NameKey {}
+
 #[derive(Debug)]
 struct Slot {
-    name: Box<[u8]>,
+    name: NameKey,
     path: PathBuf,
     points: Vec<CachedPoint>,
     inflight: Vec<CachedPoint>,
@@ -82,7 +169,7 @@ pub enum Outcome {
 /// One store's cache on one shard.
 #[derive(Debug)]
 pub struct Cache {
-    by_name: HashMap<Box<[u8]>, u32, ahash::RandomState>,
+    by_name: HashMap<NameKey, u32, ahash::RandomState>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     /// This loop's order, popped from the back (so the largest is last).
@@ -96,6 +183,8 @@ pub struct Cache {
     idle_since: Option<(i64, bool)>,
     /// The earliest `not_before_ms` among names waiting only for their retry time.
     next_retry_ms: i64,
+    /// Slots kept with no point (written since the loop started).
+    idle: usize,
 }
 
 /// After a rebuild found nothing ready, the next waits this long.
@@ -114,6 +203,7 @@ impl Cache {
             inflight_points: 0,
             idle_since: None,
             next_retry_ms: i64::MAX,
+            idle: 0,
         }
     }
 
@@ -132,9 +222,18 @@ impl Cache {
         self.inflight_points
     }
 
-    /// Names held.
+    /// Names holding points (in flight included).
     pub fn names(&self) -> usize {
-        self.by_name.len()
+        self.by_name.len() - self.idle
+    }
+
+    /// Counts a kept empty slot as holding points again (it is about to get some).
+    #[inline]
+    fn revive(&mut self, id: u32) {
+        let s = &self.slots[id as usize];
+        if s.points.is_empty() && s.inflight.is_empty() && !s.writing {
+            self.idle -= 1;
+        }
     }
 
     /// The slot of `name`, if cached.
@@ -149,6 +248,7 @@ impl Cache {
             return Err(Refused::Full);
         }
         self.points += 1;
+        self.revive(slot);
         self.slots[slot as usize].points.push(point);
         Ok(())
     }
@@ -165,8 +265,9 @@ impl Cache {
             return Err(Refused::Full);
         }
         debug_assert!(self.find(name).is_none());
+        let key = NameKey::new(name);
         let slot = Slot {
-            name: name.into(),
+            name: key.clone(),
             path,
             points: Vec::new(),
             inflight: Vec::new(),
@@ -197,7 +298,9 @@ impl Cache {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.by_name.insert(name.into(), id);
+        self.by_name.insert(key, id);
+        // Counted idle for the moment, so the push below counts it holding points.
+        self.idle += 1;
         self.push(id, point).map(|()| id)
     }
 
@@ -222,11 +325,13 @@ impl Cache {
                     // insert counted and pushed the first point; undo, then add all.
                     self.slots[id as usize].points.clear();
                     self.points -= 1;
+                    self.idle += 1;
                     id
                 }
                 Err(Refused::Full) => return points.len(),
             },
         };
+        self.revive(id);
         let s = &mut self.slots[id as usize];
         s.points.splice(0..0, points[..take].iter().copied());
         self.points += take as u64;
@@ -258,7 +363,10 @@ impl Cache {
     }
 
     fn ready(&self, id: u32, now_ms: i64, creates_open: bool) -> bool {
-        let s = &self.slots[id as usize];
+        Self::slot_ready(&self.slots[id as usize], now_ms, creates_open)
+    }
+
+    fn slot_ready(s: &Slot, now_ms: i64, creates_open: bool) -> bool {
         s.live
             && !s.writing
             && !s.points.is_empty()
@@ -269,16 +377,26 @@ impl Cache {
     fn rebuild_queue(&mut self, now_ms: i64, creates_open: bool) {
         self.queue.clear();
         self.next_retry_ms = i64::MAX;
-        for id in self.by_name.values().copied() {
-            if self.ready(id, now_ms, creates_open) {
-                self.queue.push(id);
-            } else {
-                let s = &self.slots[id as usize];
-                if !s.writing && !s.points.is_empty() && s.not_before_ms > now_ms {
-                    self.next_retry_ms = self.next_retry_ms.min(s.not_before_ms);
-                }
+        let (slots, free, queue) = (&mut self.slots, &mut self.free, &mut self.queue);
+        let mut next_retry_ms = i64::MAX;
+        self.by_name.retain(|_, &mut id| {
+            let s = &mut slots[id as usize];
+            if s.points.is_empty() && s.inflight.is_empty() && !s.writing {
+                // Written and nothing since: the new loop frees it.
+                s.live = false;
+                s.name = NameKey::default();
+                free.push(id);
+                return false;
             }
-        }
+            if Self::slot_ready(s, now_ms, creates_open) {
+                queue.push(id);
+            } else if !s.writing && !s.points.is_empty() && s.not_before_ms > now_ms {
+                next_retry_ms = next_retry_ms.min(s.not_before_ms);
+            }
+            true
+        });
+        self.idle = 0;
+        self.next_retry_ms = next_retry_ms;
         // Ascending by points, popped from the back: the largest first. Ties by name,
         // so the order is the same on every run.
         let slots = &self.slots;
@@ -287,7 +405,7 @@ impl Cache {
             a.points
                 .len()
                 .cmp(&b.points.len())
-                .then_with(|| b.name.cmp(&a.name))
+                .then_with(|| b.name.as_bytes().cmp(a.name.as_bytes()))
         });
     }
 
@@ -303,7 +421,7 @@ impl Cache {
     /// The name and file of a job.
     pub fn job_name(&self, job: Job) -> (&[u8], &PathBuf) {
         let s = &self.slots[job.slot as usize];
-        (&s.name, &s.path)
+        (s.name.as_bytes(), &s.path)
     }
 
     /// Whether the job's name had no file at its last try (it waited for a create).
@@ -349,12 +467,10 @@ impl Cache {
         if matches!(outcome, Outcome::Retry { .. }) {
             self.idle_since = None;
         }
-        let s = &mut self.slots[id as usize];
+        let s = &self.slots[id as usize];
         if s.points.is_empty() && s.inflight.is_empty() {
-            s.live = false;
-            let name = std::mem::take(&mut s.name);
-            self.by_name.remove(&name);
-            self.free.push(id);
+            // Kept (name, path, buffers) until the next loop: see the module's notes.
+            self.idle += 1;
         }
     }
 
@@ -371,7 +487,9 @@ impl Cache {
     pub fn each(&self, mut f: impl FnMut(&[u8], &[CachedPoint], &[CachedPoint])) {
         for &id in self.by_name.values() {
             let s = &self.slots[id as usize];
-            f(&s.name, &s.inflight, &s.points);
+            if !s.inflight.is_empty() || !s.points.is_empty() {
+                f(s.name.as_bytes(), &s.inflight, &s.points);
+            }
         }
     }
 
@@ -383,12 +501,13 @@ impl Cache {
             .iter()
             .map(|s| {
                 std::mem::size_of::<Slot>()
-                    + s.name.len()
+                    + s.name.heap_bytes()
                     + s.path.as_os_str().len()
                     + (s.points.capacity() + s.inflight.capacity()) * per_point
             })
             .sum();
-        (slots + self.by_name.capacity() * (16 + 4 + 8) + self.queue.capacity() * 4) as u64
+        let key = std::mem::size_of::<(NameKey, u32)>() + 1;
+        (slots + self.by_name.capacity() * key + self.queue.capacity() * 4) as u64
     }
 }
 
@@ -530,6 +649,66 @@ mod tests {
         to_update(&q, &mut up, &mut Vec::new());
         assert_eq!(up, [(4, 4.0), (5, 5.0)]);
         assert_eq!(c.points(), 4);
+    }
+
+    #[test]
+    fn a_written_name_is_kept_until_the_next_loop() {
+        let mut c = Cache::new(100);
+        for name in ["a", "b"] {
+            add(&mut c, name, 1.0, 1.0).unwrap();
+        }
+        let (ja, jb) = (c.next(0, true).unwrap(), c.next(0, true).unwrap());
+        c.confirm(ja, Outcome::Written);
+        c.confirm(jb, Outcome::Written);
+        // Both kept, neither counted as holding points.
+        assert_eq!((c.names(), c.points()), (0, 0));
+        let a = c.find(b"a").unwrap();
+        assert!(c.find(b"b").is_some());
+        // a gets a point before the next loop: the same slot takes it.
+        add(&mut c, "a", 2.0, 2.0).unwrap();
+        assert_eq!((c.find(b"a"), c.names()), (Some(a), 1));
+        // The next loop frees b (nothing since its write) and writes a.
+        let j = c.next(20, true).unwrap();
+        assert_eq!((c.job_name(j).0, c.find(b"b")), (&b"a"[..], None));
+        c.confirm(j, Outcome::Written);
+        // Restores into the kept slot and into a new one count right.
+        assert_eq!(c.restore(b"a", || "a".into(), &[(1.0, 1.0)]), 0);
+        assert_eq!(c.find(b"a"), Some(a));
+        assert_eq!(c.restore(b"n", || "n".into(), &[(1.0, 1.0)]), 0);
+        assert_eq!((c.names(), c.points()), (2, 2));
+        let mut seen = 0;
+        c.each(|_, _, _| seen += 1);
+        assert_eq!(seen, 2);
+        let (j1, j2) = (c.next(40, true).unwrap(), c.next(40, true).unwrap());
+        c.confirm(j1, Outcome::Written);
+        c.confirm(j2, Outcome::Written);
+        // A spill sees only names with points.
+        c.each(|_, _, _| panic!("an empty name spilled"));
+        assert!(c.next(60, true).is_none());
+        assert_eq!((c.names(), c.points()), (0, 0));
+        assert!(c.find(b"a").is_none() && c.find(b"n").is_none());
+    }
+
+    #[test]
+    fn long_and_short_names_are_found_alike() {
+        let mut c = Cache::new(100);
+        let long = "a.".repeat(40);
+        let edge = "b".repeat(NAME_INLINE_BYTES);
+        for name in [long.as_str(), edge.as_str(), "", "x"] {
+            add(&mut c, name, 1.0, 1.0).unwrap();
+            add(&mut c, name, 2.0, 1.0).unwrap();
+        }
+        assert_eq!((c.names(), c.points()), (4, 8));
+        for name in [long.as_str(), edge.as_str(), "", "x"] {
+            let mut q = Vec::new();
+            c.query(name.as_bytes(), &mut q);
+            assert_eq!(q.len(), 2, "{name}");
+        }
+        assert!(c.find(&long.as_bytes()[1..]).is_none());
+        let mut names = Vec::new();
+        c.each(|n, _, p| names.push((n.to_vec(), p.len())));
+        names.sort();
+        assert_eq!(names[1], (long.into_bytes(), 2));
     }
 
     #[test]
