@@ -27,6 +27,9 @@ Debian's Go 1.19) by hand, never committed:
 
 Run (release build first: cargo build --release --bin cadent):
     python3 bench/store.py [--names 100000 --rate 30000 --writes 3000 --seconds 90]
+cadent locks each file it updates (store flock = true, its default); go-carbon runs with
+flock = false and carbon without WHISPER_LOCK_WRITES, their defaults. --no-cadent-flock
+runs cadent without locks too, like for like.
 """
 
 import argparse
@@ -182,9 +185,9 @@ def run_cadent(args, work, whisper):
             '[[listen]]\nname = "g"\nurl = "tcp://127.0.0.1:%d"\nformat = "graphite"\n'
             '[[store]]\nname = "whisper"\nkind = "whisper"\npath = "./whisper"\n'
             'schemas_file = "schemas.conf"\naggregation_file = "aggregation.conf"\n'
-            "writes_per_second = %d\ncreates_per_minute = 0\n"
+            "writes_per_second = %d\ncreates_per_minute = 0\nflock = %s\n"
             '[[route]]\nmatch = { all = true }\nsend_to = ["whisper"]\n'
-            % (admin, args.shards, port, args.writes)
+            % (admin, args.shards, port, args.writes, "true" if args.cadent_flock else "false")
         )
     proc = Proc([args.cadent, "serve", "--config", "cadent.toml"], d, os.path.join(d, "log"))
     wait_port(admin)
@@ -214,7 +217,7 @@ def run_cadent(args, work, whisper):
     proc.stop()
     missing = check_sample(whisper, os.path.join(d, "whisper"), args.names, int(t0 + args.seconds))
     return {
-        "system": "cadent",
+        "system": "cadent" if args.cadent_flock else "cadent (flock = false)",
         "points": sent[0],
         "updates": st["updates"],
         "cpu_s": round(cpu, 2),
@@ -448,6 +451,9 @@ def main():
     ap.add_argument("--writes", type=int, default=3_000)
     ap.add_argument("--seconds", type=int, default=90)
     ap.add_argument("--shards", type=int, default=2)
+    # go-carbon runs with flock = false and carbon without WHISPER_LOCK_WRITES (both
+    # their defaults); cadent locks by default. --no-cadent-flock compares like for like.
+    ap.add_argument("--cadent-flock", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--work", default="/tmp/cadent-store-bench")
     ap.add_argument("--go-carbon", default="/tmp/go-carbon-0.17.1/go-carbon")
     ap.add_argument("--cadent", default=os.path.join(

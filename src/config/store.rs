@@ -88,6 +88,9 @@ pub struct WhisperStore {
     pub writes_in_flight_max: usize,
     /// How new files get their data area.
     pub create_mode: CreateMode,
+    /// Each update holds `flock(LOCK_EX)` on its file (carbon's `WHISPER_LOCK_WRITES`,
+    /// go-carbon's `flock`), so whisper's tools that lock see whole updates.
+    pub flock: bool,
     /// carbon's CarbonLink (cache query) protocol, for graphite-web's CARBONLINK_HOSTS.
     pub carbonlink_listen: Option<SocketAddr>,
     /// Read API: most series (leaves and branches of a find, series of a render) one
@@ -172,6 +175,7 @@ fn read_whisper(r: &mut TableReader<'_>, errs: &mut Vec<ConfigError>) -> Whisper
     let creates_per_minute = r.uint("creates_per_minute", 600, 0, 100_000_000, errs);
     let cache_points_max = r.uint("cache_points_max", 10_000_000, 1_000, 1 << 40, errs);
     let writes_in_flight_max = r.uint("writes_in_flight_max", 256, 1, 4_096, errs) as usize;
+    let flock = r.boolean("flock", true, errs);
     let create_mode = match r.str_or("create_mode", "fallocate", errs).as_str() {
         "fallocate" => CreateMode::Fallocate,
         "sparse" => CreateMode::Sparse,
@@ -202,6 +206,7 @@ fn read_whisper(r: &mut TableReader<'_>, errs: &mut Vec<ConfigError>) -> Whisper
         cache_points_max,
         writes_in_flight_max,
         create_mode,
+        flock,
         carbonlink_listen,
         read_series_max,
         read_response_bytes_max,

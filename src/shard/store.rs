@@ -422,6 +422,8 @@ struct Taken {
     no_file: bool,
     points: usize,
     update: Vec<(i64, f64)>,
+    /// Lock the file for the update (`store[].flock`).
+    flock: bool,
 }
 
 /// An update in the batch: what its completion confirms.
@@ -539,6 +541,8 @@ fn step(st: &mut StoreState, me: usize, in_flight_max: usize, slow: usize, now: 
         }
         let mut creates_open = st.shared.creates.available(now as u64);
         let mut used = 0;
+        let StoreKind::Whisper(w) = &st.config.kind;
+        let flock = w.flock;
         for _ in 0..took {
             let Some(job) = st.cache.next(now, creates_open) else {
                 break;
@@ -560,7 +564,7 @@ fn step(st: &mut StoreState, me: usize, in_flight_max: usize, slow: usize, now: 
                         update_len: st.update.len() as u32,
                     };
                     let path = st.cache.job_name(job).1;
-                    match b.update(path, &st.update, now / 1000, &mut st.scratch, flight) {
+                    match b.update(path, &st.update, now / 1000, &mut st.scratch, flock, flight) {
                         Ok(()) => false,
                         Err((_, batch::Refused::WouldBlock)) => true,
                         Err((_, batch::Refused::Failed(error))) => {
@@ -586,6 +590,7 @@ fn step(st: &mut StoreState, me: usize, in_flight_max: usize, slow: usize, now: 
                     no_file,
                     points,
                     update: st.update.clone(),
+                    flock,
                 });
             }
         }
@@ -741,12 +746,12 @@ async fn write_one(core: &Rc<RefCell<Core>>, id: u16, t: &Taken, scratch: &mut S
                 None => return Written::NoCreateToken,
             }
         };
-        uring::create(&t.path, &new, update, unix_ms() / 1000, scratch)
+        uring::create(&t.path, &new, update, unix_ms() / 1000, scratch, t.flock)
             .await
             .map(|cost| (true, cost))
             .map_err(|e| (e, true))
     } else {
-        uring::update(&t.path, update, unix_ms() / 1000, scratch)
+        uring::update(&t.path, update, unix_ms() / 1000, scratch, t.flock)
             .await
             .map(|cost| (false, cost))
             .map_err(|e| (e, false))

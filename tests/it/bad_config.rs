@@ -66,6 +66,10 @@ fn broken_configs_are_rejected_naming_the_key() {
             format!("{BASE_LISTEN}[[cluster]]\nname = \"f\"\nkind = \"file\"\npath = \"x.log\"\nspool_bytes_max = 1\n"),
             "cluster[0].spool_bytes_max: applies to tcp members only",
         ),
+        (
+            format!("{BASE_LISTEN}[[store]]\nname = \"w\"\nkind = \"whisper\"\npath = \"w\"\nflock = \"yes\"\n"),
+            "store[0].flock: expected true or false",
+        ),
         ("[server\nshards = 1\n".into(), "(syntax)"),
         ("[server]\nshards = 1\n".into(), "listen: no [[listen]]"),
     ];

@@ -132,20 +132,22 @@ impl<T> Batch<T> {
     }
 
     /// whisper's `update_many(path, points, now)`, started now if nothing on the way
-    /// blocks; its outcome comes from [`Batch::reap`] after a [`Batch::submit`].
+    /// blocks (holding `flock` on the file until it is closed, when `flock`); its
+    /// outcome comes from [`Batch::reap`] after a [`Batch::submit`].
     pub fn update(
         &mut self,
         path: &Path,
         points: &[(i64, f64)],
         now: i64,
         scratch: &mut Scratch,
+        flock: bool,
         tag: T,
     ) -> Result<(), (T, Refused)> {
         let fd = match self.open(path) {
             Ok(fd) => fd,
             Err(r) => return Err((tag, r)),
         };
-        match prepare(&mut self.staged, fd, points, now, scratch) {
+        match prepare(&mut self.staged, fd, points, now, scratch, flock) {
             Ok(cost) => {
                 let (allocate, writes) = self.staged.plan();
                 if allocate.is_some() {
@@ -373,17 +375,23 @@ fn unsafe_zeroed_open_how() -> libc::open_how {
     unsafe { std::mem::zeroed() }
 }
 
-/// Locks, sizes and reads what the update needs, and runs the engine once.
+/// Locks (when `flock`), sizes and reads what the update needs, and runs the engine
+/// once.
 fn prepare(
     staged: &mut Staged,
     fd: RawFd,
     points: &[(i64, f64)],
     now: i64,
     scratch: &mut Scratch,
+    flock: bool,
 ) -> Result<Cost, Refused> {
     // SAFETY: flock and fstat only read their arguments and write `st`; the descriptor
     // is open for the duration of the calls.
-    let rc = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) };
+    let rc = if flock {
+        unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) }
+    } else {
+        0
+    };
     if rc != 0 {
         let e = io::Error::last_os_error();
         return Err(Refused::Failed(
@@ -456,7 +464,7 @@ mod tests {
                     })
                     .collect();
                 batch
-                    .update(p, &pts, now, &mut scratch, i)
+                    .update(p, &pts, now, &mut scratch, true, i)
                     .map_err(|(_, r)| r)
                     .unwrap();
                 let mut io = FileIo::open(d).unwrap();
@@ -505,11 +513,18 @@ mod tests {
         // finds it missing).
         let mut batch: Batch<()> = Batch::new(8).unwrap();
         assert!(matches!(
-            batch.update(&dir.join("none.wsp"), &[(now, 1.0)], now, &mut scratch, ()),
+            batch.update(
+                &dir.join("none.wsp"),
+                &[(now, 1.0)],
+                now,
+                &mut scratch,
+                true,
+                ()
+            ),
             Err((_, Refused::Failed(WriteError::NoFile) | Refused::WouldBlock))
         ));
         assert!(matches!(
-            batch.update(&files[0], &[(now, 1.0)], now, &mut scratch, ()),
+            batch.update(&files[0], &[(now, 1.0)], now, &mut scratch, true, ()),
             Err((_, Refused::Failed(WriteError::Busy)))
         ));
         assert_eq!(batch.in_flight(), 0);

@@ -125,25 +125,30 @@ pub async fn update(
     points: &[(i64, f64)],
     now: i64,
     scratch: &mut Scratch,
+    flock: bool,
 ) -> Result<Cost, WriteError> {
     let Some(file) = open(path).await? else {
         return Err(WriteError::NoFile);
     };
-    let result = update_file(&file, points, now, scratch).await;
+    let result = update_file(&file, points, now, scratch, flock).await;
     let closed = close(file).await;
     let cost = result?;
     closed?;
     Ok(cost)
 }
 
-/// whisper's `update_many` on a file [`open`] gave (locked for the update).
+/// whisper's `update_many` on a file [`open`] gave (locked for the update when
+/// `flock`).
 pub async fn update_file(
     file: &BufferedFile,
     points: &[(i64, f64)],
     now: i64,
     scratch: &mut Scratch,
+    flock: bool,
 ) -> Result<Cost, WriteError> {
-    lock(file)?;
+    if flock {
+        lock(file)?;
+    }
     // A read shorter than asked is the whole file: its length needs no statx.
     let head = file.read_at(0, HEAD_BYTES).await.map_err(io_err)?;
     let len = if head.len() < HEAD_BYTES {
@@ -197,6 +202,7 @@ pub async fn create(
     points: &[(i64, f64)],
     now: i64,
     scratch: &mut Scratch,
+    flock: bool,
 ) -> Result<Cost, WriteError> {
     let mut options = OpenOptions::new();
     options.read(true).write(true).create_new(true);
@@ -211,17 +217,17 @@ pub async fn create(
             match open().await.map_err(io_err) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    return update(path, points, now, scratch).await
+                    return update(path, points, now, scratch, flock).await
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            return update(path, points, now, scratch).await
+            return update(path, points, now, scratch, flock).await
         }
         Err(e) => return Err(e.into()),
     };
-    let result = create_open(&file, new, points, now, scratch).await;
+    let result = create_open(&file, new, points, now, scratch, flock).await;
     if result.is_err() {
         // A half-made file would read as corrupt forever: remove it; the points stay
         // in the cache for the next try.
@@ -239,8 +245,11 @@ async fn create_open(
     points: &[(i64, f64)],
     now: i64,
     scratch: &mut Scratch,
+    flock: bool,
 ) -> Result<Cost, WriteError> {
-    lock(file)?;
+    if flock {
+        lock(file)?;
+    }
     let mut staged = Staged::created();
     staged.begin_run();
     let header = format::create(
@@ -378,16 +387,27 @@ mod tests {
             let mut scratch = Scratch::new();
             let mut costs = Vec::new();
             let first: Vec<(i64, f64)> = (0..5).map(|i| (now - 100 + i * 10, i as f64)).collect();
-            costs.push(create(&p2, &n2, &first, now, &mut scratch).await.unwrap());
+            costs.push(
+                create(&p2, &n2, &first, now, &mut scratch, true)
+                    .await
+                    .unwrap(),
+            );
             for b in 1..20i64 {
                 let pts: Vec<(i64, f64)> = (0..8)
                     .map(|i| (now - 3000 + b * 130 + i * 9, (b * i) as f64))
                     .collect();
-                costs.push(update(&p2, &pts, now, &mut scratch).await.unwrap());
+                costs.push(update(&p2, &pts, now, &mut scratch, true).await.unwrap());
             }
             // A missing file is not made by update.
             assert!(matches!(
-                update(&p2.with_extension("x"), &[(now, 1.0)], now, &mut scratch).await,
+                update(
+                    &p2.with_extension("x"),
+                    &[(now, 1.0)],
+                    now,
+                    &mut scratch,
+                    true
+                )
+                .await,
                 Err(WriteError::NoFile)
             ));
             costs
@@ -447,13 +467,15 @@ mod tests {
             let mut s = Scratch::new();
             let now = 1_700_000_000;
             assert!(matches!(
-                update(&b2, &[(now, 1.0)], now, &mut s).await,
+                update(&b2, &[(now, 1.0)], now, &mut s, true).await,
                 Err(WriteError::Corrupt(_))
             ));
             assert!(matches!(
-                update(&l2, &[(now, 1.0)], now, &mut s).await,
+                update(&l2, &[(now, 1.0)], now, &mut s, true).await,
                 Err(WriteError::Busy)
             ));
+            // Without flock the held lock is not asked for.
+            assert!(update(&l2, &[(now, 1.0)], now, &mut s, false).await.is_ok());
         });
         drop(holder);
         std::fs::remove_dir_all(&dir).unwrap();
