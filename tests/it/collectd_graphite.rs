@@ -300,9 +300,12 @@ fn write_graphite_names_match_collectd() {
             s
         })
         .collect();
+    // One write thread: collectd updates its rate cache in whichever write thread takes
+    // a value list off its queue, so with several (5 by default) two value lists of one
+    // name (round 3's same-time duplicate) can be taken out of order under load.
     let mut config = format!(
         "Hostname \"rx\"\nFQDNLookup false\nBaseDir \"{d}\"\nPIDFile \"{d}/collectd.pid\"\n\
-         Interval 1\nTypesDB \"{TYPES_DB}\"\nAutoLoadPlugin false\n\
+         Interval 1\nWriteThreads 1\nTypesDB \"{TYPES_DB}\"\nAutoLoadPlugin false\n\
          LoadPlugin logfile\n<Plugin logfile>\n  LogLevel info\n  File \"{d}/collectd.log\"\n</Plugin>\n\
          LoadPlugin network\n<Plugin network>\n  Listen \"127.0.0.1\" \"{listen_port}\"\n</Plugin>\n\
          <LoadPlugin write_graphite>\n  FlushInterval 1\n</LoadPlugin>\n<Plugin write_graphite>\n",
@@ -481,9 +484,12 @@ fn cadent_graphite_output_equals_write_graphite() {
     let collectd_port = free_port();
     let theirs = udp_sockets(combos.len());
     let ours = udp_sockets(combos.len());
+    // One write thread: collectd updates its rate cache in whichever write thread takes
+    // a value list off its queue, so with several (5 by default) two value lists of one
+    // name (round 3's same-time duplicate) can be taken out of order under load.
     let mut config = format!(
         "Hostname \"rx\"\nFQDNLookup false\nBaseDir \"{d}\"\nPIDFile \"{d}/collectd.pid\"\n\
-         Interval 1\nTypesDB \"{TYPES_DB}\"\nAutoLoadPlugin false\n\
+         Interval 1\nWriteThreads 1\nTypesDB \"{TYPES_DB}\"\nAutoLoadPlugin false\n\
          LoadPlugin logfile\n<Plugin logfile>\n  LogLevel info\n  File \"{d}/collectd.log\"\n</Plugin>\n\
          LoadPlugin network\n<Plugin network>\n  Listen \"127.0.0.1\" \"{collectd_port}\"\n</Plugin>\n\
          <LoadPlugin write_graphite>\n  FlushInterval 1\n</LoadPlugin>\n<Plugin write_graphite>\n",
