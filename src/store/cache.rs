@@ -141,6 +141,14 @@ struct Slot {
     live: bool,
 }
 
+impl Slot {
+    /// Written and nothing since: no point cached or in flight. Kept until the next
+    /// loop (see the module's notes), not counted in [`Cache::names`].
+    fn is_idle(&self) -> bool {
+        self.points.is_empty() && self.inflight.is_empty() && !self.writing
+    }
+}
+
 /// A write taken from the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Job {
@@ -230,8 +238,7 @@ impl Cache {
     /// Counts a kept empty slot as holding points again (it is about to get some).
     #[inline]
     fn revive(&mut self, id: u32) {
-        let s = &self.slots[id as usize];
-        if s.points.is_empty() && s.inflight.is_empty() && !s.writing {
+        if self.slots[id as usize].is_idle() {
             self.idle -= 1;
         }
     }
@@ -376,12 +383,11 @@ impl Cache {
 
     fn rebuild_queue(&mut self, now_ms: i64, creates_open: bool) {
         self.queue.clear();
-        self.next_retry_ms = i64::MAX;
         let (slots, free, queue) = (&mut self.slots, &mut self.free, &mut self.queue);
         let mut next_retry_ms = i64::MAX;
         self.by_name.retain(|_, &mut id| {
             let s = &mut slots[id as usize];
-            if s.points.is_empty() && s.inflight.is_empty() && !s.writing {
+            if s.is_idle() {
                 // Written and nothing since: the new loop frees it.
                 s.live = false;
                 s.name = NameKey::default();
@@ -467,8 +473,7 @@ impl Cache {
         if matches!(outcome, Outcome::Retry { .. }) {
             self.idle_since = None;
         }
-        let s = &self.slots[id as usize];
-        if s.points.is_empty() && s.inflight.is_empty() {
+        if self.slots[id as usize].is_idle() {
             // Kept (name, path, buffers) until the next loop: see the module's notes.
             self.idle += 1;
         }
