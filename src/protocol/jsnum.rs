@@ -327,7 +327,7 @@ pub fn js_to_number(s: &[u8]) -> f64 {
 /// divisor a power of ten below 2^75 that a double holds exactly, so one correctly rounded
 /// division gives the correctly rounded value (Clinger's fast path), as `Number()` does.
 #[inline]
-fn plain_decimal(s: &[u8]) -> Option<f64> {
+pub fn plain_decimal(s: &[u8]) -> Option<f64> {
     const POW10: [f64; 23] = [
         1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
         1e17, 1e18, 1e19, 1e20, 1e21, 1e22,

@@ -36,7 +36,57 @@ const KEPT: [bool; 256] = {
 /// keeps (the common case; then [`build_key`] would copy it unchanged).
 #[inline]
 pub fn is_own_key(name: &[u8], tags: &[u8]) -> bool {
-    tags.is_empty() && name.iter().fold(true, |ok, &b| ok & KEPT[b as usize])
+    tags.is_empty() && all_kept(name)
+}
+
+/// Whether sanitising keeps every byte of `s`. Sixteen bytes at a time where SSE2 is
+/// (every x86-64), the last sixteen overlapping the ones before: a byte at a time
+/// through [`KEPT`] took about 5 instructions a byte, a tenth of a statsd line's cost.
+#[inline]
+fn all_kept(s: &[u8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if s.len() >= 16 {
+        let mut i = 0;
+        while i + 16 < s.len() {
+            // SAFETY: `i + 16 <= s.len()`: the 16 bytes read are inside `s`.
+            if !unsafe { sse2::all_kept16(s.as_ptr().add(i)) } {
+                return false;
+            }
+            i += 16;
+        }
+        // SAFETY: `s.len() >= 16`: the last 16 bytes are inside `s`.
+        return unsafe { sse2::all_kept16(s.as_ptr().add(s.len() - 16)) };
+    }
+    s.iter().fold(true, |ok, &b| ok & KEPT[b as usize])
+}
+
+#[cfg(target_arch = "x86_64")]
+mod sse2 {
+    use std::arch::x86_64::*;
+
+    /// Whether each of the 16 bytes at `p` is in `[A-Za-z0-9_.;=-]`.
+    ///
+    /// # Safety
+    /// `p` must point at 16 readable bytes.
+    #[inline(always)]
+    pub unsafe fn all_kept16(p: *const u8) -> bool {
+        // SAFETY: the caller's 16 bytes; SSE2 is part of x86-64 (unaligned load).
+        unsafe {
+            let v = _mm_loadu_si128(p as *const __m128i);
+            let set = |b: u8| _mm_set1_epi8(b as i8);
+            // `x <= n` unsigned as `min(x, n) == x`; `| 0x20` folds `A-Z` onto `a-z`.
+            let below = |x: __m128i, n: u8| _mm_cmpeq_epi8(_mm_min_epu8(x, set(n)), x);
+            let alpha = below(_mm_sub_epi8(_mm_or_si128(v, set(0x20)), set(b'a')), 25);
+            let digit = below(_mm_sub_epi8(v, set(b'0')), 9);
+            let eq = |b: u8| _mm_cmpeq_epi8(v, set(b));
+            let other = _mm_or_si128(
+                _mm_or_si128(eq(b'_'), eq(b'-')),
+                _mm_or_si128(_mm_or_si128(eq(b'.'), eq(b';')), eq(b'=')),
+            );
+            let ok = _mm_or_si128(_mm_or_si128(alpha, digit), other);
+            _mm_movemask_epi8(ok) == 0xffff
+        }
+    }
 }
 
 /// Scratch space for [`build_key`], reused across lines.
@@ -206,6 +256,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn kept_names_are_the_sanitiser_class() {
+        // Every byte, alone and at each place of names around the vector width (the
+        // overlapping last 16 bytes included).
+        for c in 0..=255u8 {
+            let want = KEPT[c as usize];
+            assert_eq!(
+                want,
+                c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b';' | b'='),
+                "{c:#04x}"
+            );
+            for len in [1, 15, 16, 17, 31, 32, 33, 47] {
+                for at in [0, len / 2, len - 1] {
+                    let name: Vec<u8> = (0..len)
+                        .map(|i| if i == at { c } else { b"aZ09_-.;="[i % 9] })
+                        .collect();
+                    assert_eq!(is_own_key(&name, b""), want, "{c:#04x} {len} {at}");
+                }
+            }
+        }
+        assert!(!is_own_key(b"a.b", b"t:1"));
     }
 
     #[test]

@@ -7,40 +7,21 @@
 //! Names are looked up by a 128-bit fingerprint ([`fingerprint`]), so a lookup hashes
 //! the name once and compares no bytes; the name itself is stored once, for output.
 
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 
-/// A name's 128-bit fingerprint: two independently seeded 64-bit ahash values. Two
+/// A name's 128-bit fingerprint: XXH3-128 of its bytes (one pass over the name). Two
 /// distinct names share one with probability about n^2 / 2^129 for n names, below
-/// 1e-26 at 1M keys per shard. The seeds are fixed so that every shard (and a future
-/// owner-shard choice, `hash(name) % shards`) computes the same value in one process.
+/// 1e-26 at 1M keys per shard. Unseeded, so every shard (and the owner-shard choice,
+/// `hash(name) % shards`) computes the same value in one process and across processes.
+#[inline]
 pub fn fingerprint(name: &[u8]) -> u128 {
-    (u128::from(hash_one(&FINGERPRINT_HI, name)) << 64)
-        | u128::from(hash_one(&FINGERPRINT_LO, name))
+    xxhash_rust::xxh3::xxh3_128(name)
 }
 
-/// The low half of [`fingerprint`], hashing once, where 64 bits are enough (set members).
+/// A 64-bit hash of `name` (XXH3-64), where 64 bits are enough (set members).
+#[inline]
 pub fn fingerprint_lo(name: &[u8]) -> u64 {
-    hash_one(&FINGERPRINT_LO, name)
-}
-
-// `with_seeds` is a `const fn`: the states are built at compile time, not on first use.
-static FINGERPRINT_HI: ahash::RandomState = ahash::RandomState::with_seeds(
-    0x0000_0000_1234_5678,
-    0x0000_0000_9abc_def0,
-    0x0000_0000_0fed_cba9,
-    0x0000_0000_8765_4321,
-);
-static FINGERPRINT_LO: ahash::RandomState = ahash::RandomState::with_seeds(
-    0x1111_2222_3333_4444,
-    0x5555_6666_7777_8888,
-    0x9999_aaaa_bbbb_cccc,
-    0xdddd_eeee_ffff_0001,
-);
-
-fn hash_one(s: &ahash::RandomState, name: &[u8]) -> u64 {
-    let mut h = s.build_hasher();
-    h.write(name);
-    h.finish()
+    xxhash_rust::xxh3::xxh3_64(name)
 }
 
 /// Hashes a `u128` fingerprint by taking its low half, and a `u64` name hash
@@ -409,11 +390,13 @@ mod tests {
 
     #[test]
     fn fingerprint_halves_are_independent_hashes() {
-        // Some ahash seed sets hash everything to 0; these must not.
         let names = [&b"a"[..], b"b", b"stats.x", b"", b"a.b.c;k=v"];
         let fps: Vec<u128> = names.iter().map(|n| fingerprint(n)).collect();
+        // Fixed values: a name's fingerprint (and so its owner shard) does not depend
+        // on the process or the build.
+        assert_eq!(fps[0], 0xa96f_af70_5af1_6834_e6c6_32b6_1e96_4e1f);
         for (i, fp) in fps.iter().enumerate() {
-            assert_eq!(fingerprint_lo(names[i]), *fp as u64);
+            assert_ne!(fingerprint_lo(names[i]), 0);
             assert_ne!(*fp as u64, 0);
             assert_ne!((*fp >> 64) as u64, 0);
             assert_ne!(*fp as u64, (*fp >> 64) as u64);
