@@ -287,7 +287,7 @@ fn decode_statsd<'b>(
         }
         statsd_line(line, counts, emit);
     };
-    for nl in memchr::memchr_iter(b'\n', buf) {
+    for nl in lines::newlines(buf) {
         let line = &buf[start..nl];
         start = nl + 1;
         if *skipping {

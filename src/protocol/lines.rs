@@ -23,7 +23,7 @@ pub fn split<'a>(
     mut f: impl FnMut(Piece<'a>),
 ) -> usize {
     let mut start = 0;
-    for nl in memchr::memchr_iter(b'\n', buf) {
+    for nl in newlines(buf) {
         let line = &buf[start..nl];
         start = nl + 1;
         if *skipping {
@@ -50,9 +50,117 @@ pub fn split<'a>(
     start
 }
 
+/// The offsets of the `\n` bytes of `buf`, in order: a bit per byte for 64 bytes at a
+/// time (SSE2 on x86-64), so a short line costs a few instructions rather than a
+/// `memchr` call's setup.
+pub fn newlines(buf: &[u8]) -> Newlines<'_> {
+    Newlines {
+        buf,
+        base: 0,
+        next: 0,
+        mask: 0,
+    }
+}
+
+/// See [`newlines`].
+pub struct Newlines<'a> {
+    buf: &'a [u8],
+    /// Where the block `mask` covers starts.
+    base: usize,
+    /// Where the next block starts.
+    next: usize,
+    /// The `\n` bytes of the block not returned yet.
+    mask: u64,
+}
+
+impl Iterator for Newlines<'_> {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        loop {
+            if self.mask != 0 {
+                let i = self.base + self.mask.trailing_zeros() as usize;
+                self.mask &= self.mask - 1;
+                return Some(i);
+            }
+            if self.next >= self.buf.len() {
+                return None;
+            }
+            self.base = self.next;
+            self.mask = newline_bits(self.buf, self.base);
+            self.next += 64;
+        }
+    }
+}
+
+/// A bit for each `\n` of `buf[base..]`'s first 64 bytes.
+#[inline]
+fn newline_bits(buf: &[u8], base: usize) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if buf.len() >= 16 {
+        use std::arch::x86_64::*;
+        // SAFETY: each load is of 16 bytes at `at` with `at + 16 <= buf.len()`.
+        let bits16 = |at: usize| unsafe {
+            let v = _mm_loadu_si128(buf.as_ptr().add(at) as *const __m128i);
+            _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'\n' as i8))) as u16 as u64
+        };
+        if base + 64 <= buf.len() {
+            return bits16(base)
+                | bits16(base + 16) << 16
+                | bits16(base + 32) << 32
+                | bits16(base + 48) << 48;
+        }
+        // The last block: a part past the end is read as the buffer's last 16 bytes,
+        // shifted so that only the bytes from `at` on count.
+        let mut m = 0;
+        let mut j = 0;
+        while base + j < buf.len() {
+            let at = base + j;
+            let bits = if at + 16 <= buf.len() {
+                bits16(at)
+            } else {
+                let last = buf.len() - 16;
+                bits16(last) >> (at - last)
+            };
+            m |= bits << j;
+            j += 16;
+        }
+        return m;
+    }
+    let end = buf.len().min(base + 64);
+    buf[base..end]
+        .iter()
+        .enumerate()
+        .fold(0, |m, (j, &b)| m | (u64::from(b == b'\n') << j))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn newlines_are_memchrs() {
+        let mut rng = crate::tools::SplitMix64(3);
+        let mut buf = vec![0u8; 400];
+        for _ in 0..20_000 {
+            let len = rng.below(300);
+            let at = rng.below(16);
+            let density = 1 + rng.below(40);
+            for b in &mut buf[at..at + len] {
+                *b = if rng.below(density) == 0 {
+                    b'\n'
+                } else {
+                    b'a' + rng.below(3) as u8
+                };
+            }
+            let b = &buf[at..at + len];
+            let want: Vec<usize> = memchr::memchr_iter(b'\n', b).collect();
+            assert_eq!(newlines(b).collect::<Vec<_>>(), want, "{len} {at}");
+        }
+        assert_eq!(newlines(b"").count(), 0);
+        assert_eq!(newlines(&[b'\n'; 200]).count(), 200);
+    }
 
     fn check(chunks: &[&[u8]], max: usize, want: &[Option<&str>]) {
         let mut got = Vec::new();

@@ -813,13 +813,20 @@ fn decode_value(kind: u8, v: f64, member: &[u8]) -> SampleValue<'_> {
 }
 
 fn encode_statsd(b: &mut Vec<u8>, id: u16, key: &[u8], fp: u128, s: &Sample<'_>) {
-    b.extend_from_slice(&id.to_le_bytes());
-    b.extend_from_slice(&fp.to_le_bytes());
+    // The fixed fields in one array and one reservation: a record per sample that another
+    // shard owns, half of them with two shards.
     let (kind, v, member) = encode_value(&s.value);
-    b.push(kind);
-    b.extend_from_slice(&v.to_bits().to_le_bytes());
-    b.extend_from_slice(&s.sample_rate.to_bits().to_le_bytes());
-    put_str16(b, key);
+    let key = &key[..key.len().min(u16::MAX as usize)];
+    let mut head = [0u8; 37];
+    head[0..2].copy_from_slice(&id.to_le_bytes());
+    head[2..18].copy_from_slice(&fp.to_le_bytes());
+    head[18] = kind;
+    head[19..27].copy_from_slice(&v.to_bits().to_le_bytes());
+    head[27..35].copy_from_slice(&s.sample_rate.to_bits().to_le_bytes());
+    head[35..37].copy_from_slice(&(key.len() as u16).to_le_bytes());
+    b.reserve(head.len() + key.len() + 2 + member.len());
+    b.extend_from_slice(&head);
+    b.extend_from_slice(key);
     put_str16(b, member);
 }
 
