@@ -11,9 +11,15 @@ if ! rustup toolchain list | grep -q '^nightly'; then
 fi
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --quiet
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# New inputs a smoke run finds go to a scratch folder (libFuzzer writes to the first
+# corpus folder), so the test command leaves the committed corpus as it was; the long
+# runs (fuzz-long.sh) are the ones that grow it.
+scratch=$(mktemp -d)
+trap 'rm -rf "$log" "$scratch"' EXIT
 for target in $(cargo +nightly fuzz list); do
-    if cargo +nightly fuzz run "$target" -- -max_total_time="$secs" -max_len=4096 >"$log" 2>&1; then
+    mkdir -p "$scratch/$target" "corpus/$target"
+    if cargo +nightly fuzz run "$target" "$scratch/$target" "corpus/$target" \
+        -- -max_total_time="$secs" -max_len=4096 >"$log" 2>&1; then
         echo "fuzz-smoke: $target: $(grep -o 'Done [0-9]* runs in [0-9]* second(s)' "$log" | tail -1)"
     else
         tail -40 "$log" >&2
