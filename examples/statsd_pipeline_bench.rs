@@ -133,6 +133,7 @@ fn main() {
                     let Core { aggs, stores, .. } = c;
                     aggs.apply_batch(from, &b, &mut |p| stores.apply_record(p));
                 }
+                c.stores.finish_batch();
             }
         }
     };

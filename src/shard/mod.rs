@@ -656,6 +656,7 @@ fn drain_mesh(c: &mut Core) {
             aggs.apply_batch(from, &batch, &mut |payload| stores.apply_record(payload));
         }
     }
+    c.stores.finish_batch();
 }
 
 /// Shutdown of the stores: the writers go on (within their limits) until the cache is

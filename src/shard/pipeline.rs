@@ -469,6 +469,7 @@ fn route_batch(batch: &[(Point<'_>, Fingerprint)], ctx: &mut RouteCtx<'_>) {
         *ctx.forwards = forwards;
         ctx.forwards.clear();
     }
+    ctx.stores.finish_batch();
 }
 
 impl ListenerStats {

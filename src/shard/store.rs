@@ -24,6 +24,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::aggregate::statsd::table::fingerprint;
 use crate::config::{Store, StoreKind};
 use crate::point::Point;
 use crate::shard::aggregate::owner;
@@ -212,9 +213,9 @@ impl StoreState {
         &self.root
     }
 
-    /// Caches a point of a name this shard owns.
-    fn apply(&mut self, name: &[u8], point: CachedPoint) {
-        let refused = match self.cache.find(name) {
+    /// Caches a point of a name this shard owns, `fp` its [`fingerprint`].
+    fn apply(&mut self, name: &[u8], fp: u128, point: CachedPoint) {
+        let refused = match self.cache.find_fp(fp) {
             Some(slot) => self.cache.push(slot, point).err(),
             None => {
                 let path = std::str::from_utf8(name)
@@ -273,6 +274,18 @@ pub struct StoreStage {
     shards: usize,
     /// By config index of the running topology.
     pub stores: Vec<StoreState>,
+    /// Points for this shard's caches, their index entries prefetched, applied by
+    /// [`StoreStage::finish_batch`] (names in `staged_bytes`).
+    staged: Vec<StagedPoint>,
+    staged_bytes: Vec<u8>,
+}
+
+/// A point waiting in [`StoreStage::staged`].
+struct StagedPoint {
+    store: usize,
+    fp: u128,
+    point: CachedPoint,
+    name: (u32, u32),
 }
 
 /// The largest timestamp whisper stores (an unsigned 32-bit field), exclusive.
@@ -285,6 +298,8 @@ impl StoreStage {
             me,
             shards,
             stores: Vec::new(),
+            staged: Vec::new(),
+            staged_bytes: Vec::new(),
         }
     }
 
@@ -325,13 +340,15 @@ impl StoreStage {
         };
         let key = normalized.as_deref().map_or(name, str::as_bytes);
         let to = owner(key, shards);
+        let fp = fingerprint(key);
         if to == me {
-            st.apply(key, (ts, v));
+            self.stage(s, key, fp, (ts, v));
         } else {
             st.counters.points_to_other_shards += 1;
             let id = st.id;
             mesh.record(to, TAG_STORE, |b| {
                 b.extend_from_slice(&id.to_le_bytes());
+                b.extend_from_slice(&fp.to_le_bytes());
                 b.extend_from_slice(&ts.to_bits().to_le_bytes());
                 b.extend_from_slice(&v.to_bits().to_le_bytes());
                 put_str16(b, key);
@@ -339,14 +356,44 @@ impl StoreStage {
         }
     }
 
-    /// Applies a point another shard handed over.
+    /// Holds a point for store `s` until [`finish_batch`](Self::finish_batch), starting
+    /// the load of its name's index entry: the points of a batch (or of a mesh batch)
+    /// look their names up together, each miss overlapping the others.
+    fn stage(&mut self, s: usize, name: &[u8], fp: u128, point: CachedPoint) {
+        self.stores[s].cache.prefetch(fp);
+        let at = self.staged_bytes.len() as u32;
+        self.staged_bytes.extend_from_slice(name);
+        self.staged.push(StagedPoint {
+            store: s,
+            fp,
+            point,
+            name: (at, name.len() as u32),
+        });
+    }
+
+    /// Caches the points staged since the last call, in the order they came. Called at
+    /// the end of every routed batch and every mesh drain, so nothing stays staged
+    /// while the shard waits (or across a reload, which renumbers the stores).
+    pub fn finish_batch(&mut self) {
+        for p in &self.staged {
+            let (at, len) = (p.name.0 as usize, p.name.1 as usize);
+            let name = &self.staged_bytes[at..at + len];
+            self.stores[p.store].apply(name, p.fp, p.point);
+        }
+        self.staged.clear();
+        self.staged_bytes.clear();
+    }
+
+    /// Takes a point another shard handed over; it is cached by the next
+    /// [`finish_batch`](Self::finish_batch).
     pub fn apply_record(&mut self, payload: &[u8]) {
         let mut r = Reader(payload);
         let id = r.u16();
+        let fp = u128::from_le_bytes(r.bytes(16).try_into().expect("16 bytes"));
         let (ts, v) = (r.f64(), r.f64());
         let name = r.str16();
         match self.by_id(id) {
-            Some(s) => self.stores[s].apply(name, (ts, v)),
+            Some(s) => self.stage(s, name, fp, (ts, v)),
             None => {
                 if let Some(s) = self.stores.first_mut() {
                     s.counters.dropped_unknown_store += 1;

@@ -55,8 +55,10 @@ pub type FingerprintBuild = BuildHasherDefault<FingerprintHasher>;
 /// ahead ([`FpIndex::prefetch`]): at 100k keys the index outgrows the CPU caches, and the
 /// lookup's miss is most of what a sample costs. Removal shifts the entries after it
 /// back, so no tombstones accumulate.
+///
+/// Also the store cache's index of names (`store::cache`).
 #[derive(Default)]
-struct FpIndex {
+pub(crate) struct FpIndex {
     entries: Vec<Entry>,
     len: usize,
 }
@@ -76,14 +78,26 @@ const FREE: Entry = Entry {
     id: EMPTY,
 };
 
+impl std::fmt::Debug for FpIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FpIndex({} of {})", self.len, self.entries.len())
+    }
+}
+
 impl FpIndex {
+    /// Entries held.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     #[inline]
     fn mask(&self) -> usize {
         self.entries.len() - 1
     }
 
     #[inline]
-    fn prefetch(&self, fp: u128) {
+    pub(crate) fn prefetch(&self, fp: u128) {
         if self.entries.is_empty() {
             return;
         }
@@ -92,7 +106,7 @@ impl FpIndex {
     }
 
     #[inline]
-    fn get(&self, fp: u128) -> Option<u32> {
+    pub(crate) fn get(&self, fp: u128) -> Option<u32> {
         if self.entries.is_empty() {
             return None;
         }
@@ -111,7 +125,7 @@ impl FpIndex {
         }
     }
 
-    fn insert(&mut self, fp: u128, id: u32) {
+    pub(crate) fn insert(&mut self, fp: u128, id: u32) {
         debug_assert!(id != EMPTY);
         if (self.len + 1) * 2 > self.entries.len() {
             self.grow();
@@ -126,7 +140,7 @@ impl FpIndex {
         self.len += 1;
     }
 
-    fn remove(&mut self, fp: u128) {
+    pub(crate) fn remove(&mut self, fp: u128) {
         if self.entries.is_empty() {
             return;
         }
@@ -177,7 +191,7 @@ impl FpIndex {
         }
     }
 
-    fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<Entry>()
     }
 }
