@@ -5,6 +5,7 @@
 pub mod aggregate;
 pub mod api;
 pub mod config;
+pub mod fingerprint;
 pub mod ingest;
 pub mod output;
 pub mod point;

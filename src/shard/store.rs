@@ -24,8 +24,8 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::aggregate::statsd::table::fingerprint;
 use crate::config::{Store, StoreKind};
+use crate::fingerprint::fingerprint;
 use crate::point::Point;
 use crate::shard::aggregate::owner;
 use crate::shard::mesh::{put_str16, Reader, ShardMesh};

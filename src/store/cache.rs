@@ -34,7 +34,7 @@
 
 use std::path::PathBuf;
 
-use crate::aggregate::statsd::table::{fingerprint, FpIndex};
+use crate::fingerprint::{fingerprint, FpIndex};
 
 /// One cached point: (timestamp as received, value).
 pub type CachedPoint = (f64, f64);
