@@ -99,31 +99,10 @@ impl Iterator for Newlines<'_> {
 fn newline_bits(buf: &[u8], base: usize) -> u64 {
     #[cfg(target_arch = "x86_64")]
     if buf.len() >= 16 {
-        use std::arch::x86_64::*;
-        // SAFETY: each load is of 16 bytes at `at` with `at + 16 <= buf.len()`.
-        let bits16 = |at: usize| unsafe {
-            let v = _mm_loadu_si128(buf.as_ptr().add(at) as *const __m128i);
-            _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'\n' as i8))) as u16 as u64
-        };
-        if base + 64 <= buf.len() {
-            return bits16(base)
-                | bits16(base + 16) << 16
-                | bits16(base + 32) << 32
-                | bits16(base + 48) << 48;
-        }
-        // The last block: a part past the end is read as the buffer's last 16 bytes,
-        // shifted so that only the bytes from `at` on count.
         let mut m = 0;
         let mut j = 0;
-        while base + j < buf.len() {
-            let at = base + j;
-            let bits = if at + 16 <= buf.len() {
-                bits16(at)
-            } else {
-                let last = buf.len() - 16;
-                bits16(last) >> (at - last)
-            };
-            m |= bits << j;
+        while j < 64 && base + j < buf.len() {
+            m |= u64::from(eq_bits16(buf, base + j, b'\n')) << j;
             j += 16;
         }
         return m;
@@ -133,6 +112,29 @@ fn newline_bits(buf: &[u8], base: usize) -> u64 {
         .iter()
         .enumerate()
         .fold(0, |m, (j, &b)| m | (u64::from(b == b'\n') << j))
+}
+
+/// A bit for each byte of `s[at..]`'s first 16 (or fewer, at the end) that is `b`
+/// (SSE2). A part past the end is read as `s`'s last 16 bytes, shifted so that only
+/// the bytes from `at` on count. `s` must hold 16 bytes or more, and `at < s.len()`.
+/// The line scanners' one vector step (also [`super::statsd::one_sample`]'s).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn eq_bits16(s: &[u8], at: usize, b: u8) -> u32 {
+    use std::arch::x86_64::*;
+    debug_assert!(s.len() >= 16 && at < s.len());
+    let (from, skip) = if at + 16 <= s.len() {
+        (at, 0)
+    } else {
+        (s.len() - 16, at + 16 - s.len())
+    };
+    // SAFETY: `from + 16 <= s.len()`: the 16 bytes read are inside `s`; SSE2 is part of
+    // x86-64 (unaligned load).
+    let bits = unsafe {
+        let v = _mm_loadu_si128(s.as_ptr().add(from) as *const __m128i);
+        _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8))) as u32
+    };
+    bits >> skip
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@
 //! Numbers are read as JavaScript's `Number(s)` reads them (`0x10` is 16).
 
 use super::jsnum::{self, js_is_number, js_to_number, js_trim};
+#[cfg(target_arch = "x86_64")]
+use super::lines::eq_bits16;
 use super::Reject;
 
 /// What one sample adds to its key.
@@ -121,48 +123,29 @@ pub fn one_sample(line: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 /// [`one_sample`] for lines of 16 bytes or more: a bit per byte for `:` and for `#`,
-/// sixteen bytes at a time, the last sixteen overlapping those before (their bits for
-/// bytes already seen cleared).
+/// sixteen bytes at a time ([`eq_bits16`]).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn one_sample_sse2(line: &[u8]) -> Option<(&[u8], &[u8])> {
-    use std::arch::x86_64::*;
-    debug_assert!(line.len() >= 16);
     let mut colon = usize::MAX;
     let mut at = 0;
-    loop {
-        let (start, seen) = if at + 16 <= line.len() {
-            (at, 0)
-        } else {
-            (line.len() - 16, at + 16 - line.len())
-        };
-        // SAFETY: `start + 16 <= line.len()`; SSE2 is part of x86-64.
-        let (colons, hashes) = unsafe {
-            let v = _mm_loadu_si128(line.as_ptr().add(start) as *const __m128i);
-            let bits = |b: u8| _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8)));
-            (
-                (bits(b':') as u32) >> seen << seen,
-                (bits(b'#') as u32) >> seen << seen,
-            )
-        };
-        let mut h = hashes;
-        while h != 0 {
-            let i = start + h.trailing_zeros() as usize;
+    while at < line.len() {
+        let mut hashes = eq_bits16(line, at, b'#');
+        while hashes != 0 {
+            let i = at + hashes.trailing_zeros() as usize;
             if i > 0 && line[i - 1] == b'|' {
                 return None;
             }
-            h &= h - 1;
+            hashes &= hashes - 1;
         }
+        let colons = eq_bits16(line, at, b':');
         if colons != 0 {
             if colon != usize::MAX || colons.count_ones() > 1 {
                 return None;
             }
-            colon = start + colons.trailing_zeros() as usize;
+            colon = at + colons.trailing_zeros() as usize;
         }
-        at = start + 16;
-        if at >= line.len() {
-            break;
-        }
+        at += 16;
     }
     (colon != usize::MAX).then(|| (&line[..colon], &line[colon + 1..]))
 }
