@@ -207,7 +207,7 @@ impl Control {
         let mut by_shard: Vec<(Vec<String>, Vec<usize>)> = vec![(Vec::new(), Vec::new()); shards];
         for (i, n) in names.iter().enumerate() {
             let key = crate::store::whisper::path::normalize(n).unwrap_or_else(|| n.clone());
-            let to = crate::shard::aggregate::owner(key.as_bytes(), shards);
+            let to = crate::shard::store::store_owner(key.as_bytes(), shards);
             by_shard[to].0.push(key);
             by_shard[to].1.push(i);
         }

@@ -2,8 +2,9 @@
 //! clock and io_uring.
 //!
 //! A whisper file has exactly one writer, so every name is owned by one shard,
-//! `owner(name)` (the aggregators' rule, over carbon's normalized name: its tags sorted,
-//! so every spelling of a tagged series meets on one shard and one file). A point routed
+//! [`store_owner`] (from the name's fingerprint, the cache's key, so a point is hashed
+//! once; over carbon's normalized name: its tags sorted, so every spelling of a tagged
+//! series meets on one shard and one file). A point routed
 //! to a store on another shard goes to its owner over the mesh. The owner caches it
 //! ([`Cache`]) and its writer tasks write the cache out through io_uring
 //! (`store::whisper::uring`), at most `writes_per_second` update_many calls and
@@ -27,7 +28,7 @@ use std::sync::Arc;
 use crate::config::{Store, StoreKind};
 use crate::fingerprint::fingerprint;
 use crate::point::Point;
-use crate::shard::aggregate::owner;
+use crate::shard::aggregate::owner_of_fingerprint;
 use crate::shard::mesh::{put_str16, Reader, ShardMesh};
 use crate::shard::pipeline::{unix_ms, Core};
 use crate::store::cache::{self, Cache, CachedPoint, Outcome, Refused};
@@ -222,7 +223,7 @@ impl StoreState {
                     .map_err(|_| "not_utf8")
                     .and_then(|n| metric_path(&self.root, n));
                 match path {
-                    Ok(path) => self.cache.insert(name, path, point).err(),
+                    Ok(path) => self.cache.insert(name, fp, path, point).err(),
                     Err(reason) => {
                         self.counters.dropped_points_bad_name += 1;
                         let now = unix_ms();
@@ -278,6 +279,12 @@ pub struct StoreStage {
     /// [`StoreStage::finish_batch`] (names in `staged_bytes`).
     staged: Vec<StagedPoint>,
     staged_bytes: Vec<u8>,
+}
+
+/// The shard that owns store name `name` (carbon's normal form): its writer and cache.
+/// The cache's [`fingerprint`] decides it, so the hot path hashes a point once.
+pub fn store_owner(name: &[u8], shards: usize) -> usize {
+    owner_of_fingerprint(fingerprint(name), shards)
 }
 
 /// A point waiting in [`StoreStage::staged`].
@@ -339,8 +346,8 @@ impl StoreStage {
             std::str::from_utf8(name).ok().and_then(normalize)
         };
         let key = normalized.as_deref().map_or(name, str::as_bytes);
-        let to = owner(key, shards);
         let fp = fingerprint(key);
+        let to = owner_of_fingerprint(fp, shards);
         if to == me {
             self.stage(s, key, fp, (ts, v));
         } else {
@@ -998,7 +1005,7 @@ fn restore_text(core: &Rc<RefCell<Core>>, id: u16, text: &[u8]) {
     let mut restored = 0u64;
     let mut dropped = 0u64;
     spill::read_points(text, |name, points| {
-        if owner(name, shards) != me {
+        if store_owner(name, shards) != me {
             return;
         }
         let Ok(n) = std::str::from_utf8(name) else {

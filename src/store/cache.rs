@@ -257,18 +257,19 @@ impl Cache {
         Ok(())
     }
 
-    /// Adds a name (its file at `path`) with its first point; the caller checked it is
-    /// absent.
+    /// Adds a name (its file at `path`), `fp` its [`fingerprint`], with its first point;
+    /// the caller checked it is absent (with that `fp`).
     pub fn insert(
         &mut self,
         name: &[u8],
+        fp: u128,
         path: PathBuf,
         point: CachedPoint,
     ) -> Result<u32, Refused> {
         if self.points >= self.points_max {
             return Err(Refused::Full);
         }
-        let fp = fingerprint(name);
+        debug_assert_eq!(fp, fingerprint(name));
         debug_assert!(self.find_fp(fp).is_none());
         let slot = Slot {
             name: NameKey::new(name),
@@ -323,9 +324,10 @@ impl Cache {
         if take == 0 {
             return points.len();
         }
-        let id = match self.find(name) {
+        let fp = fingerprint(name);
+        let id = match self.find_fp(fp) {
             Some(id) => id,
-            None => match self.insert(name, path(), points[0]) {
+            None => match self.insert(name, fp, path(), points[0]) {
                 Ok(id) => {
                     // insert counted and pushed the first point; undo, then add all.
                     self.slots[id as usize].points.clear();
@@ -535,10 +537,11 @@ mod tests {
     use super::*;
 
     fn add(c: &mut Cache, name: &str, ts: f64, v: f64) -> Result<(), Refused> {
-        match c.find(name.as_bytes()) {
+        let fp = fingerprint(name.as_bytes());
+        match c.find_fp(fp) {
             Some(s) => c.push(s, (ts, v)),
             None => c
-                .insert(name.as_bytes(), PathBuf::from(name), (ts, v))
+                .insert(name.as_bytes(), fp, PathBuf::from(name), (ts, v))
                 .map(|_| ()),
         }
     }
