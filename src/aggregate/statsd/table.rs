@@ -103,14 +103,6 @@ impl<V> Table<V> {
         self.index.prefetch(fp);
     }
 
-    /// Starts loading slot `id`'s value.
-    #[inline]
-    pub fn prefetch_slot(&self, id: u32) {
-        if let Some(s) = self.slots.get(id as usize) {
-            crate::route::cache::prefetch_read(s);
-        }
-    }
-
     /// Adds a new key (the caller checked it is absent) and returns its slot.
     pub fn insert(&mut self, fp: u128, name: &[u8], value: V) -> u32 {
         let array_index = js_array_index(name).unwrap_or(NOT_INDEX);
