@@ -13,11 +13,11 @@
 
 pub mod inspect;
 pub mod key;
+pub mod members;
 pub mod mgmt;
 pub mod sketch;
 pub mod table;
 
-use std::collections::HashSet;
 use std::time::Instant;
 
 use crate::protocol::jsnum::{js_number_string, write_js_number};
@@ -25,8 +25,9 @@ use crate::protocol::statsd::{self as grammar, Sample, Value};
 use crate::protocol::Reject;
 use key::KeyScratch;
 pub use key::TagMode;
+use members::{Insert, Members};
 use sketch::Sketch;
-use table::{fingerprint, fingerprint_lo, FingerprintBuild, Table};
+use table::{fingerprint, fingerprint_lo, Table};
 
 /// One histogram bin bound.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -311,11 +312,23 @@ struct Cursor {
     processing: std::time::Duration,
 }
 
+#[derive(Default)]
 struct Timer {
     values: Vec<f64>,
     /// `timer_counters`: sum of 1 / rate.
     count: f64,
     sketch: Option<Box<TimerSketch>>,
+}
+
+impl Timer {
+    /// Heap bytes: the values' capacity, or the sketch.
+    fn heap_bytes(&self) -> usize {
+        self.values.capacity() * std::mem::size_of::<f64>()
+            + self
+                .sketch
+                .as_ref()
+                .map_or(0, |s| std::mem::size_of::<TimerSketch>() + s.sketch.bytes())
+    }
 }
 
 struct TimerSketch {
@@ -338,14 +351,16 @@ impl TimerSketch {
     }
 }
 
+#[derive(Default)]
 struct Gauge {
     value: f64,
     /// Flushes left (only when gauges are deleted and the gauge was sent).
     ttl: Option<u32>,
 }
 
+#[derive(Default)]
 struct Set {
-    members: HashSet<u64, FingerprintBuild>,
+    members: Members,
 }
 
 /// One timer statistic's name and whether `calculated_timer_metrics` keeps it.
@@ -603,6 +618,9 @@ pub struct StatsdEngine {
     /// `bad_lines_seen`, `timestamp_lag`): the only engine of one shard, or shard 0's.
     owns_internal: bool,
     cursor: Option<Cursor>,
+    /// Heap bytes of the timers' values and sketches and the sets' members, kept as
+    /// they grow and recounted at each flush (the tables count the rest).
+    value_bytes: usize,
 }
 
 /// JavaScript's `Math.round` for the non-negative values it is used on here.
@@ -680,6 +698,7 @@ impl StatsdEngine {
             cum_squares: Vec::new(),
             owns_internal,
             cursor: None,
+            value_bytes: 0,
             cfg,
         })
     }
@@ -809,9 +828,20 @@ impl StatsdEngine {
                 let t = self.timers.value_mut(id);
                 t.count += inv_rate;
                 match &mut t.sketch {
-                    Some(s) => s.add(v),
-                    None if t.values.len() < max => t.values.push(v),
+                    Some(s) => {
+                        let before = s.sketch.bytes();
+                        s.add(v);
+                        self.value_bytes += s.sketch.bytes() - before;
+                    }
+                    None if t.values.len() < max => {
+                        let before = t.values.capacity();
+                        t.values.push(v);
+                        if t.values.capacity() != before {
+                            self.value_bytes += (t.values.capacity() - before) * 8;
+                        }
+                    }
                     None => {
+                        let before = t.heap_bytes();
                         let mut s = Box::new(TimerSketch {
                             sketch: Sketch::new(err, buckets),
                             sum: 0.0,
@@ -824,6 +854,7 @@ impl StatsdEngine {
                         }
                         t.values = Vec::new();
                         t.sketch = Some(s);
+                        self.value_bytes = self.value_bytes + t.heap_bytes() - before;
                         self.stats.timer_sketches += 1;
                     }
                 }
@@ -864,12 +895,16 @@ impl StatsdEngine {
                 }
                 let h = member_hash(member);
                 let max = self.cfg.set_values_max;
-                let s = self.sets.value_mut(id);
-                if s.members.len() >= max && !s.members.contains(&h) {
-                    self.stats.set_values_overflow += 1;
-                    return;
+                let members = &mut self.sets.value_mut(id).members;
+                let before = members.bytes();
+                match members.insert(h, max) {
+                    Insert::Full => {
+                        self.stats.set_values_overflow += 1;
+                        return;
+                    }
+                    Insert::Added => self.value_bytes += members.bytes() - before,
+                    Insert::Present => {}
                 }
-                s.members.insert(h);
             }
         }
         self.stats.samples += 1;
@@ -913,7 +948,7 @@ impl StatsdEngine {
                 fp,
                 key,
                 Set {
-                    members: HashSet::default(),
+                    members: Members::default(),
                 },
             ),
         })
@@ -1168,6 +1203,7 @@ impl StatsdEngine {
         }
         self.counters.compact();
 
+        let mut value_bytes = 0;
         self.timers.iteration_order(&mut self.order);
         for &id in &self.order {
             if plan.delete_timers {
@@ -1181,6 +1217,7 @@ impl StatsdEngine {
                 }
                 t.count = 0.0;
                 t.sketch = None;
+                value_bytes += t.heap_bytes();
             }
         }
         self.timers.compact();
@@ -1190,10 +1227,13 @@ impl StatsdEngine {
             if plan.delete_sets {
                 self.sets.delete(id);
             } else {
-                self.sets.value_mut(id).members.clear();
+                let members = &mut self.sets.value_mut(id).members;
+                members.clear();
+                value_bytes += members.bytes();
             }
         }
         self.sets.compact();
+        self.value_bytes = value_bytes;
 
         if plan.delete_gauges {
             self.gauges.iteration_order(&mut self.order);
@@ -1289,9 +1329,15 @@ impl StatsdEngine {
                         self.counters.delete(id);
                     }
                 }
-                mgmt::Kind::Timers => self.timers.delete(id),
+                mgmt::Kind::Timers => {
+                    self.value_bytes -= self.timers.value(id).heap_bytes();
+                    self.timers.delete(id);
+                }
                 mgmt::Kind::Gauges => self.gauges.delete(id),
-                mgmt::Kind::Sets => self.sets.delete(id),
+                mgmt::Kind::Sets => {
+                    self.value_bytes -= self.sets.value(id).members.bytes();
+                    self.sets.delete(id);
+                }
             }
         }
         self.counters.compact();
@@ -1308,6 +1354,7 @@ impl StatsdEngine {
             + self.timers.bytes_estimate()
             + self.gauges.bytes_estimate()
             + self.sets.bytes_estimate()
+            + self.value_bytes
     }
 }
 

@@ -51,6 +51,11 @@ impl Sketch {
         }
     }
 
+    /// Heap bytes of the buckets.
+    pub fn bytes(&self) -> usize {
+        self.counts.capacity() * std::mem::size_of::<u64>()
+    }
+
     /// Values counted.
     pub fn len(&self) -> u64 {
         self.n

@@ -151,8 +151,14 @@ impl<V> Table<V> {
 
     /// Deletes a live slot. Its id stays in the iteration order until [`Table::compact`],
     /// which must run before the next insert.
-    pub fn delete(&mut self, id: u32) {
+    pub fn delete(&mut self, id: u32)
+    where
+        V: Default,
+    {
         let slot = &mut self.slots[id as usize];
+        // The value's heap parts (a timer's values, a set's members) go now, not when
+        // the slot is taken again.
+        slot.value = V::default();
         debug_assert!(slot.live);
         slot.live = false;
         if slot.array_index != NOT_INDEX {

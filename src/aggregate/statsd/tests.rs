@@ -203,3 +203,30 @@ fn config_is_validated() {
     assert!(bad(|c| c.timer_sketch_relative_error = 0.0).is_some());
     assert!(bad(|c| c.percent_thresholds = vec![f64::NAN]).is_some());
 }
+
+#[test]
+fn bytes_estimate_counts_timer_values_and_set_members() {
+    let cfg = StatsdConfig {
+        delete_timers: Some(true),
+        delete_sets: Some(true),
+        ..StatsdConfig::default()
+    };
+    let mut e = StatsdEngine::new(cfg, 1000).unwrap();
+    let empty = e.bytes_estimate();
+    let mut d = String::new();
+    for i in 0..5000 {
+        d.push_str(&format!("t:{i}|ms\ns:m{i}|s\n"));
+    }
+    e.ingest_datagram(d.as_bytes());
+    let full = e.bytes_estimate();
+    // 5,000 values and 5,000 members of 8 bytes each, at least.
+    assert!(full >= empty + 80_000, "{empty} -> {full}");
+    let mut out = Vec::new();
+    e.flush(1_010_000, &mut out);
+    // Both keys were deleted: their values and members are gone with them.
+    assert!(
+        e.bytes_estimate() < empty + 80_000 / 4,
+        "{}",
+        e.bytes_estimate()
+    );
+}
