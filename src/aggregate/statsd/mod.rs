@@ -1330,12 +1330,16 @@ impl StatsdEngine {
                     }
                 }
                 mgmt::Kind::Timers => {
-                    self.value_bytes -= self.timers.value(id).heap_bytes();
+                    self.value_bytes = self
+                        .value_bytes
+                        .saturating_sub(self.timers.value(id).heap_bytes());
                     self.timers.delete(id);
                 }
                 mgmt::Kind::Gauges => self.gauges.delete(id),
                 mgmt::Kind::Sets => {
-                    self.value_bytes -= self.sets.value(id).members.bytes();
+                    self.value_bytes = self
+                        .value_bytes
+                        .saturating_sub(self.sets.value(id).members.bytes());
                     self.sets.delete(id);
                 }
             }
