@@ -11,15 +11,45 @@ pub fn fingerprint(name: &[u8]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(name)
 }
 
+/// A random odd value drawn once per process (from the OS, through std's `RandomState`).
+/// The tables below place entries by their hash mixed with it: fingerprints are
+/// unseeded (every shard and process must agree on a name's owner), so without it
+/// anyone could compute, offline, names or set members that all land on one run of a
+/// table and make every lookup walk it.
+pub fn process_seed() -> u64 {
+    use std::hash::BuildHasher;
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64) | 1)
+}
+
+/// Where a 64-bit hash starts probing in a table of `mask + 1` entries (a power of
+/// two, at most 2^32): the hash times `seed` (odd, from [`process_seed`]), high half.
+/// Hashes that share their low bits get homes that depend on their other bits through
+/// a multiplier the sender does not know.
+#[inline]
+pub fn home(h: u64, seed: u64, mask: usize) -> usize {
+    ((h.wrapping_mul(seed) >> 32) as usize) & mask
+}
+
 /// Fingerprint -> slot id, open addressing with linear probing, at most half full, so a
 /// lookup usually reads one 24-byte entry, and that entry can be prefetched a few keys
 /// ahead ([`FpIndex::prefetch`]): at 100k keys the index outgrows the CPU caches, and the
 /// lookup's miss is most of what a sample costs. Removal shifts the entries after it
 /// back, so no tombstones accumulate.
-#[derive(Default)]
 pub struct FpIndex {
     entries: Vec<Entry>,
     len: usize,
+    seed: u64,
+}
+
+impl Default for FpIndex {
+    fn default() -> Self {
+        FpIndex {
+            entries: Vec::new(),
+            len: 0,
+            seed: process_seed(),
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -67,7 +97,7 @@ impl FpIndex {
         if self.entries.is_empty() {
             return;
         }
-        let e = &self.entries[(fp as u64 as usize) & self.mask()];
+        let e = &self.entries[home(fp as u64, self.seed, self.mask())];
         crate::route::cache::prefetch_read(e);
     }
 
@@ -79,7 +109,7 @@ impl FpIndex {
         }
         let (lo, hi) = (fp as u64, (fp >> 64) as u64);
         let mask = self.mask();
-        let mut i = lo as usize & mask;
+        let mut i = home(lo, self.seed, mask);
         loop {
             let e = &self.entries[i];
             if e.id == EMPTY {
@@ -100,7 +130,7 @@ impl FpIndex {
         }
         let (lo, hi) = (fp as u64, (fp >> 64) as u64);
         let mask = self.mask();
-        let mut i = lo as usize & mask;
+        let mut i = home(lo, self.seed, mask);
         while self.entries[i].id != EMPTY {
             i = (i + 1) & mask;
         }
@@ -115,7 +145,7 @@ impl FpIndex {
         }
         let (lo, hi) = (fp as u64, (fp >> 64) as u64);
         let mask = self.mask();
-        let mut i = lo as usize & mask;
+        let mut i = home(lo, self.seed, mask);
         loop {
             let e = self.entries[i];
             if e.id == EMPTY {
@@ -135,7 +165,7 @@ impl FpIndex {
             if e.id == EMPTY {
                 break;
             }
-            let home = e.lo as usize & mask;
+            let home = home(e.lo, self.seed, mask);
             let between = if hole <= j {
                 hole < home && home <= j
             } else {
@@ -169,6 +199,22 @@ impl FpIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hashes_that_share_low_bits_do_not_share_a_home() {
+        // Names (or set members) an attacker found to share the hash's low 32 bits.
+        let seed = process_seed();
+        let mask = (1 << 16) - 1;
+        let homes: std::collections::HashSet<usize> = (0..4096u64)
+            .map(|b| home(0x1234_5678 | (b << 32), seed, mask))
+            .collect();
+        assert!(homes.len() > 3500, "{} homes of 4096", homes.len());
+        // And those that share their high bits.
+        let homes: std::collections::HashSet<usize> = (0..4096u64)
+            .map(|b| home((0xabcd_u64 << 48) | b, seed, mask))
+            .collect();
+        assert!(homes.len() > 3500, "{} homes of 4096", homes.len());
+    }
 
     #[test]
     fn index_finds_inserts_and_removes_with_backward_shift() {

@@ -3,7 +3,9 @@
 //! keeps only their hashes, and a busy set's table outgrows the CPU caches, so what an
 //! insert costs is the cache lines it touches. A general hash set reads a control byte
 //! group and then the bucket, two lines in different places; here the hash is the
-//! entry and its home is its low bits, so an insert usually reads one line.
+//! entry and its home is its low bits, so an insert usually reads one line. The hashes
+//! are seeded per process ([`super::member_hash`]), so members cannot be chosen
+//! offline to share their low bits and pile up in one run.
 
 /// The free entry. A member whose hash is 0 is stored as [`ZERO_AS`] instead, which
 /// makes it the same member as one whose hash is `ZERO_AS`: two hashes out of 2^64.

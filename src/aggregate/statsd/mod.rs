@@ -27,7 +27,7 @@ use key::KeyScratch;
 pub use key::TagMode;
 use members::{Insert, Members};
 use sketch::Sketch;
-use table::{fingerprint, fingerprint_lo, Table};
+use table::{fingerprint, Table};
 
 /// One histogram bin bound.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -621,6 +621,8 @@ pub struct StatsdEngine {
     /// Heap bytes of the timers' values and sketches and the sets' members, kept as
     /// they grow and recounted at each flush (the tables count the rest).
     value_bytes: usize,
+    /// Seeds set members' hashes ([`member_hash`]).
+    member_seed: u64,
 }
 
 /// JavaScript's `Math.round` for the non-negative values it is used on here.
@@ -633,12 +635,14 @@ fn js_round(x: f64) -> f64 {
     }
 }
 
-/// A set member's identity: a 64-bit hash of the text node would see (bytes that are
-/// not UTF-8 become U+FFFD, so they are hashed that way).
-fn member_hash(v: &[u8]) -> u64 {
+/// A set member's identity: a 64-bit hash, seeded with `seed` (the engine's, from
+/// [`crate::fingerprint::process_seed`]: members never leave their engine), of the
+/// text node would see (bytes that are not UTF-8 become U+FFFD, so they are hashed
+/// that way).
+fn member_hash(v: &[u8], seed: u64) -> u64 {
     match std::str::from_utf8(v) {
-        Ok(_) => fingerprint_lo(v),
-        Err(_) => fingerprint_lo(String::from_utf8_lossy(v).as_bytes()),
+        Ok(_) => xxhash_rust::xxh3::xxh3_64_with_seed(v, seed),
+        Err(_) => xxhash_rust::xxh3::xxh3_64_with_seed(String::from_utf8_lossy(v).as_bytes(), seed),
     }
 }
 
@@ -699,6 +703,7 @@ impl StatsdEngine {
             owns_internal,
             cursor: None,
             value_bytes: 0,
+            member_seed: crate::fingerprint::process_seed(),
             cfg,
         })
     }
@@ -893,7 +898,7 @@ impl StatsdEngine {
                     self.stats.samples += 1;
                     return;
                 }
-                let h = member_hash(member);
+                let h = member_hash(member, self.member_seed);
                 let max = self.cfg.set_values_max;
                 let members = &mut self.sets.value_mut(id).members;
                 let before = members.bytes();

@@ -12,12 +12,6 @@ use std::hash::{BuildHasherDefault, Hasher};
 pub use crate::fingerprint::fingerprint;
 use crate::fingerprint::FpIndex;
 
-/// A 64-bit hash of `name` (XXH3-64), where 64 bits are enough (set members).
-#[inline]
-pub fn fingerprint_lo(name: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(name)
-}
-
 /// Hashes a `u128` fingerprint by taking its low half, and a `u64` name hash
 /// ([`crate::aggregate::carbon::name_hash`]) as it is: both are already good hashes.
 #[derive(Default, Clone, Copy)]
@@ -256,7 +250,6 @@ mod tests {
         // on the process or the build.
         assert_eq!(fps[0], 0xa96f_af70_5af1_6834_e6c6_32b6_1e96_4e1f);
         for (i, fp) in fps.iter().enumerate() {
-            assert_ne!(fingerprint_lo(names[i]), 0);
             assert_ne!(*fp as u64, 0);
             assert_ne!((*fp >> 64) as u64, 0);
             assert_ne!(*fp as u64, (*fp >> 64) as u64);
