@@ -10,12 +10,21 @@
 use std::hash::{BuildHasherDefault, Hasher};
 
 pub use crate::fingerprint::fingerprint;
-use crate::fingerprint::FpIndex;
+use crate::fingerprint::{process_seed, FpIndex};
 
-/// Hashes a `u128` fingerprint by taking its low half, and a `u64` name hash
-/// ([`crate::aggregate::carbon::name_hash`]) as it is: both are already good hashes.
+/// Hashes a `u128` fingerprint or a `u64` name hash
+/// ([`crate::aggregate::carbon::name_hash`]), both already good but unseeded hashes,
+/// by a folded multiply with the process's seed ([`process_seed`]): a hash map places
+/// keys by the low bits of this, and without the seed names sharing those bits could
+/// be computed offline and made to pile up in one probe sequence.
 #[derive(Default, Clone, Copy)]
 pub struct FingerprintHasher(u64);
+
+#[inline]
+fn folded(v: u64) -> u64 {
+    let p = u128::from(v) * u128::from(process_seed());
+    (p as u64) ^ ((p >> 64) as u64)
+}
 
 impl Hasher for FingerprintHasher {
     fn finish(&self) -> u64 {
@@ -24,14 +33,14 @@ impl Hasher for FingerprintHasher {
     fn write(&mut self, bytes: &[u8]) {
         // Only reached for types other than the u128/u64 keys this is used with.
         for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            self.0 = folded(self.0.rotate_left(8) ^ u64::from(b));
         }
     }
     fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64;
+        self.0 = folded(v as u64 ^ (v >> 64) as u64);
     }
     fn write_u64(&mut self, v: u64) {
-        self.0 = v;
+        self.0 = folded(v);
     }
 }
 
