@@ -117,10 +117,18 @@ fn newline_bits(buf: &[u8], base: usize) -> u64 {
 /// A bit for each byte of `s[at..]`'s first 16 (or fewer, at the end) that is `b`
 /// (SSE2). A part past the end is read as `s`'s last 16 bytes, shifted so that only
 /// the bytes from `at` on count. `s` must hold 16 bytes or more, and `at < s.len()`.
-/// The line scanners' one vector step (also [`super::statsd::one_sample`]'s).
+/// The line scanners' one vector step.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) fn eq_bits16(s: &[u8], at: usize, b: u8) -> u32 {
+    eq_bits16_each(s, at, [b])[0]
+}
+
+/// [`eq_bits16`] for several bytes over one load of the 16 bytes (what
+/// [`super::statsd::one_sample`] asks for `:` and `#`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn eq_bits16_each<const N: usize>(s: &[u8], at: usize, bytes: [u8; N]) -> [u32; N] {
     use std::arch::x86_64::*;
     debug_assert!(s.len() >= 16 && at < s.len());
     let (from, skip) = if at + 16 <= s.len() {
@@ -130,11 +138,12 @@ pub(crate) fn eq_bits16(s: &[u8], at: usize, b: u8) -> u32 {
     };
     // SAFETY: `from + 16 <= s.len()`: the 16 bytes read are inside `s`; SSE2 is part of
     // x86-64 (unaligned load).
-    let bits = unsafe {
-        let v = _mm_loadu_si128(s.as_ptr().add(from) as *const __m128i);
-        _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8))) as u32
-    };
-    bits >> skip
+    let v = unsafe { _mm_loadu_si128(s.as_ptr().add(from) as *const __m128i) };
+    bytes.map(|b| {
+        // SAFETY: SSE2 compares and a mask of a register already loaded.
+        let bits = unsafe { _mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(b as i8))) };
+        bits as u32 >> skip
+    })
 }
 
 #[cfg(test)]

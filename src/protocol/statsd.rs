@@ -19,7 +19,7 @@
 
 use super::jsnum::{self, js_is_number, js_to_number, js_trim};
 #[cfg(target_arch = "x86_64")]
-use super::lines::eq_bits16;
+use super::lines::eq_bits16_each;
 use super::Reject;
 
 /// What one sample adds to its key.
@@ -123,14 +123,14 @@ pub fn one_sample(line: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 /// [`one_sample`] for lines of 16 bytes or more: a bit per byte for `:` and for `#`,
-/// sixteen bytes at a time ([`eq_bits16`]).
+/// sixteen bytes at a time, both from one load ([`eq_bits16_each`]).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn one_sample_sse2(line: &[u8]) -> Option<(&[u8], &[u8])> {
     let mut colon = usize::MAX;
     let mut at = 0;
     while at < line.len() {
-        let mut hashes = eq_bits16(line, at, b'#');
+        let [mut hashes, colons] = eq_bits16_each(line, at, [b'#', b':']);
         while hashes != 0 {
             let i = at + hashes.trailing_zeros() as usize;
             if i > 0 && line[i - 1] == b'|' {
@@ -138,7 +138,6 @@ fn one_sample_sse2(line: &[u8]) -> Option<(&[u8], &[u8])> {
             }
             hashes &= hashes - 1;
         }
-        let colons = eq_bits16(line, at, b':');
         if colons != 0 {
             if colon != usize::MAX || colons.count_ones() > 1 {
                 return None;

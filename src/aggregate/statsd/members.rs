@@ -35,8 +35,8 @@ impl Members {
         self.len == 0
     }
 
-    /// Adds `h`; returns whether it was new. With `max` members held, a new one is not
-    /// added (and `false` is returned with `full` set).
+    /// Adds `h`, unless the set holds `max` members already and `h` is not one of
+    /// them; says which of the three happened.
     #[inline]
     pub fn insert(&mut self, h: u64, max: usize) -> Insert {
         let h = if h == FREE { ZERO_AS } else { h };

@@ -7,45 +7,73 @@
 //! Names are looked up by a 128-bit fingerprint ([`fingerprint`]), so a lookup hashes
 //! the name once and compares no bytes; the name itself is stored once, for output.
 
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, Hasher};
 
 pub use crate::fingerprint::fingerprint;
 use crate::fingerprint::{process_seed, FpIndex};
 
 /// Hashes a `u128` fingerprint or a `u64` name hash
 /// ([`crate::aggregate::carbon::name_hash`]), both already good but unseeded hashes,
-/// by a folded multiply with the process's seed ([`process_seed`]): a hash map places
-/// keys by the low bits of this, and without the seed names sharing those bits could
-/// be computed offline and made to pile up in one probe sequence.
-#[derive(Default, Clone, Copy)]
-pub struct FingerprintHasher(u64);
+/// by a folded multiply with the process's seed ([`process_seed`], read once per map
+/// by [`FingerprintBuild`]): a hash map places keys by the low bits of this, and
+/// without the seed names sharing those bits could be computed offline and made to
+/// pile up in one probe sequence.
+#[derive(Clone, Copy)]
+pub struct FingerprintHasher {
+    state: u64,
+    seed: u64,
+}
 
-#[inline]
-fn folded(v: u64) -> u64 {
-    let p = u128::from(v) * u128::from(process_seed());
-    (p as u64) ^ ((p >> 64) as u64)
+impl FingerprintHasher {
+    #[inline]
+    fn folded(&self, v: u64) -> u64 {
+        let p = u128::from(v) * u128::from(self.seed);
+        (p as u64) ^ ((p >> 64) as u64)
+    }
 }
 
 impl Hasher for FingerprintHasher {
     fn finish(&self) -> u64 {
-        self.0
+        self.state
     }
     fn write(&mut self, bytes: &[u8]) {
         // Only reached for types other than the u128/u64 keys this is used with.
         for &b in bytes {
-            self.0 = folded(self.0.rotate_left(8) ^ u64::from(b));
+            self.state = self.folded(self.state.rotate_left(8) ^ u64::from(b));
         }
     }
     fn write_u128(&mut self, v: u128) {
-        self.0 = folded(v as u64 ^ (v >> 64) as u64);
+        self.state = self.folded(v as u64 ^ (v >> 64) as u64);
     }
     fn write_u64(&mut self, v: u64) {
-        self.0 = folded(v);
+        self.state = self.folded(v);
     }
 }
 
-/// `BuildHasher` for maps keyed by fingerprints or name hashes.
-pub type FingerprintBuild = BuildHasherDefault<FingerprintHasher>;
+/// `BuildHasher` for maps keyed by fingerprints or name hashes: holds the process's
+/// seed, so hashing a key does not read it again.
+#[derive(Clone, Copy)]
+pub struct FingerprintBuild {
+    seed: u64,
+}
+
+impl Default for FingerprintBuild {
+    fn default() -> Self {
+        FingerprintBuild {
+            seed: process_seed(),
+        }
+    }
+}
+
+impl BuildHasher for FingerprintBuild {
+    type Hasher = FingerprintHasher;
+    fn build_hasher(&self) -> FingerprintHasher {
+        FingerprintHasher {
+            state: 0,
+            seed: self.seed,
+        }
+    }
+}
 
 const NOT_INDEX: u32 = u32::MAX;
 
