@@ -886,7 +886,7 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
     let mesh_batch_bytes = r.uint("mesh_batch_bytes", 64 << 10, 1 << 10, 16 << 20, errs) as usize;
     let mesh_queue_bytes_max =
         r.uint("mesh_queue_bytes_max", 8 << 20, 64 << 10, 4 << 30, errs) as usize;
-    let mesh_interval_ms = r.uint("mesh_interval_ms", 20, 1, 1_000, errs);
+    let mesh_interval_ms = r.uint("mesh_interval_ms", 50, 1, 1_000, errs);
     let tiers_hosts_max = r.uint("tiers_hosts_max", 1_000, 0, 1 << 24, errs) as usize;
     let reserved_fds = r.uint("reserved_fds", 256, 16, 1 << 20, errs) as usize;
     let member_instance_bytes_max = r.uint(

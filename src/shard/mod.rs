@@ -27,7 +27,7 @@ use crossbeam_queue::ArrayQueue;
 use futures_lite::future;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::config::{Config, ListenUrl, Listener, Transport};
+use crate::config::{Config, ListenUrl, Listener, StoreKind, Transport};
 use crate::ingest::{self, bind, ReadOptions, StreamListener};
 use crate::output::{self, writer::WriterOptions, Outputs, SlotChange};
 use crate::point::Origin;
@@ -156,8 +156,34 @@ pub enum ControlMsg {
 pub type HostsSeenAnswer = Vec<(Vec<Vec<u8>>, u64)>;
 
 /// The longest shard tick: the mesh, the store writers, sealing and publishing run on
-/// it (each wakeup of a parked shard costs about 50 µs of CPU).
-const TICK_MAX_MS: u64 = 20;
+/// it (each wakeup of a parked shard costs about 50-100 µs of CPU on a VM).
+const TICK_MAX_MS: u64 = 50;
+
+/// The shortest tick a store's write rate may ask for.
+const TICK_MIN_MS: u64 = 5;
+
+/// The shard tick for `cfg`: the shortest of `stats_interval_ms`, `mesh_interval_ms`,
+/// [`TICK_MAX_MS`] and what each store needs. A store's writer starts a batch of at
+/// most `writes_in_flight_max` writes per tick, so the tick is short enough for one
+/// shard to start the whole process's `writes_per_second` by itself (20 ms when the
+/// rate is unlimited).
+fn tick_for(cfg: &Config) -> Duration {
+    let stores = cfg.stores.iter().map(|s| {
+        let StoreKind::Whisper(w) = &s.kind;
+        match w.writes_per_second {
+            0 => 20,
+            wps => (w.writes_in_flight_max as u64 * 1_000 / wps).max(TICK_MIN_MS),
+        }
+    });
+    let ms = stores.fold(
+        cfg.server
+            .stats_interval_ms
+            .min(cfg.server.mesh_interval_ms)
+            .min(TICK_MAX_MS),
+        u64::min,
+    );
+    Duration::from_millis(ms)
+}
 
 /// Messages a shard inbox holds before the control thread must retry.
 const INBOX_MESSAGES_MAX: usize = 64;
@@ -411,9 +437,7 @@ async fn run(
     let flush_every = Duration::from_millis(cfg.output.flush_interval_ms);
     let mesh_every = Duration::from_millis(cfg.server.mesh_interval_ms);
     let stats_every = Duration::from_millis(cfg.server.stats_interval_ms);
-    let tick = stats_every
-        .min(mesh_every)
-        .min(Duration::from_millis(TICK_MAX_MS));
+    let mut tick = tick_for(&cfg);
     let (mut since_stats, mut since_mesh, mut since_flush) =
         (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let rang = Rc::new(glommio::sync::Semaphore::new(0));
@@ -486,6 +510,9 @@ async fn run(
                 ControlMsg::Commit { epoch, ack } => {
                     let result = shard.commit(epoch, &core);
                     let _ = ack.send((id, epoch, result));
+                    // A store added or changed may need a shorter tick (or allow a
+                    // longer one).
+                    tick = tick_for(&shard.topology.config);
                     // Counters and drained ids by the new topology at once: the control
                     // thread names destinations by it as soon as every shard committed.
                     shard.publish(&core, &registry, false);
@@ -1205,7 +1232,7 @@ impl Shard {
             .stores
             .iter()
             .map(|st| {
-                let crate::config::StoreKind::Whisper(w) = &st.config.kind;
+                let StoreKind::Whisper(w) = &st.config.kind;
                 (st.id, w.writes_in_flight_max)
             })
             .collect();
@@ -1436,4 +1463,34 @@ fn bind_unix(path: &std::path::Path) -> std::io::Result<glommio::net::UnixListen
         }
     }
     glommio::net::UnixListener::bind(path).map_err(std::io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tick_of(text: &str) -> u128 {
+        let text = format!(
+            "[[listen]]\nname = \"g\"\nurl = \"tcp://127.0.0.1:2003\"\nformat = \"graphite\"\n{text}"
+        );
+        tick_for(&Config::parse(&text).expect("a valid config")).as_millis()
+    }
+
+    #[test]
+    fn the_tick_is_as_long_as_the_mesh_and_the_stores_allow() {
+        assert_eq!(tick_of(""), 50);
+        assert_eq!(tick_of("[server]\nmesh_interval_ms = 10\n"), 10);
+        assert_eq!(tick_of("[server]\nstats_interval_ms = 30\n"), 30);
+        let store = |wps: u64, in_flight: u64| {
+            format!(
+                "[[store]]\nname = \"w\"\nkind = \"whisper\"\npath = \"/tmp/w\"\n\
+                 writes_per_second = {wps}\nwrites_in_flight_max = {in_flight}\n"
+            )
+        };
+        // 256 in flight per tick holds 3000/s at 50 ms; 20000/s needs 12 ms.
+        assert_eq!(tick_of(&store(3_000, 256)), 50);
+        assert_eq!(tick_of(&store(20_000, 256)), 12);
+        assert_eq!(tick_of(&store(10_000_000, 256)), TICK_MIN_MS as u128);
+        assert_eq!(tick_of(&store(0, 256)), 20);
+    }
 }
