@@ -118,7 +118,9 @@ pub struct StoreShared {
     pub restore: Vec<PathBuf>,
     /// Shards that have not read them yet; the last one removes them.
     pub restore_pending: AtomicUsize,
-    /// update_many calls per wall-clock second, the whole process (the limit, seen).
+    /// update_many calls per wall-clock second, the whole process (the limit, seen),
+    /// each counted in the second it started (its writes handed to the kernel), as the
+    /// limit charges it: a batch's completions are read a tick later.
     pub updates_by_second: SecondCounts,
     /// The shards whose cache has points waiting (a bit each): the limit is shared
     /// among them.
@@ -478,6 +480,8 @@ struct Taken {
     update: Vec<(i64, f64)>,
     /// Lock the file for the update (`store[].flock`).
     flock: bool,
+    /// When it was taken, unix ms.
+    started_ms: i64,
 }
 
 /// An update in the batch: what its completion confirms.
@@ -485,6 +489,8 @@ pub struct Flight {
     job: cache::Job,
     points: u32,
     update_len: u32,
+    /// When it was started, unix ms.
+    started_ms: i64,
 }
 
 /// The writer of store `id` on this shard: one [`step`] per shard tick (the tick loop
@@ -561,7 +567,7 @@ fn step(st: &mut StoreState, me: usize, in_flight_max: usize, slow: usize, now: 
             f.update_len as usize,
             None,
             outcome,
-            now,
+            (f.started_ms, now),
         );
     }
     st.reaped = reaped;
@@ -606,7 +612,7 @@ fn step(st: &mut StoreState, me: usize, in_flight_max: usize, slow: usize, now: 
             let no_file = st.cache.job_no_file(job);
             if no_file && st.shared.creates.try_take(now as u64).is_err() {
                 creates_open = false;
-                finish(st, job, points, 0, None, Written::NoCreateToken, now);
+                finish(st, job, points, 0, None, Written::NoCreateToken, (now, now));
                 continue;
             }
             used += 1;
@@ -616,6 +622,7 @@ fn step(st: &mut StoreState, me: usize, in_flight_max: usize, slow: usize, now: 
                         job,
                         points: points as u32,
                         update_len: st.update.len() as u32,
+                        started_ms: now,
                     };
                     let path = st.cache.job_name(job).1;
                     match b.update(path, &st.update, now / 1000, &mut st.scratch, flock, flight) {
@@ -628,7 +635,7 @@ fn step(st: &mut StoreState, me: usize, in_flight_max: usize, slow: usize, now: 
                                 error,
                                 creating: false,
                             };
-                            finish(st, job, points, 0, None, outcome, now);
+                            finish(st, job, points, 0, None, outcome, (now, now));
                             false
                         }
                     }
@@ -645,6 +652,7 @@ fn step(st: &mut StoreState, me: usize, in_flight_max: usize, slow: usize, now: 
                     points,
                     update: st.update.clone(),
                     flock,
+                    started_ms: now,
                 });
             }
         }
@@ -683,11 +691,13 @@ async fn write_task(core: &Rc<RefCell<Core>>, id: u16, t: Taken) {
         t.update.len(),
         Some((&t.name, &t.path)),
         outcome,
-        unix_ms(),
+        (t.started_ms, unix_ms()),
     );
 }
 
 /// Ends a write: its counters, and the cache told what became of its points.
+/// `(started_ms, now)`: when the write was taken (it counts in that second's
+/// `updates_by_second`) and now, unix ms.
 fn finish(
     st: &mut StoreState,
     job: cache::Job,
@@ -695,7 +705,7 @@ fn finish(
     update_len: usize,
     named: Option<(&str, &Path)>,
     outcome: Written,
-    now: i64,
+    (started_ms, now): (i64, i64),
 ) {
     let confirm = match outcome {
         Written::Done { created, cost } => {
@@ -705,7 +715,7 @@ fn finish(
             k.creates += u64::from(created);
             k.read_ops += u64::from(cost.reads);
             k.write_ops += u64::from(cost.writes);
-            st.shared.updates_by_second.add((now / 1000) as u64, 1);
+            st.shared.updates_by_second.add((started_ms / 1000) as u64, 1);
             Outcome::Written
         }
         Written::NoCreateToken => {
