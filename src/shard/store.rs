@@ -715,7 +715,9 @@ fn finish(
             k.creates += u64::from(created);
             k.read_ops += u64::from(cost.reads);
             k.write_ops += u64::from(cost.writes);
-            st.shared.updates_by_second.add((started_ms / 1000) as u64, 1);
+            st.shared
+                .updates_by_second
+                .add((started_ms / 1000) as u64, 1);
             Outcome::Written
         }
         Written::NoCreateToken => {
