@@ -80,6 +80,14 @@ impl NameKey {
             NameKey::Heap(b) => b,
         }
     }
+
+    /// Bytes held behind a pointer.
+    fn heap_bytes(&self) -> usize {
+        match self {
+            NameKey::Inline { .. } => 0,
+            NameKey::Heap(b) => b.len(),
+        }
+    }
 }
 
 impl Default for NameKey {
@@ -117,6 +125,25 @@ impl Slot {
     fn is_idle(&self) -> bool {
         self.points.is_empty() && self.inflight.is_empty() && !self.writing
     }
+
+    /// Heap bytes of its name (when not inline) and file path.
+    fn name_bytes(&self) -> usize {
+        self.name.heap_bytes() + self.path.as_os_str().len()
+    }
+}
+
+/// Runs `f` on one of a slot's point buffers, adding what it grew by to `capacity`
+/// ([`Cache::bytes_estimate`]'s running count).
+#[inline]
+fn growing<R>(
+    capacity: &mut usize,
+    v: &mut Vec<CachedPoint>,
+    f: impl FnOnce(&mut Vec<CachedPoint>) -> R,
+) -> R {
+    let before = v.capacity();
+    let r = f(v);
+    *capacity += v.capacity() - before;
+    r
 }
 
 /// A write taken from the cache.
@@ -254,10 +281,11 @@ impl Cache {
         }
         self.points += 1;
         self.revive(slot);
-        let points = &mut self.slots[slot as usize].points;
-        let before = points.capacity();
-        points.push(point);
-        self.point_capacity += points.capacity() - before;
+        growing(
+            &mut self.point_capacity,
+            &mut self.slots[slot as usize].points,
+            |v| v.push(point),
+        );
         Ok(())
     }
 
@@ -275,7 +303,6 @@ impl Cache {
         }
         debug_assert_eq!(fp, fingerprint(name));
         debug_assert!(self.find_fp(fp).is_none());
-        self.name_bytes += Self::name_bytes_of(name.len(), &path);
         let slot = Slot {
             name: NameKey::new(name),
             fp,
@@ -287,6 +314,7 @@ impl Cache {
             no_file: false,
             live: true,
         };
+        self.name_bytes += slot.name_bytes();
         let id = match self.free.pop() {
             Some(id) => {
                 let old = &mut self.slots[id as usize];
@@ -345,9 +373,9 @@ impl Cache {
         };
         self.revive(id);
         let s = &mut self.slots[id as usize];
-        let before = s.points.capacity();
-        s.points.splice(0..0, points[..take].iter().copied());
-        self.point_capacity += s.points.capacity() - before;
+        growing(&mut self.point_capacity, &mut s.points, |v| {
+            v.splice(0..0, points[..take].iter().copied());
+        });
         self.points += take as u64;
         points.len() - take
     }
@@ -399,7 +427,7 @@ impl Cache {
             if s.is_idle() {
                 // Written and nothing since: the new loop frees it.
                 s.live = false;
-                self.name_bytes -= Self::name_bytes_of(s.name.as_bytes().len(), &s.path);
+                self.name_bytes -= s.name_bytes();
                 s.name = NameKey::default();
                 s.path = PathBuf::new();
                 self.index.remove(s.fp);
@@ -475,9 +503,9 @@ impl Cache {
                 no_file,
             } => {
                 // The older points go in front of any that came meanwhile.
-                let before = s.inflight.capacity();
-                s.inflight.append(&mut s.points);
-                self.point_capacity += s.inflight.capacity() - before;
+                growing(&mut self.point_capacity, &mut s.inflight, |v| {
+                    v.append(&mut s.points)
+                });
                 std::mem::swap(&mut s.points, &mut s.inflight);
                 s.not_before_ms = retry_at_ms;
                 s.no_file = no_file;
@@ -517,15 +545,6 @@ impl Cache {
             + self.name_bytes
             + self.point_capacity * std::mem::size_of::<CachedPoint>();
         (slots + self.index.bytes() + (self.queue.capacity() + self.free.capacity()) * 4) as u64
-    }
-
-    /// Heap bytes of a slot's name (when not inline) and file path.
-    fn name_bytes_of(name_len: usize, path: &std::path::Path) -> usize {
-        (if name_len > NAME_INLINE_BYTES {
-            name_len
-        } else {
-            0
-        }) + path.as_os_str().len()
     }
 }
 
@@ -784,13 +803,7 @@ mod tests {
         let slots: usize = c
             .slots
             .iter()
-            .map(|s| {
-                (if s.live {
-                    Cache::name_bytes_of(s.name.as_bytes().len(), &s.path)
-                } else {
-                    0
-                }) + (s.points.capacity() + s.inflight.capacity()) * per_point
-            })
+            .map(|s| s.name_bytes() + (s.points.capacity() + s.inflight.capacity()) * per_point)
             .sum();
         (slots
             + c.slots.capacity() * std::mem::size_of::<Slot>()

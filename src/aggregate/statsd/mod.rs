@@ -640,10 +640,8 @@ fn js_round(x: f64) -> f64 {
 /// text node would see (bytes that are not UTF-8 become U+FFFD, so they are hashed
 /// that way).
 fn member_hash(v: &[u8], seed: u64) -> u64 {
-    match std::str::from_utf8(v) {
-        Ok(_) => xxhash_rust::xxh3::xxh3_64_with_seed(v, seed),
-        Err(_) => xxhash_rust::xxh3::xxh3_64_with_seed(String::from_utf8_lossy(v).as_bytes(), seed),
-    }
+    // Borrowed (no copy) when `v` is UTF-8 already.
+    xxhash_rust::xxh3::xxh3_64_with_seed(String::from_utf8_lossy(v).as_bytes(), seed)
 }
 
 impl StatsdEngine {
