@@ -158,7 +158,8 @@ fn read_statsd(r: &mut TableReader<'_>, errs: &mut Vec<ConfigError>) -> StatsdAg
     let prefix_timer = r.str_or("prefix_timer", &d.prefix_timer, errs);
     let prefix_gauge = r.str_or("prefix_gauge", &d.prefix_gauge, errs);
     let prefix_set = r.str_or("prefix_set", &d.prefix_set, errs);
-    let global_suffix = r.opt_str("global_suffix", errs).filter(|s| !s.is_empty());
+    // Etsy appends `.` and the suffix whenever the key is set, even to "".
+    let global_suffix = r.opt_str("global_suffix", errs);
     let prefix_stats = r.str_or("prefix_stats", &d.prefix_stats, errs);
     let flush_counts = r.boolean("flush_counts", d.flush_counts, errs);
     let delete_idle_stats = r.boolean("delete_idle_stats", d.delete_idle_stats, errs);
@@ -248,7 +249,8 @@ fn read_statsd(r: &mut TableReader<'_>, errs: &mut Vec<ConfigError>) -> StatsdAg
     }
 }
 
-/// `percent_threshold`: a number or a list of numbers (Etsy listifies a single value).
+/// `percent_threshold`: a number or a list of numbers (Etsy listifies a single value;
+/// a single 0 is falsy to Etsy's `percentThreshold || 90`, so it means 90).
 fn read_thresholds(r: &mut TableReader<'_>, errs: &mut Vec<ConfigError>) -> Option<Vec<f64>> {
     let path = r.key_path("percent_threshold");
     let v = r.value("percent_threshold")?;
@@ -269,7 +271,10 @@ fn read_thresholds(r: &mut TableReader<'_>, errs: &mut Vec<ConfigError>) -> Opti
             .enumerate()
             .filter_map(|(j, v)| number(v, format!("{path}[{j}]"), errs))
             .collect(),
-        other => number(other, path.clone(), errs).into_iter().collect(),
+        other => number(other, path.clone(), errs)
+            .map(|t| if t == 0.0 { 90.0 } else { t })
+            .into_iter()
+            .collect(),
     };
     Some(out)
 }
@@ -381,5 +386,40 @@ fn read_carbon(r: &mut TableReader<'_>, errs: &mut Vec<ConfigError>) -> CarbonAg
             forward_all: forward_inputs,
             bucket_values_max,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn statsd_of(options: &str) -> StatsdAggregate {
+        let text = format!(
+            "[[listen]]\nname = \"s\"\nurl = \"udp://127.0.0.1:8125\"\nformat = \"statsd\"\n\
+             [[cluster]]\nname = \"out\"\nkind = \"file\"\npath = \"/tmp/out\"\n\
+             [[route]]\nmatch = {{ all = true }}\naggregate = \"a\"\n\
+             [[aggregate]]\nname = \"a\"\nkind = \"statsd\"\nsend_to = [\"out\"]\n{options}"
+        );
+        let cfg = Config::parse(&text).expect("a valid config");
+        match &cfg.aggregates[0].kind {
+            AggregateKind::Statsd(s) => (**s).clone(),
+            AggregateKind::Carbon(_) => unreachable!("a statsd aggregate"),
+        }
+    }
+
+    #[test]
+    fn etsy_option_values_that_javascript_reads_its_own_way() {
+        // `percentThreshold || 90`: a single 0 is falsy, a list holding 0 is not.
+        let t = |o: &str| statsd_of(o).engine.percent_thresholds;
+        assert_eq!(t("percent_threshold = 0\n"), vec![90.0]);
+        assert_eq!(t("percent_threshold = 0.0\n"), vec![90.0]);
+        assert_eq!(t("percent_threshold = [0]\n"), vec![0.0]);
+        assert_eq!(t("percent_threshold = 95\n"), vec![95.0]);
+        // `'.' + globalSuffix` whenever the key is set, even to "".
+        let s = |o: &str| statsd_of(o).engine.global_suffix;
+        assert_eq!(s("global_suffix = \"\"\n"), Some(String::new()));
+        assert_eq!(s("global_suffix = \"x\"\n"), Some("x".to_string()));
+        assert_eq!(s(""), None);
     }
 }

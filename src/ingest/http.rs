@@ -208,12 +208,18 @@ async fn serve(
         loop {
             let last = unread == 0;
             wait_while_congested(core, &opts).await;
-            let used = core.borrow_mut().process(
-                opts.listener,
-                &buf[..body],
-                &mut skipping,
-                if last { End::Datagram } else { End::More },
-            );
+            let used = {
+                let mut c = core.borrow_mut();
+                c.take_handed_over();
+                let used = c.process(
+                    opts.listener,
+                    &buf[..body],
+                    &mut skipping,
+                    if last { End::Datagram } else { End::More },
+                );
+                c.mesh.send_early();
+                used
+            };
             buf.copy_within(used..filled, 0);
             filled -= used;
             body -= used;

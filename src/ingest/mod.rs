@@ -350,12 +350,16 @@ async fn read_stream<S: AsyncRead + Unpin>(
         let (used, draining) = {
             let mut c = core.borrow_mut();
             c.counters.listeners[opts.listener].counters.received_bytes += n as u64;
+            // Samples other shards read before this read apply first; what this read
+            // hands to other shards goes now if their channels have room.
+            c.take_handed_over();
             let used = c.process(
                 opts.listener,
                 &buf[..filled],
                 &mut skipping,
                 if eof { End::Stream } else { End::More },
             );
+            c.mesh.send_early();
             (used, c.draining)
         };
         buf.copy_within(used..filled, 0);
@@ -403,7 +407,13 @@ pub async fn udp_loop(core: Rc<RefCell<Core>>, sock: UdpSocket, opts: ReadOption
     let mut datagrams_since_yield = 0;
     loop {
         let waiting = match batch.recv_waiting(fd) {
-            Ok(0) => match pace.empty() {
+            Ok(0) => match {
+                // Nothing more to read for now: what this reader holds for other shards
+                // goes to them before it sleeps, so it arrives before what its clients
+                // send next (see `ShardMesh::send_early`).
+                core.borrow_mut().mesh.send_early();
+                pace.empty()
+            } {
                 Some(wait) => {
                     glommio::timer::sleep(wait).await;
                     continue;
@@ -432,6 +442,7 @@ pub async fn udp_loop(core: Rc<RefCell<Core>>, sock: UdpSocket, opts: ReadOption
         pace.took(&batch.lens[..n]);
         let draining = {
             let mut c = core.borrow_mut();
+            c.take_handed_over();
             for i in 0..n {
                 let len = batch.lens[i];
                 let lc = &mut c.counters.listeners[opts.listener].counters;

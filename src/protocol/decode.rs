@@ -269,7 +269,9 @@ fn frame_lines<'b>(
 
 /// statsd framing as Etsy's: lines end at `\n` only (a `\r` stays part of the line, as
 /// node's `split("\n")` leaves it) and empty lines are skipped. A stream's unterminated
-/// tail is refused as for graphite; a datagram's last line needs no newline.
+/// tail is refused as for graphite; a datagram's last line needs no newline. A
+/// datagram's lines are not held to `line_bytes_max`: the datagram bounds them (64 KiB),
+/// and Etsy reads a line of any length.
 fn decode_statsd<'b>(
     buf: &'b [u8],
     end: End,
@@ -278,6 +280,10 @@ fn decode_statsd<'b>(
     counts: &mut DecodeCounts,
     emit: &mut impl FnMut(Point<'b>),
 ) -> usize {
+    let line_bytes_max = match end {
+        End::Datagram => usize::MAX,
+        End::More | End::Stream => line_bytes_max,
+    };
     let mut start = 0;
     let mut one = |line: &'b [u8], counts: &mut DecodeCounts| {
         counts.received_lines += 1;
@@ -689,6 +695,18 @@ mod tests {
         assert_eq!(c.rejected_lines[Reject::BadValue as usize], 1);
         // b's bad value and c's empty sample.
         assert_eq!(c.rejected_samples, 2);
+    }
+
+    #[test]
+    fn a_statsd_datagram_line_is_not_held_to_the_stream_bound() {
+        // The bound in `run` is 64 bytes; Etsy reads a datagram's line of any length.
+        let name = "n".repeat(100);
+        let timer = vec!["1|ms"; 40].join(":");
+        let body = format!("{name}:1|c\nt:{timer}\nx:2|c");
+        let (out, c) = run(&Decoder::Statsd, &[(body.as_bytes(), End::Datagram)]);
+        assert_eq!(out.len(), 42, "{out:?}");
+        assert_eq!(c.rejected_lines[Reject::LineTooLong as usize], 0);
+        assert_eq!((c.received_lines, c.parsed_lines), (3, 3));
     }
 
     #[test]

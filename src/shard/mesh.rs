@@ -5,8 +5,10 @@
 //!
 //! Every channel is made before the shards start (`links`), so a shard never waits for
 //! another to set anything up. A shard appends records to an open batch per peer and
-//! sends a batch when it reaches `mesh_batch_bytes` or on the mesh tick
-//! (`mesh_interval_ms`); the peer drains its inbound channels on its own tick. A full
+//! sends a batch when it reaches `mesh_batch_bytes`, on the mesh tick
+//! (`mesh_interval_ms`), or early when its reader finds its socket empty and the
+//! channel has room; the peer drains its inbound channels on its own tick and before
+//! it processes what it reads itself. A full
 //! channel never blocks the sender: the batch is dropped and its records counted
 //! (`dropped_records_full`). Records are opaque here: `[len u32][tag u8][payload]`, the
 //! stage that wrote them reads them.
@@ -115,6 +117,32 @@ impl ShardMesh {
                 self.send(to);
             }
         }
+    }
+
+    /// Sends every partly filled batch whose channel is less than a quarter full: a
+    /// reader calls it when its socket is empty, so a record reaches its owner before
+    /// the owner reads what a client sent next (the order of one name's samples,
+    /// whichever shard read them, is then the order they were read in, as with one
+    /// reader). A fuller channel keeps the batch open for the tick, so small early
+    /// batches never fill a channel a slow owner drains.
+    pub fn send_early(&mut self) {
+        for to in 0..self.out.len() {
+            if self.open[to].records == 0 {
+                continue;
+            }
+            let Some(ch) = &self.out[to] else { continue };
+            if ch.len() < ch.capacity() / 4 {
+                self.send(to);
+            }
+        }
+    }
+
+    /// Whether a batch from another shard is waiting.
+    #[inline]
+    pub fn has_inbound(&self) -> bool {
+        self.inbound
+            .iter()
+            .any(|ch| ch.as_ref().is_some_and(|c| !c.is_empty()))
     }
 
     fn send(&mut self, to: usize) {

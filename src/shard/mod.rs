@@ -677,13 +677,26 @@ async fn join_within(
 /// Sends the open mesh batches and applies every record that arrived.
 fn drain_mesh(c: &mut Core) {
     c.mesh.send_all();
-    for from in 0..c.mesh.shards() {
-        while let Some(batch) = c.mesh.receive(from) {
-            let Core { aggs, stores, .. } = &mut *c;
-            aggs.apply_batch(from, &batch, &mut |payload| stores.apply_record(payload));
+    c.take_handed_over();
+}
+
+impl Core {
+    /// Applies every record other shards handed over. A reader calls it before it
+    /// processes what it read, so a name's samples read earlier on another shard (and
+    /// sent early, see [`ShardMesh::send_early`]) apply first.
+    #[inline]
+    pub fn take_handed_over(&mut self) {
+        if !self.mesh.has_inbound() {
+            return;
         }
+        for from in 0..self.mesh.shards() {
+            while let Some(batch) = self.mesh.receive(from) {
+                let Core { aggs, stores, .. } = &mut *self;
+                aggs.apply_batch(from, &batch, &mut |payload| stores.apply_record(payload));
+            }
+        }
+        self.stores.finish_batch();
     }
-    c.stores.finish_batch();
 }
 
 /// Shutdown of the stores: the writers go on (within their limits) until the cache is

@@ -172,7 +172,9 @@ impl Core {
             let i = &mut ctx.aggs.intake;
             i.packets += 1;
             i.lines += counts.received_lines;
-            i.bad += counts.rejected_samples;
+            // A line over a stream's `line_bytes_max` is bad to statsd's own counters too.
+            i.bad += counts.rejected_samples
+                + counts.rejected_lines[crate::protocol::Reject::LineTooLong as usize];
         }
         consumed
     }

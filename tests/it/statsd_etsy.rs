@@ -65,6 +65,12 @@ fn step(datagrams: &[&str]) -> Vec<Vec<u8>> {
     datagrams.iter().map(|d| d.as_bytes().to_vec()).collect()
 }
 
+/// One datagram of two lines over 16 KiB: a long name, a timer of 4000 values.
+fn long_lines() -> Vec<Vec<u8>> {
+    let timer = vec!["1|ms"; 4000].join(":");
+    vec![format!("{}:1|c\nlong.timer:{timer}", "n".repeat(17_000)).into_bytes()]
+}
+
 fn idle() -> Vec<Vec<u8>> {
     Vec::new()
 }
@@ -519,6 +525,16 @@ pub(crate) fn cases() -> Vec<Case> {
                 c.prefix_stats = "mystatsd".into();
             }),
             steps: vec![counters.clone(), tags.clone(), sets.clone(), gauges.clone(), idle()],
+        },
+        Case {
+            // Etsy appends `.` + globalSuffix whenever it is set, "" included.
+            name: "empty_suffix",
+            config: cfg(|c| {
+                c.global_suffix = Some("".into());
+            }),
+            // Lines longer than a stream listener's `line_bytes_max` (16384) in one
+            // datagram: Etsy reads them, so does cadent.
+            steps: vec![counters.clone(), tags.clone(), long_lines(), idle()],
         },
         Case {
             name: "modern_bare",
