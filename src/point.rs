@@ -101,22 +101,6 @@ pub struct Graphite<'a> {
     pub timestamp: &'a [u8],
 }
 
-impl Graphite<'_> {
-    /// The value as a number (always finite: the decoder validated it).
-    pub fn number(&self) -> f64 {
-        crate::protocol::parse_f64(self.value).unwrap_or(f64::NAN)
-    }
-
-    /// The timestamp in whole seconds (a decimal one truncated, as carbon's `int(float)`
-    /// does); `now_s` for carbon's `-1`.
-    pub fn timestamp_s(&self, now_s: i64) -> i64 {
-        match crate::protocol::parse_f64(self.timestamp) {
-            Some(t) if t >= 0.0 => t as i64,
-            _ => now_s,
-        }
-    }
-}
-
 /// One statsd sample with the tag list of its line.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Statsd<'a> {

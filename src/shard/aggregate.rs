@@ -426,9 +426,14 @@ impl AggStage {
                 }
                 false
             }
-            (Kind::Carbon(c), Value::Graphite(g)) => {
-                let v = g.number();
-                let ts = g.timestamp_s(now_s);
+            (Kind::Carbon(c), Value::Graphite(_) | Value::Numeric(_)) => {
+                // Plaintext and pickle alike: carbon's datapoint (`-1` is now), its
+                // timestamp as `int()` makes it.
+                let Some((t, v)) = p.value.datapoint(now_s as f64) else {
+                    agg.counters.dropped_wrong_protocol += 1;
+                    return false;
+                };
+                let ts = t as i64;
                 let counters = &mut agg.counters;
                 let engine = &mut c.engine;
                 let (_, own) = c.matcher.outputs(name, |i, rule, out| {

@@ -8,8 +8,9 @@
 //! driver replays the same points at those seconds with a tick every second. Rules have
 //! 1-3 s frequencies so a run takes seconds. Names are read on one shard and owned by
 //! either (their output names are hashed to owners), and inputs are forwarded
-//! (`forward_inputs`). Required: the same multiset of generated lines, and the same
-//! forwarded names.
+//! (`forward_inputs`). Points come as plaintext and as carbon's pickle (carbon-relay's
+//! way into carbon-aggregator). Required: the same multiset of generated lines, and the
+//! same forwarded names.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -18,6 +19,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cadent::protocol::pickle;
 use cadent::tools::SplitMix64;
 use serde_json::{json, Value};
 
@@ -48,7 +50,7 @@ fn next_second_at(ms: u64) -> i64 {
 
 fn run(shards: usize, seed: u64) {
     let sink = Sink::start();
-    let port = free_port();
+    let (port, pickle_port) = (free_port(), free_port());
     let cadent = Cadent::start(
         &format!("carbon-serve-{shards}"),
         &format!(
@@ -64,6 +66,10 @@ prefix = ""
 name = "in"
 url = "tcp://127.0.0.1:{port}"
 format = "graphite"
+[[listen]]
+name = "inp"
+url = "tcp://127.0.0.1:{pickle_port}"
+format = "pickle"
 [[cluster]]
 name = "sink"
 kind = "forward"
@@ -74,7 +80,7 @@ kind = "carbon"
 rules_file = "RULES"
 send_to = ["sink"]
 [[route]]
-from = ["in"]
+from = ["in", "inp"]
 match = {{ all = true }}
 aggregate = "carbon"
 "#,
@@ -88,14 +94,18 @@ aggregate = "carbon"
         }),
     );
     let addr = format!("127.0.0.1:{port}");
-    // Several connections, so shards (by SO_REUSEPORT) read different points.
-    let mut conns: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    // Several connections, so shards (by SO_REUSEPORT) read different points; the last
+    // two speak pickle.
+    let pickle_addr = format!("127.0.0.1:{pickle_port}");
+    let mut conns: Vec<TcpStream> = (0..6)
+        .map(|i| TcpStream::connect(if i < 4 { &addr } else { &pickle_addr }).unwrap())
+        .collect();
     let mut rng = SplitMix64(seed);
     let apps = ["web", "api"];
     let hosts = ["h0", "h1", "h2"];
     let kinds = ["requests", "latency", "mem"];
     let mut ops: Vec<Value> = Vec::new();
-    let mut sent = 0;
+    let (mut sent, mut pickled) = (0, 0);
     let first = next_second_at(300);
     let mut now = first;
     for s in 0..10 {
@@ -112,9 +122,21 @@ aggregate = "carbon"
             );
             let value = (rng.below(4000) as f64 - 1000.0) / 8.0;
             let ts = now - rng.below(3) as i64;
-            let line = format!("{name} {value} {ts}\n");
             let c = rng.below(conns.len());
-            conns[c].write_all(line.as_bytes()).unwrap();
+            if c < 4 {
+                let line = format!("{name} {value} {ts}\n");
+                conns[c].write_all(line.as_bytes()).unwrap();
+            } else {
+                let mut frame = Vec::new();
+                let point = pickle::Point {
+                    name: name.as_bytes(),
+                    timestamp: ts as f64,
+                    value,
+                };
+                pickle::encode_frame(&[point], &mut frame);
+                conns[c].write_all(&frame).unwrap();
+                pickled += 1;
+            }
             ops.push(json!([now, name, value.to_bits(), ts]));
             sent += 1;
         }
@@ -199,7 +221,7 @@ aggregate = "carbon"
         diff.join("\n")
     );
     assert_eq!(forwarded, fwd_not_own, "shards={shards}: forwarded inputs");
-    assert!(generated > 50 && sent > 20, "{generated} {sent}");
+    assert!(generated > 50 && sent > 20 && pickled > 3, "{generated} {sent} {pickled}");
     eprintln!("carbon_serve shards={shards}: {sent} points, {generated} generated lines equal");
 }
 
