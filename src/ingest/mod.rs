@@ -407,28 +407,29 @@ pub async fn udp_loop(core: Rc<RefCell<Core>>, sock: UdpSocket, opts: ReadOption
     let mut datagrams_since_yield = 0;
     loop {
         let waiting = match batch.recv_waiting(fd) {
-            Ok(0) => match {
+            Ok(0) => {
                 // Nothing more to read for now: what this reader holds for other shards
                 // goes to them before it sleeps, so it arrives before what its clients
                 // send next (see `ShardMesh::send_early`).
                 core.borrow_mut().mesh.send_early();
-                pace.empty()
-            } {
-                Some(wait) => {
-                    glommio::timer::sleep(wait).await;
-                    continue;
+                let pause = pace.empty();
+                match pause {
+                    Some(wait) => {
+                        glommio::timer::sleep(wait).await;
+                        continue;
+                    }
+                    None => {
+                        pace.parked(Instant::now());
+                        let got = sock.recv_from(batch.slot(0)).await;
+                        pace.woke(Instant::now());
+                        got.map(|(len, _)| {
+                            batch.lens[0] = len;
+                            1
+                        })
+                        .map_err(|e| e.to_string())
+                    }
                 }
-                None => {
-                    pace.parked(Instant::now());
-                    let got = sock.recv_from(batch.slot(0)).await;
-                    pace.woke(Instant::now());
-                    got.map(|(len, _)| {
-                        batch.lens[0] = len;
-                        1
-                    })
-                    .map_err(|e| e.to_string())
-                }
-            },
+            }
             got => got.map_err(|e| e.to_string()),
         };
         let n = match waiting {

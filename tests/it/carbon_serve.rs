@@ -221,7 +221,10 @@ aggregate = "carbon"
         diff.join("\n")
     );
     assert_eq!(forwarded, fwd_not_own, "shards={shards}: forwarded inputs");
-    assert!(generated > 50 && sent > 20 && pickled > 3, "{generated} {sent} {pickled}");
+    assert!(
+        generated > 50 && sent > 20 && pickled > 3,
+        "{generated} {sent} {pickled}"
+    );
     eprintln!("carbon_serve shards={shards}: {sent} points, {generated} generated lines equal");
 }
 
