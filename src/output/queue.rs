@@ -282,6 +282,11 @@ impl DestQueue {
                     drop_batch(s, old);
                 }
                 wake(&mut s.spool_waker);
+                if !self.live.get() {
+                    // A writer that never connected (the destination was down before it
+                    // had anything to send) waits for something to deliver: this is.
+                    wake(&mut s.writer_waker);
+                }
             }
         }
         publish_bytes(s);
@@ -818,6 +823,9 @@ fn enter_spool(s: &mut State) {
     s.spool_unread = true;
     s.counters.spooling = 1;
     wake(&mut s.spool_waker);
+    // The writer connects to have the spool read back (and spool mode left): one
+    // waiting for a batch must not wait for the memory batches that no longer come.
+    wake(&mut s.writer_waker);
 }
 
 fn drop_batch(s: &mut State, old: Batch) {

@@ -841,6 +841,62 @@ fn what_a_sink_never_acknowledged_is_delivered_when_a_working_one_is_back() {
 }
 
 #[test]
+fn a_sink_down_before_any_traffic_gets_what_comes_after_it_is_back() {
+    // Marked down before its writers had anything to send: the queues spool from then on,
+    // and each shard's writer must connect once there is something to deliver (it waited
+    // for a memory batch that never came, and what followed stayed in the spool).
+    let addr = format!("127.0.0.1:{}", free_port());
+    let listen = free_port();
+    // The health probes and reconnect backoffs at their defaults (the writers' first
+    // connects fail before the member is marked down).
+    let config = one_sink_config(listen, &addr, "")
+        .replace("shards = 1", "shards = 2")
+        .replace("[health]\nprobe_interval_ms = 100\n", "")
+        .replace("reconnect_backoff_min_ms = 20\nreconnect_backoff_max_ms = 100\n", "");
+    assert!(!config.contains("probe_interval_ms") && !config.contains("backoff"));
+    let c = Cadent::start("spool-down-first", &config);
+    let state = || -> Option<String> {
+        let v: serde_json::Value =
+            serde_json::from_str(&http_get(&c.admin, "/servers")?).ok()?;
+        v["clusters"][0]["members"][0]["state"]
+            .as_str()
+            .map(str::to_string)
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || state().as_deref() == Some("down")),
+        "marked down: {:?}",
+        state()
+    );
+    let sink = Sink::start_at(&addr);
+    // Marked up again by the health probes, and then some, before anything is sent.
+    assert!(wait_until(Duration::from_secs(15), || state().as_deref() == Some("up")));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut txs: Vec<Sender> = ["d0", "d1", "d2", "d3"]
+        .iter()
+        .map(|p| Sender::connect(&format!("127.0.0.1:{listen}"), p))
+        .collect();
+    for tx in &mut txs {
+        tx.send(500);
+    }
+    for p in ["d0", "d1", "d2", "d3"] {
+        assert!(
+            wait_until(Duration::from_secs(20), || coverage(&sink, p, 500).0 == 500),
+            "{p}: {} of 500 after the sink came back: {}\n{}",
+            coverage(&sink, p, 500).0,
+            dest(&c, &addr),
+            c.log()
+        );
+        assert_ordered_per_connection(&sink, p);
+    }
+    assert!(wait_until(Duration::from_secs(10), || counter(
+        &dest(&c, &addr),
+        "spooling"
+    ) == 0));
+    drop(txs);
+    assert_eq!(c.stop(), 0);
+}
+
+#[test]
 fn a_member_removed_while_spooling_keeps_its_spool_until_listed_again_and_a_left_spool_is_reported()
 {
     let live = Sink::start();
