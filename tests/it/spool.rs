@@ -852,18 +852,21 @@ fn a_sink_down_before_any_traffic_gets_what_comes_after_it_is_back() {
     let config = one_sink_config(listen, &addr, "")
         .replace("shards = 1", "shards = 2")
         .replace("[health]\nprobe_interval_ms = 100\n", "")
-        .replace("reconnect_backoff_min_ms = 20\nreconnect_backoff_max_ms = 100\n", "");
+        .replace(
+            "reconnect_backoff_min_ms = 20\nreconnect_backoff_max_ms = 100\n",
+            "",
+        );
     assert!(!config.contains("probe_interval_ms") && !config.contains("backoff"));
     let c = Cadent::start("spool-down-first", &config);
     let state = || -> Option<String> {
-        let v: serde_json::Value =
-            serde_json::from_str(&http_get(&c.admin, "/servers")?).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&http_get(&c.admin, "/servers")?).ok()?;
         v["clusters"][0]["members"][0]["state"]
             .as_str()
             .map(str::to_string)
     };
     assert!(
-        wait_until(Duration::from_secs(15), || state().as_deref() == Some("down")),
+        wait_until(Duration::from_secs(15), || state().as_deref()
+            == Some("down")),
         "marked down: {:?}",
         state()
     );
