@@ -251,6 +251,8 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
         lookups: Default::default(),
         noodle: Default::default(),
         orphan_spools: orphan_spools(&cfg, shards),
+        http: Default::default(),
+        http_open: Default::default(),
     });
     let config_name = path
         .as_ref()

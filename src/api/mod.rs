@@ -1,6 +1,7 @@
 //! The control thread: admin HTTP (axum on a current-thread tokio runtime), signals, and
 //! the bridge to shards. It never runs on a shard core and shards never wait on it.
 
+pub mod bounded;
 pub mod carbonlink;
 pub mod carbonlink_listen;
 pub mod coco;
@@ -12,7 +13,7 @@ pub mod statsd_console;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -43,6 +44,10 @@ pub struct AdminState {
     /// Spool directories found at startup that no configured destination owns (left by
     /// an earlier config): reported, never deleted.
     pub orphan_spools: Vec<String>,
+    /// The HTTP listeners' connection counters (admin and read API).
+    pub http: Arc<bounded::HttpCounters>,
+    /// Connections the admin listener has open, once it serves.
+    pub http_open: std::sync::OnceLock<bounded::OpenConnections>,
 }
 
 /// The admin routes.
@@ -92,6 +97,10 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<serde_json::Value> {
 
 async fn stats(State(s): State<Arc<AdminState>>) -> Json<serde_json::Value> {
     let mut v = s.registry.stats_json();
+    if let Some(o) = v.as_object_mut() {
+        let open = s.http_open.get().map_or(0, |g| g.get());
+        o.insert("http".into(), s.http.json(open));
+    }
     // Each store's update_many calls per wall-clock second over the last minute, the
     // whole process: the `writes_per_second` limit as it held.
     let topo = s.control.topology();
@@ -313,16 +322,29 @@ pub fn serve_until_signal(
         // SIGHUP reloads the config file (its default would kill the process unflushed).
         let mut hup = signal(SignalKind::hangup())?;
         admin.set_nonblocking(true)?;
-        let listener = tokio::net::TcpListener::from_std(admin)?;
+        let (max, idle) = (
+            initial.server.admin_connections_max,
+            Duration::from_millis(initial.server.admin_idle_timeout_ms),
+        );
+        let listener = bounded::BoundedListener::new(
+            tokio::net::TcpListener::from_std(admin)?,
+            max,
+            idle,
+            state.http.clone(),
+        );
+        let _ = state.http_open.set(listener.gauge());
         let control = state.control.clone();
         // Noodle listens where the starting config says (a reload that moves it is
         // logged as needing a restart); it reads the rest of [noodle] per request.
         let noodle = match &initial.noodle {
-            Some(n) => Some(
+            Some(n) => Some(bounded::BoundedListener::new(
                 tokio::net::TcpListener::bind(n.listen)
                     .await
                     .map_err(|e| anyhow::anyhow!("noodle.listen {}: cannot bind: {e}", n.listen))?,
-            ),
+                max,
+                idle,
+                Arc::new(bounded::HttpCounters::default()),
+            )),
             None => None,
         };
         control
@@ -342,6 +364,9 @@ pub fn serve_until_signal(
             });
         }
         let app = routes(state).into_make_service_with_connect_info::<SocketAddr>();
+        // `tap_io` only for the connect info (axum gives a listener's address to
+        // handlers through it).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
         let server = std::future::IntoFuture::into_future(axum::serve(listener, app));
         tokio::pin!(server);
         loop {

@@ -102,6 +102,12 @@ pub struct Server {
     /// File descriptors kept out of the listeners' reach for the admin API, health
     /// probes, writers' reconnects and files: connections past the rest are refused.
     pub reserved_fds: usize,
+    /// HTTP connections (admin and read API; Noodle has as many again) open at once;
+    /// one past it is closed at once and counted.
+    pub admin_connections_max: usize,
+    /// An HTTP connection that moves no byte either way for this long is closed (also
+    /// the longest a request may take to answer).
+    pub admin_idle_timeout_ms: u64,
 }
 
 /// `[telemetry]`: cadent's own counters as graphite lines, routed like any input.
@@ -889,6 +895,24 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
     let mesh_interval_ms = r.uint("mesh_interval_ms", 50, 1, 1_000, errs);
     let tiers_hosts_max = r.uint("tiers_hosts_max", 1_000, 0, 1 << 24, errs) as usize;
     let reserved_fds = r.uint("reserved_fds", 256, 16, 1 << 20, errs) as usize;
+    // 64, or half of a smaller reserved_fds when it is not set.
+    let admin_connections_set = t.contains_key("admin_connections_max");
+    let admin_connections_max = r.uint("admin_connections_max", 64, 1, 1 << 20, errs) as usize;
+    let admin_connections_max = if admin_connections_set {
+        admin_connections_max
+    } else {
+        admin_connections_max.min(reserved_fds / 2)
+    };
+    let admin_idle_timeout_ms = r.uint("admin_idle_timeout_ms", 60_000, 100, 3_600_000, errs);
+    if admin_connections_max > reserved_fds / 2 {
+        errs.push(ConfigError::new(
+            r.key_path("admin_connections_max"),
+            format!(
+                "is more than half of reserved_fds ({reserved_fds}), which HTTP connections \
+                 share with health probes, reconnects and files: raise reserved_fds too"
+            ),
+        ));
+    }
     let member_instance_bytes_max = r.uint(
         "member_instance_bytes_max",
         256,
@@ -923,6 +947,8 @@ fn read_server(t: &Table, errs: &mut Vec<ConfigError>) -> Server {
         tiers_hosts_max,
         member_instance_bytes_max,
         reserved_fds,
+        admin_connections_max,
+        admin_idle_timeout_ms,
     }
 }
 

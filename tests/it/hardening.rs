@@ -706,3 +706,54 @@ fn idle_connections_are_closed_after_idle_timeout_ms() {
     assert!(wait_until(Duration::from_secs(10), || sink.total() == 50));
     drop(held);
 }
+
+#[test]
+fn half_sent_http_requests_cannot_hold_every_descriptor() {
+    // A client that opens connections to the admin (and read) API and never finishes a
+    // request: past admin_connections_max they are closed at once, and the ones held go
+    // after admin_idle_timeout_ms, so descriptors stay for ingest, writers and files.
+    let sink = Sink::start();
+    let listen = free_port();
+    let text = config(listen, &[format!("{}=a", sink.addr)], "").replace(
+        "shutdown_timeout_ms = 1000",
+        "shutdown_timeout_ms = 1000\nadmin_connections_max = 8\nadmin_idle_timeout_ms = 800",
+    );
+    let c = Cadent::start("http-bounds", &text);
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", c.pid()))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    let held: Vec<_> = (0..200)
+        .filter_map(|_| {
+            let mut s = std::net::TcpStream::connect(&c.admin).ok()?;
+            std::io::Write::write_all(&mut s, b"GET /stats HTTP/1.1\r\n").ok()?;
+            Some(s)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let during = fds();
+    assert!(
+        during <= before + 8 + 4,
+        "{before} descriptors before, {during} with 200 half-sent requests"
+    );
+    // Ingest is not starved meanwhile.
+    send_tcp(&format!("127.0.0.1:{listen}"), &lines("busy", 0, 50));
+    assert!(wait_until(Duration::from_secs(10), || sink.total() == 50));
+    // The held ones time out; the API answers again and says what happened.
+    let http = || {
+        http_get(&c.admin, "/stats")
+            .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+            .map_or(Value::Null, |v| v["http"].clone())
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let h = http();
+            n(&h["connections_idle_closed"]) >= 8 && n(&h["connections_refused"]) >= 150
+        }),
+        "{}",
+        http()
+    );
+    drop(held);
+}
