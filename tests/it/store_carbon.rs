@@ -191,6 +191,8 @@ fn names() -> Vec<String> {
         n.push(format!("deep.a.b.c.d.e.f.m{i}"));
     }
     n.push("~tilde.metric".into());
+    // A `/` in a tag value: the file is named by the hash.
+    n.push("mounts.used;mountpoint=/var/log".into());
     n.push("tagged.requests;host=a;dc=x".into());
     n.push("tagged.requests;dc=x;host=a".into());
     n

@@ -16,7 +16,8 @@
 //! Rejections, counted by their `&'static str` reason (see [`reject`]). carbon checks
 //! none of these; we refuse rather than write outside the root or alias two names
 //! onto one file:
-//! - `/` anywhere, NUL, and empty components (`a..b`, `.a`, `a.`; carbon strips the
+//! - `/` anywhere in an untagged name (a tagged one's file is named by its hash),
+//!   NUL, and empty components (`a..b`, `.a`, `a.`; carbon strips the
 //!   leading dot and lets the OS fold `a//b` into `a/b`, aliasing `a.b`);
 //! - go-carbon's limits (storage.md §3, persister): a path component over 255 bytes
 //!   (`NAME_MAX`, the `.wsp` suffix counts) or a full path, root included, over
@@ -58,7 +59,9 @@ pub fn metric_path(root: &Path, name: &str) -> Result<PathBuf, &'static str> {
     if name.contains('\0') {
         return Err(reject::NUL);
     }
-    if name.contains('/') {
+    // A tagged name's file is named by its hash: a `/` in it (`mountpoint=/var`) is
+    // harmless there, as with carbon.
+    if name.contains('/') && !name.contains(';') {
         return Err(reject::SLASH);
     }
     if name.ends_with("\"}") && name.contains('{') {
@@ -212,6 +215,19 @@ mod tests {
             (
                 "x;k=",
                 "5449234b75c2e351a789e7be3af4da242e847fe6ab38347297050c77f1c4c5ae",
+            ),
+            // A `/` in a tagged name stays inside the hash.
+            (
+                "tg.mnt;mountpoint=/var/log",
+                "402e94e5c22797f31a6c2ee105a9780147b81fdf55e1cf95a74b854883566b92",
+            ),
+            (
+                "disk.used;path=/;host=a/b",
+                "6996778394f61288c77be681f27947398c6055ea80a03d1f981dbd2c5e5f3b02",
+            ),
+            (
+                "a/b;k=v",
+                "7851eb321a23488336178f86b39b002a689fceee15b97a29e35f7c4e8836e142",
             ),
         ];
         for (name, sha) in cases {
