@@ -65,6 +65,7 @@ pub fn routes(state: Arc<AdminState>) -> Http {
         .route("/cluster/{name}/members/{server}", delete(remove_member))
         .route("/metrics/find", get(read::find).post(read::find))
         .route("/metrics/find/", get(read::find).post(read::find))
+        .route("/metrics/index.json", get(read::index).post(read::index))
         .route("/metrics/expand", get(read::expand).post(read::expand))
         .route("/metrics/expand/", get(read::expand).post(read::expand))
         .route("/render", get(read::render).post(read::render))

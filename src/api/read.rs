@@ -39,6 +39,8 @@ crate::counter_set! {
         find_requests: counter,
         /// /metrics/expand requests.
         expand_requests: counter,
+        /// /metrics/index.json requests.
+        index_requests: counter,
         /// /render requests.
         render_requests: counter,
         /// CarbonLink requests answered.
@@ -377,6 +379,51 @@ async fn find_inner(
         (None, out)
     };
     Ok(respond(wrapped.unwrap_or(ct), out))
+}
+
+/// `/metrics/index.json`: every metric name in the store's tree (graphite-web's
+/// cluster peers ask it with `local=1`, `RemoteFinder.get_index`; an error there
+/// counts against the peer). Bounded by `read_dirs_max` and `read_response_bytes_max`.
+pub async fn index(
+    State(s): State<Arc<AdminState>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    count(&s, |c| c.index_requests += 1);
+    let r = async {
+        let p = Params::parse(q.as_deref(), &headers, &body).map_err(bad)?;
+        let (_, store) = read_store(&s)?;
+        let (root, dirs_max) = (store.path.clone(), store.read_dirs_max);
+        let walked = tokio::task::spawn_blocking(move || find::index(&root, dirs_max))
+            .await
+            .map_err(|e| {
+                Refusal(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("index failed: {e}"),
+                )
+            })?;
+        let (names, stats) = walked.map_err(|e| {
+            count(&s, |c| c.refused_too_many_series += 1);
+            Refusal(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{e} (read_dirs_max {})", store.read_dirs_max),
+            )
+        })?;
+        count(&s, |c| c.unreadable += stats.unreadable as u64);
+        let mut out = Vec::new();
+        read_format::index_json(
+            &names,
+            ensure_ascii(&headers),
+            &mut out,
+            store.read_response_bytes_max,
+        )
+        .map_err(|e| too_large(&s, e))?;
+        let (wrapped, out) = jsonp(&p, out);
+        Ok(respond(wrapped.unwrap_or("application/json"), out))
+    }
+    .await;
+    answer(&s, r)
 }
 
 /// `/metrics/expand/`.

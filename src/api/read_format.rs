@@ -229,6 +229,29 @@ pub fn find_json(
     bounded(out, start, bytes_max)
 }
 
+/// `/metrics/index.json`: the names as a JSON list (graphite-web's
+/// `json_response_for`).
+pub fn index_json(
+    names: &[String],
+    ensure_ascii: bool,
+    out: &mut Vec<u8>,
+    bytes_max: usize,
+) -> Result<(), ResponseTooLarge> {
+    let start = out.len();
+    out.push(b'[');
+    for (i, name) in names.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        json::str(out, name, ensure_ascii);
+        if i % 1024 == 0 {
+            bounded(out, start, bytes_max)?;
+        }
+    }
+    out.push(b']');
+    bounded(out, start, bytes_max)
+}
+
 /// `/metrics/find?format=treejson` (graphite-web's default) for `query`; `wildcards`
 /// is graphite-web's `wildcards=1` (or a profile's advanced UI).
 pub fn find_treejson(

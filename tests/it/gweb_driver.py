@@ -28,6 +28,7 @@ def main():
             "INDEX_FILE = %r\n"
             "DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': %r}}\n"
             "STANDARD_DIRS = %r\n"
+            "WHISPER_DIR = %r\n"
             "CLUSTER_SERVERS = %r\n"
             "CARBONLINK_HOSTS = %r\n"
             "CARBONLINK_TIMEOUT = 5.0\n"
@@ -43,6 +44,8 @@ def main():
                 os.path.join(tmp, "index"),
                 os.path.join(tmp, "graphite.db"),
                 [req["whisper_dir"]] if req.get("whisper_dir") else [],
+                # StandardFinder.get_index (/metrics/index.json) walks WHISPER_DIR.
+                req.get("whisper_dir") or os.path.join(tmp, "no-whisper"),
                 req.get("cluster", []),
                 req.get("carbonlink", []),
             )

@@ -22,7 +22,7 @@ use cadent::api::carbonlink::{self, Request};
 use cadent::api::read_format::{self, RenderSeries, CONSOLIDATION_DEFAULT};
 use cadent::protocol::pickle::Decoder;
 use cadent::store::glob::{Glob, GlobLimits};
-use cadent::store::whisper::find::{find, FindOptions, Interval, Leaf, Node, NodeKind};
+use cadent::store::whisper::find::{find, FindError, FindOptions, Interval, Leaf, Node, NodeKind};
 use cadent::store::whisper::format::{self, AggregationMethod, CreateMode, Scratch};
 use cadent::store::whisper::io::FileIo;
 use cadent::store::whisper::render::{self, Series};
@@ -362,6 +362,43 @@ fn find_matches_graphite_webs_standard_finder() {
     }
     assert!(nonempty > 60, "only {nonempty} queries matched anything");
     for root in trees {
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
+
+#[test]
+fn index_matches_graphite_webs_standard_finder() {
+    // /metrics/index.json: every whisper file's name, as StandardFinder.get_index lists
+    // them (symlinked files in, symlinked directories not entered, dot files, a tagged
+    // series' hashed path).
+    let mut rng = SplitMix64(0x1de7);
+    let mut roots = Vec::new();
+    let mut cases = Vec::new();
+    for t in 0..4 {
+        let root = temp_dir(&format!("index-tree-{t}"));
+        random_tree(&root, &mut rng);
+        wsp(&root.join(
+            "_tagged/402/e94/402e94e5c22797f31a6c2ee105a9780147b81fdf55e1cf95a74b854883566b92.wsp",
+        ));
+        wsp(&root.join("dir.wsp/inner.wsp"));
+        cases.push(json!({"op": "index", "root": root}));
+        roots.push(root);
+    }
+    let answers = driver(cases);
+    for (root, answer) in roots.iter().zip(&answers) {
+        let (ours, stats) = cadent::store::whisper::find::index(root, 100_000).unwrap();
+        let theirs: Vec<String> = answer
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ours, theirs, "{}", root.display());
+        assert!(ours.len() > 5 && stats.unreadable == 0, "{ours:?}");
+        assert!(matches!(
+            cadent::store::whisper::find::index(root, 2),
+            Err(FindError::TooManyDirs { max: 2 })
+        ));
         let _ = std::fs::remove_dir_all(root);
     }
 }

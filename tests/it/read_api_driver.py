@@ -7,7 +7,8 @@ graphite-web's modules import Django at the top; the few that do are replaced by
 (settings, logger, request/response objects), and the functions under test are taken
 from graphite-web's own source files with `ast` and run unchanged:
 - finders/__init__.py: match_entries, expand_braces (the glob);
-- finders/standard.py: StandardFinder.find_nodes (the walk), with readers/whisper.py's
+- finders/standard.py: StandardFinder.find_nodes (the walk) and get_index
+  (/metrics/index.json), with readers/whisper.py's
   WhisperReader for intervals;
 - metrics/views.py: pickle_nodes, msgpack_nodes, json_nodes, tree_json (find bodies),
   expand_view with json_response_for (on a stub request and STORE);
@@ -251,6 +252,12 @@ def op_find(case):
     return {"nodes": [out[k] for k in sorted(out)], "now": time.time()}
 
 
+def op_index(case):
+    # StandardFinder.get_index walks settings.WHISPER_DIR (RRD off, as above).
+    sys.modules["graphite.finders.standard"].settings.WHISPER_DIR = case["root"]
+    return StandardFinder([case["root"]]).get_index({})
+
+
 def op_find_formats(case):
     matches = []
     for path, is_leaf, interval in case["nodes"]:
@@ -373,6 +380,7 @@ def op_carbonlink(case):
 OPS = {
     "match": op_match,
     "find": op_find,
+    "index": op_index,
     "find_formats": op_find_formats,
     "expand": op_expand,
     "render_formats": op_render_formats,

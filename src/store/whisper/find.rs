@@ -149,6 +149,53 @@ pub enum FindError {
     },
 }
 
+/// Every whisper file's metric name under `root`, as graphite-web 1.1.10's
+/// `StandardFinder.get_index` lists them for `/metrics/index.json`: an `os.walk` that
+/// lists symlinked files but does not enter symlinked directories, every file named
+/// `*.wsp`, its path relative to `root` with every `.wsp` removed and `/` made `.`,
+/// leading dots stripped, sorted (duplicates kept, as `bisect.insort_left` keeps them).
+/// Tagged series are listed under their hashed paths, as graphite-web lists them.
+/// More than `dirs_max` directories is [`FindError::TooManyDirs`]; unreadable
+/// directories and names that are not UTF-8 are skipped and counted.
+pub fn index(root: &Path, dirs_max: usize) -> Result<(Vec<String>, FindStats), FindError> {
+    let mut names = Vec::new();
+    let mut stats = FindStats::default();
+    let mut pending: Vec<(std::path::PathBuf, String)> = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = pending.pop() {
+        stats.dirs_visited += 1;
+        if stats.dirs_visited > dirs_max {
+            return Err(FindError::TooManyDirs { max: dirs_max });
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            stats.unreadable += 1;
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                stats.skipped_names += 1;
+                continue;
+            };
+            let path = entry.path();
+            let symlink = entry.file_type().is_ok_and(|t| t.is_symlink());
+            // os.walk sorts a symlink to a directory among the directories (and, not
+            // following links, does not enter it).
+            if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+                if !symlink {
+                    pending.push((path, format!("{rel}/{name}")));
+                }
+                continue;
+            }
+            if name.ends_with(".wsp") {
+                let full = format!("{rel}/{name}");
+                let metric = full.replace(".wsp", "").replace('/', ".");
+                names.push(metric.trim_start_matches('.').to_string());
+            }
+        }
+    }
+    names.sort();
+    Ok((names, stats))
+}
+
 /// Walk `root` for `glob`.
 pub fn find(root: &Path, glob: &Glob, opts: &FindOptions) -> Result<Found, FindError> {
     let mut walk = Walk {
