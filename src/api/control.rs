@@ -617,7 +617,9 @@ impl Control {
                 "reload: these sections changed and need a restart; the running ones are kept"
             );
         }
-        let summary = self.apply(cfg, false).await.map_err(|r| r.message)?;
+        // All or nothing, as every change: a new listener that cannot bind refuses the
+        // reload (the running config is kept; a later SIGHUP tries again).
+        let summary = self.apply(cfg, true).await.map_err(|r| r.message)?;
         let _ = self.sync_consoles(false);
         let _ = self.sync_carbonlinks(false);
         Ok(summary)
@@ -637,7 +639,8 @@ impl Control {
     /// aggregator ids, destination ids kept where things are unchanged), has every
     /// shard prepare it, and commits it only when every shard did; otherwise every
     /// shard keeps the running one. `strict`: a listener that cannot bind fails the
-    /// change (startup); otherwise it is left out and logged (reload).
+    /// change (startup, reload); otherwise it is left out and logged (membership
+    /// changes and reclaims, which keep the running listeners).
     async fn apply(&self, mut cfg: Config, strict: bool) -> Result<String, Refused> {
         let old = self.topology();
         // Listeners: an unchanged one keeps its id and socket; a new or changed one gets

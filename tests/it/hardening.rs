@@ -757,3 +757,40 @@ fn half_sent_http_requests_cannot_hold_every_descriptor() {
     );
     drop(held);
 }
+
+#[test]
+fn a_reload_with_a_listener_that_cannot_bind_is_refused_whole() {
+    let (a, b) = (Sink::start(), Sink::start());
+    let listen = free_port();
+    let c = Cadent::start(
+        "reload-bind",
+        &config(listen, &[format!("{}=a", a.addr)], ""),
+    );
+    // Another process holds the new listener's port; the same reload also moves the
+    // cluster to another member.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let text = config(listen, &[format!("{}=b", b.addr)], "").replace("ADMIN", &c.admin)
+        + &format!(
+            "[[listen]]\nname = \"taken\"\nurl = \"tcp://127.0.0.1:{port}\"\nformat = \"graphite\"\n"
+        );
+    std::fs::write(c.config_path(), text).unwrap();
+    c.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(10), || c
+            .log()
+            .contains("config not reloaded")),
+        "{}",
+        c.log()
+    );
+    assert!(
+        c.log().contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        c.log()
+    );
+    // Nothing of it applied: the lines still go to the old member.
+    send_tcp(&format!("127.0.0.1:{listen}"), &lines("kept", 0, 20));
+    assert!(wait_until(Duration::from_secs(10), || a.total() == 20));
+    assert_eq!(b.total(), 0);
+    drop(taken);
+}
