@@ -91,6 +91,9 @@ struct Conn {
     /// When the peer last acknowledged something new (or the window last became
     /// non-empty).
     progress_at: Instant,
+    /// The peer ended its side (a FIN): it may still read (a half-close), so writing
+    /// goes on; a peer that is gone answers the next write with a reset.
+    peer_eof: bool,
 }
 
 impl Conn {
@@ -101,6 +104,7 @@ impl Conn {
             acked: 0,
             window: VecDeque::new(),
             progress_at: Instant::now(),
+            peer_eof: false,
         }
     }
 
@@ -259,16 +263,32 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
             }
         }
         let c = conn.as_mut().expect("connected above");
-        // A write into a connection the peer has closed still succeeds (the kernel takes
-        // the bytes, then the peer answers RST): look before writing, so a sink that
-        // accepts and hangs up is found at once. Nothing it did not acknowledge is lost:
-        // it goes back to the queue.
-        if peer_closed(&c.stream) {
+        // A write into a connection the peer has reset still succeeds (the kernel takes
+        // the bytes): look before writing, so a sink that accepts and resets is found at
+        // once. A peer that only ended its side (FIN) may be half-closed and still
+        // reading, as some sinks are: writing goes on, and if it is gone the write is
+        // answered with a reset, found here or by the next write. Nothing it did not
+        // acknowledge is lost either way: it goes back to the queue.
+        let peer = if c.peer_eof {
+            // Past the FIN a peek reads end-of-stream for ever; a reset shows as the
+            // socket's pending error.
+            if pending_error(&c.stream) {
+                Peer::Broken
+            } else {
+                Peer::Open
+            }
+        } else {
+            peek_peer(&c.stream)
+        };
+        if peer == Peer::Eof {
+            c.peer_eof = true;
+        }
+        if peer == Peer::Broken {
             queue.count(|c| c.write_errors += 1);
             conn.take().expect("connected").give_back(&queue, None);
             queue.writer_failed();
             if log.ready() {
-                tracing::warn!(destination = %name, "peer closed the connection; reconnecting");
+                tracing::warn!(destination = %name, "connection broken by the peer; reconnecting");
             }
             pause(&queue, backoff).await;
             backoff = (backoff * 2).min(opts.backoff_max);
@@ -320,6 +340,19 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
             backoff = opts.backoff_min;
         } else {
             ack_wait = (ack_wait * 2).min(ACK_POLL_MAX);
+            if c.peer_eof && !c.window.is_empty() && pending_error(&c.stream) {
+                // It had ended its side and answered what was written with a reset: it
+                // is gone. What it did not acknowledge is sent again.
+                queue.count(|c| c.write_errors += 1);
+                conn.take().expect("connected").give_back(&queue, None);
+                queue.writer_failed();
+                if log.ready() {
+                    tracing::warn!(destination = %name, "connection broken by the peer; reconnecting");
+                }
+                pause(&queue, backoff).await;
+                backoff = (backoff * 2).min(opts.backoff_max);
+                continue;
+            }
         }
         if !c.window.is_empty() && c.progress_at.elapsed() >= opts.write_timeout {
             // It accepts but takes nothing (a zero window): a failure, as a write that
@@ -352,10 +385,39 @@ async fn connect(member: &Member, timeout: Duration) -> io::Result<TcpStream> {
         .map_err(io::Error::from)
 }
 
-/// True when the peer has closed its side (or the connection is broken): a non-blocking
-/// peek reads end-of-stream or an error. Sinks do not talk back, so data waiting to be
-/// read is not expected, but is no reason to reconnect.
-fn peer_closed(s: &TcpStream) -> bool {
+/// What a non-blocking peek says of the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    /// Nothing to read, or data (sinks do not talk back, but it is no reason to
+    /// reconnect).
+    Open,
+    /// It ended its side (FIN): closed, or half-closed and still reading.
+    Eof,
+    /// The connection is broken (a reset, or another error).
+    Broken,
+}
+
+/// Whether the socket holds an error (`SO_ERROR`, e.g. the peer's reset).
+fn pending_error(s: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) on the stream's own open fd, into an int on our stack whose
+    // size is passed.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    r != 0 || err != 0
+}
+
+/// Peeks at the connection without consuming or blocking.
+fn peek_peer(s: &TcpStream) -> Peer {
     use std::os::fd::AsRawFd;
     let mut byte = 0u8;
     // SAFETY: recv(2) on the stream's own open fd, into one byte of our stack, with
@@ -369,14 +431,14 @@ fn peer_closed(s: &TcpStream) -> bool {
         )
     };
     match n {
-        0 => true,
-        n if n > 0 => false,
+        0 => Peer::Eof,
+        n if n > 0 => Peer::Open,
         _ => {
             let e = io::Error::last_os_error();
-            !matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            )
+            match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Peer::Open,
+                _ => Peer::Broken,
+            }
         }
     }
 }

@@ -1010,3 +1010,36 @@ fn fan_third(config: &str) -> String {
     let members = config.split("members = [").nth(1).unwrap();
     members.split('"').nth(5).unwrap().to_string()
 }
+
+#[test]
+fn a_half_closed_sink_that_reads_on_gets_everything_on_one_connection() {
+    // The sink ends its sending side at once (a FIN) and reads on, as `socat -u` does: a
+    // half-close, not a dead peer. It was taken for dead at every batch: tens of
+    // reconnects a second and nearly everything spooled.
+    let sink = Sink::start_half_closing();
+    let listen = free_port();
+    let config = one_sink_config(listen, &sink.addr, "");
+    let c = Cadent::start("spool-halfclose", &config);
+    let mut tx = Sender::connect(&format!("127.0.0.1:{listen}"), "hc");
+    for _ in 0..5 {
+        tx.send(4_000);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let n = tx.next;
+    assert!(
+        wait_until(Duration::from_secs(20), || coverage(&sink, "hc", n).0 == n),
+        "{} of {n}: {}\n{}",
+        coverage(&sink, "hc", n).0,
+        dest(&c, &sink.addr),
+        c.log()
+    );
+    let d = dest(&c, &sink.addr);
+    assert_eq!(counter(&d, "connects"), 1, "{d}");
+    assert_eq!(counter(&d, "write_errors"), 0, "{d}");
+    assert_eq!(counter(&d, "spooled_lines"), 0, "{d}");
+    assert_eq!(coverage(&sink, "hc", n).1, 0, "no duplicates");
+    // The health probes connect too, and send nothing.
+    let carrying = sink.connections().iter().filter(|c| !c.is_empty()).count();
+    assert_eq!(carrying, 1);
+    assert_eq!(c.stop(), 0);
+}

@@ -342,6 +342,9 @@ struct SinkShared {
     total: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     closing: Arc<AtomicBool>,
+    /// Ends its sending side at once on every connection (it never talks back), and
+    /// reads on: a half-closed peer, as `socat -u` and some collectors are.
+    half_close: bool,
 }
 
 impl Sink {
@@ -352,6 +355,16 @@ impl Sink {
 
     /// Listens on `addr` (a sink that comes back where it was); one thread per connection.
     pub fn start_at(addr: &str) -> Sink {
+        Sink::listen(addr, false)
+    }
+
+    /// Listens on a free port, and half-closes each connection as it accepts it (a FIN
+    /// at once), reading on to the end.
+    pub fn start_half_closing() -> Sink {
+        Sink::listen("127.0.0.1:0", true)
+    }
+
+    fn listen(addr: &str, half_close: bool) -> Sink {
         let l = TcpListener::bind(addr).unwrap();
         l.set_nonblocking(true).unwrap();
         let addr = l.local_addr().unwrap().to_string();
@@ -361,6 +374,7 @@ impl Sink {
             total: Arc::new(AtomicU64::new(0)),
             stop: Arc::new(AtomicBool::new(false)),
             closing: Arc::new(AtomicBool::new(false)),
+            half_close,
         };
         let sh = shared.clone();
         let thread = std::thread::spawn(move || {
@@ -369,6 +383,9 @@ impl Sink {
                 match l.accept() {
                     Ok((s, _)) => {
                         s.set_nonblocking(false).unwrap();
+                        if sh.half_close {
+                            s.shutdown(Shutdown::Write).unwrap();
+                        }
                         s.set_read_timeout(Some(Duration::from_millis(200)))
                             .unwrap();
                         let order = Arc::new(Mutex::new(Vec::new()));
@@ -417,8 +434,9 @@ impl Sink {
     }
 
     /// A sink that goes away without losing what it was sent: it stops accepting (the
-    /// port refuses connections), half-closes each connection and reads it to the end
-    /// (bounded), so every byte its kernel acknowledged is counted. (Dropping a sink
+    /// port refuses connections), half-closes each connection and reads it until the
+    /// sender closes or goes quiet (bounded), so every byte its kernel acknowledged is
+    /// counted. (Dropping a sink
     /// instead loses what its kernel holds unread, as a killed process would.)
     pub fn stop_gracefully(&mut self) {
         self.closing.store(true, Ordering::Relaxed);
@@ -470,7 +488,11 @@ fn read_lines(mut s: TcpStream, sh: &SinkShared, order: &Mutex<Vec<String>>) {
                 if e.kind() == std::io::ErrorKind::WouldBlock
                     || e.kind() == std::io::ErrorKind::TimedOut =>
             {
-                if sh.stop.load(Ordering::Relaxed) {
+                // Stopping gracefully, it reads until the sender is quiet: a sender may
+                // keep a half-closed connection open, as cadent does.
+                if sh.stop.load(Ordering::Relaxed)
+                    || half_closed.is_some_and(|t| t.elapsed() > Duration::from_millis(500))
+                {
                     break;
                 }
             }
