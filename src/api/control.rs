@@ -89,6 +89,11 @@ const CACHE_QUERY_PATIENCE: Duration = Duration::from_secs(5);
 /// How long a change waits for every shard to answer its `Prepare`.
 const PREPARE_PATIENCE: Duration = Duration::from_secs(10);
 
+/// The rules-file loop wakes at least this often; each file is read at its own interval.
+const RULES_LOOK_MAX: Duration = Duration::from_secs(1);
+/// ... and at most this often, whatever the shortest interval.
+const RULES_LOOK_MIN: Duration = Duration::from_millis(50);
+
 /// How often drained destinations are looked for and reclaimed.
 const RECLAIM_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -944,6 +949,82 @@ impl Control {
                     // A shard refused: try again later, less often.
                     tracing::debug!(error = %e.message, "reclaim not applied");
                     wait = (wait * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+
+    /// Re-reads the rules files the config names at their `rules_reread_interval_ms`
+    /// (carbon's aggregation rules, a whisper store's schemas and aggregation files),
+    /// and applies the config with the changed ones through the one change path. A file
+    /// that cannot be read or parsed keeps the running rules, logged once per distinct
+    /// error; a change that is refused is tried again at the file's next look.
+    pub async fn rules_loop(self: Arc<Self>) {
+        use crate::config::reread;
+        use std::collections::{HashMap, HashSet};
+        let mut next_look: HashMap<String, tokio::time::Instant> = HashMap::new();
+        let mut complained: HashMap<String, String> = HashMap::new();
+        loop {
+            let files = reread::watched(&self.topology().config);
+            let tick = files
+                .iter()
+                .map(|f| f.interval)
+                .min()
+                .unwrap_or(RULES_LOOK_MAX)
+                .clamp(RULES_LOOK_MIN, RULES_LOOK_MAX);
+            tokio::time::sleep(tick).await;
+            let now = tokio::time::Instant::now();
+            next_look.retain(|label, _| files.iter().any(|f| &f.label == label));
+            let due: HashSet<String> = files
+                .iter()
+                .filter(|f| {
+                    let at = next_look.entry(f.label.clone()).or_insert(now + f.interval);
+                    if now < *at {
+                        return false;
+                    }
+                    *at = now + f.interval;
+                    true
+                })
+                .map(|f| f.label.clone())
+                .collect();
+            if due.is_empty() {
+                continue;
+            }
+            // Under the change lock, against the config running now (a reload may have
+            // come in between). The files are small and bounded: read in place.
+            let _serial = self.changes.lock().await;
+            let mut cfg = (*self.topology().config).clone();
+            let mut changed = Vec::new();
+            for f in reread::watched(&cfg)
+                .iter()
+                .filter(|f| due.contains(&f.label))
+            {
+                match reread::reread_into(&mut cfg, f) {
+                    Ok(c) => {
+                        if complained.remove(&f.label).is_some() {
+                            tracing::info!(file = %f.label, "rules file readable again");
+                        }
+                        if c {
+                            changed.push(f.label.clone());
+                        }
+                    }
+                    Err(e) => {
+                        if complained.get(&f.label) != Some(&e) {
+                            tracing::error!(file = %f.label, error = %e, "rules file changed but cannot be used; the running rules are kept");
+                            complained.insert(f.label.clone(), e);
+                        }
+                    }
+                }
+            }
+            if changed.is_empty() {
+                continue;
+            }
+            match self.apply(cfg, false).await {
+                Ok(summary) => {
+                    tracing::info!(files = ?changed, %summary, "rules files changed: applied")
+                }
+                Err(e) => {
+                    tracing::error!(files = ?changed, error = %e.message, "rules files changed but not applied; tried again at their next look")
                 }
             }
         }

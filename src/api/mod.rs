@@ -355,6 +355,7 @@ pub fn serve_until_signal(
         started(&state);
         tokio::spawn(control.clone().probe_loop());
         tokio::spawn(control.clone().reclaim_loop());
+        tokio::spawn(control.clone().rules_loop());
         tokio::spawn(control.clone().telemetry_loop());
         if let Some(l) = noodle {
             let app = noodle::routes(state.clone());

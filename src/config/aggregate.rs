@@ -63,6 +63,9 @@ pub struct CarbonAggregate {
     pub rules: Rules,
     /// The engine's settings.
     pub engine: CarbonConfig,
+    /// How often the rules file is looked at and, when its text changed, applied (as
+    /// carbon re-reads it every 10 s); zero: only at a reload.
+    pub rules_reread_interval_ms: u64,
 }
 
 impl PartialEq for CarbonAggregate {
@@ -335,6 +338,7 @@ fn read_carbon(r: &mut TableReader<'_>, errs: &mut Vec<ConfigError>) -> CarbonAg
     let d = CarbonConfig::default();
     let rules_file = PathBuf::from(r.req_str("rules_file", errs));
     let forward_inputs = r.boolean("forward_inputs", true, errs);
+    let rules_reread_interval_ms = r.uint("rules_reread_interval_ms", 10_000, 0, 86_400_000, errs);
     let keys_max = r.uint("keys_max", d.keys_max as u64, 1, u32::MAX as u64 - 1, errs) as usize;
     let max_intervals = r.uint("max_intervals", u64::from(d.max_intervals), 1, 10_000, errs) as u32;
     let bucket_values_max = r.uint(
@@ -386,6 +390,7 @@ fn read_carbon(r: &mut TableReader<'_>, errs: &mut Vec<ConfigError>) -> CarbonAg
             forward_all: forward_inputs,
             bucket_values_max,
         },
+        rules_reread_interval_ms,
     }
 }
 

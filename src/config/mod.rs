@@ -7,6 +7,7 @@ mod aggregate;
 mod collectd;
 mod endpoint;
 mod reader;
+pub mod reread;
 mod store;
 
 use std::collections::HashSet;

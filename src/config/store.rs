@@ -75,6 +75,10 @@ pub struct WhisperStore {
     pub schemas: RulesFile<Schemas>,
     /// carbon's `storage-aggregation.conf` (average, xFilesFactor 0.5 when not given).
     pub aggregations: RulesFile<Aggregations>,
+    /// How often both rules files are looked at and, when a text changed, applied to
+    /// files created from then on (as carbon-cache re-reads them every 60 s); zero: only
+    /// at a reload.
+    pub rules_reread_interval_ms: u64,
     /// `update_many` calls per second, the whole process (0: unlimited).
     pub writes_per_second: u64,
     /// New files per minute, the whole process (0: unlimited); points of names waiting
@@ -171,6 +175,7 @@ fn read_whisper(r: &mut TableReader<'_>, errs: &mut Vec<ConfigError>) -> Whisper
     }
     let schemas = read_rules(r, "schemas_file", Schemas::parse, errs);
     let aggregations = read_rules(r, "aggregation_file", Aggregations::parse, errs);
+    let rules_reread_interval_ms = r.uint("rules_reread_interval_ms", 60_000, 0, 86_400_000, errs);
     let writes_per_second = r.uint("writes_per_second", 1_200, 0, 100_000_000, errs);
     let creates_per_minute = r.uint("creates_per_minute", 600, 0, 100_000_000, errs);
     let cache_points_max = r.uint("cache_points_max", 10_000_000, 1_000, 1 << 40, errs);
@@ -201,6 +206,7 @@ fn read_whisper(r: &mut TableReader<'_>, errs: &mut Vec<ConfigError>) -> Whisper
         path,
         schemas,
         aggregations,
+        rules_reread_interval_ms,
         writes_per_second,
         creates_per_minute,
         cache_points_max,

@@ -235,3 +235,94 @@ fn serve_aggregates_as_carbon_aggregator_does() {
     a.join().unwrap();
     b.join().unwrap();
 }
+
+#[test]
+fn a_changed_rules_file_is_applied_without_a_reload() {
+    // carbon's aggregator looks at its rules file every 10 s and uses a changed one; so
+    // does cadent, every rules_reread_interval_ms. A file that no longer parses keeps
+    // the running rules, and says so once.
+    let sink = Sink::start();
+    let port = free_port();
+    let dir = temp_dir("carbon-serve-reread-rules");
+    let rules = dir.join("aggregation-rules.conf");
+    std::fs::write(&rules, "v1.<app>.sum (1) = sum in.<app>.x\n").unwrap();
+    let cadent = Cadent::start(
+        "carbon-serve-reread",
+        &format!(
+            r#"
+[server]
+shards = 2
+admin_listen = "ADMIN"
+[output]
+flush_interval_ms = 10
+[telemetry]
+prefix = ""
+[[listen]]
+name = "in"
+url = "tcp://127.0.0.1:{port}"
+format = "graphite"
+[[cluster]]
+name = "sink"
+kind = "forward"
+members = ["tcp://{}"]
+[[aggregate]]
+name = "carbon"
+kind = "carbon"
+rules_file = "{}"
+rules_reread_interval_ms = 200
+forward_inputs = false
+send_to = ["sink"]
+[[route]]
+match = {{ all = true }}
+aggregate = "carbon"
+"#,
+            sink.addr,
+            rules.display()
+        ),
+    );
+    let mut conn = TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    // Feeds a point a tenth of a second until an output line starting with `name `
+    // arrives (bounded).
+    let mut feed_until = |name: &str| {
+        let prefix = format!("{name} ");
+        wait_until(Duration::from_secs(15), || {
+            let ts = unix_now().as_secs();
+            conn.write_all(format!("in.a.x 5 {ts}\n").as_bytes())
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            sink.lines().keys().any(|l| l.starts_with(&prefix))
+        })
+    };
+    assert!(feed_until("v1.a.sum"), "{}", cadent.log());
+    std::fs::write(&rules, "v2.<app>.sum (1) = sum in.<app>.x\n").unwrap();
+    assert!(feed_until("v2.a.sum"), "{}", cadent.log());
+    assert!(cadent.log().contains("rules files changed: applied"));
+
+    // Broken: the v2 rules go on, and the error is logged once however often it is seen.
+    std::fs::write(&rules, "v3 this is not a rule\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let before = sink
+        .lines()
+        .keys()
+        .filter(|l| l.starts_with("v2.a.sum "))
+        .count();
+    assert!(wait_until(Duration::from_secs(15), || {
+        let ts = unix_now().as_secs();
+        conn.write_all(format!("in.a.x 5 {ts}\n").as_bytes())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        sink.lines()
+            .keys()
+            .filter(|l| l.starts_with("v2.a.sum "))
+            .count()
+            > before + 1
+    }));
+    let log = cadent.log();
+    assert_eq!(
+        log.matches("rules file changed but cannot be used").count(),
+        1,
+        "{log}"
+    );
+    assert!(!sink.lines().keys().any(|l| l.starts_with("v3")));
+    assert_eq!(cadent.stop(), 0);
+}

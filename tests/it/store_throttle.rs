@@ -217,3 +217,72 @@ fn sigterm_spills_what_it_could_not_write_and_the_next_start_writes_it() {
     });
     assert!(left, "spill files left in {}", spill_dir.display());
 }
+
+#[test]
+fn a_changed_schemas_file_applies_to_files_created_after_it() {
+    // carbon-cache re-reads storage-schemas.conf every 60 s; cadent every
+    // rules_reread_interval_ms. Files already made keep their archives.
+    let port = free_port();
+    let config = format!(
+        r#"
+[server]
+admin_listen = "ADMIN"
+shards = 2
+[telemetry]
+prefix = ""
+[[listen]]
+name = "plain"
+url = "tcp://127.0.0.1:{port}"
+format = "graphite"
+[[store]]
+name = "whisper"
+kind = "whisper"
+path = "./data/whisper"
+schemas_file = "schemas.conf"
+rules_reread_interval_ms = 200
+writes_per_second = 0
+creates_per_minute = 0
+create_mode = "sparse"
+[[route]]
+match = {{ all = true }}
+send_to = ["whisper"]
+"#
+    );
+    let c = Cadent::start_with_files(
+        "store-reread-schemas",
+        &config,
+        &[("schemas.conf", "[all]\npattern = .*\nretentions = 10s:1h\n")],
+    );
+    let addr = format!("127.0.0.1:{port}");
+    let root = c.dir.join("data/whisper");
+    // A whisper file's size: a 16-byte header, 12 bytes per archive, 12 per point.
+    let size = |name: &str| {
+        std::fs::metadata(root.join(format!("{}.wsp", name.replace('.', "/"))))
+            .map(|m| m.len())
+            .ok()
+    };
+    send_tcp(&addr, format!("before.x 1 {}\n", unix_now()).as_bytes());
+    assert!(wait_until(Duration::from_secs(10), || size("before.x").is_some()));
+    assert_eq!(size("before.x"), Some(16 + 12 + 12 * 360));
+
+    std::fs::write(
+        c.dir.join("schemas.conf"),
+        "[all]\npattern = .*\nretentions = 1m:1d\n",
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || c
+            .log()
+            .contains("rules files changed: applied")),
+        "{}",
+        c.log()
+    );
+    send_tcp(
+        &addr,
+        format!("after.x 1 {}\nbefore.x 2 {}\n", unix_now(), unix_now()).as_bytes(),
+    );
+    assert!(wait_until(Duration::from_secs(10), || size("after.x").is_some()));
+    assert_eq!(size("after.x"), Some(16 + 12 + 12 * 1440));
+    assert_eq!(size("before.x"), Some(16 + 12 + 12 * 360));
+    assert_eq!(c.stop(), 0);
+}
