@@ -409,6 +409,9 @@ pub struct Output {
     pub connect_timeout_ms: u64,
     /// A TCP write that makes no progress this long fails; the writer reconnects.
     pub write_timeout_ms: u64,
+    /// Most bytes a TCP connection keeps of what the peer's kernel acknowledged and its
+    /// process may not have read, to write again if the connection is reset (0: none).
+    pub resend_unread_bytes_max: usize,
     /// First reconnect delay; doubles per failure.
     pub reconnect_backoff_min_ms: u64,
     /// Largest reconnect delay.
@@ -962,6 +965,8 @@ fn read_output(t: &Table, errs: &mut Vec<ConfigError>) -> Output {
         stall_ms_max: r.uint("stall_ms_max", 2_000, 0, 60_000, errs),
         connect_timeout_ms: r.uint("connect_timeout_ms", 1_000, 1, 60_000, errs),
         write_timeout_ms: r.uint("write_timeout_ms", 10_000, 1, 600_000, errs),
+        resend_unread_bytes_max: r.uint("resend_unread_bytes_max", 4 << 20, 0, 1 << 30, errs)
+            as usize,
         reconnect_backoff_min_ms: r.uint("reconnect_backoff_min_ms", 100, 1, 60_000, errs),
         reconnect_backoff_max_ms: r.uint("reconnect_backoff_max_ms", 5_000, 1, 600_000, errs),
         udp_datagram_bytes_max: r.uint("udp_datagram_bytes_max", 1_400, 64, 65_507, errs) as usize,

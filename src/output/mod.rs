@@ -31,8 +31,9 @@ crate::counter_set! {
         sent_bytes: counter,
         /// Writes (syscalls or datagrams) that carried them.
         writes: counter,
-        /// Lines written to a TCP connection that died before the peer acknowledged them,
-        /// and so written again after reconnecting: the sink may have them twice.
+        /// Lines written again after a TCP connection broke: those the peer had not
+        /// acknowledged, and those its kernel acknowledged while its window said its
+        /// process had not read them (counted sent once). The sink may have them twice.
         resent_lines: counter,
         /// Lines dropped: memory over queue_bytes_max with no usable spool, or the
         /// hand-off to a spool that cannot keep up (oldest first).

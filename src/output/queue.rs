@@ -559,6 +559,11 @@ impl DestQueue {
         self.live.get()
     }
 
+    /// Whether its clusters route around it when it is down.
+    pub fn routed_around(&self) -> bool {
+        self.routed_around.get()
+    }
+
     /// Its clusters route around it when down (any_of, failover only).
     pub fn set_routed_around(&self, yes: bool) {
         self.routed_around.set(yes);

@@ -24,6 +24,9 @@ pub struct WriterOptions {
     pub backoff_min: Duration,
     /// Largest reconnect delay.
     pub backoff_max: Duration,
+    /// Most bytes one connection keeps of what the peer's kernel acknowledged and its
+    /// process may not have read yet, to write again if the connection is reset.
+    pub resend_unread_bytes_max: usize,
 }
 
 impl From<&Output> for WriterOptions {
@@ -33,6 +36,7 @@ impl From<&Output> for WriterOptions {
             write_timeout: Duration::from_millis(o.write_timeout_ms),
             backoff_min: Duration::from_millis(o.reconnect_backoff_min_ms),
             backoff_max: Duration::from_millis(o.reconnect_backoff_max_ms),
+            resend_unread_bytes_max: o.resend_unread_bytes_max,
         }
     }
 }
@@ -79,15 +83,39 @@ impl RateLimitedLog {
 const ACK_POLL_MIN: Duration = Duration::from_millis(1);
 const ACK_POLL_MAX: Duration = Duration::from_millis(50);
 
-/// One TCP connection and what was written on it that the peer has not acknowledged.
+/// A batch written on a connection.
+struct Written {
+    batch: Batch,
+    /// The connection's offset just past it.
+    end: u64,
+    /// Written again after a reset, from what an earlier connection's peer had
+    /// acknowledged: its lines were counted sent then.
+    again: bool,
+}
+
+/// One TCP connection and what was written on it that the peer has not acknowledged, or
+/// has acknowledged but may not have read.
 struct Conn {
     stream: TcpStream,
     /// Bytes written on this connection.
     written: u64,
     /// Bytes the peer's kernel acknowledged.
     acked: u64,
-    /// Batches written and not wholly acknowledged, each with the offset just past it.
-    window: VecDeque<(Batch, u64)>,
+    /// Batches written and not wholly acknowledged.
+    window: VecDeque<Written>,
+    /// Batches acknowledged whole (and counted sent) that the peer's process may not
+    /// have read yet, as far as its advertised window says: written again if the
+    /// connection is reset (a process that dies or resets with unread bytes loses them).
+    unread: VecDeque<Written>,
+    unread_bytes: usize,
+    /// The largest receive window the peer advertised (from its SYN on): a window this
+    /// large again says its process has read everything acknowledged so far.
+    peer_window_max: u64,
+    /// What the peer had acknowledged when its window was last that wide: read.
+    read_to: u64,
+    /// `acked` when the peer's FIN was seen: a peer that closes (rather than resets)
+    /// had read everything acknowledged before it.
+    acked_at_eof: Option<u64>,
     /// When the peer last acknowledged something new (or the window last became
     /// non-empty).
     progress_at: Instant,
@@ -98,20 +126,54 @@ struct Conn {
 
 impl Conn {
     fn new(stream: TcpStream) -> Conn {
+        let window = peer_window(&stream).unwrap_or(0);
         Conn {
             stream,
             written: 0,
             acked: 0,
             window: VecDeque::new(),
+            unread: VecDeque::new(),
+            unread_bytes: 0,
+            peer_window_max: window,
+            read_to: 0,
+            acked_at_eof: None,
             progress_at: Instant::now(),
             peer_eof: false,
+        }
+    }
+
+    /// Keeps what was acknowledged whole while the peer may not have read it, and lets
+    /// go of what it has read: everything acknowledged when its advertised window was
+    /// last as wide as it ever was (its process had read all it held), and the oldest
+    /// past `keep_max` bytes. Without the peer's window (Linux before 6.2) nothing is
+    /// kept.
+    fn keep_unread(&mut self, q: &DestQueue, keep_max: usize) {
+        if self.unread.is_empty() {
+            return;
+        }
+        // `acked` was read before the window: the window is as new, or newer.
+        match peer_window(&self.stream) {
+            Some(now) if now < self.peer_window_max => {}
+            Some(now) => {
+                self.peer_window_max = now;
+                self.read_to = self.acked;
+            }
+            None => self.read_to = self.acked,
+        }
+        while let Some(w) = self.unread.front() {
+            if w.end > self.read_to && self.unread_bytes <= keep_max {
+                break;
+            }
+            let w = self.unread.pop_front().expect("non-empty");
+            self.unread_bytes -= w.batch.data.len();
+            q.recycle(w.batch.data);
         }
     }
 
     /// Looks at what the peer has acknowledged (`SIOCOUTQ`: what the kernel still holds
     /// unacknowledged) and completes every batch it acknowledged whole. Returns whether
     /// anything new was acknowledged.
-    fn poll_acks(&mut self, q: &DestQueue) -> bool {
+    fn poll_acks(&mut self, q: &DestQueue, keep_max: usize) -> bool {
         let progressed = match unacked_bytes(&self.stream) {
             Ok(outq) => {
                 let acked = self.written.saturating_sub(outq);
@@ -124,15 +186,19 @@ impl Conn {
             }
             Err(_) => false,
         };
-        while self
-            .window
-            .front()
-            .is_some_and(|(_, end)| *end <= self.acked)
-        {
-            let (b, _) = self.window.pop_front().expect("non-empty");
-            q.complete(b.lines, b.data.len(), b.records);
-            q.recycle(b.data);
+        while self.window.front().is_some_and(|w| w.end <= self.acked) {
+            let w = self.window.pop_front().expect("non-empty");
+            if !w.again {
+                q.complete(w.batch.lines, w.batch.data.len(), w.batch.records);
+            }
+            if keep_max > 0 {
+                self.unread_bytes += w.batch.data.len();
+                self.unread.push_back(w);
+            } else {
+                q.recycle(w.batch.data);
+            }
         }
+        self.keep_unread(q, keep_max);
         self.publish(q);
         progressed
     }
@@ -146,35 +212,61 @@ impl Conn {
     /// Gives up the connection: the whole lines the peer acknowledged count as sent; the
     /// rest (the line a partial acknowledgement cut, whole) goes back to the front of the
     /// queue, to be sent again after reconnecting, its written lines counted as resent.
-    /// `partial`: the batch being written when the connection failed, with its offset.
-    fn give_back(mut self, q: &DestQueue, partial: Option<(Batch, u64)>) {
-        self.poll_acks(q);
+    /// `partial`: the batch being written when the connection failed, with its offset
+    /// and whether it was being written again. Returns what is to be written again
+    /// before the queue, oldest first: what the peer acknowledged and may not have read
+    /// (unless it closed its side after acknowledging it: a process that closes has read
+    /// what it had), and what was being written again and was not acknowledged.
+    fn give_back(
+        mut self,
+        q: &DestQueue,
+        partial: Option<(Batch, u64, bool)>,
+        keep_max: usize,
+    ) -> VecDeque<Batch> {
+        self.poll_acks(q, keep_max);
         let (acked, written) = (self.acked, self.written);
+        let mut again = VecDeque::new();
+        for w in std::mem::take(&mut self.unread) {
+            if self.acked_at_eof.is_some_and(|at| w.end <= at) {
+                q.recycle(w.batch.data);
+            } else {
+                again.push_back(w.batch);
+            }
+        }
+        self.unread_bytes = 0;
         let mut back = Vec::with_capacity(self.window.len() + 1);
         let mut resent = 0u64;
         let window = std::mem::take(&mut self.window);
         let all = window
             .into_iter()
-            .map(|(b, end)| {
-                let start = end - b.data.len() as u64;
-                (b, start)
+            .map(|w| {
+                let start = w.end - w.batch.data.len() as u64;
+                (w.batch, start, w.again)
             })
             .chain(partial);
-        for (mut b, mut start) in all {
+        for (mut b, mut start, was_again) in all {
             let have = acked.saturating_sub(start).min(b.data.len() as u64) as usize;
             if let Some(i) = memchr::memrchr(b'\n', &b.data[..have]) {
                 let cut = i + 1;
                 if cut == b.data.len() {
-                    q.complete(b.lines, cut, b.records);
+                    if !was_again {
+                        q.complete(b.lines, cut, b.records);
+                    }
                     q.recycle(b.data);
                     continue;
                 }
                 // The spool records stay with the rest: acked once it is delivered.
                 let lines = memchr::memchr_iter(b'\n', &b.data[..cut]).count() as u32;
-                q.complete(lines, cut, 0);
+                if !was_again {
+                    q.complete(lines, cut, 0);
+                }
                 b.data.drain(..cut);
-                b.lines -= lines;
+                b.lines = b.lines.saturating_sub(lines);
                 start += cut as u64;
+            }
+            if was_again {
+                again.push_back(b);
+                continue;
             }
             let sent = written.saturating_sub(start).min(b.data.len() as u64) as usize;
             resent += memchr::memchr_iter(b'\n', &b.data[..sent]).count() as u64;
@@ -188,6 +280,7 @@ impl Conn {
         q.requeue(back);
         // The stream closes normally: a reset would also destroy what the peer's kernel
         // acknowledged and its process has not read yet.
+        again
     }
 }
 
@@ -216,6 +309,8 @@ async fn pause(queue: &DestQueue, d: Duration) {
 /// what a dead connection had not acknowledged is sent again on the next one.
 pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: WriterOptions) {
     let mut conn: Option<Conn> = None;
+    // Batches to write again before the queue's (see `Conn::give_back`).
+    let mut again: VecDeque<Batch> = VecDeque::new();
     let mut backoff = opts.backoff_min;
     let mut ack_wait = ACK_POLL_MIN;
     let mut log = RateLimitedLog {
@@ -223,7 +318,18 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
         every: Duration::from_secs(10),
     };
     loop {
-        let holding = conn.as_ref().is_some_and(|c| !c.window.is_empty());
+        // A member its clusters route around when it is down keeps nothing to write
+        // again: the others take its traffic then, and a member that takes data but
+        // does not read it would get the same bytes for ever, ahead of its queue.
+        let keep = if queue.routed_around() {
+            for b in again.drain(..) {
+                queue.recycle(b.data);
+            }
+            0
+        } else {
+            opts.resend_unread_bytes_max
+        };
+        let holding = !again.is_empty() || conn.as_ref().is_some_and(|c| !c.window.is_empty());
         if queue.stop_requested() || (!holding && !queue.ready().await) {
             break;
         }
@@ -282,10 +388,16 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
         };
         if peer == Peer::Eof {
             c.peer_eof = true;
+            c.poll_acks(&queue, keep);
+            c.acked_at_eof = Some(c.acked);
         }
         if peer == Peer::Broken {
             queue.count(|c| c.write_errors += 1);
-            conn.take().expect("connected").give_back(&queue, None);
+            again.extend(
+                conn.take()
+                    .expect("connected")
+                    .give_back(&queue, None, keep),
+            );
             queue.writer_failed();
             if log.ready() {
                 tracing::warn!(destination = %name, "connection broken by the peer; reconnecting");
@@ -294,7 +406,11 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
             backoff = (backoff * 2).min(opts.backoff_max);
             continue;
         }
-        if let Some(batch) = queue.pop() {
+        let next = match again.pop_front() {
+            Some(b) => Some((b, true)),
+            None => queue.pop().map(|b| (b, false)),
+        };
+        if let Some((batch, is_again)) = next {
             let start = c.written;
             if c.window.is_empty() {
                 c.progress_at = Instant::now();
@@ -303,17 +419,28 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
                 Ok(()) => {
                     c.written += batch.data.len() as u64;
                     let end = c.written;
-                    c.window.push_back((batch, end));
-                    queue.count(|c| c.writes += 1);
-                    if c.poll_acks(&queue) {
+                    queue.count(|c| {
+                        c.writes += 1;
+                        if is_again {
+                            c.resent_lines += u64::from(batch.lines);
+                        }
+                    });
+                    c.window.push_back(Written {
+                        batch,
+                        end,
+                        again: is_again,
+                    });
+                    if c.poll_acks(&queue, keep) {
                         backoff = opts.backoff_min;
                     }
                 }
                 Err((written, e)) => {
                     c.written += written as u64;
-                    conn.take()
-                        .expect("connected")
-                        .give_back(&queue, Some((batch, start)));
+                    again.extend(conn.take().expect("connected").give_back(
+                        &queue,
+                        Some((batch, start, is_again)),
+                        keep,
+                    ));
                     if queue.stop_requested() {
                         break;
                     }
@@ -335,7 +462,7 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
             futures_lite::future::or(queue.batch_ready(), queue.stopped()),
         )
         .await;
-        if c.poll_acks(&queue) {
+        if c.poll_acks(&queue, keep) {
             ack_wait = ACK_POLL_MIN;
             backoff = opts.backoff_min;
         } else {
@@ -344,7 +471,11 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
                 // It had ended its side and answered what was written with a reset: it
                 // is gone. What it did not acknowledge is sent again.
                 queue.count(|c| c.write_errors += 1);
-                conn.take().expect("connected").give_back(&queue, None);
+                again.extend(
+                    conn.take()
+                        .expect("connected")
+                        .give_back(&queue, None, keep),
+                );
                 queue.writer_failed();
                 if log.ready() {
                     tracing::warn!(destination = %name, "connection broken by the peer; reconnecting");
@@ -358,7 +489,11 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
             // It accepts but takes nothing (a zero window): a failure, as a write that
             // makes no progress is. What it holds unacknowledged is sent again.
             queue.count(|c| c.write_errors += 1);
-            conn.take().expect("connected").give_back(&queue, None);
+            again.extend(
+                conn.take()
+                    .expect("connected")
+                    .give_back(&queue, None, keep),
+            );
             queue.writer_failed();
             if log.ready() {
                 tracing::warn!(destination = %name, "peer acknowledged nothing for write_timeout_ms; reconnecting");
@@ -371,8 +506,14 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
         if c.window.is_empty() {
             let _ = c.stream.close().await;
         } else {
-            c.give_back(&queue, None);
+            again.extend(c.give_back(&queue, None, opts.resend_unread_bytes_max));
         }
+    }
+    if !again.is_empty() {
+        // Counted sent when a reset connection's peer acknowledged them; the writer
+        // stops before writing them again.
+        let lines: u64 = again.iter().map(|b| u64::from(b.lines)).sum();
+        tracing::warn!(destination = %name, lines, "stopping: lines a reset peer may not have read are not written again");
     }
     queue.set_live(false);
     queue.set_stalled_since(None);
@@ -395,6 +536,33 @@ enum Peer {
     Eof,
     /// The connection is broken (a reset, or another error).
     Broken,
+}
+
+/// The receive window the peer advertised last, in bytes (`tcpi_snd_wnd` of
+/// `TCP_INFO`, Linux 6.2 and later; `None` before).
+fn peer_window(s: &TcpStream) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    /// `struct tcp_info` up to and including `tcpi_snd_wnd` (a `u32` at byte 228).
+    const SND_WND_AT: usize = 228;
+    let mut info = [0u8; SND_WND_AT + 4];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: getsockopt(2) TCP_INFO on the stream's own open fd, into a buffer on our
+    // stack whose length is passed; the kernel writes at most that many bytes and says
+    // how many in `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if r != 0 || (len as usize) < info.len() {
+        return None;
+    }
+    let w: [u8; 4] = info[SND_WND_AT..].try_into().expect("four bytes");
+    Some(u64::from(u32::from_ne_bytes(w)))
 }
 
 /// Whether the socket holds an error (`SO_ERROR`, e.g. the peer's reset).
