@@ -273,7 +273,7 @@ aggregate = "statsd"
     with open(path, "w") as f:
         f.write(cfg)
     log = open(os.path.join(d, "cadent.log"), "w")
-    p = subprocess.Popen([CADENT, "serve", "--config", path], stdout=log, stderr=log, cwd=d)
+    p = subprocess.Popen([a.cadent, "serve", "--config", path], stdout=log, stderr=log, cwd=d)
     try:
         wait_port(admin, p, "cadent")
         time.sleep(0.3)
@@ -339,6 +339,8 @@ def serve(argv):
     ap.add_argument("--connections", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--servers", default="cadent,etsy")
+    ap.add_argument("--cadent", default=CADENT,
+                    help="the cadent binary that serves (the generator is always the build's)")
     ap.add_argument("--no-build", action="store_true")
     a = ap.parse_args(argv)
     if not a.no_build:

@@ -149,6 +149,23 @@ fn read_store(s: &AdminState) -> Result<(String, WhisperStore), Refusal> {
     }
 }
 
+/// Whether a read that met corrupt files may say so in the log: at most once every 10
+/// seconds, the whole process (a dashboard repeats its queries).
+fn corrupt_log_due() -> bool {
+    static LAST_S: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
+    let now = unix_now();
+    let last = LAST_S.load(std::sync::atomic::Ordering::Relaxed);
+    now.saturating_sub(last) >= 10
+        && LAST_S
+            .compare_exchange(
+                last,
+                now,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+}
+
 fn unix_now() -> i64 {
     crate::shard::pipeline::unix_ms() / 1000
 }
@@ -280,6 +297,9 @@ async fn find_all(
                 c.corrupt_files += corrupt as u64;
                 c.unreadable += unreadable as u64;
             });
+            if corrupt + unreadable > 0 && corrupt_log_due() {
+                tracing::warn!(corrupt, unreadable, "find: corrupt or unreadable whisper files left out of the answer (counted in corrupt_files, unreadable)");
+            }
             Ok(all.into_iter().map(|f| f.nodes).collect())
         }
         Err(e) => {
@@ -594,6 +614,7 @@ async fn render_inner(
     })?;
     let mut series: Vec<(usize, String, Series)> = Vec::with_capacity(wanted.len());
     let (mut corrupt, mut merged) = (0u64, 0u64);
+    let mut first_corrupt = None;
     for ((w, f), points) in wanted.iter().zip(fetched).zip(&cached) {
         let points: Vec<(i64, f64)> = points.iter().map(|&(t, v)| (t as i64, v)).collect();
         match f {
@@ -616,8 +637,16 @@ async fn render_inner(
                 merged += sr.overlay(&points) as u64;
                 series.push((w.target, w.name.clone(), sr));
             }
-            Err(FetchError::Corrupt(_)) => corrupt += 1,
+            Err(FetchError::Corrupt(e)) => {
+                corrupt += 1;
+                first_corrupt.get_or_insert_with(|| (w.name.clone(), e.to_string()));
+            }
             Err(_) => {}
+        }
+    }
+    if let Some((name, error)) = first_corrupt {
+        if corrupt_log_due() {
+            tracing::warn!(store = %store_name, series = %name, %error, files = corrupt, "render: corrupt whisper files left out of the answer (counted in corrupt_files)");
         }
     }
     // graphite-web orders a target's series by path.

@@ -279,6 +279,13 @@ fn read_api_bounds_and_corrupt_files() {
     );
     let read = &c.stats()["read_api"];
     assert_eq!(read["corrupt_files"], 2, "{read}");
+    // And said in the log (at most every 10 s: the find's, here).
+    assert!(
+        c.log()
+            .contains("corrupt or unreadable whisper files left out of the answer"),
+        "{}",
+        c.log()
+    );
     assert_eq!(read["refused_too_many_series"], 3, "{read}");
     assert_eq!(read["refused_response_too_large"], 1, "{read}");
     // Bad requests are 400s.
