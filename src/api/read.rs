@@ -520,7 +520,13 @@ async fn render_inner(
     if targets.is_empty() {
         return Err(bad("missing ?target="));
     }
-    if let Some(t) = targets.iter().find(|t| t.contains('(')) {
+    // graphite-web sends a `seriesByTag(...)` target to its cluster peers as it is (the
+    // other functions it applies itself). cadent keeps no tag index (a tagged series'
+    // file is named by its hash), so it matches nothing here, as on a graphite-web with
+    // an empty tag database: an error would have graphite-web leave cadent out of every
+    // request for REMOTE_RETRY_DELAY.
+    let by_tag = |t: &str| t.trim_start().starts_with("seriesByTag(");
+    if let Some(t) = targets.iter().find(|t| t.contains('(') && !by_tag(t)) {
         return Err(bad(format!(
             "target {t:?}: functions are graphite-web's; cadent serves raw series (point \
              graphite-web's CLUSTER_SERVERS here to apply functions)"
@@ -555,13 +561,17 @@ async fn render_inner(
     let mut wanted: Vec<Wanted> = Vec::new();
     let mut globs = Vec::new();
     for (i, t) in targets.iter().enumerate() {
+        if by_tag(t) {
+            continue;
+        }
         let g = Glob::compile(t, &GlobLimits::default())
             .map_err(|e| bad(format!("target {t:?}: {e}")))?;
-        if g.is_literal() && !t.contains(';') {
+        if let Some(name) = g.literal_name().filter(|_| !t.contains(';')) {
+            // Braces or a set of one choice name one metric too (`a.{b,b}`).
             wanted.push(Wanted {
-                name: t.clone(),
+                file: metric_path(&store.path, &name).ok(),
+                name,
                 target: i,
-                file: metric_path(&store.path, t).ok(),
             });
         } else {
             globs.push((i, t.clone()));

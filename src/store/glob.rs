@@ -193,6 +193,20 @@ impl Glob {
             .all(|s| !s.globstar && s.patterns.is_empty() && s.literals.len() == 1)
     }
 
+    /// The one name a literal query names, its braces of one choice resolved
+    /// (`a.{b,b}.c` names `a.b.c`); `None` when it is not literal.
+    pub fn literal_name(&self) -> Option<String> {
+        if !self.is_literal() {
+            return None;
+        }
+        let parts: Vec<&str> = self
+            .segments
+            .iter()
+            .map(|s| s.literals[0].as_str())
+            .collect();
+        Some(parts.join("."))
+    }
+
     /// True when the whole metric name `name` matches, segment by segment (for names
     /// that are not files yet, such as the cache's). A globstar is zero or more
     /// segments, or, last, one or more.
@@ -641,6 +655,17 @@ mod tests {
         );
         assert!(!g.is_literal());
         assert!(glob("a.b.c").is_literal());
+        assert_eq!(glob("a.b.c").literal_name().as_deref(), Some("a.b.c"));
+        for one in ["a.{b,b}.c", "a.{b}.c", "a.{b}c.c", "{a}.b.{c,c}"] {
+            let g = glob(one);
+            let want = if one.contains("}c") {
+                "a.bc.c"
+            } else {
+                "a.b.c"
+            };
+            assert_eq!(g.literal_name().as_deref(), Some(want), "{one}");
+        }
+        assert_eq!(glob("a.{b,c}").literal_name(), None);
         assert!(!glob("a.b*").is_literal());
         assert_eq!(glob("a.b*").segments()[1].literals(), None);
     }

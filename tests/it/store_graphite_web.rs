@@ -179,6 +179,13 @@ fn graphite_web_with_cadent_as_cluster_server_answers_as_on_the_files() {
             "servers.web4.cpu.sys",
         ]),
         render(&["servers.nothing.here"]),
+        // Braces of one choice name one series.
+        render(&["servers.{web1,web1}.cpu.{user}"]),
+        // graphite-web sends seriesByTag to its peers as it is: matching nothing (no tag
+        // database here, as graphite-web's own), it must not take cadent out of the
+        // cluster for the requests after it.
+        render(&["seriesByTag('name=servers.web1.cpu.user')"]),
+        render(&["servers.web2.cpu.user"]),
     ];
     let root = c.dir.join("data/whisper");
     let local = graphite_web(Some(&root), &[], &[], &requests);
@@ -206,7 +213,11 @@ fn graphite_web_with_cadent_as_cluster_server_answers_as_on_the_files() {
         names.as_array().unwrap().len() >= 10,
         "index.json lists the files: {names}"
     );
-    for a in &local[6..12] {
+    for a in local[6..12]
+        .iter()
+        .chain(&local[13..14])
+        .chain(&local[15..16])
+    {
         let b = body(a);
         let known = b
             .as_array()
