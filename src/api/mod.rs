@@ -1,6 +1,7 @@
 //! The control thread: admin HTTP (axum on a current-thread tokio runtime), signals, and
 //! the bridge to shards. It never runs on a shard core and shards never wait on it.
 
+pub mod attime;
 pub mod bounded;
 pub mod carbonlink;
 pub mod carbonlink_listen;

@@ -810,3 +810,119 @@ fn expand_matches_graphite_web() {
         assert_eq!(ours, theirs.as_str().unwrap());
     }
 }
+
+#[test]
+fn at_times_match_graphite_webs_parse_at_time() {
+    // from/until/now of /render, against graphite-web's render/attime.py itself (UTC, its
+    // default TIME_ZONE). Fixed forms, then random ones built from its grammar's pieces.
+    let mut strings: Vec<String> = [
+        "now",
+        "-1h",
+        "-1H",
+        "now-30min",
+        "now - 30 min",
+        "-2d",
+        "+5s",
+        "-1h30min",
+        "-3hrs",
+        "-1mon",
+        "-1months",
+        "-1y",
+        "-1w",
+        "-10minutes",
+        "5min",
+        "today",
+        "yesterday",
+        "tomorrow",
+        "midnight",
+        "noon",
+        "teatime",
+        "noonyesterday",
+        "9am",
+        "11pm",
+        "12am",
+        "09:40_20231201",
+        "9:40pm20231201",
+        "20231201",
+        "20231301",
+        "19000101",
+        "12/01/23",
+        "12/01/2023",
+        "02/30/2024",
+        "dec1",
+        "december 25",
+        "jan",
+        "feb29",
+        "monday",
+        "sunday",
+        "Saturday",
+        "yesterday-1h",
+        "20231201+1d",
+        "midnight+2h",
+        "now-1h+5min",
+        "1700000000",
+        "12345678",
+        "-1",
+        "-h",
+        "bogus",
+        "-1fortnight",
+        "",
+        "noon_tomorrow",
+        "6pm_yesterday",
+        "1:5",
+        "10:07am",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut rng = SplitMix64(7);
+    let refs = [
+        "",
+        "now",
+        "today",
+        "yesterday",
+        "tomorrow",
+        "noon",
+        "midnight",
+        "teatime",
+        "3am",
+        "10pm",
+        "08:15",
+        "23:59",
+        "20240229",
+        "07/04/99",
+        "mar3",
+        "oct31",
+        "friday",
+        "wed",
+    ];
+    let units = [
+        "s", "sec", "min", "minutes", "h", "hours", "d", "days", "w", "mon", "y",
+    ];
+    for _ in 0..300 {
+        let mut s = refs[rng.next_u64() as usize % refs.len()].to_string();
+        if rng.next_u64() % 4 != 0 {
+            s.push(if rng.next_u64() % 3 == 0 { '+' } else { '-' });
+            for _ in 0..1 + rng.next_u64() % 2 {
+                s.push_str(&format!(
+                    "{}{}",
+                    rng.next_u64() % 100,
+                    units[rng.next_u64() as usize % units.len()]
+                ));
+            }
+        }
+        strings.push(s);
+    }
+    let now = 1_700_000_000; // a Tuesday, 22:13:20 UTC
+    let answers = driver(vec![
+        json!({"op": "attime", "strings": strings, "now": now}),
+    ]);
+    let theirs = answers[0].as_array().unwrap();
+    for (s, want) in strings.iter().zip(theirs) {
+        let ours = cadent::api::read::parse_at_time(s, now);
+        match want.as_i64() {
+            Some(t) => assert_eq!(ours, Ok(t), "{s:?}"),
+            None => assert!(ours.is_err(), "{s:?}: graphite-web {want}, cadent {ours:?}"),
+        }
+    }
+}

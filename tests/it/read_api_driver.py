@@ -54,6 +54,7 @@ def stub(name, **attrs):
 class Settings:
     STANDARD_DIRS = []
     DEFAULT_XFILES_FACTOR = 0
+    TIME_ZONE = "UTC"
 
 
 stub("django")
@@ -377,7 +378,43 @@ def op_carbonlink(case):
     return answers
 
 
+def op_attime(case):
+    # graphite-web's render/attime.py as it is, in UTC (its default TIME_ZONE); pytz is
+    # not installed here: UTC needs no more of it than this.
+    import datetime as dt
+
+    class Utc(dt.tzinfo):
+        def utcoffset(self, d):
+            return dt.timedelta(0)
+
+        def dst(self, d):
+            return dt.timedelta(0)
+
+        def tzname(self, d):
+            return "UTC"
+
+        def localize(self, d):
+            return d.replace(tzinfo=self)
+
+        def normalize(self, d):
+            return d
+
+    utc = Utc()
+    stub("pytz", timezone=lambda name: utc)
+    path = os.path.join(WEBAPP, "graphite/render/attime.py")
+    attime = {"__name__": "attime"}
+    exec(compile(open(path).read(), path, "exec"), attime)
+    out = []
+    for s in case["strings"]:
+        try:
+            out.append(int(attime["parseATTime"](s, utc, str(case["now"])).timestamp()))
+        except Exception as e:  # graphite-web answers these with an error
+            out.append("error: %s" % type(e).__name__)
+    return out
+
+
 OPS = {
+    "attime": op_attime,
     "match": op_match,
     "find": op_find,
     "index": op_index,

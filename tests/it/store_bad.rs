@@ -292,7 +292,7 @@ fn read_api_bounds_and_corrupt_files() {
     for q in [
         "/render?target=sumSeries(r.*)",
         "/render",
-        "/render?target=a&from=yesterday",
+        "/render?target=a&from=-1fortnight",
         "/metrics/find/?query=r.*&format=xml",
     ] {
         assert_eq!(get(q).0, 400, "{q}");
