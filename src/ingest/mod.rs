@@ -147,6 +147,10 @@ pub struct ReadOptions {
     pub idle_timeout: Option<Duration>,
     /// UDP: the longest wait of a busy reader for more datagrams ([`Coalesce`]).
     pub datagram_coalesce_max: Duration,
+    /// Streams: clear the high bit of every byte read, as Etsy statsd's TCP server does
+    /// (node decodes its stream as `ascii`, which drops bit 7: `\xb1` reads as `1`,
+    /// `\x8a` as a newline). Statsd listeners only; datagrams are read as UTF-8.
+    pub seven_bit: bool,
 }
 
 impl ReadOptions {
@@ -166,6 +170,7 @@ impl ReadOptions {
             stall_max,
             idle_timeout: (l.idle_timeout_ms > 0).then(|| Duration::from_millis(l.idle_timeout_ms)),
             datagram_coalesce_max: Duration::from_micros(l.datagram_coalesce_us_max),
+            seven_bit: l.format == crate::config::Format::Statsd,
         }
     }
 }
@@ -345,6 +350,11 @@ async fn read_stream<S: AsyncRead + Unpin>(
         let eof = n == 0;
         if let Some(a) = activity {
             a.last.set(Instant::now());
+        }
+        if opts.seven_bit {
+            for b in &mut buf[filled..filled + n] {
+                *b &= 0x7f;
+            }
         }
         filled += n;
         let (used, draining) = {

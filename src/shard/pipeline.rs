@@ -170,7 +170,15 @@ impl Core {
         if statsd {
             ctx.aggs.last_msg_seen_s = now_s;
             let i = &mut ctx.aggs.intake;
-            i.packets += 1;
+            // Etsy counts a datagram, or a stream read after which its buffer holds a
+            // whole line (one with a newline): not a read of a partial line, nor the
+            // end of a stream.
+            let packet = match end {
+                End::Datagram => true,
+                End::More => consumed > 0,
+                End::Stream => false,
+            };
+            i.packets += u64::from(packet);
             i.lines += counts.received_lines;
             // A line over a stream's `line_bytes_max` is bad to statsd's own counters too.
             i.bad += counts.rejected_samples

@@ -13,8 +13,8 @@
 //! compared flush (cadent may have flushed before Etsy started).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, UdpSocket};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -145,18 +145,39 @@ impl OrderedSink {
 
 /// Runs one case through Etsy and `cadent serve` side by side; returns, per flush,
 /// (Etsy's lines, cadent's lines).
-fn run_both(case: &Case, shards: usize) -> Vec<(Vec<String>, Vec<String>)> {
+/// How the steps reach both servers: each item of a step a datagram, or a write on one
+/// TCP connection (Etsy's `servers/tcp`), 20 ms apart so each is a read of its own.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+fn run_both(case: &Case, shards: usize, transport: Transport) -> Vec<(Vec<String>, Vec<String>)> {
     let mut config = case.config.clone();
     config.flush_interval_ms = 1000;
     let dir = temp_dir(&format!("statsd-serve-{}-{shards}", case.name));
     let graphite = TcpListener::bind("127.0.0.1:0").unwrap();
     let gport = graphite.local_addr().unwrap().port();
     let (etsy_udp, mgmt) = (free_udp_port(), free_port());
+    let (etsy_tcp, cadent_tcp) = (free_port(), free_port());
     let cfg_path = dir.join("config.js");
-    std::fs::write(&cfg_path, etsy_config(&config, etsy_udp, mgmt, gport)).unwrap();
+    let mut etsy: serde_json::Value =
+        serde_json::from_str(&etsy_config(&config, etsy_udp, mgmt, gport)).unwrap();
+    if transport == Transport::Tcp {
+        etsy["servers"] = serde_json::json!([
+            {"server": "./servers/udp", "address": "127.0.0.1", "port": etsy_udp},
+            {"server": "./servers/tcp", "address": "127.0.0.1", "port": etsy_tcp},
+        ]);
+    }
+    std::fs::write(&cfg_path, etsy.to_string()).unwrap();
 
     let sink = OrderedSink::start();
     let cadent_udp = free_udp_port();
+    let cadent_url = match transport {
+        Transport::Udp => format!("udp://127.0.0.1:{cadent_udp}"),
+        Transport::Tcp => format!("tcp://127.0.0.1:{cadent_tcp}"),
+    };
     let cadent = Cadent::start(
         &format!("serve-{}-{shards}", case.name),
         &format!(
@@ -171,7 +192,7 @@ flush_interval_ms = 10
 prefix = ""
 [[listen]]
 name = "statsd"
-url = "udp://127.0.0.1:{cadent_udp}"
+url = "{cadent_url}"
 format = "statsd"
 [[cluster]]
 name = "sink"
@@ -205,6 +226,7 @@ aggregate = "statsd"
     let mut guard = ChildGuard(child);
     graphite.set_nonblocking(true).unwrap();
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut streams = None;
     let mut out = Vec::new();
     // Two warm-up flushes before the first step: by then both have made their
     // `timestamp_lag` gauge (at their second flush), so it sits before every gauge of the
@@ -237,10 +259,24 @@ aggregate = "statsd"
         }
         std::thread::sleep(Duration::from_millis(120));
         out.push((etsy, sink.flush(&ts)));
+        if transport == Transport::Tcp && streams.is_none() {
+            // Etsy listens by now (it flushed).
+            let connect = |port| TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+            streams = Some((connect(etsy_tcp), connect(cadent_tcp)));
+        }
         if let Some(datagrams) = steps.get(k) {
             for d in datagrams.iter() {
-                udp.send_to(d, format!("127.0.0.1:{etsy_udp}")).unwrap();
-                udp.send_to(d, format!("127.0.0.1:{cadent_udp}")).unwrap();
+                match &mut streams {
+                    Some((e, c)) => {
+                        e.write_all(d).unwrap();
+                        c.write_all(d).unwrap();
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    None => {
+                        udp.send_to(d, format!("127.0.0.1:{etsy_udp}")).unwrap();
+                        udp.send_to(d, format!("127.0.0.1:{cadent_udp}")).unwrap();
+                    }
+                }
             }
         }
     }
@@ -319,7 +355,7 @@ fn serve_aggregates_statsd_as_etsy_does_with_one_and_two_shards() {
         let runs: Vec<Vec<(Vec<String>, Vec<String>)>> = std::thread::scope(|s| {
             let handles: Vec<_> = cases
                 .iter()
-                .map(|c| s.spawn(move || run_both(c, shards)))
+                .map(|c| s.spawn(move || run_both(c, shards, Transport::Udp)))
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
@@ -332,4 +368,40 @@ fn serve_aggregates_statsd_as_etsy_does_with_one_and_two_shards() {
     assert!(errs.is_empty(), "{}", errs.join("\n"));
     assert!(lines > 800, "only {lines} lines compared");
     eprintln!("statsd_serve: {lines} lines identical to Etsy statsd 0.9.0, 1 and 2 shards");
+}
+
+#[test]
+fn serve_over_tcp_reads_as_etsys_tcp_server() {
+    // Etsy's servers/tcp: a read is a packet (statsd.packets_received) only once its
+    // buffer holds a newline, and node decodes the stream as `ascii`, which clears every
+    // byte's high bit (\xb1 is `1`, \xa0 a space, \x8a a newline).
+    statsd_js();
+    node();
+    let step = |writes: &[&[u8]]| writes.iter().map(|w| w.to_vec()).collect::<Vec<_>>();
+    let case = Case {
+        name: "tcp",
+        config: StatsdConfig::default(),
+        steps: vec![
+            step(&[b"a:1", b"|c\n", b"t:5|ms\nt:", b"7|ms\n"]),
+            step(&[b"b:2|c\nc:", b"3|c\n", b"\n", b"g:4|g\ng:+1|g\n"]),
+            step(&[
+                b"x:\xb1|c\n",
+                b"u\xa0v:1|c\n",
+                b"q:1|c\x8ar:2|c\n",
+                b"s:\xc3\xa9|s\ns:C)|s\n",
+                b"h\xe9llo:1|c\n",
+            ]),
+            step(&[b"partial", b":9|c"]),
+        ],
+    };
+    let mut errs = Vec::new();
+    let mut lines = 0;
+    for shards in [1, 2] {
+        let flushes = run_both(&case, shards, Transport::Tcp);
+        let (n, e) = compare(case.name, shards, &flushes);
+        lines += n;
+        errs.extend(e);
+    }
+    assert!(errs.is_empty(), "{}", errs.join("\n"));
+    assert!(lines > 60, "only {lines} lines compared");
 }
