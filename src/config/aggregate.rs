@@ -172,6 +172,7 @@ fn read_statsd(r: &mut TableReader<'_>, errs: &mut Vec<ConfigError>) -> StatsdAg
     let delete_gauges = r.opt_bool("delete_gauges", errs);
     // Etsy's gaugesMaxTTL, in flushes; 0 is read as 1, as Etsy does.
     let gauges_max_ttl_flushes = r.uint("gauges_max_ttl", 1, 0, 1_000_000, errs) as u32;
+    let key_name_sanitize = r.boolean("key_name_sanitize", true, errs);
     let tag_mode = match r.str_or("tag_mode", "etsy", errs).as_str() {
         "etsy" => TagMode::Etsy,
         "sorted" => TagMode::Sorted,
@@ -237,6 +238,7 @@ fn read_statsd(r: &mut TableReader<'_>, errs: &mut Vec<ConfigError>) -> StatsdAg
         delete_gauges,
         gauges_max_ttl_flushes,
         tag_mode,
+        key_name_sanitize,
         keys_max,
         timer_values_max,
         timer_sketch_relative_error,

@@ -135,6 +135,7 @@ enum Kind {
 struct StatsdState {
     engine: StatsdEngine,
     tag_mode: TagMode,
+    key_name_sanitize: bool,
     /// Fingerprints of statsd's own keys (they live on shard 0).
     internal: [u128; 4],
     /// The flush running now, if any.
@@ -323,6 +324,7 @@ impl AggStage {
                 Kind::Statsd(Box::new(StatsdState {
                     engine,
                     tag_mode: s.engine.tag_mode,
+                    key_name_sanitize: s.engine.key_name_sanitize,
                     internal: [
                         "bad_lines_seen",
                         "packets_received",
@@ -378,13 +380,14 @@ impl AggStage {
         match (&mut agg.kind, p.value) {
             (Kind::Statsd(st), Value::Statsd(s)) => {
                 // Most names are their own key: no copy then.
-                let key: &[u8] = if statsd_key::is_own_key(name, s.tags) {
+                let key: &[u8] = if statsd_key::is_own_key(name, s.tags, st.key_name_sanitize) {
                     name
                 } else {
                     statsd_key::build_key(
                         name,
                         s.tags,
                         st.tag_mode,
+                        st.key_name_sanitize,
                         &mut self.key,
                         &mut self.key_scratch,
                     );

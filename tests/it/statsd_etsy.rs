@@ -134,6 +134,7 @@ pub(crate) fn etsy_config(c: &StatsdConfig, udp: u16, mgmt: u16, graphite: u16) 
         }
     }
     m.insert("gaugesMaxTTL".into(), json!(c.gauges_max_ttl_flushes));
+    m.insert("keyNameSanitize".into(), json!(c.key_name_sanitize));
     Value::Object(m).to_string()
 }
 
@@ -298,8 +299,11 @@ fn diff(case: &str, k: usize, want: &[u8], got: &[u8]) -> Vec<String> {
         let (a, b) = (w.get(i).copied(), g.get(i).copied());
         let same = match (a, b) {
             (Some(a), Some(b)) => {
-                let pa: Vec<&str> = a.split(' ').collect();
-                let pb: Vec<&str> = b.split(' ').collect();
+                // From the right: a name kept unsanitised may hold spaces.
+                let (mut pa, mut pb): (Vec<&str>, Vec<&str>) =
+                    (a.rsplitn(3, ' ').collect(), b.rsplitn(3, ' ').collect());
+                pa.reverse();
+                pb.reverse();
                 pa.len() == 3
                     && pb.len() == 3
                     && pa[0] == pb[0]
@@ -636,6 +640,24 @@ pub(crate) fn cases() -> Vec<Case> {
             }),
             steps: vec![
                 step(&["t:1|ms:2|ms:3|ms:4|ms:5|ms:6|ms:7|ms:8|ms:9|ms:10|ms", "c:1|c|#a:b", "g:2|g"]),
+                idle(),
+            ],
+        },
+        Case {
+            // Etsy's keyNameSanitize: false keeps names and tags as they come.
+            name: "unsanitised",
+            config: cfg(|c| c.key_name_sanitize = false),
+            steps: vec![
+                step(&[
+                    "a/b:1|c",
+                    "sp ace:2|c\ntab\tbed:3|ms",
+                    "uni\u{e9}\u{3000}x:4|g",
+                    "odd!@$%^&*()[]{}<>'\":5|c",
+                    "t:1|c|#k:v:w,a;b;c,x y",
+                    "plain.name:6|c",
+                    "s:m1|s\ns:m 2|s",
+                ]),
+                vec![b"bad\xff\xfename:1|c".to_vec(), b"g:1|c|#\xff:v".to_vec()],
                 idle(),
             ],
         },

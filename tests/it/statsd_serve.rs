@@ -96,6 +96,7 @@ fn aggregate_toml(c: &StatsdConfig) -> String {
         }
     }
     t.push_str(&format!("gauges_max_ttl = {}\n", c.gauges_max_ttl_flushes));
+    t.push_str(&format!("key_name_sanitize = {}\n", c.key_name_sanitize));
     t
 }
 

@@ -33,10 +33,16 @@ const KEPT: [bool; 256] = {
 };
 
 /// Whether a line's name is its own stored key: no tags, and every byte one sanitising
-/// keeps (the common case; then [`build_key`] would copy it unchanged).
+/// keeps (the common case; then [`build_key`] would copy it unchanged). Without
+/// sanitising (Etsy's `keyNameSanitize: false`), a name that is valid UTF-8.
 #[inline]
-pub fn is_own_key(name: &[u8], tags: &[u8]) -> bool {
-    tags.is_empty() && all_kept(name)
+pub fn is_own_key(name: &[u8], tags: &[u8], sanitize: bool) -> bool {
+    tags.is_empty()
+        && if sanitize {
+            all_kept(name)
+        } else {
+            std::str::from_utf8(name).is_ok()
+        }
 }
 
 /// Whether sanitising keeps every byte of `s`. Sixteen bytes at a time where SSE2 is
@@ -100,15 +106,22 @@ pub struct KeyScratch {
 /// as `;tag` with its first `;` made `_` and its first `:` made `=`, sanitised.
 /// Sanitising works per character except for whitespace runs, and `;` is not
 /// whitespace, so sanitising each part equals sanitising the joined key as Etsy does.
+/// With `sanitize` off (Etsy's `keyNameSanitize: false`) the parts are kept as they are,
+/// bytes that are not UTF-8 read as U+FFFD as node reads them.
 pub fn build_key(
     name: &[u8],
     tags: &[u8],
     mode: TagMode,
+    sanitize: bool,
     out: &mut Vec<u8>,
     scratch: &mut KeyScratch,
 ) {
     out.clear();
-    sanitize_mapped(name, None, None, out);
+    if sanitize {
+        sanitize_mapped(name, None, None, out);
+    } else {
+        push_lossy(name, false, out);
+    }
     if tags.is_empty() {
         return;
     }
@@ -116,7 +129,7 @@ pub fn build_key(
         TagMode::Etsy => {
             for tag in tags.split(|&b| b == b',') {
                 out.push(b';');
-                push_tag(tag, out);
+                push_tag(tag, sanitize, out);
             }
         }
         TagMode::Sorted => {
@@ -125,7 +138,7 @@ pub fn build_key(
             ranges.clear();
             for tag in tags.split(|&b| b == b',') {
                 let start = buf.len();
-                push_tag(tag, buf);
+                push_tag(tag, sanitize, buf);
                 ranges.push((start as u32, buf.len() as u32));
             }
             let text = &buf[..];
@@ -140,11 +153,31 @@ pub fn build_key(
     }
 }
 
-/// One tag: its first `;` read as `_` and its first `:` as `=`, then sanitised.
-fn push_tag(tag: &[u8], out: &mut Vec<u8>) {
+/// One tag: its first `;` read as `_` and its first `:` as `=`, then sanitised (or not).
+fn push_tag(tag: &[u8], sanitize: bool, out: &mut Vec<u8>) {
     let semi = memchr::memchr(b';', tag);
     let colon = memchr::memchr(b':', tag);
-    sanitize_mapped(tag, semi, colon, out);
+    if sanitize {
+        sanitize_mapped(tag, semi, colon, out);
+    } else {
+        push_lossy(tag, true, out);
+    }
+}
+
+/// `s` as node's string of it, UTF-8 (maximal invalid subparts as U+FFFD), with its
+/// first `;` made `_` and its first `:` made `=` when `map` (a tag, as Etsy's
+/// `tag.replace(';', '_').replace(':', '=')`).
+fn push_lossy(s: &[u8], map: bool, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(String::from_utf8_lossy(s).as_bytes());
+    if map {
+        let text = &mut out[start..];
+        for (from, to) in [(b';', b'_'), (b':', b'=')] {
+            if let Some(i) = memchr::memchr(from, text) {
+                text[i] = to;
+            }
+        }
+    }
 }
 
 /// [`sanitize_into`] reading the byte at `semi` as `_` and the one at `colon` as `=`.
@@ -225,7 +258,14 @@ mod tests {
     fn key(line: &str, mode: TagMode) -> String {
         let p = crate::protocol::statsd::split_line(line.as_bytes());
         let mut out = Vec::new();
-        build_key(p.name, p.tags, mode, &mut out, &mut KeyScratch::default());
+        build_key(
+            p.name,
+            p.tags,
+            mode,
+            true,
+            &mut out,
+            &mut KeyScratch::default(),
+        );
         String::from_utf8(out).unwrap()
     }
 
@@ -244,10 +284,11 @@ mod tests {
                 name.as_bytes(),
                 tags.as_bytes(),
                 TagMode::Etsy,
+                true,
                 &mut out,
                 &mut KeyScratch::default(),
             );
-            if is_own_key(name.as_bytes(), tags.as_bytes()) {
+            if is_own_key(name.as_bytes(), tags.as_bytes(), true) {
                 assert_eq!(out, name.as_bytes(), "{name:?}");
             } else {
                 assert!(
@@ -256,6 +297,28 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn unsanitised_keys_keep_the_name_and_map_only_the_tags() {
+        let key = |name: &[u8], tags: &[u8]| {
+            let mut out = Vec::new();
+            build_key(
+                name,
+                tags,
+                TagMode::Etsy,
+                false,
+                &mut out,
+                &mut KeyScratch::default(),
+            );
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(key(b"a b/c", b""), "a b/c");
+        assert!(is_own_key(b"a b/c", b"", false));
+        assert_eq!(key(b"x", b"k:v:w,a;b;c"), "x;k=v:w;a_b;c");
+        assert_eq!(key(b"bad\xff\xfename", b""), "bad\u{fffd}\u{fffd}name");
+        assert!(!is_own_key(b"bad\xffname", b"", false));
+        assert_eq!(key(b"t", b"\xff;x:y"), "t;\u{fffd}_x=y");
     }
 
     #[test]
@@ -274,11 +337,11 @@ mod tests {
                     let name: Vec<u8> = (0..len)
                         .map(|i| if i == at { c } else { b"aZ09_-.;="[i % 9] })
                         .collect();
-                    assert_eq!(is_own_key(&name, b""), want, "{c:#04x} {len} {at}");
+                    assert_eq!(is_own_key(&name, b"", true), want, "{c:#04x} {len} {at}");
                 }
             }
         }
-        assert!(!is_own_key(b"a.b", b"t:1"));
+        assert!(!is_own_key(b"a.b", b"t:1", true));
     }
 
     #[test]

@@ -92,6 +92,9 @@ pub struct StatsdConfig {
     pub gauges_max_ttl_flushes: u32,
     /// How tags join the key (Etsy order, or sorted for DogStatsD identity).
     pub tag_mode: TagMode,
+    /// `keyNameSanitize` (true): names and tags are sanitised as Etsy does; false keeps
+    /// them as they come.
+    pub key_name_sanitize: bool,
     /// Live keys per engine (all types); a sample for a new key beyond it is dropped and
     /// counted in `keys_overflow`.
     pub keys_max: usize,
@@ -129,6 +132,7 @@ impl Default for StatsdConfig {
             delete_gauges: None,
             gauges_max_ttl_flushes: 1,
             tag_mode: TagMode::Etsy,
+            key_name_sanitize: true,
             keys_max: 1_000_000,
             timer_values_max: 10_000,
             timer_sketch_relative_error: 0.01,
@@ -739,6 +743,7 @@ impl StatsdEngine {
                 parts.name,
                 parts.tags,
                 self.cfg.tag_mode,
+                self.cfg.key_name_sanitize,
                 &mut key,
                 &mut self.key_scratch,
             );
@@ -1030,6 +1035,7 @@ impl StatsdEngine {
             ts_tail: &c.ts_tail,
             lines: 0,
             suffix: &plan.suffix,
+            sanitize_names: !self.cfg.key_name_sanitize,
         };
         while budget > 0 && c.phase != Phase::Done {
             let end = (c.pos + budget).min(self.order.len());
@@ -1171,6 +1177,7 @@ impl StatsdEngine {
             ts_tail: &ts_tail,
             lines: 0,
             suffix: &plan.suffix,
+            sanitize_names: false,
         };
         w.raw(&plan.num_stats, totals.num_stats as f64);
         w.raw(&plan.calculation_time, totals.calculation_ms as f64);
@@ -1381,6 +1388,9 @@ struct LineWriter<'a> {
     ts_tail: &'a [u8],
     lines: u64,
     suffix: &'a [u8],
+    /// Keys are kept unsanitised (`keyNameSanitize: false`): the graphite backend then
+    /// sanitises each line's name part (not its tags) as it writes it.
+    sanitize_names: bool,
 }
 
 impl LineWriter<'_> {
@@ -1398,7 +1408,11 @@ impl LineWriter<'_> {
             None => (key, &key[..0]),
         };
         self.out.extend_from_slice(ns);
-        self.out.extend_from_slice(name);
+        if self.sanitize_names {
+            key::sanitize_into(name, self.out);
+        } else {
+            self.out.extend_from_slice(name);
+        }
         for e in [extra, extra2].into_iter().flatten() {
             self.out.push(b'.');
             self.out.extend_from_slice(e);
