@@ -392,16 +392,8 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
             c.acked_at_eof = Some(c.acked);
         }
         if peer == Peer::Broken {
-            queue.count(|c| c.write_errors += 1);
-            again.extend(
-                conn.take()
-                    .expect("connected")
-                    .give_back(&queue, None, keep),
-            );
-            queue.writer_failed();
-            if log.ready() {
-                tracing::warn!(destination = %name, "connection broken by the peer; reconnecting");
-            }
+            let c = conn.take().expect("connected");
+            lose(c, &mut again, &queue, keep, &mut log, &name, BROKEN);
             pause(&queue, backoff).await;
             backoff = (backoff * 2).min(opts.backoff_max);
             continue;
@@ -470,16 +462,8 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
             if c.peer_eof && !c.window.is_empty() && pending_error(&c.stream) {
                 // It had ended its side and answered what was written with a reset: it
                 // is gone. What it did not acknowledge is sent again.
-                queue.count(|c| c.write_errors += 1);
-                again.extend(
-                    conn.take()
-                        .expect("connected")
-                        .give_back(&queue, None, keep),
-                );
-                queue.writer_failed();
-                if log.ready() {
-                    tracing::warn!(destination = %name, "connection broken by the peer; reconnecting");
-                }
+                let c = conn.take().expect("connected");
+                lose(c, &mut again, &queue, keep, &mut log, &name, BROKEN);
                 pause(&queue, backoff).await;
                 backoff = (backoff * 2).min(opts.backoff_max);
                 continue;
@@ -488,16 +472,9 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
         if !c.window.is_empty() && c.progress_at.elapsed() >= opts.write_timeout {
             // It accepts but takes nothing (a zero window): a failure, as a write that
             // makes no progress is. What it holds unacknowledged is sent again.
-            queue.count(|c| c.write_errors += 1);
-            again.extend(
-                conn.take()
-                    .expect("connected")
-                    .give_back(&queue, None, keep),
-            );
-            queue.writer_failed();
-            if log.ready() {
-                tracing::warn!(destination = %name, "peer acknowledged nothing for write_timeout_ms; reconnecting");
-            }
+            let c = conn.take().expect("connected");
+            let why = "peer acknowledged nothing for write_timeout_ms; reconnecting";
+            lose(c, &mut again, &queue, keep, &mut log, &name, why);
             pause(&queue, backoff).await;
             backoff = (backoff * 2).min(opts.backoff_max);
         }
@@ -517,6 +494,28 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
     }
     queue.set_live(false);
     queue.set_stalled_since(None);
+}
+
+const BROKEN: &str = "connection broken by the peer; reconnecting";
+
+/// A TCP connection failed other than in a write: counted in `write_errors`, given up
+/// (what it holds goes back to the queue, what is to be written again to `again`), the
+/// destination marked failed, and `why` logged (at most every 10 s).
+fn lose(
+    c: Conn,
+    again: &mut VecDeque<Batch>,
+    queue: &DestQueue,
+    keep: usize,
+    log: &mut RateLimitedLog,
+    name: &str,
+    why: &str,
+) {
+    queue.count(|c| c.write_errors += 1);
+    again.extend(c.give_back(queue, None, keep));
+    queue.writer_failed();
+    if log.ready() {
+        tracing::warn!(destination = %name, "{why}");
+    }
 }
 
 async fn connect(member: &Member, timeout: Duration) -> io::Result<TcpStream> {
