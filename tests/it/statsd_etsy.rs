@@ -644,9 +644,27 @@ pub(crate) fn cases() -> Vec<Case> {
             ],
         },
         Case {
-            // Etsy's keyNameSanitize: false keeps names and tags as they come.
+            // prefix_stats with a `;`: Etsy's backend reads it as a key with tags.
+            name: "stats_prefix_tags",
+            config: cfg(|c| {
+                c.legacy_namespace = false;
+                c.prefix_stats = "s;t".into();
+                c.global_prefix = "gp".into();
+                c.global_suffix = Some("sf".into());
+            }),
+            steps: vec![step(&["a:1|c", "t:2|ms", "g:3|g"]), idle()],
+        },
+        Case {
+            // Etsy's keyNameSanitize: false keeps names and tags as they come (and the
+            // graphite backend sanitises the name part of prefix_stats then; its part
+            // from a `;` on goes after the suffix).
             name: "unsanitised",
-            config: cfg(|c| c.key_name_sanitize = false),
+            config: cfg(|c| {
+                c.key_name_sanitize = false;
+                c.legacy_namespace = false;
+                c.prefix_stats = "my stats;k=v".into();
+                c.global_suffix = Some("sf".into());
+            }),
             steps: vec![
                 step(&[
                     "a/b:1|c",

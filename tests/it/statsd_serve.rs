@@ -287,7 +287,9 @@ aggregate = "statsd"
 
 /// (name, value, ts) with the timing-dependent parts blanked, as in `statsd_etsy`.
 fn comparable(line: &str) -> String {
-    let p: Vec<&str> = line.split(' ').collect();
+    // From the right: a name kept unsanitised may hold spaces.
+    let mut p: Vec<&str> = line.rsplitn(3, ' ').collect();
+    p.reverse();
     if p.len() != 3 {
         return line.to_string();
     }

@@ -491,10 +491,21 @@ impl Plan {
                 format!("stats.{ps}.processing_time{suffix}"),
             )
         } else {
+            // Etsy's graphite backend builds these three with `format`, as a key: the
+            // part from the first `;` on goes after the suffix (as tags), and the name
+            // part is sanitised when keys are not.
+            let (name, tags) = ps.split_at(ps.find(';').unwrap_or(ps.len()));
+            let name = if c.key_name_sanitize {
+                name.to_string()
+            } else {
+                let mut out = Vec::new();
+                key::sanitize_into(name.as_bytes(), &mut out);
+                String::from_utf8(out).expect("sanitised names are ASCII")
+            };
             (
-                format!("{global}{ps}.numStats{suffix}"),
-                format!("{global}{ps}.graphiteStats.calculationtime{suffix}"),
-                format!("{global}{ps}.processing_time{suffix}"),
+                format!("{global}{name}.numStats{suffix}{tags}"),
+                format!("{global}{name}.graphiteStats.calculationtime{suffix}{tags}"),
+                format!("{global}{name}.processing_time{suffix}{tags}"),
             )
         };
         let gs = |n: &str| -> Box<[u8]> {
