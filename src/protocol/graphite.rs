@@ -112,8 +112,9 @@ fn parse_general(line: &[u8]) -> Result<Line<'_>, Reject> {
     if !is_number(value) {
         return Err(Reject::BadValue);
     }
-    // Timestamps are seconds since the epoch, so not negative; carbon reads -1 as "now".
-    if !is_number(timestamp) || (timestamp[0] == b'-' && timestamp != b"-1") {
+    // Seconds since the epoch; carbon reads -1 as "now", and takes other negative ones
+    // (its whisper file is made; the point, older than every archive, is dropped).
+    if !is_number(timestamp) {
         return Err(Reject::BadTimestamp);
     }
     Ok(Line {
@@ -254,7 +255,8 @@ mod tests {
         check("a.b nan 2", Err(Reject::BadValue));
         check("a.b x 2", Err(Reject::BadValue));
         check("a.b 1 now", Err(Reject::BadTimestamp));
-        check("a.b 1 -5", Err(Reject::BadTimestamp));
+        check("a.b 1 -5", Ok(("a.b", "1", "-5")));
+        check("a.b 1 -", Err(Reject::BadTimestamp));
         check("a\u{1}b 1 2", Err(Reject::BadName));
         check(";x=1 1 2", Err(Reject::BadName));
         check("... 1 2", Err(Reject::BadName));

@@ -53,7 +53,9 @@ crate::counter_set! {
         /// Points dropped because their name cannot be a file (empty or doubled dots,
         /// `/`, NUL, a component over 255 bytes, a path over 4095).
         dropped_points_bad_name: counter,
-        /// Points dropped because whisper cannot store their timestamp (outside 0..2^32).
+        /// Points dropped because whisper cannot store their timestamp (NaN, or 2^32 and
+        /// later; an older one than every archive is taken and dropped by the write, as
+        /// whisper does).
         dropped_points_bad_timestamp: counter,
         /// Points of a protocol a store does not take (statsd samples, regex lines).
         dropped_wrong_protocol: counter,
@@ -335,7 +337,9 @@ impl StoreStage {
             st.counters.dropped_wrong_protocol += 1;
             return;
         };
-        if !(0.0..TIMESTAMP_END).contains(&ts) {
+        // A negative timestamp is taken, as carbon takes it: its file is made, and
+        // whisper drops the point (older than every archive).
+        if ts.is_nan() || ts >= TIMESTAMP_END {
             st.counters.dropped_points_bad_timestamp += 1;
             return;
         }
