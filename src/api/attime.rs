@@ -134,10 +134,10 @@ fn reference_time(reference: &str, now: i64) -> Result<i64, String> {
         return Err(format!("no such time of day in {reference:?}"));
     }
     let today = now.div_euclid(86_400);
-    let (year, _, _) = civil_from_days(today);
+    let (year, _, _) = crate::protocol::regex_line::civil_from_days(today);
     let at = |days: i64| days * 86_400 + hour * 3_600 + minute * 60;
     let date = |y: i64, m: i64, d: i64| {
-        if !(1..=12).contains(&m) || d < 1 || d > days_in_month(y, m) {
+        if !(1..=12).contains(&m) || d < 1 || d > crate::protocol::regex_line::days_in(m, y) {
             return Err(format!("no such date in {reference:?}"));
         }
         Ok(at(crate::protocol::regex_line::days_from_civil(y, m, d)))
@@ -186,29 +186,6 @@ fn reference_time(reference: &str, now: i64) -> Result<i64, String> {
         }
         _ => Err(format!("unknown day reference {reference:?}")),
     }
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// The proleptic Gregorian date of a day count from 1970-01-01 (Howard Hinnant's
-/// algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[cfg(test)]
@@ -279,7 +256,7 @@ mod tests {
     #[test]
     fn civil_round_trips() {
         for z in [-800_000, -1, 0, 1, 59, 10_957, 19_675, 2_932_896] {
-            let (y, m, d) = civil_from_days(z);
+            let (y, m, d) = crate::protocol::regex_line::civil_from_days(z);
             assert_eq!(crate::protocol::regex_line::days_from_civil(y, m, d), z);
         }
     }

@@ -178,6 +178,30 @@ impl IdleClosing {
         self.deadline.as_mut().reset(at);
     }
 
+    /// What an I/O poll of the stream comes to: bytes moved (`moved` > 0) restart the
+    /// idle clock, and a pending one is an error once the connection has been idle too
+    /// long.
+    fn settle<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<T>>,
+        moved: usize,
+    ) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Ready(Ok(v)) => {
+                if moved > 0 {
+                    self.moved();
+                }
+                Poll::Ready(Ok(v))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match self.expired(cx) {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+        }
+    }
+
     /// Pending I/O: an error once the connection has been idle too long.
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
         if self.deadline.as_mut().poll(cx).is_pending() {
@@ -204,19 +228,9 @@ impl AsyncRead for IdleClosing {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        match Pin::new(&mut this.stream).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    this.moved();
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => match this.expired(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-        }
+        let r = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let moved = buf.filled().len() - before;
+        this.settle(cx, r, moved)
     }
 }
 
@@ -227,19 +241,9 @@ impl AsyncWrite for IdleClosing {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_write(cx, data) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.moved();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => match this.expired(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-        }
+        let r = Pin::new(&mut this.stream).poll_write(cx, data);
+        let moved = matches!(r, Poll::Ready(Ok(n)) if n > 0);
+        this.settle(cx, r, usize::from(moved))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -256,19 +260,9 @@ impl AsyncWrite for IdleClosing {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.moved();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => match this.expired(cx) {
-                Some(e) => Poll::Ready(Err(e)),
-                None => Poll::Pending,
-            },
-        }
+        let r = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        let moved = matches!(r, Poll::Ready(Ok(n)) if n > 0);
+        this.settle(cx, r, usize::from(moved))
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -442,12 +442,7 @@ pub async fn expand(
         Ok(respond(wrapped.unwrap_or("application/json"), out))
     }
     .await;
-    r.unwrap_or_else(|r: Refusal| {
-        if r.0 == StatusCode::BAD_REQUEST {
-            count(&s, |c| c.bad_requests += 1);
-        }
-        r.into_response()
-    })
+    answer(&s, r)
 }
 
 /// One series to render: its name, the target that found it, its file.

@@ -113,15 +113,14 @@ struct Conn {
     peer_window_max: u64,
     /// What the peer had acknowledged when its window was last that wide: read.
     read_to: u64,
-    /// `acked` when the peer's FIN was seen: a peer that closes (rather than resets)
-    /// had read everything acknowledged before it.
+    /// `acked` when the peer's FIN was seen (`Some`: it ended its side). It may still
+    /// read (a half-close), so writing goes on; a peer that is gone answers the next
+    /// write with a reset. One that closes (rather than resets) had read everything
+    /// acknowledged before its FIN.
     acked_at_eof: Option<u64>,
     /// When the peer last acknowledged something new (or the window last became
     /// non-empty).
     progress_at: Instant,
-    /// The peer ended its side (a FIN): it may still read (a half-close), so writing
-    /// goes on; a peer that is gone answers the next write with a reset.
-    peer_eof: bool,
 }
 
 impl Conn {
@@ -138,7 +137,6 @@ impl Conn {
             read_to: 0,
             acked_at_eof: None,
             progress_at: Instant::now(),
-            peer_eof: false,
         }
     }
 
@@ -375,7 +373,7 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
         // reading, as some sinks are: writing goes on, and if it is gone the write is
         // answered with a reset, found here or by the next write. Nothing it did not
         // acknowledge is lost either way: it goes back to the queue.
-        let peer = if c.peer_eof {
+        let peer = if c.acked_at_eof.is_some() {
             // Past the FIN a peek reads end-of-stream for ever; a reset shows as the
             // socket's pending error.
             if pending_error(&c.stream) {
@@ -387,7 +385,6 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
             peek_peer(&c.stream)
         };
         if peer == Peer::Eof {
-            c.peer_eof = true;
             c.poll_acks(&queue, keep);
             c.acked_at_eof = Some(c.acked);
         }
@@ -459,7 +456,7 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
             backoff = opts.backoff_min;
         } else {
             ack_wait = (ack_wait * 2).min(ACK_POLL_MAX);
-            if c.peer_eof && !c.window.is_empty() && pending_error(&c.stream) {
+            if c.acked_at_eof.is_some() && !c.window.is_empty() && pending_error(&c.stream) {
                 // It had ended its side and answered what was written with a reset: it
                 // is gone. What it did not acknowledge is sent again.
                 let c = conn.take().expect("connected");

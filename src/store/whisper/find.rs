@@ -175,13 +175,12 @@ pub fn index(root: &Path, dirs_max: usize) -> Result<(Vec<String>, FindStats), F
                 stats.skipped_names += 1;
                 continue;
             };
-            let path = entry.path();
-            let symlink = entry.file_type().is_ok_and(|t| t.is_symlink());
             // os.walk sorts a symlink to a directory among the directories (and, not
-            // following links, does not enter it).
-            if std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
-                if !symlink {
-                    pending.push((path, format!("{rel}/{name}")));
+            // following links, does not enter it); a dangling link is a file to it.
+            let (dir, link) = kind_of(&entry).map_or((false, true), |(d, _, l)| (d, l));
+            if dir {
+                if !link {
+                    pending.push((entry.path(), format!("{rel}/{name}")));
                 }
                 continue;
             }
@@ -419,17 +418,8 @@ impl Walk<'_> {
             if name.starts_with('.') {
                 continue;
             }
-            let Ok(kind) = entry.file_type() else {
+            let Some((dir, file, link)) = kind_of(&entry) else {
                 continue;
-            };
-            let link = kind.is_symlink();
-            let (dir, file) = if link {
-                match fs::metadata(entry.path()) {
-                    Ok(m) => (m.is_dir(), m.is_file()),
-                    Err(_) => continue, // dangling
-                }
-            } else {
-                (kind.is_dir(), kind.is_file())
             };
             entries.push(Entry {
                 name,
@@ -448,6 +438,18 @@ impl Here<'_> {
             Here::Glob(segment) => segment.matches(name),
             Here::All => true,
         }
+    }
+}
+
+/// A directory entry's kind: (a directory, a file, a symlink to either), following a
+/// symlink (one stat, only for links); `None` for a dangling link or an unreadable kind.
+fn kind_of(entry: &fs::DirEntry) -> Option<(bool, bool, bool)> {
+    let kind = entry.file_type().ok()?;
+    if kind.is_symlink() {
+        let m = fs::metadata(entry.path()).ok()?;
+        Some((m.is_dir(), m.is_file(), true))
+    } else {
+        Some((kind.is_dir(), kind.is_file(), false))
     }
 }
 
