@@ -144,9 +144,11 @@ impl Conn {
     /// go of what it has read: everything acknowledged when its advertised window was
     /// last as wide as it ever was (its process had read all it held), and the oldest
     /// past `keep_max` bytes. Without the peer's window (Linux before 6.2) nothing is
-    /// kept.
-    fn keep_unread(&mut self, q: &DestQueue, keep_max: usize) {
-        if self.unread.is_empty() {
+    /// kept. The window is read only when something new was acknowledged (`fresh`): an
+    /// ack poll that found nothing costs no second syscall, and what it would release
+    /// waits for the next acknowledgement (within `keep_max`).
+    fn keep_unread(&mut self, q: &DestQueue, keep_max: usize, fresh: bool) {
+        if self.unread.is_empty() || !fresh && self.unread_bytes <= keep_max {
             return;
         }
         // `acked` was read before the window: the window is as new, or newer.
@@ -196,7 +198,7 @@ impl Conn {
                 q.recycle(w.batch.data);
             }
         }
-        self.keep_unread(q, keep_max);
+        self.keep_unread(q, keep_max, progressed);
         self.publish(q);
         progressed
     }
