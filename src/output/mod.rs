@@ -93,7 +93,8 @@ crate::counter_set! {
         /// 1 while connected.
         connected: gauge,
         /// 1 while health has the destination down and its writer holds its batches
-        /// (UDP members).
+        /// (UDP members, and members of any_of and failover clusters, whose queue moves
+        /// to the live members).
         held: gauge,
         /// How long the writer has had data outstanding with no acknowledgement from the
         /// peer, in milliseconds (0 while it makes progress or has nothing to send).
@@ -280,10 +281,12 @@ impl Outputs {
     }
 
     /// Health says destination `d` is down (or up again): a UDP member's writer holds
-    /// its batches while it is down (a TCP writer finds out by itself).
+    /// its batches while it is down (a TCP writer finds out by itself), and so does the
+    /// writer of a member its clusters route around (its queue moves to the live
+    /// members, what its writer gives back after that too).
     pub fn set_down(&mut self, d: DestId, down: bool) {
         if let Some(Some(s)) = self.slots.get(d.index()) {
-            if s.udp {
+            if s.udp || s.queue.routed_around() {
                 s.queue.set_held(down);
             }
         }

@@ -43,6 +43,11 @@ pub struct Batch {
     /// Spool records this batch was read from (0: it never was on disk). Acked in the
     /// spool once the batch is delivered.
     pub records: u32,
+    /// Written again: a connection's peer acknowledged these lines (they counted as
+    /// queued and sent then) and the connection broke while the peer's window said its
+    /// process had not read them. Wherever they are written now (the same member, or a
+    /// live member of its cluster after an offload) they count in `resent_lines` only.
+    pub resend: bool,
 }
 
 impl Batch {
@@ -52,6 +57,7 @@ impl Batch {
             data,
             lines,
             records: 0,
+            resend: false,
         }
     }
 }
@@ -255,7 +261,9 @@ impl DestQueue {
         debug_assert!(batch.lines > 0 && !batch.data.is_empty() && batch.records == 0);
         let mut guard = self.state.borrow_mut();
         let s = &mut *guard;
-        s.counters.queued_lines += u64::from(batch.lines);
+        if !batch.resend {
+            s.counters.queued_lines += u64::from(batch.lines);
+        }
         match s.mode {
             Mode::Memory => {
                 s.ready_bytes += batch.data.len();
@@ -310,7 +318,8 @@ impl DestQueue {
     }
 
     /// Puts back batches the writer could not deliver (a connection died before the
-    /// peer acknowledged them), at the front, in their order.
+    /// peer acknowledged them, or after it acknowledged them unread: those are marked
+    /// [`resend`](Batch::resend)), at the front, in their order.
     pub fn requeue(&self, batches: Vec<Batch>) {
         let mut guard = self.state.borrow_mut();
         let s = &mut *guard;
@@ -325,7 +334,8 @@ impl DestQueue {
     /// Takes the queued memory batches (not those a writer holds), counting their lines as
     /// offloaded: the destination is down and its cluster delivers them elsewhere. What is
     /// in its spool (and replayed batches, and a memory batch queued between them) stays
-    /// for the destination's return.
+    /// for the destination's return. Batches to be written again go too, uncounted: they
+    /// were counted sent here, and count as resent where they are written.
     pub fn take_all(&self) -> Vec<Batch> {
         let mut guard = self.state.borrow_mut();
         let s = &mut *guard;
@@ -336,7 +346,7 @@ impl DestQueue {
             .map_or(0, |i| i + 1);
         let mut taken: Vec<Batch> = s.ready.drain(keep..).collect();
         taken.extend(s.tail.drain(..));
-        for b in &taken {
+        for b in taken.iter().filter(|b| !b.resend) {
             debug_assert_eq!(b.records, 0);
             s.counters.offloaded_lines += u64::from(b.lines);
         }
@@ -807,15 +817,17 @@ impl DestQueue {
 }
 
 /// Memory mode to spool mode: the memory batches at the end of `ready` (after its last
-/// replayed batch) move to the tail, in order. Replayed batches stay (they are in the
-/// spool, in flight, and acked in order), and so does a memory batch between two of them
-/// (one a lost connection put back ahead of spooled data): it is older than what follows
+/// replayed batch or batch to be written again) move to the tail, in order. Replayed
+/// batches stay (they are in the spool, in flight, and acked in order), batches to be
+/// written again stay (they counted as sent once already; they are bounded by
+/// `resend_unread_bytes_max` per connection), and so does a memory batch between two of
+/// them (one a lost connection put back ahead of spooled data): it is older than what follows
 /// it, so it cannot go behind the spool.
 fn enter_spool(s: &mut State) {
     let keep = s
         .ready
         .iter()
-        .rposition(|b| b.records > 0)
+        .rposition(|b| b.records > 0 || b.resend)
         .map_or(0, |i| i + 1);
     let moved: Vec<Batch> = s.ready.drain(keep..).collect();
     for b in moved.into_iter().rev() {
@@ -996,6 +1008,43 @@ mod tests {
     }
 
     #[test]
+    fn lines_to_write_again_stay_in_memory_and_move_uncounted() {
+        // A broken connection gave back 5 lines its peer acknowledged unread (counted
+        // sent already) ahead of 10 it never acknowledged.
+        let q = DestQueue::with_spool(1000);
+        q.spool_returned(SpoolOutcome::default());
+        q.push(batch(10));
+        q.push(batch(20));
+        let first = q.pop().unwrap();
+        let mut again = batch(5);
+        again.resend = true;
+        q.requeue(vec![again, first]);
+        // Spooling keeps them (and what precedes them) in memory: a spooled copy would
+        // count as sent a second time when replayed.
+        q.writer_failed();
+        assert_eq!(q.mode(), Mode::Spool);
+        let job = q.take_spool_job(false);
+        assert_eq!(job.appends.iter().map(|b| b.lines).sum::<u32>(), 30);
+        assert_eq!(q.pop().map(|b| (b.lines, b.resend)), Some((5, true)));
+
+        // Offloaded, they go with the queue but count in neither queue's lines.
+        let q = DestQueue::new(1000);
+        q.set_routed_around(true);
+        q.push(batch(10));
+        let mut again = batch(5);
+        again.resend = true;
+        q.requeue(vec![again]);
+        let moved = q.take_all();
+        assert_eq!(moved.iter().map(|b| b.lines).sum::<u32>(), 15);
+        assert_eq!(q.counters().offloaded_lines, 10);
+        let to = DestQueue::new(1000);
+        for b in moved {
+            to.push(b);
+        }
+        assert_eq!(to.counters().queued_lines, 10);
+    }
+
+    #[test]
     fn a_failed_spool_falls_back_to_memory_after_its_committed_part() {
         let q = DestQueue::with_spool(100);
         q.spool_returned(SpoolOutcome::default());
@@ -1028,6 +1077,7 @@ mod tests {
                 data: vec![b'\n'; 30],
                 lines: 30,
                 records: 1,
+                resend: false,
             }),
             unread: false,
             ..Default::default()
@@ -1047,6 +1097,7 @@ mod tests {
             data: vec![b'\n'; 5],
             lines: 5,
             records: 2,
+            resend: false,
         }]);
         q.request_stop();
         let job = q.take_spool_job(true);

@@ -136,6 +136,7 @@ pub fn run_round<Io: SpoolIo>(
                     data: buf,
                     lines: b.lines,
                     records: b.records,
+                    resend: false,
                 })
             }
             Ok(_) => {}

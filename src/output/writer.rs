@@ -88,9 +88,6 @@ struct Written {
     batch: Batch,
     /// The connection's offset just past it.
     end: u64,
-    /// Written again after a reset, from what an earlier connection's peer had
-    /// acknowledged: its lines were counted sent then.
-    again: bool,
 }
 
 /// One TCP connection and what was written on it that the peer has not acknowledged, or
@@ -188,7 +185,7 @@ impl Conn {
         };
         while self.window.front().is_some_and(|w| w.end <= self.acked) {
             let w = self.window.pop_front().expect("non-empty");
-            if !w.again {
+            if !w.batch.resend {
                 q.complete(w.batch.lines, w.batch.data.len(), w.batch.records);
             }
             if keep_max > 0 {
@@ -211,65 +208,89 @@ impl Conn {
 
     /// Gives up the connection: the whole lines the peer acknowledged count as sent; the
     /// rest (the line a partial acknowledgement cut, whole) goes back to the front of the
-    /// queue, to be sent again after reconnecting, its written lines counted as resent.
-    /// `partial`: the batch being written when the connection failed, with its offset
-    /// and whether it was being written again. Returns what is to be written again
-    /// before the queue, oldest first: what the peer acknowledged and may not have read
-    /// (unless it closed its side after acknowledging it: a process that closes has read
-    /// what it had), and what was being written again and was not acknowledged.
-    fn give_back(
-        mut self,
-        q: &DestQueue,
-        partial: Option<(Batch, u64, bool)>,
-        keep_max: usize,
-    ) -> VecDeque<Batch> {
+    /// queue, to be sent again after reconnecting (or by a live member of the cluster),
+    /// its written lines counted as resent. `partial`: the batch being written when the
+    /// connection failed, with its offset. With `keep_max` above 0 (the connection
+    /// broke), what the peer acknowledged and may not have read goes back first, marked
+    /// [`resend`](Batch::resend) (unless it closed its side after acknowledging it: a
+    /// process that closes has read what it had); with 0 (cadent stops and closes the
+    /// connection normally), the peer reads what it acknowledged.
+    fn give_back(mut self, q: &DestQueue, partial: Option<(Batch, u64)>, keep_max: usize) {
         self.poll_acks(q, keep_max);
         let (acked, written) = (self.acked, self.written);
-        let mut again = VecDeque::new();
+        let mut back = Vec::with_capacity(self.unread.len() + self.window.len() + 1);
         for w in std::mem::take(&mut self.unread) {
-            if self.acked_at_eof.is_some_and(|at| w.end <= at) {
+            if keep_max == 0 || self.acked_at_eof.is_some_and(|at| w.end <= at) {
                 q.recycle(w.batch.data);
             } else {
-                again.push_back(w.batch);
+                // Its spool records were acked when it was first acknowledged.
+                let mut b = w.batch;
+                b.records = 0;
+                b.resend = true;
+                back.push(b);
             }
         }
         self.unread_bytes = 0;
-        let mut back = Vec::with_capacity(self.window.len() + 1);
         let mut resent = 0u64;
         let window = std::mem::take(&mut self.window);
         let all = window
             .into_iter()
             .map(|w| {
                 let start = w.end - w.batch.data.len() as u64;
-                (w.batch, start, w.again)
+                (w.batch, start)
             })
             .chain(partial);
-        for (mut b, mut start, was_again) in all {
+        for (mut b, mut start) in all {
             let have = acked.saturating_sub(start).min(b.data.len() as u64) as usize;
             if let Some(i) = memchr::memrchr(b'\n', &b.data[..have]) {
                 let cut = i + 1;
-                if cut == b.data.len() {
-                    if !was_again {
+                let end = start + cut as u64;
+                let unread = keep_max > 0
+                    && end > self.read_to
+                    && self.acked_at_eof.is_none_or(|at| end > at);
+                if unread && b.resend {
+                    // Counted already; the peer may not have read any of it.
+                    back.push(b);
+                    continue;
+                }
+                if unread {
+                    // The acknowledged lines count as sent, and are written again first.
+                    let lines = memchr::memchr_iter(b'\n', &b.data[..cut]).count() as u32;
+                    if cut == b.data.len() {
+                        q.complete(b.lines, cut, b.records);
+                        b.records = 0;
+                        b.resend = true;
+                        back.push(b);
+                        continue;
+                    }
+                    q.complete(lines, cut, 0);
+                    let mut head = Batch::new(b.data[..cut].to_vec(), lines);
+                    head.resend = true;
+                    back.push(head);
+                    b.data.drain(..cut);
+                    b.lines = b.lines.saturating_sub(lines);
+                    start += cut as u64;
+                } else if cut == b.data.len() {
+                    if !b.resend {
                         q.complete(b.lines, cut, b.records);
                     }
                     q.recycle(b.data);
                     continue;
+                } else {
+                    // The spool records stay with the rest: acked once it is delivered.
+                    let lines = memchr::memchr_iter(b'\n', &b.data[..cut]).count() as u32;
+                    if !b.resend {
+                        q.complete(lines, cut, 0);
+                    }
+                    b.data.drain(..cut);
+                    b.lines = b.lines.saturating_sub(lines);
+                    start += cut as u64;
                 }
-                // The spool records stay with the rest: acked once it is delivered.
-                let lines = memchr::memchr_iter(b'\n', &b.data[..cut]).count() as u32;
-                if !was_again {
-                    q.complete(lines, cut, 0);
-                }
-                b.data.drain(..cut);
-                b.lines = b.lines.saturating_sub(lines);
-                start += cut as u64;
             }
-            if was_again {
-                again.push_back(b);
-                continue;
+            if !b.resend {
+                let sent = written.saturating_sub(start).min(b.data.len() as u64) as usize;
+                resent += memchr::memchr_iter(b'\n', &b.data[..sent]).count() as u64;
             }
-            let sent = written.saturating_sub(start).min(b.data.len() as u64) as usize;
-            resent += memchr::memchr_iter(b'\n', &b.data[..sent]).count() as u64;
             back.push(b);
         }
         q.count(|c| {
@@ -280,7 +301,6 @@ impl Conn {
         q.requeue(back);
         // The stream closes normally: a reset would also destroy what the peer's kernel
         // acknowledged and its process has not read yet.
-        again
     }
 }
 
@@ -309,29 +329,24 @@ async fn pause(queue: &DestQueue, d: Duration) {
 /// what a dead connection had not acknowledged is sent again on the next one.
 pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: WriterOptions) {
     let mut conn: Option<Conn> = None;
-    // Batches to write again before the queue's (see `Conn::give_back`).
-    let mut again: VecDeque<Batch> = VecDeque::new();
     let mut backoff = opts.backoff_min;
     let mut ack_wait = ACK_POLL_MIN;
     let mut log = RateLimitedLog {
         last: None,
         every: Duration::from_secs(10),
     };
+    let keep = opts.resend_unread_bytes_max;
     loop {
-        // A member its clusters route around when it is down keeps nothing to write
-        // again: the others take its traffic then, and a member that takes data but
-        // does not read it would get the same bytes for ever, ahead of its queue.
-        let keep = if queue.routed_around() {
-            for b in again.drain(..) {
-                queue.recycle(b.data);
-            }
-            0
-        } else {
-            opts.resend_unread_bytes_max
-        };
-        let holding = !again.is_empty() || conn.as_ref().is_some_and(|c| !c.window.is_empty());
+        let holding = conn.as_ref().is_some_and(|c| !c.window.is_empty());
         if queue.stop_requested() || (!holding && !queue.ready().await) {
             break;
+        }
+        // Down, and its clusters route around it: the shard moves its queue to the live
+        // members (what it gives back too); it finishes what it holds, if it can.
+        let held = queue.is_held() && !queue.is_closed();
+        if held && !holding {
+            pause(&queue, HELD_POLL).await;
+            continue;
         }
         if conn.is_none() {
             let attempt = futures_lite::future::or(
@@ -392,16 +407,12 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
         }
         if peer == Peer::Broken {
             let c = conn.take().expect("connected");
-            lose(c, &mut again, &queue, keep, &mut log, &name, BROKEN);
+            lose(c, &queue, keep, &mut log, &name, BROKEN);
             pause(&queue, backoff).await;
             backoff = (backoff * 2).min(opts.backoff_max);
             continue;
         }
-        let next = match again.pop_front() {
-            Some(b) => Some((b, true)),
-            None => queue.pop().map(|b| (b, false)),
-        };
-        if let Some((batch, is_again)) = next {
+        if let Some(batch) = if held { None } else { queue.pop() } {
             let start = c.written;
             if c.window.is_empty() {
                 c.progress_at = Instant::now();
@@ -412,26 +423,20 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
                     let end = c.written;
                     queue.count(|c| {
                         c.writes += 1;
-                        if is_again {
+                        if batch.resend {
                             c.resent_lines += u64::from(batch.lines);
                         }
                     });
-                    c.window.push_back(Written {
-                        batch,
-                        end,
-                        again: is_again,
-                    });
+                    c.window.push_back(Written { batch, end });
                     if c.poll_acks(&queue, keep) {
                         backoff = opts.backoff_min;
                     }
                 }
                 Err((written, e)) => {
                     c.written += written as u64;
-                    again.extend(conn.take().expect("connected").give_back(
-                        &queue,
-                        Some((batch, start, is_again)),
-                        keep,
-                    ));
+                    conn.take()
+                        .expect("connected")
+                        .give_back(&queue, Some((batch, start)), keep);
                     if queue.stop_requested() {
                         break;
                     }
@@ -462,7 +467,7 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
                 // It had ended its side and answered what was written with a reset: it
                 // is gone. What it did not acknowledge is sent again.
                 let c = conn.take().expect("connected");
-                lose(c, &mut again, &queue, keep, &mut log, &name, BROKEN);
+                lose(c, &queue, keep, &mut log, &name, BROKEN);
                 pause(&queue, backoff).await;
                 backoff = (backoff * 2).min(opts.backoff_max);
                 continue;
@@ -473,7 +478,7 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
             // makes no progress is. What it holds unacknowledged is sent again.
             let c = conn.take().expect("connected");
             let why = "peer acknowledged nothing for write_timeout_ms; reconnecting";
-            lose(c, &mut again, &queue, keep, &mut log, &name, why);
+            lose(c, &queue, keep, &mut log, &name, why);
             pause(&queue, backoff).await;
             backoff = (backoff * 2).min(opts.backoff_max);
         }
@@ -482,14 +487,10 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
         if c.window.is_empty() {
             let _ = c.stream.close().await;
         } else {
-            again.extend(c.give_back(&queue, None, opts.resend_unread_bytes_max));
+            // What it did not acknowledge goes back to the queue (the spool keeps it for
+            // the next start, or it is counted dropped at shutdown).
+            c.give_back(&queue, None, 0);
         }
-    }
-    if !again.is_empty() {
-        // Counted sent when a reset connection's peer acknowledged them; the writer
-        // stops before writing them again.
-        let lines: u64 = again.iter().map(|b| u64::from(b.lines)).sum();
-        tracing::warn!(destination = %name, lines, "stopping: lines a reset peer may not have read are not written again");
     }
     queue.set_live(false);
     queue.set_stalled_since(None);
@@ -498,19 +499,11 @@ pub async fn run_tcp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
 const BROKEN: &str = "connection broken by the peer; reconnecting";
 
 /// A TCP connection failed other than in a write: counted in `write_errors`, given up
-/// (what it holds goes back to the queue, what is to be written again to `again`), the
-/// destination marked failed, and `why` logged (at most every 10 s).
-fn lose(
-    c: Conn,
-    again: &mut VecDeque<Batch>,
-    queue: &DestQueue,
-    keep: usize,
-    log: &mut RateLimitedLog,
-    name: &str,
-    why: &str,
-) {
+/// (what it holds goes back to the queue), the destination marked failed, and `why`
+/// logged (at most every 10 s).
+fn lose(c: Conn, queue: &DestQueue, keep: usize, log: &mut RateLimitedLog, name: &str, why: &str) {
     queue.count(|c| c.write_errors += 1);
-    again.extend(c.give_back(queue, None, keep));
+    c.give_back(queue, None, keep);
     queue.writer_failed();
     if log.ready() {
         tracing::warn!(destination = %name, "{why}");
@@ -674,7 +667,7 @@ pub async fn run_udp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
     let mut backoff = opts.backoff_min;
     while queue.ready().await {
         if queue.is_held() && !queue.is_closed() {
-            glommio::timer::sleep(UDP_HELD_POLL).await;
+            glommio::timer::sleep(HELD_POLL).await;
             continue;
         }
         if sock.is_none() {
@@ -752,7 +745,7 @@ pub async fn run_udp(queue: Rc<DestQueue>, member: Member, name: String, opts: W
 /// Longest wait for the ICMP an empty probe datagram may draw.
 const UDP_PROBE_WAIT_MAX: Duration = Duration::from_millis(200);
 /// How often a held writer looks whether health has its member up again.
-const UDP_HELD_POLL: Duration = Duration::from_millis(20);
+const HELD_POLL: Duration = Duration::from_millis(20);
 
 /// A UDP socket connected to the member (so the kernel reports ICMP errors to it).
 async fn connect_udp(member: &Member) -> io::Result<UdpSocket> {

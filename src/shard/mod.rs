@@ -481,7 +481,9 @@ async fn run(
                 since_mesh = Duration::ZERO;
             }
             if since_flush >= flush_every {
-                core.borrow_mut().outputs.seal_all();
+                let mut c = core.borrow_mut();
+                c.outputs.seal_all();
+                reoffload(&mut c);
                 since_flush = Duration::ZERO;
             }
             core.borrow().stores.beat();
@@ -744,6 +746,38 @@ async fn drain_stores(
     }
 }
 
+/// Moves the queue of down destination `dest` to the live members of its cluster, when
+/// it has any and its clusters route around it (any_of, failover). Returns whether it
+/// does.
+fn offload(c: &mut Core, dest: DestId) -> bool {
+    let Some(targets) = c.router.offload_targets(dest).filter(|t| !t.is_empty()) else {
+        return false;
+    };
+    let moved = c.outputs.offload(dest, &targets);
+    if moved > 0 {
+        tracing::info!(
+            destination = dest.index(),
+            lines = moved,
+            "moved the queue of a down destination to live members"
+        );
+    }
+    true
+}
+
+/// What a down destination's writer gave back after its queue was moved (the lines of a
+/// connection it lost since, acknowledged unread or unacknowledged) moves too.
+fn reoffload(c: &mut Core) {
+    if c.router.alive().iter().all(|&up| up) {
+        return;
+    }
+    for d in 0..c.router.alive().len() {
+        let dest = DestId(d as u16);
+        if !c.router.alive()[d] && c.outputs.queue(dest).is_some_and(|q| q.bytes() > 0) {
+            offload(c, dest);
+        }
+    }
+}
+
 impl Shard {
     /// Destinations went up or down: routing follows, and when one went down and its
     /// clusters can take its lines anywhere (any_of, failover), its queue moves to them.
@@ -758,27 +792,17 @@ impl Shard {
         let mut c = core.borrow_mut();
         c.router.set_alive_many(&current);
         for &(dest, up) in &current {
-            // A UDP writer cannot tell a dead member by itself: it holds while health
-            // says down.
+            // A UDP writer cannot tell a dead member by itself, and a TCP member's
+            // writer must not take back what is moved to the live members: both hold
+            // while health says down.
             c.outputs.set_down(dest, !up);
             if up {
                 continue;
             }
-            match c.router.offload_targets(dest) {
-                Some(targets) if !targets.is_empty() => {
-                    let moved = c.outputs.offload(dest, &targets);
-                    if moved > 0 {
-                        tracing::info!(
-                            shard = self.id,
-                            destination = dest.index(),
-                            lines = moved,
-                            "moved the queue of a down destination to live members"
-                        );
-                    }
-                }
+            if !offload(&mut c, dest) {
                 // Nothing else can take its lines: what it holds in memory goes to its
                 // spool (when it has one).
-                _ => c.outputs.spill(dest),
+                c.outputs.spill(dest);
             }
         }
     }

@@ -433,6 +433,16 @@ impl Sink {
             .collect()
     }
 
+    /// Dies at once, as a killed process does (what its kernel holds unread is lost),
+    /// and returns every distinct line it had read with how often.
+    pub fn kill(mut self) -> HashMap<String, u32> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.lines()
+    }
+
     /// A sink that goes away without losing what it was sent: it stops accepting (the
     /// port refuses connections), half-closes each connection and reads it until the
     /// sender closes or goes quiet (bounded), so every byte its kernel acknowledged is
