@@ -286,8 +286,18 @@ impl Outputs {
     /// members, what its writer gives back after that too).
     pub fn set_down(&mut self, d: DestId, down: bool) {
         if let Some(Some(s)) = self.slots.get(d.index()) {
-            if s.udp || s.queue.routed_around() {
-                s.queue.set_held(down);
+            s.queue.set_held(down && (s.udp || s.queue.routed_around()));
+        }
+    }
+
+    /// Whether the clusters listing `d` route around it when it is down (set at every
+    /// topology commit). A TCP member no longer routed around is not held: its writer
+    /// delivers its queue when it can, health or not.
+    pub fn set_routed_around(&mut self, d: DestId, yes: bool) {
+        if let Some(Some(s)) = self.slots.get(d.index()) {
+            s.queue.set_routed_around(yes);
+            if !yes && !s.udp && s.queue.is_held() {
+                s.queue.set_held(false);
             }
         }
     }

@@ -1143,9 +1143,8 @@ impl Shard {
         }
         for d in 0..topology.table.len() {
             let d = DestId(d as u16);
-            if let Some(q) = c.outputs.queue(d) {
-                q.set_routed_around(c.router.offload_targets(d).is_some());
-            }
+            let around = c.router.offload_targets(d).is_some();
+            c.outputs.set_routed_around(d, around);
         }
         let headroom = cfg
             .listeners
