@@ -312,7 +312,7 @@ async fn find_inner(
 ) -> Result<Response, Refusal> {
     let p = Params::parse(q, headers, body).map_err(bad)?;
     let (_, store) = read_store(s)?;
-    let queries: Vec<String> = p.all("query").into_iter().map(str::to_string).collect();
+    let mut queries: Vec<String> = p.all("query").into_iter().map(str::to_string).collect();
     if queries.is_empty() {
         return Err(bad("missing ?query="));
     }
@@ -322,16 +322,32 @@ async fn find_inner(
     };
     let format = p.get("format").unwrap_or("treejson");
     let leaves_only = p.flag("leavesOnly");
-    let tree = format == "treejson";
+    // graphite-web's own JSON shapes; the cluster formats (json, pickle, msgpack) come
+    // from `Format`.
+    let own = matches!(format, "treejson" | "completer" | "nodelist");
     let fmt = match format {
-        "treejson" => None,
+        _ if own => None,
         f => Some(Format::from_name(f).ok_or_else(|| {
             bad(format!(
-                "format {f:?}: expected treejson, json, pickle or msgpack"
+                "format {f:?}: expected treejson, json, pickle, msgpack, completer or nodelist"
             ))
         })?),
     };
-    let found = find_all(s, &store, &queries, leaves_only, !tree, now).await?;
+    let position = match p.get("position") {
+        None => -1,
+        Some(v) => v
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| bad(format!("position {v:?}: expected an integer")))?,
+    };
+    let tree_query = queries[0].clone();
+    if format == "completer" {
+        let variants = p.flag("automatic_variants");
+        for q in &mut queries {
+            *q = read_format::completer_query(q, variants);
+        }
+    }
+    let found = find_all(s, &store, &queries, leaves_only, fmt.is_some(), now).await?;
     let mut nodes: Vec<Node> = found.into_iter().flatten().collect();
     nodes.sort_by(|a, b| (&a.path, a.is_leaf()).cmp(&(&b.path, b.is_leaf())));
     nodes.dedup_by(|a, b| a.path == b.path && a.is_leaf() == b.is_leaf());
@@ -339,9 +355,16 @@ async fn find_inner(
     let ascii = ensure_ascii(headers);
     let mut out = Vec::new();
     let encoded = match fmt {
+        None if format == "completer" => {
+            read_format::find_completer(&nodes, p.flag("wildcards"), ascii, &mut out, max)
+        }
+        None if format == "nodelist" => {
+            read_format::find_nodelist(&nodes, position, ascii, &mut out, max)
+                .map_err(|path| bad(format!("position {position}: {path:?} has no such part")))?
+        }
         None => read_format::find_treejson(
             &nodes,
-            &queries[0],
+            &tree_query,
             p.flag("wildcards"),
             ascii,
             &mut out,

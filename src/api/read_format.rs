@@ -18,6 +18,13 @@
 //!   "expandable", "leaf"}` per distinct name, branches first, with the `*` node
 //!   prepended for `wildcards=1`; `text` is `unquote_plus(name)`, `id` the query up to
 //!   its last dot plus the name.
+//! - `completer` (inline in `find_view`): the query is rewritten first (`..` to `*.`, a
+//!   `*` appended, with `automatic_variants=1` a part holding `,` braced), then
+//!   `{"metrics": [{"path", "name", "is_leaf": "0"|"1"}]}`, a branch's path ending in
+//!   `.`, and `{"name": "*"}` last for `wildcards=1` with more than one match.
+//! - `nodelist` (`nodes_by_position`): `{"nodes": [...]}`, the sorted distinct path
+//!   parts at `position` (default -1, a Python index). A path too short for it is a
+//!   400 here (graphite-web fails with an IndexError).
 //!
 //! `/metrics/expand` (`expand_view`): `{"results": [paths]}` sorted and deduplicated over
 //! all queries, or with `groupByExpr=1` `{"results": {query: [paths]}}`.
@@ -310,6 +317,108 @@ pub fn find_treejson(
     }
     out.push(b']');
     bounded(out, start, bytes_max)
+}
+
+/// `/metrics/find?format=completer` (graphite-web's composer completion): `{"metrics":
+/// [{"path", "name", "is_leaf": "0"|"1"}]}` in name order, a branch's path ending in
+/// `.`, and with `wildcards` a last `{"name": "*"}` when more than one node matched.
+pub fn find_completer(
+    nodes: &[Node],
+    wildcards: bool,
+    ensure_ascii: bool,
+    out: &mut Vec<u8>,
+    bytes_max: usize,
+) -> Result<(), ResponseTooLarge> {
+    let start = out.len();
+    out.extend_from_slice(b"{\"metrics\": [");
+    for (i, node) in by_name(nodes).into_iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(b"{\"path\": ");
+        if node.is_leaf() {
+            json::str(out, &node.path, ensure_ascii);
+        } else {
+            json::str(out, &format!("{}.", node.path), ensure_ascii);
+        }
+        out.extend_from_slice(b", \"name\": ");
+        json::str(out, node.name(), ensure_ascii);
+        out.extend_from_slice(if node.is_leaf() {
+            b", \"is_leaf\": \"1\"}"
+        } else {
+            b", \"is_leaf\": \"0\"}"
+        });
+        bounded(out, start, bytes_max)?;
+    }
+    if wildcards && nodes.len() > 1 {
+        out.extend_from_slice(b", {\"name\": \"*\"}");
+    }
+    out.extend_from_slice(b"]}");
+    bounded(out, start, bytes_max)
+}
+
+/// graphite-web's completer rewrite of a find query: `..` becomes `*.`, a `*` is
+/// appended unless it ends in one, and with `automatic_variants` a part holding `,` and
+/// no `{` becomes `{part}`.
+pub fn completer_query(query: &str, automatic_variants: bool) -> String {
+    let mut q = query.replace("..", "*.");
+    if !q.ends_with('*') {
+        q.push('*');
+    }
+    if automatic_variants {
+        let parts: Vec<String> = q
+            .split('.')
+            .map(|p| {
+                if p.contains(',') && !p.contains('{') {
+                    format!("{{{p}}}")
+                } else {
+                    p.to_string()
+                }
+            })
+            .collect();
+        q = parts.join(".");
+    }
+    q
+}
+
+/// `/metrics/find?format=nodelist`: `{"nodes": [...]}`, the distinct path parts at
+/// `position` (negative counts from the end, as a Python index) of the matched paths,
+/// sorted. `Err(path)` names a path too short for `position`.
+pub fn find_nodelist(
+    nodes: &[Node],
+    position: i64,
+    ensure_ascii: bool,
+    out: &mut Vec<u8>,
+    bytes_max: usize,
+) -> Result<Result<(), ResponseTooLarge>, String> {
+    let mut found = std::collections::BTreeSet::new();
+    for node in nodes {
+        let parts: Vec<&str> = node.path.split('.').collect();
+        let at = if position < 0 {
+            parts.len() as i64 + position
+        } else {
+            position
+        };
+        match usize::try_from(at).ok().and_then(|i| parts.get(i)) {
+            Some(part) => {
+                found.insert(*part);
+            }
+            None => return Err(node.path.clone()),
+        }
+    }
+    let start = out.len();
+    out.extend_from_slice(b"{\"nodes\": [");
+    for (i, part) in found.into_iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        json::str(out, part, ensure_ascii);
+        if let Err(e) = bounded(out, start, bytes_max) {
+            return Ok(Err(e));
+        }
+    }
+    out.extend_from_slice(b"]}");
+    Ok(bounded(out, start, bytes_max))
 }
 
 /// `/metrics/expand`: for each query, its nodes; `leaves_only` drops branches.

@@ -498,6 +498,84 @@ fn find_bodies_match_graphite_web() {
 }
 
 #[test]
+fn find_completer_and_nodelist_match_graphite_webs_find_view() {
+    // graphite-web's find_view itself, its STORE answering the given nodes: the query it
+    // was asked (completer rewrites it) and the body.
+    // Nodes of one name in path order: graphite-web shuffles its STORE's answer, so only
+    // its stable sort by name is fixed; cadent breaks the tie by path.
+    let nodes = vec![
+        branch("servers.db01"),
+        leaf("servers.db01", None),
+        leaf("aa.web02", None),
+        leaf("servers.web02", None),
+        branch("servers.ünï"),
+        branch("bb.cc.dd"),
+    ];
+    let wire = |nodes: &[Node]| -> Vec<Value> {
+        nodes.iter().map(|n| json!([n.path, n.is_leaf()])).collect()
+    };
+    let mut cases = Vec::new();
+    let mut ours: Vec<(String, Option<String>, Option<String>)> = Vec::new();
+    let queries = [
+        "servers.",
+        "servers.d",
+        "a..b",
+        "x.a,b.c",
+        "x.{a,b}.c",
+        "*",
+        "se*",
+    ];
+    for query in queries {
+        for (wildcards, variants, leaves_only) in [
+            (false, false, false),
+            (true, true, false),
+            (true, false, true),
+        ] {
+            let kept: Vec<Node> = nodes
+                .iter()
+                .filter(|n| n.is_leaf() || !leaves_only)
+                .cloned()
+                .collect();
+            let mut out = Vec::new();
+            read_format::find_completer(&kept, wildcards, true, &mut out, MAX).unwrap();
+            ours.push((
+                read_format::completer_query(query, variants),
+                Some(String::from_utf8(out).unwrap()),
+                None,
+            ));
+            let flag = |b: bool| u8::from(b).to_string();
+            cases.push(json!({"op": "find_view", "nodes": wire(&nodes), "params": [
+                ["query", query], ["format", "completer"], ["wildcards", flag(wildcards)],
+                ["automatic_variants", flag(variants)], ["leavesOnly", flag(leaves_only)],
+            ]}));
+        }
+    }
+    for position in [-1i64, 0, 1, -2, 2, 3, -4] {
+        let mut out = Vec::new();
+        let body = read_format::find_nodelist(&nodes, position, true, &mut out, MAX)
+            .ok()
+            .map(|r| {
+                r.unwrap();
+                String::from_utf8(out).unwrap()
+            });
+        ours.push(("x.*".into(), body, Some(position.to_string())));
+        cases.push(json!({"op": "find_view", "nodes": wire(&nodes), "params": [
+            ["query", "x.*"], ["format", "nodelist"], ["position", position.to_string()],
+        ]}));
+    }
+    let answers = driver(cases);
+    for ((asked, body, position), a) in ours.iter().zip(&answers) {
+        assert_eq!(a["asked"], json!([asked]), "{a}");
+        match body {
+            Some(body) => assert_eq!(body, a["content"].as_str().unwrap(), "{position:?} {a}"),
+            // A position past a path's end: graphite-web fails (IndexError, a 500);
+            // cadent answers 400.
+            None => assert_eq!(a["error"], "IndexError", "{position:?} {a}"),
+        }
+    }
+}
+
+#[test]
 fn render_bodies_match_graphite_web() {
     let series = |start: i64, step: i64, values: Vec<Option<f64>>| Series {
         start,

@@ -21,6 +21,7 @@ marked. carbon's CacheManagementHandler (lib/carbon/protocols.py) runs unchanged
 MetricCache and a WhisperDatabase of carbon's own.
 """
 import ast
+import datetime
 import io
 import json
 import math
@@ -156,6 +157,15 @@ class QueryDict:
     def getlist(self, key):
         return [v for k, v in self.pairs if k == key]
 
+    def __contains__(self, key):
+        return any(k == key for k, _ in self.pairs)
+
+    def __getitem__(self, key):
+        values = self.getlist(key)
+        if not values:
+            raise KeyError(key)
+        return values[-1]
+
 
 class Request:
     def __init__(self, pairs):
@@ -186,6 +196,51 @@ class FindStore:
 expand = extract("graphite/metrics/views.py", ["expand_view", "json_response_for"],
                  {"json": json, "reduce": reduce, "HttpResponse": Response,
                   "extractForwardHeaders": lambda request: {}})
+
+
+class ViewStore:
+    """STORE.find for find_view: records the query it was asked, answers the test's nodes
+    (leaves only when asked, as the finders do)."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+        self.asked = []
+
+    def find(self, query, fromTime=None, untilTime=None, local=False, headers=None,
+             leaves_only=False):
+        self.asked.append(query)
+        return [n for n in self.nodes if n.is_leaf or not leaves_only]
+
+
+class ParamError(Exception):
+    pass
+
+
+class Pytz:
+    """The part of pytz find_view uses, for UTC (graphite-web's default TIME_ZONE; the
+    tests send no tz)."""
+
+    class UnknownTimeZoneError(Exception):
+        pass
+
+    @staticmethod
+    def timezone(name):
+        assert name == "UTC", name
+        return datetime.timezone.utc
+
+
+pytz = Pytz()
+
+
+find_views = extract("graphite/metrics/views.py",
+                     ["find_view", "queryParamAsInt", "nodes_by_position",
+                      "json_response_for"],
+                     {"json": json, "pytz": pytz, "datetime": datetime.datetime,
+                      "settings": Settings(), "log": Log(), "HttpResponse": Response,
+                      "HttpResponseBadRequest": Response,
+                      "InputParameterError": ParamError,
+                      "handleInputParameterError": lambda f: f,
+                      "extractForwardHeaders": lambda request: {}})
 
 
 def remote_find(data):
@@ -297,6 +352,19 @@ def op_expand(case):
     pairs = [("query", q) for q, _ in case["answers"]]
     pairs += [(k, v) for k, v in case["params"].items()]
     return expand["expand_view"](Request(pairs)).content
+
+
+def op_find_view(case):
+    # find_view itself, for the formats it renders inline (completer, nodelist).
+    nodes = [LeafNode(path, Reader(None)) if is_leaf else BranchNode(path)
+             for path, is_leaf in case["nodes"]]
+    store = ViewStore(nodes)
+    find_views["STORE"] = store
+    try:
+        content = find_views["find_view"](Request(case["params"])).content
+    except Exception as e:  # graphite-web answers these with an error status
+        return {"error": type(e).__name__, "asked": store.asked}
+    return {"content": content, "asked": store.asked}
 
 
 def op_render_formats(case):
@@ -420,6 +488,7 @@ OPS = {
     "index": op_index,
     "find_formats": op_find_formats,
     "expand": op_expand,
+    "find_view": op_find_view,
     "render_formats": op_render_formats,
     "fetch": op_fetch,
     "set_aggregation": op_set_aggregation,
