@@ -27,8 +27,10 @@
 //!
 //! Compiling is bounded ([`GlobLimits`]): the query length, the number of alternatives
 //! the braces expand to, and the characters that expansion may produce. An empty
-//! segment (`a..b`, a leading or trailing `.`) matches nothing, since no name has an
-//! empty component, and neither does a literal holding `/`, NUL or an escaped `.` (no
+//! segment (`a..b`, a leading or trailing `.`) or empty brace alternative (`{,x}`)
+//! matches no entry: it is the directory itself, as graphite-web's finder joins an
+//! empty name to the directory (`a..b` finds `a.b`, `.a` finds `a`, and a last one the
+//! branch `a.`). A literal holding `/`, NUL or an escaped `.` matches nothing (no
 //! directory entry of a metric name holds one).
 //!
 //! How this is checked: the unit tests below hold python's answers; `tests/it/read_api.rs`
@@ -110,6 +112,11 @@ pub struct Segment {
     patterns: Vec<Pattern>,
     /// `**` is one of the alternatives.
     globstar: bool,
+    /// An empty alternative (the segment is empty, as in `a..b` or `a.`, or a brace
+    /// gives one, as in `{,x}`): graphite-web's finder joins an empty name to the
+    /// directory, which is the directory itself, so this walks on from where it is (a
+    /// last one is that directory, as a branch whose path ends in `.`).
+    here: bool,
 }
 
 /// One fnmatch pattern over a single name.
@@ -220,6 +227,10 @@ fn match_parts(segments: &[Segment], parts: &[&str]) -> bool {
     let Some((segment, rest)) = segments.split_first() else {
         return parts.is_empty();
     };
+    // The directory itself, then the rest; a last one names a branch, never a name.
+    if segment.here && !rest.is_empty() && match_parts(rest, parts) {
+        return true;
+    }
     let Some((part, tail)) = parts.split_first() else {
         return false;
     };
@@ -247,7 +258,8 @@ impl Segment {
     fn compile(syms: &[Sym], index: usize, budget: &mut Budget) -> Result<Segment, GlobError> {
         let mut segment = Segment::default();
         if syms.is_empty() {
-            return Ok(segment); // no name has an empty component
+            segment.here = true;
+            return Ok(segment);
         }
         let mut variants = Vec::new();
         expand_braces(syms, index, budget, &mut variants)?;
@@ -258,8 +270,9 @@ impl Segment {
             }
             let pattern = Pattern::compile(&v);
             match pattern.literal() {
-                // An empty alternative, or one holding '/', NUL or '.', names no entry.
-                Some(s) if s.is_empty() || s.contains(['/', '\0', '.']) => {}
+                Some(s) if s.is_empty() => segment.here = true,
+                // One holding '/', NUL or '.' names no entry.
+                Some(s) if s.contains(['/', '\0', '.']) => {}
                 Some(s) => segment.literals.push(s),
                 None => segment.patterns.push(pattern),
             }
@@ -295,7 +308,13 @@ impl Segment {
         self.globstar && self.literals.is_empty() && self.patterns.is_empty()
     }
 
-    /// True when nothing can match (an empty segment, or only impossible literals).
+    /// True when an alternative is empty: the directory itself (see `here`).
+    pub fn is_here(&self) -> bool {
+        self.here
+    }
+
+    /// True when nothing can match in a directory's entries (only impossible literals,
+    /// or only the directory itself).
     pub fn is_void(&self) -> bool {
         self.literals.is_empty() && self.patterns.is_empty() && !self.globstar
     }
@@ -693,11 +712,17 @@ mod tests {
 
     #[test]
     fn impossible_segments_match_nothing() {
-        for p in ["a..b", ".a", "a."] {
+        // An empty segment is the directory itself (graphite-web's join(dir, '')): it
+        // matches no entry, is skipped within a name, and last names only a branch.
+        for (p, name) in [("a..b", "a.b"), (".a", "a"), ("a.{,x}.b", "a.b")] {
             let g = glob(p);
-            assert!(g.segments().iter().any(Segment::is_void), "{p}");
-            assert!(!g.matches_name("a.b"), "{p}");
+            assert!(g.segments().iter().any(Segment::is_here), "{p}");
+            assert!(g.matches_name(name), "{p}");
+            assert!(!g.matches_name("a.c.b"), "{p}");
         }
+        let g = glob("a.");
+        assert!(g.segments()[1].is_void() && g.segments()[1].is_here());
+        assert!(!g.matches_name("a") && !g.matches_name("a.b"));
         // `/` or NUL never name an entry, so a literal holding one is dropped: it can
         // never turn into a path outside the root.
         let g = glob("x./etc/passwd");

@@ -289,12 +289,25 @@ fn random_query(rng: &mut SplitMix64) -> String {
         "m1",
         "linked",
         "target",
+        // graphite-web's join(dir, ''): the directory itself.
+        "",
+        "{,a}",
     ];
-    let n = 1 + rng.below(4);
-    (0..n)
-        .map(|_| SEGMENTS[rng.below(SEGMENTS.len())])
-        .collect::<Vec<_>>()
-        .join(".")
+    loop {
+        let n = 1 + rng.below(4);
+        let q = (0..n)
+            .map(|_| SEGMENTS[rng.below(SEGMENTS.len())])
+            .collect::<Vec<_>>()
+            .join(".");
+        // After an empty segment graphite-web's `**` cuts one character too many off
+        // every path it walks (its directory ends in '/'), so finds nothing: not
+        // compared.
+        let here = q.split('.').any(|s| s.is_empty() || s == "{,a}");
+        let skipped = here && q.contains("**");
+        if !q.is_empty() && !skipped {
+            return q;
+        }
+    }
 }
 
 #[test]
@@ -306,7 +319,7 @@ fn find_matches_graphite_webs_standard_finder() {
     for t in 0..6 {
         let root = temp_dir(&format!("find-tree-{t}"));
         random_tree(&root, &mut rng);
-        for _ in 0..40 {
+        for _ in 0..50 {
             let q = random_query(&mut rng);
             cases.push(json!({"op": "find", "root": root, "pattern": q}));
             queries.push((root.clone(), q));

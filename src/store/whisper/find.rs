@@ -316,6 +316,22 @@ impl Walk<'_> {
         let Some((segment, rest)) = segments.split_first() else {
             return Ok(());
         };
+        if segment.is_here() {
+            // graphite-web's join(dir, ''): this directory itself. Walked on from here
+            // (`a..b` finds `a.b`); last, it is the branch `prefix.` (`a.` finds `a.`).
+            if rest.is_empty() {
+                self.visit()?;
+                if prefix.is_empty() || is_dir(dir) {
+                    self.branch(if prefix.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{prefix}.")
+                    })?;
+                }
+            } else {
+                self.segments(dir, prefix, rest)?;
+            }
+        }
         if segment.is_void() {
             return Ok(());
         }
@@ -631,7 +647,11 @@ mod tests {
         check(&t, "servers.web02.notes", &[]);
         check(&t, "servers.web02.a", &[]);
         check(&t, "nothing.*", &[]);
-        check(&t, "servers..web01", &[]);
+        // An empty segment is the directory itself, as graphite-web's join(dir, '').
+        check(&t, "servers..web01", &["B servers.web01"]);
+        check(&t, ".servers.db01.disk", &["L servers.db01.disk"]);
+        check(&t, "servers.db01.", &["B servers.db01."]);
+        check(&t, "servers.db01.disk.", &[]);
     }
 
     #[test]
