@@ -324,14 +324,14 @@ async fn find_inner(
     let leaves_only = p.flag("leavesOnly");
     // graphite-web's own JSON shapes; the cluster formats (json, pickle, msgpack) come
     // from `Format`.
-    let own = matches!(format, "treejson" | "completer" | "nodelist");
-    let fmt = match format {
-        _ if own => None,
-        f => Some(Format::from_name(f).ok_or_else(|| {
+    let fmt = if matches!(format, "treejson" | "completer" | "nodelist") {
+        None
+    } else {
+        Some(Format::from_name(format).ok_or_else(|| {
             bad(format!(
-                "format {f:?}: expected treejson, json, pickle, msgpack, completer or nodelist"
+                "format {format:?}: expected treejson, json, pickle, msgpack, completer or nodelist"
             ))
-        })?),
+        })?)
     };
     let position = match p.get("position") {
         None => -1,

@@ -393,18 +393,13 @@ pub fn find_nodelist(
 ) -> Result<Result<(), ResponseTooLarge>, String> {
     let mut found = std::collections::BTreeSet::new();
     for node in nodes {
-        let parts: Vec<&str> = node.path.split('.').collect();
-        let at = if position < 0 {
-            parts.len() as i64 + position
-        } else {
-            position
+        let part = match usize::try_from(position) {
+            Ok(i) => node.path.split('.').nth(i),
+            Err(_) => usize::try_from(-(position + 1))
+                .ok()
+                .and_then(|i| node.path.rsplit('.').nth(i)),
         };
-        match usize::try_from(at).ok().and_then(|i| parts.get(i)) {
-            Some(part) => {
-                found.insert(*part);
-            }
-            None => return Err(node.path.clone()),
-        }
+        found.insert(part.ok_or_else(|| node.path.clone())?);
     }
     let start = out.len();
     out.extend_from_slice(b"{\"nodes\": [");

@@ -253,39 +253,36 @@ impl Conn {
                     back.push(b);
                     continue;
                 }
-                if unread {
-                    // The acknowledged lines count as sent, and are written again first.
-                    let lines = memchr::memchr_iter(b'\n', &b.data[..cut]).count() as u32;
-                    if cut == b.data.len() {
-                        q.complete(b.lines, cut, b.records);
+                let whole = cut == b.data.len();
+                let lines = if whole {
+                    b.lines
+                } else {
+                    memchr::memchr_iter(b'\n', &b.data[..cut]).count() as u32
+                };
+                if !b.resend {
+                    // A partial batch's spool records stay with the rest: acked once it
+                    // is delivered.
+                    q.complete(lines, cut, if whole { b.records } else { 0 });
+                }
+                // What the peer may not have read is written again first, counted sent.
+                if whole {
+                    if unread {
                         b.records = 0;
                         b.resend = true;
                         back.push(b);
-                        continue;
+                    } else {
+                        q.recycle(b.data);
                     }
-                    q.complete(lines, cut, 0);
+                    continue;
+                }
+                if unread {
                     let mut head = Batch::new(b.data[..cut].to_vec(), lines);
                     head.resend = true;
                     back.push(head);
-                    b.data.drain(..cut);
-                    b.lines = b.lines.saturating_sub(lines);
-                    start += cut as u64;
-                } else if cut == b.data.len() {
-                    if !b.resend {
-                        q.complete(b.lines, cut, b.records);
-                    }
-                    q.recycle(b.data);
-                    continue;
-                } else {
-                    // The spool records stay with the rest: acked once it is delivered.
-                    let lines = memchr::memchr_iter(b'\n', &b.data[..cut]).count() as u32;
-                    if !b.resend {
-                        q.complete(lines, cut, 0);
-                    }
-                    b.data.drain(..cut);
-                    b.lines = b.lines.saturating_sub(lines);
-                    start += cut as u64;
                 }
+                b.data.drain(..cut);
+                b.lines = b.lines.saturating_sub(lines);
+                start += cut as u64;
             }
             if !b.resend {
                 let sent = written.saturating_sub(start).min(b.data.len() as u64) as usize;
@@ -556,23 +553,30 @@ fn peer_window(s: &TcpStream) -> Option<u64> {
     Some(u64::from(u32::from_ne_bytes(w)))
 }
 
-/// Whether the socket holds an error (`SO_ERROR`, e.g. the peer's reset).
+/// Whether the socket holds an error (`SO_ERROR`, e.g. the peer's reset), or cannot
+/// say.
 fn pending_error(s: &TcpStream) -> bool {
     use std::os::fd::AsRawFd;
+    so_error(s.as_raw_fd()) != Some(0)
+}
+
+/// Takes (and clears) the socket's pending error (`SO_ERROR`); `None` when getsockopt
+/// fails.
+fn so_error(fd: std::os::fd::RawFd) -> Option<i32> {
     let mut err: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt(2) on the stream's own open fd, into an int on our stack whose
-    // size is passed.
-    let r = unsafe {
+    // SAFETY: getsockopt(2) on an open fd the caller owns, writing one c_int into our
+    // stack variable whose size we pass.
+    let rc = unsafe {
         libc::getsockopt(
-            s.as_raw_fd(),
+            fd,
             libc::SOL_SOCKET,
             libc::SO_ERROR,
             (&mut err as *mut libc::c_int).cast(),
             &mut len,
         )
     };
-    r != 0 || err != 0
+    (rc == 0).then_some(err)
 }
 
 /// Peeks at the connection without consuming or blocking.
@@ -771,18 +775,5 @@ fn unreachable(e: &io::Error) -> bool {
 /// Takes (and clears) the socket's pending error, such as an ICMP refusal.
 fn take_socket_error(s: &UdpSocket) -> Option<i32> {
     use std::os::fd::AsRawFd;
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt(2) on the socket's own open fd, writing one c_int into our
-    // stack variable whose size we pass.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0 && err != 0).then_some(err)
+    so_error(s.as_raw_fd()).filter(|&e| e != 0)
 }

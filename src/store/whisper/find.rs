@@ -321,7 +321,7 @@ impl Walk<'_> {
             // (`a..b` finds `a.b`); last, it is the branch `prefix.` (`a.` finds `a.`).
             if rest.is_empty() {
                 self.visit()?;
-                if prefix.is_empty() || is_dir(dir) {
+                if is_dir(dir) {
                     self.branch(if prefix.is_empty() {
                         String::new()
                     } else {
