@@ -65,20 +65,22 @@ pub struct Collectd<'a> {
 pub struct Numeric {
     /// Seconds since the epoch (`-1`: now, as in plaintext).
     pub timestamp: f64,
-    /// The value (finite: the decoder skips NaN, as carbon, and infinities).
+    /// The value (never NaN: the decoder skips it, as carbon; infinities are kept).
     pub value: f64,
 }
 
 impl Value<'_> {
     /// carbon's datapoint for a graphite or pickle point: `(float(timestamp),
     /// float(value))`, a timestamp whose `int()` is -1 replaced by `now_s` (carbon's
-    /// `MetricReceiver.metricReceived`). `None` for statsd samples, lines and collectd value lists.
+    /// `MetricReceiver.metricReceived`). The value may be infinite, or NaN from plaintext
+    /// (carbon drops those: callers do too). `None` for statsd samples, lines and collectd
+    /// value lists.
     #[inline]
     pub fn datapoint(&self, now_s: f64) -> Option<(f64, f64)> {
         let (ts, v) = match self {
             Value::Graphite(g) => (
                 crate::protocol::parse_f64(g.timestamp)?,
-                crate::protocol::parse_f64(g.value)?,
+                crate::protocol::python_float(g.value)?,
             ),
             Value::Numeric(n) => (n.timestamp, n.value),
             // A value list has data sources, named only by write_graphite's rules.
@@ -95,7 +97,8 @@ impl Value<'_> {
 /// Graphite's value and timestamp, validated as numbers at decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Graphite<'a> {
-    /// The value field as received (a finite decimal number).
+    /// The value field as received (anything python's `float()` reads, `nan` and `inf`
+    /// included: a relay forwards it as it came, a store drops NaN).
     pub value: &'a [u8],
     /// The timestamp field as received (seconds, integer or decimal; `-1` is "now").
     pub timestamp: &'a [u8],

@@ -1,6 +1,6 @@
 //! Graphite plaintext: `name value timestamp`.
 
-use super::{parse_f64, valid_name, Reject};
+use super::{parse_f64, python_float, valid_name, Reject};
 
 /// A parsed graphite line, borrowing from the receive buffer.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -109,12 +109,15 @@ fn parse_general(line: &[u8]) -> Result<Line<'_>, Reject> {
     if !valid_name(name) || no_path(name) {
         return Err(Reject::BadName);
     }
-    if !is_number(value) {
+    // Any value python's float() reads, `nan` and `inf` included: carbon-c-relay
+    // forwards them, carbon-cache stores infinities (and drops NaN, as cadent's store).
+    if !is_plain_number(value) && python_float(value).is_none() {
         return Err(Reject::BadValue);
     }
     // Seconds since the epoch; carbon reads -1 as "now", and takes other negative ones
-    // (its whisper file is made; the point, older than every archive, is dropped).
-    if !is_number(timestamp) {
+    // (its whisper file is made; the point, older than every archive, is dropped). A
+    // timestamp must be finite: carbon's `int()` of it fails otherwise.
+    if !is_plain_number(timestamp) && parse_f64(timestamp).is_none() {
         return Err(Reject::BadTimestamp);
     }
     Ok(Line {
@@ -149,12 +152,6 @@ fn next_field<'a>(line: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
     }
     *at = i;
     (i > start).then(|| &line[start..i])
-}
-
-/// A finite number as Python's float() (and so carbon) reads it: plain decimals by a
-/// scan, anything else (exponents, `inf`, long digit strings) by the float parser.
-fn is_number(s: &[u8]) -> bool {
-    is_plain_number(s) || parse_f64(s).is_some()
 }
 
 /// Whether carbon-c-relay's cleansing would leave `name` as it is: every byte before the
@@ -252,7 +249,17 @@ mod tests {
         check("a.b 1 -1", Ok(("a.b", "1", "-1")));
         check("a.b 1", Err(Reject::MissingFields));
         check("a.b 1 2 3", Err(Reject::TooManyFields));
-        check("a.b nan 2", Err(Reject::BadValue));
+        // Values as python's float() reads them (carbon-c-relay forwards them, carbon
+        // stores infinities); timestamps must be finite.
+        check("a.b nan 2", Ok(("a.b", "nan", "2")));
+        check("a.b -Infinity 2", Ok(("a.b", "-Infinity", "2")));
+        check("a.b 1_000 2", Ok(("a.b", "1_000", "2")));
+        check("a.b 1__0 2", Err(Reject::BadValue));
+        check("a.b 0x10 2", Err(Reject::BadValue));
+        check("a.b 1 inf", Err(Reject::BadTimestamp));
+        check("a.b 1 nan", Err(Reject::BadTimestamp));
+        check("a.b 1 1e999", Err(Reject::BadTimestamp));
+        check("a.b 1 1_700_000_000", Ok(("a.b", "1", "1_700_000_000")));
         check("a.b x 2", Err(Reject::BadValue));
         check("a.b 1 now", Err(Reject::BadTimestamp));
         check("a.b 1 -5", Ok(("a.b", "1", "-5")));
@@ -269,8 +276,8 @@ mod tests {
         check("a.b 1e3 1.7e9", Ok(("a.b", "1e3", "1.7e9")));
         check("a.b .5 5.", Ok(("a.b", ".5", "5.")));
         check("a.b +1 17", Ok(("a.b", "+1", "17")));
-        check("a.b inf 17", Err(Reject::BadValue));
-        check("a.b 1e999 17", Err(Reject::BadValue));
+        check("a.b inf 17", Ok(("a.b", "inf", "17")));
+        check("a.b 1e999 17", Ok(("a.b", "1e999", "17")));
         check("a.b . 17", Err(Reject::BadValue));
         check("a.b - 17", Err(Reject::BadValue));
         check("a.b 1.2.3 17", Err(Reject::BadValue));

@@ -89,10 +89,81 @@ pub(crate) fn valid_name(name: &[u8]) -> bool {
     name.iter().all(|&b| b > b' ' && b != 0x7f) && std::str::from_utf8(name).is_ok()
 }
 
-/// Parses a finite decimal number the way carbon's float() would accept it.
-pub(crate) fn parse_f64(s: &[u8]) -> Option<f64> {
+/// Python's `float()` of a field, as carbon reads values and timestamps: decimals with
+/// an optional exponent, `inf`/`infinity`/`nan` in any case with an optional sign, and
+/// `_` between two digits (PEP 515: `1_000` is 1000). The result may be infinite or NaN:
+/// callers decide (carbon stores infinities, drops NaN values and cannot take either as
+/// a timestamp).
+pub(crate) fn python_float(s: &[u8]) -> Option<f64> {
     // The float parser wants &str; fields are short, and non-UTF-8 is not a number anyway.
-    let s = std::str::from_utf8(s).ok()?;
-    let v: f64 = s.parse().ok()?;
-    v.is_finite().then_some(v)
+    let text = std::str::from_utf8(s).ok()?;
+    if memchr::memchr(b'_', s).is_none() {
+        return text.parse().ok();
+    }
+    let digit = |i: Option<usize>| i.and_then(|i| s.get(i)).is_some_and(u8::is_ascii_digit);
+    let grouped = s
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'_')
+        .all(|(i, _)| digit(i.checked_sub(1)) && digit(Some(i + 1)));
+    if !grouped {
+        return None;
+    }
+    text.replace('_', "").parse().ok()
+}
+
+/// [`python_float`] when it is finite (what a timestamp must be).
+pub(crate) fn parse_f64(s: &[u8]) -> Option<f64> {
+    python_float(s).filter(|v| v.is_finite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What python 3.11's `float()` gives for each field (`None`: ValueError), checked
+    /// with the interpreter.
+    #[test]
+    fn python_float_reads_what_pythons_float_reads() {
+        let inf = f64::INFINITY;
+        let cases: &[(&str, Option<f64>)] = &[
+            ("inf", Some(inf)),
+            ("-inf", Some(-inf)),
+            ("Infinity", Some(inf)),
+            ("-INFINITY", Some(-inf)),
+            ("infinit", None),
+            ("1e999", Some(inf)),
+            ("-1e999", Some(-inf)),
+            ("1_000", Some(1000.0)),
+            ("1_000.5_5", Some(1000.55)),
+            ("1_0e1_0", Some(1e11)),
+            ("1__0", None),
+            ("_1", None),
+            ("1_", None),
+            ("1_.5", None),
+            ("1._5", None),
+            ("0x10", None),
+            ("nan(1)", None),
+            ("1e", None),
+            ("e5", None),
+            (".", None),
+            ("+", None),
+            ("1,5", None),
+            (".5", Some(0.5)),
+            ("5.", Some(5.0)),
+            ("1E+3", Some(1000.0)),
+            ("1e-400", Some(0.0)),
+            ("--1", None),
+            ("+-1", None),
+        ];
+        for &(s, want) in cases {
+            assert_eq!(python_float(s.as_bytes()), want, "{s}");
+        }
+        for s in ["nan", "NaN", "-nan", "+NAN"] {
+            assert!(python_float(s.as_bytes()).is_some_and(f64::is_nan), "{s}");
+            assert_eq!(parse_f64(s.as_bytes()), None, "{s}");
+        }
+        assert_eq!(parse_f64(b"inf"), None);
+        assert_eq!(parse_f64(b"1_7"), Some(17.0));
+    }
 }

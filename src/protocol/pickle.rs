@@ -292,8 +292,9 @@ impl Decoder {
             Node::Str { .. } => self.bytes(pickle, name),
             _ => return None,
         };
-        // carbon drops NaN values; infinities and invalid names are our own line.
-        let ok = value.is_finite() && timestamp.is_finite() && super::valid_name(name);
+        // carbon drops NaN values and keeps infinities; a timestamp it cannot make an
+        // int of breaks its connection, and invalid names are our own line: skipped.
+        let ok = !value.is_nan() && timestamp.is_finite() && super::valid_name(name);
         ok.then_some(Point {
             name,
             timestamp,
@@ -938,11 +939,9 @@ fn text_index(s: &[u8]) -> Result<u64, Reject> {
 }
 
 /// python's `float()` of a str or bytes: surrounding whitespace allowed, `inf`/`nan`
-/// spellings too (the caller drops non-finite results).
+/// spellings and digit groups too (the caller drops NaN).
 fn python_float(s: &[u8]) -> Option<f64> {
-    let s = std::str::from_utf8(s).ok()?.trim();
-    let v: f64 = s.parse().ok()?;
-    Some(v)
+    super::python_float(std::str::from_utf8(s).ok()?.trim().as_bytes())
 }
 
 /// Decodes python's `raw-unicode-escape` (protocol 0 `V`): bytes are latin-1, except
@@ -1378,6 +1377,16 @@ mod tests {
         for p in [&p0[..], p1, p2, p3, p4, p5] {
             check(p, &want, 0);
         }
+    }
+
+    #[test]
+    fn values_as_carbon_takes_them_infinities_kept_nan_skipped() {
+        // python3 -c "import pickle; print(pickle.dumps([('a', (1, float('inf'))),
+        //   ('b', (2, float('nan'))), ('c', (3, '1_0')), ('d', (4, ' -Infinity ')),
+        //   ('e', (float('inf'), 1))], protocol=2))"
+        let p = b"\x80\x02]q\x00(X\x01\x00\x00\x00aq\x01K\x01G\x7f\xf0\x00\x00\x00\x00\x00\x00\x86q\x02\x86q\x03X\x01\x00\x00\x00bq\x04K\x02G\x7f\xf8\x00\x00\x00\x00\x00\x00\x86q\x05\x86q\x06X\x01\x00\x00\x00cq\x07K\x03X\x03\x00\x00\x001_0q\x08\x86q\t\x86q\nX\x01\x00\x00\x00dq\x0bK\x04X\x0b\x00\x00\x00 -Infinity q\x0c\x86q\r\x86q\x0eX\x01\x00\x00\x00eq\x0fG\x7f\xf0\x00\x00\x00\x00\x00\x00K\x01\x86q\x10\x86q\x11e.";
+        let inf = f64::INFINITY;
+        check(p, &[("a", 1.0, inf), ("c", 3.0, 10.0), ("d", 4.0, -inf)], 2);
     }
 
     #[test]

@@ -436,6 +436,11 @@ impl AggStage {
                     agg.counters.dropped_wrong_protocol += 1;
                     return false;
                 };
+                // carbon's receiver drops NaN values before its rules see them.
+                if v.is_nan() {
+                    c.engine.count_nan();
+                    return false;
+                }
                 let ts = t as i64;
                 let counters = &mut agg.counters;
                 let engine = &mut c.engine;

@@ -57,6 +57,8 @@ crate::counter_set! {
         /// later; an older one than every archive is taken and dropped by the write, as
         /// whisper does).
         dropped_points_bad_timestamp: counter,
+        /// Points whose value is NaN (a plaintext `nan`), dropped as carbon drops them.
+        dropped_points_nan: counter,
         /// Points of a protocol a store does not take (statsd samples, regex lines).
         dropped_wrong_protocol: counter,
         /// Points dropped because their file is not a whisper file.
@@ -341,6 +343,11 @@ impl StoreStage {
         // whisper drops the point (older than every archive).
         if ts.is_nan() || ts >= TIMESTAMP_END {
             st.counters.dropped_points_bad_timestamp += 1;
+            return;
+        }
+        // carbon's receiver drops NaN values; infinities are stored.
+        if v.is_nan() {
+            st.counters.dropped_points_nan += 1;
             return;
         }
         // carbon's normalized name (tags sorted); allocates only for tagged names.

@@ -65,7 +65,8 @@ pub fn read_points(text: &[u8], mut each: impl FnMut(&[u8], &[CachedPoint])) -> 
             let v: f64 = f.next()?.parse().ok()?;
             let ts: f64 = f.next()?.parse().ok()?;
             let name = f.next()?;
-            (v.is_finite() && ts.is_finite() && !name.is_empty()).then_some((name, ts, v))
+            // Values may be infinite (carbon stores them), never NaN (never cached).
+            (!v.is_nan() && ts.is_finite() && !name.is_empty()).then_some((name, ts, v))
         })();
         let Some((name, ts, v)) = parsed else {
             bad += 1;
@@ -93,7 +94,11 @@ mod tests {
     #[test]
     fn round_trip_in_runs() {
         let mut s = String::new();
-        write_points(b"a.b", &[(1.0, 0.1), (2.5, -3e300)], &mut s);
+        write_points(
+            b"a.b",
+            &[(1.0, 0.1), (2.5, -3e300), (4.0, f64::INFINITY)],
+            &mut s,
+        );
         write_points(b"c;t=1", &[(1_700_000_000.0, 1e-7)], &mut s);
         s.push_str("torn line\n");
         write_points(b"a.b", &[(3.0, 3.0)], &mut s);
@@ -105,7 +110,10 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                ("a.b".to_string(), vec![(1.0, 0.1), (2.5, -3e300)]),
+                (
+                    "a.b".to_string(),
+                    vec![(1.0, 0.1), (2.5, -3e300), (4.0, f64::INFINITY)]
+                ),
                 ("c;t=1".to_string(), vec![(1_700_000_000.0, 1e-7)]),
                 ("a.b".to_string(), vec![(3.0, 3.0)]),
             ]

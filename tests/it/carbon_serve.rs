@@ -9,8 +9,9 @@
 //! 1-3 s frequencies so a run takes seconds. Names are read on one shard and owned by
 //! either (their output names are hashed to owners), and inputs are forwarded
 //! (`forward_inputs`). Points come as plaintext and as carbon's pickle (carbon-relay's
-//! way into carbon-aggregator). Required: the same multiset of generated lines, and the
-//! same forwarded names.
+//! way into carbon-aggregator), some of them infinite, and some plaintext `nan` that
+//! both drop. Required: the same multiset of generated lines, and the same forwarded
+//! names.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -105,7 +106,7 @@ aggregate = "carbon"
     let hosts = ["h0", "h1", "h2"];
     let kinds = ["requests", "latency", "mem"];
     let mut ops: Vec<Value> = Vec::new();
-    let (mut sent, mut pickled) = (0, 0);
+    let (mut sent, mut pickled, mut nans) = (0, 0, 0);
     let first = next_second_at(300);
     let mut now = first;
     for s in 0..10 {
@@ -120,9 +121,19 @@ aggregate = "carbon"
                 hosts[rng.below(3)],
                 kinds[rng.below(3)]
             );
-            let value = (rng.below(4000) as f64 - 1000.0) / 8.0;
+            // Now and then an infinity (carbon takes it) or, in plaintext, a `nan`
+            // (carbon's receiver drops it: no op for the driver, nothing forwarded).
+            let value = match rng.below(20) {
+                0 => f64::INFINITY,
+                _ => (rng.below(4000) as f64 - 1000.0) / 8.0,
+            };
             let ts = now - rng.below(3) as i64;
             let c = rng.below(conns.len());
+            if rng.below(20) == 0 {
+                let line = format!("{name} nan {ts}\n");
+                conns[rng.below(4)].write_all(line.as_bytes()).unwrap();
+                nans += 1;
+            }
             if c < 4 {
                 let line = format!("{name} {value} {ts}\n");
                 conns[c].write_all(line.as_bytes()).unwrap();
@@ -225,7 +236,15 @@ aggregate = "carbon"
         generated > 50 && sent > 20 && pickled > 3,
         "{generated} {sent} {pickled}"
     );
-    eprintln!("carbon_serve shards={shards}: {sent} points, {generated} generated lines equal");
+    let stats = cadent.stats();
+    assert_eq!(
+        stats["aggregators"]["carbon"]["dropped_other"], nans,
+        "{stats}"
+    );
+    eprintln!(
+        "carbon_serve shards={shards}: {sent} points and {nans} nan, {generated} generated \
+         lines equal"
+    );
 }
 
 #[test]

@@ -509,7 +509,8 @@ fn parse_cadent_hash(stdout: &str, names: &[String]) -> Vec<Vec<String>> {
 /// Names that carbon-c-relay rewrites before it hashes them (doubled, leading and
 /// trailing dots, bytes outside `[A-Za-z0-9._:#-]`, UTF-8, tags), relayed live by both
 /// relays through the same carbon_ch ring: every line must reach the same member with
-/// the same text. `-t` mode cannot show this: it hashes names as typed.
+/// the same text. `-t` mode cannot show this: it hashes names as typed. A fifth of the
+/// lines carry values such as `inf`, `nan` and `1_000`, which both forward unchanged.
 #[test]
 fn running_relays_cleanse_and_place_dirty_names_alike() {
     use crate::support::{free_port, send_tcp, wait_until, Cadent, Sink};
@@ -530,10 +531,20 @@ fn running_relays_cleanse_and_place_dirty_names_alike() {
             n
         })
         .collect();
+    // Some values only python's float() reads as numbers: carbon-c-relay forwards them
+    // as they came, and so must cadent (the timestamp keeps each line unique).
+    let odd_values = ["inf", "-Infinity", "nan", "NaN", "1_000", "1e999", "+.5"];
     let data: String = names
         .iter()
         .enumerate()
-        .map(|(i, n)| format!("{n} {i} 1700000000\n"))
+        .map(|(i, n)| match i % 5 {
+            0 => format!(
+                "{n} {} {}\n",
+                odd_values[i / 5 % odd_values.len()],
+                1_700_000_000 + i
+            ),
+            _ => format!("{n} {i} 1700000000\n"),
+        })
         .collect();
     let instances = ["a", "b", "c", "d"];
 

@@ -10,7 +10,9 @@
 //! spread over several writes, repeated timestamps (the later point wins in both caches),
 //! fractional timestamps (carbon keys its cache by float), points old enough to go
 //! straight to a lower archive, tagged names in two tag orders (one file), a `~` prefix
-//! (carbon strips it), and pickle frames with int and float timestamps. Point ages stay
+//! (carbon strips it), pickle frames with int and float timestamps, and values only
+//! python's `float()` reads (`inf`, `-Infinity`, `1_000`, `1e999`; `nan` dropped by
+//! both). Point ages stay
 //! well away from the archive boundaries, so the seconds between the two writers' `now`
 //! cannot move a point from one archive to the next.
 
@@ -241,6 +243,45 @@ fn traffic(now: i64, round: u32, ages: &[f64], lines: &mut String, frames: &mut 
     points
 }
 
+/// Files [`special_values`] makes (the NaN-only names make none).
+const SPECIAL_FILES: u64 = 6;
+
+/// Points at `ts` (and 10 s later) with values only python's float() reads as numbers,
+/// plaintext and pickled; returns the points that are not NaN. Each name keeps one sign
+/// of infinity, so no rollup adds `inf` to `-inf`.
+fn special_values(ts: i64, lines: &mut String, frames: &mut Vec<u8>) -> u64 {
+    let plain = [
+        ("special.inf", "inf", "Infinity"),
+        ("special.neginf", "-inf", "-INFINITY"),
+        ("special.grouped.count", "1_000", "2_5.5"),
+        ("special.overflow.max", "1e999", "3"),
+        ("special.nan", "nan", "NaN"),
+        ("special.mixed", "nan", "7"),
+    ];
+    let mut kept = 0;
+    for (name, a, b) in plain {
+        lines.push_str(&format!("{name} {a} {ts}\n{name} {b} {}\n", ts + 10));
+        kept += [a, b]
+            .iter()
+            .filter(|v| !v.to_lowercase().contains("nan"))
+            .count() as u64;
+    }
+    let pickled = [
+        ("special.pickled.inf", f64::INFINITY),
+        ("special.pickled.nan", f64::NAN),
+    ];
+    let points: Vec<pickle::Point<'_>> = pickled
+        .iter()
+        .map(|(name, value)| pickle::Point {
+            name: name.as_bytes(),
+            timestamp: ts as f64,
+            value: *value,
+        })
+        .collect();
+    pickle::encode_frame(&points, frames);
+    kept + 1
+}
+
 #[test]
 fn the_same_traffic_makes_the_same_files_as_carbon_cache() {
     let carbon = CarbonCache::start("store-carbon-py", SCHEMAS, AGGREGATION);
@@ -270,6 +311,12 @@ fn the_same_traffic_makes_the_same_files_as_carbon_cache() {
             };
             pickle::encode_frame(&[point], &mut frames);
             expected_points += 2;
+        }
+        if round < 2 {
+            // Values as python's float() reads them: carbon stores infinities and digit
+            // groups, and drops NaN (a name with nothing else gets no file).
+            expected_points +=
+                special_values(now - 40 - 200 * round as i64, &mut lines, &mut frames);
         }
         let ours = (cadent_addr(line), cadent_addr(pick));
         for (plain, pickled) in [(&carbon.line, &carbon.pickle), (&ours.0, &ours.1)] {
@@ -305,15 +352,16 @@ fn the_same_traffic_makes_the_same_files_as_carbon_cache() {
         "carbon-cache and cadent wrote different trees: {last:#}\ncarbon log:\n{}",
         carbon.log()
     );
-    // names() holds two spellings of one tagged series: one file; and the two
-    // negative-timestamp names, empty.
+    // names() holds two spellings of one tagged series: one file; the two
+    // negative-timestamp names, empty; and the special values' files.
     assert_eq!(
         last["files"].as_u64(),
-        Some(names().len() as u64 - 1 + 2),
+        Some(names().len() as u64 - 1 + 2 + SPECIAL_FILES),
         "{last}"
     );
     assert!(last["known_values_a"].as_u64().unwrap() > 300, "{last}");
     let st = &cadent.stats()["stores"]["whisper"];
+    assert_eq!(st["dropped_points_nan"], 6, "{st}");
     for k in [
         "dropped_points_cache_full",
         "dropped_points_bad_name",

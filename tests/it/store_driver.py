@@ -14,6 +14,7 @@ One JSON request on stdin, one JSON answer on stdout.
 """
 
 import json
+import math
 import os
 import sys
 
@@ -58,6 +59,11 @@ def tree(root, now):
     return out
 
 
+def finite(v):
+    """A value JSON can carry (python's json writes infinities as bare `Infinity`)."""
+    return repr(v) if isinstance(v, float) and not math.isfinite(v) else v
+
+
 def compare(a, b, now):
     ta, tb = tree(a, now), tree(b, now)
     diffs = []
@@ -71,7 +77,7 @@ def compare(a, b, now):
                     for i, (xa, xb) in enumerate(zip(fa["archives"], fb["archives"])):
                         if xa != xb:
                             pairs = [
-                                (j, va, vb)
+                                (j, finite(va), finite(vb))
                                 for j, (va, vb) in enumerate(zip(xa["values"], xb["values"]))
                                 if va != vb
                             ]

@@ -249,6 +249,12 @@ impl CarbonAggregator {
         }
     }
 
+    /// Counts a NaN point dropped before its rules were matched (as carbon's receiver
+    /// drops it).
+    pub fn count_nan(&mut self) {
+        self.counters.dropped_nan += 1;
+    }
+
     /// The counters so far.
     pub fn counters(&self) -> &CarbonCounters {
         &self.counters
