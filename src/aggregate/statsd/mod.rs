@@ -134,7 +134,7 @@ impl Default for StatsdConfig {
             tag_mode: TagMode::Etsy,
             key_name_sanitize: true,
             keys_max: 1_000_000,
-            timer_values_max: 10_000,
+            timer_values_max: 100_000,
             timer_sketch_relative_error: 0.01,
             timer_sketch_buckets_max: 2048,
             set_values_max: 100_000,
