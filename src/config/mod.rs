@@ -690,7 +690,13 @@ fn read_config(root: &Table, errs: &mut Vec<ConfigError>) -> Config {
                 .iter()
                 .any(|f| aggregate_origin(f) == Some(a.name.as_str()))
         });
-        if a.send_to.is_empty() && !claimed {
+        // A send_to whose names are wrong has its own errors already.
+        let written = aggregate_ts
+            .get(i)
+            .and_then(|t| t.get("send_to"))
+            .and_then(|v| v.as_array())
+            .is_some_and(|names| !names.is_empty());
+        if a.send_to.is_empty() && !claimed && !written {
             errs.push(ConfigError::new(
                 format!("aggregate[{i}].send_to"),
                 "is required unless a route has this aggregator in its `from`: its output would go nowhere",
@@ -1807,6 +1813,36 @@ mod tests {
             "route[0].send_to[0]",
         ] {
             assert!(paths.contains(&want), "missing {want} in {errs:#?}");
+        }
+    }
+
+    /// An aggregator's send_to: a wrong name is its own error (not also "send_to is
+    /// required"); an empty list is the "required" one.
+    #[test]
+    fn aggregate_send_to_errors_once() {
+        let base = r#"
+            [[listen]]
+            name = "s"
+            url = "udp://127.0.0.1:8125"
+            format = "statsd"
+            [[aggregate]]
+            name = "statsd"
+            kind = "statsd"
+            SEND_TO
+            [[route]]
+            match = { all = true }
+            aggregate = "statsd"
+        "#;
+        for (send_to, want) in [
+            (r#"send_to = ["nope"]"#, "aggregate[0].send_to[0]"),
+            ("send_to = []", "aggregate[0].send_to"),
+            ("", "aggregate[0].send_to"),
+        ] {
+            let errs = Config::parse(&base.replace("SEND_TO", send_to))
+                .unwrap_err()
+                .0;
+            let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+            assert_eq!(paths, [want], "{send_to}: {errs:#?}");
         }
     }
 

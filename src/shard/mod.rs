@@ -309,6 +309,14 @@ pub fn spawn(
 ) -> anyhow::Result<Vec<ShardHandle>> {
     let shards = shard_count(&config);
     let cpus = available_cpus();
+    if shards > cpus.len() {
+        tracing::warn!(
+            shards,
+            cpus = cpus.len(),
+            "server.shards is more than the CPUs this process may run on: shards share \
+             cores (pinned in turn), so they preempt one another; shards = 0 runs one per CPU"
+        );
+    }
     let meshes = mesh::links(
         shards,
         config.server.mesh_batch_bytes,
