@@ -26,7 +26,9 @@ use crate::aggregate::carbon::{name_hash, CarbonAggregator, RuleMatcher};
 use crate::aggregate::statsd::key::{self as statsd_key, KeyScratch};
 use crate::aggregate::statsd::mgmt::Kind as StatsdKind;
 use crate::aggregate::statsd::table::fingerprint;
-use crate::aggregate::statsd::{DumpValue, FlushTotals, GraphiteWriteStats, StatsdEngine, TagMode};
+use crate::aggregate::statsd::{
+    utf16_len, DumpValue, FlushTotals, GraphiteWriteStats, StatsdEngine, TagMode,
+};
 use crate::config::{Aggregate, AggregateKind};
 use crate::point::{Point, Value};
 use crate::protocol::statsd::{Sample, Value as SampleValue};
@@ -147,8 +149,6 @@ struct StatsdState {
     completed_ms: i64,
     /// Intake counted since the last hand-over to shard 0.
     intake_seen: Intake,
-    /// Bytes of the last whole flush (every shard), for `graphiteStats.flush_length`.
-    last_flush_bytes: u64,
 }
 
 struct FlushState {
@@ -336,7 +336,6 @@ impl AggStage {
                     last_marker: vec![0; self.shards],
                     completed_ms: 0,
                     intake_seen: self.intake,
-                    last_flush_bytes: 0,
                 }))
             }
             AggregateKind::Carbon(c) => Kind::Carbon(Box::new(CarbonState {
@@ -608,7 +607,7 @@ impl AggStage {
         if st.engine.flushing() {
             let before = out.len();
             let done = st.engine.flush_step(out, FLUSH_STEP_KEYS);
-            f.bytes += (out.len() - before) as u64;
+            f.bytes += utf16_len(&out[before..]);
             if !done {
                 return FlushProgress::Writing;
             }
@@ -646,15 +645,14 @@ impl AggStage {
             let before = out.len();
             let n = st.engine.write_own_lines(&f.totals, out);
             agg.counters.flushed_lines += n;
-            let bytes = f.bytes + (out.len() - before) as u64;
+            let bytes = f.bytes + utf16_len(&out[before..]);
             // Etsy's graphiteStats describe the previous write: this one, next flush.
             st.engine.record_write(GraphiteWriteStats {
                 last_exception_s: 0,
                 last_flush_s: (f.t_ms + 500).div_euclid(1000),
                 flush_time_ms: f.totals.calculation_ms,
-                flush_length_bytes: bytes,
+                flush_length_units: bytes,
             });
-            st.last_flush_bytes = bytes;
         }
         st.completed_ms = f.t_ms;
         st.flush = None;

@@ -263,7 +263,7 @@ fn run_engine(case: &Case, statsd: &[Vec<u8>]) -> Vec<Vec<u8>> {
             last_exception_s: 0,
             last_flush_s: summary.ts,
             flush_time_ms: 0,
-            flush_length_bytes: buf.len() as u64,
+            flush_length_units: cadent::aggregate::statsd::utf16_len(&buf),
         });
         out.push(buf);
     }

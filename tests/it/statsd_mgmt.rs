@@ -901,7 +901,7 @@ fn check_stats(etsy: &Etsy, bad_lines: u64, started: (i64, i64), last_msg: (i64,
                 last_exception_s: 0,
                 last_flush_s: started.0,
                 flush_time_ms: 0,
-                flush_length_bytes: 0,
+                flush_length_units: 0,
             }),
         },
     );

@@ -165,7 +165,7 @@ pub fn write_stats_reply(out: &mut String, r: &StatsReport) {
             r.now_s - g.last_exception_s
         );
         let _ = writeln!(out, "graphite.flush_time: {}", g.flush_time_ms);
-        let _ = writeln!(out, "graphite.flush_length: {}", g.flush_length_bytes);
+        let _ = writeln!(out, "graphite.flush_length: {}", g.flush_length_units);
     }
     out.push_str(END);
 }
@@ -357,7 +357,7 @@ mod tests {
             last_exception_s: 0,
             last_flush_s: 990,
             flush_time_ms: 3,
-            flush_length_bytes: 1234,
+            flush_length_units: 1234,
         };
         write_stats_reply(
             &mut out,

@@ -220,6 +220,15 @@ pub struct StatsdCounters {
     pub rejected_proto_key: u64,
 }
 
+/// The length of UTF-8 `text` as a JavaScript string counts it: one unit per character,
+/// two for one outside the BMP (a 4-byte sequence). Etsy's `graphiteStats.flush_length`
+/// is that of the text it wrote.
+pub fn utf16_len(text: &[u8]) -> u64 {
+    text.iter()
+        .map(|&b| u64::from((b & 0xc0) != 0x80) + u64::from(b >= 0xf0))
+        .sum()
+}
+
 /// What the graphite writer reports about its last write; Etsy sends these as
 /// `graphiteStats.*` in the next flush.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -230,8 +239,9 @@ pub struct GraphiteWriteStats {
     pub last_flush_s: i64,
     /// `flush_time`: milliseconds the last write took.
     pub flush_time_ms: u64,
-    /// `flush_length`: bytes of the last write.
-    pub flush_length_bytes: u64,
+    /// `flush_length`: the length of the last write's text as node counts it (UTF-16
+    /// units: a byte for ASCII), see [`utf16_len`].
+    pub flush_length_units: u64,
 }
 
 /// One key's value as the management console prints it.
@@ -705,7 +715,7 @@ impl StatsdEngine {
                 last_exception_s: 0,
                 last_flush_s: start_unix_s,
                 flush_time_ms: 0,
-                flush_length_bytes: 0,
+                flush_length_units: 0,
             },
             stats: StatsdCounters::default(),
             key_buf: Vec::with_capacity(256),
@@ -1197,7 +1207,7 @@ impl StatsdEngine {
         w.raw(&plan.graphite_stats[0], ws.last_exception_s as f64);
         w.raw(&plan.graphite_stats[1], ws.last_flush_s as f64);
         w.raw(&plan.graphite_stats[2], ws.flush_time_ms as f64);
-        w.raw(&plan.graphite_stats[3], ws.flush_length_bytes as f64);
+        w.raw(&plan.graphite_stats[3], ws.flush_length_units as f64);
         w.lines
     }
 

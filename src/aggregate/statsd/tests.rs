@@ -230,3 +230,12 @@ fn bytes_estimate_counts_timer_values_and_set_members() {
         e.bytes_estimate()
     );
 }
+
+/// `graphiteStats.flush_length` as node counts a string (checked with node:
+/// `"a.b 1\n".length` is 6, `"é€𝄞".length` is 4).
+#[test]
+fn flush_length_counts_utf16_units() {
+    assert_eq!(utf16_len(b"a.b 1\n"), 6);
+    assert_eq!(utf16_len("é€𝄞".as_bytes()), 4);
+    assert_eq!(utf16_len(b""), 0);
+}
