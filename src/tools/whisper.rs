@@ -262,9 +262,9 @@ fn parse_point(s: &str, now: i64) -> Result<(i64, f64), String> {
         ts.parse::<i64>()
             .map_err(|_| err(format!("invalid timestamp {ts:?}")))?
     };
-    let value: f64 = value
-        .parse()
-        .map_err(|_| err(format!("invalid value {value:?}")))?;
+    // python's float(): `inf`, `nan` and digit groups too.
+    let value = crate::protocol::python_float(value.trim().as_bytes())
+        .ok_or_else(|| err(format!("invalid value {value:?}")))?;
     Ok((ts, value))
 }
 
@@ -394,5 +394,8 @@ mod tests {
         assert_eq!(parse_point("N:2", 42), Ok((42, 2.0)));
         assert!(parse_point("1700000000.5:1", 0).is_err());
         assert!(parse_point("x", 0).is_err());
+        assert_eq!(parse_point("5:inf", 0), Ok((5, f64::INFINITY)));
+        assert_eq!(parse_point("5:1_0", 0), Ok((5, 10.0)));
+        assert!(parse_point("5:nan", 0).unwrap().1.is_nan());
     }
 }
