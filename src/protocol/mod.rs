@@ -94,7 +94,7 @@ pub(crate) fn valid_name(name: &[u8]) -> bool {
 /// `_` between two digits (PEP 515: `1_000` is 1000). The result may be infinite or NaN:
 /// callers decide (carbon stores infinities, drops NaN values and cannot take either as
 /// a timestamp).
-pub(crate) fn python_float(s: &[u8]) -> Option<f64> {
+pub fn python_float(s: &[u8]) -> Option<f64> {
     // The float parser wants &str; fields are short, and non-UTF-8 is not a number anyway.
     let text = std::str::from_utf8(s).ok()?;
     if memchr::memchr(b'_', s).is_none() {
