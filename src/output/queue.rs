@@ -60,6 +60,16 @@ impl Batch {
             resend: false,
         }
     }
+
+    /// This batch to be written again: its peer acknowledged it (counted sent then, and
+    /// its spool records acked) and may not have read it.
+    pub fn into_resend(self) -> Batch {
+        Batch {
+            records: 0,
+            resend: true,
+            ..self
+        }
+    }
 }
 
 /// Whether pushes stay in memory or go behind the spool.

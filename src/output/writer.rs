@@ -223,11 +223,7 @@ impl Conn {
             if keep_max == 0 || self.acked_at_eof.is_some_and(|at| w.end <= at) {
                 q.recycle(w.batch.data);
             } else {
-                // Its spool records were acked when it was first acknowledged.
-                let mut b = w.batch;
-                b.records = 0;
-                b.resend = true;
-                back.push(b);
+                back.push(w.batch.into_resend());
             }
         }
         self.unread_bytes = 0;
@@ -267,18 +263,14 @@ impl Conn {
                 // What the peer may not have read is written again first, counted sent.
                 if whole {
                     if unread {
-                        b.records = 0;
-                        b.resend = true;
-                        back.push(b);
+                        back.push(b.into_resend());
                     } else {
                         q.recycle(b.data);
                     }
                     continue;
                 }
                 if unread {
-                    let mut head = Batch::new(b.data[..cut].to_vec(), lines);
-                    head.resend = true;
-                    back.push(head);
+                    back.push(Batch::new(b.data[..cut].to_vec(), lines).into_resend());
                 }
                 b.data.drain(..cut);
                 b.lines = b.lines.saturating_sub(lines);

@@ -100,12 +100,12 @@ pub fn python_float(s: &[u8]) -> Option<f64> {
     if memchr::memchr(b'_', s).is_none() {
         return text.parse().ok();
     }
-    let digit = |i: Option<usize>| i.and_then(|i| s.get(i)).is_some_and(u8::is_ascii_digit);
+    // Each `_` between two digits (so never first or last).
     let grouped = s
-        .iter()
-        .enumerate()
-        .filter(|&(_, &b)| b == b'_')
-        .all(|(i, _)| digit(i.checked_sub(1)) && digit(Some(i + 1)));
+        .windows(3)
+        .all(|w| w[1] != b'_' || (w[0].is_ascii_digit() && w[2].is_ascii_digit()))
+        && s.first() != Some(&b'_')
+        && s.last() != Some(&b'_');
     if !grouped {
         return None;
     }
