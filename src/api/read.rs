@@ -12,8 +12,9 @@
 //! refused with 422, a response over `read_response_bytes_max` with 422 too, each with a
 //! message saying which bound.
 //!
-//! Parameters come from the query string and, for POST, a urlencoded body (graphite-web
-//! merges `request.GET` and `request.POST`). Times (`from`, `until`, `now`) are epoch
+//! Parameters come from the query string and, for POST, a urlencoded or
+//! multipart/form-data body (graphite-web merges `request.GET` and `request.POST`; its
+//! `REMOTE_STORE_USE_POST = True` sends multipart). Times (`from`, `until`, `now`) are epoch
 //! seconds or graphite's relative forms (`now`, `-1h`, `now-30min`, ...).
 
 use std::path::PathBuf;
@@ -78,14 +79,24 @@ impl Params {
         if let Some(q) = query {
             parse_into(q, &mut p)?;
         }
-        let form = headers
+        let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-        if form && !body.is_empty() {
+            .unwrap_or("");
+        let (mime, rest) = content_type.split_once(';').unwrap_or((content_type, ""));
+        let mime = mime.trim().to_ascii_lowercase();
+        if body.is_empty() {
+            // Nothing to read, whatever the type says.
+        } else if mime == "application/x-www-form-urlencoded" {
             let text =
                 std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_string())?;
             parse_into(text, &mut p)?;
+        } else if mime == "multipart/form-data" {
+            // graphite-web's cluster requests with REMOTE_STORE_USE_POST = True (urllib3
+            // encodes POST fields as multipart).
+            let boundary = header_param(rest, "boundary")
+                .ok_or_else(|| "multipart/form-data without a boundary".to_string())?;
+            parse_multipart(body, &boundary, &mut p)?;
         }
         Ok(Params(p))
     }
@@ -119,6 +130,89 @@ fn parse_into(text: &str, out: &mut Vec<(String, String)>) -> Result<(), String>
         out.push((super::percent_decode(k)?, super::percent_decode(v)?));
     }
     Ok(())
+}
+
+/// A `key=value` parameter of a header (`; boundary="x"`), unquoted.
+fn header_param(params: &str, key: &str) -> Option<String> {
+    params.split(';').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        if !k.trim().eq_ignore_ascii_case(key) {
+            return None;
+        }
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(v);
+        Some(v.to_string())
+    })
+}
+
+/// The fields of a `multipart/form-data` body (RFC 7578), in order. A field's name is
+/// its Content-Disposition `name` (HTML5's `%22`, `%0D`, `%0A` escapes read back); its
+/// value is the part's bytes, which must be UTF-8. Parts without a name are skipped, as
+/// Django skips them.
+fn parse_multipart(
+    body: &[u8],
+    boundary: &str,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), String> {
+    if boundary.is_empty() || boundary.len() > 200 {
+        return Err(format!(
+            "multipart boundary {boundary:?}: 1 to 200 characters"
+        ));
+    }
+    let delimiter = format!("--{boundary}");
+    let d = delimiter.as_bytes();
+    let truncated = || "the multipart body ends before its closing boundary".to_string();
+    // The preamble (usually nothing) ends at the first delimiter.
+    let mut at = memchr::memmem::find(body, d).ok_or_else(truncated)? + d.len();
+    loop {
+        let rest = &body[at..];
+        if rest.starts_with(b"--") {
+            return Ok(());
+        }
+        // The delimiter line ends with CRLF (transport padding before it is allowed).
+        let eol = memchr::memmem::find(rest, b"\r\n").ok_or_else(truncated)?;
+        let part_start = at + eol + 2;
+        let next_delimiter = {
+            let mut close = Vec::with_capacity(d.len() + 2);
+            close.extend_from_slice(b"\r\n");
+            close.extend_from_slice(d);
+            close
+        };
+        let part_len =
+            memchr::memmem::find(&body[part_start..], &next_delimiter).ok_or_else(truncated)?;
+        let part = &body[part_start..part_start + part_len];
+        at = part_start + part_len + next_delimiter.len();
+        let (head, value) = match memchr::memmem::find(part, b"\r\n\r\n") {
+            Some(i) => (&part[..i], &part[i + 4..]),
+            // A part with no headers starts with the blank line.
+            None if part.starts_with(b"\r\n") => (&[][..], &part[2..]),
+            None => return Err("a multipart part without a blank line after its headers".into()),
+        };
+        let head = std::str::from_utf8(head)
+            .map_err(|_| "a multipart part's headers are not UTF-8".to_string())?;
+        let name = head.split("\r\n").find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            if !k.trim().eq_ignore_ascii_case("content-disposition") {
+                return None;
+            }
+            let (kind, params) = v.split_once(';').unwrap_or((v, ""));
+            if !kind.trim().eq_ignore_ascii_case("form-data") {
+                return None;
+            }
+            header_param(params, "name")
+        });
+        let Some(name) = name else { continue };
+        let name = name
+            .replace("%22", "\"")
+            .replace("%0D", "\r")
+            .replace("%0A", "\n");
+        let value = std::str::from_utf8(value)
+            .map_err(|_| format!("multipart field {name:?} is not UTF-8"))?;
+        out.push((name, value.to_string()));
+    }
 }
 
 /// A refusal: status and message.
@@ -690,5 +784,58 @@ mod tests {
         assert_eq!(p.all("target"), ["a.b", "c.*"]);
         assert_eq!(p.get("from"), Some("-1h"));
         assert!(Params::parse(Some("x=%zz"), &HeaderMap::new(), b"").is_err());
+    }
+
+    fn multipart(boundary: &str, body: &[u8]) -> Result<Params, String> {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={boundary}")
+                .parse()
+                .unwrap(),
+        );
+        Params::parse(Some("format=json"), &h, body)
+    }
+
+    #[test]
+    fn params_read_a_multipart_body_as_urllib3_writes_it() {
+        // urllib3 1.26's encode_multipart_formdata (graphite-web's POST requests), with
+        // a fixed boundary.
+        let body = b"--b0undary\r\nContent-Disposition: form-data; name=\"local\"\r\n\r\n1\r\n\
+            --b0undary\r\nContent-Disposition: form-data; name=\"format\"\r\n\r\npickle\r\n\
+            --b0undary\r\nContent-Disposition: form-data; name=\"target\"\r\n\r\na.b\r\n\
+            --b0undary\r\nContent-Disposition: form-data; name=\"target\"\r\n\r\nc.*\r\n\
+            --b0undary\r\nContent-Disposition: form-data; name=\"from\"\r\n\r\n100\r\n\
+            --b0undary--\r\n";
+        let p = multipart("b0undary", body).unwrap();
+        assert_eq!(p.all("target"), ["a.b", "c.*"]);
+        assert_eq!(p.get("format"), Some("pickle"));
+        assert_eq!(p.get("from"), Some("100"));
+        assert!(p.flag("local"));
+        // A quoted boundary, a preamble, headers in other cases, an escaped name, a value
+        // with CRLF inside, and a nameless part.
+        let body = b"preamble\r\n--x y\r\ncontent-disposition: Form-Data; NAME=\"a%22b\"\r\n\
+            Content-Type: text/plain\r\n\r\nline1\r\nline2\r\n--x y\r\n\
+            Content-Disposition: form-data\r\n\r\nskipped\r\n--x y--";
+        let p = multipart("\"x y\"", body).unwrap();
+        assert_eq!(p.get("a\"b"), Some("line1\r\nline2"));
+        assert_eq!(p.0.len(), 2);
+        // Refused: no closing boundary, no boundary, a part without its blank line.
+        assert!(multipart(
+            "b",
+            b"--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1"
+        )
+        .is_err());
+        assert!(multipart("", b"--\r\n").is_err());
+        assert!(multipart(
+            "b",
+            b"--b\r\nContent-Disposition: form-data; name=\"a\"\r\n--b--"
+        )
+        .is_err());
+        assert!(multipart(
+            "b",
+            b"--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n\xff\r\n--b--"
+        )
+        .is_err());
     }
 }

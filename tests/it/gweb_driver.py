@@ -4,7 +4,7 @@ Django's test client, for tests/it/store_graphite_web.rs.
 One JSON request on stdin:
   {"tmp": DIR, "whisper_dir": DIR or null (graphite-web reads these files itself),
    "cluster": ["host:port", ...] (CLUSTER_SERVERS), "carbonlink": ["host:port:instance"]
-   (CARBONLINK_HOSTS), "requests": [{"path": "/render", "params": [[k, v], ...]}, ...]}
+   (CARBONLINK_HOSTS), "settings": {NAME: value} (more overrides, optional), "requests": [{"path": "/render", "params": [[k, v], ...]}, ...]}
 One JSON answer on stdout: per request {"status", "content_type", "body"}.
 Nothing of graphite-web is changed: its own settings module, with these overrides.
 """
@@ -50,6 +50,9 @@ def main():
                 req.get("carbonlink", []),
             )
         )
+    with open(settings, "a") as f:
+        for k, v in sorted(req.get("settings", {}).items()):
+            f.write("%s = %r\n" % (k, v))
     sys.path.insert(0, tmp)
     os.environ["DJANGO_SETTINGS_MODULE"] = "cadent_gweb_settings"
     import django

@@ -1,6 +1,7 @@
 //! A real graphite-web 1.1.10 (PyPI, `.peers/graphite-web-venv`, driven through Django's
 //! test client by `gweb_driver.py`) against cadent's read API and CarbonLink:
-//! - with `CLUSTER_SERVERS` pointing at cadent (pickle, and `?format=msgpack`),
+//! - with `CLUSTER_SERVERS` pointing at cadent (pickle, `?format=msgpack`, and POSTs
+//!   with multipart/form-data fields as `REMOTE_STORE_USE_POST = True` sends them),
 //!   `/metrics/find` and `/render` (json, functions included: sumSeries, summarize,
 //!   averageSeries, maxSeries with alias, several targets) answer exactly what
 //!   graphite-web answers reading the same whisper files itself;
@@ -35,6 +36,17 @@ fn graphite_web(
     carbonlink: &[String],
     requests: &[Value],
 ) -> Vec<Value> {
+    graphite_web_with(whisper_dir, cluster, carbonlink, json!({}), requests)
+}
+
+/// As `graphite_web`, with more of graphite-web's settings overridden.
+fn graphite_web_with(
+    whisper_dir: Option<&Path>,
+    cluster: &[String],
+    carbonlink: &[String],
+    settings: Value,
+    requests: &[Value],
+) -> Vec<Value> {
     let py = gweb_python();
     let tmp = temp_dir("gweb");
     let input = tmp.join("request.json");
@@ -45,6 +57,7 @@ fn graphite_web(
             "whisper_dir": whisper_dir,
             "cluster": cluster,
             "carbonlink": carbonlink,
+            "settings": settings,
             "requests": requests,
         })
         .to_string(),
@@ -196,9 +209,22 @@ fn graphite_web_with_cadent_as_cluster_server_answers_as_on_the_files() {
         &[],
         &requests,
     );
+    // REMOTE_STORE_USE_POST: graphite-web POSTs its finds and renders, their fields
+    // encoded as multipart/form-data (urllib3's default for POST fields).
+    let post = graphite_web_with(
+        None,
+        std::slice::from_ref(&c.admin),
+        &[],
+        json!({ "REMOTE_STORE_USE_POST": true }),
+        &requests,
+    );
     for (i, r) in requests.iter().enumerate() {
         assert_eq!(local[i]["status"], 200, "{r}: {}", local[i]);
-        for (how, cluster) in [("pickle", &pickle[i]), ("msgpack", &msgpack[i])] {
+        for (how, cluster) in [
+            ("pickle", &pickle[i]),
+            ("msgpack", &msgpack[i]),
+            ("post", &post[i]),
+        ] {
             assert_eq!(cluster["status"], 200, "{how} {r}: {cluster}");
             assert_eq!(
                 body(cluster),
