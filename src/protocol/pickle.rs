@@ -892,8 +892,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A little-endian two's-complement integer (LONG1) as python's float() rounds it
-/// (exactly for up to 8 bytes; longer ones within an ulp).
+/// A little-endian two's-complement integer (LONG1) as python's float() rounds it:
+/// correctly rounded, and NaN (the point is then skipped) where python raises
+/// OverflowError (beyond f64's range), as carbon then reads no point.
 fn long_le(b: &[u8]) -> f64 {
     if b.is_empty() {
         return 0.0;
@@ -905,13 +906,48 @@ fn long_le(b: &[u8]) -> f64 {
         return i64::from_le_bytes(le) as f64;
     }
     let negative = b[b.len() - 1] & 0x80 != 0;
-    let mut v = 0.0f64;
-    for &byte in b.iter().rev() {
-        let byte = if negative { !byte } else { byte };
-        v = v * 256.0 + byte as f64;
+    // The magnitude, little-endian: for a negative number, invert and add one.
+    let mut mag = b.to_vec();
+    if negative {
+        let mut carry = true;
+        for byte in &mut mag {
+            *byte = !*byte;
+            if carry {
+                let (v, c) = byte.overflowing_add(1);
+                *byte = v;
+                carry = c;
+            }
+        }
+    }
+    while mag.len() > 1 && mag[mag.len() - 1] == 0 {
+        mag.pop();
+    }
+    let bits = mag.len() * 8 - mag[mag.len() - 1].leading_zeros() as usize;
+    let bit = |i: usize| (mag[i / 8] >> (i % 8)) & 1 == 1;
+    let v = if bits <= 64 {
+        let mut le = [0u8; 8];
+        le[..mag.len()].copy_from_slice(&mag);
+        u64::from_le_bytes(le) as f64
+    } else {
+        // The top 64 bits, with the OR of the rest in the lowest (a sticky bit far
+        // below f64's rounding position), rounded once by the conversion, then scaled
+        // exactly by a power of two.
+        let shift = bits - 64;
+        let mut top = 0u64;
+        for i in (shift..bits).rev() {
+            top = (top << 1) | u64::from(bit(i));
+        }
+        if (0..shift).any(bit) {
+            top |= 1;
+        }
+        let scale = i32::try_from(shift).unwrap_or(i32::MAX);
+        top as f64 * 2f64.powi(scale)
+    };
+    if v.is_infinite() {
+        return f64::NAN;
     }
     if negative {
-        -(v + 1.0)
+        -v
     } else {
         v
     }
@@ -926,7 +962,11 @@ fn text_int(s: &[u8]) -> Option<f64> {
     }
     match s.parse::<i64>() {
         Ok(v) => Some(v as f64),
-        Err(_) => s.parse::<f64>().ok(),
+        // Correctly rounded; beyond f64's range python's float() raises: NaN, skipped.
+        Err(_) => s
+            .parse::<f64>()
+            .ok()
+            .map(|v| if v.is_infinite() { f64::NAN } else { v }),
     }
 }
 
@@ -1425,6 +1465,44 @@ mod tests {
         // python3 -c "import pickle; print(pickle.dumps([(b'b.y', (2**40, -2**70))], protocol=3))"
         let p = b"\x80\x03]q\x00C\x03b.yq\x01\x8a\x06\x00\x00\x00\x00\x00\x01\x8a\t\x00\x00\x00\x00\x00\x00\x00\x00\xc0\x86q\x02\x86q\x03a.";
         check(p, &[("b.y", 2f64.powi(40), -(2f64.powi(70)))], 0);
+    }
+
+    #[test]
+    fn long_ints_round_once_as_python_float_does() {
+        // python3 -c "import pickle; n = 2**70+2**17+1; print(pickle.dumps(n, protocol=2)[2:-1].hex(), repr(float(n)))"
+        // and the same for each n; "overflow" where float(n) raises OverflowError.
+        let unhex = |h: &str| -> Vec<u8> {
+            (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+                .collect()
+        };
+        let long1 = |h: &str| {
+            let b = unhex(h);
+            assert_eq!(b[0], LONG1);
+            assert_eq!(b[1] as usize, b.len() - 2);
+            long_le(&b[2..])
+        };
+        for (h, want) in [
+            ("8a09010002000000000040", 1.1805916207174116e21), // 2**70+2**17+1
+            ("8a09fffffdffffffffffbf", -1.1805916207174116e21),
+            ("8a09010000000000000001", 1.8446744073709552e19), // 2**64+1
+            ("8a0701000000000060", 2.7021597764222976e16),     // 2**53*3+1
+            ("8a0a00001000000000000002", 9.44473296573929e21), // (2**53+1)*2**20
+            ("8a09fffffffffffffffffe", -1.8446744073709552e19), // -(2**64)-1
+        ] {
+            assert_eq!(long1(h), want, "{h}");
+        }
+        let zeros = "00".repeat(121);
+        // 2**1024-2**970-1 rounds down to f64::MAX; 2**1024-2**970 rounds up: overflow.
+        assert_eq!(
+            long1(&format!("8a81{zeros}{}", "f8ffffffffffff00")),
+            f64::MAX
+        );
+        assert!(long1(&format!("8a81{zeros}{}", "fcffffffffffff00")).is_nan());
+        assert!(long_le(&[0xff; 200]).is_finite()); // -1 in 200 bytes
+        assert_eq!(long_le(&[0xff; 200]), -1.0);
+        assert!(text_int(&[b'9'; 400]).unwrap().is_nan());
     }
 
     #[test]
