@@ -483,6 +483,10 @@ pub const CONFIG_FILE_BYTES_MAX: u64 = 16 << 20;
 /// Largest carbon aggregation-rules file read.
 pub const RULES_FILE_BYTES_MAX: u64 = 16 << 20;
 
+/// `line_bytes_max` of a statsd listener by default: the largest UDP payload (65,535
+/// less the IPv4 and UDP headers), so a line that fits a datagram fits a stream too.
+pub const STATSD_LINE_BYTES_DEFAULT: u64 = 65_507;
+
 /// Reads a text file of at most `max` bytes, refusing a larger (or endless) one.
 pub fn read_text_bounded(path: &Path, max: u64) -> std::io::Result<String> {
     use std::io::Read;
@@ -1055,9 +1059,16 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
             Format::Graphite
         }
     };
-    let line_bytes_max = r.uint("line_bytes_max", 16 * 1024, 64, 1 << 20, errs) as usize;
     let read_buffer_bytes =
         r.uint("read_buffer_bytes", 64 * 1024, 4 * 1024, 16 << 20, errs) as usize;
+    // statsd over a stream: a line as long as the longest datagram (Etsy's TCP server
+    // caps none; packed timer lines run long), within the connection's buffer.
+    let line_default = if format == Format::Statsd {
+        STATSD_LINE_BYTES_DEFAULT.min(read_buffer_bytes as u64 - 1)
+    } else {
+        16 * 1024
+    };
+    let line_bytes_max = r.uint("line_bytes_max", line_default, 64, 1 << 20, errs) as usize;
     let connections_max = r.uint("connections_max", 1024, 1, 1 << 20, errs) as usize;
     let idle_timeout_ms = r.uint("idle_timeout_ms", 120_000, 0, 86_400_000, errs);
     // collectd senders burst a whole interval at once, and the protocol is UDP only.
@@ -1979,6 +1990,19 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.listeners[0].datagram_coalesce_us_max, 0);
+        // A statsd stream's lines are as long as a datagram's by default, within the
+        // connection's buffer; a graphite listener keeps 16 KiB.
+        let c = Config::parse(&listener("tcp://127.0.0.1:8125", "")).unwrap();
+        assert_eq!(c.listeners[0].line_bytes_max, 65_507);
+        let c = Config::parse(&listener(
+            "tcp://127.0.0.1:8125",
+            "read_buffer_bytes = 8192",
+        ))
+        .unwrap();
+        assert_eq!(c.listeners[0].line_bytes_max, 8191);
+        let graphite = listener("tcp://127.0.0.1:2003", "").replace("statsd", "graphite");
+        let c = Config::parse(&graphite).unwrap();
+        assert_eq!(c.listeners[0].line_bytes_max, 16_384);
         for (url, extra) in [
             ("tcp://127.0.0.1:8125", "datagram_coalesce_us_max = 500"),
             ("udp://127.0.0.1:8125", "datagram_coalesce_us_max = 100001"),

@@ -377,7 +377,8 @@ fn serve_aggregates_statsd_as_etsy_does_with_one_and_two_shards() {
 fn serve_over_tcp_reads_as_etsys_tcp_server() {
     // Etsy's servers/tcp: a read is a packet (statsd.packets_received) only once its
     // buffer holds a newline, and node decodes the stream as `ascii`, which clears every
-    // byte's high bit (\xb1 is `1`, \xa0 a space, \x8a a newline).
+    // byte's high bit (\xb1 is `1`, \xa0 a space, \x8a a newline). Its lines have no
+    // cap; cadent's default one is 65,507 bytes.
     statsd_js();
     node();
     let step = |writes: &[&[u8]]| writes.iter().map(|w| w.to_vec()).collect::<Vec<_>>();
@@ -394,6 +395,13 @@ fn serve_over_tcp_reads_as_etsys_tcp_server() {
                 b"s:\xc3\xa9|s\ns:C)|s\n",
                 b"h\xe9llo:1|c\n",
             ]),
+            // Long lines (a listener's default `line_bytes_max` for statsd is a
+            // datagram's largest payload), one of them in two writes.
+            vec![
+                format!("{}:1|c\n", "k".repeat(17_000)).into_bytes(),
+                format!("lt:{}", vec!["1|ms"; 3000].join(":")).into_bytes(),
+                format!(":{}|ms\n", 2).into_bytes(),
+            ],
             step(&[b"partial", b":9|c"]),
         ],
     };
