@@ -253,10 +253,9 @@ impl Aggregations {
 
 /// Python's `float()` then carbon's `0 <= x <= 1` check; whisper stores an f32.
 fn parse_x_files_factor(value: &str) -> Result<f32, String> {
-    let x: f64 = value
-        .replace('_', "")
-        .parse()
-        .map_err(|_| format!("{value:?} is not a number"))?;
+    // Digit groups only between digits (`0._5` is not a number to python).
+    let x = crate::protocol::python_float(value.trim().as_bytes())
+        .ok_or_else(|| format!("{value:?} is not a number"))?;
     if !(0.0..=1.0).contains(&x) {
         return Err(format!("{value:?} is outside [0, 1]"));
     }
@@ -756,7 +755,9 @@ aggregationMethod = average
 
         let err = Aggregations::parse(
             "[a]\npattern = a\nxFilesFactor = 1.5\naggregationMethod = median\n\
-             [b]\npattern = b\nxFilesFactor = half\n",
+             [b]\npattern = b\nxFilesFactor = half\n\
+             [c]\npattern = c\nxFilesFactor = 0._5\n\
+             [d]\npattern = d\nxFilesFactor = nan\n",
         )
         .unwrap_err();
         assert_eq!(
@@ -765,8 +766,13 @@ aggregationMethod = average
                 (3, "a", "xfilesfactor"),
                 (4, "a", "aggregationmethod"),
                 (7, "b", "xfilesfactor"),
+                (10, "c", "xfilesfactor"),
+                (13, "d", "xfilesfactor"),
             ]
         );
+        // python's float(): digit groups between digits, surrounding spaces.
+        let a = Aggregations::parse("[a]\npattern = a\nxFilesFactor = 0.2_5\n").unwrap();
+        assert_eq!(a.for_name("a").0, 0.25);
     }
 
     #[test]
