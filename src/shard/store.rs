@@ -51,7 +51,8 @@ crate::counter_set! {
         /// Points dropped because the cache held cache_points_max points.
         dropped_points_cache_full: counter,
         /// Points dropped because their name cannot be a file (empty or doubled dots,
-        /// `/`, NUL, a component over 255 bytes, a path over 4095).
+        /// `/`, NUL, a component over 255 bytes, a path over 4095 with the root made
+        /// absolute, or one the file system calls too long).
         dropped_points_bad_name: counter,
         /// Points dropped because whisper cannot store their timestamp (NaN, or 2^32 and
         /// later; an older one than every archive is taken and dropped by the write, as
@@ -178,7 +179,7 @@ impl StoreState {
     /// A store with an empty cache holding this shard's share of `cache_points_max`.
     pub fn new(id: u16, config: Store, shared: Arc<StoreShared>, shards: usize) -> StoreState {
         let StoreKind::Whisper(w) = &config.kind;
-        let root = w.path.clone();
+        let root = absolute_root(&w.path);
         let cache = Cache::new(w.cache_points_max.div_ceil(shards as u64));
         let batch = match Batch::new(w.writes_in_flight_max) {
             Ok(b) => Some(b),
@@ -210,7 +211,7 @@ impl StoreState {
         let StoreKind::Whisper(w) = &config.kind;
         self.cache
             .set_points_max(w.cache_points_max.div_ceil(shards as u64));
-        self.root = w.path.clone();
+        self.root = absolute_root(&w.path);
         self.config = config;
         self.shared = shared;
     }
@@ -762,6 +763,14 @@ fn finish(
                     log_failure(st, job, named, &e, now);
                     Outcome::Dropped
                 }
+                WriteError::Io(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+                    // No retry can make this path shorter (the root's length passed the
+                    // check but a component or the whole is over the file system's own
+                    // limit): dropped, as carbon drops it.
+                    st.counters.dropped_points_bad_name += points as u64;
+                    log_failure(st, job, named, &e.to_string(), now);
+                    Outcome::Dropped
+                }
                 e @ (WriteError::Io(_) | WriteError::Unsettled) => {
                     if creating {
                         st.counters.create_errors += 1;
@@ -775,6 +784,13 @@ fn finish(
         }
     };
     st.cache.confirm(job, confirm);
+}
+
+/// The whisper root as an absolute path: the kernel's PATH_MAX counts the whole path,
+/// so `metric_path`'s length check must see it (a relative `./data/whisper` passed
+/// names whose every open then failed with ENAMETOOLONG).
+fn absolute_root(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// A name whose write failed is tried again after this long.

@@ -87,6 +87,11 @@ fn names_that_cannot_be_files_are_counted_and_corrupt_files_skipped() {
     let c = Cadent::start_in(dir.clone(), &config(port, "./data/whisper"));
     let now = unix_now();
     let long = "x".repeat(300);
+    // A name whose path under the relative root is 4095 bytes (`./data/whisper/` +
+    // 4076 + `.wsp`): PATH_MAX counts the absolute path, which is longer, so it is
+    // refused, not retried forever.
+    let deep = format!("{}.{}", vec!["p".repeat(200); 20].join("."), "q".repeat(56));
+    assert_eq!("./data/whisper/".len() + deep.len() + ".wsp".len(), 4095);
     let mut text = String::new();
     for name in [
         "ok.one",
@@ -97,6 +102,7 @@ fn names_that_cannot_be_files_are_counted_and_corrupt_files_skipped() {
         "trailing.",
         ".leading",
         &format!("too.{long}.long"),
+        &deep,
     ] {
         for k in 0..3 {
             text.push_str(&format!("{name} {k} {}\n", now - 60 * k));
@@ -110,15 +116,20 @@ fn names_that_cannot_be_files_are_counted_and_corrupt_files_skipped() {
     let settled = wait_until(Duration::from_secs(20), || {
         let st = &c.stats()["stores"]["whisper"];
         st["cache_points"] == 0
-            && st["points"].as_u64() == Some(25)
-            && st["dropped_points_bad_name"].as_u64() == Some(13)
+            && st["points"].as_u64() == Some(28)
+            && st["dropped_points_bad_name"].as_u64() == Some(16)
             && st["dropped_points_corrupt_file"].as_u64() == Some(6)
             && st["updated_points"].as_u64() == Some(6)
     });
     let st = c.stats()["stores"]["whisper"].clone();
     assert!(settled, "{st}");
-    // 4 refused names x 3 points + the escape.
-    assert_eq!(st["dropped_points_bad_name"], 13, "{st}");
+    // 5 refused names x 3 points + the escape.
+    assert_eq!(st["dropped_points_bad_name"], 16, "{st}");
+    assert_eq!(
+        (&st["write_errors"], &st["create_errors"]),
+        (&json!(0), &json!(0)),
+        "{st}"
+    );
     assert_eq!(st["dropped_points_corrupt_file"], 6, "{st}");
     assert_eq!(st["updated_points"], 6, "{st}");
     assert_eq!(
