@@ -10,6 +10,7 @@ pub mod ingest;
 pub mod output;
 pub mod point;
 pub mod protocol;
+pub mod pyre;
 pub mod route;
 pub mod shard;
 pub mod store;

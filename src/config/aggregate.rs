@@ -370,10 +370,13 @@ fn read_carbon(r: &mut TableReader<'_>, errs: &mut Vec<ConfigError>) -> CarbonAg
                     rules = rs;
                     rules_text = text;
                 }
-                Err(e) => errs.push(ConfigError::new(
-                    r.key_path("rules_file"),
-                    format!("{}: {e}", rules_file.display()),
-                )),
+                // One error per bad rule, each naming its line.
+                Err(e) => errs.extend(e.errors.iter().map(|e| {
+                    ConfigError::new(
+                        r.key_path("rules_file"),
+                        format!("{}: {e}", rules_file.display()),
+                    )
+                })),
             },
             Err(e) => errs.push(ConfigError::new(
                 r.key_path("rules_file"),

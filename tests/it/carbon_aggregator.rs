@@ -15,7 +15,9 @@
 //!
 //! Rules cover every carbon method (sum avg min max count p50 p75 p80 p90 p95 p99
 //! p999), `<x>`, `<<x>>`, `*`, `h*`, frequencies 10/30/60, two rules into one output
-//! name, and a rule whose output is its own input. Names fall silent for long enough
+//! name, a rule whose output is its own input, and patterns in Python's regex syntax
+//! that the regex crate reads otherwise (`[0-9*]` after carbon's rewrite, `[[:digit:]]`,
+//! `{,1}`, `(?#...)`, `\Z`). Names fall silent for long enough
 //! that their buffers expire and restart on a new schedule.
 
 use std::collections::HashMap;
@@ -57,6 +59,15 @@ agg.dup (60) = max svc.api.*.requests
 
 # output equal to its input: not forwarded
 svc.web.h0.requests (10) = sum svc.web.h0.requests
+
+# Python 3.11 `re` syntax where the regex crate reads the same text otherwise. carbon
+# makes `h[0-9*]` into `h[0-9[^.]*]`: the class `0-9 [ ^ .` repeated, then a literal
+# `]`, so no host here matches it; nor `[[:digit:]]` (a class of `[:digt`, then `]`);
+# `{,1}` is `{0,1}`; a `(?#...)` comment; `\\Z` is the end.
+agg.hglob (10) = sum svc.web.h[0-9*].requests
+agg.xposix (10) = sum svc.api.x[[:digit:]].requests
+agg.xopt (30) = sum svc.api.x{,1}[12].latency
+agg.dbcomment (10) = max svc.db(?#note).*.mem\\Z
 ";
 
 const APPS: &[&str] = &["web", "api", "db"];

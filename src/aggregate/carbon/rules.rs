@@ -25,14 +25,16 @@
 //! `<<x>>` in the template (same), `%`, a stray `>` or an unclosed `<` in the template
 //! (Python `%`-formatting errors or literal `)s`), a frequency that is not a positive
 //! ASCII integer (carbon accepts `0` and `-5` and then divides by them; it also takes
-//! `1_0` and Unicode digits), an unknown method, and a capture name that is not a
-//! Python identifier. Carbon stops at the first bad line and keeps its old rules; here
+//! `1_0` and Unicode digits) or is over 2^32 - 1 seconds, an unknown method, and a
+//! capture name that is not a Python identifier. Carbon stops at the first bad line and keeps its old rules; here
 //! every bad line is listed.
 //!
-//! Python regex syntax is taken as is by the `regex` crate: look-around and
-//! backreferences are compile errors here, a `{` that is not a repetition is literal in
-//! Python and an error here, and `$` does not also match before a trailing newline
-//! (names have none).
+//! The regex carbon builds is Python 3.11 `re` syntax; [`crate::pyre`] rewrites it for
+//! the `regex` crate so that it matches what Python matches (classes as Python parses
+//! them, so carbon's `*` rewrite inside `[0-9*]` means what it means to carbon; `{` that
+//! is not a repetition is a literal), and refuses, naming the construct, what the
+//! `regex` crate cannot match (look-around, backreferences, atomic groups, possessive
+//! quantifiers) and what Python itself refuses (`\z`, `\p{L}`, `(?U)`).
 
 use std::fmt;
 
@@ -222,8 +224,15 @@ fn parse_rule(line: usize, s: &str) -> Result<Rule, String> {
     };
     let freq_text = frequency.trim_start_matches('(').trim_end_matches(')');
     let digits = freq_text.strip_prefix('+').unwrap_or(freq_text);
+    let all_digits = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
     let frequency_s = match digits.parse::<u32>() {
-        Ok(f) if f > 0 && digits.bytes().all(|b| b.is_ascii_digit()) => f,
+        Ok(f) if f > 0 && all_digits => f,
+        Err(_) if all_digits && !digits.trim_start_matches('0').is_empty() => {
+            return Err(format!(
+                "frequency {frequency:?} is over {} seconds",
+                u32::MAX
+            ))
+        }
         _ => {
             return Err(format!(
                 "frequency {frequency:?} is not a positive whole number of seconds"
@@ -237,8 +246,14 @@ fn parse_rule(line: usize, s: &str) -> Result<Rule, String> {
         )
     })?;
     let (regex_source, fields) = build_regex(input_pattern)?;
-    let regex = Regex::new(&format!("^(?:{regex_source})"))
-        .map_err(|e| format!("input pattern {input_pattern:?} is not a valid regex: {e}"))?;
+    let translated = crate::pyre::translate(&regex_source)
+        .map_err(|e| format!("input pattern {input_pattern:?}: {e}"))?;
+    let regex = Regex::new(&format!("^(?:{translated})")).map_err(|e| {
+        format!(
+            "input pattern {input_pattern:?} is not a valid regex: {}",
+            one_line(&e.to_string())
+        )
+    })?;
     let template = build_template(output_pattern, &fields, &regex)?;
     Ok(Rule {
         line,
@@ -252,10 +267,22 @@ fn parse_rule(line: usize, s: &str) -> Result<Rule, String> {
     })
 }
 
+/// A Python identifier (`str.isidentifier`), near enough: a letter or `_`, then
+/// letters, digits or `_`, Unicode included (`hé`).
 fn is_identifier(s: &str) -> bool {
-    let mut b = s.bytes();
-    matches!(b.next(), Some(c) if c == b'_' || c.is_ascii_alphabetic())
-        && b.all(|c| c == b'_' || c.is_ascii_alphanumeric())
+    let mut c = s.chars();
+    matches!(c.next(), Some(f) if f == '_' || f.is_alphabetic())
+        && c.all(|c| c == '_' || c.is_alphanumeric())
+}
+
+/// The regex crate's multi-line error (the pattern, a pointer, the message) on one
+/// line, for a list of errors.
+fn one_line(e: &str) -> String {
+    e.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c == '^' || c == ' '))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Python's `s[a:b]` for byte offsets known to be on char boundaries (`<`, `>` are
@@ -422,6 +449,22 @@ mod tests {
         let e = Rules::parse(text).unwrap_err();
         let lines: Vec<usize> = e.errors.iter().map(|e| e.line).collect();
         assert_eq!(lines, vec![4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14], "{e}");
+    }
+
+    #[test]
+    fn frequencies_fields_and_regex_errors_say_what_is_wrong() {
+        let e = Rules::parse("a (5000000000) = sum b\n").unwrap_err();
+        assert!(e.to_string().contains("is over 4294967295 seconds"), "{e}");
+        let e = Rules::parse("a (0) = sum b\n").unwrap_err();
+        assert!(e.to_string().contains("not a positive whole number"), "{e}");
+        // A Unicode capture name is a Python identifier.
+        let r = one("o.<h\u{e9}> (60) = sum i.<h\u{e9}>\n");
+        assert_eq!(out(&r, "i.x").as_deref(), Some("o.x"));
+        // The regex crate's error on one line.
+        let e = Rules::parse("a (60) = sum b(\n").unwrap_err();
+        assert!(!e.to_string().contains('\n'), "{e}");
+        let e = Rules::parse("a (60) = sum b.c(?=x)\n").unwrap_err();
+        assert!(e.to_string().contains("look-around"), "{e}");
     }
 
     #[test]

@@ -341,20 +341,9 @@ fn parse_retentions(value: &str) -> Result<Vec<Retention>, String> {
     Ok(archives)
 }
 
-/// Rewrites Python-only escapes the `regex` crate spells differently (`\Z`).
+/// A pattern as Python's `re` reads it (see [`crate::pyre`]).
 fn compile_pattern(pattern: &str) -> Result<Regex, String> {
-    let mut translated = String::with_capacity(pattern.len());
-    let mut chars = pattern.chars();
-    while let Some(c) = chars.next() {
-        translated.push(c);
-        if c == '\\' {
-            match chars.next() {
-                Some('Z') => translated.push('z'),
-                Some(n) => translated.push(n),
-                None => {}
-            }
-        }
-    }
+    let translated = crate::pyre::translate(pattern)?;
     Regex::new(&translated).map_err(|e| format!("invalid regex {pattern:?}: {e}"))
 }
 
