@@ -461,6 +461,7 @@ fn log_totals(registry: &Registry) -> DestinationCounters {
     tracing::info!(
         dropped_by_rule = total.routing.dropped_by_rule,
         unrouted = total.routing.unrouted,
+        dropped_empty_name = total.routing.dropped_empty_name,
         mesh_dropped_records_full = total.mesh.dropped_records_full,
         "final routing totals"
     );

@@ -63,8 +63,13 @@ impl DecodeCounts {
 /// A listener's framing and grammar.
 #[derive(Debug, Clone)]
 pub enum Decoder {
-    /// Graphite plaintext: `name value timestamp` lines.
-    Graphite,
+    /// Graphite plaintext: `name value timestamp` lines. `any_name_bytes`: the listener
+    /// cleanses names, so control bytes, DEL and invalid UTF-8 in a name are taken (the
+    /// cleansing makes them `_` in the path, as carbon-c-relay does) instead of refused.
+    Graphite {
+        /// Take any byte but a blank in a name (see [`graphite::parse_with`]).
+        any_name_bytes: bool,
+    },
     /// statsd lines by Etsy's grammar; one point per sample.
     Statsd,
     /// Any line, routed by the key a regex cuts out of it.
@@ -122,20 +127,21 @@ impl Decoder {
     ) {
         counts.received_lines += 1;
         let parsed = match self {
-            Decoder::Graphite => graphite::parse(line).map(|l| Point {
-                name: l.name,
-                key: l.key(),
-                // A line already in normal form goes out as one copy.
-                line: if graphite::is_normal(line, &l) {
-                    line
-                } else {
-                    &[]
-                },
-                value: Value::Graphite(point::Graphite {
-                    value: l.value,
-                    timestamp: l.timestamp,
+            Decoder::Graphite { any_name_bytes } => graphite::parse_with(line, *any_name_bytes)
+                .map(|l| Point {
+                    name: l.name,
+                    key: l.key(),
+                    // A line already in normal form goes out as one copy.
+                    line: if graphite::is_normal(line, &l) {
+                        line
+                    } else {
+                        &[]
+                    },
+                    value: Value::Graphite(point::Graphite {
+                        value: l.value,
+                        timestamp: l.timestamp,
+                    }),
                 }),
-            }),
             Decoder::Regex(re) => match re.parse(line) {
                 Ok(p) => Ok(Point {
                     name: p.key,
@@ -660,7 +666,9 @@ mod tests {
     #[test]
     fn graphite_lines_and_framing() {
         let (out, c) = run(
-            &Decoder::Graphite,
+            &Decoder::Graphite {
+                any_name_bytes: false,
+            },
             &[
                 (b"a.b 1 17\r\nbad\nc", End::More),
                 (b" 2 18\n", End::More),
@@ -671,7 +679,12 @@ mod tests {
         assert_eq!((c.received_lines, c.parsed_lines), (4, 2));
         assert_eq!(c.rejected_lines[Reject::MissingFields as usize], 1);
         assert_eq!(c.rejected_lines[Reject::Unterminated as usize], 1);
-        let (out, _) = run(&Decoder::Graphite, &[(b"x 1 2\ny 3 4", End::Datagram)]);
+        let (out, _) = run(
+            &Decoder::Graphite {
+                any_name_bytes: false,
+            },
+            &[(b"x 1 2\ny 3 4", End::Datagram)],
+        );
         assert_eq!(out, ["g x 1 2", "g y 3 4"]);
     }
 
@@ -846,7 +859,12 @@ mod split_tests {
     #[test]
     fn an_overlong_unterminated_tail_is_too_long_wherever_the_stream_splits() {
         let body: &[u8] = b"\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc\xfc@w:\x00\xc5\xcf\x00\x83c";
-        for d in [Decoder::Statsd, Decoder::Graphite] {
+        for d in [
+            Decoder::Statsd,
+            Decoder::Graphite {
+                any_name_bytes: false,
+            },
+        ] {
             let mut reasons = Vec::new();
             for cut in [0, 10, body.len()] {
                 let mut counts = DecodeCounts::default();

@@ -29,11 +29,20 @@ pub fn hash_key(name: &[u8]) -> &[u8] {
 }
 
 /// Parses one line (no `\n`; a trailing `\r` is already gone). Fields are separated by
-/// runs of spaces or tabs; leading and trailing blanks are ignored.
+/// runs of spaces or tabs; leading and trailing blanks are ignored. A name must be
+/// printable ASCII or valid UTF-8 above it (control bytes, DEL and invalid UTF-8 are
+/// what binary garbage looks like).
 pub fn parse(line: &[u8]) -> Result<Line<'_>, Reject> {
+    parse_with(line, false)
+}
+
+/// [`parse`]; with `any_name_bytes`, a name may hold any byte but a blank (for a
+/// listener that cleanses names, which makes the path's odd bytes `_` and a NUL in the
+/// tags `_`, as carbon-c-relay does; the rest of the tags it keeps as they came).
+pub fn parse_with(line: &[u8], any_name_bytes: bool) -> Result<Line<'_>, Reject> {
     match parse_normal(line) {
         Some(l) => Ok(l),
-        None => parse_general(line),
+        None => parse_general(line, any_name_bytes),
     }
 }
 
@@ -98,7 +107,7 @@ fn is_plain_number(s: &[u8]) -> bool {
     others == 0 && dots <= 1 && digits.len() > dots as usize
 }
 
-fn parse_general(line: &[u8]) -> Result<Line<'_>, Reject> {
+fn parse_general(line: &[u8], any_name_bytes: bool) -> Result<Line<'_>, Reject> {
     let mut at = 0;
     let name = next_field(line, &mut at).ok_or(Reject::MissingFields)?;
     let value = next_field(line, &mut at).ok_or(Reject::MissingFields)?;
@@ -106,7 +115,7 @@ fn parse_general(line: &[u8]) -> Result<Line<'_>, Reject> {
     if next_field(line, &mut at).is_some() {
         return Err(Reject::TooManyFields);
     }
-    if !valid_name(name) || no_path(name) {
+    if !(any_name_bytes || valid_name(name)) || no_path(name) {
         return Err(Reject::BadName);
     }
     // Any value python's float() reads, `nan` and `inf` included: carbon-c-relay
@@ -171,8 +180,11 @@ pub fn is_clean(name: &[u8]) -> bool {
         .fold(true, |ok, (&a, &b)| {
             ok & !(((a == b'.') | (a == b';')) & (b == b'.'))
         });
+    // A NUL anywhere (c-relay writes it as `_`, in the tags too).
+    let no_nul = name.iter().fold(true, |ok, &b| ok & (b != 0));
     allowed
         && no_empty_element
+        && no_nul
         && name.first() != Some(&b'.')
         && (path_end < name.len() || path.last() != Some(&b'.'))
 }
@@ -196,7 +208,8 @@ fn allowed_byte(b: u8) -> bool {
 ///   (byte by byte, so a two-byte UTF-8 character becomes `__`);
 /// - a `.` at the start, after another `.`, or right after a `;` is dropped, in the tags
 ///   too, which are otherwise left alone;
-/// - a trailing `.` is dropped when the name has no tags.
+/// - a trailing `.` is dropped when the name has no tags;
+/// - a NUL becomes `_` in the tags too.
 ///
 /// The result may be empty (`...`); the caller rejects that.
 pub fn cleanse(name: &[u8], out: &mut Vec<u8>) {
@@ -213,6 +226,7 @@ pub fn cleanse(name: &[u8], out: &mut Vec<u8>) {
                     out.push(b);
                 }
             }
+            0 => out.push(b'_'),
             _ if in_tags || allowed_byte(b) => out.push(b),
             _ => out.push(b'_'),
         }
@@ -273,6 +287,23 @@ mod tests {
         check(" .;a=b  1 2", Err(Reject::BadName));
         check(".a;b=c 1 2", Ok((".a;b=c", "1", "2")));
         assert_eq!(parse(b"\xff\xfe 1 2"), Err(Reject::BadName));
+        // A cleansing listener takes them (cleansing makes the path's bytes `_`).
+        for name in [
+            &b"\xff\xfe"[..],
+            b"a\x01b",
+            b"a\x7f",
+            b"a\x00b",
+            b"a;t=\x01",
+        ] {
+            let mut line = name.to_vec();
+            line.extend_from_slice(b" 1 2");
+            assert_eq!(
+                parse_with(&line, true).map(|l| l.name),
+                Ok(name),
+                "{line:?}"
+            );
+        }
+        assert_eq!(parse_with(b".;a=b 1 2", true), Err(Reject::BadName));
         check("a.b 1e3 1.7e9", Ok(("a.b", "1e3", "1.7e9")));
         check("a.b .5 5.", Ok(("a.b", ".5", "5.")));
         check("a.b +1 17", Ok(("a.b", "+1", "17")));
@@ -305,7 +336,7 @@ mod tests {
                     alphabet[(x % alphabet.len() as u64) as usize]
                 })
                 .collect();
-            assert_eq!(parse(&line), parse_general(&line), "{line:?}");
+            assert_eq!(parse(&line), parse_general(&line, false), "{line:?}");
         }
     }
 
@@ -342,6 +373,10 @@ mod tests {
             (".;t=1", ";t=1"),
             ("...", ""),
             ("a.b;t=x;;u=y", "a.b;t=x;;u=y"),
+            ("a\u{1}z", "a_z"),
+            ("a\u{0}b\u{7f}", "a_b_"),
+            ("a;t=\u{1}x", "a;t=\u{1}x"),
+            ("a;t=\u{0}x", "a;t=_x"),
         ] {
             assert_eq!(cleansed(name), want, "{name}");
             assert_eq!(is_clean(name.as_bytes()), name == want, "is_clean({name})");

@@ -38,6 +38,9 @@ crate::counter_set! {
         dropped_by_rule: counter,
         /// Metrics no route matched (dropped).
         unrouted: counter,
+        /// Metrics a rewrite left with an empty name (dropped: no receiver takes a
+        /// line without a name; carbon-c-relay sends one).
+        dropped_empty_name: counter,
         /// cadent's own counters routed as graphite lines (`[telemetry]`): with the
         /// listeners' parsed lines and the aggregators' flushed ones, what routing was
         /// handed.
@@ -549,6 +552,8 @@ pub enum Verdict {
     Dropped,
     /// No rule matched.
     Unrouted,
+    /// A rewrite left an empty name before any target took the metric.
+    EmptyName,
 }
 
 /// Rules plus clusters: name in, destinations out. Each shard owns a clone.
@@ -943,7 +948,8 @@ impl Router {
                 } else {
                     name
                 };
-                replay_rewrites(&self.rules, &plan.rules, base, &mut self.rewritten);
+                let tagged = form != NameForm::Collectd;
+                replay_rewrites(&self.rules, &plan.rules, base, tagged, &mut self.rewritten);
             }
             return Decision {
                 verdict: plan.verdict,
@@ -1031,13 +1037,32 @@ impl Router {
         self.scratch_stages.clear();
         self.rewritten.clear();
         let mut dropped = false;
+        let mut emptied = false;
+        // Graphite tags (`;k=v` after the path) are not matched or rewritten, as
+        // carbon-c-relay treats them; a collectd identifier has none.
+        let tagged = !collectd;
         for (i, rule) in self.rules.iter().enumerate() {
-            if !rule.takes(origin) || !rule.matcher.is_match(self.rewritten.current(name)) {
+            if !rule.takes(origin) {
+                continue;
+            }
+            let current = self.rewritten.current(name);
+            // c-relay compares a prefix with the whole line (its `strncmp` does not stop
+            // at the tags), every other match with the path alone.
+            let path = match rule.matcher {
+                Matcher::Prefix(_) => current,
+                _ if tagged => untagged(current),
+                _ => current,
+            };
+            if !rule.matcher.is_match(path) {
                 continue;
             }
             self.scratch_rules.push(i as u16);
             if let Some(rw) = &rule.rewrite {
-                self.rewritten.apply(rw, name);
+                if self.rewritten.apply(rw, name, tagged) && self.rewritten.current(name).is_empty()
+                {
+                    emptied = true;
+                    break;
+                }
             }
             let stage = self.rewritten.used as u8;
             let current = self.rewritten.current(name);
@@ -1100,6 +1125,8 @@ impl Router {
             Verdict::Routed
         } else if dropped {
             Verdict::Dropped
+        } else if emptied {
+            Verdict::EmptyName
         } else {
             Verdict::Unrouted
         }
@@ -1159,13 +1186,18 @@ impl Rewritten {
     }
 
     /// Applies `rw` to the latest name; true (and one more name) when it matched.
-    fn apply(&mut self, rw: &Rewrite, name: &[u8]) -> bool {
+    /// `tagged`: only the path before the first `;` is rewritten, the tags are kept as
+    /// they are (carbon-c-relay).
+    fn apply(&mut self, rw: &Rewrite, name: &[u8], tagged: bool) -> bool {
         if self.names.len() == self.used {
             self.names.push(Vec::with_capacity(name.len() + 32));
         }
         let (done, rest) = self.names.split_at_mut(self.used);
         let current: &[u8] = done.last().map_or(name, |v| v.as_slice());
-        if rw.apply(current, &mut rest[0]) {
+        let path = if tagged { untagged(current) } else { current };
+        let out = &mut rest[0];
+        if rw.apply(path, out) {
+            out.extend_from_slice(&current[path.len()..]);
             self.used += 1;
             true
         } else {
@@ -1174,12 +1206,27 @@ impl Rewritten {
     }
 }
 
+/// A graphite name's path: up to its first `;` (the tags after it are not matched or
+/// rewritten).
+fn untagged(name: &[u8]) -> &[u8] {
+    match memchr::memchr(b';', name) {
+        Some(i) => &name[..i],
+        None => name,
+    }
+}
+
 /// Applies the rewrites of the matched `rules` to `name` in order, as evaluation did.
-fn replay_rewrites(rules: &[Rule], matched: &[u16], name: &[u8], out: &mut Rewritten) {
+fn replay_rewrites(
+    rules: &[Rule],
+    matched: &[u16],
+    name: &[u8],
+    tagged: bool,
+    out: &mut Rewritten,
+) {
     out.clear();
     for &r in matched {
         if let Some(rw) = &rules[r as usize].rewrite {
-            out.apply(rw, name);
+            out.apply(rw, name, tagged);
         }
     }
 }
@@ -1574,6 +1621,129 @@ mod tests {
             assert_eq!(d.names, [b"b.x;t=1".to_vec()], "round {round}");
         }
         assert_eq!(hits, [2, 2, 2]);
+    }
+
+    /// Routes `name` from listener 0 (graphite); (verdict, destination names, the name
+    /// each destination gets).
+    fn route_named(
+        r: &mut Router,
+        t: &DestinationTable,
+        name: &str,
+    ) -> (Verdict, Vec<(String, String)>) {
+        let mut hits = vec![0; r.rule_count()];
+        let key = name.split(';').next().unwrap();
+        let fp = r.fingerprint(
+            name.as_bytes(),
+            key.as_bytes(),
+            NameForm::Plain,
+            Origin::Listener(0),
+        );
+        let d = r.route_fingerprinted(
+            fp,
+            name.as_bytes(),
+            key.as_bytes(),
+            NameForm::Plain,
+            Origin::Listener(0),
+            &mut hits,
+        );
+        let got = d
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(j, d0)| {
+                let stage = d.stages.get(j).copied().unwrap_or(0);
+                let sent = match stage {
+                    0 => name.to_string(),
+                    k => String::from_utf8(d.names[k as usize - 1].clone()).unwrap(),
+                };
+                (
+                    t.destinations[d0.dest().unwrap().index()].name.clone(),
+                    sent,
+                )
+            })
+            .collect();
+        (d.verdict, got)
+    }
+
+    #[test]
+    fn tags_are_neither_matched_nor_rewritten_and_an_emptied_name_is_counted() {
+        // As carbon-c-relay 3.7.3 does live (its dispatcher ends the path at the first
+        // `;`): rules see the path; a rewrite changes the path and keeps the tags.
+        let (mut r, t) = router(
+            r#"
+            [[listen]]
+            name = "g"
+            url = "tcp://127.0.0.1:0"
+            format = "graphite"
+            [[cluster]]
+            name = "c0"
+            kind = "forward"
+            members = ["127.0.0.1:1"]
+            [[cluster]]
+            name = "c1"
+            kind = "forward"
+            members = ["127.0.0.1:2"]
+            [[cluster]]
+            name = "c3"
+            kind = "forward"
+            members = ["127.0.0.1:4"]
+            [[route]]
+            match = { regex = "^empty\\.me" }
+            rewrite = { regex = "empty\\.me(x*)", into = "\\1" }
+            [[route]]
+            match = { regex = "^lo\\." }
+            rewrite = { regex = "^lo\\.(.*)$", into = "lo.\\_1" }
+            [[route]]
+            match = { regex = "\\.cpu2$" }
+            rewrite = { regex = "^(.*)\\.cpu2$", into = "\\1.processor" }
+            [[route]]
+            match = { regex = "cpu$" }
+            send_to = ["c0"]
+            [[route]]
+            match = { substring = "dc=x" }
+            send_to = ["c1"]
+            [[route]]
+            match = { prefix = "p.a;" }
+            send_to = ["c1"]
+            [[route]]
+            match = { all = true }
+            send_to = ["c3"]
+        "#,
+        );
+        let one = |dest: &str, name: &str| vec![(dest.to_string(), name.to_string())];
+        for _round in 0..2 {
+            assert_eq!(
+                route_named(&mut r, &t, "a.cpu;dc=x"),
+                (Verdict::Routed, one("tcp://127.0.0.1:1", "a.cpu;dc=x"))
+            );
+            assert_eq!(
+                route_named(&mut r, &t, "b.mem;dc=x"),
+                (Verdict::Routed, one("tcp://127.0.0.1:4", "b.mem;dc=x"))
+            );
+            assert_eq!(
+                route_named(&mut r, &t, "t.x;dc=x.cpu"),
+                (Verdict::Routed, one("tcp://127.0.0.1:4", "t.x;dc=x.cpu"))
+            );
+            assert_eq!(
+                route_named(&mut r, &t, "p.a;t=1"),
+                (Verdict::Routed, one("tcp://127.0.0.1:2", "p.a;t=1"))
+            );
+            assert_eq!(
+                route_named(&mut r, &t, "x.cpu2;dc=y"),
+                (
+                    Verdict::Routed,
+                    one("tcp://127.0.0.1:4", "x.processor;dc=y")
+                )
+            );
+            assert_eq!(
+                route_named(&mut r, &t, "lo.MiXeD;T=Up"),
+                (Verdict::Routed, one("tcp://127.0.0.1:4", "lo.mixed;T=Up"))
+            );
+            assert_eq!(
+                route_named(&mut r, &t, "empty.me"),
+                (Verdict::EmptyName, vec![])
+            );
+        }
     }
 
     /// Routes a collectd identifier (host = text before the first `/`), through the cache.

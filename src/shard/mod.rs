@@ -946,7 +946,9 @@ impl Shard {
                 continue;
             }
             let decoder = match l.format {
-                crate::config::Format::Graphite => Decoder::Graphite,
+                crate::config::Format::Graphite => Decoder::Graphite {
+                    any_name_bytes: l.cleanse_names,
+                },
                 crate::config::Format::Statsd => Decoder::Statsd,
                 crate::config::Format::Pickle => Decoder::Pickle {
                     frame_bytes_max: l.frame_bytes_max,

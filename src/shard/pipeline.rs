@@ -213,7 +213,10 @@ impl Core {
         };
         counts.clear();
         let routing = &ctx.counters.routing;
-        let (dropped, unrouted) = (routing.dropped_by_rule, routing.unrouted);
+        let (dropped, unrouted) = (
+            routing.dropped_by_rule + routing.dropped_empty_name,
+            routing.unrouted,
+        );
         let handed = decoder.decode(buf, counts, &mut |points: &[Point<'_>]| {
             let mut batch = [(Point::EMPTY, Fingerprint::ZERO); ROUTE_BATCH_POINTS];
             for (slot, p) in batch.iter_mut().zip(points) {
@@ -225,7 +228,8 @@ impl Core {
             }
             route_batch(&batch[..points.len()], &mut ctx);
         });
-        let dropped = ctx.counters.routing.dropped_by_rule - dropped;
+        let routing = &ctx.counters.routing;
+        let dropped = routing.dropped_by_rule + routing.dropped_empty_name - dropped;
         let unrouted = ctx.counters.routing.unrouted - unrouted;
         let l = &mut ctx.counters.listeners[listener];
         l.add_decoded(counts);
@@ -439,6 +443,7 @@ fn route_batch(batch: &[(Point<'_>, Fingerprint)], ctx: &mut RouteCtx<'_>) {
             }
             Verdict::Dropped => ctx.counters.routing.dropped_by_rule += 1,
             Verdict::Unrouted => ctx.counters.routing.unrouted += 1,
+            Verdict::EmptyName => ctx.counters.routing.dropped_empty_name += 1,
         }
     }
     ctx.aggs.finish_batch();
@@ -555,7 +560,9 @@ mod tests {
         core.set_input(
             0,
             Input {
-                decoder: Decoder::Graphite,
+                decoder: Decoder::Graphite {
+                    any_name_bytes: true,
+                },
                 line_bytes_max: 1000,
                 cleanse_names: true,
             },

@@ -516,10 +516,49 @@ fn running_relays_cleanse_and_place_dirty_names_alike() {
     use crate::support::{free_port, send_tcp, wait_until, Cadent, Sink};
     const LINES: usize = 4000;
     let pieces = [
-        "a", "b", "cpu", "7", "42", ".", "..", "...", "(", ")", "*", "?", "/", "=", ",", "!",
-        "\u{e9}", "_", ":", "#", "-", "[x]", "{y}", "+", "$", "%", "@",
+        "a",
+        "b",
+        "cpu",
+        "7",
+        "42",
+        ".",
+        "..",
+        "...",
+        "(",
+        ")",
+        "*",
+        "?",
+        "/",
+        "=",
+        ",",
+        "!",
+        "\u{e9}",
+        "_",
+        ":",
+        "#",
+        "-",
+        "[x]",
+        "{y}",
+        "+",
+        "$",
+        "%",
+        "@",
+        "\u{1}",
+        "\u{7f}",
+        "\u{0}",
+        "\u{1b}[0m",
     ];
-    let tags = ["", ";t=1", ";t=..x", ";.t=(1)", ";a=b;c=d.", ";t=x."];
+    // Control bytes stay as they are in the tags, except NUL (`_`).
+    let tags = [
+        "",
+        ";t=1",
+        ";t=..x",
+        ";.t=(1)",
+        ";a=b;c=d.",
+        ";t=x.",
+        ";t=\u{1}x",
+        ";t=\u{0}",
+    ];
     let mut rng = SplitMix64(0x636c_6561_6e73_6521);
     let names: Vec<String> = (0..LINES)
         .map(|i| {
@@ -651,6 +690,133 @@ fn running_relays_cleanse_and_place_dirty_names_alike() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+#[test]
+fn running_relays_match_and_rewrite_the_path_before_the_tags_alike() {
+    // carbon-c-relay's dispatcher ends the path at the first `;`: its regex matches and
+    // rewrites see the path only, and a rewrite keeps the tags as they came (`\_1`
+    // lowers the path, not the tags).
+    use crate::support::{free_port, send_tcp, wait_until, Cadent, Sink};
+    let paths = [
+        "a.cpu", "b.mem", "n.123", "x.cpu2", "lo.MiXeD", "t.x", "dcx.y",
+    ];
+    let tags = ["", ";k=mem", ";t=1", ";dc=x.cpu", ";T=Up", ";a=n.1"];
+    let mut lines = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        for (j, t) in tags.iter().enumerate() {
+            lines.push(format!("{p}{t} {} 1700000000\n", i * 10 + j));
+        }
+    }
+    let data: String = lines.concat();
+    let total = lines.len() as u64;
+    let rules = [
+        ("^(.*)\\.cpu2$", "\\1.processor"),
+        ("^lo\\.(.*)$", "lo.\\_1"),
+    ];
+    let matches = ["cpu$", "mem", "^n\\.[0-9]+$"];
+
+    let crelay_sinks: Vec<Sink> = (0..4).map(|_| Sink::start()).collect();
+    let crelay_port = free_port();
+    let dir = workdir("tags");
+    let conf = dir.join("relay.conf");
+    let mut text =
+        format!("listen\n    type linemode\n        127.0.0.1:{crelay_port} proto tcp\n    ;\n");
+    for (k, s) in crelay_sinks.iter().enumerate() {
+        text.push_str(&format!(
+            "cluster c{k}\n    forward\n        {}\n    ;\n",
+            s.addr
+        ));
+    }
+    for (re, into) in rules {
+        text.push_str(&format!("rewrite {re}\n    into {into}\n    ;\n"));
+    }
+    for (k, m) in matches.iter().enumerate() {
+        text.push_str(&format!(
+            "match \"{m}\"\n    send to c{k}\n    stop\n    ;\n"
+        ));
+    }
+    text.push_str("match *\n    send to c3\n    stop\n    ;\n");
+    std::fs::write(&conf, text).unwrap();
+    let mut relay = Command::new(crelay_bin())
+        .args(["-f", conf.to_str().unwrap(), "-s", "-w", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start carbon-c-relay");
+    let crelay_addr = format!("127.0.0.1:{crelay_port}");
+    assert!(
+        wait_until(PEER_TIMEOUT, || std::net::TcpStream::connect(&crelay_addr)
+            .is_ok()),
+        "carbon-c-relay did not listen"
+    );
+    send_tcp(&crelay_addr, data.as_bytes());
+    let crelay_done = wait_until(PEER_TIMEOUT, || {
+        crelay_sinks.iter().map(|s| s.total()).sum::<u64>() >= total
+    });
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    unsafe {
+        libc::kill(relay.id() as i32, libc::SIGTERM);
+    }
+    let _ = relay.wait();
+    assert!(crelay_done, "carbon-c-relay delivered too few lines");
+
+    let cadent_sinks: Vec<Sink> = (0..4).map(|_| Sink::start()).collect();
+    let in_port = free_port();
+    let mut config = format!(
+        "[server]\nadmin_listen = \"ADMIN\"\n[[listen]]\nname = \"in\"\nurl = \"tcp://127.0.0.1:{in_port}\"\nformat = \"graphite\"\n"
+    );
+    for (k, s) in cadent_sinks.iter().enumerate() {
+        config.push_str(&format!(
+            "[[cluster]]\nname = \"c{k}\"\nkind = \"forward\"\nmembers = [\"tcp://{}\"]\n",
+            s.addr
+        ));
+    }
+    for (re, into) in rules {
+        let re = re.replace('\\', "\\\\");
+        let into = into.replace('\\', "\\\\");
+        config.push_str(&format!(
+            "[[route]]\nmatch = {{ regex = \"{re}\" }}\nrewrite = {{ regex = \"{re}\", into = \"{into}\" }}\n"
+        ));
+    }
+    for (k, m) in matches.iter().enumerate() {
+        let m = m.replace('\\', "\\\\");
+        config.push_str(&format!(
+            "[[route]]\nmatch = {{ regex = \"{m}\" }}\nsend_to = [\"c{k}\"]\n"
+        ));
+    }
+    config.push_str("[[route]]\nmatch = { all = true }\nsend_to = [\"c3\"]\n");
+    let cadent = Cadent::start("tags", &config);
+    send_tcp(&format!("127.0.0.1:{in_port}"), data.as_bytes());
+    assert!(
+        wait_until(PEER_TIMEOUT, || {
+            cadent_sinks.iter().map(|s| s.total()).sum::<u64>() >= total
+        }),
+        "cadent delivered too few lines: {}",
+        cadent.stats()
+    );
+    let placed = |sinks: &[Sink]| -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for (k, s) in sinks.iter().enumerate() {
+            for (line, n) in s.lines() {
+                assert_eq!(n, 1, "{line:?} arrived {n} times");
+                m.insert(line, k);
+            }
+        }
+        m
+    };
+    let want = placed(&crelay_sinks);
+    assert_eq!(want.len() as u64, total);
+    // The rules did something: every cluster got lines, tags were kept through rewrites.
+    assert!(
+        want.values()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            == 4,
+        "{want:?}"
+    );
+    assert!(want.contains_key("lo.mixed;T=Up 44 1700000000"), "{want:?}");
+    assert_eq!(placed(&cadent_sinks), want);
 }
 
 /// A scratch directory unique to this test run and `tag`, left behind so the configs and
