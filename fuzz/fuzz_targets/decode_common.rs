@@ -43,12 +43,19 @@ pub fn run(decode: &mut Decode<'_>, chunks: &[&[u8]], end: End) -> Seen {
         for (a, b) in total.rejected_lines.iter_mut().zip(&counts.rejected_lines) {
             *a += b;
         }
-        for (a, b) in total.rejected_frames.iter_mut().zip(&counts.rejected_frames) {
+        for (a, b) in total
+            .rejected_frames
+            .iter_mut()
+            .zip(&counts.rejected_frames)
+        {
             *a += b;
         }
         pending.drain(..used);
     }
-    assert!(pending.is_empty(), "the end of a stream consumes everything");
+    assert!(
+        pending.is_empty(),
+        "the end of a stream consumes everything"
+    );
     (points, total)
 }
 
@@ -65,11 +72,12 @@ pub fn check(decoder: &Decoder, data: &[u8]) {
         return;
     };
     let max = 8 + data[0] as usize % 120;
-    let mut decode = |pending: &[u8], end, skipping: &mut bool, counts: &mut _, points: &mut Vec<String>| {
-        decoder.decode(pending, end, max, skipping, counts, &mut |p| {
-            points.push(format!("{p:?}"))
-        })
-    };
+    let mut decode =
+        |pending: &[u8], end, skipping: &mut bool, counts: &mut _, points: &mut Vec<String>| {
+            decoder.decode(pending, end, max, skipping, counts, &mut |p| {
+                points.push(format!("{p:?}"))
+            })
+        };
     let whole = run(&mut decode, &[body], End::Stream);
     let split = run(&mut decode, &[&body[..cut], &body[cut..]], End::Stream);
     assert_eq!(whole, split, "cut at {cut}");

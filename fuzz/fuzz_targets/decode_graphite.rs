@@ -1,4 +1,5 @@
-//! `Decoder::Graphite` over a stream and a datagram: see `decode_common.rs`.
+//! `Decoder::Graphite` over a stream and a datagram, strict and as a cleansing listener
+//! reads names: see `decode_common.rs`.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -6,5 +7,10 @@ use libfuzzer_sys::fuzz_target;
 mod decode_common;
 
 fuzz_target!(|data: &[u8]| {
-    decode_common::check(&cadent::protocol::decode::Decoder::Graphite, data);
+    for any_name_bytes in [false, true] {
+        decode_common::check(
+            &cadent::protocol::decode::Decoder::Graphite { any_name_bytes },
+            data,
+        );
+    }
 });

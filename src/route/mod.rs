@@ -1623,6 +1623,19 @@ mod tests {
         assert_eq!(hits, [2, 2, 2]);
     }
 
+    /// Fingerprints and routes `name` (hashed by `key`) read by listener 0.
+    fn from_listener0<'r>(
+        r: &'r mut Router,
+        name: &str,
+        key: &str,
+        form: NameForm,
+        hits: &mut [u64],
+    ) -> Decision<'r> {
+        let (name, key) = (name.as_bytes(), key.as_bytes());
+        let fp = r.fingerprint(name, key, form, Origin::Listener(0));
+        r.route_fingerprinted(fp, name, key, form, Origin::Listener(0), hits)
+    }
+
     /// Routes `name` from listener 0 (graphite); (verdict, destination names, the name
     /// each destination gets).
     fn route_named(
@@ -1632,20 +1645,7 @@ mod tests {
     ) -> (Verdict, Vec<(String, String)>) {
         let mut hits = vec![0; r.rule_count()];
         let key = name.split(';').next().unwrap();
-        let fp = r.fingerprint(
-            name.as_bytes(),
-            key.as_bytes(),
-            NameForm::Plain,
-            Origin::Listener(0),
-        );
-        let d = r.route_fingerprinted(
-            fp,
-            name.as_bytes(),
-            key.as_bytes(),
-            NameForm::Plain,
-            Origin::Listener(0),
-            &mut hits,
-        );
+        let d = from_listener0(r, name, key, NameForm::Plain, &mut hits);
         let got = d
             .targets
             .iter()
@@ -1750,20 +1750,7 @@ mod tests {
     fn collectd_dests(r: &mut Router, id: &str) -> Vec<usize> {
         let host = id.split('/').next().unwrap();
         let mut hits = vec![0; r.rule_count()];
-        let fp = r.fingerprint(
-            id.as_bytes(),
-            host.as_bytes(),
-            NameForm::Collectd,
-            Origin::Listener(0),
-        );
-        let d = r.route_fingerprinted(
-            fp,
-            id.as_bytes(),
-            host.as_bytes(),
-            NameForm::Collectd,
-            Origin::Listener(0),
-            &mut hits,
-        );
+        let d = from_listener0(r, id, host, NameForm::Collectd, &mut hits);
         d.targets
             .iter()
             .map(|t| t.dest().unwrap().index())

@@ -605,28 +605,13 @@ fn running_relays_cleanse_and_place_dirty_names_alike() {
         ),
     )
     .unwrap();
-    let mut relay = Command::new(crelay_bin())
-        .args(["-f", conf.to_str().unwrap(), "-s", "-w", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start carbon-c-relay");
-    let crelay_addr = format!("127.0.0.1:{crelay_port}");
-    assert!(
-        wait_until(PEER_TIMEOUT, || std::net::TcpStream::connect(&crelay_addr)
-            .is_ok()),
-        "carbon-c-relay did not listen"
+    relay_through_crelay(
+        &conf,
+        crelay_port,
+        data.as_bytes(),
+        &crelay_sinks,
+        LINES as u64,
     );
-    send_tcp(&crelay_addr, data.as_bytes());
-    let crelay_done = wait_until(PEER_TIMEOUT, || {
-        crelay_sinks.iter().map(|s| s.total()).sum::<u64>() >= LINES as u64
-    });
-    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-    unsafe {
-        libc::kill(relay.id() as i32, libc::SIGTERM);
-    }
-    let _ = relay.wait();
-    assert!(crelay_done, "carbon-c-relay delivered too few lines");
 
     // cadent, same ring (the port is not hashed), its own sinks.
     let cadent_sinks: Vec<Sink> = (0..4).map(|_| Sink::start()).collect();
@@ -738,28 +723,7 @@ fn running_relays_match_and_rewrite_the_path_before_the_tags_alike() {
     }
     text.push_str("match *\n    send to c3\n    stop\n    ;\n");
     std::fs::write(&conf, text).unwrap();
-    let mut relay = Command::new(crelay_bin())
-        .args(["-f", conf.to_str().unwrap(), "-s", "-w", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start carbon-c-relay");
-    let crelay_addr = format!("127.0.0.1:{crelay_port}");
-    assert!(
-        wait_until(PEER_TIMEOUT, || std::net::TcpStream::connect(&crelay_addr)
-            .is_ok()),
-        "carbon-c-relay did not listen"
-    );
-    send_tcp(&crelay_addr, data.as_bytes());
-    let crelay_done = wait_until(PEER_TIMEOUT, || {
-        crelay_sinks.iter().map(|s| s.total()).sum::<u64>() >= total
-    });
-    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-    unsafe {
-        libc::kill(relay.id() as i32, libc::SIGTERM);
-    }
-    let _ = relay.wait();
-    assert!(crelay_done, "carbon-c-relay delivered too few lines");
+    relay_through_crelay(&conf, crelay_port, data.as_bytes(), &crelay_sinks, total);
 
     let cadent_sinks: Vec<Sink> = (0..4).map(|_| Sink::start()).collect();
     let in_port = free_port();
@@ -817,6 +781,39 @@ fn running_relays_match_and_rewrite_the_path_before_the_tags_alike() {
     );
     assert!(want.contains_key("lo.mixed;T=Up 44 1700000000"), "{want:?}");
     assert_eq!(placed(&cadent_sinks), want);
+}
+
+/// Runs carbon-c-relay on `conf` (listening on `port`), sends it `data` and waits until
+/// its `sinks` hold `lines` lines, then stops it.
+fn relay_through_crelay(
+    conf: &Path,
+    port: u16,
+    data: &[u8],
+    sinks: &[crate::support::Sink],
+    lines: u64,
+) {
+    use crate::support::{send_tcp, wait_until};
+    let mut relay = Command::new(crelay_bin())
+        .args(["-f", conf.to_str().unwrap(), "-s", "-w", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start carbon-c-relay");
+    let addr = format!("127.0.0.1:{port}");
+    assert!(
+        wait_until(PEER_TIMEOUT, || std::net::TcpStream::connect(&addr).is_ok()),
+        "carbon-c-relay did not listen"
+    );
+    send_tcp(&addr, data);
+    let done = wait_until(PEER_TIMEOUT, || {
+        sinks.iter().map(|s| s.total()).sum::<u64>() >= lines
+    });
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    unsafe {
+        libc::kill(relay.id() as i32, libc::SIGTERM);
+    }
+    let _ = relay.wait();
+    assert!(done, "carbon-c-relay delivered too few lines");
 }
 
 /// A scratch directory unique to this test run and `tag`, left behind so the configs and
