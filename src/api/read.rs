@@ -809,6 +809,15 @@ mod tests {
             --b0undary--\r\n";
         let p = multipart("b0undary", body).unwrap();
         assert_eq!(p.all("target"), ["a.b", "c.*"]);
+        // Every cut and every one-byte change of it is read or refused, never a panic.
+        for cut in 0..body.len() {
+            let _ = multipart("b0undary", &body[..cut]);
+            let mut changed = body.to_vec();
+            for b in [b'-', b'\r', b'\n', b'"', 0xff] {
+                changed[cut] = b;
+                let _ = multipart("b0undary", &changed);
+            }
+        }
         assert_eq!(p.get("format"), Some("pickle"));
         assert_eq!(p.get("from"), Some("100"));
         assert!(p.flag("local"));
