@@ -155,6 +155,24 @@ enum Transport {
 }
 
 fn run_both(case: &Case, shards: usize, transport: Transport) -> Vec<(Vec<String>, Vec<String>)> {
+    // A free port can be taken by another test between its choice and Etsy's bind.
+    let mut last = String::new();
+    for _ in 0..3 {
+        match try_run_both(case, shards, transport) {
+            Ok(flushes) => return flushes,
+            Err(log) if log.contains("EADDRINUSE") => last = log,
+            Err(log) => panic!("{}: {log}", case.name),
+        }
+    }
+    panic!("{}: ports kept being taken:\n{last}", case.name);
+}
+
+/// One run of [`run_both`]; `Err(log)` when Etsy stopped before a flush.
+fn try_run_both(
+    case: &Case,
+    shards: usize,
+    transport: Transport,
+) -> Result<Vec<(Vec<String>, Vec<String>)>, String> {
     let mut config = case.config.clone();
     config.flush_interval_ms = 1000;
     let dir = temp_dir(&format!("statsd-serve-{}-{shards}", case.name));
@@ -236,8 +254,7 @@ aggregate = "statsd"
     let steps = warmup.iter().chain(&case.steps);
     let steps: Vec<&Vec<Vec<u8>>> = steps.collect();
     for k in 0..=steps.len() {
-        let etsy = accept_flush(&graphite, Duration::from_secs(15), &mut guard, &dir)
-            .unwrap_or_else(|log| panic!("{}: {log}", case.name));
+        let etsy = accept_flush(&graphite, Duration::from_secs(15), &mut guard, &dir)?;
         let etsy: Vec<String> = String::from_utf8_lossy(&etsy)
             .lines()
             .map(str::to_string)
@@ -282,7 +299,7 @@ aggregate = "statsd"
         }
     }
     drop(cadent);
-    out
+    Ok(out)
 }
 
 /// (name, value, ts) with the timing-dependent parts blanked, as in `statsd_etsy`.
