@@ -144,8 +144,6 @@ impl OrderedSink {
     }
 }
 
-/// Runs one case through Etsy and `cadent serve` side by side; returns, per flush,
-/// (Etsy's lines, cadent's lines).
 /// How the steps reach both servers: each item of a step a datagram, or a write on one
 /// TCP connection (Etsy's `servers/tcp`), 20 ms apart so each is a read of its own.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -154,7 +152,11 @@ enum Transport {
     Tcp,
 }
 
-fn run_both(case: &Case, shards: usize, transport: Transport) -> Vec<(Vec<String>, Vec<String>)> {
+/// Per flush: (Etsy's lines, cadent's lines).
+type Flushes = Vec<(Vec<String>, Vec<String>)>;
+
+/// Runs one case through Etsy and `cadent serve` side by side.
+fn run_both(case: &Case, shards: usize, transport: Transport) -> Flushes {
     // A free port can be taken by another test between its choice and Etsy's bind.
     let mut last = String::new();
     for _ in 0..3 {
@@ -168,11 +170,7 @@ fn run_both(case: &Case, shards: usize, transport: Transport) -> Vec<(Vec<String
 }
 
 /// One run of [`run_both`]; `Err(log)` when Etsy stopped before a flush.
-fn try_run_both(
-    case: &Case,
-    shards: usize,
-    transport: Transport,
-) -> Result<Vec<(Vec<String>, Vec<String>)>, String> {
+fn try_run_both(case: &Case, shards: usize, transport: Transport) -> Result<Flushes, String> {
     let mut config = case.config.clone();
     config.flush_interval_ms = 1000;
     let dir = temp_dir(&format!("statsd-serve-{}-{shards}", case.name));
