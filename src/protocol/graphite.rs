@@ -36,7 +36,7 @@ pub fn parse(line: &[u8]) -> Result<Line<'_>, Reject> {
     parse_with(line, false)
 }
 
-/// [`parse`]; with `any_name_bytes`, a name may hold any byte but a blank (for a
+/// [`parse`]; with `any_name_bytes`, a name may hold any byte but a blank or `\r` (for a
 /// listener that cleanses names, which makes the path's odd bytes `_` and a NUL in the
 /// tags `_`, as carbon-c-relay does; the rest of the tags it keeps as they came).
 pub fn parse_with(line: &[u8], any_name_bytes: bool) -> Result<Line<'_>, Reject> {
@@ -115,7 +115,10 @@ fn parse_general(line: &[u8], any_name_bytes: bool) -> Result<Line<'_>, Reject> 
     if next_field(line, &mut at).is_some() {
         return Err(Reject::TooManyFields);
     }
-    if !(any_name_bytes || valid_name(name)) || no_path(name) {
+    // A `\r` inside a name ends carbon-c-relay's line there: such a name never reaches
+    // its router whole, so it is refused rather than cleansed into a new name.
+    let any_ok = any_name_bytes && memchr::memchr(b'\r', name).is_none();
+    if !(any_ok || valid_name(name)) || no_path(name) {
         return Err(Reject::BadName);
     }
     // Any value python's float() reads, `nan` and `inf` included: carbon-c-relay
@@ -304,6 +307,7 @@ mod tests {
             );
         }
         assert_eq!(parse_with(b".;a=b 1 2", true), Err(Reject::BadName));
+        assert_eq!(parse_with(b"a\rz 1 2", true), Err(Reject::BadName));
         check("a.b 1e3 1.7e9", Ok(("a.b", "1e3", "1.7e9")));
         check("a.b .5 5.", Ok(("a.b", ".5", "5.")));
         check("a.b +1 17", Ok(("a.b", "+1", "17")));
