@@ -640,17 +640,6 @@ fn running_relays_cleanse_and_place_dirty_names_alike() {
         cadent.log()
     );
 
-    // line -> sink index, for each relay.
-    let placed = |sinks: &[Sink]| -> BTreeMap<String, usize> {
-        let mut m = BTreeMap::new();
-        for (k, s) in sinks.iter().enumerate() {
-            for (line, n) in s.lines() {
-                assert_eq!(n, 1, "{line:?} arrived {n} times");
-                m.insert(line, k);
-            }
-        }
-        m
-    };
     let want = placed(&crelay_sinks);
     let got = placed(&cadent_sinks);
     let mut differ: Vec<String> = Vec::new();
@@ -759,16 +748,6 @@ fn running_relays_match_and_rewrite_the_path_before_the_tags_alike() {
         "cadent delivered too few lines: {}",
         cadent.stats()
     );
-    let placed = |sinks: &[Sink]| -> BTreeMap<String, usize> {
-        let mut m = BTreeMap::new();
-        for (k, s) in sinks.iter().enumerate() {
-            for (line, n) in s.lines() {
-                assert_eq!(n, 1, "{line:?} arrived {n} times");
-                m.insert(line, k);
-            }
-        }
-        m
-    };
     let want = placed(&crelay_sinks);
     assert_eq!(want.len() as u64, total);
     // The rules did something: every cluster got lines, tags were kept through rewrites.
@@ -781,6 +760,18 @@ fn running_relays_match_and_rewrite_the_path_before_the_tags_alike() {
     );
     assert!(want.contains_key("lo.mixed;T=Up 44 1700000000"), "{want:?}");
     assert_eq!(placed(&cadent_sinks), want);
+}
+
+/// line -> the index of the sink that got it (each line exactly once).
+fn placed(sinks: &[crate::support::Sink]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for (k, s) in sinks.iter().enumerate() {
+        for (line, n) in s.lines() {
+            assert_eq!(n, 1, "{line:?} arrived {n} times");
+            m.insert(line, k);
+        }
+    }
+    m
 }
 
 /// Runs carbon-c-relay on `conf` (listening on `port`), sends it `data` and waits until
