@@ -85,7 +85,6 @@ fn main() {
                 Input {
                     decoder: Decoder::Statsd,
                     line_bytes_max: 16 << 10,
-                    cleanse_names: false,
                 },
             );
             c

@@ -7,9 +7,9 @@ use libfuzzer_sys::fuzz_target;
 mod decode_common;
 
 fuzz_target!(|data: &[u8]| {
-    for any_name_bytes in [false, true] {
+    for cleanse_names in [false, true] {
         decode_common::check(
-            &cadent::protocol::decode::Decoder::Graphite { any_name_bytes },
+            &cadent::protocol::decode::Decoder::Graphite { cleanse_names },
             data,
         );
     }

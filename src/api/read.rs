@@ -165,6 +165,9 @@ fn parse_multipart(
     let delimiter = format!("--{boundary}");
     let d = delimiter.as_bytes();
     let truncated = || "the multipart body ends before its closing boundary".to_string();
+    // Every delimiter after the first starts a line.
+    let next_delimiter = format!("\r\n{delimiter}");
+    let next_delimiter = next_delimiter.as_bytes();
     // The preamble (usually nothing) ends at the first delimiter.
     let mut at = memchr::memmem::find(body, d).ok_or_else(truncated)? + d.len();
     loop {
@@ -175,14 +178,8 @@ fn parse_multipart(
         // The delimiter line ends with CRLF (transport padding before it is allowed).
         let eol = memchr::memmem::find(rest, b"\r\n").ok_or_else(truncated)?;
         let part_start = at + eol + 2;
-        let next_delimiter = {
-            let mut close = Vec::with_capacity(d.len() + 2);
-            close.extend_from_slice(b"\r\n");
-            close.extend_from_slice(d);
-            close
-        };
         let part_len =
-            memchr::memmem::find(&body[part_start..], &next_delimiter).ok_or_else(truncated)?;
+            memchr::memmem::find(&body[part_start..], next_delimiter).ok_or_else(truncated)?;
         let part = &body[part_start..part_start + part_len];
         at = part_start + part_len + next_delimiter.len();
         let (head, value) = match memchr::memmem::find(part, b"\r\n\r\n") {

@@ -69,7 +69,7 @@ impl<T> PartialEq for RulesFile<T> {
 /// `kind = "whisper"`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WhisperStore {
-    /// The root of the tree (`a.b.c` is `<path>/a/b/c.wsp`).
+    /// The root of the tree (`a.b.c` is `<path>/a/b/c.wsp`), made absolute at load.
     pub path: PathBuf,
     /// carbon's `storage-schemas.conf` (carbon's default `60:10080` when not given).
     pub schemas: RulesFile<Schemas>,
@@ -173,6 +173,10 @@ fn read_whisper(r: &mut TableReader<'_>, errs: &mut Vec<ConfigError>) -> Whisper
     if path.as_os_str().is_empty() {
         errs.push(ConfigError::new(r.key_path("path"), "must not be empty"));
     }
+    // Absolute, so that every user of the root (the writer's PATH_MAX check, the read
+    // API, CarbonLink) measures the path the kernel will: a relative `./data/whisper`
+    // passed names whose every open then failed with ENAMETOOLONG.
+    let path = std::path::absolute(&path).unwrap_or(path);
     let schemas = read_rules(r, "schemas_file", Schemas::parse, errs);
     let aggregations = read_rules(r, "aggregation_file", Aggregations::parse, errs);
     let rules_reread_interval_ms = r.uint("rules_reread_interval_ms", 60_000, 0, 86_400_000, errs);

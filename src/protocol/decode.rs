@@ -63,12 +63,13 @@ impl DecodeCounts {
 /// A listener's framing and grammar.
 #[derive(Debug, Clone)]
 pub enum Decoder {
-    /// Graphite plaintext: `name value timestamp` lines. `any_name_bytes`: the listener
-    /// cleanses names, so control bytes, DEL and invalid UTF-8 in a name are taken (the
-    /// cleansing makes them `_` in the path, as carbon-c-relay does) instead of refused.
+    /// Graphite plaintext: `name value timestamp` lines.
     Graphite {
-        /// Take any byte but a blank in a name (see [`graphite::parse_with`]).
-        any_name_bytes: bool,
+        /// The listener's `cleanse_names`: names are cleansed as carbon-c-relay does
+        /// before routing, so control bytes, DEL and invalid UTF-8 in a name are taken
+        /// (the cleansing makes them `_` in the path) instead of refused (see
+        /// [`graphite::parse_with`]).
+        cleanse_names: bool,
     },
     /// statsd lines by Etsy's grammar; one point per sample.
     Statsd,
@@ -87,6 +88,16 @@ pub enum Decoder {
 }
 
 impl Decoder {
+    /// Whether names are cleansed before routing (graphite with `cleanse_names`).
+    pub fn cleanses_names(&self) -> bool {
+        matches!(
+            self,
+            Decoder::Graphite {
+                cleanse_names: true
+            }
+        )
+    }
+
     /// Decodes the complete lines of `buf` (and, at the end of a datagram or stream, its
     /// last unterminated one), handing each point to `emit`; returns the bytes consumed.
     /// `skipping` carries an over-long line across calls.
@@ -127,8 +138,8 @@ impl Decoder {
     ) {
         counts.received_lines += 1;
         let parsed = match self {
-            Decoder::Graphite { any_name_bytes } => graphite::parse_with(line, *any_name_bytes)
-                .map(|l| Point {
+            Decoder::Graphite { cleanse_names } => {
+                graphite::parse_with(line, *cleanse_names).map(|l| Point {
                     name: l.name,
                     key: l.key(),
                     // A line already in normal form goes out as one copy.
@@ -141,7 +152,8 @@ impl Decoder {
                         value: l.value,
                         timestamp: l.timestamp,
                     }),
-                }),
+                })
+            }
             Decoder::Regex(re) => match re.parse(line) {
                 Ok(p) => Ok(Point {
                     name: p.key,
@@ -667,7 +679,7 @@ mod tests {
     fn graphite_lines_and_framing() {
         let (out, c) = run(
             &Decoder::Graphite {
-                any_name_bytes: false,
+                cleanse_names: false,
             },
             &[
                 (b"a.b 1 17\r\nbad\nc", End::More),
@@ -681,7 +693,7 @@ mod tests {
         assert_eq!(c.rejected_lines[Reject::Unterminated as usize], 1);
         let (out, _) = run(
             &Decoder::Graphite {
-                any_name_bytes: false,
+                cleanse_names: false,
             },
             &[(b"x 1 2\ny 3 4", End::Datagram)],
         );
@@ -862,7 +874,7 @@ mod split_tests {
         for d in [
             Decoder::Statsd,
             Decoder::Graphite {
-                any_name_bytes: false,
+                cleanse_names: false,
             },
         ] {
             let mut reasons = Vec::new();

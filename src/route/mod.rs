@@ -1050,7 +1050,7 @@ impl Router {
             // at the tags), every other match with the path alone.
             let path = match rule.matcher {
                 Matcher::Prefix(_) => current,
-                _ if tagged => untagged(current),
+                _ if tagged => graphite::hash_key(current),
                 _ => current,
             };
             if !rule.matcher.is_match(path) {
@@ -1194,7 +1194,11 @@ impl Rewritten {
         }
         let (done, rest) = self.names.split_at_mut(self.used);
         let current: &[u8] = done.last().map_or(name, |v| v.as_slice());
-        let path = if tagged { untagged(current) } else { current };
+        let path = if tagged {
+            graphite::hash_key(current)
+        } else {
+            current
+        };
         let out = &mut rest[0];
         if rw.apply(path, out) {
             out.extend_from_slice(&current[path.len()..]);
@@ -1203,15 +1207,6 @@ impl Rewritten {
         } else {
             false
         }
-    }
-}
-
-/// A graphite name's path: up to its first `;` (the tags after it are not matched or
-/// rewritten).
-fn untagged(name: &[u8]) -> &[u8] {
-    match memchr::memchr(b';', name) {
-        Some(i) => &name[..i],
-        None => name,
     }
 }
 

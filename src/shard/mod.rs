@@ -947,7 +947,7 @@ impl Shard {
             }
             let decoder = match l.format {
                 crate::config::Format::Graphite => Decoder::Graphite {
-                    any_name_bytes: l.cleanse_names,
+                    cleanse_names: l.cleanse_names,
                 },
                 crate::config::Format::Statsd => Decoder::Statsd,
                 crate::config::Format::Pickle => Decoder::Pickle {
@@ -972,7 +972,6 @@ impl Shard {
             let input = Input {
                 decoder,
                 line_bytes_max: l.line_bytes_max,
-                cleanse_names: l.cleanse_names,
             };
             let bound = match (&l.url, topo.listener_addrs[i]) {
                 (ListenUrl::Inet(Transport::Tcp, _) | ListenUrl::Http(..), Some(a)) => {

@@ -21,8 +21,6 @@ pub struct Input {
     pub decoder: Decoder,
     /// Longest line.
     pub line_bytes_max: usize,
-    /// Graphite: rewrite names as carbon-c-relay does.
-    pub cleanse_names: bool,
 }
 
 /// Everything a shard's tasks share. Borrowed only between awaits.
@@ -133,7 +131,7 @@ impl Core {
             return self.process_pickle(listener, buf, skipping, end);
         }
         let statsd = matches!(input.decoder, Decoder::Statsd);
-        let (line_bytes_max, cleanse) = (input.line_bytes_max, input.cleanse_names);
+        let (line_bytes_max, cleanse) = (input.line_bytes_max, input.decoder.cleanses_names());
         let form = if cleanse {
             NameForm::Cleansed
         } else {
@@ -561,10 +559,9 @@ mod tests {
             0,
             Input {
                 decoder: Decoder::Graphite {
-                    any_name_bytes: true,
+                    cleanse_names: true,
                 },
                 line_bytes_max: 1000,
-                cleanse_names: true,
             },
         );
         let mut skipping = false;
@@ -614,7 +611,6 @@ mod tests {
                     ),
                 )),
                 line_bytes_max: l.line_bytes_max,
-                cleanse_names: false,
             },
         );
         core

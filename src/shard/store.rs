@@ -179,7 +179,7 @@ impl StoreState {
     /// A store with an empty cache holding this shard's share of `cache_points_max`.
     pub fn new(id: u16, config: Store, shared: Arc<StoreShared>, shards: usize) -> StoreState {
         let StoreKind::Whisper(w) = &config.kind;
-        let root = absolute_root(&w.path);
+        let root = w.path.clone();
         let cache = Cache::new(w.cache_points_max.div_ceil(shards as u64));
         let batch = match Batch::new(w.writes_in_flight_max) {
             Ok(b) => Some(b),
@@ -211,7 +211,7 @@ impl StoreState {
         let StoreKind::Whisper(w) = &config.kind;
         self.cache
             .set_points_max(w.cache_points_max.div_ceil(shards as u64));
-        self.root = absolute_root(&w.path);
+        self.root = w.path.clone();
         self.config = config;
         self.shared = shared;
     }
@@ -784,13 +784,6 @@ fn finish(
         }
     };
     st.cache.confirm(job, confirm);
-}
-
-/// The whisper root as an absolute path: the kernel's PATH_MAX counts the whole path,
-/// so `metric_path`'s length check must see it (a relative `./data/whisper` passed
-/// names whose every open then failed with ENAMETOOLONG).
-fn absolute_root(path: &Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// A name whose write failed is tried again after this long.
