@@ -35,11 +35,13 @@ received (the kernel may drop some; they cost node nothing), beside the engine's
 Everything on 127.0.0.1; stdlib only.
 """
 import argparse
+import functools
 import json
 import os
 import re
 import socket
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -111,7 +113,27 @@ def mgmt(port, cmd):
     return data.decode()
 
 
-def etsy(seconds, keys):
+def in_work_dir(prefix):
+    """Runs the decorated function with a fresh directory under $TMPDIR as its first
+    argument. The directory is removed when the run returns (the sink's output alone is
+    tens of MB a run), and kept, with its path printed, when the run fails."""
+    def wrap(run):
+        @functools.wraps(run)
+        def with_dir(*args):
+            d = tempfile.mkdtemp(prefix=prefix)
+            try:
+                result = run(d, *args)
+            except BaseException:
+                print(f"run failed: its files are kept in {d}", file=sys.stderr)
+                raise
+            shutil.rmtree(d, ignore_errors=True)
+            return result
+        return with_dir
+    return wrap
+
+
+@in_work_dir("cadent-bench-etsy-")
+def etsy(d, seconds, keys):
     if not os.path.exists(STATSD):
         sys.exit("Etsy statsd is not installed: run scripts/install-peers.sh")
     udp, mport = free_port(), free_port()
@@ -122,7 +144,6 @@ def etsy(seconds, keys):
         "mgmt_address": "127.0.0.1",
         "flushInterval": 600000,
     }
-    d = tempfile.mkdtemp(prefix="cadent-bench-etsy-")
     path = os.path.join(d, "config.js")
     with open(path, "w") as f:
         json.dump(cfg, f)
@@ -241,8 +262,8 @@ def settle(read, timeout_s=60):
     return last
 
 
-def run_cadent(a):
-    d = tempfile.mkdtemp(prefix="cadent-bench-serve-")
+@in_work_dir("cadent-bench-serve-")
+def run_cadent(d, a):
     udp, admin = free_port(), free_port()
     cfg = f"""
 [server]
@@ -301,8 +322,8 @@ def stop(p, log):
     log.close()
 
 
-def run_etsy(a):
-    d = tempfile.mkdtemp(prefix="cadent-bench-etsy-serve-")
+@in_work_dir("cadent-bench-etsy-serve-")
+def run_etsy(d, a):
     udp, mport = free_port(), free_port()
     cfg = {"port": udp, "address": "127.0.0.1", "mgmt_port": mport,
            "mgmt_address": "127.0.0.1", "flushInterval": 600000, "backends": []}

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,17 +61,49 @@ pub fn free_port() -> u16 {
     panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
-/// A fresh temporary directory for one test.
+/// A fresh temporary directory for one test, under this process's [`test_root`].
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "cadent-it-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
+    let d = test_root().join(format!("{tag}-{}", N.fetch_add(1, Ordering::Relaxed)));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// Set by the panic hook [`test_root`] installs: some test failed, so its directories
+/// are evidence and stay on disk.
+static A_TEST_PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// `$TMPDIR/cadent-it-PID`, holding every [`temp_dir`] of this test process. It is
+/// removed when the process exits, unless a test panicked: then it is kept, and its
+/// path printed, for whoever looks at the failure. (A run killed from outside leaves
+/// it behind; its name carries the PID.)
+pub fn test_root() -> &'static Path {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("cadent-it-{}", std::process::id()));
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            A_TEST_PANICKED.store(true, Ordering::Relaxed);
+            previous(info);
+        }));
+        extern "C" fn remove_root() {
+            let Some(root) = ROOT.get() else { return };
+            if A_TEST_PANICKED.load(Ordering::Relaxed) {
+                eprintln!(
+                    "a test failed: its directories are kept in {}",
+                    root.display()
+                );
+            } else {
+                let _ = std::fs::remove_dir_all(root);
+            }
+        }
+        // SAFETY: `remove_root` is a plain `extern "C" fn` without arguments that
+        // only reads statics; registering it has no other precondition.
+        let registered = unsafe { libc::atexit(remove_root) };
+        assert_eq!(registered, 0, "atexit");
+        root
+    })
 }
 
 /// The cadent binary under test.
