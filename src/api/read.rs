@@ -585,7 +585,11 @@ async fn render_inner(
 ) -> Result<Response, Refusal> {
     let p = Params::parse(q, headers, body).map_err(bad)?;
     let (store_name, store) = read_store(s)?;
-    let targets: Vec<String> = p.all("target").into_iter().map(str::to_string).collect();
+    let mut targets: Vec<String> = p.all("target").into_iter().map(str::to_string).collect();
+    if targets.is_empty() {
+        // jQuery's and PHP's form, which graphite-web reads when there is no `target`.
+        targets = p.all("target[]").into_iter().map(str::to_string).collect();
+    }
     if targets.is_empty() {
         return Err(bad("missing ?target="));
     }
@@ -623,6 +627,16 @@ async fn render_inner(
             "from and until are both {from}: an empty range"
         )));
     }
+    // graphite-web takes `maxDataPoints` when it is all digits, and for JSON only.
+    let max_data_points = match p.get("maxDataPoints") {
+        Some(m) if !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit()) => {
+            match m.parse::<u64>().unwrap_or(u64::MAX) {
+                0 => return Err(bad("maxDataPoints 0: at least 1 point per series")),
+                m => Some(m),
+            }
+        }
+        _ => None,
+    };
     let x_files_factor = match p.get("xFilesFactor") {
         Some(x) => x
             .parse::<f64>()
@@ -734,6 +748,10 @@ async fn render_inner(
     }
     // graphite-web orders a target's series by path.
     series.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    if let (Format::Json, Some(m)) = (format, max_data_points) {
+        let mut each: Vec<&mut Series> = series.iter_mut().map(|(_, _, s)| s).collect();
+        read_format::consolidate_max_points(&mut each, m, x_files_factor);
+    }
     let rendered: Vec<RenderSeries<'_>> = series
         .iter()
         .map(|(t, name, sr)| RenderSeries {

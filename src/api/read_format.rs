@@ -36,7 +36,8 @@
 //! reads `name`, `start`, `end`, `step`, `values` and, if present, `pathExpression`.
 //! `format=json` (`renderViewJson`): `[{"target", "tags", "datapoints": [[value, ts]]}]`
 //! with graphite-web's `NaN` → `null` and `Infinity` → `1e9999` rewrite and `tags` as
-//! its `TaggedSeries.parse` gives them.
+//! its `TaggedSeries.parse` gives them; `maxDataPoints` averages the series first
+//! ([`consolidate_max_points`]).
 //!
 //! Byte compatibility: pickles are protocol 2 in the bytes CPython writes
 //! ([`Writer`]); graphite-web writes protocol 5 (`protocol=-1`), which loads to
@@ -666,6 +667,68 @@ pub fn render_json(
     }
     out.push(b']');
     bounded(out, start, bytes_max)
+}
+
+/// graphite-web 1.1.10's `renderViewJson` with `maxDataPoints` (Grafana always sends
+/// it): each series whose step puts more than `max_points` points in the whole request's
+/// range (earliest start to latest end, over all series) is averaged over
+/// `ceil(points / max_points)` slots (`TimeSeries.consolidate`, its `average`, a bucket
+/// of gaps or with fewer known values than `x_files_factor` of its slots a gap). Its
+/// start moves to the next multiple of the new step after it, by at least one new step,
+/// and one slot fewer than that move is dropped from the front, as graphite-web's
+/// `del series[0]` loop does. `max_points` 1 averages each series into one point at its
+/// start. The result has as many points as graphite-web's `zip` of values and
+/// timestamps. Where graphite-web fails (deleting from an exhausted series), the series
+/// is left empty.
+pub fn consolidate_max_points(series: &mut [&mut Series], max_points: u64, x_files_factor: f64) {
+    assert!(max_points > 0, "maxDataPoints 0 is refused before this");
+    let Some(first) = series.iter().find(|s| !s.values.is_empty()) else {
+        // graphite-web's `if any(data)`: nothing to consolidate.
+        return;
+    };
+    let (mut start_all, mut end_all) = (first.start, first.end);
+    for s in series.iter() {
+        start_all = start_all.min(s.start);
+        end_all = end_all.max(s.end);
+    }
+    let range = (end_all - start_all) as f64;
+    for s in series.iter_mut() {
+        let per_point = if max_points == 1 {
+            s.values.len() as i64
+        } else {
+            let points = range / s.step as f64;
+            if (max_points as f64) >= points {
+                continue;
+            }
+            let per_point = (points / max_points as f64).ceil() as i64;
+            let seconds = per_point * s.step;
+            let nudge = seconds + s.start.rem_euclid(s.step) - s.start.rem_euclid(seconds);
+            s.start += nudge;
+            let lose = ((nudge / s.step) - 1).max(0) as usize;
+            s.values.drain(..lose.min(s.values.len()));
+            per_point
+        };
+        if per_point <= 1 {
+            continue;
+        }
+        let step = per_point * s.step;
+        // graphite-web zips the buckets with range(start, end + 1, step).
+        let stamps = ((s.end + 1 - s.start).max(0) + step - 1) / step;
+        let buckets: Vec<Option<f64>> = s
+            .values
+            .chunks(per_point as usize)
+            .take(stamps as usize)
+            .map(|bucket| {
+                let (sum, known) =
+                    (bucket.iter().flatten()).fold((0.0, 0usize), |(sum, n), v| (sum + v, n + 1));
+                (known > 0 && known as f64 / per_point as f64 >= x_files_factor)
+                    .then(|| sum / known as f64)
+            })
+            .collect();
+        s.values = buckets;
+        s.step = step;
+        s.end = s.start + s.values.len() as i64 * step;
+    }
 }
 
 /// graphite-web's `TimeSeries.tags` for a fetched series with its default tag

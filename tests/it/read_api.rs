@@ -683,6 +683,91 @@ fn render_bodies_match_graphite_web() {
     }
 }
 
+/// `maxDataPoints` on a JSON render (Grafana sends it with every query): random sets of
+/// series with gaps, NaN, unaligned starts and mixed steps, consolidated as graphite-web's
+/// `renderViewJson` (the function itself, from graphite-web 1.1.10's source) does.
+#[test]
+fn render_json_max_data_points_match_graphite_web() {
+    let mut rng = SplitMix64(0x3dd7);
+    let mut cases = Vec::new();
+    let mut ours = Vec::new();
+    for _ in 0..300 {
+        let sets = 1 + rng.below(3);
+        // One request's range; each series covers it at its own step (a file's archive,
+        // whisper-aligned, or a cache-only series), a few slots more or less.
+        let base = 1_700_000_000 + rng.below(7200) as i64;
+        let range = [60, 600, 3600, 21_600][rng.below(4)];
+        let mut data = Vec::new();
+        for _ in 0..sets {
+            let step = [1, 10, 60, 60, 300][rng.below(5)];
+            let aligned = rng.below(4) != 0;
+            let start = if aligned { base - base % step } else { base };
+            let len = (range / step + rng.below(3) as i64 - 1).clamp(1, 2000) as usize;
+            let values: Vec<Option<f64>> = (0..len)
+                .map(|i| match rng.below(10) {
+                    0 | 1 => None,
+                    2 if rng.below(8) == 0 => Some(f64::NAN),
+                    _ => Some((i as f64 * 0.7 - 3.0) * (1.0 + rng.below(100) as f64 / 7.0)),
+                })
+                .collect();
+            data.push(Series {
+                start,
+                end: start + step * len as i64,
+                step,
+                values,
+            });
+        }
+        let max_points = [1, 2, 3, 5, 7, 10, 50, 100, 1000][rng.below(9)];
+        let x_files_factor = [0.0, 0.0, 0.3, 0.5, 1.0][rng.below(5)];
+        let no_null_points = rng.below(4) == 0;
+        let mut consolidated = data.clone();
+        let mut each: Vec<&mut Series> = consolidated.iter_mut().collect();
+        read_format::consolidate_max_points(&mut each, max_points, x_files_factor);
+        let names: Vec<String> = (0..sets).map(|i| format!("s.n{i}")).collect();
+        let rendered: Vec<RenderSeries<'_>> = consolidated
+            .iter()
+            .zip(&names)
+            .map(|(s, name)| RenderSeries {
+                name,
+                path_expression: "s.*",
+                series: s,
+                consolidation_func: CONSOLIDATION_DEFAULT,
+                x_files_factor,
+            })
+            .collect();
+        let mut body = Vec::new();
+        read_format::render_json(&rendered, no_null_points, &mut body, MAX).unwrap();
+        ours.push(String::from_utf8(body).unwrap());
+        let list: Vec<Value> = data
+            .iter()
+            .zip(&names)
+            .map(|(s, name)| {
+                let values: Vec<Value> = (s.values.iter())
+                    .map(|v| v.map_or(Value::Null, |v| json!(format!("{v:?}"))))
+                    .collect();
+                json!({"name": name, "target": "s.*", "start": s.start, "end": s.end,
+                    "step": s.step, "values": values})
+            })
+            .collect();
+        cases.push(json!({"op": "render_formats", "series": list,
+            "no_null_points": no_null_points, "max_data_points": max_points,
+            "x_files_factor": x_files_factor}));
+    }
+    let answers = driver(cases.clone());
+    let mut compared = 0;
+    for ((body, a), case) in ours.iter().zip(&answers).zip(&cases) {
+        match a["json"].as_str() {
+            Some(theirs) => {
+                assert_eq!(body, theirs, "{case}");
+                compared += 1;
+            }
+            // graphite-web's `del series[0]` past a short series' end.
+            None => assert_eq!(a["error"], "IndexError", "{case}: {a}"),
+        }
+    }
+    assert!(compared >= 250, "only {compared} of 300 compared");
+}
+
 #[test]
 fn fetch_and_metadata_match_python_whisper() {
     let dir = temp_dir("read-api-fetch");

@@ -374,7 +374,7 @@ def op_render_formats(case):
     for s in case["series"]:
         values = [number(v) for v in s["values"]]
         series = TimeSeries(s["name"], s["start"], s["end"], s["step"], values,
-                            xFilesFactor=0.0)
+                            xFilesFactor=case.get("x_files_factor", 0.0))
         # datalib._merge_results: the series of one target, which come together, share
         # its pathExpr object.
         if expression != s["target"]:
@@ -384,6 +384,12 @@ def op_render_formats(case):
     info = [series.getInfo() for series in data]
     gw_pickle = pickle.dumps(info, protocol=-1)
     options = {"noNullPoints": True} if case["no_null_points"] else {}
+    if case.get("max_data_points") is not None:
+        options["maxDataPoints"] = case["max_data_points"]
+        try:
+            return {"json": render_views["renderViewJson"](options, data).content}
+        except Exception as e:  # graphite-web's own failures (an IndexError, a 500)
+            return {"error": type(e).__name__}
 
     def comparable(remote):
         # NaN != NaN: compare values by repr.

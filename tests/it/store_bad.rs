@@ -304,8 +304,13 @@ fn read_api_bounds_and_corrupt_files() {
         "/render?target=sumSeries(r.*)",
         "/render",
         "/render?target=a&from=-1fortnight",
+        "/render?target=r.h05.v&maxDataPoints=0",
         "/metrics/find/?query=r.*&format=xml",
     ] {
         assert_eq!(get(q).0, 400, "{q}");
     }
+    // jQuery's `target[]` is graphite-web's second spelling of `target`.
+    let (status, body) = get("/render?target%5B%5D=r.h05.v&from=-10min&format=json");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"target\": \"r.h05.v\""), "{body}");
 }

@@ -15,7 +15,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::store_carbon::{store_driver, unix_now};
-use crate::support::{free_port, install_peers, run_peer, send_tcp, temp_dir, wait_until, Cadent};
+use crate::support::{
+    free_port, http_get, install_peers, run_peer, send_tcp, temp_dir, wait_until, Cadent,
+};
 
 /// graphite-web's python (its virtualenv, made by scripts/install-peers.sh).
 fn gweb_python() -> std::path::PathBuf {
@@ -199,6 +201,18 @@ fn graphite_web_with_cadent_as_cluster_server_answers_as_on_the_files() {
         // cluster for the requests after it.
         render(&["seriesByTag('name=servers.web1.cpu.user')"]),
         render(&["servers.web2.cpu.user"]),
+        // Grafana's maxDataPoints: graphite-web averages in renderViewJson.
+        req(
+            "/render",
+            &[
+                ("target", "servers.web1.cpu.*"),
+                ("target", "servers.web3.disk.sda.reads.count"),
+                window[0],
+                window[1],
+                ("format", "json"),
+                ("maxDataPoints", "7"),
+            ],
+        ),
     ];
     let root = c.dir.join("data/whisper");
     let local = graphite_web(Some(&root), &[], &[], &requests);
@@ -253,6 +267,33 @@ fn graphite_web_with_cadent_as_cluster_server_answers_as_on_the_files() {
             .filter(|p| !p[0].is_null())
             .count();
         assert!(known >= 4, "{a}");
+    }
+    // A client asking cadent directly (Grafana pointed at it) gets the same bodies.
+    for (i, r) in requests.iter().enumerate().skip(6) {
+        let Some(params) = r["params"].as_array() else {
+            continue;
+        };
+        let query: Vec<String> = params
+            .iter()
+            .map(|kv| format!("{}={}", kv[0].as_str().unwrap(), kv[1].as_str().unwrap()))
+            .collect();
+        if query
+            .iter()
+            .any(|q| q.contains('(') || q.contains('{') || q.contains('"'))
+        {
+            continue; // functions are graphite-web's; braces need escaping
+        }
+        let direct = http_get(&c.admin, &format!("/render?{}", query.join("&")))
+            .unwrap_or_else(|| panic!("direct {r}"));
+        assert_eq!(
+            body(&json!({ "body": direct })),
+            body(&local[i]),
+            "direct vs local files, {r}"
+        );
+    }
+    let max_points = body(&local[16]);
+    for s in max_points.as_array().unwrap() {
+        assert!(s["datapoints"].as_array().unwrap().len() <= 7, "{s}");
     }
     let read = &c.stats()["read_api"];
     assert!(read["render_requests"].as_u64().unwrap() >= 12, "{read}");
