@@ -71,12 +71,12 @@ pub struct Numeric {
 
 impl Value<'_> {
     /// carbon's datapoint for a graphite or pickle point: `(float(timestamp),
-    /// float(value))`, a timestamp whose `int()` is -1 replaced by `now_s` (carbon's
-    /// `MetricReceiver.metricReceived`). The value may be infinite, or NaN from plaintext
-    /// (carbon drops those: callers do too). `None` for statsd samples, lines and collectd
-    /// value lists.
+    /// float(value))`, a timestamp whose `int()` is -1 replaced by `now_s()` (carbon's
+    /// `MetricReceiver.metricReceived`, which reads `time.time()` for each such point).
+    /// The value may be infinite, or NaN from plaintext (carbon drops those: callers do
+    /// too). `None` for statsd samples, lines and collectd value lists.
     #[inline]
-    pub fn datapoint(&self, now_s: f64) -> Option<(f64, f64)> {
+    pub fn datapoint(&self, now_s: impl FnOnce() -> f64) -> Option<(f64, f64)> {
         let (ts, v) = match self {
             Value::Graphite(g) => (
                 crate::protocol::parse_f64(g.timestamp)?,
@@ -87,7 +87,7 @@ impl Value<'_> {
             Value::Statsd(_) | Value::Line | Value::Collectd(_) => return None,
         };
         Some(if ts.trunc() == -1.0 {
-            (now_s, v)
+            (now_s(), v)
         } else {
             (ts, v)
         })

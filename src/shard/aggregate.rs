@@ -431,7 +431,7 @@ impl AggStage {
             (Kind::Carbon(c), Value::Graphite(_) | Value::Numeric(_)) => {
                 // Plaintext and pickle alike: carbon's datapoint (`-1` is now), its
                 // timestamp as `int()` makes it.
-                let Some((t, v)) = p.value.datapoint(now_s as f64) else {
+                let Some((t, v)) = p.value.datapoint(|| now_s as f64) else {
                     agg.counters.dropped_wrong_protocol += 1;
                     return false;
                 };

@@ -286,7 +286,16 @@ pub struct StoreStage {
     /// [`StoreStage::finish_batch`] (names in `staged_bytes`).
     staged: Vec<StagedPoint>,
     staged_bytes: Vec<u8>,
+    /// The last stamp given to a `-1` ("now") timestamp.
+    last_now: f64,
 }
+
+/// Seconds between two `-1` points stamped within one batch. carbon reads `time.time()`
+/// for each, so no two are equal: of several in one second whisper keeps the first
+/// (the lowest float timestamp of an `int()` second). One batch shares one clock
+/// reading here; each `-1` point after the first is stamped this much later, which
+/// keeps carbon's order without reading the clock per point.
+const NOW_STEP_S: f64 = 1e-6;
 
 /// The shard that owns store name `name` (carbon's normal form): its writer and cache.
 /// The cache's [`fingerprint`] decides it, so the hot path hashes a point once.
@@ -314,6 +323,7 @@ impl StoreStage {
             stores: Vec::new(),
             staged: Vec::new(),
             staged_bytes: Vec::new(),
+            last_now: 0.0,
         }
     }
 
@@ -336,7 +346,12 @@ impl StoreStage {
             return;
         };
         st.counters.points += 1;
-        let Some((ts, v)) = p.value.datapoint(now_s) else {
+        let last_now = &mut self.last_now;
+        let stamp = || {
+            *last_now = now_s.max(*last_now + NOW_STEP_S);
+            *last_now
+        };
+        let Some((ts, v)) = p.value.datapoint(stamp) else {
             st.counters.dropped_wrong_protocol += 1;
             return;
         };

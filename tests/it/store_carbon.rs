@@ -10,7 +10,8 @@
 //! spread over several writes, repeated timestamps (the later point wins in both caches),
 //! fractional timestamps (carbon keys its cache by float), points old enough to go
 //! straight to a lower archive, tagged names in two tag orders (one file), a `~` prefix
-//! (carbon strips it), pickle frames with int and float timestamps, and values only
+//! (carbon strips it), `-1` ("now") timestamps repeated within a second (whisper keeps
+//! the first), pickle frames with int and float timestamps, and values only
 //! python's `float()` reads (`inf`, `-Infinity`, `1_000`, `1e999`; `nan` dropped by
 //! both). Point ages stay
 //! well away from the archive boundaries, so the seconds between the two writers' `now`
@@ -297,6 +298,26 @@ fn the_same_traffic_makes_the_same_files_as_carbon_cache() {
         &[60.5, 60.25, 70.75, 300.5],
     ];
     let mut expected_points = 0u64;
+    // Three `-1` ("now") points for one name in one second: carbon stamps each with its
+    // own time.time(), and whisper keeps the first. Sent well inside a 10 s slot, so
+    // the two writers' clocks put them in the same one.
+    let in_slot_ms = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            % 10_000
+    };
+    while !(2_000..7_000).contains(&in_slot_ms()) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for plain in [&carbon.line, &cadent_addr(line)] {
+        send_tcp(
+            plain,
+            b"now.minus.one 1 -1\nnow.minus.one 2 -1\nnow.minus.one 3 -1\n",
+        );
+    }
+    expected_points += 3;
     for (round, ages) in rounds.iter().enumerate() {
         let (mut lines, mut frames) = (String::new(), Vec::new());
         expected_points += traffic(now, round as u32, ages, &mut lines, &mut frames);
@@ -353,10 +374,10 @@ fn the_same_traffic_makes_the_same_files_as_carbon_cache() {
         carbon.log()
     );
     // names() holds two spellings of one tagged series: one file; the two
-    // negative-timestamp names, empty; and the special values' files.
+    // negative-timestamp names, empty; `now.minus.one`; and the special values' files.
     assert_eq!(
         last["files"].as_u64(),
-        Some(names().len() as u64 - 1 + 2 + SPECIAL_FILES),
+        Some(names().len() as u64 - 1 + 2 + 1 + SPECIAL_FILES),
         "{last}"
     );
     assert!(last["known_values_a"].as_u64().unwrap() > 300, "{last}");
