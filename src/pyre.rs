@@ -18,7 +18,8 @@
 //!   know (`\z`, `\p`, `\e`, `\k`) is refused, as Python refuses it; any other escaped
 //!   character is that character;
 //! - `(?#...)` comments are dropped; global flags (`(?aimsux)`) must open the pattern,
-//!   as in Python 3.11; `(?a)` is ASCII matching (`(?-u)`), `(?u)` the default; `(?x)`
+//!   as in Python 3.11; `(?a)` makes `\w`, `\d`, `\s` and `\b` ASCII (classes
+//!   written out, `(?-u:\b)`), `(?u)` is the default; `(?x)`
 //!   drops whitespace outside classes and makes the rest of the pattern after an
 //!   unescaped `#` outside a class a comment; scoped flags `(?i:...)` and `(?-i:...)`
 //!   carry `i`, `m` and `s`;
@@ -26,9 +27,15 @@
 //!   `(?P=name)`), look-around, atomic groups `(?>...)`, possessive quantifiers (`a*+`,
 //!   `a{2}+`), conditionals, `\N{...}`, and `(?L)`.
 //!
-//! Left as they are: `\w`, `\d` and `\s` are Unicode classes in both, but not the same
-//! ones (the `regex` crate's `\w` also takes combining marks); `$` in Python also
-//! matches before a final newline, which no metric name has.
+//! - `\w` and `\s` are written out as Python's (`\w` is exactly the letters, numbers and
+//!   `_`; the `regex` crate's also takes combining marks and joiners but not `²`, and
+//!   its `\s` lacks U+001C-U+001F); `\d` is the same in both.
+//!
+//! Left as they are: `\b` and `\B` keep the `regex` crate's idea of a word character
+//! (it cannot be given another without look-around), so a name with a combining mark
+//! or a `²` next to the boundary can differ; with `(?a)`, `(?i)` still folds case
+//! beyond ASCII (`k` also matches the Kelvin sign); `$` in Python also matches before a
+//! final newline, which no metric name has.
 
 /// The `regex` crate's spelling of Python pattern `p`, or why it cannot be one.
 pub fn translate(p: &str) -> Result<String, String> {
@@ -39,6 +46,7 @@ pub fn translate(p: &str) -> Result<String, String> {
         i: 0,
         out: String::with_capacity(p.len() + 8),
         verbose: false,
+        ascii: false,
     };
     t.run()?;
     Ok(t.out)
@@ -51,7 +59,17 @@ struct Translator<'a> {
     out: String,
     /// `(?x)` at the start: `#` outside a class starts a comment.
     verbose: bool,
+    /// `(?a)` at the start: `\w`, `\d`, `\s` and `\b` are ASCII.
+    ascii: bool,
 }
+
+/// Python 3.11's `\s` (`str.isspace()`): the `regex` crate's `\s` (White_Space) lacks
+/// U+001C-U+001F.
+const PY_SPACE: &str =
+    r"\t-\r\x1C-\x20\x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}";
+/// Python 3.11's `\w` (`str.isalnum()` or `_`): exactly the letters and numbers (the
+/// `regex` crate's `\w` also takes combining marks and joiners, and no `No` numbers).
+const PY_WORD: &str = r"\p{L}\p{N}_";
 
 /// One item of a class: a character, or a class escape written as is (`\d`).
 enum ClassItem {
@@ -220,9 +238,18 @@ impl Translator<'_> {
         };
         self.i += 1;
         match e {
-            'A' | 'b' | 'B' | 'd' | 'D' | 's' | 'S' | 'w' | 'W' => {
+            'A' => self.out.push_str("\\A"),
+            'b' | 'B' if self.ascii => {
+                self.out
+                    .push_str(if e == 'b' { "(?-u:\\b)" } else { "(?-u:\\B)" })
+            }
+            'b' | 'B' => {
                 self.out.push('\\');
                 self.out.push(e);
+            }
+            'd' | 'D' | 's' | 'S' | 'w' | 'W' => {
+                let class = self.class_escape_text(e, false);
+                self.out.push_str(&class);
             }
             'Z' => self.out.push_str("\\z"),
             '0' => {
@@ -305,8 +332,8 @@ impl Translator<'_> {
         for (item, hi) in items {
             match item {
                 ClassItem::Escape(e) => {
-                    self.out.push('\\');
-                    self.out.push(e);
+                    let class = self.class_escape_text(e, true);
+                    self.out.push_str(&class);
                 }
                 ClassItem::Char(c) => {
                     self.push_char(c);
@@ -319,6 +346,27 @@ impl Translator<'_> {
         }
         self.out.push(']');
         Ok(())
+    }
+
+    /// Python's class escape `\\e` (`d D s S w W`) as the `regex` crate's text, with
+    /// `(?a)` applied: items to go inside a class (`in_class`), or a class of its own.
+    /// A negated one is always a class of its own (nested, inside a class).
+    fn class_escape_text(&self, e: char, in_class: bool) -> String {
+        let items = match (e.to_ascii_lowercase(), self.ascii) {
+            ('d', false) => return format!("\\{e}"),
+            ('d', true) => "0-9",
+            ('w', false) => PY_WORD,
+            ('w', true) => "0-9A-Za-z_",
+            ('s', false) => PY_SPACE,
+            (_, _) => "\\t-\\r ",
+        };
+        if e.is_ascii_uppercase() {
+            format!("[^{items}]")
+        } else if in_class {
+            items.to_string()
+        } else {
+            format!("[{items}]")
+        }
     }
 
     /// An escape inside a class (the `\` taken).
@@ -360,13 +408,12 @@ impl Translator<'_> {
         }
         self.i = j + 1;
         let mut on = String::new();
-        let mut off = String::new();
         for f in flags.chars() {
             match f {
                 'i' | 'm' | 's' => on.push(f),
                 'x' => self.verbose = true,
                 'u' => {}
-                'a' => off.push('u'),
+                'a' => self.ascii = true,
                 'L' => return Err(self.err("the L flag (Python refuses it for text)")),
                 _ => {
                     self.i = start;
@@ -374,15 +421,10 @@ impl Translator<'_> {
                 }
             }
         }
-        if on.is_empty() && off.is_empty() {
+        if on.is_empty() {
             return Ok(Some(String::new()));
         }
-        let off = if off.is_empty() {
-            off
-        } else {
-            format!("-{off}")
-        };
-        Ok(Some(format!("(?{on}{off})")))
+        Ok(Some(format!("(?{on})")))
     }
 
     /// A group (the `(` taken).
@@ -531,6 +573,48 @@ mod tests {
             }
             for n in no {
                 assert!(!re.is_match(n), "{p} ({t}) should not match {n}");
+            }
+        }
+    }
+
+    /// `\w`, `\s` and their negations as Python 3.11 (Unicode 14) has them, and `(?a)`
+    /// (each checked with python 3.11's `re.search`).
+    #[test]
+    fn word_and_space_classes_as_python_and_ascii_mode() {
+        for (p, yes, no) in [
+            (
+                "^w\\.\\w+\\.z$",
+                &["w.a_1.z", "w.x\u{b2}.z", "w.\u{bd}.z", "w.\u{663}.z"][..],
+                &["w.e\u{301}.z", "w.a\u{200d}.z", "w.a-b.z", "w.a\u{203f}b.z"][..],
+            ),
+            ("^[\\w.]+$", &["a.b", "x\u{b2}"], &["e\u{301}", "a b"]),
+            ("^\\W$", &["\u{301}", "-", "\u{200d}"], &["a", "\u{b2}"]),
+            ("^[^\\W\\d]+$", &["ab", "\u{e9}"], &["a1", "a-"]),
+            (
+                "^a\\sb$",
+                &["a\x1cb", "a\u{3000}b", "a\tb", "a\u{85}b"],
+                &["a\u{200b}b", "ab"],
+            ),
+            ("^a\\Sb$", &["axb", "a\u{200b}b"], &["a\x1fb", "a b"]),
+            ("^[\\s]$", &["\x1d", " "], &["x"]),
+            ("(?a)^\\w+$", &["ab_9"], &["\u{e9}", "x\u{b2}"]),
+            ("(?a)^\\W$", &["\u{e9}", "-"], &["a"]),
+            ("(?a)^\\D+$", &["ab", "\u{663}"], &["1"]),
+            ("(?a)^\\d$", &["7"], &["\u{663}"]),
+            ("(?a)^\\S+$", &["\u{e9}\u{3000}"], &["a b"]),
+            ("(?a)^\\s$", &[" ", "\x0b"], &["\u{3000}", "\x1c"]),
+            ("(?a)^[^a]$", &["\u{e9}", "b"], &["a"]),
+            ("(?a)^.$", &["\u{e9}"], &["ab"]),
+            ("(?a)^[\u{e9}]$", &["\u{e9}"], &["e"]),
+            ("(?a)\\bq$", &["\u{e9}q", "a.q"], &["aq"]),
+        ] {
+            let t = translate(p).unwrap();
+            let re = Regex::new(&t).unwrap_or_else(|e| panic!("{p} ({t}): {e}"));
+            for y in yes {
+                assert!(re.is_match(y), "{p} ({t}) should match {y:?}");
+            }
+            for n in no {
+                assert!(!re.is_match(n), "{p} ({t}) should not match {n:?}");
             }
         }
     }
