@@ -99,12 +99,12 @@ enum Keying {
 }
 
 impl Keying {
-    /// The key rings hash in `current`, the name as rules left it (`rewritten`: a rewrite
-    /// changed it, so a collectd host is read back from it: the text before its first `/`).
-    fn key(self, current: &[u8], rewritten: bool) -> &[u8] {
+    /// The key rings hash in `current`, the name as rules left it, whose graphite path is
+    /// `path` (`rewritten`: a rewrite changed it, so a collectd host is read back from it:
+    /// the text before its first `/`).
+    fn key<'a>(self, current: &'a [u8], path: &'a [u8], rewritten: bool) -> &'a [u8] {
         match self {
-            Keying::Whole => current,
-            Keying::Untagged => graphite::hash_key(current),
+            Keying::Whole | Keying::Untagged => path,
             Keying::Collectd { host_len } if !rewritten => &current[..host_len],
             Keying::Collectd { .. } => {
                 let end = memchr::memchr(b'/', current).unwrap_or(current.len());
@@ -1050,8 +1050,7 @@ impl Router {
             // at the tags), every other match with the path alone.
             let path = match rule.matcher {
                 Matcher::Prefix(_) => current,
-                _ if tagged => graphite::hash_key(current),
-                _ => current,
+                _ => self.rewritten.path(name, tagged),
             };
             if !rule.matcher.is_match(path) {
                 continue;
@@ -1066,7 +1065,8 @@ impl Router {
             }
             let stage = self.rewritten.used as u8;
             let current = self.rewritten.current(name);
-            let key = keying.key(current, self.rewritten.used > 0);
+            let path = self.rewritten.path(name, tagged);
+            let key = keying.key(current, path, self.rewritten.used > 0);
             match &rule.action {
                 RuleAction::Drop => {
                     dropped = true;
@@ -1162,9 +1162,16 @@ impl Router {
 
 /// The names rewrite rules produced for one metric. The buffers are kept between metrics,
 /// so a rewrite allocates only while they grow.
+///
+/// Each name's graphite path ends where carbon-c-relay's does: the first `;` of the name
+/// as received, then, after a rewrite, the end of what the rewrite wrote, the received
+/// tags following. A rewrite that writes a `;` (`\2;host=\1`) makes it part of the
+/// path, which later matches, rewrites and the rings see whole, as c-relay's do.
 #[derive(Debug, Clone, Default)]
 struct Rewritten {
     names: Vec<Vec<u8>>,
+    /// Where the path of each of `names` ends.
+    path_ends: Vec<usize>,
     used: usize,
 }
 
@@ -1185,23 +1192,31 @@ impl Rewritten {
         }
     }
 
+    /// The latest name's path: `name` up to its first `;` when nothing was rewritten yet
+    /// (`tagged`: a graphite name; otherwise the whole name).
+    fn path<'a>(&'a self, name: &'a [u8], tagged: bool) -> &'a [u8] {
+        match self.used {
+            0 if tagged => graphite::hash_key(name),
+            0 => name,
+            k => &self.names[k - 1][..self.path_ends[k - 1]],
+        }
+    }
+
     /// Applies `rw` to the latest name; true (and one more name) when it matched.
-    /// `tagged`: only the path before the first `;` is rewritten, the tags are kept as
-    /// they are (carbon-c-relay).
+    /// `tagged`: only the path is rewritten, the tags are kept as they are
+    /// (carbon-c-relay).
     fn apply(&mut self, rw: &Rewrite, name: &[u8], tagged: bool) -> bool {
         if self.names.len() == self.used {
             self.names.push(Vec::with_capacity(name.len() + 32));
+            self.path_ends.push(0);
         }
+        let path_len = self.path(name, tagged).len();
         let (done, rest) = self.names.split_at_mut(self.used);
         let current: &[u8] = done.last().map_or(name, |v| v.as_slice());
-        let path = if tagged {
-            graphite::hash_key(current)
-        } else {
-            current
-        };
         let out = &mut rest[0];
-        if rw.apply(path, out) {
-            out.extend_from_slice(&current[path.len()..]);
+        if rw.apply(&current[..path_len], out) {
+            self.path_ends[self.used] = out.len();
+            out.extend_from_slice(&current[path_len..]);
             self.used += 1;
             true
         } else {

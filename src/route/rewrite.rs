@@ -40,8 +40,11 @@
 //! - no backreferences inside the pattern (`(a)\1` is refused by `regex`);
 //! - alternation is leftmost-first here and leftmost-longest in POSIX: `(a|ab)` matches
 //!   `a` of `abc` here and `ab` in c-relay. Put the longer alternative first, or anchor;
-//! - POSIX has no `\d`, `\s`, lazy `*?` or `(?i)`: a pattern using them means something
-//!   else (or nothing) to c-relay.
+//! - POSIX has no `\d`, lazy `*?` or `(?i)`: a pattern using them means something else
+//!   (or nothing) to c-relay (glibc reads `\d` as `d`, `x+?` as `(x+)?`); `\w` and `\s`
+//!   are glibc extensions there, ASCII in the C locale;
+//! - a backslash inside brackets is a literal in POSIX (`[\d]` is `\` or `d`) and an
+//!   escape here.
 //!
 //! Greedy groups, classes, anchors, `?`, `+`, `*`, `{m,n}` and alternations whose
 //! alternatives cannot both match at one place mean the same in both, which is what the

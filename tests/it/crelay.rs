@@ -762,6 +762,100 @@ fn running_relays_match_and_rewrite_the_path_before_the_tags_alike() {
     assert_eq!(placed(&cadent_sinks), want);
 }
 
+#[test]
+fn running_relays_take_a_semicolon_a_rewrite_writes_as_part_of_the_path() {
+    // A rewrite that makes a dotted name tagged (`\2;host=\1`): carbon-c-relay's path
+    // then ends where the rewrite's text ends, so later matches and the ring see
+    // `sys.cpu;host=web1` whole, however the name came (tagged, or needing cleansing).
+    use crate::support::{free_port, send_tcp, wait_until, Cadent, Sink};
+    let mut lines = Vec::new();
+    for k in 0..60 {
+        let path = match k % 3 {
+            0 => format!("s.web{}.sys.cpu{k}", k % 5),
+            1 => format!("s.web{}..sys.cpu{k}", k % 5),
+            _ => format!("s.web{}.sys.mem{k}", k % 5),
+        };
+        for tag in ["", ";dc=x"] {
+            lines.push(format!("{path}{tag} {k} 1700000000\n"));
+        }
+    }
+    let data: String = lines.concat();
+    let total = lines.len() as u64;
+    let instances = ["a", "b", "c", "d"];
+
+    let crelay_sinks: Vec<Sink> = (0..5).map(|_| Sink::start()).collect();
+    let crelay_port = free_port();
+    let dir = workdir("tagging-rewrite");
+    let conf = dir.join("relay.conf");
+    let members: String = crelay_sinks[..4]
+        .iter()
+        .zip(instances)
+        .map(|(s, i)| format!("        {}={i}\n", s.addr))
+        .collect();
+    // In c-relay's quoted strings a backslash escapes the next character: doubled.
+    std::fs::write(
+        &conf,
+        format!(
+            "listen\n    type linemode\n        127.0.0.1:{crelay_port} proto tcp\n    ;\n\
+             cluster ring\n    carbon_ch\n{members}    ;\n\
+             cluster web\n    forward\n        {}\n    ;\n\
+             rewrite \"^s\\\\.([^.]+)\\\\.(.*)$\"\n    into \"\\\\2;host=\\\\1\"\n    ;\n\
+             rewrite \"^(.*)\\\\.mem([0-9]+;host=web3)$\"\n    into \"\\\\1.memory\\\\2\"\n    ;\n\
+             match \"=web2\"\n    send to web\n    stop\n    ;\n\
+             match * send to ring stop;\n",
+            crelay_sinks[4].addr
+        ),
+    )
+    .unwrap();
+    relay_through_crelay(&conf, crelay_port, data.as_bytes(), &crelay_sinks, total);
+
+    let cadent_sinks: Vec<Sink> = (0..5).map(|_| Sink::start()).collect();
+    let in_port = free_port();
+    let cadent_members: Vec<String> = cadent_sinks[..4]
+        .iter()
+        .zip(instances)
+        .map(|(s, i)| format!("\"tcp://{}={i}\"", s.addr))
+        .collect();
+    let cadent = Cadent::start(
+        "tagging-rewrite",
+        &format!(
+            "[server]\nadmin_listen = \"ADMIN\"\n[[listen]]\nname = \"in\"\n\
+             url = \"tcp://127.0.0.1:{in_port}\"\nformat = \"graphite\"\n\
+             [[cluster]]\nname = \"ring\"\nkind = \"carbon_ch\"\nmembers = [{}]\n\
+             [[cluster]]\nname = \"web\"\nkind = \"forward\"\nmembers = [\"tcp://{}\"]\n\
+             [[route]]\nmatch = {{ regex = '^s\\.([^.]+)\\.(.*)$' }}\n\
+             rewrite = {{ regex = '^s\\.([^.]+)\\.(.*)$', into = '\\2;host=\\1' }}\n\
+             [[route]]\nmatch = {{ regex = '^(.*)\\.mem([0-9]+;host=web3)$' }}\n\
+             rewrite = {{ regex = '^(.*)\\.mem([0-9]+;host=web3)$', into = '\\1.memory\\2' }}\n\
+             [[route]]\nmatch = {{ substring = \"=web2\" }}\nsend_to = [\"web\"]\n\
+             [[route]]\nmatch = {{ all = true }}\nsend_to = [\"ring\"]\n",
+            cadent_members.join(", "),
+            cadent_sinks[4].addr
+        ),
+    );
+    send_tcp(&format!("127.0.0.1:{in_port}"), data.as_bytes());
+    assert!(
+        wait_until(PEER_TIMEOUT, || {
+            cadent_sinks.iter().map(|s| s.total()).sum::<u64>() >= total
+        }),
+        "cadent delivered too few lines: {}",
+        cadent.stats()
+    );
+    let want = placed(&crelay_sinks);
+    assert_eq!(want.len() as u64, total);
+    // The rules did something: the tagged form, the match on it, the rewrite of it.
+    assert!(
+        want.contains_key("sys.cpu0;host=web0 0 1700000000"),
+        "{want:?}"
+    );
+    assert!(
+        want.contains_key("sys.memory8;host=web3;dc=x 8 1700000000"),
+        "{want:?}"
+    );
+    assert!(want.values().any(|&k| k == 4), "{want:?}");
+    assert_eq!(placed(&cadent_sinks), want);
+}
+
 /// line -> the index of the sink that got it (each line exactly once).
 fn placed(sinks: &[crate::support::Sink]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
