@@ -580,6 +580,9 @@ pub struct Router {
     constant: Vec<(NameForm, Origin, Option<u16>)>,
     /// Those decisions.
     constant_plans: Vec<ConstantPlan>,
+    /// Per aggregator, the clusters of its `send_to`; `None` when it also sends to a
+    /// store (local: never down).
+    agg_send_to: Vec<Option<Vec<usize>>>,
 }
 
 /// A decision that holds for every name from one origin: the rules that apply there all
@@ -733,7 +736,33 @@ impl Router {
             hosts_seen: HostsSeen::new(cfg.server.tiers_hosts_max),
             constant: Vec::new(),
             constant_plans: Vec::new(),
+            agg_send_to: cfg
+                .aggregates
+                .iter()
+                .map(|a| {
+                    (a.send_to.iter())
+                        .map(|s| match s {
+                            crate::config::Sink::Cluster(c) => Some(*c),
+                            crate::config::Sink::Store(_) => None,
+                        })
+                        .collect()
+                })
+                .collect(),
         }
+    }
+
+    /// Whether aggregator `a`'s output cannot be delivered now: it sends to clusters
+    /// only, and every member of each is down. (Its flush is then no write to its
+    /// graphite, as Etsy's writer counts a refused connection: see `shard::aggregate`.)
+    pub fn aggregator_output_down(&self, a: usize) -> bool {
+        let Some(Some(clusters)) = self.agg_send_to.get(a) else {
+            return false;
+        };
+        !clusters.is_empty()
+            && clusters.iter().all(|&c| {
+                (self.clusters[c].members.iter())
+                    .all(|d| !self.alive.get(d.index()).copied().unwrap_or(true))
+            })
     }
 
     /// Whether every name of `form` from `origin` gets the same decision, and which: then

@@ -578,10 +578,15 @@ impl AggStage {
     /// `give_up` says stop waiting) writes up to [`FLUSH_STEP_KEYS`] keys' lines to
     /// `out`; at the end reports to shard 0, and shard 0 writes statsd's own lines once
     /// every report is in (or `give_up`). The lines in `out` go into routing.
+    /// `output_down`: every destination of the aggregator's `send_to` is down, so this
+    /// flush is not recorded as a write in `graphiteStats` (Etsy's writer records one
+    /// only when its connection opens): `last_flush` ages on the console, as Etsy's does
+    /// while its graphite refuses connections, though cadent keeps the lines queued.
     pub fn flush_step(
         &mut self,
         a: usize,
         give_up: bool,
+        output_down: bool,
         out: &mut Vec<u8>,
         mesh: &mut ShardMesh,
     ) -> FlushProgress {
@@ -647,12 +652,14 @@ impl AggStage {
             agg.counters.flushed_lines += n;
             let bytes = f.bytes + utf16_len(&out[before..]);
             // Etsy's graphiteStats describe the previous write: this one, next flush.
-            st.engine.record_write(GraphiteWriteStats {
-                last_exception_s: 0,
-                last_flush_s: (f.t_ms + 500).div_euclid(1000),
-                flush_time_ms: f.totals.calculation_ms,
-                flush_length_units: bytes,
-            });
+            if !output_down {
+                st.engine.record_write(GraphiteWriteStats {
+                    last_exception_s: 0,
+                    last_flush_s: (f.t_ms + 500).div_euclid(1000),
+                    flush_time_ms: f.totals.calculation_ms,
+                    flush_length_units: bytes,
+                });
+            }
         }
         st.completed_ms = f.t_ms;
         st.flush = None;

@@ -1343,7 +1343,10 @@ async fn statsd_flusher(core: Rc<RefCell<Core>>, id: u16, interval_ms: u64) {
                 }
                 out.clear();
                 let give_up = started.elapsed() >= wait;
-                let p = c.aggs.flush_step(a, give_up, &mut out, &mut c.mesh);
+                let output_down = c.router.aggregator_output_down(a);
+                let p = c
+                    .aggs
+                    .flush_step(a, give_up, output_down, &mut out, &mut c.mesh);
                 if !out.is_empty() {
                     c.route_lines(Origin::Aggregator(a as u16), &out);
                 }

@@ -206,3 +206,132 @@ aggregate = "statsd"
         drop(cadent);
     }
 }
+
+/// `graphite.last_flush` (seconds since) from a `stats` reply.
+fn last_flush(reply: &str) -> i64 {
+    reply
+        .lines()
+        .find_map(|l| l.strip_prefix("graphite.last_flush: "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no graphite.last_flush in {reply:?}"))
+}
+
+/// A port nothing listens on (bound, then closed).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Operators' health checks read `graphite.last_flush` on the console: with graphite
+/// refusing connections it keeps aging in Etsy (its writer records a write only once a
+/// connection opens), and so it must in cadent, which keeps the lines queued meanwhile;
+/// once graphite is back, both write again and it drops to a second or two.
+#[test]
+fn last_flush_ages_while_graphite_is_down_as_etsys() {
+    use crate::support::{http_get, Sink};
+    statsd_js();
+    node();
+    let dir = temp_dir("console-graphite-down");
+    let (etsy_udp, etsy_mgmt, etsy_graphite) = (free_udp_port(), free_port(), closed_port());
+    let config = StatsdConfig {
+        flush_interval_ms: 1000,
+        ..StatsdConfig::default()
+    };
+    let cfg_path = dir.join("config.js");
+    std::fs::write(
+        &cfg_path,
+        etsy_config(&config, etsy_udp, etsy_mgmt, etsy_graphite),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("statsd.log")).unwrap();
+    let child = Command::new(node())
+        .arg(statsd_js())
+        .arg(&cfg_path)
+        .current_dir(&dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start node statsd");
+    let _guard = ChildGuard(child);
+    let (cadent_udp, cadent_mgmt, cadent_graphite) = (free_udp_port(), free_port(), closed_port());
+    let cadent = Cadent::start(
+        "console-graphite-down",
+        &format!(
+            r#"
+[server]
+admin_listen = "ADMIN"
+[telemetry]
+prefix = ""
+[[listen]]
+name = "statsd"
+url = "udp://127.0.0.1:{cadent_udp}"
+format = "statsd"
+[[cluster]]
+name = "graphite"
+kind = "forward"
+members = ["tcp://127.0.0.1:{cadent_graphite}"]
+[[aggregate]]
+name = "statsd"
+kind = "statsd"
+flush_interval_ms = 1000
+mgmt_listen = "127.0.0.1:{cadent_mgmt}"
+send_to = ["graphite"]
+[[route]]
+from = ["statsd"]
+match = {{ all = true }}
+aggregate = "statsd"
+"#
+        ),
+    );
+    ask(etsy_mgmt, "health", |s| s.ends_with('\n'));
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for port in [etsy_udp, cadent_udp] {
+        udp.send_to(b"a.b:1|c", ("127.0.0.1", port)).unwrap();
+    }
+    // cadent's health probes take the dead destination down (a few seconds).
+    let down = crate::support::wait_until(Duration::from_secs(20), || {
+        http_get(&cadent.admin, "/servers").is_some_and(|b| b.contains("\"down\""))
+    });
+    assert!(down, "{:?}", http_get(&cadent.admin, "/servers"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let stats = |port| ask(port, "stats", ends_with_end);
+    let before = (
+        last_flush(&stats(etsy_mgmt)),
+        last_flush(&stats(cadent_mgmt)),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let after = (
+        last_flush(&stats(etsy_mgmt)),
+        last_flush(&stats(cadent_mgmt)),
+    );
+    assert!(after.0 >= before.0 + 2, "etsy: {before:?} then {after:?}");
+    assert!(after.1 >= before.1 + 2, "cadent: {before:?} then {after:?}");
+    assert!(after.1 >= 4, "cadent: {after:?}");
+    // graphite comes back: both write again.
+    let _etsy_sink = Sink::start_at(&format!("127.0.0.1:{etsy_graphite}"));
+    let cadent_sink = Sink::start_at(&format!("127.0.0.1:{cadent_graphite}"));
+    let back = crate::support::wait_until(Duration::from_secs(20), || {
+        last_flush(&stats(etsy_mgmt)) <= 2 && last_flush(&stats(cadent_mgmt)) <= 2
+    });
+    assert!(
+        back,
+        "etsy {}, cadent {}",
+        stats(etsy_mgmt),
+        stats(cadent_mgmt)
+    );
+    // Nothing cadent flushed meanwhile was lost: the outage's counts arrive.
+    assert!(
+        crate::support::wait_until(Duration::from_secs(10), || {
+            cadent_sink
+                .lines()
+                .keys()
+                .any(|l| l.starts_with("stats_counts.a.b 1 "))
+        }),
+        "{:?}",
+        cadent_sink.lines()
+    );
+}
