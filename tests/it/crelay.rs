@@ -513,7 +513,7 @@ fn parse_cadent_hash(stdout: &str, names: &[String]) -> Vec<Vec<String>> {
 /// lines carry values such as `inf`, `nan` and `1_000`, which both forward unchanged.
 #[test]
 fn running_relays_cleanse_and_place_dirty_names_alike() {
-    use crate::support::{free_port, send_tcp, wait_until, Cadent, Sink};
+    use crate::support::{free_port, Cadent, Sink};
     const LINES: usize = 4000;
     let pieces = [
         "a",
@@ -592,16 +592,11 @@ fn running_relays_cleanse_and_place_dirty_names_alike() {
     let crelay_port = free_port();
     let dir = workdir("dirty");
     let conf = dir.join("relay.conf");
-    let members: String = crelay_sinks
-        .iter()
-        .zip(instances)
-        .map(|(s, i)| format!("        {}={i}\n", s.addr))
-        .collect();
     std::fs::write(
         &conf,
         format!(
-            "listen\n    type linemode\n        127.0.0.1:{crelay_port} proto tcp\n    ;\n\
-             cluster ring\n    carbon_ch\n{members}    ;\nmatch * send to ring stop;\n"
+            "{}match * send to ring stop;\n",
+            crelay_ring_head(crelay_port, &crelay_sinks, &instances)
         ),
     )
     .unwrap();
@@ -616,28 +611,19 @@ fn running_relays_cleanse_and_place_dirty_names_alike() {
     // cadent, same ring (the port is not hashed), its own sinks.
     let cadent_sinks: Vec<Sink> = (0..4).map(|_| Sink::start()).collect();
     let in_port = free_port();
-    let cadent_members: Vec<String> = cadent_sinks
-        .iter()
-        .zip(instances)
-        .map(|(s, i)| format!("\"tcp://{}={i}\"", s.addr))
-        .collect();
     let cadent = Cadent::start(
         "dirty",
         &format!(
-            "[server]\nadmin_listen = \"ADMIN\"\n[[listen]]\nname = \"in\"\n\
-             url = \"tcp://127.0.0.1:{in_port}\"\nformat = \"graphite\"\n\
-             [[cluster]]\nname = \"ring\"\nkind = \"carbon_ch\"\nmembers = [{}]\n\
-             [[route]]\nmatch = {{ all = true }}\nsend_to = [\"ring\"]\n",
-            cadent_members.join(", ")
+            "{}[[route]]\nmatch = {{ all = true }}\nsend_to = [\"ring\"]\n",
+            cadent_ring_head(in_port, &cadent_sinks, &instances)
         ),
     );
-    send_tcp(&format!("127.0.0.1:{in_port}"), data.as_bytes());
-    assert!(
-        wait_until(PEER_TIMEOUT, || {
-            cadent_sinks.iter().map(|s| s.total()).sum::<u64>() >= LINES as u64
-        }),
-        "cadent delivered too few lines:\n{}",
-        cadent.log()
+    relay_through_cadent(
+        &cadent,
+        in_port,
+        data.as_bytes(),
+        &cadent_sinks,
+        LINES as u64,
     );
 
     let want = placed(&crelay_sinks);
@@ -671,7 +657,7 @@ fn running_relays_match_and_rewrite_the_path_before_the_tags_alike() {
     // carbon-c-relay's dispatcher ends the path at the first `;`: its regex matches and
     // rewrites see the path only, and a rewrite keeps the tags as they came (`\_1`
     // lowers the path, not the tags).
-    use crate::support::{free_port, send_tcp, wait_until, Cadent, Sink};
+    use crate::support::{free_port, Cadent, Sink};
     let paths = [
         "a.cpu", "b.mem", "n.123", "x.cpu2", "lo.MiXeD", "t.x", "dcx.y",
     ];
@@ -740,14 +726,7 @@ fn running_relays_match_and_rewrite_the_path_before_the_tags_alike() {
     }
     config.push_str("[[route]]\nmatch = { all = true }\nsend_to = [\"c3\"]\n");
     let cadent = Cadent::start("tags", &config);
-    send_tcp(&format!("127.0.0.1:{in_port}"), data.as_bytes());
-    assert!(
-        wait_until(PEER_TIMEOUT, || {
-            cadent_sinks.iter().map(|s| s.total()).sum::<u64>() >= total
-        }),
-        "cadent delivered too few lines: {}",
-        cadent.stats()
-    );
+    relay_through_cadent(&cadent, in_port, data.as_bytes(), &cadent_sinks, total);
     let want = placed(&crelay_sinks);
     assert_eq!(want.len() as u64, total);
     // The rules did something: every cluster got lines, tags were kept through rewrites.
@@ -767,7 +746,7 @@ fn running_relays_take_a_semicolon_a_rewrite_writes_as_part_of_the_path() {
     // A rewrite that makes a dotted name tagged (`\2;host=\1`): carbon-c-relay's path
     // then ends where the rewrite's text ends, so later matches and the ring see
     // `sys.cpu;host=web1` whole, however the name came (tagged, or needing cleansing).
-    use crate::support::{free_port, send_tcp, wait_until, Cadent, Sink};
+    use crate::support::{free_port, Cadent, Sink};
     let mut lines = Vec::new();
     for k in 0..60 {
         let path = match k % 3 {
@@ -787,22 +766,16 @@ fn running_relays_take_a_semicolon_a_rewrite_writes_as_part_of_the_path() {
     let crelay_port = free_port();
     let dir = workdir("tagging-rewrite");
     let conf = dir.join("relay.conf");
-    let members: String = crelay_sinks[..4]
-        .iter()
-        .zip(instances)
-        .map(|(s, i)| format!("        {}={i}\n", s.addr))
-        .collect();
     // In c-relay's quoted strings a backslash escapes the next character: doubled.
     std::fs::write(
         &conf,
         format!(
-            "listen\n    type linemode\n        127.0.0.1:{crelay_port} proto tcp\n    ;\n\
-             cluster ring\n    carbon_ch\n{members}    ;\n\
-             cluster web\n    forward\n        {}\n    ;\n\
+            "{}cluster web\n    forward\n        {}\n    ;\n\
              rewrite \"^s\\\\.([^.]+)\\\\.(.*)$\"\n    into \"\\\\2;host=\\\\1\"\n    ;\n\
              rewrite \"^(.*)\\\\.mem([0-9]+;host=web3)$\"\n    into \"\\\\1.memory\\\\2\"\n    ;\n\
              match \"=web2\"\n    send to web\n    stop\n    ;\n\
              match * send to ring stop;\n",
+            crelay_ring_head(crelay_port, &crelay_sinks[..4], &instances),
             crelay_sinks[4].addr
         ),
     )
@@ -811,36 +784,21 @@ fn running_relays_take_a_semicolon_a_rewrite_writes_as_part_of_the_path() {
 
     let cadent_sinks: Vec<Sink> = (0..5).map(|_| Sink::start()).collect();
     let in_port = free_port();
-    let cadent_members: Vec<String> = cadent_sinks[..4]
-        .iter()
-        .zip(instances)
-        .map(|(s, i)| format!("\"tcp://{}={i}\"", s.addr))
-        .collect();
     let cadent = Cadent::start(
         "tagging-rewrite",
         &format!(
-            "[server]\nadmin_listen = \"ADMIN\"\n[[listen]]\nname = \"in\"\n\
-             url = \"tcp://127.0.0.1:{in_port}\"\nformat = \"graphite\"\n\
-             [[cluster]]\nname = \"ring\"\nkind = \"carbon_ch\"\nmembers = [{}]\n\
-             [[cluster]]\nname = \"web\"\nkind = \"forward\"\nmembers = [\"tcp://{}\"]\n\
+            "{}[[cluster]]\nname = \"web\"\nkind = \"forward\"\nmembers = [\"tcp://{}\"]\n\
              [[route]]\nmatch = {{ regex = '^s\\.([^.]+)\\.(.*)$' }}\n\
              rewrite = {{ regex = '^s\\.([^.]+)\\.(.*)$', into = '\\2;host=\\1' }}\n\
              [[route]]\nmatch = {{ regex = '^(.*)\\.mem([0-9]+;host=web3)$' }}\n\
              rewrite = {{ regex = '^(.*)\\.mem([0-9]+;host=web3)$', into = '\\1.memory\\2' }}\n\
              [[route]]\nmatch = {{ substring = \"=web2\" }}\nsend_to = [\"web\"]\n\
              [[route]]\nmatch = {{ all = true }}\nsend_to = [\"ring\"]\n",
-            cadent_members.join(", "),
+            cadent_ring_head(in_port, &cadent_sinks[..4], &instances),
             cadent_sinks[4].addr
         ),
     );
-    send_tcp(&format!("127.0.0.1:{in_port}"), data.as_bytes());
-    assert!(
-        wait_until(PEER_TIMEOUT, || {
-            cadent_sinks.iter().map(|s| s.total()).sum::<u64>() >= total
-        }),
-        "cadent delivered too few lines: {}",
-        cadent.stats()
-    );
+    relay_through_cadent(&cadent, in_port, data.as_bytes(), &cadent_sinks, total);
     let want = placed(&crelay_sinks);
     assert_eq!(want.len() as u64, total);
     // The rules did something: the tagged form, the match on it, the rewrite of it.
@@ -856,6 +814,37 @@ fn running_relays_take_a_semicolon_a_rewrite_writes_as_part_of_the_path() {
     assert_eq!(placed(&cadent_sinks), want);
 }
 
+/// The start of a carbon-c-relay config: a line listener on `port` and the cluster
+/// `ring`, carbon_ch over `sinks` named by `instances`.
+fn crelay_ring_head(port: u16, sinks: &[crate::support::Sink], instances: &[&str]) -> String {
+    let members: String = sinks
+        .iter()
+        .zip(instances)
+        .map(|(s, i)| format!("        {}={i}\n", s.addr))
+        .collect();
+    format!(
+        "listen\n    type linemode\n        127.0.0.1:{port} proto tcp\n    ;\n\
+         cluster ring\n    carbon_ch\n{members}    ;\n"
+    )
+}
+
+/// The start of a cadent config: a graphite listener on `port` and the cluster `ring`,
+/// carbon_ch over `sinks` named by `instances` (so it is c-relay's ring whatever the
+/// ports).
+fn cadent_ring_head(port: u16, sinks: &[crate::support::Sink], instances: &[&str]) -> String {
+    let members: Vec<String> = sinks
+        .iter()
+        .zip(instances)
+        .map(|(s, i)| format!("\"tcp://{}={i}\"", s.addr))
+        .collect();
+    format!(
+        "[server]\nadmin_listen = \"ADMIN\"\n[[listen]]\nname = \"in\"\n\
+         url = \"tcp://127.0.0.1:{port}\"\nformat = \"graphite\"\n\
+         [[cluster]]\nname = \"ring\"\nkind = \"carbon_ch\"\nmembers = [{}]\n",
+        members.join(", ")
+    )
+}
+
 /// line -> the index of the sink that got it (each line exactly once).
 fn placed(sinks: &[crate::support::Sink]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
@@ -866,6 +855,27 @@ fn placed(sinks: &[crate::support::Sink]) -> BTreeMap<String, usize> {
         }
     }
     m
+}
+
+/// Sends `data` to cadent's listener on `port` and waits until its `sinks` hold `lines`
+/// lines.
+fn relay_through_cadent(
+    cadent: &crate::support::Cadent,
+    port: u16,
+    data: &[u8],
+    sinks: &[crate::support::Sink],
+    lines: u64,
+) {
+    use crate::support::{send_tcp, wait_until};
+    send_tcp(&format!("127.0.0.1:{port}"), data);
+    assert!(
+        wait_until(PEER_TIMEOUT, || {
+            sinks.iter().map(|s| s.total()).sum::<u64>() >= lines
+        }),
+        "cadent delivered too few lines: {}\n{}",
+        cadent.stats(),
+        cadent.log()
+    );
 }
 
 /// Runs carbon-c-relay on `conf` (listening on `port`), sends it `data` and waits until

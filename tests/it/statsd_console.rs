@@ -5,12 +5,11 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cadent::aggregate::statsd::StatsdConfig;
 
-use crate::statsd_etsy::{etsy_config, free_udp_port, node, statsd_js, ChildGuard};
+use crate::statsd_etsy::{etsy_config, free_udp_port, node, spawn_etsy, statsd_js};
 use crate::support::{free_port, temp_dir, Cadent};
 
 /// Sends one command and reads the reply until `done` says it is whole (bounded).
@@ -62,6 +61,37 @@ fn stats_shape(s: &str) -> String {
         .join("\n")
 }
 
+/// `cadent serve` as a statsd server with its console on `mgmt`, flushing every
+/// `flush_ms` to the cluster `out` (`out`: the cluster's keys).
+fn console_config(shards: usize, udp: u16, mgmt: u16, flush_ms: u64, out: &str) -> String {
+    format!(
+        r#"
+[server]
+shards = {shards}
+admin_listen = "ADMIN"
+[telemetry]
+prefix = ""
+[[listen]]
+name = "statsd"
+url = "udp://127.0.0.1:{udp}"
+format = "statsd"
+[[cluster]]
+name = "out"
+{out}
+[[aggregate]]
+name = "statsd"
+kind = "statsd"
+flush_interval_ms = {flush_ms}
+mgmt_listen = "127.0.0.1:{mgmt}"
+send_to = ["out"]
+[[route]]
+from = ["statsd"]
+match = {{ all = true }}
+aggregate = "statsd"
+"#
+    )
+}
+
 const DATAGRAMS: &[&str] = &[
     "a.b:1|c\na.b:2|c|@0.5\nc.d:-3|c",
     "t.x:5|ms:1|ms:3|ms\nt.y:0.5|ms",
@@ -84,50 +114,18 @@ fn console_answers_as_etsy_statsd() {
             flush_interval_ms: 600_000,
             ..StatsdConfig::default()
         };
-        let cfg_path = dir.join("config.js");
         let gport = graphite.local_addr().unwrap().port();
-        std::fs::write(&cfg_path, etsy_config(&config, etsy_udp, etsy_mgmt, gport)).unwrap();
-        let log = std::fs::File::create(dir.join("statsd.log")).unwrap();
-        let child = Command::new(node())
-            .arg(statsd_js())
-            .arg(&cfg_path)
-            .current_dir(&dir)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start node statsd");
-        let _guard = ChildGuard(child);
+        let _guard = spawn_etsy(&dir, &etsy_config(&config, etsy_udp, etsy_mgmt, gport));
 
         let (cadent_udp, cadent_mgmt) = (free_udp_port(), free_port());
         let cadent = Cadent::start(
             &format!("console-{shards}"),
-            &format!(
-                r#"
-[server]
-shards = {shards}
-admin_listen = "ADMIN"
-[telemetry]
-prefix = ""
-[[listen]]
-name = "statsd"
-url = "udp://127.0.0.1:{cadent_udp}"
-format = "statsd"
-[[cluster]]
-name = "out"
-kind = "file"
-path = "./out.log"
-[[aggregate]]
-name = "statsd"
-kind = "statsd"
-flush_interval_ms = 600000
-mgmt_listen = "127.0.0.1:{cadent_mgmt}"
-send_to = ["out"]
-[[route]]
-from = ["statsd"]
-match = {{ all = true }}
-aggregate = "statsd"
-"#
+            &console_config(
+                shards,
+                cadent_udp,
+                cadent_mgmt,
+                600_000,
+                "kind = \"file\"\npath = \"./out.log\"",
             ),
         );
         // Etsy is up once its console answers.
@@ -240,51 +238,19 @@ fn last_flush_ages_while_graphite_is_down_as_etsys() {
         flush_interval_ms: 1000,
         ..StatsdConfig::default()
     };
-    let cfg_path = dir.join("config.js");
-    std::fs::write(
-        &cfg_path,
-        etsy_config(&config, etsy_udp, etsy_mgmt, etsy_graphite),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join("statsd.log")).unwrap();
-    let child = Command::new(node())
-        .arg(statsd_js())
-        .arg(&cfg_path)
-        .current_dir(&dir)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start node statsd");
-    let _guard = ChildGuard(child);
+    let _guard = spawn_etsy(
+        &dir,
+        &etsy_config(&config, etsy_udp, etsy_mgmt, etsy_graphite),
+    );
     let (cadent_udp, cadent_mgmt, cadent_graphite) = (free_udp_port(), free_port(), closed_port());
     let cadent = Cadent::start(
         "console-graphite-down",
-        &format!(
-            r#"
-[server]
-admin_listen = "ADMIN"
-[telemetry]
-prefix = ""
-[[listen]]
-name = "statsd"
-url = "udp://127.0.0.1:{cadent_udp}"
-format = "statsd"
-[[cluster]]
-name = "graphite"
-kind = "forward"
-members = ["tcp://127.0.0.1:{cadent_graphite}"]
-[[aggregate]]
-name = "statsd"
-kind = "statsd"
-flush_interval_ms = 1000
-mgmt_listen = "127.0.0.1:{cadent_mgmt}"
-send_to = ["graphite"]
-[[route]]
-from = ["statsd"]
-match = {{ all = true }}
-aggregate = "statsd"
-"#
+        &console_config(
+            1,
+            cadent_udp,
+            cadent_mgmt,
+            1000,
+            &format!("kind = \"forward\"\nmembers = [\"tcp://127.0.0.1:{cadent_graphite}\"]"),
         ),
     );
     ask(etsy_mgmt, "health", |s| s.ends_with('\n'));

@@ -167,22 +167,7 @@ fn try_run_statsd(case: &Case) -> Result<Vec<Vec<u8>>, String> {
     let graphite = TcpListener::bind("127.0.0.1:0").unwrap();
     let gport = graphite.local_addr().unwrap().port();
     let (udp_port, mgmt_port) = (free_udp_port(), free_port());
-    let cfg_path = dir.join("config.js");
-    std::fs::write(
-        &cfg_path,
-        etsy_config(&case.config, udp_port, mgmt_port, gport),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join("statsd.log")).unwrap();
-    let child = Command::new(node())
-        .arg(statsd_js())
-        .arg(&cfg_path)
-        .current_dir(&dir)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start node statsd");
-    let mut guard = ChildGuard(child);
+    let mut guard = spawn_etsy(&dir, &etsy_config(&case.config, udp_port, mgmt_port, gport));
     graphite.set_nonblocking(true).unwrap();
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let target = format!("127.0.0.1:{udp_port}");
@@ -201,6 +186,24 @@ fn try_run_statsd(case: &Case) -> Result<Vec<Vec<u8>>, String> {
 }
 
 pub(crate) struct ChildGuard(pub(crate) Child);
+
+/// Starts Etsy statsd on `config_js` (written to `dir/config.js`), its output in
+/// `dir/statsd.log`; stopped when the guard drops.
+pub(crate) fn spawn_etsy(dir: &std::path::Path, config_js: &str) -> ChildGuard {
+    let cfg_path = dir.join("config.js");
+    std::fs::write(&cfg_path, config_js).unwrap();
+    let log = std::fs::File::create(dir.join("statsd.log")).unwrap();
+    let child = Command::new(node())
+        .arg(statsd_js())
+        .arg(&cfg_path)
+        .current_dir(dir)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start node statsd");
+    ChildGuard(child)
+}
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {

@@ -15,15 +15,14 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cadent::aggregate::statsd::{Bin, StatsdConfig};
 
 use crate::statsd_etsy::{
-    accept_flush, cases, etsy_config, free_udp_port, node, statsd_js, timing_ts, timing_value,
-    Case, ChildGuard,
+    accept_flush, cases, etsy_config, free_udp_port, node, spawn_etsy, statsd_js, timing_ts,
+    timing_value, Case,
 };
 use crate::support::{free_port, temp_dir, Cadent};
 
@@ -178,7 +177,6 @@ fn try_run_both(case: &Case, shards: usize, transport: Transport) -> Result<Flus
     let gport = graphite.local_addr().unwrap().port();
     let (etsy_udp, mgmt) = (free_udp_port(), free_port());
     let (etsy_tcp, cadent_tcp) = (free_port(), free_port());
-    let cfg_path = dir.join("config.js");
     let mut etsy: serde_json::Value =
         serde_json::from_str(&etsy_config(&config, etsy_udp, mgmt, gport)).unwrap();
     if transport == Transport::Tcp {
@@ -187,7 +185,6 @@ fn try_run_both(case: &Case, shards: usize, transport: Transport) -> Result<Flus
             {"server": "./servers/tcp", "address": "127.0.0.1", "port": etsy_tcp},
         ]);
     }
-    std::fs::write(&cfg_path, etsy.to_string()).unwrap();
 
     let sink = OrderedSink::start();
     let cadent_udp = free_udp_port();
@@ -230,17 +227,7 @@ aggregate = "statsd"
         ),
     );
 
-    let log = std::fs::File::create(dir.join("statsd.log")).unwrap();
-    let child = Command::new(node())
-        .arg(statsd_js())
-        .arg(&cfg_path)
-        .current_dir(&dir)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start node statsd");
-    let mut guard = ChildGuard(child);
+    let mut guard = spawn_etsy(&dir, &etsy.to_string());
     graphite.set_nonblocking(true).unwrap();
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut streams = None;
