@@ -271,6 +271,21 @@ fn ensure_ascii(headers: &HeaderMap) -> bool {
     }
 }
 
+/// A JSON body as graphite-web finishes it: indented with `pretty` (any non-empty value,
+/// as Python's `bool()` reads it), then wrapped in the `jsonp` callback; the content type
+/// when it is no longer plain JSON.
+fn json_body(
+    params: &Params,
+    body: Vec<u8>,
+    bytes_max: usize,
+) -> Result<(Option<&str>, Vec<u8>), read_format::ResponseTooLarge> {
+    let body = match params.get("pretty").filter(|v| !v.is_empty()) {
+        Some(_) => read_format::python_indent(&body, bytes_max)?,
+        None => body,
+    };
+    Ok(jsonp(params, body))
+}
+
 fn jsonp(params: &Params, body: Vec<u8>) -> (Option<&str>, Vec<u8>) {
     match params.get("jsonp").filter(|j| !j.is_empty()) {
         Some(cb) => {
@@ -468,7 +483,7 @@ async fn find_inner(
     encoded.map_err(|e| too_large(s, e))?;
     let ct = fmt.map_or("application/json", Format::content_type);
     let (wrapped, out) = if matches!(fmt, None | Some(Format::Json)) {
-        jsonp(&p, out)
+        json_body(&p, out, max).map_err(|e| too_large(s, e))?
     } else {
         (None, out)
     };
@@ -513,7 +528,8 @@ pub async fn index(
             store.read_response_bytes_max,
         )
         .map_err(|e| too_large(&s, e))?;
-        let (wrapped, out) = jsonp(&p, out);
+        let (wrapped, out) =
+            json_body(&p, out, store.read_response_bytes_max).map_err(|e| too_large(&s, e))?;
         Ok(respond(wrapped.unwrap_or("application/json"), out))
     }
     .await;
@@ -552,7 +568,8 @@ pub async fn expand(
             store.read_response_bytes_max,
         )
         .map_err(|e| too_large(&s, e))?;
-        let (wrapped, out) = jsonp(&p, out);
+        let (wrapped, out) =
+            json_body(&p, out, store.read_response_bytes_max).map_err(|e| too_large(&s, e))?;
         Ok(respond(wrapped.unwrap_or("application/json"), out))
     }
     .await;
@@ -776,7 +793,7 @@ async fn render_inner(
     }
     .map_err(|e| too_large(s, e))?;
     let (wrapped, out) = if format == Format::Json {
-        jsonp(&p, out)
+        json_body(&p, out, max).map_err(|e| too_large(s, e))?
     } else {
         (None, out)
     };

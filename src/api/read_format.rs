@@ -669,6 +669,69 @@ pub fn render_json(
     bounded(out, start, bytes_max)
 }
 
+/// `json` (written as Python's `json.dumps` writes without `indent`: `", "` and `": "`
+/// between items) as `json.dumps(..., indent=2)` writes it, graphite-web's `pretty=1`:
+/// each item of a non-empty array or object on its own line, two spaces a level, `[]`
+/// and `{}` as they are.
+pub fn python_indent(json: &[u8], bytes_max: usize) -> Result<Vec<u8>, ResponseTooLarge> {
+    let mut out = Vec::with_capacity(json.len() * 2);
+    let mut depth = 0usize;
+    let newline = |out: &mut Vec<u8>, depth: usize| {
+        out.push(b'\n');
+        out.resize(out.len() + 2 * depth, b' ');
+    };
+    let (mut i, mut in_string) = (0, false);
+    while i < json.len() {
+        let b = json[i];
+        i += 1;
+        if in_string {
+            out.push(b);
+            match b {
+                b'\\' if i < json.len() => {
+                    out.push(json[i]);
+                    i += 1;
+                }
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_string = true;
+                out.push(b);
+            }
+            b'[' | b'{' => {
+                out.push(b);
+                if json.get(i).is_some_and(|&c| c == b']' || c == b'}') {
+                    out.push(json[i]);
+                    i += 1;
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(b);
+            }
+            b',' => {
+                out.push(b',');
+                newline(&mut out, depth);
+                if json.get(i) == Some(&b' ') {
+                    i += 1;
+                }
+            }
+            _ => out.push(b),
+        }
+        if out.len() > bytes_max {
+            return Err(ResponseTooLarge { bytes_max });
+        }
+    }
+    Ok(out)
+}
+
 /// graphite-web 1.1.10's `renderViewJson` with `maxDataPoints` (Grafana always sends
 /// it): each series whose step puts more than `max_points` points in the whole request's
 /// range (earliest start to latest end, over all series) is averaged over
@@ -968,6 +1031,17 @@ mod tests {
         let mut out = Vec::new();
         f(&mut out).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn python_indent_as_json_dumps_indent_2() {
+        // json.dumps(d) and json.dumps(d, indent=2) of python 3.11, for
+        // d = {"a, b": ["x\"],{", 1.5, None], "c": {}, "d": [], "e": [[]]}.
+        let compact = br#"{"a, b": ["x\"],{", 1.5, null], "c": {}, "d": [], "e": [[]]}"#;
+        let want = "{\n  \"a, b\": [\n    \"x\\\"],{\",\n    1.5,\n    null\n  ],\n  \"c\": {},\n  \"d\": [],\n  \"e\": [\n    []\n  ]\n}";
+        let got = python_indent(compact, 1 << 20).unwrap();
+        assert_eq!(String::from_utf8(got).unwrap(), want);
+        assert!(python_indent(compact, 20).is_err());
     }
 
     #[test]

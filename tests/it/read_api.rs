@@ -685,7 +685,8 @@ fn render_bodies_match_graphite_web() {
 
 /// `maxDataPoints` on a JSON render (Grafana sends it with every query): random sets of
 /// series with gaps, NaN, unaligned starts and mixed steps, consolidated as graphite-web's
-/// `renderViewJson` (the function itself, from graphite-web 1.1.10's source) does.
+/// `renderViewJson` (the function itself, from graphite-web 1.1.10's source) does; one in
+/// five with `pretty`.
 #[test]
 fn render_json_max_data_points_match_graphite_web() {
     let mut rng = SplitMix64(0x3dd7);
@@ -737,6 +738,10 @@ fn render_json_max_data_points_match_graphite_web() {
             .collect();
         let mut body = Vec::new();
         read_format::render_json(&rendered, no_null_points, &mut body, MAX).unwrap();
+        let pretty = rng.below(5) == 0;
+        if pretty {
+            body = read_format::python_indent(&body, MAX).unwrap();
+        }
         ours.push(String::from_utf8(body).unwrap());
         let list: Vec<Value> = data
             .iter()
@@ -751,7 +756,7 @@ fn render_json_max_data_points_match_graphite_web() {
             .collect();
         cases.push(json!({"op": "render_formats", "series": list,
             "no_null_points": no_null_points, "max_data_points": max_points,
-            "x_files_factor": x_files_factor}));
+            "x_files_factor": x_files_factor, "pretty": pretty}));
     }
     let answers = driver(cases.clone());
     let mut compared = 0;
@@ -963,11 +968,20 @@ fn expand_matches_graphite_web() {
     ];
     let mut cases = Vec::new();
     let mut ours = Vec::new();
-    for (leaves_only, group_by_expr) in [(false, false), (true, false), (false, true), (true, true)]
-    {
+    for (leaves_only, group_by_expr, pretty) in [
+        (false, false, false),
+        (true, false, false),
+        (false, true, false),
+        (true, true, false),
+        (false, false, true),
+        (false, true, true),
+    ] {
         let mut out = Vec::new();
         read_format::expand_json(&results, leaves_only, group_by_expr, true, &mut out, MAX)
             .unwrap();
+        if pretty {
+            out = read_format::python_indent(&out, MAX).unwrap();
+        }
         ours.push(String::from_utf8(out).unwrap());
         let answers: Vec<Value> = results
             .iter()
@@ -977,8 +991,11 @@ fn expand_matches_graphite_web() {
                 json!([q, nodes])
             })
             .collect();
-        let params = json!({"leavesOnly": u8::from(leaves_only).to_string(),
+        let mut params = json!({"leavesOnly": u8::from(leaves_only).to_string(),
             "groupByExpr": u8::from(group_by_expr).to_string()});
+        if pretty {
+            params["pretty"] = json!("1");
+        }
         cases.push(json!({"op": "expand", "answers": answers, "params": params}));
     }
     let answers = driver(cases);

@@ -384,6 +384,8 @@ def op_render_formats(case):
     info = [series.getInfo() for series in data]
     gw_pickle = pickle.dumps(info, protocol=-1)
     options = {"noNullPoints": True} if case["no_null_points"] else {}
+    if case.get("pretty"):
+        options["pretty"] = True
     if case.get("max_data_points") is not None:
         options["maxDataPoints"] = case["max_data_points"]
         try:

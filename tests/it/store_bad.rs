@@ -309,6 +309,10 @@ fn read_api_bounds_and_corrupt_files() {
     ] {
         assert_eq!(get(q).0, 400, "{q}");
     }
+    // `pretty` indents JSON as graphite-web's json.dumps(indent=2) does.
+    let (status, body) = get("/metrics/find/?query=r.h05.*&format=json&pretty=1");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("[\n  {\n    \""), "{body}");
     // jQuery's `target[]` is graphite-web's second spelling of `target`.
     let (status, body) = get("/render?target%5B%5D=r.h05.v&from=-10min&format=json");
     assert_eq!(status, 200, "{body}");
