@@ -297,6 +297,19 @@ pub struct StoreStage {
 /// keeps carbon's order without reading the clock per point.
 const NOW_STEP_S: f64 = 1e-6;
 
+/// The stamp of a `-1` point read at `now_s`, after `last` (the one before): `now_s`,
+/// or [`NOW_STEP_S`] after `last` while `last` is at or past `now_s` by less than a
+/// second (the same batch's clock reading). A clock stepped back by more starts again
+/// from `now_s`, so points never stay stamped ahead of the clock.
+fn stamp_now(last: &mut f64, now_s: f64) -> f64 {
+    *last = if *last >= now_s && *last < now_s + 1.0 {
+        *last + NOW_STEP_S
+    } else {
+        now_s
+    };
+    *last
+}
+
 /// The shard that owns store name `name` (carbon's normal form): its writer and cache.
 /// The cache's [`fingerprint`] decides it, so the hot path hashes a point once.
 pub fn store_owner(name: &[u8], shards: usize) -> usize {
@@ -347,11 +360,7 @@ impl StoreStage {
         };
         st.counters.points += 1;
         let last_now = &mut self.last_now;
-        let stamp = || {
-            *last_now = now_s.max(*last_now + NOW_STEP_S);
-            *last_now
-        };
-        let Some((ts, v)) = p.value.datapoint(stamp) else {
+        let Some((ts, v)) = p.value.datapoint(|| stamp_now(last_now, now_s)) else {
             st.counters.dropped_wrong_protocol += 1;
             return;
         };
@@ -1080,5 +1089,23 @@ mod tests {
         assert_eq!(last_run_start(text), 10);
         assert_eq!(last_run_start(b"a 1.0 1.0\na 2.0 2.0\n"), 0);
         assert_eq!(last_run_start(b"x 1.0 1.0\na 1.0 1.0\na 2.0 2.0\n"), 10);
+    }
+
+    #[test]
+    fn now_stamps_rise_within_a_batch_and_follow_the_clock() {
+        let mut last = 0.0;
+        let t = 1_700_000_000.25;
+        let a = stamp_now(&mut last, t);
+        let b = stamp_now(&mut last, t);
+        let c = stamp_now(&mut last, t);
+        assert_eq!(a, t);
+        assert!(a < b && b < c && c < t + 1e-5, "{a} {b} {c}");
+        // A later batch reads a later clock.
+        assert_eq!(stamp_now(&mut last, t + 0.5), t + 0.5);
+        // The clock stepped back more than a second: the stamps follow it.
+        assert_eq!(stamp_now(&mut last, t - 3600.0), t - 3600.0);
+        // Back by less than a second: still just after the last stamp.
+        let d = stamp_now(&mut last, t - 3600.5);
+        assert!(d > t - 3600.0 && d < t - 3600.0 + 1e-5, "{d}");
     }
 }
