@@ -230,7 +230,11 @@ pub(crate) fn accept_flush(
                 s.read_to_end(&mut buf).expect("read a statsd flush");
                 return Ok(buf);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => panic!("accept: {e}"),
         }
         if let Ok(Some(status)) = child.0.try_wait() {

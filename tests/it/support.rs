@@ -538,6 +538,9 @@ fn read_lines(mut s: TcpStream, sh: &SinkShared, order: &Mutex<Vec<String>>) {
                     break;
                 }
             }
+            // A signal to this process (a child's SIGCHLD) interrupts a read with a
+            // timeout (signal(7)): not the end of the connection.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => break,
         }
     }
