@@ -90,10 +90,8 @@ impl NameForm {
 /// What evaluation hashes for one point.
 #[derive(Debug, Clone, Copy)]
 enum Keying {
-    /// The name as it stands.
-    Whole,
-    /// The name up to its first `;` (graphite tags).
-    Untagged,
+    /// A graphite name: its path (up to the first `;`, or where a rewrite ended it).
+    Path,
     /// A collectd identifier whose first `host_len` bytes are its host.
     Collectd { host_len: usize },
 }
@@ -104,7 +102,7 @@ impl Keying {
     /// the text before its first `/`).
     fn key<'a>(self, current: &'a [u8], path: &'a [u8], rewritten: bool) -> &'a [u8] {
         match self {
-            Keying::Whole | Keying::Untagged => path,
+            Keying::Path => path,
             Keying::Collectd { host_len } if !rewritten => &current[..host_len],
             Keying::Collectd { .. } => {
                 let end = memchr::memchr(b'/', current).unwrap_or(current.len());
@@ -803,7 +801,7 @@ impl Router {
             }
         }
         // No rule below can look at the name, so any name gives the decision.
-        let verdict = self.evaluate(b"", Keying::Whole, origin);
+        let verdict = self.evaluate(b"", Keying::Path, origin);
         let id = u16::try_from(self.constant_plans.len()).ok()?;
         self.constant_plans.push(ConstantPlan {
             verdict,
@@ -1018,8 +1016,7 @@ impl Router {
             NameForm::Collectd => Keying::Collectd {
                 host_len: key.len(),
             },
-            _ if cleansed || key.len() < name.len() => Keying::Untagged,
-            _ => Keying::Whole,
+            _ => Keying::Path,
         };
         let verdict = if cleansed {
             let mut clean = std::mem::take(&mut self.scratch_name);
