@@ -31,7 +31,8 @@ use crate::shard::pipeline::Core;
 /// Longest request head (request line and headers).
 pub const HEAD_BYTES_MAX: usize = 16 << 10;
 
-/// Longest chunk-size line of a chunked body (the size in hex and any extensions).
+/// Longest chunk-size line of a chunked body (the size in hex and any extensions), and
+/// longest trailer line.
 const CHUNK_LINE_BYTES_MAX: usize = 1 << 10;
 
 /// What an HTTP listener takes beyond a stream's options.
@@ -246,12 +247,9 @@ impl Framing {
                 Chunk::Done => break None,
                 Chunk::Size | Chunk::Trailer => {
                     let Some(nl) = memchr::memchr(b'\n', pending) else {
-                        let max = if *state == Chunk::Size {
-                            CHUNK_LINE_BYTES_MAX
-                        } else {
-                            HEAD_BYTES_MAX
-                        };
-                        if pending.len() > max {
+                        // Both kinds of line are bounded alike, so what waits undecoded
+                        // always fits beside a partial line in the connection's buffer.
+                        if pending.len() > CHUNK_LINE_BYTES_MAX {
                             break Some(if *state == Chunk::Size {
                                 BAD
                             } else {
@@ -316,6 +314,62 @@ impl Framing {
         // Close the gap the framing left between the body and what is still undecoded.
         buf.copy_within(raw..filled, body);
         Ok((body, body + (filled - raw)))
+    }
+}
+
+/// What [`chunked_body`] made of a chunked body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dechunked {
+    /// The body's data, framing taken off (up to a refusal).
+    pub body: Vec<u8>,
+    /// What was read after the body's end (a pipelined request's first bytes).
+    pub rest: Vec<u8>,
+    /// The body's end (its last chunk and trailers) was read.
+    pub done: bool,
+    /// The status a broken or oversized body is refused with.
+    pub refused: Option<&'static str>,
+}
+
+/// Decodes a chunked body that arrives `piece` bytes per read (at least 1), through the
+/// decoder and buffer discipline a connection uses: for tests and fuzzing.
+pub fn chunked_body(wire: &[u8], piece: usize, body_bytes_max: usize) -> Dechunked {
+    let mut f = Framing::Chunked {
+        state: Chunk::Size,
+        total: 0,
+    };
+    let mut buf = vec![0u8; CHUNK_LINE_BYTES_MAX + 2 + piece.max(1)];
+    let (mut body, mut filled, mut out, mut fed) = (0, 0, Vec::new(), 0);
+    loop {
+        match f.decode(&mut buf, body, filled, body_bytes_max) {
+            Ok(v) => (body, filled) = v,
+            Err((b, status)) => {
+                out.extend_from_slice(&buf[..b]);
+                return Dechunked {
+                    body: out,
+                    rest: Vec::new(),
+                    done: false,
+                    refused: Some(status),
+                };
+            }
+        }
+        // The pipeline takes the body bytes, as `serve` does.
+        out.extend_from_slice(&buf[..body]);
+        buf.copy_within(body..filled, 0);
+        filled -= body;
+        body = 0;
+        let room = f.room(buf.len() - filled).min(wire.len() - fed);
+        if f.done() || room == 0 {
+            break;
+        }
+        let n = piece.max(1).min(room);
+        buf[filled..filled + n].copy_from_slice(&wire[fed..fed + n]);
+        (fed, filled) = (fed + n, filled + n);
+    }
+    Dechunked {
+        body: out,
+        rest: buf[..filled].to_vec(),
+        done: f.done(),
+        refused: None,
     }
 }
 
@@ -508,8 +562,6 @@ mod tests {
         assert!(parse_head(b"POST / HTTP/1.1\r\nContent-Length: x").is_none());
     }
 
-    /// Feeds `wire` to a chunked decoder in pieces of `step` bytes, as reads would
-    /// bring it; returns the body and what followed it, or the refusal.
     fn dechunk(wire: &[u8], step: usize, max: usize) -> Result<(Vec<u8>, Vec<u8>), &'static str> {
         dechunk_taken(wire, step, max).map_err(|(_, status)| status)
     }
@@ -519,35 +571,14 @@ mod tests {
 
     /// As [`dechunk`], with what was taken before a refusal.
     fn dechunk_taken(wire: &[u8], step: usize, max: usize) -> Result<(Vec<u8>, Vec<u8>), Refused> {
-        let mut f = Framing::Chunked {
-            state: Chunk::Size,
-            total: 0,
-        };
-        let mut buf = vec![0u8; wire.len() + 1];
-        let (mut body, mut filled, mut out) = (0, 0, Vec::new());
-        let mut fed = 0;
-        loop {
-            match f.decode(&mut buf, body, filled, max) {
-                Ok(v) => (body, filled) = v,
-                Err((b, status)) => {
-                    out.extend_from_slice(&buf[..b]);
-                    return Err((out, status));
-                }
+        let d = chunked_body(wire, step, max);
+        match d.refused {
+            Some(status) => Err((d.body, status)),
+            None => {
+                assert!(d.done, "not done after {} bytes", wire.len());
+                Ok((d.body, d.rest))
             }
-            // The pipeline takes the body bytes, as `serve` does.
-            out.extend_from_slice(&buf[..body]);
-            buf.copy_within(body..filled, 0);
-            filled -= body;
-            body = 0;
-            if f.done() || fed == wire.len() {
-                break;
-            }
-            let n = step.min(wire.len() - fed).min(f.room(buf.len() - filled));
-            buf[filled..filled + n].copy_from_slice(&wire[fed..fed + n]);
-            (fed, filled) = (fed + n, filled + n);
         }
-        assert!(f.done(), "not done after {fed} bytes");
-        Ok((out, buf[..filled].to_vec()))
     }
 
     #[test]
