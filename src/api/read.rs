@@ -1,6 +1,7 @@
 //! The read API on the admin listener, as graphite-web's cluster peers and go-carbon's
 //! carbonserver answer it: `/metrics/find`, `/metrics/expand` and `/render` (raw series,
-//! no functions) over the first `[[store]]`'s whisper tree and its cache, in
+//! and of graphite-web's functions only `constantLine`, which Grafana's data source
+//! test renders) over the first `[[store]]`'s whisper tree and its cache, in
 //! graphite-web 1.1.10's shapes (`read_format`). graphite-web with `CLUSTER_SERVERS`
 //! pointing here runs its functions over these series; Grafana points at graphite-web,
 //! or straight here for raw series.
@@ -583,6 +584,60 @@ struct Wanted {
     file: Option<PathBuf>,
 }
 
+/// A `constantLine(N)` target's value, read as graphite-web's grammar reads numbers
+/// (its float parameter makes an int literal a float too: `100` is named `100.0`).
+#[derive(Debug, Clone, PartialEq)]
+struct Constant {
+    /// Python's `str()` of the float: the series' name.
+    text: String,
+    value: f64,
+}
+
+impl Constant {
+    /// `None` when `target` is not a `constantLine(...)` call; otherwise the value, or
+    /// what is wrong with the argument.
+    fn parse(target: &str) -> Option<Result<Constant, String>> {
+        let inner = target
+            .trim()
+            .strip_prefix("constantLine")?
+            .trim_start()
+            .strip_prefix('(')?
+            .strip_suffix(')')?
+            .trim();
+        // (graphite-web's grammar reads `constantLine(value=3)` as the path
+        // `constantLine`: a keyword is refused here rather than rendered as nothing.)
+        Some(Constant::number(inner).ok_or_else(|| {
+            format!("constantLine takes one number (an int, a decimal or 1e3), not {inner:?}")
+        }))
+    }
+
+    /// graphite-web's number literals: `-?\d+`, `-?\d+\.\d+`, and either followed by
+    /// `e` or `E` and `-?\d+`.
+    fn number(arg: &str) -> Option<Constant> {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let (mantissa, exponent) = match arg.find(['e', 'E']) {
+            Some(at) => (&arg[..at], Some(&arg[at + 1..])),
+            None => (arg, None),
+        };
+        let unsigned = mantissa.strip_prefix('-').unwrap_or(mantissa);
+        let mantissa_ok = match unsigned.split_once('.') {
+            Some((whole, fraction)) => digits(whole) && digits(fraction),
+            None => digits(unsigned),
+        };
+        let exponent_ok = exponent.is_none_or(|e| digits(e.strip_prefix('-').unwrap_or(e)));
+        if !mantissa_ok || !exponent_ok {
+            return None;
+        }
+        let value: f64 = arg.parse().ok()?;
+        let mut text = Vec::new();
+        crate::tools::pyfmt::py_repr_into(&mut text, value);
+        Some(Constant {
+            text: String::from_utf8(text).ok()?,
+            value,
+        })
+    }
+}
+
 /// `/render/`: raw series (no functions), graphite-web's pickle, msgpack or json.
 pub async fn render(
     State(s): State<Arc<AdminState>>,
@@ -616,10 +671,25 @@ async fn render_inner(
     // an empty tag database: an error would have graphite-web leave cadent out of every
     // request for REMOTE_RETRY_DELAY.
     let by_tag = |t: &str| t.trim_start().starts_with("seriesByTag(");
-    if let Some(t) = targets.iter().find(|t| t.contains('(') && !by_tag(t)) {
+    // `constantLine(N)` is answered here: Grafana's "Save & test" of a Graphite data
+    // source renders `constantLine(100)`, so a data source pointed straight at cadent
+    // passes it.
+    let mut constants: Vec<(usize, Constant)> = Vec::new();
+    for (i, t) in targets.iter_mut().enumerate() {
+        if let Some(c) = Constant::parse(t) {
+            let c = c.map_err(|e| bad(format!("target {t:?}: {e}")))?;
+            // graphite-web's pathExpression for it.
+            *t = format!("constantLine({})", c.text);
+            constants.push((i, c));
+        }
+    }
+    let constant = |i: usize| constants.iter().any(|(c, _)| *c == i);
+    if let Some((_, t)) =
+        (targets.iter().enumerate()).find(|(i, t)| t.contains('(') && !by_tag(t) && !constant(*i))
+    {
         return Err(bad(format!(
-            "target {t:?}: functions are graphite-web's; cadent serves raw series (point \
-             graphite-web's CLUSTER_SERVERS here to apply functions)"
+            "target {t:?}: functions are graphite-web's; cadent serves raw series and \
+             constantLine (point graphite-web's CLUSTER_SERVERS here to apply functions)"
         )));
     }
     let f = p.get("format").unwrap_or("json");
@@ -665,7 +735,7 @@ async fn render_inner(
     let mut wanted: Vec<Wanted> = Vec::new();
     let mut globs = Vec::new();
     for (i, t) in targets.iter().enumerate() {
-        if by_tag(t) {
+        if by_tag(t) || constant(i) {
             continue;
         }
         let g = Glob::compile(t, &GlobLimits::default())
@@ -696,13 +766,13 @@ async fn render_inner(
             }
         }
     }
-    if wanted.len() > store.read_series_max {
+    if wanted.len() + constants.len() > store.read_series_max {
         count(s, |c| c.refused_too_many_series += 1);
         return Err(Refusal(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!(
                 "the targets match {} series, more than read_series_max {}: narrow them",
-                wanted.len(),
+                wanted.len() + constants.len(),
                 store.read_series_max
             ),
         ));
@@ -763,6 +833,23 @@ async fn render_inner(
             tracing::warn!(store = %store_name, series = %name, %error, files = corrupt, "render: corrupt whisper files left out of the answer (counted in corrupt_files)");
         }
     }
+    // graphite-web's constantLine: three points, at from, halfway and until.
+    for (i, c) in &constants {
+        let step = (until - from) / 2;
+        if step == 0 {
+            return Err(bad(format!(
+                "target {:?}: from and until 1 s apart leave constantLine no step",
+                targets[*i]
+            )));
+        }
+        let sr = Series {
+            start: from,
+            end: until,
+            step,
+            values: vec![Some(c.value); 3],
+        };
+        series.push((*i, c.text.clone(), sr));
+    }
     // graphite-web orders a target's series by path.
     series.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     if let (Format::Json, Some(m)) = (format, max_data_points) {
@@ -803,6 +890,40 @@ async fn render_inner(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn constant_lines_read_numbers_as_graphite_web() {
+        let c = |t: &str| Constant::parse(t).map(|r| r.map(|c| (c.text, c.value)));
+        assert_eq!(c("constantLine(100)"), Some(Ok(("100.0".into(), 100.0))));
+        assert_eq!(
+            c(" constantLine ( -007 ) "),
+            Some(Ok(("-7.0".into(), -7.0)))
+        );
+        assert_eq!(c("constantLine(-0)"), Some(Ok(("-0.0".into(), -0.0))));
+        assert_eq!(c("constantLine(1.50)"), Some(Ok(("1.5".into(), 1.5))));
+        assert_eq!(
+            c("constantLine(1e400)"),
+            Some(Ok(("inf".into(), f64::INFINITY)))
+        );
+        assert_eq!(c("constantLine(1e3)"), Some(Ok(("1000.0".into(), 1000.0))));
+        assert_eq!(c("constantLine(2.5E-1)"), Some(Ok(("0.25".into(), 0.25))));
+        assert_eq!(c("constantLine(1e20)"), Some(Ok(("1e+20".into(), 1e20))));
+        for bad in [
+            "constantLine()",
+            "constantLine(.5)",
+            "constantLine(1.)",
+            "constantLine(+1)",
+            "constantLine(a.b)",
+            "constantLine(1,2)",
+            "constantLine(1e)",
+            "constantLine(inf)",
+            "constantLine(value=3)",
+        ] {
+            assert!(matches!(c(bad), Some(Err(_))), "{bad}");
+        }
+        assert_eq!(c("servers.*.cpu"), None);
+        assert_eq!(c("sumSeries(constantLine(1))"), None);
+    }
 
     #[test]
     fn params_merge_query_and_form_body() {

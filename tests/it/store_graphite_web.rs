@@ -6,7 +6,9 @@
 //!   averageSeries, maxSeries with alias, several targets) answer exactly what
 //!   graphite-web answers reading the same whisper files itself;
 //! - graphite-web reading the files itself with `CARBONLINK_HOSTS` at cadent sees the
-//!   points only cadent's cache holds (and without it, does not).
+//!   points only cadent's cache holds (and without it, does not);
+//! - Grafana's data source test (`constantLine(100)`, and other constantLine renders)
+//!   asked of cadent directly answers byte for byte what graphite-web answers.
 
 use std::path::Path;
 use std::process::Command;
@@ -381,4 +383,88 @@ fn graphite_web_reading_files_sees_cached_points_over_carbonlink() {
         read["carbonlink_requests"].as_u64().unwrap() >= 60,
         "{read}"
     );
+}
+
+/// Form-encodes one value (what a browser or Grafana sends).
+fn form_value(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn grafana_data_source_test_renders_constant_line_as_graphite_web() {
+    let c = Cadent::start("store-gweb-constant", &store_config(free_port(), ""));
+    let render = |targets: &[&str], extra: &[(&'static str, &'static str)]| {
+        let mut p: Vec<(&str, &str)> = targets.iter().map(|t| ("target", *t)).collect();
+        p.extend_from_slice(&[
+            ("from", "1700000000"),
+            ("until", "1700003600"),
+            ("format", "json"),
+        ]);
+        p.extend_from_slice(extra);
+        req("/render", &p)
+    };
+    let requests = vec![
+        // Grafana's "Save & test" (with epochs instead of -1h/now, for one answer).
+        render(&["constantLine(100)"], &[("maxDataPoints", "300")]),
+        render(
+            &[
+                "constantLine(1.5)",
+                "constantLine(-2e3)",
+                "constantLine( -007 )",
+            ],
+            &[],
+        ),
+        render(&["constantLine(3)"], &[("maxDataPoints", "1")]),
+        render(&["constantLine(1e400)"], &[]),
+        // Averaged by maxDataPoints.
+        render(
+            &["constantLine(7)"],
+            &[("maxDataPoints", "2"), ("pretty", "1")],
+        ),
+        render(
+            &["constantLine(0.1)"],
+            &[("until", "1700003601"), ("noNullPoints", "1")],
+        ),
+    ];
+    let empty = temp_dir("gweb-empty");
+    let local = graphite_web(Some(&empty), &[], &[], &requests);
+    for (i, r) in requests.iter().enumerate() {
+        assert_eq!(local[i]["status"], 200, "{r}: {}", local[i]);
+        let query: Vec<String> = r["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|kv| {
+                let (k, v) = (kv[0].as_str().unwrap(), kv[1].as_str().unwrap());
+                format!("{k}={}", form_value(v))
+            })
+            .collect();
+        let direct = http_get(&c.admin, &format!("/render?{}", query.join("&")))
+            .unwrap_or_else(|| panic!("direct {r}"));
+        // Byte for byte: floats as Python writes them, pretty's indent.
+        assert_eq!(direct, local[i]["body"].as_str().unwrap(), "{r}");
+    }
+    // As Grafana sends it: a POSTed form, relative times.
+    let (status, body) = crate::support::http_request(
+        &c.admin,
+        "POST",
+        "/render",
+        "target=constantLine(100)&from=-1h&until=now&format=json&maxDataPoints=300",
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v[0]["target"], "100.0", "{v}");
+    let points = v[0]["datapoints"].as_array().unwrap();
+    assert_eq!(points.len(), 3, "{v}");
+    assert!(points.iter().all(|p| p[0] == 100.0), "{v}");
+    // Other functions stay graphite-web's.
+    let (status, body) =
+        crate::support::http_request(&c.admin, "GET", "/render?target=sumSeries(a.*)", "");
+    assert_eq!(status, 400, "{body}");
+    let _ = std::fs::remove_dir_all(&empty);
 }
