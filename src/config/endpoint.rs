@@ -180,9 +180,19 @@ impl Member {
         }
     }
 
-    /// `proto://host:port`: the identity of the socket a writer connects to.
+    /// `proto://host:port` (`proto://[v6]:port`): the identity of the socket a writer
+    /// connects to, as a URL writes it.
     pub fn address_key(&self) -> String {
-        format!("{}://{}:{}", self.transport.scheme(), self.host, self.port)
+        if self.host.contains(':') {
+            format!(
+                "{}://[{}]:{}",
+                self.transport.scheme(),
+                self.host,
+                self.port
+            )
+        } else {
+            format!("{}://{}:{}", self.transport.scheme(), self.host, self.port)
+        }
     }
 }
 
@@ -274,6 +284,11 @@ mod tests {
         let m = Member::parse("udp://[::1]:2003=x").unwrap();
         assert_eq!((m.transport, m.host.as_str()), (Transport::Udp, "::1"));
         assert_eq!(m.display_hash(), "[::1]:2003=x");
+        assert_eq!(m.address_key(), "udp://[::1]:2003");
+        assert_eq!(
+            Member::parse("10.0.0.1:2003").unwrap().address_key(),
+            "tcp://10.0.0.1:2003"
+        );
         assert_eq!(Member::parse(&m.display_hash()).unwrap().host, "::1");
         for bad in [
             "127.0.0.1",
