@@ -31,6 +31,9 @@ pub enum ListenUrl {
     Inet(Transport, SocketAddr),
     /// A unix stream socket; one shard owns it (AF_UNIX has no `SO_REUSEPORT`).
     Unix(PathBuf),
+    /// A unix datagram socket (`unixgram:///path`, as DogStatsD clients send to); one
+    /// shard owns it.
+    UnixDatagram(PathBuf),
     /// Lines in the bodies of HTTP POSTs to this path, on a TCP socket every shard binds
     /// (`SO_REUSEPORT`).
     Http(SocketAddr, String),
@@ -51,12 +54,20 @@ impl ListenUrl {
     pub fn socket_addr(&self) -> Option<SocketAddr> {
         match self {
             ListenUrl::Inet(_, a) | ListenUrl::Http(a, _) => Some(*a),
-            ListenUrl::Unix(_) => None,
+            ListenUrl::Unix(_) | ListenUrl::UnixDatagram(_) => None,
         }
     }
 
     /// Parses a listener URL. The scheme is required, so nobody guesses the transport.
     pub fn parse(s: &str) -> Result<ListenUrl, String> {
+        if let Some(path) = s.strip_prefix("unixgram://") {
+            if !path.starts_with('/') {
+                return Err(format!(
+                    "{s:?}: a unix socket path must be absolute (unixgram:///path)"
+                ));
+            }
+            return Ok(ListenUrl::UnixDatagram(PathBuf::from(path)));
+        }
         if let Some(path) = s.strip_prefix("unix://") {
             if !path.starts_with('/') {
                 return Err(format!(
@@ -73,8 +84,9 @@ impl ListenUrl {
             let addr = parse_socket_addr(hostport).map_err(|e| format!("{s:?}: {e}"))?;
             return Ok(ListenUrl::Http(addr, path.to_string()));
         }
-        let (transport, rest) = split_scheme(s)?
-            .ok_or_else(|| format!("{s:?}: needs a scheme: tcp://, udp://, unix:// or http://"))?;
+        let (transport, rest) = split_scheme(s)?.ok_or_else(|| {
+            format!("{s:?}: needs a scheme: tcp://, udp://, unix://, unixgram:// or http://")
+        })?;
         let addr = parse_socket_addr(rest).map_err(|e| format!("{s:?}: {e}"))?;
         Ok(ListenUrl::Inet(transport, addr))
     }
@@ -85,6 +97,7 @@ impl fmt::Display for ListenUrl {
         match self {
             ListenUrl::Inet(t, a) => write!(f, "{}://{a}", t.scheme()),
             ListenUrl::Unix(p) => write!(f, "unix://{}", p.display()),
+            ListenUrl::UnixDatagram(p) => write!(f, "unixgram://{}", p.display()),
             ListenUrl::Http(a, p) => write!(f, "http://{a}{p}"),
         }
     }
@@ -341,6 +354,10 @@ mod tests {
             ListenUrl::parse("unix:///tmp/x.sock").unwrap(),
             ListenUrl::Unix(_)
         ));
+        let g = ListenUrl::parse("unixgram:///tmp/d.sock").unwrap();
+        assert!(matches!(g, ListenUrl::UnixDatagram(_)));
+        assert_eq!(g.to_string(), "unixgram:///tmp/d.sock");
+        assert!(ListenUrl::parse("unixgram://rel.sock").is_err());
         let h = ListenUrl::parse("http://127.0.0.1:2005/lines").unwrap();
         assert_eq!(h.to_string(), "http://127.0.0.1:2005/lines");
         assert_eq!(

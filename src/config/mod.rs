@@ -1155,7 +1155,12 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
             "an http:// listener takes lines (graphite, statsd or regex), not pickle",
         ));
     }
-    if format == Format::Pickle && matches!(url, ListenUrl::Inet(Transport::Udp, _)) {
+    if format == Format::Pickle
+        && matches!(
+            url,
+            ListenUrl::Inet(Transport::Udp, _) | ListenUrl::UnixDatagram(_)
+        )
+    {
         errs.push(ConfigError::new(
             r.key_path("url"),
             "pickle frames come over a stream (tcp:// or unix://)",

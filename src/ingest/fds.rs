@@ -40,6 +40,7 @@ pub fn plan(cfg: &Config, shards: usize, limit: u64) -> FdPlan {
             ListenUrl::Inet(Transport::Udp, _) => (shards_n, false),
             // AF_UNIX has no SO_REUSEPORT: one shard owns it.
             ListenUrl::Unix(_) => (1, true),
+            ListenUrl::UnixDatagram(_) => (1, false),
         };
         sockets += copies;
         if stream {

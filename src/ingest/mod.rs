@@ -35,8 +35,11 @@ crate::counter_set! {
         /// Pickle frames dropped whole (not carbon's data, over frame_bytes_max, cut
         /// short); their points are not counted as lines.
         rejected_frames: counter,
-        /// UDP datagrams received.
+        /// UDP and unix datagrams received.
         datagrams: counter,
+        /// Unix datagrams longer than read_buffer_bytes: dropped whole, uncounted as
+        /// lines.
+        datagrams_too_long: counter,
         /// Connections accepted.
         connections_accepted: counter,
         /// Connections refused: at connections_max, or past the shard's share of the
@@ -469,6 +472,54 @@ pub async fn udp_loop(core: Rc<RefCell<Core>>, sock: UdpSocket, opts: ReadOption
         // Under a flood a datagram is always waiting, so the reader would never let the
         // shard's writers, tick or inbox run. Yield every few datagrams.
         datagrams_since_yield += n as u32;
+        if datagrams_since_yield >= UDP_DATAGRAMS_PER_YIELD {
+            datagrams_since_yield = 0;
+            futures_lite::future::yield_now().await;
+        }
+    }
+}
+
+/// Receives datagrams on a unix datagram socket (one shard's) until the task is
+/// dropped, one `recv` each: as [`udp_loop`] without its batching and coalescing. A
+/// UDP datagram is at most 64 KiB; a unix one may be as long as its sender's send
+/// buffer, so the listener's `read_buffer_bytes` bounds it: a longer one (it would be
+/// cut) is dropped whole and counted in `datagrams_too_long`.
+pub async fn unix_datagram_loop(
+    core: Rc<RefCell<Core>>,
+    sock: glommio::net::UnixDatagram,
+    opts: ReadOptions,
+) {
+    // One byte more than the bound: a datagram that fills it is longer than the bound.
+    let mut buf = vec![0u8; opts.read_buffer_bytes + 1];
+    let mut datagrams_since_yield = 0;
+    loop {
+        // What this reader holds for other shards goes to them before it may sleep.
+        core.borrow_mut().mesh.send_early();
+        let len = match sock.recv(&mut buf).await {
+            Ok(len) => len,
+            Err(e) => {
+                udp_read_error(&core, &opts, &e);
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+        };
+        let draining = {
+            let mut c = core.borrow_mut();
+            c.take_handed_over();
+            let lc = &mut c.counters.listeners[opts.listener].counters;
+            lc.datagrams += 1;
+            lc.received_bytes += len as u64;
+            if len == buf.len() {
+                lc.datagrams_too_long += 1;
+            } else {
+                c.process_datagram(opts.listener, &mut buf[..len]);
+            }
+            c.draining
+        };
+        if draining {
+            return;
+        }
+        datagrams_since_yield += 1;
         if datagrams_since_yield >= UDP_DATAGRAMS_PER_YIELD {
             datagrams_since_yield = 0;
             futures_lite::future::yield_now().await;

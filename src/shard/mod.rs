@@ -295,7 +295,7 @@ pub fn probe_listener(l: &Listener) -> std::io::Result<Option<SocketAddr>> {
     match &l.url {
         ListenUrl::Inet(t, addr) => bind::probe(*addr, *t == Transport::Tcp).map(Some),
         ListenUrl::Http(addr, _) => bind::probe(*addr, true).map(Some),
-        ListenUrl::Unix(_) => Ok(None),
+        ListenUrl::Unix(_) | ListenUrl::UnixDatagram(_) => Ok(None),
     }
 }
 
@@ -362,6 +362,7 @@ enum Bound {
     Tcp(glommio::net::TcpListener),
     Udp(glommio::net::UdpSocket),
     Unix(glommio::net::UnixListener, std::path::PathBuf),
+    UnixDatagram(glommio::net::UnixDatagram, std::path::PathBuf),
 }
 
 /// A shard's running state outside the core.
@@ -986,21 +987,22 @@ impl Shard {
                 )),
                 // AF_UNIX has no SO_REUSEPORT: shard 0 binds unix sockets, now unless a
                 // running listener holds the path (then at commit, once it is gone).
-                (ListenUrl::Unix(path), _) if self.id == 0 => {
-                    let held = self
-                        .topology
-                        .config
-                        .listeners
-                        .iter()
-                        .any(|o| o.url == l.url);
-                    if held {
-                        None
-                    } else {
-                        Some(Bound::Unix(
-                            bind_unix(path)
-                                .map_err(|e| format!("listen {:?} {}: {e}", l.name, l.url))?,
+                (ListenUrl::Unix(path) | ListenUrl::UnixDatagram(path), _) if self.id == 0 => {
+                    // Held by a running listener of the topology in force (at startup
+                    // the empty topology carries the config, but runs nothing).
+                    let held = (self.topology.listener_ids.iter())
+                        .zip(&self.topology.config.listeners)
+                        .any(|(id, o)| o.url == l.url && self.listeners.contains_key(id));
+                    let failed = |e| format!("listen {:?} {}: {e}", l.name, l.url);
+                    match (&l.url, held) {
+                        (_, true) => None,
+                        (ListenUrl::Unix(_), false) => {
+                            Some(Bound::Unix(bind_unix(path).map_err(failed)?, path.clone()))
+                        }
+                        (_, false) => Some(Bound::UnixDatagram(
+                            bind_unix_datagram(path).map_err(failed)?,
                             path.clone(),
-                        ))
+                        )),
                     }
                 }
                 _ => None,
@@ -1427,11 +1429,22 @@ fn start_listener(
             let accept = ingest::accept_loop(core.clone(), StreamListener::Unix(s), ro);
             (glommio::spawn_local(accept), Some(path))
         }
+        (Some(Bound::UnixDatagram(s, path)), _) => (
+            glommio::spawn_local(ingest::unix_datagram_loop(core.clone(), s, ro)),
+            Some(path),
+        ),
         // AF_UNIX has no SO_REUSEPORT: shard 0 owns unix listeners.
         (None, ListenUrl::Unix(path)) if shard == 0 => {
             let s = bind_unix(path)?;
             let accept = ingest::accept_loop(core.clone(), StreamListener::Unix(s), ro);
             (glommio::spawn_local(accept), Some(path.clone()))
+        }
+        (None, ListenUrl::UnixDatagram(path)) if shard == 0 => {
+            let s = bind_unix_datagram(path)?;
+            (
+                glommio::spawn_local(ingest::unix_datagram_loop(core.clone(), s, ro)),
+                Some(path.clone()),
+            )
         }
         _ => return Ok(None),
     };
@@ -1511,6 +1524,30 @@ fn bind_unix(path: &std::path::Path) -> std::io::Result<glommio::net::UnixListen
         }
     }
     glommio::net::UnixListener::bind(path).map_err(std::io::Error::from)
+}
+
+/// Binds a unix datagram socket at `path`, taking over a socket file that nobody
+/// receives on (left by a previous run), never a live one.
+fn bind_unix_datagram(path: &std::path::Path) -> std::io::Result<glommio::net::UnixDatagram> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            let probe = std::os::unix::net::UnixDatagram::unbound()?;
+            match probe.connect(path) {
+                Ok(()) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        "another process is receiving on this socket",
+                    ))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path)?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    glommio::net::UnixDatagram::bind(path).map_err(std::io::Error::from)
 }
 
 #[cfg(test)]

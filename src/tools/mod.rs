@@ -30,7 +30,7 @@ impl FromStr for Endpoint {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match ListenUrl::parse(s.trim())? {
             ListenUrl::Inet(transport, addr) => Ok(Endpoint { transport, addr }),
-            ListenUrl::Unix(_) | ListenUrl::Http(..) => {
+            ListenUrl::Unix(_) | ListenUrl::UnixDatagram(_) | ListenUrl::Http(..) => {
                 Err(format!("{s:?}: expected tcp:// or udp://"))
             }
         }

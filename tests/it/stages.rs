@@ -181,10 +181,12 @@ send_to = ["{to}"]
 
 #[test]
 fn statsd_over_tcp_and_unix_sockets_is_aggregated_like_udp() {
+    // unix:// (stream) and unixgram:// (datagrams, as DogStatsD clients send them)
     let sink = Sink::start();
     let (tcp, udp) = (free_port(), crate::statsd_etsy::free_udp_port());
     let dir = crate::support::temp_dir("statsd-streams");
     let sock = dir.join("statsd.sock");
+    let dgram = dir.join("dsd.sock");
     let cadent = Cadent::start(
         "statsd-streams",
         &format!(
@@ -208,6 +210,10 @@ format = "statsd"
 name = "statsd_udp"
 url = "udp://127.0.0.1:{udp}"
 format = "statsd"
+[[listen]]
+name = "statsd_unixgram"
+url = "unixgram://{}"
+format = "statsd"
 [[cluster]]
 name = "sink"
 kind = "forward"
@@ -223,9 +229,11 @@ match = {{ all = true }}
 aggregate = "statsd"
 "#,
             sock.display(),
+            dgram.display(),
             sink.addr
         ),
     );
+    let g = std::os::unix::net::UnixDatagram::unbound().unwrap();
     let mut t = TcpStream::connect(("127.0.0.1", tcp)).unwrap();
     let mut u = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     let d = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -233,7 +241,25 @@ aggregate = "statsd"
         writeln!(t, "hits:1|c\nlat:{i}|ms").unwrap();
         writeln!(u, "hits:2|c").unwrap();
         d.send_to(b"hits:3|c", ("127.0.0.1", udp)).unwrap();
+        g.send_to(format!("hits:4|c\nlat:{i}|ms").as_bytes(), &dgram)
+            .unwrap();
     }
+    // A unix datagram longer than read_buffer_bytes (65536 here) is dropped whole.
+    let big = format!("hits:5|c\n{}", "x".repeat(70_000));
+    let force = libc::c_int::try_from(4 * big.len()).unwrap();
+    // SAFETY: a valid descriptor and an int option (SO_SNDBUFFORCE: the tests run as
+    // root, and the default send buffer is shorter than the datagram).
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&g),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            (&force as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    g.send_to(big.as_bytes(), &dgram).unwrap();
     // A stream's last line without its newline is refused, not half-read.
     write!(t, "hits:1000|c").unwrap();
     drop((t, u));
@@ -248,8 +274,8 @@ aggregate = "statsd"
     assert!(
         wait_until(Duration::from_secs(10), || total(
             "stats.counters.hits.count"
-        ) == 600.0
-            && total("stats.timers.lat.count") == 100.0),
+        ) == 1000.0
+            && total("stats.timers.lat.count") == 200.0),
         "counts: {} {}\n{}",
         total("stats.counters.hits.count"),
         total("stats.timers.lat.count"),
@@ -263,4 +289,121 @@ aggregate = "statsd"
         "{}",
         cadent.stats()["listeners"]
     );
+    let st = cadent.stats();
+    let ug = &st["listeners"]["statsd_unixgram"];
+    assert_eq!(ug["datagrams"], 101, "{ug}");
+    assert_eq!(ug["datagrams_too_long"], 1, "{ug}");
+    assert_eq!(ug["parsed_lines"], 200, "{ug}");
+}
+
+#[test]
+fn a_unix_socket_another_cadent_holds_is_refused_at_startup_and_a_stale_one_taken_over() {
+    let dir = crate::support::temp_dir("unix-held");
+    for scheme in ["unix", "unixgram"] {
+        let sock = dir.join(format!("{scheme}.sock"));
+        let config = |admin: &str| {
+            format!(
+                r#"
+[server]
+shards = 2
+admin_listen = "{admin}"
+[telemetry]
+prefix = ""
+[[listen]]
+name = "in"
+url = "{scheme}://{}"
+format = "graphite"
+[[cluster]]
+name = "out"
+kind = "file"
+path = "{}"
+[[route]]
+match = {{ all = true }}
+send_to = ["out"]
+"#,
+                sock.display(),
+                dir.join(format!("{scheme}-out.txt")).display()
+            )
+        };
+        let first = Cadent::start(&format!("unix-held-{scheme}"), &config("ADMIN"));
+        // A second process on the same path: refused, naming the socket; the first
+        // keeps it (its file is not removed by the refused one).
+        let path = dir.join(format!("{scheme}-second.toml"));
+        let admin = format!("127.0.0.1:{}", free_port());
+        std::fs::write(&path, config(&admin)).unwrap();
+        let mut second = std::process::Command::new(crate::support::cadent_bin())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let ended = wait_until(Duration::from_secs(10), || {
+            second.try_wait().ok().flatten().is_some()
+        });
+        if !ended {
+            let _ = second.kill();
+        }
+        let out = second.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            ended,
+            "{scheme}: the second one runs beside the first: {err}"
+        );
+        assert!(!out.status.success(), "{scheme}: second start: {err}");
+        assert!(err.contains("another process"), "{scheme}: {err}");
+        assert!(
+            sock.exists(),
+            "{scheme}: the first one's socket file is kept"
+        );
+        let line = format!("{scheme}.m 1 1700000000\n");
+        if scheme == "unix" {
+            let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+            s.write_all(line.as_bytes()).unwrap();
+        } else {
+            let s = std::os::unix::net::UnixDatagram::unbound().unwrap();
+            s.send_to(line.as_bytes(), &sock).unwrap();
+        }
+        assert!(
+            wait_until(Duration::from_secs(5), || first.stats()["listeners"]["in"]
+                ["parsed_lines"]
+                == 1),
+            "{scheme}: {}",
+            first.stats()["listeners"]
+        );
+        drop(first);
+    }
+    // A socket file nobody serves (a killed process's) is taken over.
+    let sock = dir.join("stale.sock");
+    drop(std::os::unix::net::UnixDatagram::bind(&sock).unwrap());
+    assert!(sock.exists());
+    let c = Cadent::start(
+        "unix-stale",
+        &format!(
+            r#"
+[server]
+shards = 1
+admin_listen = "ADMIN"
+[telemetry]
+prefix = ""
+[[listen]]
+name = "in"
+url = "unixgram://{}"
+format = "graphite"
+[[cluster]]
+name = "out"
+kind = "file"
+path = "{}"
+[[route]]
+match = {{ all = true }}
+send_to = ["out"]
+"#,
+            sock.display(),
+            dir.join("stale-out.txt").display()
+        ),
+    );
+    let s = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    s.send_to(b"stale.m 1 1700000000", &sock).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || c.stats()
+        ["listeners"]["in"]["parsed_lines"]
+        == 1));
 }
