@@ -1503,51 +1503,43 @@ fn spawn_writer(
 }
 
 fn bind_unix(path: &std::path::Path) -> std::io::Result<glommio::net::UnixListener> {
-    use std::os::unix::fs::FileTypeExt;
-    // A socket file left by a previous run would make bind fail. Remove it only when
-    // nobody answers on it: a live one belongs to another process, and taking it over
-    // would silently split (then orphan) its traffic.
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_socket() {
-            match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::AddrInUse,
-                        "another process is listening on this socket",
-                    ))
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    std::fs::remove_file(path)?
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
+    clear_stale_socket(path, "listening", |p| {
+        std::os::unix::net::UnixStream::connect(p).map(drop)
+    })?;
     glommio::net::UnixListener::bind(path).map_err(std::io::Error::from)
 }
 
-/// Binds a unix datagram socket at `path`, taking over a socket file that nobody
-/// receives on (left by a previous run), never a live one.
 fn bind_unix_datagram(path: &std::path::Path) -> std::io::Result<glommio::net::UnixDatagram> {
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_socket() {
-            let probe = std::os::unix::net::UnixDatagram::unbound()?;
-            match probe.connect(path) {
-                Ok(()) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::AddrInUse,
-                        "another process is receiving on this socket",
-                    ))
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    std::fs::remove_file(path)?
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
+    clear_stale_socket(path, "receiving", |p| {
+        std::os::unix::net::UnixDatagram::unbound()?.connect(p)
+    })?;
     glommio::net::UnixDatagram::bind(path).map_err(std::io::Error::from)
+}
+
+/// A socket file left by a previous run would make bind fail. It is removed only when
+/// `connect` is refused (nobody serves it): a live one belongs to another process
+/// (`serving`: what it is doing there), and taking it over would silently split (then
+/// orphan) its traffic.
+fn clear_stale_socket(
+    path: &std::path::Path,
+    serving: &str,
+    connect: impl Fn(&std::path::Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Ok(());
+    }
+    match connect(path) {
+        Ok(()) => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("another process is {serving} on this socket"),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

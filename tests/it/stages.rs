@@ -296,22 +296,18 @@ aggregate = "statsd"
     assert_eq!(ug["parsed_lines"], 200, "{ug}");
 }
 
-#[test]
-fn a_unix_socket_another_cadent_holds_is_refused_at_startup_and_a_stale_one_taken_over() {
-    let dir = crate::support::temp_dir("unix-held");
-    for scheme in ["unix", "unixgram"] {
-        let sock = dir.join(format!("{scheme}.sock"));
-        let config = |admin: &str| {
-            format!(
-                r#"
+/// A graphite listener on `url` writing to the file `out`.
+fn unix_file_config(url: &str, out: &std::path::Path, shards: usize, admin: &str) -> String {
+    format!(
+        r#"
 [server]
-shards = 2
+shards = {shards}
 admin_listen = "{admin}"
 [telemetry]
 prefix = ""
 [[listen]]
 name = "in"
-url = "{scheme}://{}"
+url = "{url}"
 format = "graphite"
 [[cluster]]
 name = "out"
@@ -321,10 +317,18 @@ path = "{}"
 match = {{ all = true }}
 send_to = ["out"]
 "#,
-                sock.display(),
-                dir.join(format!("{scheme}-out.txt")).display()
-            )
-        };
+        out.display()
+    )
+}
+
+#[test]
+fn a_unix_socket_another_cadent_holds_is_refused_at_startup_and_a_stale_one_taken_over() {
+    let dir = crate::support::temp_dir("unix-held");
+    for scheme in ["unix", "unixgram"] {
+        let sock = dir.join(format!("{scheme}.sock"));
+        let out = dir.join(format!("{scheme}-out.txt"));
+        let url = format!("{scheme}://{}", sock.display());
+        let config = |admin: &str| unix_file_config(&url, &out, 2, admin);
         let first = Cadent::start(&format!("unix-held-{scheme}"), &config("ADMIN"));
         // A second process on the same path: refused, naming the socket; the first
         // keeps it (its file is not removed by the refused one).
@@ -376,30 +380,10 @@ send_to = ["out"]
     let sock = dir.join("stale.sock");
     drop(std::os::unix::net::UnixDatagram::bind(&sock).unwrap());
     assert!(sock.exists());
+    let url = format!("unixgram://{}", sock.display());
     let c = Cadent::start(
         "unix-stale",
-        &format!(
-            r#"
-[server]
-shards = 1
-admin_listen = "ADMIN"
-[telemetry]
-prefix = ""
-[[listen]]
-name = "in"
-url = "unixgram://{}"
-format = "graphite"
-[[cluster]]
-name = "out"
-kind = "file"
-path = "{}"
-[[route]]
-match = {{ all = true }}
-send_to = ["out"]
-"#,
-            sock.display(),
-            dir.join("stale-out.txt").display()
-        ),
+        &unix_file_config(&url, &dir.join("stale-out.txt"), 1, "ADMIN"),
     );
     let s = std::os::unix::net::UnixDatagram::unbound().unwrap();
     s.send_to(b"stale.m 1 1700000000", &sock).unwrap();
