@@ -195,6 +195,10 @@ pub struct Listener {
     pub frame_bytes_max: usize,
     /// HTTP listeners: the largest request body; a larger one is refused with 413.
     pub body_bytes_max: usize,
+    /// unix:// and unixgram:// listeners: the socket file's permission bits (clients
+    /// need write permission to connect or send), set after bind; `None` leaves what
+    /// the process's umask gave.
+    pub socket_mode: Option<u32>,
 }
 
 /// Ring or fan-out kind of a cluster.
@@ -1140,6 +1144,24 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
             "applies to format = \"pickle\" only",
         ));
     }
+    let socket_mode = r.opt_str("socket_mode", errs).and_then(|m| {
+        let unix = matches!(url, ListenUrl::Unix(_) | ListenUrl::UnixDatagram(_));
+        let parsed =
+            (m.len() >= 3 && m.len() <= 4 && m.bytes().all(|b| (b'0'..=b'7').contains(&b)))
+                .then(|| u32::from_str_radix(&m, 8).ok())
+                .flatten();
+        let problem = match (unix, parsed) {
+            (false, _) => Some("applies to unix:// and unixgram:// listeners only".to_string()),
+            (true, None) => Some(format!(
+                "{m:?}: expected octal permission bits as a string, such as \"0666\" or \"0660\""
+            )),
+            (true, Some(_)) => None,
+        };
+        if let Some(p) = problem {
+            errs.push(ConfigError::new(r.key_path("socket_mode"), p));
+        }
+        parsed.filter(|_| unix)
+    });
     let body_present = t.contains_key("body_bytes_max");
     let body_bytes_max = r.uint("body_bytes_max", 8 << 20, 1 << 10, 1 << 30, errs) as usize;
     let http = matches!(url, ListenUrl::Http(..));
@@ -1196,6 +1218,7 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
         collectd,
         frame_bytes_max,
         body_bytes_max,
+        socket_mode,
     }
 }
 
@@ -1964,6 +1987,39 @@ mod tests {
             "cluster[2].members[0]",
         ] {
             assert!(paths.contains(&want), "missing {want} in {errs:#?}");
+        }
+    }
+
+    #[test]
+    fn socket_mode_is_octal_and_for_unix_sockets_only() {
+        let listener = |url: &str, mode: &str| {
+            format!(
+                "[[listen]]\nname = \"s\"\nurl = \"{url}\"\nformat = \"statsd\"\n\
+                 socket_mode = {mode}\n[[cluster]]\nname = \"o\"\nkind = \"forward\"\n\
+                 members = [\"127.0.0.1:1\"]\n[[route]]\nmatch = {{ all = true }}\n\
+                 send_to = [\"o\"]\n"
+            )
+        };
+        for (url, mode, want) in [
+            ("unix:///tmp/s.sock", "\"0666\"", Some(0o666)),
+            ("unixgram:///tmp/s.sock", "\"722\"", Some(0o722)),
+            ("unixgram:///tmp/s.sock", "\"1777\"", Some(0o1777)),
+        ] {
+            let c = Config::parse(&listener(url, mode)).unwrap();
+            assert_eq!(c.listeners[0].socket_mode, want, "{url} {mode}");
+        }
+        for (url, mode) in [
+            ("unix:///tmp/s.sock", "\"0o666\""),
+            ("unix:///tmp/s.sock", "\"0888\""),
+            ("unix:///tmp/s.sock", "\"66\""),
+            ("unix:///tmp/s.sock", "666"),
+            ("udp://127.0.0.1:8125", "\"0666\""),
+        ] {
+            let errs = Config::parse(&listener(url, mode)).unwrap_err().0;
+            assert!(
+                errs.iter().any(|e| e.path == "listen[0].socket_mode"),
+                "{url} {mode}: {errs:#?}"
+            );
         }
     }
 

@@ -996,11 +996,12 @@ impl Shard {
                     let failed = |e| format!("listen {:?} {}: {e}", l.name, l.url);
                     match (&l.url, held) {
                         (_, true) => None,
-                        (ListenUrl::Unix(_), false) => {
-                            Some(Bound::Unix(bind_unix(path).map_err(failed)?, path.clone()))
-                        }
+                        (ListenUrl::Unix(_), false) => Some(Bound::Unix(
+                            bind_unix(path, l.socket_mode).map_err(failed)?,
+                            path.clone(),
+                        )),
                         (_, false) => Some(Bound::UnixDatagram(
-                            bind_unix_datagram(path).map_err(failed)?,
+                            bind_unix_datagram(path, l.socket_mode).map_err(failed)?,
                             path.clone(),
                         )),
                     }
@@ -1435,12 +1436,12 @@ fn start_listener(
         ),
         // AF_UNIX has no SO_REUSEPORT: shard 0 owns unix listeners.
         (None, ListenUrl::Unix(path)) if shard == 0 => {
-            let s = bind_unix(path)?;
+            let s = bind_unix(path, l.socket_mode)?;
             let accept = ingest::accept_loop(core.clone(), StreamListener::Unix(s), ro);
             (glommio::spawn_local(accept), Some(path.clone()))
         }
         (None, ListenUrl::UnixDatagram(path)) if shard == 0 => {
-            let s = bind_unix_datagram(path)?;
+            let s = bind_unix_datagram(path, l.socket_mode)?;
             (
                 glommio::spawn_local(ingest::unix_datagram_loop(core.clone(), s, ro)),
                 Some(path.clone()),
@@ -1502,18 +1503,37 @@ fn spawn_writer(
     WriterTask { join, done }
 }
 
-fn bind_unix(path: &std::path::Path) -> std::io::Result<glommio::net::UnixListener> {
+fn bind_unix(
+    path: &std::path::Path,
+    mode: Option<u32>,
+) -> std::io::Result<glommio::net::UnixListener> {
     clear_stale_socket(path, "listening", |p| {
         std::os::unix::net::UnixStream::connect(p).map(drop)
     })?;
-    glommio::net::UnixListener::bind(path).map_err(std::io::Error::from)
+    let s = glommio::net::UnixListener::bind(path).map_err(std::io::Error::from)?;
+    set_socket_mode(path, mode)?;
+    Ok(s)
 }
 
-fn bind_unix_datagram(path: &std::path::Path) -> std::io::Result<glommio::net::UnixDatagram> {
+fn bind_unix_datagram(
+    path: &std::path::Path,
+    mode: Option<u32>,
+) -> std::io::Result<glommio::net::UnixDatagram> {
     clear_stale_socket(path, "receiving", |p| {
         std::os::unix::net::UnixDatagram::unbound()?.connect(p)
     })?;
-    glommio::net::UnixDatagram::bind(path).map_err(std::io::Error::from)
+    let s = glommio::net::UnixDatagram::bind(path).map_err(std::io::Error::from)?;
+    set_socket_mode(path, mode)?;
+    Ok(s)
+}
+
+/// `listen[].socket_mode`: clients need write permission on the socket file.
+fn set_socket_mode(path: &std::path::Path, mode: Option<u32>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match mode {
+        Some(m) => std::fs::set_permissions(path, std::fs::Permissions::from_mode(m)),
+        None => Ok(()),
+    }
 }
 
 /// A socket file left by a previous run would make bind fail. It is removed only when

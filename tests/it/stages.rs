@@ -296,7 +296,7 @@ aggregate = "statsd"
     assert_eq!(ug["parsed_lines"], 200, "{ug}");
 }
 
-/// A graphite listener on `url` writing to the file `out`.
+/// A graphite listener on `url` (its socket file mode 0666) writing to the file `out`.
 fn unix_file_config(url: &str, out: &std::path::Path, shards: usize, admin: &str) -> String {
     format!(
         r#"
@@ -309,6 +309,7 @@ prefix = ""
 name = "in"
 url = "{url}"
 format = "graphite"
+socket_mode = "0666"
 [[cluster]]
 name = "out"
 kind = "file"
@@ -330,6 +331,11 @@ fn a_unix_socket_another_cadent_holds_is_refused_at_startup_and_a_stale_one_take
         let url = format!("{scheme}://{}", sock.display());
         let config = |admin: &str| unix_file_config(&url, &out, 2, admin);
         let first = Cadent::start(&format!("unix-held-{scheme}"), &config("ADMIN"));
+        // socket_mode: other users' clients may write to it whatever the umask.
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&sock).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o7777, 0o666, "{scheme}: {mode:o}");
         // A second process on the same path: refused, naming the socket; the first
         // keeps it (its file is not removed by the refused one).
         let path = dir.join(format!("{scheme}-second.toml"));
