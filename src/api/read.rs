@@ -714,6 +714,14 @@ async fn render_inner(
             "from and until are both {from}: an empty range"
         )));
     }
+    // constantLine's points are at from, halfway and until: it needs a step.
+    let step = (until - from) / 2;
+    if let (Some((i, _)), 0) = (constants.first(), step) {
+        return Err(bad(format!(
+            "target {:?}: from and until 1 s apart leave constantLine no step",
+            targets[*i]
+        )));
+    }
     // graphite-web takes `maxDataPoints` when it is all digits, and for JSON only.
     let max_data_points = match p.get("maxDataPoints") {
         Some(m) if !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit()) => {
@@ -835,13 +843,6 @@ async fn render_inner(
     }
     // graphite-web's constantLine: three points, at from, halfway and until.
     for (i, c) in &constants {
-        let step = (until - from) / 2;
-        if step == 0 {
-            return Err(bad(format!(
-                "target {:?}: from and until 1 s apart leave constantLine no step",
-                targets[*i]
-            )));
-        }
         let sr = Series {
             start: from,
             end: until,

@@ -1145,22 +1145,18 @@ fn read_listener(t: &Table, i: usize, errs: &mut Vec<ConfigError>) -> Listener {
         ));
     }
     let socket_mode = r.opt_str("socket_mode", errs).and_then(|m| {
-        let unix = matches!(url, ListenUrl::Unix(_) | ListenUrl::UnixDatagram(_));
-        let parsed =
-            (m.len() >= 3 && m.len() <= 4 && m.bytes().all(|b| (b'0'..=b'7').contains(&b)))
-                .then(|| u32::from_str_radix(&m, 8).ok())
-                .flatten();
-        let problem = match (unix, parsed) {
-            (false, _) => Some("applies to unix:// and unixgram:// listeners only".to_string()),
-            (true, None) => Some(format!(
+        let octal = (3..=4).contains(&m.len()) && m.bytes().all(|b| (b'0'..=b'7').contains(&b));
+        let problem = if !matches!(url, ListenUrl::Unix(_) | ListenUrl::UnixDatagram(_)) {
+            "applies to unix:// and unixgram:// listeners only".to_string()
+        } else if !octal {
+            format!(
                 "{m:?}: expected octal permission bits as a string, such as \"0666\" or \"0660\""
-            )),
-            (true, Some(_)) => None,
+            )
+        } else {
+            return u32::from_str_radix(&m, 8).ok();
         };
-        if let Some(p) = problem {
-            errs.push(ConfigError::new(r.key_path("socket_mode"), p));
-        }
-        parsed.filter(|_| unix)
+        errs.push(ConfigError::new(r.key_path("socket_mode"), problem));
+        None
     });
     let body_present = t.contains_key("body_bytes_max");
     let body_bytes_max = r.uint("body_bytes_max", 8 << 20, 1 << 10, 1 << 30, errs) as usize;

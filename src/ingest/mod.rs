@@ -459,10 +459,7 @@ pub async fn udp_loop(core: Rc<RefCell<Core>>, sock: UdpSocket, opts: ReadOption
             c.take_handed_over();
             for i in 0..n {
                 let len = batch.lens[i];
-                let lc = &mut c.counters.listeners[opts.listener].counters;
-                lc.datagrams += 1;
-                lc.received_bytes += len as u64;
-                c.process_datagram(opts.listener, &mut batch.slot(i)[..len]);
+                take_datagram(&mut c, &opts, &mut batch.slot(i)[..len]);
             }
             c.draining
         };
@@ -506,13 +503,13 @@ pub async fn unix_datagram_loop(
         let draining = {
             let mut c = core.borrow_mut();
             c.take_handed_over();
-            let lc = &mut c.counters.listeners[opts.listener].counters;
-            lc.datagrams += 1;
-            lc.received_bytes += len as u64;
             if len == buf.len() {
+                let lc = &mut c.counters.listeners[opts.listener].counters;
+                lc.datagrams += 1;
+                lc.received_bytes += len as u64;
                 lc.datagrams_too_long += 1;
             } else {
-                c.process_datagram(opts.listener, &mut buf[..len]);
+                take_datagram(&mut c, &opts, &mut buf[..len]);
             }
             c.draining
         };
@@ -525,6 +522,14 @@ pub async fn unix_datagram_loop(
             futures_lite::future::yield_now().await;
         }
     }
+}
+
+/// Counts one received datagram and runs it through the pipeline.
+fn take_datagram(c: &mut Core, opts: &ReadOptions, datagram: &mut [u8]) {
+    let lc = &mut c.counters.listeners[opts.listener].counters;
+    lc.datagrams += 1;
+    lc.received_bytes += datagram.len() as u64;
+    c.process_datagram(opts.listener, datagram);
 }
 
 fn udp_read_error(core: &RefCell<Core>, opts: &ReadOptions, e: &dyn std::fmt::Display) {

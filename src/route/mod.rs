@@ -87,6 +87,12 @@ impl NameForm {
     }
 }
 
+/// Whether destination `d` is up by `alive` (one not listed yet is).
+#[inline]
+fn is_up(alive: &[bool], d: DestId) -> bool {
+    alive.get(d.index()).copied().unwrap_or(true)
+}
+
 /// What evaluation hashes for one point.
 #[derive(Debug, Clone, Copy)]
 enum Keying {
@@ -235,7 +241,7 @@ impl CompiledCluster {
         scratch: &mut Vec<usize>,
         out: &mut Vec<DestId>,
     ) {
-        let live = |m: usize| alive.get(self.members[m].index()).copied().unwrap_or(true);
+        let live = |m: usize| is_up(alive, self.members[m]);
         let n = self.members.len();
         let key = match (collectd, self.collectd_key) {
             (false, _) => key,
@@ -331,7 +337,7 @@ impl CompiledCluster {
             return;
         };
         let live: Vec<usize> = (0..self.members.len())
-            .filter(|&m| alive.get(self.members[m].index()).copied().unwrap_or(true))
+            .filter(|&m| is_up(alive, self.members[m]))
             .collect();
         *live_ring = if live.len() == self.members.len() || live.is_empty() {
             None
@@ -578,9 +584,6 @@ pub struct Router {
     constant: Vec<(NameForm, Origin, Option<u16>)>,
     /// Those decisions.
     constant_plans: Vec<ConstantPlan>,
-    /// Per aggregator, the clusters of its `send_to`; `None` when it also sends to a
-    /// store (local: never down).
-    agg_send_to: Vec<Option<Vec<usize>>>,
 }
 
 /// A decision that holds for every name from one origin: the rules that apply there all
@@ -734,32 +737,20 @@ impl Router {
             hosts_seen: HostsSeen::new(cfg.server.tiers_hosts_max),
             constant: Vec::new(),
             constant_plans: Vec::new(),
-            agg_send_to: cfg
-                .aggregates
-                .iter()
-                .map(|a| {
-                    (a.send_to.iter())
-                        .map(|s| match s {
-                            crate::config::Sink::Cluster(c) => Some(*c),
-                            crate::config::Sink::Store(_) => None,
-                        })
-                        .collect()
-                })
-                .collect(),
         }
     }
 
-    /// Whether aggregator `a`'s output cannot be delivered now: it sends to clusters
-    /// only, and every member of each is down. (Its flush is then no write to its
-    /// graphite, as Etsy's writer counts a refused connection: see `shard::aggregate`.)
-    pub fn aggregator_output_down(&self, a: usize) -> bool {
-        let Some(Some(clusters)) = self.agg_send_to.get(a) else {
-            return false;
-        };
-        !clusters.is_empty()
-            && clusters.iter().all(|&c| {
-                (self.clusters[c].members.iter())
-                    .all(|d| !self.alive.get(d.index()).copied().unwrap_or(true))
+    /// Whether output to `sinks` (an aggregator's `send_to`) cannot be delivered now:
+    /// they are clusters only (a store is local: never down), and every member of each
+    /// is down. (An aggregator's flush is then no write to its graphite, as Etsy's
+    /// writer counts a refused connection: see `shard::aggregate`.)
+    pub fn sinks_down(&self, sinks: &[Sink]) -> bool {
+        !sinks.is_empty()
+            && sinks.iter().all(|s| match s {
+                Sink::Cluster(c) => {
+                    (self.clusters[*c].members.iter()).all(|&d| !is_up(&self.alive, d))
+                }
+                Sink::Store(_) => false,
             })
     }
 
@@ -874,7 +865,7 @@ impl Router {
             if !c.members.contains(&d) {
                 continue;
             }
-            let live = |x: &&DestId| **x != d && self.alive.get(x.index()).copied().unwrap_or(true);
+            let live = |x: &&DestId| **x != d && is_up(&self.alive, **x);
             let t: Vec<DestId> = match c.route {
                 ClusterRoute::AnyOf => c.members.iter().filter(live).copied().collect(),
                 ClusterRoute::Failover => {

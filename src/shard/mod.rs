@@ -1346,7 +1346,7 @@ async fn statsd_flusher(core: Rc<RefCell<Core>>, id: u16, interval_ms: u64) {
                 }
                 out.clear();
                 let give_up = started.elapsed() >= wait;
-                let output_down = c.router.aggregator_output_down(a);
+                let output_down = c.router.sinks_down(&c.aggs.aggs[a].config.send_to);
                 let p = c
                     .aggs
                     .flush_step(a, give_up, output_down, &mut out, &mut c.mesh);
